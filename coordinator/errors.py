@@ -1,0 +1,133 @@
+"""Domain errors and their one mapping onto gRPC status codes and google.rpc details.
+
+Primitives raise these; the server interceptor turns them into a status with an
+ErrorInfo (reason from accord.v1.ErrorReason, domain "accord.v1"), a BadRequest for
+field violations, and any primitive-specific detail messages. Nothing else in the
+coordinator builds gRPC errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+DOMAIN = "accord.v1"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class AccordError(Exception):
+    """Base of every error the coordinator reports to a caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Sequence[Message] = (),
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+        self.metadata = dict(metadata or {})
+
+    def to_status(self) -> status_pb2.Status:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
+        info.metadata.update(self.metadata)
+        packed = [info, *self.details]
+        status = status_pb2.Status(code=_CODE_NUMBERS[self.code], message=self.message)
+        for detail in packed:
+            any_msg = any_pb2.Any()
+            any_msg.Pack(detail)
+            status.details.append(any_msg)
+        return status
+
+
+class InvalidArgument(AccordError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        text = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in violations
+            ]
+        )
+        super().__init__(f"invalid request: {text}", details=[bad])
+        self.violations = list(violations)
+
+
+class BadIdentity(AccordError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "BAD_IDENTITY"
+
+
+class ConditionFailed(AccordError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "CONDITION_FAILED"
+
+
+class Compacted(AccordError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "COMPACTED"
+
+
+class RequestIdReused(AccordError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "REQUEST_ID_REUSED"
+
+
+class NotFound(AccordError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class BackendUnavailable(AccordError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "BACKEND_UNAVAILABLE"
+
+
+class DeadlineExceeded(AccordError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Internal(AccordError):
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+
+def invalid(field: str, description: str) -> InvalidArgument:
+    """Shorthand for the common single-field case."""
+    return InvalidArgument([FieldViolation(field, description)])
+
+
+_CODE_NUMBERS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: code_pb2.OK,
+    grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE: code_pb2.OUT_OF_RANGE,
+    grpc.StatusCode.ALREADY_EXISTS: code_pb2.ALREADY_EXISTS,
+    grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
+    grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: code_pb2.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL: code_pb2.INTERNAL,
+    grpc.StatusCode.ABORTED: code_pb2.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
+}

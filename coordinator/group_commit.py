@@ -1,0 +1,176 @@
+"""Group commit: concurrent independent writes share one etcd transaction.
+
+Each write is an etcd sub-transaction (its own compares, success and failure ops). While
+a batch is in flight, new writes queue; the next batch carries every queued write whose
+keys are disjoint from the rest of the batch, as nested sub-transactions of one outer
+Txn with no compare. etcd evaluates each sub-transaction on its own, so every write keeps
+its own outcome and its own semantics; they merely commit at the same revision.
+
+Two writes to the same key never share a batch (etcd forbids it, and order matters):
+the later one waits for a later batch, so per-key order is arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aetcd.rpc import rpc_pb2 as rpc
+
+from accord.coordinator import calls
+from accord.coordinator.errors import AccordError, DeadlineExceeded, Internal
+from accord.coordinator.etcd import Etcd
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One sub-transaction's outcome and the revision of the batch it was part of."""
+
+    response: Any  # etcd TxnResponse of the sub-transaction
+    revision: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    txn: Any
+    keys: frozenset[bytes]
+    size: int
+    retry: bool
+    deadline: float | None
+    future: asyncio.Future[Committed] = field(repr=False)
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        etcd: Etcd,
+        *,
+        max_batch: int = 128,
+        max_batch_bytes: int = 1024 * 1024,
+        max_in_flight: int = 2,
+    ) -> None:
+        self._etcd = etcd
+        self._max_batch = max_batch
+        self._max_bytes = max_batch_bytes
+        self._max_in_flight = max_in_flight
+        self._queue: deque[_Pending] = deque()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.writes = 0
+
+    async def commit(self, txn: Any, keys: Iterable[bytes], size: int, *, retry: bool) -> Committed:
+        """Commit one sub-transaction. keys: every key it may write; size: its rough byte size.
+        retry: repeating it after an ambiguous failure is safe (it is idempotent)."""
+        call = calls.current.get()
+        future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(txn, frozenset(keys), size, retry, call.deadline, future))
+        self._kick()
+        return await future
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(Internal("coordinator is shutting down"))
+        self._queue.clear()
+
+    def _kick(self) -> None:
+        while self._queue and self._in_flight < self._max_in_flight:
+            batch = self._take_batch()
+            if not batch:
+                return
+            self._in_flight += 1
+            task = asyncio.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take_batch(self) -> list[_Pending]:
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        taken: set[bytes] = set()
+        blocked: set[bytes] = set()  # keys of writes left behind: later writes must wait too
+        size = 0
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():  # the caller went away
+                continue
+            if pending.deadline is not None and pending.deadline <= now:
+                pending.future.set_exception(
+                    DeadlineExceeded("the call's deadline expired before its write was sent")
+                )
+                continue
+            fits = len(batch) < self._max_batch and (not batch or size + pending.size <= self._max_bytes)
+            if fits and taken.isdisjoint(pending.keys) and blocked.isdisjoint(pending.keys):
+                batch.append(pending)
+                taken |= pending.keys
+                size += pending.size
+            else:
+                kept.append(pending)
+                blocked |= pending.keys
+        self._queue = kept
+        return batch
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._send_one(batch[0])
+            else:
+                await self._send_many(batch)
+        finally:
+            self._in_flight -= 1
+            self._kick()
+
+    async def _send_one(self, pending: _Pending) -> None:
+        token = calls.current.set(_call_for([pending]))
+        try:
+            response = await self._etcd.txn(pending.txn, retry=pending.retry)
+        except AccordError as exc:
+            _fail(pending, exc)
+            return
+        finally:
+            calls.current.reset(token)
+        self.batches += 1
+        self.writes += 1
+        if not pending.future.done():
+            pending.future.set_result(Committed(response, response.header.revision))
+
+    async def _send_many(self, batch: list[_Pending]) -> None:
+        outer = rpc.TxnRequest(success=[rpc.RequestOp(request_txn=p.txn) for p in batch])
+        token = calls.current.set(_call_for(batch))
+        try:
+            response = await self._etcd.txn(outer, retry=all(p.retry for p in batch))
+        except AccordError as exc:
+            if isinstance(exc, Internal):
+                # etcd refused the batch as a whole: give each write its own verdict.
+                await asyncio.gather(*(self._send_one(p) for p in batch))
+                return
+            for pending in batch:
+                _fail(pending, exc)
+            return
+        finally:
+            calls.current.reset(token)
+        self.batches += 1
+        self.writes += len(batch)
+        revision = response.header.revision
+        for pending, op in zip(batch, response.responses, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(Committed(op.response_txn, revision))
+
+
+def _call_for(batch: list[_Pending]) -> calls.Call:
+    """A batch may take as long as its most patient member allows."""
+    deadlines = [p.deadline for p in batch]
+    deadline = None if any(d is None for d in deadlines) else max(d for d in deadlines if d is not None)
+    return calls.Call(namespace="", agent_id="", trace_id="group-commit", deadline=deadline)
+
+
+def _fail(pending: _Pending, exc: AccordError) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(exc)

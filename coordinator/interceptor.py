@@ -1,0 +1,134 @@
+"""The one server interceptor: identity, deadline, error mapping and the access log.
+
+For every accord.* call it reads the namespace and agent from metadata (authentication
+will live here too), records the caller's deadline for the etcd layer, turns domain
+errors into gRPC statuses with details, and logs the call. Health and reflection calls
+pass through untouched.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from accord.coordinator import calls, logs
+from accord.coordinator.errors import AccordError, Internal
+
+_log = logs.get("accord.access")
+SLOW_CALL_SECONDS = 1.0
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith("/accord."):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _begin(context: grpc.aio.ServicerContext[Any, Any]) -> calls.Call:
+    metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    namespace, agent = calls.identity_from_metadata(metadata)
+    remaining = context.time_remaining()
+    deadline = time.monotonic() + remaining if remaining is not None else None
+    trace = metadata.get(calls.TRACE_METADATA) or uuid.uuid4().hex[:16]
+    return calls.Call(namespace=namespace, agent_id=agent, trace_id=trace, deadline=deadline)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: AccordError) -> None:
+    status = rpc_status.to_status(error.to_status())
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _finish(method: str, call: calls.Call | None, request: Any, started: float,
+            error: AccordError | None) -> None:
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    fields = {
+        "method": method,
+        "namespace": call.namespace if call else None,
+        "agent_id": call.agent_id if call else None,
+        "trace_id": call.trace_id if call else None,
+        "request_id": getattr(request, "request_id", "") or None,
+        "latency_ms": latency_ms,
+    }
+    if error is not None:
+        level = _log.warning if isinstance(error, Internal) else _log.info
+        level("call failed", code=error.code.name, reason=error.reason, error=error.message, **fields)
+    elif latency_ms >= SLOW_CALL_SECONDS * 1000:
+        _log.info("slow call", **fields)
+    else:
+        _log.debug("call", **fields)
+
+
+def _unary(method: str, behavior: Any) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
+        call: calls.Call | None = None
+        error: AccordError | None = None
+        try:
+            call = _begin(context)
+            token = calls.current.set(call)
+            try:
+                return await behavior(request, context)
+            finally:
+                calls.current.reset(token)
+        except AccordError as exc:
+            error = exc
+        except Exception as exc:
+            _log.exception("unexpected error", method=method)
+            error = Internal(f"unexpected coordinator error: {type(exc).__name__}")
+        finally:
+            _finish(method, call, request, started, error)
+        await _abort(context, error)
+
+    return wrapped
+
+
+def _stream(method: str, behavior: Any) -> Any:
+    async def wrapped(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        call: calls.Call | None = None
+        error: AccordError | None = None
+        try:
+            call = _begin(context)
+            token = calls.current.set(call)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                calls.current.reset(token)
+        except AccordError as exc:
+            error = exc
+        except Exception as exc:
+            _log.exception("unexpected error", method=method)
+            error = Internal(f"unexpected coordinator error: {type(exc).__name__}")
+        finally:
+            _finish(method, call, request, started, error)
+        if error is not None:
+            await _abort(context, error)
+
+    return wrapped

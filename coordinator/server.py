@@ -1,0 +1,140 @@
+"""Assemble and run one coordinator replica.
+
+A replica holds no state of its own: everything lives in etcd, so any number of replicas
+over one etcd cluster behave as one service, and any of them may die at any moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from dataclasses import replace
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from accord.coordinator import logs
+from accord.coordinator.embedded_etcd import EmbeddedEtcd
+from accord.coordinator.errors import AccordError
+from accord.coordinator.etcd import Etcd
+from accord.coordinator.group_commit import GroupCommitter
+from accord.coordinator.interceptor import CallInterceptor
+from accord.coordinator.kv import KVStore
+from accord.coordinator.kv_service import KVService
+from accord.coordinator.retention import RetentionLeases
+from accord.coordinator.settings import Settings
+from accord.v1 import kv_pb2, kv_pb2_grpc
+
+_log = logs.get("accord.server")
+SERVICES = [kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name]
+HEALTH_INTERVAL_SECONDS = 2.0
+
+
+class Replica:
+    """One running coordinator: its gRPC server and the etcd session it serves from."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: EmbeddedEtcd | None = None
+        self.server: grpc.aio.Server | None = None
+        self.etcd: Etcd | None = None
+        self.committer: GroupCommitter | None = None
+        self.port = 0
+        self._health = HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        endpoints = settings.etcd_endpoints
+        if not endpoints:
+            self.embedded = EmbeddedEtcd(settings.data_dir)
+            endpoints = (await self.embedded.start(),)
+        self.etcd = Etcd(endpoints, tls=settings.etcd_tls)
+        self.committer = GroupCommitter(self.etcd, max_in_flight=settings.group_commit_in_flight)
+        retention = RetentionLeases(
+            self.etcd,
+            ttl=settings.idempotency_ttl_seconds,
+            rotate_every=max(1, settings.idempotency_ttl_seconds // 24),
+        )
+        store = KVStore(self.etcd, self.committer, retention, root=settings.root, limits=settings.limits)
+
+        self.server = grpc.aio.server(
+            interceptors=[CallInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ],
+        )
+        self.port = self.server.add_insecure_port(settings.listen)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {settings.listen}")
+        host = settings.listen.rpartition(":")[0]
+        replica = settings.replica or f"{socket.gethostname()}:{self.port}"
+        self.settings = replace(settings, replica=replica)
+        kv_pb2_grpc.add_KVServicer_to_server(KVService(store, replica), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
+        reflection.enable_server_reflection(
+            [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            self.server,
+        )
+        await self.server.start()
+        self._health_task = asyncio.create_task(self._watch_health())
+        _log.info("coordinator serving", listen=f"{host}:{self.port}", replica=replica,
+                  etcd=list(endpoints), embedded_etcd=self.embedded is not None)
+
+    async def _watch_health(self) -> None:
+        """Report SERVING while etcd answers; load balancers and clients can steer away."""
+        assert self.etcd is not None
+        serving: bool | None = None
+        while True:
+            try:
+                await asyncio.wait_for(self.etcd.status(), HEALTH_INTERVAL_SECONDS)
+                ok = True
+            except (AccordError, TimeoutError):
+                ok = False
+            if ok != serving:
+                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in ["", *SERVICES]:
+                    await self._health.set(name, status)
+                _log.info("health changed", serving=ok)
+                serving = ok
+            await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+
+    async def stop(self) -> None:
+        if self._health_task:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self.server:
+            await self._health.enter_graceful_shutdown()
+            await self.server.stop(self.settings.shutdown_grace_seconds)
+        if self.committer:
+            await self.committer.close()
+        if self.etcd:
+            await self.etcd.close()
+        if self.embedded:
+            await self.embedded.stop()
+        _log.info("coordinator stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and stop."""
+    logs.configure(settings.log_level)
+    replica = Replica(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await replica.start()
+        await stop.wait()
+        _log.info("shutting down")
+    finally:
+        await replica.stop()

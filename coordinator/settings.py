@@ -1,0 +1,27 @@
+"""Everything `accord serve` can be told, as one frozen value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accord.coordinator.etcd import TlsFiles
+from accord.coordinator.limits import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    # Empty: start a private single-member etcd in data_dir.
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_tls: TlsFiles | None = None
+    data_dir: Path = Path("accord-data")
+    # Every etcd key Accord writes starts with "{root}/".
+    root: str = "accord"
+    replica: str = ""
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+    # How long a request_id is remembered (and a deletion tombstone kept).
+    idempotency_ttl_seconds: int = 24 * 3600
+    group_commit_in_flight: int = 2
+    shutdown_grace_seconds: float = 5.0

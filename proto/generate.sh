@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The one way to (re)generate the Python bindings of proto/accord/v1 beside the .proto
+# files. The output is committed; CI runs this with --check and fails on any difference.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+python -m grpc_tools.protoc -I "$here" \
+  --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" --mypy_grpc_out="$out" \
+  "$here"/accord/v1/*.proto
+if [ "${1:-}" = "--check" ]; then
+  if ! diff -r -x '__pycache__' -x '*.proto' -x '__init__.py' "$out/accord/v1" "$here/accord/v1" >/dev/null; then
+    diff -r -x '__pycache__' -x '*.proto' -x '__init__.py' "$out/accord/v1" "$here/accord/v1" | head -40
+    echo "generated code in proto/accord/v1 is stale: run proto/generate.sh" >&2
+    exit 1
+  fi
+  echo "generated code is fresh"
+else
+  find "$here/accord/v1" -name '*_pb2*' -delete
+  cp "$out"/accord/v1/* "$here/accord/v1/"
+fi
