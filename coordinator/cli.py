@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from accord.coordinator.embedded_etcd import EtcdNotInstalled
 from accord.coordinator.etcd import TlsFiles
 from accord.coordinator.limits import DEFAULT_MAX_VALUE_BYTES, Limits
 from accord.coordinator.settings import Settings
 
-app = typer.Typer(help="Accord: a coordination service for fleets of LLM agents.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Accord: a coordination service for fleets of LLM agents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.callback()
@@ -25,17 +27,44 @@ def main() -> None:
 
 @app.command()
 def serve(
-    listen: Annotated[str, typer.Option(envvar="ACCORD_LISTEN", help="host:port to serve gRPC on")] = "127.0.0.1:50051",
-    etcd: Annotated[str, typer.Option(envvar="ACCORD_ETCD", help="etcd endpoints, host:port[,host:port...]; empty starts a private etcd in --data-dir")] = "",
-    data_dir: Annotated[Path, typer.Option(envvar="ACCORD_DATA_DIR", help="where the private etcd keeps its data")] = Path("accord-data"),
-    root: Annotated[str, typer.Option(envvar="ACCORD_ROOT", help="prefix of every etcd key Accord writes")] = "accord",
-    replica: Annotated[str, typer.Option(envvar="ACCORD_REPLICA", help="this replica's name in responses and logs")] = "",
-    log_level: Annotated[str, typer.Option(envvar="ACCORD_LOG_LEVEL", help="debug logs every call; info logs failures and slow calls")] = "info",
-    max_value_bytes: Annotated[int, typer.Option(envvar="ACCORD_MAX_VALUE_BYTES")] = DEFAULT_MAX_VALUE_BYTES,
-    etcd_ca: Annotated[str, typer.Option(envvar="ACCORD_ETCD_CA", help="CA bundle: talk TLS to etcd")] = "",
+    listen: Annotated[
+        str, typer.Option(envvar="ACCORD_LISTEN", help="host:port to serve gRPC on")
+    ] = "127.0.0.1:50051",
+    etcd: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_ETCD",
+            help="etcd endpoints host:port[,host:port...]; none: a private etcd in --data-dir",
+        ),
+    ] = "",
+    data_dir: Annotated[
+        Path, typer.Option(envvar="ACCORD_DATA_DIR", help="where the private etcd keeps its data")
+    ] = Path("accord-data"),
+    root: Annotated[
+        str, typer.Option(envvar="ACCORD_ROOT", help="prefix of every etcd key Accord writes")
+    ] = "accord",
+    replica: Annotated[
+        str, typer.Option(envvar="ACCORD_REPLICA", help="this replica's name in responses and logs")
+    ] = "",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_LOG_LEVEL",
+            help="debug logs every call; info logs failures and slow calls",
+        ),
+    ] = "info",
+    max_value_bytes: Annotated[
+        int, typer.Option(envvar="ACCORD_MAX_VALUE_BYTES")
+    ] = DEFAULT_MAX_VALUE_BYTES,
+    etcd_ca: Annotated[
+        str, typer.Option(envvar="ACCORD_ETCD_CA", help="CA bundle: talk TLS to etcd")
+    ] = "",
     etcd_cert: Annotated[str, typer.Option(envvar="ACCORD_ETCD_CERT")] = "",
     etcd_key: Annotated[str, typer.Option(envvar="ACCORD_ETCD_KEY")] = "",
-    idempotency_ttl: Annotated[int, typer.Option(envvar="ACCORD_IDEMPOTENCY_TTL", help="seconds a request_id is remembered")] = 24 * 3600,
+    idempotency_ttl: Annotated[
+        int,
+        typer.Option(envvar="ACCORD_IDEMPOTENCY_TTL", help="seconds a request_id is remembered"),
+    ] = 24 * 3600,
 ) -> None:
     """Run a coordinator replica until SIGTERM or SIGINT."""
     from accord.coordinator.server import serve as run

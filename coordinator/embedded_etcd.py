@@ -41,7 +41,11 @@ def _port_free(port: int) -> bool:
 class EmbeddedEtcd:
     def __init__(self, data_dir: Path, *, binary: str | None = None) -> None:
         self.data_dir = data_dir
-        found = binary or shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
+        found = (
+            binary
+            or shutil.which("etcd")
+            or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
+        )
         if not found:
             raise EtcdNotInstalled(
                 "etcd is not installed: install it (Debian: apt-get install etcd-server) or "
@@ -67,18 +71,27 @@ class EmbeddedEtcd:
         client, peer = self._ports()
         client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
         log_file = (self.data_dir / "etcd.log").open("ab")
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once
             [
                 self.binary,
-                "--name", "accord",
-                "--data-dir", str(self.data_dir / "etcd"),
-                "--listen-client-urls", client_url,
-                "--advertise-client-urls", client_url,
-                "--listen-peer-urls", peer_url,
-                "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"accord={peer_url}",
-                "--auto-compaction-mode", "periodic",
-                "--auto-compaction-retention", "24h",
+                "--name",
+                "accord",
+                "--data-dir",
+                str(self.data_dir / "etcd"),
+                "--listen-client-urls",
+                client_url,
+                "--advertise-client-urls",
+                client_url,
+                "--listen-peer-urls",
+                peer_url,
+                "--initial-advertise-peer-urls",
+                peer_url,
+                "--initial-cluster",
+                f"accord={peer_url}",
+                "--auto-compaction-mode",
+                "periodic",
+                "--auto-compaction-retention",
+                "24h",
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -87,8 +100,12 @@ class EmbeddedEtcd:
         log_file.close()
         self.endpoint = f"127.0.0.1:{client}"
         await self._wait_ready(client, timeout)
-        _log.info("embedded etcd started", endpoint=self.endpoint, data_dir=str(self.data_dir),
-                  pid=self.process.pid)
+        _log.info(
+            "embedded etcd started",
+            endpoint=self.endpoint,
+            data_dir=str(self.data_dir),
+            pid=self.process.pid,
+        )
         return self.endpoint
 
     async def _wait_ready(self, port: int, timeout: float) -> None:
@@ -99,7 +116,8 @@ class EmbeddedEtcd:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"embedded etcd exited with {self.process.returncode}; see {self.data_dir / 'etcd.log'}"
+                    f"embedded etcd exited with {self.process.returncode}; "
+                    f"see {self.data_dir / 'etcd.log'}"
                 )
             try:
                 _reader, writer = await asyncio.open_connection("127.0.0.1", port)

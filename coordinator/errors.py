@@ -63,7 +63,9 @@ class InvalidArgument(AccordError):
         text = "; ".join(f"{v.field}: {v.description}" for v in violations)
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in violations
             ]
         )

@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from aetcd.rpc import rpc_pb2 as rpc
-from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
-
 from accord.coordinator import calls
 from accord.coordinator.errors import (
     AccordError,
@@ -30,6 +27,8 @@ from accord.coordinator.errors import (
     Internal,
 )
 from accord.v1 import common_pb2
+from aetcd.rpc import rpc_pb2 as rpc
+from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
 # etcd reports these conditions only as text; this module is the one place that reads it.
 _COMPACTED_TEXT = "required revision has been compacted"
@@ -181,11 +180,7 @@ class Etcd:
                 return await method(request, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 left = call.remaining()
-                if (
-                    retry
-                    and exc.code() in _RETRYABLE
-                    and (left is None or left > delay)
-                ):
+                if retry and exc.code() in _RETRYABLE and (left is None or left > delay):
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue

@@ -19,11 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aetcd.rpc import rpc_pb2 as rpc
-
 from accord.coordinator import calls
 from accord.coordinator.errors import AccordError, DeadlineExceeded, Internal
 from accord.coordinator.etcd import Etcd
+from aetcd.rpc import rpc_pb2 as rpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +105,9 @@ class GroupCommitter:
                     DeadlineExceeded("the call's deadline expired before its write was sent")
                 )
                 continue
-            fits = len(batch) < self._max_batch and (not batch or size + pending.size <= self._max_bytes)
+            fits = len(batch) < self._max_batch and (
+                not batch or size + pending.size <= self._max_bytes
+            )
             if fits and taken.isdisjoint(pending.keys) and blocked.isdisjoint(pending.keys):
                 batch.append(pending)
                 taken |= pending.keys
@@ -167,7 +168,9 @@ class GroupCommitter:
 def _call_for(batch: list[_Pending]) -> calls.Call:
     """A batch may take as long as its most patient member allows."""
     deadlines = [p.deadline for p in batch]
-    deadline = None if any(d is None for d in deadlines) else max(d for d in deadlines if d is not None)
+    deadline = (
+        None if any(d is None for d in deadlines) else max(d for d in deadlines if d is not None)
+    )
     return calls.Call(namespace="", agent_id="", trace_id="group-commit", deadline=deadline)
 
 

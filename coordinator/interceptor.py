@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from grpc_status import rpc_status
-
 from accord.coordinator import calls, logs
 from accord.coordinator.errors import AccordError, Internal
+from grpc_status import rpc_status
 
 _log = logs.get("accord.access")
 SLOW_CALL_SECONDS = 1.0
@@ -26,11 +25,13 @@ SLOW_CALL_SECONDS = 1.0
 class CallInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if handler is None or not method.startswith("/accord."):
             return handler
         if handler.unary_unary:
@@ -62,8 +63,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: AccordError
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-def _finish(method: str, call: calls.Call | None, request: Any, started: float,
-            error: AccordError | None) -> None:
+def _finish(
+    method: str, call: calls.Call | None, request: Any, started: float, error: AccordError | None
+) -> None:
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     fields = {
         "method": method,
@@ -75,7 +77,9 @@ def _finish(method: str, call: calls.Call | None, request: Any, started: float,
     }
     if error is not None:
         level = _log.warning if isinstance(error, Internal) else _log.info
-        level("call failed", code=error.code.name, reason=error.reason, error=error.message, **fields)
+        level(
+            "call failed", code=error.code.name, reason=error.reason, error=error.message, **fields
+        )
     elif latency_ms >= SLOW_CALL_SECONDS * 1000:
         _log.info("slow call", **fields)
     else:

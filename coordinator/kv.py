@@ -23,10 +23,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aetcd.rpc import rpc_pb2 as rpc
-from google.protobuf import timestamp_pb2
-from google.protobuf.message import DecodeError
-
 from accord.coordinator import calls
 from accord.coordinator.errors import (
     Compacted,
@@ -41,6 +37,9 @@ from accord.coordinator.group_commit import GroupCommitter
 from accord.coordinator.limits import Limits, check_key, check_request_id, check_value
 from accord.coordinator.retention import RetentionLeases
 from accord.v1 import common_pb2, kv_pb2, records_pb2
+from aetcd.rpc import rpc_pb2 as rpc
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
@@ -138,7 +137,7 @@ class KVStore:
         kv = self._to_kv(call.namespace, response.kvs[0]) if response.kvs else None
         return response.header.revision, kv
 
-    async def list(
+    async def list_keys(
         self,
         prefix: str,
         *,
@@ -158,7 +157,9 @@ class KVStore:
         self._require(violations)
         call = calls.current.get()
         base = self._data_key(call.namespace, prefix)
-        start = base if cursor is None else self._data_key(call.namespace, cursor.after_key) + b"\x00"
+        start = (
+            base if cursor is None else self._data_key(call.namespace, cursor.after_key) + b"\x00"
+        )
         response = await self._etcd.range(
             rpc.RangeRequest(
                 key=start,
@@ -195,7 +196,10 @@ class KVStore:
         checks = [Check(key, precondition, 0)] if precondition and _is_set(precondition) else []
         fingerprint = _fingerprint(b"put", key.encode(), value, _bytes(precondition))
         return await self._mutate(
-            checks, [Op(key, value)], request_id=request_id, return_current=return_current,
+            checks,
+            [Op(key, value)],
+            request_id=request_id,
+            return_current=return_current,
             fingerprint=fingerprint,
         )
 
@@ -213,7 +217,10 @@ class KVStore:
         checks = [Check(key, precondition, 0)] if precondition and _is_set(precondition) else []
         fingerprint = _fingerprint(b"delete", key.encode(), _bytes(precondition))
         return await self._mutate(
-            checks, [Op(key, None)], request_id=request_id, return_current=return_current,
+            checks,
+            [Op(key, None)],
+            request_id=request_id,
+            return_current=return_current,
             fingerprint=fingerprint,
         )
 
@@ -261,20 +268,29 @@ class KVStore:
                 continue
             if parsed_ops[-1].key in seen:
                 violations.append(
-                    FieldViolation(f"ops[{i}]", f"key {parsed_ops[-1].key!r} appears in more than one op")
+                    FieldViolation(
+                        f"ops[{i}]", f"key {parsed_ops[-1].key!r} appears in more than one op"
+                    )
                 )
             seen.add(parsed_ops[-1].key)
         if total > self.limits.max_txn_bytes:
             violations.append(
-                FieldViolation("ops", f"{total} bytes exceed the limit of {self.limits.max_txn_bytes}")
+                FieldViolation(
+                    "ops", f"{total} bytes exceed the limit of {self.limits.max_txn_bytes}"
+                )
             )
         self._require(violations)
         fingerprint = _fingerprint(
-            b"txn", *(c.SerializeToString(deterministic=True) for c in checks),
-            b"--", *(o.SerializeToString(deterministic=True) for o in ops),
+            b"txn",
+            *(c.SerializeToString(deterministic=True) for c in checks),
+            b"--",
+            *(o.SerializeToString(deterministic=True) for o in ops),
         )
         return await self._mutate(
-            parsed_checks, parsed_ops, request_id=request_id, return_current=return_current,
+            parsed_checks,
+            parsed_ops,
+            request_id=request_id,
+            return_current=return_current,
             fingerprint=fingerprint,
         )
 
@@ -308,9 +324,11 @@ class KVStore:
             else:
                 tomb_key = self._tomb_key(ns, op.key)
                 keys.add(tomb_key)
-                success.append(rpc.RequestOp(
-                    request_delete_range=rpc.DeleteRangeRequest(key=data_key, prev_kv=True)
-                ))
+                success.append(
+                    rpc.RequestOp(
+                        request_delete_range=rpc.DeleteRangeRequest(key=data_key, prev_kv=True)
+                    )
+                )
                 tombstone = records_pb2.Tombstone(deleted_by=provenance).SerializeToString()
                 success.append(_put(tomb_key, tombstone, lease=lease))
                 size += 2 * len(data_key) + 64
@@ -332,8 +350,11 @@ class KVStore:
             failure.append(_put(idem_key, refused.SerializeToString(), lease=lease))
         inner = rpc.TxnRequest(compare=compares, success=success, failure=failure)
         first_time = rpc.TxnRequest(
-            compare=[rpc.Compare(key=idem_key, target=rpc.Compare.VERSION,
-                                 result=rpc.Compare.EQUAL, version=0)],
+            compare=[
+                rpc.Compare(
+                    key=idem_key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
+                )
+            ],
             success=[rpc.RequestOp(request_txn=inner)],
             failure=[_range(idem_key)],
         )
@@ -341,8 +362,13 @@ class KVStore:
         response = committed.response
         if response.succeeded:
             return self._outcome(
-                ns, checks, ops, response.responses[0].response_txn, committed.revision,
-                return_current, provenance,
+                ns,
+                checks,
+                ops,
+                response.responses[0].response_txn,
+                committed.revision,
+                return_current,
+                provenance,
             )
         record_kv = response.responses[0].response_range.kvs[0]
         record = records_pb2.IdempotencyRecord.FromString(record_kv.value)
@@ -365,8 +391,10 @@ class KVStore:
         provenance: common_pb2.Provenance,
     ) -> Mutation:
         if not response.succeeded:
-            currents = [r.response_range.kvs[0] if r.response_range.kvs else None
-                        for r in response.responses[: len(checks)]]
+            currents = [
+                r.response_range.kvs[0] if r.response_range.kvs else None
+                for r in response.responses[: len(checks)]
+            ]
             raise self._condition_failed(ns, checks, currents, revision, return_current)
         results: list[kv_pb2.TxnOpResult] = []
         responses = iter(response.responses)
@@ -412,7 +440,11 @@ class KVStore:
             data_key = self._data_key(ns, op.key)
             if op.value is not None:
                 raw = await self._raw_at(data_key, revision)
-                kv = self._to_kv(ns, raw) if raw else kv_pb2.KeyValue(key=op.key, mod_revision=revision)
+                kv = (
+                    self._to_kv(ns, raw)
+                    if raw
+                    else kv_pb2.KeyValue(key=op.key, mod_revision=revision)
+                )
                 results.append(kv_pb2.TxnOpResult(kv=kv))
             else:
                 before = await self._raw_at(data_key, revision - 1)
@@ -530,10 +562,14 @@ class KVStore:
                 raw = await self._raw_at_strict(data_key, cursor)
                 if raw is not None:
                     kv = self._to_kv(ns, raw)
-                    entries.append(kv_pb2.HistoryEntry(
-                        kind=kv_pb2.HistoryEntry.KIND_PUT, revision=raw.mod_revision, kv=kv,
-                        changed_by=kv.written_by,
-                    ))
+                    entries.append(
+                        kv_pb2.HistoryEntry(
+                            kind=kv_pb2.HistoryEntry.KIND_PUT,
+                            revision=raw.mod_revision,
+                            kv=kv,
+                            changed_by=kv.written_by,
+                        )
+                    )
                     cursor = raw.mod_revision - 1
                     continue
                 tomb = await self._raw_at_strict(tomb_key, cursor)
@@ -543,11 +579,14 @@ class KVStore:
                 deleted_at = tomb.mod_revision
                 if await self._raw_at_strict(data_key, deleted_at - 1) is not None:
                     stone = records_pb2.Tombstone.FromString(tomb.value)
-                    entries.append(kv_pb2.HistoryEntry(
-                        kind=kv_pb2.HistoryEntry.KIND_DELETE, revision=deleted_at,
-                        kv=kv_pb2.KeyValue(key=key, mod_revision=deleted_at),
-                        changed_by=stone.deleted_by,
-                    ))
+                    entries.append(
+                        kv_pb2.HistoryEntry(
+                            kind=kv_pb2.HistoryEntry.KIND_DELETE,
+                            revision=deleted_at,
+                            kv=kv_pb2.KeyValue(key=key, mod_revision=deleted_at),
+                            changed_by=stone.deleted_by,
+                        )
+                    )
                 cursor = deleted_at - 1
             except Compacted:
                 truncated = True
@@ -561,7 +600,7 @@ class KVStore:
     # --- conversions --------------------------------------------------------------
 
     def _to_kv(self, ns: str, raw: Any) -> kv_pb2.KeyValue:
-        key = raw.key[len(self._data_prefix(ns)):].decode("utf-8", "replace")
+        key = raw.key[len(self._data_prefix(ns)) :].decode("utf-8", "replace")
         kv = kv_pb2.KeyValue(
             key=key,
             create_revision=raw.create_revision,
@@ -649,7 +688,9 @@ def _check_revision(field: str, revision: int) -> list[FieldViolation]:
     return [FieldViolation(field, "must not be negative")] if revision < 0 else []
 
 
-def _check_precondition(field: str, precondition: kv_pb2.Precondition | None) -> list[FieldViolation]:
+def _check_precondition(
+    field: str, precondition: kv_pb2.Precondition | None
+) -> list[FieldViolation]:
     if precondition is None:
         return []
     kind = precondition.WhichOneof("expect")
@@ -667,15 +708,25 @@ def _check_precondition(field: str, precondition: kv_pb2.Precondition | None) ->
 def _compare(key: bytes, precondition: kv_pb2.Precondition) -> Any:
     kind = precondition.WhichOneof("expect")
     if kind == "mod_revision":
-        return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
-                           mod_revision=precondition.mod_revision)
+        return rpc.Compare(
+            key=key,
+            target=rpc.Compare.MOD,
+            result=rpc.Compare.EQUAL,
+            mod_revision=precondition.mod_revision,
+        )
     if kind == "version":
-        return rpc.Compare(key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL,
-                           version=precondition.version)
+        return rpc.Compare(
+            key=key,
+            target=rpc.Compare.VERSION,
+            result=rpc.Compare.EQUAL,
+            version=precondition.version,
+        )
     if kind == "must_not_exist":
         return rpc.Compare(key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0)
     if kind == "must_exist":
-        return rpc.Compare(key=key, target=rpc.Compare.VERSION, result=rpc.Compare.GREATER, version=0)
+        return rpc.Compare(
+            key=key, target=rpc.Compare.VERSION, result=rpc.Compare.GREATER, version=0
+        )
     raise invalid("precondition", "unknown precondition kind")
 
 

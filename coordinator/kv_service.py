@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-
 from accord.coordinator.kv import KVStore
 from accord.v1 import common_pb2, kv_pb2, kv_pb2_grpc
 
@@ -26,7 +25,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         return kv_pb2.GetResponse(header=self._header(revision), found=kv is not None, kv=kv)
 
     async def List(self, request: kv_pb2.ListRequest, context: Context) -> kv_pb2.ListResponse:
-        page = await self._store.list(
+        page = await self._store.list_keys(
             request.prefix,
             limit=request.limit,
             page_token=request.page_token,
@@ -35,8 +34,10 @@ class KVService(kv_pb2_grpc.KVServicer):
             revision=request.revision,
         )
         return kv_pb2.ListResponse(
-            header=self._header(page.revision), kvs=page.kvs,
-            next_page_token=page.next_page_token, total=page.total,
+            header=self._header(page.revision),
+            kvs=page.kvs,
+            next_page_token=page.next_page_token,
+            total=page.total,
         )
 
     async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
@@ -51,7 +52,9 @@ class KVService(kv_pb2_grpc.KVServicer):
             header=self._header(done.revision), kv=done.results[0].kv, replayed=done.replayed
         )
 
-    async def Delete(self, request: kv_pb2.DeleteRequest, context: Context) -> kv_pb2.DeleteResponse:
+    async def Delete(
+        self, request: kv_pb2.DeleteRequest, context: Context
+    ) -> kv_pb2.DeleteResponse:
         done = await self._store.delete(
             request.key,
             request.precondition if request.HasField("precondition") else None,
@@ -74,8 +77,10 @@ class KVService(kv_pb2_grpc.KVServicer):
             return_current=request.return_current_on_failure,
         )
         return kv_pb2.TxnResponse(
-            header=self._header(done.revision), revision=done.revision,
-            results=done.results, replayed=done.replayed,
+            header=self._header(done.revision),
+            revision=done.revision,
+            results=done.results,
+            replayed=done.replayed,
         )
 
     async def Watch(
@@ -88,7 +93,8 @@ class KVService(kv_pb2_grpc.KVServicer):
             prev_kv=request.prev_kv,
         ):
             yield kv_pb2.WatchResponse(
-                header=self._header(batch.revision), events=batch.events,
+                header=self._header(batch.revision),
+                events=batch.events,
                 resume_revision=batch.resume_revision,
             )
 
@@ -99,7 +105,8 @@ class KVService(kv_pb2_grpc.KVServicer):
             request.key, limit=request.limit, before_revision=request.before_revision
         )
         return kv_pb2.HistoryResponse(
-            header=self._header(history.revision), entries=history.entries,
+            header=self._header(history.revision),
+            entries=history.entries,
             next_before_revision=history.next_before_revision,
             truncated_by_compaction=history.truncated_by_compaction,
         )

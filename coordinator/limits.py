@@ -23,7 +23,9 @@ class Limits:
     max_txn_bytes: int = 1024 * 1024
 
 
-def check_key(field: str, key: str, limits: Limits, *, allow_empty: bool = False) -> list[FieldViolation]:
+def check_key(
+    field: str, key: str, limits: Limits, *, allow_empty: bool = False
+) -> list[FieldViolation]:
     """Keys are UTF-8 text without control characters (we reserve those bytes)."""
     if not key:
         return [] if allow_empty else [FieldViolation(field, "must not be empty")]
@@ -32,7 +34,11 @@ def check_key(field: str, key: str, limits: Limits, *, allow_empty: bool = False
         return [FieldViolation(field, f"is {size} bytes; the limit is {limits.max_key_bytes}")]
     for ch in key:
         if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            return [FieldViolation(field, f"contains control character U+{ord(ch):04X}, which is reserved")]
+            return [
+                FieldViolation(
+                    field, f"contains control character U+{ord(ch):04X}, which is reserved"
+                )
+            ]
     return []
 
 

@@ -13,10 +13,6 @@ import socket
 from dataclasses import replace
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
-
 from accord.coordinator import logs
 from accord.coordinator.embedded_etcd import EmbeddedEtcd
 from accord.coordinator.errors import AccordError
@@ -28,6 +24,9 @@ from accord.coordinator.kv_service import KVService
 from accord.coordinator.retention import RetentionLeases
 from accord.coordinator.settings import Settings
 from accord.v1 import kv_pb2, kv_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 
 _log = logs.get("accord.server")
 SERVICES = [kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name]
@@ -60,7 +59,9 @@ class Replica:
             ttl=settings.idempotency_ttl_seconds,
             rotate_every=max(1, settings.idempotency_ttl_seconds // 24),
         )
-        store = KVStore(self.etcd, self.committer, retention, root=settings.root, limits=settings.limits)
+        store = KVStore(
+            self.etcd, self.committer, retention, root=settings.root, limits=settings.limits
+        )
 
         self.server = grpc.aio.server(
             interceptors=[CallInterceptor()],
@@ -80,14 +81,22 @@ class Replica:
         kv_pb2_grpc.add_KVServicer_to_server(KVService(store, replica), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
-            [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             self.server,
         )
         await self.server.start()
         self._health_task = asyncio.create_task(self._watch_health())
-        _log.info("coordinator serving", listen=f"{host}:{self.port}", replica=replica,
-                  etcd=list(endpoints), embedded_etcd=self.embedded is not None)
+        _log.info(
+            "coordinator serving",
+            listen=f"{host}:{self.port}",
+            replica=replica,
+            etcd=list(endpoints),
+            embedded_etcd=self.embedded is not None,
+        )
 
     async def _watch_health(self) -> None:
         """Report SERVING while etcd answers; load balancers and clients can steer away."""
@@ -100,7 +109,11 @@ class Replica:
             except (AccordError, TimeoutError):
                 ok = False
             if ok != serving:
-                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 for name in ["", *SERVICES]:
                     await self._health.set(name, status)
                 _log.info("health changed", serving=ok)

@@ -1,0 +1,57 @@
+"""The async client: one object per agent, holding its identity and its channels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+import grpc
+from accord.client.kv import AsyncKV
+from accord.client.retry import RetryPolicy
+from accord.client.transport import Transport
+
+
+class AsyncClient:
+    """Talks to any of the given coordinator replicas, failing over between them.
+
+    ``async with AsyncClient(["127.0.0.1:50051"], agent_id="planner-1") as accord:``
+    then ``await accord.kv.put("plan", b"...")``.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        *,
+        agent_id: str = "",
+        namespace: str = "default",
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if isinstance(addresses, str):
+            addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        self.agent_id = agent_id
+        self.namespace = namespace
+        self._transport = Transport(
+            addresses,
+            namespace=namespace,
+            agent_id=agent_id,
+            timeout=timeout,
+            retry=retry or RetryPolicy(),
+            credentials=credentials,
+        )
+        self.kv = AsyncKV(self._transport)
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,43 @@
+"""When and how the client retries: backoff with jitter, bounded by a retry budget."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    # Retries spend tokens from a bucket that successes refill, so a sick service is not
+    # hammered by every client at once (as gRPC's retry throttling does).
+    budget_tokens: float = 20.0
+    budget_refill_per_success: float = 0.2
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * multiplier**attempt)]."""
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
+        return random.uniform(0, ceiling)
+
+
+@dataclass(kw_only=True)
+class RetryBudget:
+    policy: RetryPolicy
+    tokens: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.policy.budget_tokens
+
+    def try_spend(self) -> bool:
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def refill(self) -> None:
+        self.tokens = min(
+            self.policy.budget_tokens, self.tokens + self.policy.budget_refill_per_success
+        )

@@ -1,0 +1,175 @@
+"""The blocking client: the async client driven on a private event loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from accord.client.client import AsyncClient
+from accord.client.kv import (
+    Delete,
+    DeleteResult,
+    Expect,
+    HistoryPage,
+    KeyValue,
+    Page,
+    Put,
+    TxnResult,
+    WatchEvent,
+    WriteResult,
+)
+from accord.client.retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="accord-client", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+class KV:
+    """Blocking mirror of AsyncKV."""
+
+    def __init__(self, loop: _Loop, client: AsyncClient) -> None:
+        self._loop = loop
+        self._kv = client.kv
+
+    def get(
+        self,
+        key: str,
+        *,
+        serializable: bool = False,
+        revision: int = 0,
+        timeout: float | None = None,
+    ) -> KeyValue | None:
+        return self._loop.run(
+            self._kv.get(key, serializable=serializable, revision=revision, timeout=timeout)
+        )
+
+    def list(
+        self,
+        prefix: str = "",
+        *,
+        limit: int = 0,
+        page_token: str = "",
+        keys_only: bool = False,
+        revision: int = 0,
+    ) -> Page:
+        return self._loop.run(
+            self._kv.list(
+                prefix, limit=limit, page_token=page_token, keys_only=keys_only, revision=revision
+            )
+        )
+
+    def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        expect: Expect | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> WriteResult:
+        return self._loop.run(
+            self._kv.put(key, value, expect=expect, request_id=request_id, timeout=timeout)
+        )
+
+    def delete(
+        self, key: str, *, expect: Expect | None = None, request_id: str | None = None
+    ) -> DeleteResult:
+        return self._loop.run(self._kv.delete(key, expect=expect, request_id=request_id))
+
+    def txn(
+        self,
+        checks: Mapping[str, Expect],
+        ops: Sequence[Put | Delete],
+        *,
+        request_id: str | None = None,
+    ) -> TxnResult:
+        return self._loop.run(self._kv.txn(checks, ops, request_id=request_id))
+
+    def update(
+        self,
+        key: str,
+        fn: Callable[[bytes | None], bytes | str | Awaitable[bytes | str]],
+        *,
+        max_attempts: int = 100,
+    ) -> WriteResult:
+        return self._loop.run(self._kv.update(key, fn, max_attempts=max_attempts))
+
+    def history(self, key: str, *, limit: int = 0, before_revision: int = 0) -> HistoryPage:
+        return self._loop.run(self._kv.history(key, limit=limit, before_revision=before_revision))
+
+    def watch(
+        self, key: str, *, prefix: bool = False, start_revision: int = 0, prev_kv: bool = False
+    ) -> Iterator[WatchEvent]:
+        watch = self._kv.watch(key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv)
+        try:
+            while True:
+                try:
+                    yield self._loop.run(watch.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run(watch.aclose())
+
+
+class Client:
+    """``with Client("127.0.0.1:50051", agent_id="a") as accord: accord.kv.put(...)``"""
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        *,
+        agent_id: str = "",
+        namespace: str = "default",
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self._loop = _Loop()
+
+        async def make() -> AsyncClient:
+            return AsyncClient(
+                addresses,
+                agent_id=agent_id,
+                namespace=namespace,
+                timeout=timeout,
+                retry=retry,
+                credentials=credentials,
+            )
+
+        self._client = self._loop.run(make())
+        self.kv = KV(self._loop, self._client)
+
+    def close(self) -> None:
+        self._loop.run(self._client.close())
+        self._loop.stop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
