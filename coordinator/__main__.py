@@ -1,0 +1,5 @@
+"""`python -m accord.coordinator` is the `accord` command."""
+
+from accord.coordinator.cli import app
+
+app()
