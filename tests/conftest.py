@@ -1,0 +1,72 @@
+"""Fixtures: one real etcd and two real coordinator replicas for the whole session;
+each test gets its own namespace (never a wiped keyspace) and clients pinned to them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from accord.client import AsyncClient, RetryPolicy
+from tests.harness import Coordinator, EtcdMember, start_coordinator, start_etcd
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("accord")
+
+
+@pytest.fixture(scope="session")
+def etcd(workdir: Path) -> Iterator[EtcdMember]:
+    member = start_etcd(workdir)
+    yield member
+    member.kill()
+
+
+@pytest.fixture(scope="session")
+def replicas(etcd: EtcdMember, workdir: Path) -> Iterator[list[Coordinator]]:
+    started = [start_coordinator(workdir, f"replica-{i}", [etcd.endpoint]) for i in range(2)]
+    yield started
+    for replica in started:
+        if replica.running():
+            replica.terminate()
+
+
+@pytest.fixture
+def live_replicas(replicas: list[Coordinator], etcd: EtcdMember) -> Iterator[list[Coordinator]]:
+    """The session replicas, for a test that kills or pauses them: restored afterwards."""
+    yield replicas
+    if not etcd.running():
+        etcd.start()
+    for replica in replicas:
+        if not replica.running():
+            replica.start()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t-{uuid.uuid4().hex[:16]}"
+
+
+def make_client(addresses: list[str], namespace: str, agent: str = "tester",
+                timeout: float = 10.0) -> AsyncClient:
+    return AsyncClient(addresses, agent_id=agent, namespace=namespace, timeout=timeout,
+                       retry=RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5))
+
+
+@pytest.fixture
+async def client(replicas: list[Coordinator], namespace: str) -> AsyncIterator[AsyncClient]:
+    """A client that may use either replica."""
+    async with make_client([r.address for r in replicas], namespace) as c:
+        yield c
+
+
+@pytest.fixture
+async def pinned(replicas: list[Coordinator], namespace: str) -> AsyncIterator[list[AsyncClient]]:
+    """One client per replica, each talking only to its own."""
+    clients = [make_client([r.address], namespace, agent=f"agent-{i}") for i, r in enumerate(replicas)]
+    yield clients
+    for c in clients:
+        await c.close()

@@ -1,0 +1,186 @@
+"""Real processes for tests: etcd members and coordinator replicas, and the fault helpers
+(kill, pause, restart) every test reuses. Nothing here stands in for etcd."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on port {port} after {timeout}s") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.3)
+
+
+@dataclass
+class Process:
+    name: str
+    log: Path
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
+
+    def kill(self) -> None:
+        """Die at once, like a crash: no graceful shutdown."""
+        if self.running():
+            assert self.popen is not None
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        """Graceful stop (SIGTERM); returns the exit code."""
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+                raise
+        return self.popen.returncode
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP), like a long GC pause or a stalled VM."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+
+@dataclass
+class EtcdMember(Process):
+    data_dir: Path = Path()
+    client_port: int = 0
+    peer_port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        self._spawn([
+            ETCD, "--name", self.name, "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}",
+        ])
+        wait_for_port(self.client_port, 30, self.popen)
+        self.ctl("endpoint", "health")
+
+    def ctl(self, *args: str) -> str:
+        out = subprocess.run(
+            [ETCDCTL, f"--endpoints={self.endpoint}", *args],
+            env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True, timeout=30,
+            check=True,
+        )
+        return out.stdout
+
+    def revision(self) -> int:
+        import json
+
+        status = json.loads(self.ctl("endpoint", "status", "-w", "json"))
+        return int(status[0]["Status"]["header"]["revision"])
+
+    def compact(self) -> int:
+        """Compact etcd's history up to now; returns the compaction revision."""
+        revision = self.revision()
+        self.ctl("compact", str(revision), "--physical")
+        return revision
+
+
+def start_etcd(base: Path, name: str = "etcd") -> EtcdMember:
+    data = base / name
+    member = EtcdMember(name=name, log=base / f"{name}.log", data_dir=data,
+                        client_port=free_port(), peer_port=free_port())
+    member.start()
+    return member
+
+
+@dataclass
+class Coordinator(Process):
+    port: int = 0
+    etcd_endpoints: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> None:
+        argv = [sys.executable, "-m", "accord.coordinator", "serve",
+                "--listen", self.address, "--replica", self.name, *self.extra_args]
+        if self.etcd_endpoints:
+            argv += ["--etcd", ",".join(self.etcd_endpoints)]
+        self._spawn(argv, env={**os.environ, "ACCORD_LOG_LEVEL": os.environ.get("ACCORD_LOG_LEVEL", "info")})
+        wait_for_port(self.port, timeout, self.popen)
+        wait_serving(self.address, timeout)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+def start_coordinator(base: Path, name: str, etcd_endpoints: list[str],
+                      extra_args: list[str] | None = None) -> Coordinator:
+    replica = Coordinator(name=name, log=base / f"{name}.log", port=free_port(),
+                          etcd_endpoints=etcd_endpoints, extra_args=extra_args or [])
+    replica.start()
+    return replica
+
+
+def wait_serving(address: str, timeout: float) -> None:
+    """Block until the replica's gRPC health check says SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        stub = health_pb2_grpc.HealthStub(channel)
+        for update in stub.Watch(health_pb2.HealthCheckRequest(service=""),
+                                 timeout=max(0.1, deadline - time.monotonic())):
+            if update.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+    raise TimeoutError(f"{address} did not become SERVING")
