@@ -65,8 +65,8 @@ async def client(replicas: list[Coordinator], namespace: str) -> AsyncIterator[A
 
 @pytest.fixture
 async def pinned(replicas: list[Coordinator], namespace: str) -> AsyncIterator[list[AsyncClient]]:
-    """One client per replica, each talking only to its own."""
-    clients = [make_client([r.address], namespace, agent=f"agent-{i}") for i, r in enumerate(replicas)]
+    """The same agent twice, each client talking only to its own replica."""
+    clients = [make_client([r.address], namespace) for r in replicas]
     yield clients
     for c in clients:
         await c.close()
