@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 
-from accord.client.errors import AccordError, ConditionFailedError, UnavailableError
+from accord.client.errors import ConditionFailedError, UnavailableError
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, kv_pb2
 
@@ -365,6 +365,7 @@ class Watch:
         self.resume_revision = start_revision
         self._max_reconnects = max_reconnects
         self._started = False
+        self._delivered_at_resume = 0
         self._events = self._run()
 
     def __aiter__(self) -> Watch:
@@ -387,9 +388,12 @@ class Watch:
         await self._events.aclose()
 
     async def _run(self) -> AsyncGenerator[WatchEvent | None, None]:
-        """Events, and None after each response once resume_revision has moved past it."""
+        """Events, and None after each response. resume_revision moves before each event is
+        handed out, so it is exact wherever the consumer stops; inside one transaction's
+        events it stays at that revision and `_delivered_at_resume` of them are skipped."""
         failures = 0
         while True:
+            skip = self._delivered_at_resume
             request = kv_pb2.WatchRequest(
                 key=self._key,
                 prefix=self._prefix,
@@ -399,15 +403,27 @@ class Watch:
             try:
                 async for response in self._t.stream("kv", "Watch", request):
                     failures = 0
-                    for event in response.events:
-                        yield WatchEvent(
-                            EventType.DELETE
-                            if event.type == kv_pb2.WatchEvent.TYPE_DELETE
-                            else EventType.PUT,
-                            KeyValue._from(event.kv),
-                            KeyValue._from(event.prev_kv) if event.HasField("prev_kv") else None,
-                        )
-                    self.resume_revision = response.resume_revision
+                    events = response.events
+                    for i, event in enumerate(events):
+                        revision = event.kv.mod_revision
+                        if skip and revision == self.resume_revision:
+                            skip -= 1
+                            continue
+                        following = events[i + 1].kv.mod_revision if i + 1 < len(events) else None
+                        if following is None:
+                            self.resume_revision, self._delivered_at_resume = (
+                                response.resume_revision,
+                                0,
+                            )
+                        elif following > revision:
+                            self.resume_revision, self._delivered_at_resume = revision + 1, 0
+                        else:
+                            if self.resume_revision != revision:
+                                self.resume_revision, self._delivered_at_resume = revision, 0
+                            self._delivered_at_resume += 1
+                        yield _event(event)
+                    if not events:
+                        self.resume_revision = response.resume_revision
                     self._started = True
                     yield None
             except UnavailableError:
@@ -416,9 +432,15 @@ class Watch:
                     raise
                 await asyncio.sleep(self._t.retry.backoff(min(failures, 5)))
                 continue
-            except AccordError:
-                raise
             # The server ended the stream (a replica shutting down): resume elsewhere.
             failures += 1
             if failures > self._max_reconnects:
                 raise UnavailableError("the watch stream kept ending; no replica would hold it")
+
+
+def _event(event: kv_pb2.WatchEvent) -> WatchEvent:
+    return WatchEvent(
+        EventType.DELETE if event.type == kv_pb2.WatchEvent.TYPE_DELETE else EventType.PUT,
+        KeyValue._from(event.kv),
+        KeyValue._from(event.prev_kv) if event.HasField("prev_kv") else None,
+    )

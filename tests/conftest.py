@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from accord.client import AsyncClient, RetryPolicy
+
 from tests.harness import Coordinator, EtcdMember, start_coordinator, start_etcd
 
 
@@ -50,10 +50,16 @@ def namespace() -> str:
     return f"t-{uuid.uuid4().hex[:16]}"
 
 
-def make_client(addresses: list[str], namespace: str, agent: str = "tester",
-                timeout: float = 10.0) -> AsyncClient:
-    return AsyncClient(addresses, agent_id=agent, namespace=namespace, timeout=timeout,
-                       retry=RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5))
+def make_client(
+    addresses: list[str], namespace: str, agent: str = "tester", timeout: float = 10.0
+) -> AsyncClient:
+    return AsyncClient(
+        addresses,
+        agent_id=agent,
+        namespace=namespace,
+        timeout=timeout,
+        retry=RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5),
+    )
 
 
 @pytest.fixture

@@ -60,8 +60,9 @@ class Process:
 
     def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
 
     def kill(self) -> None:
         """Die at once, like a crash: no graceful shutdown."""
@@ -103,19 +104,35 @@ class EtcdMember(Process):
 
     def start(self) -> None:
         client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
-        self._spawn([
-            ETCD, "--name", self.name, "--data-dir", str(self.data_dir),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
-        ])
+        self._spawn(
+            [
+                ETCD,
+                "--name",
+                self.name,
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"{self.name}={peer}",
+            ]
+        )
         wait_for_port(self.client_port, 30, self.popen)
         self.ctl("endpoint", "health")
 
     def ctl(self, *args: str) -> str:
         out = subprocess.run(
             [ETCDCTL, f"--endpoints={self.endpoint}", *args],
-            env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            capture_output=True,
+            text=True,
+            timeout=30,
             check=True,
         )
         return out.stdout
@@ -135,8 +152,13 @@ class EtcdMember(Process):
 
 def start_etcd(base: Path, name: str = "etcd") -> EtcdMember:
     data = base / name
-    member = EtcdMember(name=name, log=base / f"{name}.log", data_dir=data,
-                        client_port=free_port(), peer_port=free_port())
+    member = EtcdMember(
+        name=name,
+        log=base / f"{name}.log",
+        data_dir=data,
+        client_port=free_port(),
+        peer_port=free_port(),
+    )
     member.start()
     return member
 
@@ -152,11 +174,22 @@ class Coordinator(Process):
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> None:
-        argv = [sys.executable, "-m", "accord.coordinator", "serve",
-                "--listen", self.address, "--replica", self.name, *self.extra_args]
+        argv = [
+            sys.executable,
+            "-m",
+            "accord.coordinator",
+            "serve",
+            "--listen",
+            self.address,
+            "--replica",
+            self.name,
+            *self.extra_args,
+        ]
         if self.etcd_endpoints:
             argv += ["--etcd", ",".join(self.etcd_endpoints)]
-        self._spawn(argv, env={**os.environ, "ACCORD_LOG_LEVEL": os.environ.get("ACCORD_LOG_LEVEL", "info")})
+        self._spawn(
+            argv, env={**os.environ, "ACCORD_LOG_LEVEL": os.environ.get("ACCORD_LOG_LEVEL", "info")}
+        )
         wait_for_port(self.port, timeout, self.popen)
         wait_serving(self.address, timeout)
 
@@ -165,10 +198,16 @@ class Coordinator(Process):
         self.start()
 
 
-def start_coordinator(base: Path, name: str, etcd_endpoints: list[str],
-                      extra_args: list[str] | None = None) -> Coordinator:
-    replica = Coordinator(name=name, log=base / f"{name}.log", port=free_port(),
-                          etcd_endpoints=etcd_endpoints, extra_args=extra_args or [])
+def start_coordinator(
+    base: Path, name: str, etcd_endpoints: list[str], extra_args: list[str] | None = None
+) -> Coordinator:
+    replica = Coordinator(
+        name=name,
+        log=base / f"{name}.log",
+        port=free_port(),
+        etcd_endpoints=etcd_endpoints,
+        extra_args=extra_args or [],
+    )
     replica.start()
     return replica
 
@@ -179,8 +218,9 @@ def wait_serving(address: str, timeout: float) -> None:
     with grpc.insecure_channel(address) as channel:
         grpc.channel_ready_future(channel).result(timeout=timeout)
         stub = health_pb2_grpc.HealthStub(channel)
-        for update in stub.Watch(health_pb2.HealthCheckRequest(service=""),
-                                 timeout=max(0.1, deadline - time.monotonic())):
+        for update in stub.Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=max(0.1, deadline - time.monotonic())
+        ):
             if update.status == health_pb2.HealthCheckResponse.SERVING:
                 return
     raise TimeoutError(f"{address} did not become SERVING")

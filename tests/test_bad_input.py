@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-
 from accord.client import AsyncClient, BadIdentityError, Delete, Expect, InvalidArgumentError, Put
+
 from tests.conftest import make_client
 from tests.harness import Coordinator, EtcdMember
 
@@ -20,14 +20,18 @@ CASES: dict[str, tuple[Callable[[AsyncClient], Awaitable[Any]], str]] = {
     "control character in key": (lambda c: c.kv.put("line\nbreak", b"v"), "key"),
     "oversized value": (lambda c: c.kv.put("k", b"x" * BIG), "value"),
     "bad request id": (lambda c: c.kv.put("k", b"v", request_id="has space"), "request_id"),
-    "negative precondition": (lambda c: c.kv.put("k", b"v", expect=Expect(version=-1)),
-                              "precondition.version"),
+    "negative precondition": (
+        lambda c: c.kv.put("k", b"v", expect=Expect(version=-1)),
+        "precondition.version",
+    ),
     "empty key on delete": (lambda c: c.kv.delete(""), "key"),
     "too many txn ops": (lambda c: c.kv.txn({}, [Put(f"k{i}", b"v") for i in range(65)]), "ops"),
     "duplicate txn key": (lambda c: c.kv.txn({}, [Put("k", b"1"), Delete("k")]), "ops[1]"),
     "empty txn": (lambda c: c.kv.txn({}, []), "ops"),
-    "bad key in txn check": (lambda c: c.kv.txn({"": Expect(absent=True)}, [Put("k", b"v")]),
-                             "checks[0].key"),
+    "bad key in txn check": (
+        lambda c: c.kv.txn({"": Expect(absent=True)}, [Put("k", b"v")]),
+        "checks[0].key",
+    ),
     "oversized value in txn": (lambda c: c.kv.txn({}, [Put("k", b"x" * BIG)]), "ops[0].put.value"),
     "negative revision": (lambda c: c.kv.get("k", revision=-1), "revision"),
     "list limit too large": (lambda c: c.kv.list("", limit=5000), "limit"),

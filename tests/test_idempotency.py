@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from accord.client import (
     AsyncClient,
     ConditionFailedError,
@@ -12,6 +11,7 @@ from accord.client import (
     Put,
     RequestIdReusedError,
 )
+
 from tests.conftest import make_client
 from tests.harness import Coordinator
 
@@ -46,7 +46,9 @@ async def test_failed_condition_replays_as_failure(pinned: list[AsyncClient]) ->
     with pytest.raises(ConditionFailedError) as retry:
         await b.kv.put("k", b"2", expect=Expect(absent=True), request_id="req-3")
     # ...but the retry gets the first call's answer, and nothing is written.
-    assert retry.value.failures[0].current_mod_revision == first.value.failures[0].current_mod_revision
+    assert (
+        retry.value.failures[0].current_mod_revision == first.value.failures[0].current_mod_revision
+    )
     assert await a.kv.get("k") is None
 
 
@@ -61,8 +63,12 @@ async def test_request_id_reused_for_a_different_request(client: AsyncClient) ->
 async def test_txn_and_delete_replay(pinned: list[AsyncClient]) -> None:
     a, b = pinned
     await a.kv.put("x", b"old")
-    first = await a.kv.txn({"y": Expect(absent=True)}, [Put("y", b"1"), Delete("x")], request_id="t1")
-    retry = await b.kv.txn({"y": Expect(absent=True)}, [Put("y", b"1"), Delete("x")], request_id="t1")
+    first = await a.kv.txn(
+        {"y": Expect(absent=True)}, [Put("y", b"1"), Delete("x")], request_id="t1"
+    )
+    retry = await b.kv.txn(
+        {"y": Expect(absent=True)}, [Put("y", b"1"), Delete("x")], request_id="t1"
+    )
     assert retry.replayed and retry.revision == first.revision
     assert retry.kvs[1] is not None and retry.kvs[1].value == b"old"
     gone = await a.kv.delete("y", request_id="d1")
@@ -70,9 +76,13 @@ async def test_txn_and_delete_replay(pinned: list[AsyncClient]) -> None:
     assert gone.deleted and again.deleted and again.replayed and again.revision == gone.revision
 
 
-async def test_request_ids_are_scoped_per_agent(replicas: list[Coordinator], namespace: str) -> None:
-    async with make_client([replicas[0].address], namespace, agent="one") as one, \
-            make_client([replicas[1].address], namespace, agent="two") as two:
+async def test_request_ids_are_scoped_per_agent(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    async with (
+        make_client([replicas[0].address], namespace, agent="one") as one,
+        make_client([replicas[1].address], namespace, agent="two") as two,
+    ):
         await one.kv.put("k", b"1", request_id="same")
         second = await two.kv.put("k", b"2", request_id="same")
         assert not second.replayed

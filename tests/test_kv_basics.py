@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from accord.client import AsyncClient, Expect, InvalidArgumentError
+
 from tests.conftest import make_client
 from tests.harness import Coordinator
 
@@ -35,8 +36,10 @@ async def test_get_as_of_older_revision_and_serializable(client: AsyncClient) ->
 
 
 async def test_namespaces_are_isolated(replicas: list[Coordinator], namespace: str) -> None:
-    async with make_client([replicas[0].address], namespace + "-a") as a, \
-            make_client([replicas[1].address], namespace + "-b") as b:
+    async with (
+        make_client([replicas[0].address], namespace + "-a") as a,
+        make_client([replicas[1].address], namespace + "-b") as b,
+    ):
         await a.kv.put("shared-name", b"from a")
         assert await b.kv.get("shared-name") is None
         assert (await b.kv.list("")).kvs == []
@@ -87,15 +90,19 @@ async def test_restore_an_earlier_value_from_history(client: AsyncClient) -> Non
 async def test_history_lists_puts_and_deletes_with_authors(
     replicas: list[Coordinator], namespace: str
 ) -> None:
-    async with make_client([replicas[0].address], namespace, agent="alice") as alice, \
-            make_client([replicas[1].address], namespace, agent="bob") as bob:
+    async with (
+        make_client([replicas[0].address], namespace, agent="alice") as alice,
+        make_client([replicas[1].address], namespace, agent="bob") as bob,
+    ):
         r1 = await alice.kv.put("note", b"one")
         r2 = await bob.kv.put("note", b"two")
         d = await bob.kv.delete("note")
         r3 = await alice.kv.put("note", b"three")
         await alice.kv.put("unrelated", b"x")
         history = await alice.kv.history("note")
-        kinds = [(e.type.value, e.revision, e.kv.value, e.changed_by.agent_id) for e in history.entries]
+        kinds = [
+            (e.type.value, e.revision, e.kv.value, e.changed_by.agent_id) for e in history.entries
+        ]
         assert kinds == [
             ("put", r3.revision, b"three", "alice"),
             ("delete", d.revision, b"", "bob"),
@@ -107,7 +114,11 @@ async def test_history_lists_puts_and_deletes_with_authors(
         page1 = await alice.kv.history("note", limit=2)
         page2 = await alice.kv.history("note", limit=2, before_revision=page1.next_before_revision)
         assert [e.revision for e in page1.entries + page2.entries] == [
-            r3.revision, d.revision, r2.revision, r1.revision]
+            r3.revision,
+            d.revision,
+            r2.revision,
+            r1.revision,
+        ]
 
 
 async def test_history_of_deleted_key(client: AsyncClient) -> None:

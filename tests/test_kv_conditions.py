@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from accord.client import AsyncClient, ConditionFailedError, Delete, Expect, Put
 
 
@@ -52,7 +51,9 @@ async def test_version(client: AsyncClient) -> None:
 async def test_failure_can_include_current_value(client: AsyncClient) -> None:
     await client.kv.put("k", b"theirs")
     with pytest.raises(ConditionFailedError) as err:
-        await client.kv.put("k", b"mine", expect=Expect(absent=True), return_current_on_failure=True)
+        await client.kv.put(
+            "k", b"mine", expect=Expect(absent=True), return_current_on_failure=True
+        )
     current = err.value.failures[0].current
     assert current.value == b"theirs" and current.written_by.agent_id == "tester"
     # Without asking, the value stays out of the error.
@@ -109,8 +110,10 @@ async def test_concurrent_cas_on_one_key_has_one_winner(client: AsyncClient) -> 
     import asyncio
 
     base = await client.kv.put("leader", b"none")
-    attempts = [client.kv.put("leader", f"agent-{i}", expect=Expect(mod_revision=base.revision))
-                for i in range(20)]
+    attempts = [
+        client.kv.put("leader", f"agent-{i}", expect=Expect(mod_revision=base.revision))
+        for i in range(20)
+    ]
     outcomes = await asyncio.gather(*attempts, return_exceptions=True)
     winners = [o for o in outcomes if not isinstance(o, BaseException)]
     losers = [o for o in outcomes if isinstance(o, ConditionFailedError)]
