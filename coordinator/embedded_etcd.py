@@ -1,16 +1,24 @@
 """A private single-member etcd for `accord serve` without --etcd.
 
 Data lives in {data_dir}/etcd so a restart keeps it; the ports chosen on first start are
-remembered beside it and reused. The process stops with the coordinator.
+remembered beside it and reused. The process stops with the coordinator: on a graceful
+stop we terminate it; if the coordinator is killed, the kernel signals etcd (parent-death
+signal), and an etcd left over from a crash is found by its pid file and stopped before
+a new one starts on the same data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from accord.coordinator import logs
@@ -20,6 +28,33 @@ _log = logs.get("accord.embedded_etcd")
 
 class EtcdNotInstalled(RuntimeError):
     pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the coordinator dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _stop_leftover(pid_file: Path, data_dir: Path) -> None:
+    """Stop an etcd that a crashed coordinator left running on this data dir."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if str(data_dir).encode() not in cmdline:
+        return  # the pid was reused by an unrelated process
+    _log.warning("stopping an etcd left over from an earlier run", pid=pid)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
 
 
 def _free_port() -> int:
@@ -68,6 +103,8 @@ class EmbeddedEtcd:
 
     async def start(self, timeout: float = 30.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = self.data_dir / "etcd.pid"
+        _stop_leftover(pid_file, self.data_dir / "etcd")
         client, peer = self._ports()
         client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
         log_file = (self.data_dir / "etcd.log").open("ab")
@@ -96,8 +133,10 @@ class EmbeddedEtcd:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before any thread runs
         )
         log_file.close()
+        pid_file.write_text(str(self.process.pid))
         self.endpoint = f"127.0.0.1:{client}"
         await self._wait_ready(client, timeout)
         _log.info(
@@ -138,4 +177,5 @@ class EmbeddedEtcd:
         except subprocess.TimeoutExpired:
             self.process.kill()
             await asyncio.to_thread(self.process.wait)
+        (self.data_dir / "etcd.pid").unlink(missing_ok=True)
         _log.info("embedded etcd stopped", code=self.process.returncode)

@@ -53,6 +53,7 @@ class Replica:
             self.embedded = EmbeddedEtcd(settings.data_dir)
             endpoints = (await self.embedded.start(),)
         self.etcd = Etcd(endpoints, tls=settings.etcd_tls)
+        await self._wait_for_etcd()
         self.committer = GroupCommitter(self.etcd, max_in_flight=settings.group_commit_in_flight)
         retention = RetentionLeases(
             self.etcd,
@@ -98,6 +99,25 @@ class Replica:
             embedded_etcd=self.embedded is not None,
         )
 
+    async def _wait_for_etcd(self, timeout: float = 30.0) -> None:
+        """Start serving only once etcd answers a real request, not merely accepts TCP."""
+        assert self.etcd is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.05
+        while True:
+            try:
+                await asyncio.wait_for(self.etcd.status(), 2.0)
+                return
+            except (AccordError, TimeoutError) as exc:
+                if loop.time() + delay > deadline:
+                    raise RuntimeError(
+                        f"etcd at {', '.join(self.etcd.endpoints)} did not answer within "
+                        f"{timeout:.0f}s: {exc}"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def _watch_health(self) -> None:
         """Report SERVING while etcd answers; load balancers and clients can steer away."""
         assert self.etcd is not None
@@ -129,6 +149,8 @@ class Replica:
             await self._health.enter_graceful_shutdown()
             await self.server.stop(self.settings.shutdown_grace_seconds)
         if self.committer:
+            _log.info("group commit totals", batches=self.committer.batches,
+                      writes=self.committer.writes)
             await self.committer.close()
         if self.etcd:
             await self.etcd.close()

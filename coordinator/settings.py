@@ -23,5 +23,5 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     # How long a request_id is remembered (and a deletion tombstone kept).
     idempotency_ttl_seconds: int = 24 * 3600
-    group_commit_in_flight: int = 2
+    group_commit_in_flight: int = 1
     shutdown_grace_seconds: float = 5.0

@@ -71,10 +71,12 @@ async def test_embedded_etcd_starts_keeps_data_and_stops(workdir: Path, namespac
     replica = Coordinator(name="embedded", log=workdir / "embedded.log", port=free_port(),
                           extra_args=["--data-dir", str(data_dir)])
     replica.start()
-    assert _etcd_processes_for(data_dir), "accord serve without --etcd starts its own etcd"
-    async with make_client([replica.address], namespace) as c:
-        written = await c.kv.put("survives", b"restart")
-    assert replica.terminate() == 0
+    try:
+        assert _etcd_processes_for(data_dir), "accord serve without --etcd starts its own etcd"
+        async with make_client([replica.address], namespace) as c:
+            written = await c.kv.put("survives", b"restart")
+    finally:
+        assert replica.terminate() == 0
     assert _etcd_processes_for(data_dir) == [], "the private etcd stops with the coordinator"
 
     replica.start()  # same data dir: the data is still there
@@ -84,8 +86,19 @@ async def test_embedded_etcd_starts_keeps_data_and_stops(workdir: Path, namespac
             assert kv is not None and kv.value == b"restart"
             assert kv.mod_revision == written.revision
     finally:
-        assert replica.terminate() == 0
+        replica.kill()  # a crash: the private etcd must not outlive its coordinator
+    deadline = time.monotonic() + 10
+    while _etcd_processes_for(data_dir) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     assert _etcd_processes_for(data_dir) == []
+
+    replica.start()  # and a restart after the crash serves the same data
+    try:
+        async with make_client([replica.address], namespace) as c:
+            kv = await c.kv.get("survives")
+            assert kv is not None and kv.value == b"restart"
+    finally:
+        assert replica.terminate() == 0
 
 
 async def test_two_replicas_behave_as_one_service(pinned: list[AsyncClient]) -> None:

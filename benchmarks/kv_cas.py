@@ -1,0 +1,117 @@
+"""Conditional writes through Accord vs the same conditional write sent straight to etcd,
+and the floor (an empty grpc.aio call of the same size), side by side in one run.
+
+    python benchmarks/kv_cas.py [--seconds 5] [--clients 1,16,64]
+
+Every client owns one key and loops: compare-and-set it on its last mod_revision. The
+Accord side uses the public AsyncClient (which adds a request_id, so every write is also
+idempotent); the etcd side sends Txn(compare mod_revision, put) on a grpc.aio channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from aetcd.rpc import rpc_pb2 as rpc
+from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
+
+from benchmarks.common import Result, RssSampler, closed_loop, report
+from tests.harness import free_port, start_coordinator, start_etcd, wait_for_port
+
+from accord.client import AsyncClient, Expect
+
+VALUE = b"x" * 64
+
+
+async def run(seconds: float, concurrency: list[int], out: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="accord-bench-"))
+    etcd = start_etcd(base)
+    coordinator = start_coordinator(base, "bench", [etcd.endpoint],
+                                    extra_args=["--log-level", "warning"])
+    echo_port = free_port()
+    echo = subprocess.Popen([sys.executable, str(Path(__file__).with_name("echo_server.py")),
+                             str(echo_port)])
+    wait_for_port(echo_port, 10, echo)
+    etcd_channel = grpc.aio.insecure_channel(etcd.endpoint)
+    kv = rpc_grpc.KVStub(etcd_channel)
+    echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
+    echo_call = echo_channel.unary_unary("/bench.Echo/Echo")
+    client = AsyncClient([coordinator.address], agent_id="bench", namespace="bench")
+    results: list[Result] = []
+    peak_rss = 0.0
+    try:
+        for clients in concurrency:
+            async def etcd_op(i: int, clients: int = clients) -> Callable[[], Awaitable[None]]:
+                key = f"direct/{clients}/{i}".encode()
+                put = await kv.Put(rpc.PutRequest(key=key, value=VALUE))
+                state = {"rev": put.header.revision}
+
+                async def op() -> None:
+                    response = await kv.Txn(rpc.TxnRequest(
+                        compare=[rpc.Compare(key=key, target=rpc.Compare.MOD,
+                                             result=rpc.Compare.EQUAL, mod_revision=state["rev"])],
+                        success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=VALUE))],
+                    ), timeout=10)
+                    assert response.succeeded
+                    state["rev"] = response.header.revision
+                return op
+
+            async def accord_op(i: int, clients: int = clients) -> Callable[[], Awaitable[None]]:
+                key = f"cas/{clients}/{i}"
+                state = {"rev": (await client.kv.put(key, VALUE)).revision}
+
+                async def op() -> None:
+                    written = await client.kv.put(key, VALUE, expect=Expect(mod_revision=state["rev"]))
+                    state["rev"] = written.revision
+                return op
+
+            async def echo_op(i: int) -> Callable[[], Awaitable[None]]:
+                payload = b"k" * 12 + VALUE + b"r" * 32  # about an Accord Put request's size
+
+                async def op() -> None:
+                    await echo_call(payload, timeout=10)
+                return op
+
+            results.append(await closed_loop("etcd CAS, direct", clients, seconds, etcd_op))
+            with RssSampler(coordinator.pid) as rss:
+                results.append(await closed_loop("accord CAS (idempotent)", clients, seconds, accord_op))
+            peak_rss = max(peak_rss, rss.peak)
+            results.append(await closed_loop("floor: empty grpc.aio echo", clients, seconds, echo_op))
+    finally:
+        await client.close()
+        await etcd_channel.close()
+        await echo_channel.close()
+        echo.kill()
+        coordinator.terminate()
+        etcd.kill()
+
+    by = {(r.name, r.clients): r for r in results}
+    summary: dict[str, object] = {}
+    for clients in concurrency:
+        direct = by[("etcd CAS, direct", clients)]
+        accord = by[("accord CAS (idempotent)", clients)]
+        floor = by[("floor: empty grpc.aio echo", clients)]
+        summary[f"accord/etcd ratio @{clients}"] = round(accord.ops_per_s / direct.ops_per_s, 2)
+        summary[f"accord/floor ratio @{clients}"] = round(accord.ops_per_s / floor.ops_per_s, 2)
+    summary["coordinator peak RSS MB"] = round(peak_rss, 1)
+    report("Accord conditional writes vs etcd (benchmarks/kv_cas.py)", results, summary, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/kv_cas.json"))
+    args = parser.parse_args()
+    asyncio.run(run(args.seconds, [int(c) for c in args.clients.split(",")], args.out))
+
+
+if __name__ == "__main__":
+    main()
