@@ -26,7 +26,10 @@ class Result:
 
 
 async def closed_loop(
-    name: str, clients: int, seconds: float, make_op: Callable[[int], Awaitable[Callable[[], Awaitable[None]]]]
+    name: str,
+    clients: int,
+    seconds: float,
+    make_op: Callable[[int], Awaitable[Callable[[], Awaitable[None]]]],
 ) -> Result:
     """`clients` workers each run their op back to back for `seconds`; latency per op."""
     ops = [await make_op(i) for i in range(clients)]
@@ -49,7 +52,10 @@ async def closed_loop(
     elapsed = time.perf_counter() - started
     latencies.sort()
     return Result(
-        name=name, clients=clients, ops=len(latencies), seconds=round(elapsed, 3),
+        name=name,
+        clients=clients,
+        ops=len(latencies),
+        seconds=round(elapsed, 3),
         ops_per_s=round(len(latencies) / elapsed, 1),
         p50_ms=round(statistics.median(latencies) * 1000, 3),
         p99_ms=round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
@@ -86,8 +92,11 @@ class RssSampler:
 
 def report(title: str, results: list[Result], summary: dict[str, object], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"title": title, "results": [asdict(r) for r in results],
-                               "summary": summary}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"title": title, "results": [asdict(r) for r in results], "summary": summary}, indent=2
+        )
+    )
     print(f"\n{title}")
     print(f"{'workload':<34}{'clients':>8}{'ops/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
     for r in results:

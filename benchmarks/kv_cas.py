@@ -19,13 +19,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from accord.client import AsyncClient, Expect
 from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
 from benchmarks.common import Result, RssSampler, closed_loop, report
 from tests.harness import free_port, start_coordinator, start_etcd, wait_for_port
-
-from accord.client import AsyncClient, Expect
 
 VALUE = b"x" * 64
 
@@ -33,11 +32,13 @@ VALUE = b"x" * 64
 async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     base = Path(tempfile.mkdtemp(prefix="accord-bench-"))
     etcd = start_etcd(base)
-    coordinator = start_coordinator(base, "bench", [etcd.endpoint],
-                                    extra_args=["--log-level", "warning"])
+    coordinator = start_coordinator(
+        base, "bench", [etcd.endpoint], extra_args=["--log-level", "warning"]
+    )
     echo_port = free_port()
-    echo = subprocess.Popen([sys.executable, str(Path(__file__).with_name("echo_server.py")),
-                             str(echo_port)])
+    echo = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("echo_server.py")), str(echo_port)]
+    )
     wait_for_port(echo_port, 10, echo)
     etcd_channel = grpc.aio.insecure_channel(etcd.endpoint)
     kv = rpc_grpc.KVStub(etcd_channel)
@@ -48,19 +49,32 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     peak_rss = 0.0
     try:
         for clients in concurrency:
+
             async def etcd_op(i: int, clients: int = clients) -> Callable[[], Awaitable[None]]:
                 key = f"direct/{clients}/{i}".encode()
                 put = await kv.Put(rpc.PutRequest(key=key, value=VALUE))
                 state = {"rev": put.header.revision}
 
                 async def op() -> None:
-                    response = await kv.Txn(rpc.TxnRequest(
-                        compare=[rpc.Compare(key=key, target=rpc.Compare.MOD,
-                                             result=rpc.Compare.EQUAL, mod_revision=state["rev"])],
-                        success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=VALUE))],
-                    ), timeout=10)
+                    response = await kv.Txn(
+                        rpc.TxnRequest(
+                            compare=[
+                                rpc.Compare(
+                                    key=key,
+                                    target=rpc.Compare.MOD,
+                                    result=rpc.Compare.EQUAL,
+                                    mod_revision=state["rev"],
+                                )
+                            ],
+                            success=[
+                                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=VALUE))
+                            ],
+                        ),
+                        timeout=10,
+                    )
                     assert response.succeeded
                     state["rev"] = response.header.revision
+
                 return op
 
             async def accord_op(i: int, clients: int = clients) -> Callable[[], Awaitable[None]]:
@@ -68,8 +82,11 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
                 state = {"rev": (await client.kv.put(key, VALUE)).revision}
 
                 async def op() -> None:
-                    written = await client.kv.put(key, VALUE, expect=Expect(mod_revision=state["rev"]))
+                    written = await client.kv.put(
+                        key, VALUE, expect=Expect(mod_revision=state["rev"])
+                    )
                     state["rev"] = written.revision
+
                 return op
 
             async def echo_op(i: int) -> Callable[[], Awaitable[None]]:
@@ -77,13 +94,18 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
 
                 async def op() -> None:
                     await echo_call(payload, timeout=10)
+
                 return op
 
             results.append(await closed_loop("etcd CAS, direct", clients, seconds, etcd_op))
             with RssSampler(coordinator.pid) as rss:
-                results.append(await closed_loop("accord CAS (idempotent)", clients, seconds, accord_op))
+                results.append(
+                    await closed_loop("accord CAS (idempotent)", clients, seconds, accord_op)
+                )
             peak_rss = max(peak_rss, rss.peak)
-            results.append(await closed_loop("floor: empty grpc.aio echo", clients, seconds, echo_op))
+            results.append(
+                await closed_loop("floor: empty grpc.aio echo", clients, seconds, echo_op)
+            )
     finally:
         await client.close()
         await etcd_channel.close()

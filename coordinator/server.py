@@ -149,8 +149,9 @@ class Replica:
             await self._health.enter_graceful_shutdown()
             await self.server.stop(self.settings.shutdown_grace_seconds)
         if self.committer:
-            _log.info("group commit totals", batches=self.committer.batches,
-                      writes=self.committer.writes)
+            _log.info(
+                "group commit totals", batches=self.committer.batches, writes=self.committer.writes
+            )
             await self.committer.close()
         if self.etcd:
             await self.etcd.close()

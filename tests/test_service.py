@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from accord.client import AsyncClient, DeadlineExceededError, UnavailableError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from accord.client import AsyncClient, DeadlineExceededError, UnavailableError
 from tests.conftest import make_client
 from tests.harness import Coordinator, EtcdMember, free_port, wait_serving
 
@@ -51,8 +51,12 @@ async def test_caller_deadline_bounds_the_etcd_wait(
 async def test_sigterm_drains_and_exits_cleanly(
     etcd: EtcdMember, workdir: Path, namespace: str
 ) -> None:
-    replica = Coordinator(name="graceful", log=workdir / "graceful.log", port=free_port(),
-                          etcd_endpoints=[etcd.endpoint])
+    replica = Coordinator(
+        name="graceful",
+        log=workdir / "graceful.log",
+        port=free_port(),
+        etcd_endpoints=[etcd.endpoint],
+    )
     replica.start()
     async with make_client([replica.address], namespace) as c:
         await c.kv.put("k", b"v")
@@ -61,15 +65,20 @@ async def test_sigterm_drains_and_exits_cleanly(
 
 
 def _etcd_processes_for(data_dir: Path) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", f"data-dir {data_dir}/etcd"], capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        ["pgrep", "-af", f"data-dir {data_dir}/etcd"], capture_output=True, text=True, check=False
+    )
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
 async def test_embedded_etcd_starts_keeps_data_and_stops(workdir: Path, namespace: str) -> None:
     data_dir = workdir / "embedded"
-    replica = Coordinator(name="embedded", log=workdir / "embedded.log", port=free_port(),
-                          extra_args=["--data-dir", str(data_dir)])
+    replica = Coordinator(
+        name="embedded",
+        log=workdir / "embedded.log",
+        port=free_port(),
+        extra_args=["--data-dir", str(data_dir)],
+    )
     replica.start()
     try:
         assert _etcd_processes_for(data_dir), "accord serve without --etcd starts its own etcd"
@@ -88,7 +97,7 @@ async def test_embedded_etcd_starts_keeps_data_and_stops(workdir: Path, namespac
     finally:
         replica.kill()  # a crash: the private etcd must not outlive its coordinator
     deadline = time.monotonic() + 10
-    while _etcd_processes_for(data_dir) and time.monotonic() < deadline:
+    while _etcd_processes_for(data_dir) and time.monotonic() < deadline:  # noqa: ASYNC110 - another process; nothing to await on
         await asyncio.sleep(0.1)
     assert _etcd_processes_for(data_dir) == []
 
