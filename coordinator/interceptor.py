@@ -8,8 +8,9 @@ pass through untouched.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,9 +21,16 @@ from grpc_status import rpc_status
 
 _log = logs.get("accord.access")
 SLOW_CALL_SECONDS = 1.0
+# Trace ids for calls that bring none: unique per process, cheap to make.
+_TRACE_PREFIX = f"{os.getpid():x}-{int(time.time()):x}-"
+_trace_counter = itertools.count()
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Wrapped once per method, not once per call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -30,10 +38,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
         if handler is None or not method.startswith("/accord."):
             return handler
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    @staticmethod
+    def _wrap(
+        method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _unary(method, handler.unary_unary),
@@ -54,7 +73,7 @@ def _begin(context: grpc.aio.ServicerContext[Any, Any]) -> calls.Call:
     namespace, agent = calls.identity_from_metadata(metadata)
     remaining = context.time_remaining()
     deadline = time.monotonic() + remaining if remaining is not None else None
-    trace = metadata.get(calls.TRACE_METADATA) or uuid.uuid4().hex[:16]
+    trace = metadata.get(calls.TRACE_METADATA) or f"{_TRACE_PREFIX}{next(_trace_counter)}"
     return calls.Call(namespace=namespace, agent_id=agent, trace_id=trace, deadline=deadline)
 
 
@@ -67,6 +86,8 @@ def _finish(
     method: str, call: calls.Call | None, request: Any, started: float, error: AccordError | None
 ) -> None:
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    if error is None and latency_ms < SLOW_CALL_SECONDS * 1000 and not _log.is_enabled_for(10):
+        return  # the common case: a quick success with debug logging off
     fields = {
         "method": method,
         "namespace": call.namespace if call else None,

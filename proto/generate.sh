@@ -7,7 +7,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 python -m grpc_tools.protoc -I "$here" \
   --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" --mypy_grpc_out="$out" \
-  "$here"/accord/v1/*.proto
+  "$here"/accord/v1/*.proto 2> >(grep -v "^Writing mypy to" >&2)
 if [ "${1:-}" = "--check" ]; then
   if ! diff -r -x '__pycache__' -x '*.proto' -x '__init__.py' "$out/accord/v1" "$here/accord/v1" >/dev/null; then
     diff -r -x '__pycache__' -x '*.proto' -x '__init__.py' "$out/accord/v1" "$here/accord/v1" | head -40
