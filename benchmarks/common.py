@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -60,6 +61,30 @@ async def closed_loop(
         p50_ms=round(statistics.median(latencies) * 1000, 3),
         p99_ms=round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU microseconds per operation, per named process, over a measured phase."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = {n: cpu_seconds(p) - self._start[n] for n, p in self.pids.items()}
+
+    def per_op_us(self, ops: int) -> dict[str, int]:
+        return {n: round(used * 1e6 / max(ops, 1)) for n, used in self.used.items()}
 
 
 def rss_mb(pid: int) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from accord.client import AsyncClient, Expect
 from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
-from benchmarks.common import Result, RssSampler, closed_loop, report
+from benchmarks.common import CpuMeter, Result, RssSampler, closed_loop, report
 from tests.harness import free_port, start_coordinator, start_etcd, wait_for_port
 
 VALUE = b"x" * 64
@@ -46,6 +47,7 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     echo_call = echo_channel.unary_unary("/bench.Echo/Echo")
     client = AsyncClient([coordinator.address], agent_id="bench", namespace="bench")
     results: list[Result] = []
+    cpu: dict[tuple[str, int], dict[str, int]] = {}
     peak_rss = 0.0
     try:
         for clients in concurrency:
@@ -97,15 +99,25 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
 
                 return op
 
-            results.append(await closed_loop("etcd CAS, direct", clients, seconds, etcd_op))
-            with RssSampler(coordinator.pid) as rss:
-                results.append(
-                    await closed_loop("accord CAS (idempotent)", clients, seconds, accord_op)
-                )
-            peak_rss = max(peak_rss, rss.peak)
-            results.append(
-                await closed_loop("floor: empty grpc.aio echo", clients, seconds, echo_op)
-            )
+            pids = {
+                "bench client": os.getpid(),
+                "coordinator": coordinator.pid,
+                "etcd": etcd.pid,
+                "echo server": echo.pid,
+            }
+            for name, make in (
+                ("etcd CAS, direct", etcd_op),
+                ("accord CAS (idempotent)", accord_op),
+                ("floor: empty grpc.aio echo", echo_op),
+            ):
+                with RssSampler(coordinator.pid) as rss, CpuMeter(pids) as meter:
+                    result = await closed_loop(name, clients, seconds, make)
+                results.append(result)
+                if name.startswith("accord"):
+                    peak_rss = max(peak_rss, rss.peak)
+                cpu[(name, clients)] = {
+                    n: us for n, us in meter.per_op_us(result.ops).items() if us
+                }
     finally:
         await client.close()
         await etcd_channel.close()
@@ -123,6 +135,8 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
         summary[f"accord/etcd ratio @{clients}"] = round(accord.ops_per_s / direct.ops_per_s, 2)
         summary[f"accord/floor ratio @{clients}"] = round(accord.ops_per_s / floor.ops_per_s, 2)
     summary["coordinator peak RSS MB"] = round(peak_rss, 1)
+    for (name, clients), per_op in cpu.items():
+        summary[f"CPU us/op, {name} @{clients}"] = per_op
     report("Accord conditional writes vs etcd (benchmarks/kv_cas.py)", results, summary, out)
 
 
