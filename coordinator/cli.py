@@ -14,6 +14,7 @@ from accord.coordinator.etcd import TlsFiles
 from accord.coordinator.limits import DEFAULT_MAX_VALUE_BYTES, Limits
 from accord.coordinator.settings import Settings
 
+
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     """uvloop where it is installed (a measured ~10% less CPU per call), asyncio otherwise."""
     try:

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import accord.client
+
 from tests.harness import REPO
 
 EXPECTED_CLIENT_EXPORTS = {
