@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
-from accord.client import AsyncClient, Expect
 from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
+from accord.client import AsyncClient, Expect
 from benchmarks.common import CpuMeter, Result, RssSampler, closed_loop, report
 from tests.harness import free_port, start_coordinator, start_etcd, wait_for_port
 

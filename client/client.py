@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
+
 from accord.client.kv import AsyncKV
 from accord.client.retry import RetryPolicy
 from accord.client.transport import Transport

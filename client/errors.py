@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from accord.v1 import common_pb2, kv_pb2
 from google.rpc import error_details_pb2, status_pb2
+
+from accord.v1 import common_pb2, kv_pb2
 
 
 class AccordError(Exception):

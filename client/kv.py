@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 
-from accord.client.errors import ConditionFailedError, UnavailableError
+from accord.client.errors import (
+    ConditionFailedError,
+    DeadlineExceededError,
+    UnavailableError,
+)
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, kv_pb2
 
@@ -298,13 +302,35 @@ class AsyncKV:
             new = await produced if inspect.isawaitable(produced) else produced
             expect = Expect(mod_revision=current.mod_revision) if current else Expect(absent=True)
             try:
-                return await self.put(key, new, expect=expect, timeout=timeout)
+                return await self._put_settled(key, new, expect, timeout)
             except ConditionFailedError:
                 await asyncio.sleep(self._t.retry.backoff(min(attempt, 4)) / 4)
         raise ConditionFailedError(
             f"update of {key!r} kept conflicting after {max_attempts} attempts",
             reason="CONDITION_FAILED",
         )
+
+    async def _put_settled(
+        self,
+        key: str,
+        value: bytes | str,
+        expect: Expect,
+        timeout: float | None,
+        resends: int = 3,
+    ) -> WriteResult:
+        """A conditional put whose outcome is known: after a deadline or an outage the same
+        request_id is sent again, so a write that did apply is reported, not redone."""
+        request_id = _request_id()
+        for resend in range(resends + 1):
+            try:
+                return await self.put(
+                    key, value, expect=expect, request_id=request_id, timeout=timeout
+                )
+            except (DeadlineExceededError, UnavailableError):
+                if resend == resends:
+                    raise
+                await asyncio.sleep(self._t.retry.backoff(resend + 1))
+        raise AssertionError("unreachable")
 
     async def history(
         self,
@@ -343,9 +369,12 @@ class AsyncKV:
 class Watch:
     """An async iterator of WatchEvents that resumes across replica failures.
 
-    `resume_revision` is where a new watch would continue without loss or repetition;
-    save it to resume after a process restart. Raises CompactedError when the history
-    needed to resume is gone: re-read the state, then watch from its revision + 1.
+    `resume_revision` is where a new watch would continue: save it to resume after a
+    process restart. It is exact on revision boundaries; saved in the middle of one
+    transaction's events, it points at that transaction, whose events come again (a
+    revision is etcd's unit of resumption). It advances only with events (an idle watch
+    keeps its point). Raises CompactedError when the history needed to resume is gone:
+    re-read the state, then watch from its revision + 1.
     """
 
     def __init__(
@@ -365,7 +394,6 @@ class Watch:
         self.resume_revision = start_revision
         self._max_reconnects = max_reconnects
         self._started = False
-        self._delivered_at_resume = 0
         self._events = self._run()
 
     def __aiter__(self) -> Watch:
@@ -388,12 +416,12 @@ class Watch:
         await self._events.aclose()
 
     async def _run(self) -> AsyncGenerator[WatchEvent | None, None]:
-        """Events, and None after each response. resume_revision moves before each event is
-        handed out, so it is exact wherever the consumer stops; inside one transaction's
-        events it stays at that revision and `_delivered_at_resume` of them are skipped."""
+        """Events, and None after each response. The resume point moves before each event
+        is handed out. Every event of one revision comes in one response, which is handed
+        out whole before the stream is read again, so a reconnect always resumes on a
+        revision boundary: nothing lost, nothing repeated."""
         failures = 0
         while True:
-            skip = self._delivered_at_resume
             request = kv_pb2.WatchRequest(
                 key=self._key,
                 prefix=self._prefix,
@@ -406,24 +434,15 @@ class Watch:
                     events = response.events
                     for i, event in enumerate(events):
                         revision = event.kv.mod_revision
-                        if skip and revision == self.resume_revision:
-                            skip -= 1
-                            continue
                         following = events[i + 1].kv.mod_revision if i + 1 < len(events) else None
                         if following is None:
-                            self.resume_revision, self._delivered_at_resume = (
-                                response.resume_revision,
-                                0,
-                            )
+                            self.resume_revision = response.resume_revision
                         elif following > revision:
-                            self.resume_revision, self._delivered_at_resume = revision + 1, 0
-                        else:
-                            if self.resume_revision != revision:
-                                self.resume_revision, self._delivered_at_resume = revision, 0
-                            self._delivered_at_resume += 1
+                            self.resume_revision = revision + 1
+                        else:  # more events of this transaction follow in this response
+                            self.resume_revision = revision
                         yield _event(event)
-                    if not events:
-                        self.resume_revision = response.resume_revision
+                    self.resume_revision = response.resume_revision
                     self._started = True
                     yield None
             except UnavailableError:

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+
 from accord.client.client import AsyncClient
 from accord.client.kv import (
     Delete,

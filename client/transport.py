@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from accord.client.errors import AccordError, DeadlineExceededError, from_rpc_error
+
+from accord.client.errors import DeadlineExceededError, from_rpc_error
 from accord.client.retry import RetryBudget, RetryPolicy
 from accord.v1 import kv_pb2_grpc
 
@@ -125,7 +126,3 @@ class Transport:
             raise from_rpc_error(exc) from exc
         finally:
             call.cancel()
-
-
-def is_retryable(error: AccordError) -> bool:
-    return error.code in _RETRYABLE

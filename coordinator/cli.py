@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from accord.coordinator.embedded_etcd import EtcdNotInstalled
 from accord.coordinator.etcd import TlsFiles
 from accord.coordinator.limits import DEFAULT_MAX_VALUE_BYTES, Limits

@@ -113,6 +113,33 @@ class Internal(AccordError):
     reason = "INTERNAL"
 
 
+class EtcdRefused(Internal):
+    """etcd rejected a request before applying any of it (too many ops, too large, a
+    duplicate key): safe to resend its parts separately."""
+
+
+class LeaseNotFound(AccordError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "LEASE_NOT_FOUND"
+
+
+class Fenced(AccordError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FENCED"
+
+
+class StoredFailure(AccordError):
+    """A failure answered before, replayed verbatim from its stored google.rpc.Status."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self._status = status
+        self.code = _CODES_BY_NUMBER.get(status.code, grpc.StatusCode.INTERNAL)
+
+    def to_status(self) -> status_pb2.Status:
+        return self._status
+
+
 def invalid(field: str, description: str) -> InvalidArgument:
     """Shorthand for the common single-field case."""
     return InvalidArgument([FieldViolation(field, description)])
@@ -133,3 +160,4 @@ _CODE_NUMBERS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
 }
+_CODES_BY_NUMBER = {number: code for code, number in _CODE_NUMBERS.items()}

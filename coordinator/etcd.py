@@ -12,27 +12,31 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from aetcd.rpc import rpc_pb2 as rpc
+from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
+
 from accord.coordinator import calls
 from accord.coordinator.errors import (
     AccordError,
     BackendUnavailable,
     Compacted,
     DeadlineExceeded,
+    EtcdRefused,
     Internal,
+    LeaseNotFound,
+    invalid,
 )
 from accord.v1 import common_pb2
-from aetcd.rpc import rpc_pb2 as rpc
-from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
 # etcd reports these conditions only as text; this module is the one place that reads it.
 _COMPACTED_TEXT = "required revision has been compacted"
 _FUTURE_REV_TEXT = "required revision is a future revision"
+_LEASE_NOT_FOUND_TEXT = "requested lease not found"
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 
@@ -54,29 +58,23 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\x00"
 
 
-def _grpc_target(endpoints: Sequence[str]) -> str:
-    """A multi-address grpc target. Host names are resolved once, at start."""
-    addrs: list[str] = []
-    v6 = False
-    for endpoint in endpoints:
-        hostport = endpoint.split("://", 1)[-1].rstrip("/")
-        host, _, port = hostport.rpartition(":")
-        host = host.strip("[]")
+def _grpc_targets(endpoints: Sequence[str]) -> list[str]:
+    """One multi-address target when every endpoint is an IP literal of one family (gRPC
+    balances and fails over inside it); otherwise one target per endpoint, keeping host
+    names so DNS changes and TLS host name checks work."""
+    hostports = [e.split("://", 1)[-1].rstrip("/") for e in endpoints]
+    families: set[int] = set()
+    for hostport in hostports:
+        host = hostport.rpartition(":")[0].strip("[]")
         try:
-            ip = ipaddress.ip_address(host)
-            resolved = [str(ip)]
+            families.add(ipaddress.ip_address(host).version)
         except ValueError:
-            infos = socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)
-            resolved = sorted({str(info[4][0]) for info in infos})
-        for addr in resolved:
-            if ":" in addr:
-                v6 = True
-                addrs.append(f"[{addr}]:{port}")
-            else:
-                addrs.append(f"{addr}:{port}")
-    if v6:
-        return "ipv6:" + ",".join(addrs) if all(a.startswith("[") for a in addrs) else addrs[0]
-    return "ipv4:" + ",".join(addrs)
+            return [f"dns:///{hp}" for hp in hostports]
+    if families == {4}:
+        return ["ipv4:" + ",".join(hostports)]
+    if families == {6}:
+        return ["ipv6:" + ",".join(hostports)]
+    return hostports  # mixed families: one channel each
 
 
 class Etcd:
@@ -98,10 +96,8 @@ class Etcd:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ]
-        target = _grpc_target(self.endpoints)
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
+        creds = None
+        if tls is not None:
             with open(tls.ca, "rb") as f:
                 ca = f.read()
             cert = key = None
@@ -111,33 +107,93 @@ class Etcd:
                 with open(tls.key, "rb") as f:
                     key = f.read()
             creds = grpc.ssl_channel_credentials(ca, key, cert)
-            self._channel = grpc.aio.secure_channel(target, creds, options=options)
-        self._kv = rpc_grpc.KVStub(self._channel)
-        self._watch = rpc_grpc.WatchStub(self._channel)
-        self._lease = rpc_grpc.LeaseStub(self._channel)
-        self._maintenance = rpc_grpc.MaintenanceStub(self._channel)
+        self._members = [
+            _Member(
+                grpc.aio.insecure_channel(t, options=options)
+                if creds is None
+                else grpc.aio.secure_channel(t, creds, options=options)
+            )
+            for t in _grpc_targets(self.endpoints)
+        ]
+        self._current = 0
+
+    @property
+    def _kv(self) -> Any:
+        return self._members[self._current].kv
+
+    @property
+    def _watch(self) -> Any:
+        return self._members[self._current].watch
+
+    @property
+    def _lease(self) -> Any:
+        return self._members[self._current].lease
+
+    @property
+    def _maintenance(self) -> Any:
+        return self._members[self._current].maintenance
+
+    def _failover(self) -> None:
+        self._current = (self._current + 1) % len(self._members)
 
     async def close(self) -> None:
-        await self._channel.close()
+        for member in self._members:
+            await member.channel.close()
+
+    async def oldest_revision(self) -> int:
+        """The compaction point, after a read has reported one. etcd tells it only to a
+        watch: it confirms a watch from revision 1, then cancels it naming the point."""
+        create = rpc.WatchCreateRequest(key=b"\x00", start_revision=1)
+
+        async def cancel_reason() -> int:
+            try:
+                async for _ in self.watch(create):
+                    continue
+            except Compacted as exc:
+                return int(exc.metadata.get("compact_revision", "0"))
+            return 0
+
+        try:
+            return await asyncio.wait_for(cancel_reason(), 2.0)
+        except TimeoutError:
+            return 0
 
     async def range(self, request: Any) -> Any:
-        """etcd Range; always safe to retry."""
-        return await self._unary(self._kv.Range, request, retry=True)
+        """etcd Range; always safe to retry. A compacted revision is explained: the oldest
+        revision left and the current one, so the caller knows where to resume."""
+        try:
+            return await self._unary("Range", request, retry=True)
+        except Compacted as exc:
+            oldest = await self.oldest_revision()
+            now = await self._unary(
+                "Range", rpc.RangeRequest(key=b"\x00", count_only=True), retry=True
+            )
+            current = now.header.revision
+            raise Compacted(
+                f"revision {request.revision} has been compacted by etcd; the oldest readable "
+                f"revision is {oldest} and the current one {current}: read the current state "
+                "and continue from its revision",
+                metadata={"compact_revision": str(oldest), "current_revision": str(current)},
+                details=[
+                    common_pb2.CompactedFailure(
+                        requested_revision=request.revision,
+                        compact_revision=oldest,
+                        current_revision=current,
+                    )
+                ],
+            ) from exc
 
     async def txn(self, request: Any, *, retry: bool = False) -> Any:
         """etcd Txn. Retried on failover only when the caller says repeating it is safe."""
-        return await self._unary(self._kv.Txn, request, retry=retry)
+        return await self._unary("Txn", request, retry=retry)
 
     async def lease_grant(self, ttl: int) -> Any:
-        return await self._unary(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl), retry=True)
-
-    async def compact(self, revision: int) -> None:
-        await self._unary(
-            self._kv.Compact, rpc.CompactionRequest(revision=revision, physical=True), retry=True
+        return await self._unary(
+            "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), retry=True, service="lease"
         )
 
     async def status(self) -> Any:
-        return await self._unary(self._maintenance.Status, rpc.StatusRequest(), retry=False)
+        return await self._unary("Status", rpc.StatusRequest(), retry=False, service="maintenance")
 
     async def watch(self, create: Any) -> AsyncIterator[Any]:
         """One etcd watch. Yields WatchResponses carrying events; raises Compacted when
@@ -155,6 +211,7 @@ class Etcd:
                     raise Compacted(
                         f"revision {create.start_revision} has been compacted; the oldest "
                         f"readable revision is {response.compact_revision}",
+                        metadata={"compact_revision": str(response.compact_revision)},
                         details=[
                             common_pb2.CompactedFailure(
                                 requested_revision=create.start_revision,
@@ -167,24 +224,43 @@ class Etcd:
                     raise BackendUnavailable(f"etcd cancelled the watch: {response.cancel_reason}")
                 yield response
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._failover()
             raise _translate(exc, create.start_revision) from exc
         finally:
             call.cancel()
 
-    async def _unary(self, method: Any, request: Any, *, retry: bool) -> Any:
+    async def _unary(self, method: str, request: Any, *, retry: bool, service: str = "kv") -> Any:
         call = calls.current.get()
         delay = 0.02
         while True:
             timeout = call.timeout(self.call_timeout)
+            member = self._members[self._current]
             try:
-                return await method(request, timeout=timeout)
+                return await getattr(getattr(member, service), method)(request, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
+                if (
+                    exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and self._members[self._current] is member
+                ):
+                    self._failover()
                 left = call.remaining()
                 if retry and exc.code() in _RETRYABLE and (left is None or left > delay):
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
                 raise _translate(exc, getattr(request, "revision", 0)) from exc
+
+
+class _Member:
+    """The stubs of one channel to etcd."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.kv = rpc_grpc.KVStub(channel)
+        self.watch = rpc_grpc.WatchStub(channel)
+        self.lease = rpc_grpc.LeaseStub(channel)
+        self.maintenance = rpc_grpc.MaintenanceStub(channel)
 
 
 def _translate(exc: grpc.aio.AioRpcError, revision: int) -> AccordError:
@@ -197,11 +273,14 @@ def _translate(exc: grpc.aio.AioRpcError, revision: int) -> AccordError:
             details=[common_pb2.CompactedFailure(requested_revision=revision)],
         )
     if code == grpc.StatusCode.OUT_OF_RANGE and _FUTURE_REV_TEXT in text:
-        from accord.coordinator.errors import invalid
-
         return invalid("revision", f"revision {revision} is in the future")
+    if code == grpc.StatusCode.NOT_FOUND and _LEASE_NOT_FOUND_TEXT in text:
+        return LeaseNotFound("the lease does not exist: it expired or was revoked")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded("etcd did not answer before the call's deadline")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return BackendUnavailable(f"etcd is unavailable: {text}")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        # Refused whole, before anything applied (too many ops, too large, duplicate key).
+        return EtcdRefused(f"etcd refused the request ({code.name}): {text}")
     return Internal(f"etcd error {code.name}: {text}")

@@ -6,8 +6,14 @@ keys are disjoint from the rest of the batch, as nested sub-transactions of one 
 Txn with no compare. etcd evaluates each sub-transaction on its own, so every write keeps
 its own outcome and its own semantics; they merely commit at the same revision.
 
-Two writes to the same key never share a batch (etcd forbids it, and order matters):
-the later one waits for a later batch, so per-key order is arrival order.
+Two writes to the same key never share a batch (etcd forbids it, and order matters),
+nor is a write sent while an earlier write to one of its keys is in flight: per-key
+order is arrival order. etcd limits the operations along any path of nested
+transactions (128): a batch holds at most 128 - 1 - (its heaviest write's weight) writes.
+
+Only a refusal that etcd gives before applying anything (EtcdRefused, an unknown lease)
+makes the batch's
+writes go again one by one; any other failure is reported to every write in the batch.
 """
 
 from __future__ import annotations
@@ -19,10 +25,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from accord.coordinator import calls
-from accord.coordinator.errors import AccordError, DeadlineExceeded, Internal
-from accord.coordinator.etcd import Etcd
 from aetcd.rpc import rpc_pb2 as rpc
+
+from accord.coordinator import calls
+from accord.coordinator.errors import (
+    AccordError,
+    DeadlineExceeded,
+    EtcdRefused,
+    Internal,
+    LeaseNotFound,
+)
+from accord.coordinator.etcd import Etcd
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +46,15 @@ class Committed:
     revision: int
 
 
+ETCD_MAX_TXN_OPS = 128
+
+
 @dataclass(slots=True)
 class _Pending:
     txn: Any
     keys: frozenset[bytes]
     size: int
+    weight: int
     retry: bool
     deadline: float | None
     future: asyncio.Future[Committed] = field(repr=False)
@@ -48,9 +65,9 @@ class GroupCommitter:
         self,
         etcd: Etcd,
         *,
-        max_batch: int = 128,
+        max_batch: int = 100,
         max_batch_bytes: int = 1024 * 1024,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
     ) -> None:
         self._etcd = etcd
         self._max_batch = max_batch
@@ -58,16 +75,23 @@ class GroupCommitter:
         self._max_in_flight = max_in_flight
         self._queue: deque[_Pending] = deque()
         self._in_flight = 0
+        self._in_flight_keys: set[bytes] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.writes = 0
 
-    async def commit(self, txn: Any, keys: Iterable[bytes], size: int, *, retry: bool) -> Committed:
-        """Commit one sub-transaction. keys: every key it may write; size: its rough byte size.
-        retry: repeating it after an ambiguous failure is safe (it is idempotent)."""
+    async def commit(
+        self, txn: Any, keys: Iterable[bytes], size: int, *, retry: bool, weight: int
+    ) -> Committed:
+        """Commit one sub-transaction. keys: every key it may write; size: its rough byte
+        size; weight: the most operations along one path of its nesting (one level per
+        nested transaction plus that level's largest branch); retry: repeating it after
+        an ambiguous failure is safe (it is idempotent)."""
         call = calls.current.get()
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(txn, frozenset(keys), size, retry, call.deadline, future))
+        self._queue.append(
+            _Pending(txn, frozenset(keys), size, weight, retry, call.deadline, future)
+        )
         self._kick()
         return await future
 
@@ -85,6 +109,8 @@ class GroupCommitter:
             if not batch:
                 return
             self._in_flight += 1
+            for pending in batch:
+                self._in_flight_keys |= pending.keys
             task = asyncio.create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -93,8 +119,10 @@ class GroupCommitter:
         now = time.monotonic()
         batch: list[_Pending] = []
         taken: set[bytes] = set()
-        blocked: set[bytes] = set()  # keys of writes left behind: later writes must wait too
+        # Keys of writes in flight or left behind: later writes to them must wait too.
+        blocked: set[bytes] = set(self._in_flight_keys)
         size = 0
+        heaviest = 0
         kept: deque[_Pending] = deque()
         while self._queue:
             pending = self._queue.popleft()
@@ -105,13 +133,17 @@ class GroupCommitter:
                     DeadlineExceeded("the call's deadline expired before its write was sent")
                 )
                 continue
-            fits = len(batch) < self._max_batch and (
-                not batch or size + pending.size <= self._max_bytes
+            heavier = max(heaviest, pending.weight)
+            fits = not batch or (
+                len(batch) < self._max_batch
+                and size + pending.size <= self._max_bytes
+                and len(batch) + 1 + 1 + heavier <= ETCD_MAX_TXN_OPS
             )
             if fits and taken.isdisjoint(pending.keys) and blocked.isdisjoint(pending.keys):
                 batch.append(pending)
                 taken |= pending.keys
                 size += pending.size
+                heaviest = heavier
             else:
                 kept.append(pending)
                 blocked |= pending.keys
@@ -126,6 +158,8 @@ class GroupCommitter:
                 await self._send_many(batch)
         finally:
             self._in_flight -= 1
+            for pending in batch:
+                self._in_flight_keys -= pending.keys
             self._kick()
 
     async def _send_one(self, pending: _Pending) -> None:
@@ -148,8 +182,8 @@ class GroupCommitter:
         try:
             response = await self._etcd.txn(outer, retry=all(p.retry for p in batch))
         except AccordError as exc:
-            if isinstance(exc, Internal):
-                # etcd refused the batch as a whole: give each write its own verdict.
+            if isinstance(exc, EtcdRefused | LeaseNotFound):
+                # Refused whole before anything applied: give each write its own verdict.
                 await asyncio.gather(*(self._send_one(p) for p in batch))
                 return
             for pending in batch:

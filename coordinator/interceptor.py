@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from grpc_status import rpc_status
+
 from accord.coordinator import calls, logs
 from accord.coordinator.errors import AccordError, Internal
-from grpc_status import rpc_status
 
 _log = logs.get("accord.access")
 SLOW_CALL_SECONDS = 1.0

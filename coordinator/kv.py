@@ -10,39 +10,44 @@ writes go through group commit, which changes no single write's semantics.
 etcd layout under {root}/ns/{namespace}/:
   kv/{key}                      StoredValue (value + provenance)
   tomb/{key}                    Tombstone: who deleted the key (retention lease)
-  idem/{agent}/{request_id}     IdempotencyRecord (retention lease)
+  idem/...                      IdempotencyRecord (see idempotency.py)
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from accord.coordinator import calls
+from aetcd.rpc import rpc_pb2 as rpc
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+
+from accord.coordinator import calls, preconditions
 from accord.coordinator.errors import (
     Compacted,
     ConditionFailed,
     FieldViolation,
     InvalidArgument,
-    RequestIdReused,
+    LeaseNotFound,
+    StoredFailure,
     invalid,
 )
 from accord.coordinator.etcd import Etcd, prefix_end
 from accord.coordinator.group_commit import GroupCommitter
+from accord.coordinator.idempotency import Idempotency, Prior, fingerprint
 from accord.coordinator.limits import Limits, check_key, check_request_id, check_value
 from accord.coordinator.retention import RetentionLeases
 from accord.v1 import common_pb2, kv_pb2, records_pb2
-from aetcd.rpc import rpc_pb2 as rpc
-from google.protobuf import timestamp_pb2
-from google.protobuf.message import DecodeError
 
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
+# A List page stays under this many bytes of values however large they are.
+MAX_PAGE_BYTES = 32 * 1024 * 1024
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 500
 
@@ -96,6 +101,7 @@ class KVStore:
         etcd: Etcd,
         committer: GroupCommitter,
         retention: RetentionLeases,
+        idempotency: Idempotency,
         *,
         root: str,
         limits: Limits,
@@ -103,6 +109,7 @@ class KVStore:
         self._etcd = etcd
         self._committer = committer
         self._retention = retention
+        self._idempotency = idempotency
         self._root = root
         self.limits = limits
 
@@ -116,9 +123,6 @@ class KVStore:
 
     def _tomb_key(self, namespace: str, key: str) -> bytes:
         return f"{self._root}/ns/{namespace}/tomb/{key}".encode()
-
-    def _idem_key(self, namespace: str, agent: str, request_id: str) -> bytes:
-        return f"{self._root}/ns/{namespace}/idem/{agent}/{request_id}".encode()
 
     # --- reads --------------------------------------------------------------------
 
@@ -160,11 +164,13 @@ class KVStore:
         start = (
             base if cursor is None else self._data_key(call.namespace, cursor.after_key) + b"\x00"
         )
+        per_entry = self.limits.max_value_bytes + self.limits.max_key_bytes + 256
+        page_size = min(limit or DEFAULT_LIST_LIMIT, max(1, MAX_PAGE_BYTES // per_entry))
         response = await self._etcd.range(
             rpc.RangeRequest(
                 key=start,
                 range_end=prefix_end(base),
-                limit=limit or DEFAULT_LIST_LIMIT,
+                limit=page_size,
                 revision=cursor.revision if cursor else revision,
                 keys_only=keys_only,
                 serializable=consistency == kv_pb2.CONSISTENCY_SERIALIZABLE,
@@ -191,16 +197,20 @@ class KVStore:
     ) -> Mutation:
         violations = check_key("key", key, self.limits) + check_value("value", value, self.limits)
         violations += check_request_id("request_id", request_id)
-        violations += _check_precondition("precondition", precondition)
+        violations += preconditions.check("precondition", precondition)
         self._require(violations)
-        checks = [Check(key, precondition, 0)] if precondition and _is_set(precondition) else []
-        fingerprint = _fingerprint(b"put", key.encode(), value, _bytes(precondition))
+        checks = (
+            [Check(key, precondition, 0)]
+            if precondition and preconditions.is_set(precondition)
+            else []
+        )
+        digest = fingerprint(b"put", key.encode(), value, _bytes(precondition))
         return await self._mutate(
             checks,
             [Op(key, value)],
             request_id=request_id,
             return_current=return_current,
-            fingerprint=fingerprint,
+            digest=digest,
         )
 
     async def delete(
@@ -212,16 +222,20 @@ class KVStore:
         return_current: bool,
     ) -> Mutation:
         violations = check_key("key", key, self.limits) + check_request_id("request_id", request_id)
-        violations += _check_precondition("precondition", precondition)
+        violations += preconditions.check("precondition", precondition)
         self._require(violations)
-        checks = [Check(key, precondition, 0)] if precondition and _is_set(precondition) else []
-        fingerprint = _fingerprint(b"delete", key.encode(), _bytes(precondition))
+        checks = (
+            [Check(key, precondition, 0)]
+            if precondition and preconditions.is_set(precondition)
+            else []
+        )
+        digest = fingerprint(b"delete", key.encode(), _bytes(precondition))
         return await self._mutate(
             checks,
             [Op(key, None)],
             request_id=request_id,
             return_current=return_current,
-            fingerprint=fingerprint,
+            digest=digest,
         )
 
     async def txn(
@@ -235,19 +249,26 @@ class KVStore:
         violations = check_request_id("request_id", request_id)
         if not ops and not checks:
             violations.append(FieldViolation("ops", "a transaction needs at least one check or op"))
-        if len(checks) + len(ops) > self.limits.max_txn_ops:
+        if len(checks) > self.limits.max_txn_ops:
+            violations.append(
+                FieldViolation(
+                    "checks", f"{len(checks)} checks exceed the limit of {self.limits.max_txn_ops}"
+                )
+            )
+        weight = sum(2 if op.WhichOneof("op") == "delete" else 1 for op in ops)
+        if weight > self.limits.max_txn_ops:
             violations.append(
                 FieldViolation(
                     "ops",
-                    f"{len(checks)} checks + {len(ops)} ops exceed the limit of "
-                    f"{self.limits.max_txn_ops} per transaction",
+                    f"the ops weigh {weight} (a delete weighs 2: it also records who deleted); "
+                    f"the limit is {self.limits.max_txn_ops} per transaction",
                 )
             )
         parsed_checks: list[Check] = []
         for i, check in enumerate(checks):
             violations += check_key(f"checks[{i}].key", check.key, self.limits)
-            violations += _check_precondition(f"checks[{i}].precondition", check.precondition)
-            if not _is_set(check.precondition):
+            violations += preconditions.check(f"checks[{i}].precondition", check.precondition)
+            if not preconditions.is_set(check.precondition):
                 violations.append(FieldViolation(f"checks[{i}].precondition", "must be set"))
             parsed_checks.append(Check(check.key, check.precondition, i))
         parsed_ops: list[Op] = []
@@ -259,7 +280,7 @@ class KVStore:
                 violations += check_key(f"ops[{i}].put.key", op.put.key, self.limits)
                 violations += check_value(f"ops[{i}].put.value", op.put.value, self.limits)
                 parsed_ops.append(Op(op.put.key, op.put.value))
-                total += len(op.put.key) + len(op.put.value)
+                total += len(op.put.key.encode()) + len(op.put.value)
             elif kind == "delete":
                 violations += check_key(f"ops[{i}].delete.key", op.delete.key, self.limits)
                 parsed_ops.append(Op(op.delete.key, None))
@@ -280,7 +301,7 @@ class KVStore:
                 )
             )
         self._require(violations)
-        fingerprint = _fingerprint(
+        digest = fingerprint(
             b"txn",
             *(c.SerializeToString(deterministic=True) for c in checks),
             b"--",
@@ -291,7 +312,7 @@ class KVStore:
             parsed_ops,
             request_id=request_id,
             return_current=return_current,
-            fingerprint=fingerprint,
+            digest=digest,
         )
 
     async def _mutate(
@@ -301,7 +322,27 @@ class KVStore:
         *,
         request_id: str,
         return_current: bool,
-        fingerprint: bytes,
+        digest: bytes,
+    ) -> Mutation:
+        try:
+            return await self._mutate_once(
+                checks, ops, request_id=request_id, return_current=return_current, digest=digest
+            )
+        except LeaseNotFound:
+            # The retention lease is gone (revoked by hand, or a reset cluster): once more.
+            self._retention.forget(await self._retention.current())
+            return await self._mutate_once(
+                checks, ops, request_id=request_id, return_current=return_current, digest=digest
+            )
+
+    async def _mutate_once(
+        self,
+        checks: list[Check],
+        ops: list[Op],
+        *,
+        request_id: str,
+        return_current: bool,
+        digest: bytes,
     ) -> Mutation:
         call = calls.current.get()
         ns = call.namespace
@@ -332,53 +373,46 @@ class KVStore:
                 tombstone = records_pb2.Tombstone(deleted_by=provenance).SerializeToString()
                 success.append(_put(tomb_key, tombstone, lease=lease))
                 size += 2 * len(data_key) + 64
-        compares = [_compare(self._data_key(ns, c.key), c.precondition) for c in checks]
+        compares = [
+            preconditions.compare(self._data_key(ns, c.key), c.precondition) for c in checks
+        ]
         failure = [_range(self._data_key(ns, c.key)) for c in checks]
+        inner = rpc.TxnRequest(compare=compares, success=success, failure=failure)
         if not request_id:
-            inner = rpc.TxnRequest(compare=compares, success=success, failure=failure)
-            committed = await self._committer.commit(inner, keys, size, retry=False)
+            weight = 1 + max(len(success), len(failure))
+            committed = await self._committer.commit(inner, keys, size, retry=False, weight=weight)
             return self._outcome(
                 ns, checks, ops, committed.response, committed.revision, return_current, provenance
             )
 
-        idem_key = self._idem_key(ns, call.agent_id, request_id)
+        idem_key = self._idempotency.key(ns, call.agent_id, request_id)
         keys.add(idem_key)
-        applied = records_pb2.IdempotencyRecord(fingerprint=fingerprint, applied=True)
-        success.append(_put(idem_key, applied.SerializeToString(), lease=lease))
-        if checks:
-            refused = records_pb2.IdempotencyRecord(fingerprint=fingerprint, applied=False)
-            failure.append(_put(idem_key, refused.SerializeToString(), lease=lease))
-        inner = rpc.TxnRequest(compare=compares, success=success, failure=failure)
-        first_time = rpc.TxnRequest(
-            compare=[
-                rpc.Compare(
-                    key=idem_key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
-                )
-            ],
-            success=[rpc.RequestOp(request_txn=inner)],
-            failure=[_range(idem_key)],
+        wrapped = Idempotency.wrap(inner, idem_key, digest, lease)
+        weight = 2 + max(len(inner.success), len(inner.failure))
+        committed = await self._committer.commit(
+            wrapped, keys, size + len(idem_key), retry=True, weight=weight
         )
-        committed = await self._committer.commit(first_time, keys, size + len(idem_key), retry=True)
-        response = committed.response
-        if response.succeeded:
-            return self._outcome(
-                ns,
-                checks,
-                ops,
-                response.responses[0].response_txn,
+        response, prior = Idempotency.unwrap(committed.response, digest, request_id)
+        if prior is not None:
+            return await self._replay(ns, checks, ops, prior, return_current)
+        try:
+            done = self._outcome(
+                ns, checks, ops, response, committed.revision, return_current, provenance
+            )
+        except ConditionFailed as failed:
+            self._idempotency.remember(
+                idem_key,
                 committed.revision,
-                return_current,
-                provenance,
+                digest,
+                applied=False,
+                answer=failed.to_status().SerializeToString(),
             )
-        record_kv = response.responses[0].response_range.kvs[0]
-        record = records_pb2.IdempotencyRecord.FromString(record_kv.value)
-        if record.fingerprint != fingerprint:
-            raise RequestIdReused(
-                f"request_id {request_id!r} was already used by this agent for a different request "
-                f"(at revision {record_kv.mod_revision}); use a fresh request_id for a new request",
-                metadata={"request_id": request_id, "revision": str(record_kv.mod_revision)},
-            )
-        return await self._replay(ns, checks, ops, record, record_kv.mod_revision, return_current)
+            raise
+        answer = kv_pb2.TxnResponse(revision=done.revision, results=done.results)
+        self._idempotency.remember(
+            idem_key, committed.revision, digest, applied=True, answer=answer.SerializeToString()
+        )
+        return done
 
     def _outcome(
         self,
@@ -425,11 +459,18 @@ class KVStore:
         ns: str,
         checks: list[Check],
         ops: list[Op],
-        record: records_pb2.IdempotencyRecord,
-        revision: int,
+        prior: Prior,
         return_current: bool,
     ) -> Mutation:
-        """Answer a retry from the state etcd held at the first attempt's revision."""
+        """Answer a retry as the first attempt was answered."""
+        record, revision = prior.record, prior.revision
+        if record.answer:
+            if not record.applied:
+                raise StoredFailure(status_pb2.Status.FromString(record.answer))
+            first = kv_pb2.TxnResponse.FromString(record.answer)
+            return Mutation(first.revision, list(first.results), replayed=True)
+        # The first answer was never stored (its replica died right after the commit):
+        # rebuild it from etcd's history at that revision, as far as it still exists.
         if not record.applied:
             currents = await asyncio.gather(
                 *(self._raw_at(self._data_key(ns, c.key), revision) for c in checks)
@@ -443,7 +484,7 @@ class KVStore:
                 kv = (
                     self._to_kv(ns, raw)
                     if raw
-                    else kv_pb2.KeyValue(key=op.key, mod_revision=revision)
+                    else kv_pb2.KeyValue(key=op.key, value=op.value, mod_revision=revision)
                 )
                 results.append(kv_pb2.TxnOpResult(kv=kv))
             else:
@@ -471,7 +512,7 @@ class KVStore:
     ) -> ConditionFailed:
         failures: list[kv_pb2.ConditionFailure] = []
         for check, raw in zip(checks, currents, strict=True):
-            if _holds(check.precondition, raw):
+            if preconditions.holds(check.precondition, raw):
                 continue
             failure = kv_pb2.ConditionFailure(
                 key=check.key,
@@ -496,7 +537,8 @@ class KVStore:
             else "it does not exist"
         )
         message = (
-            f"condition on key {first.key!r} failed: expected {_describe(first.expected)}, but "
+            f"condition on key {first.key!r} failed: expected "
+            f"{preconditions.describe(first.expected)}, but "
             f"{state} at revision {revision}; read it again and retry with the new revision"
         )
         if len(failures) > 1:
@@ -552,6 +594,11 @@ class KVStore:
         limit = limit or DEFAULT_HISTORY_LIMIT
         head = await self._etcd.range(rpc.RangeRequest(key=data_key, count_only=True))
         now = head.header.revision
+        if before_revision > now + 1:
+            raise invalid(
+                "before_revision",
+                f"revision {before_revision} is in the future (the current revision is {now})",
+            )
         cursor = before_revision - 1 if before_revision else now
         entries: list[kv_pb2.HistoryEntry] = []
         truncated = False
@@ -668,91 +715,15 @@ def _range(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
 
 
-def _is_set(precondition: kv_pb2.Precondition | None) -> bool:
-    return precondition is not None and precondition.WhichOneof("expect") is not None
+def _single_check(key: str, precondition: kv_pb2.Precondition | None) -> list[Check]:
+    if precondition is None or not preconditions.is_set(precondition):
+        return []
+    return [Check(key, precondition, 0)]
 
 
 def _bytes(precondition: kv_pb2.Precondition | None) -> bytes:
     return precondition.SerializeToString(deterministic=True) if precondition else b""
 
 
-def _fingerprint(*parts: bytes) -> bytes:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.digest()[:16]
-
-
 def _check_revision(field: str, revision: int) -> list[FieldViolation]:
     return [FieldViolation(field, "must not be negative")] if revision < 0 else []
-
-
-def _check_precondition(
-    field: str, precondition: kv_pb2.Precondition | None
-) -> list[FieldViolation]:
-    if precondition is None:
-        return []
-    kind = precondition.WhichOneof("expect")
-    if kind == "mod_revision" and precondition.mod_revision < 0:
-        return [FieldViolation(f"{field}.mod_revision", "must not be negative")]
-    if kind == "version" and precondition.version < 0:
-        return [FieldViolation(f"{field}.version", "must not be negative")]
-    if kind == "must_not_exist" and not precondition.must_not_exist:
-        return [FieldViolation(f"{field}.must_not_exist", "set it to true, or leave it unset")]
-    if kind == "must_exist" and not precondition.must_exist:
-        return [FieldViolation(f"{field}.must_exist", "set it to true, or leave it unset")]
-    return []
-
-
-def _compare(key: bytes, precondition: kv_pb2.Precondition) -> Any:
-    kind = precondition.WhichOneof("expect")
-    if kind == "mod_revision":
-        return rpc.Compare(
-            key=key,
-            target=rpc.Compare.MOD,
-            result=rpc.Compare.EQUAL,
-            mod_revision=precondition.mod_revision,
-        )
-    if kind == "version":
-        return rpc.Compare(
-            key=key,
-            target=rpc.Compare.VERSION,
-            result=rpc.Compare.EQUAL,
-            version=precondition.version,
-        )
-    if kind == "must_not_exist":
-        return rpc.Compare(key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0)
-    if kind == "must_exist":
-        return rpc.Compare(
-            key=key, target=rpc.Compare.VERSION, result=rpc.Compare.GREATER, version=0
-        )
-    raise invalid("precondition", "unknown precondition kind")
-
-
-def _holds(precondition: kv_pb2.Precondition, raw: Any | None) -> bool:
-    kind = precondition.WhichOneof("expect")
-    mod_revision = raw.mod_revision if raw is not None else 0
-    version = raw.version if raw is not None else 0
-    if kind == "mod_revision":
-        return mod_revision == precondition.mod_revision
-    if kind == "version":
-        return version == precondition.version
-    if kind == "must_not_exist":
-        return raw is None
-    if kind == "must_exist":
-        return raw is not None
-    return True
-
-
-def _describe(precondition: kv_pb2.Precondition) -> str:
-    kind = precondition.WhichOneof("expect")
-    if kind == "mod_revision":
-        return f"mod_revision {precondition.mod_revision}"
-    if kind == "version":
-        return f"version {precondition.version}"
-    if kind == "must_not_exist":
-        return "that it does not exist"
-    if kind == "must_exist":
-        return "that it exists"
-    return "nothing"

@@ -6,8 +6,34 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
+from accord.coordinator.errors import FieldViolation, InvalidArgument
 from accord.coordinator.kv import KVStore
 from accord.v1 import common_pb2, kv_pb2, kv_pb2_grpc
+
+_NOT_YET = "is not supported by this coordinator version; nothing was written"
+
+
+def _refuse_unsupported(
+    request: kv_pb2.PutRequest | kv_pb2.DeleteRequest | kv_pb2.TxnRequest,
+) -> None:
+    """Fields the contract defines but this version cannot yet enforce are refused, never
+    ignored: a fence that is silently not checked would be worse than none."""
+    violations = []
+    if isinstance(request, kv_pb2.TxnRequest):
+        if len(request.fences):
+            violations.append(FieldViolation("fences", _NOT_YET))
+        for i, op in enumerate(request.ops):
+            if op.WhichOneof("op") == "put" and op.put.lease_id:
+                violations.append(FieldViolation(f"ops[{i}].put.lease_id", _NOT_YET))
+    else:
+        if request.HasField("fence"):
+            violations.append(FieldViolation("fence", _NOT_YET))
+        if isinstance(request, kv_pb2.PutRequest) and request.lease_id:
+            violations.append(FieldViolation("lease_id", _NOT_YET))
+    if violations:
+        raise InvalidArgument(violations)
+
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -41,6 +67,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         )
 
     async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
+        _refuse_unsupported(request)
         done = await self._store.put(
             request.key,
             request.value,
@@ -70,6 +97,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         )
 
     async def Txn(self, request: kv_pb2.TxnRequest, context: Context) -> kv_pb2.TxnResponse:
+        _refuse_unsupported(request)
         done = await self._store.txn(
             request.checks,
             request.ops,

@@ -23,6 +23,11 @@ class RetentionLeases:
         self._granted_at = 0.0
         self._lock = asyncio.Lock()
 
+    def forget(self, lease_id: int) -> None:
+        """etcd no longer knows lease_id (revoked by hand, or a reset cluster): grant anew."""
+        if self._lease_id == lease_id:
+            self._lease_id = 0
+
     async def current(self) -> int:
         if self._lease_id and time.monotonic() - self._granted_at < self._rotate_every:
             return self._lease_id

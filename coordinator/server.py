@@ -13,20 +13,22 @@ import socket
 from dataclasses import replace
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
 from accord.coordinator import logs
 from accord.coordinator.embedded_etcd import EmbeddedEtcd
 from accord.coordinator.errors import AccordError
 from accord.coordinator.etcd import Etcd
 from accord.coordinator.group_commit import GroupCommitter
+from accord.coordinator.idempotency import Idempotency
 from accord.coordinator.interceptor import CallInterceptor
 from accord.coordinator.kv import KVStore
 from accord.coordinator.kv_service import KVService
 from accord.coordinator.retention import RetentionLeases
 from accord.coordinator.settings import Settings
 from accord.v1 import kv_pb2, kv_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 _log = logs.get("accord.server")
 SERVICES = [kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name]
@@ -42,6 +44,7 @@ class Replica:
         self.server: grpc.aio.Server | None = None
         self.etcd: Etcd | None = None
         self.committer: GroupCommitter | None = None
+        self.idempotency: Idempotency | None = None
         self.port = 0
         self._health = HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
@@ -60,8 +63,14 @@ class Replica:
             ttl=settings.idempotency_ttl_seconds,
             rotate_every=max(1, settings.idempotency_ttl_seconds // 24),
         )
+        self.idempotency = Idempotency(settings.root, self.committer)
         store = KVStore(
-            self.etcd, self.committer, retention, root=settings.root, limits=settings.limits
+            self.etcd,
+            self.committer,
+            retention,
+            self.idempotency,
+            root=settings.root,
+            limits=settings.limits,
         )
 
         self.server = grpc.aio.server(

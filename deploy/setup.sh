@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Accord needs on a fresh Debian machine, only what is missing:
 # etcd (Debian's etcd-server/etcd-client), a virtualenv in .venv with Accord and its
-# Python dependencies, and with --dev the test tools and the Node test packages.
+# Python dependencies, and with --dev the test tools, Node.js and the Node test packages.
 # Sourced by deploy/serve.sh and deploy/test.sh; safe to run again.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,6 +33,11 @@ if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
 fi
 
 if [ "$dev" = "--dev" ]; then
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "setup: installing Node.js from Debian's packages" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+  fi
   if [ ! -d "$repo/tests/node/node_modules/@grpc/grpc-js" ]; then
     echo "setup: installing the Node test packages" >&2
     (cd "$repo/tests/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from accord.client import AsyncClient, RetryPolicy
 
+from accord.client import AsyncClient, RetryPolicy
 from tests.harness import Coordinator, EtcdMember, start_coordinator, start_etcd
 
 

@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from accord.client import AsyncClient, BadIdentityError, Delete, Expect, InvalidArgumentError, Put
 
+from accord.client import AsyncClient, BadIdentityError, Delete, Expect, InvalidArgumentError, Put
 from tests.conftest import make_client
 from tests.harness import Coordinator, EtcdMember
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+
 from accord.client import (
     AsyncClient,
     ConditionFailedError,
@@ -11,9 +14,8 @@ from accord.client import (
     Put,
     RequestIdReusedError,
 )
-
 from tests.conftest import make_client
-from tests.harness import Coordinator
+from tests.harness import Coordinator, EtcdMember
 
 
 async def test_retry_on_other_replica_returns_first_result(pinned: list[AsyncClient]) -> None:
@@ -88,3 +90,72 @@ async def test_request_ids_are_scoped_per_agent(
         assert not second.replayed
         current = await one.kv.get("k")
         assert current is not None and current.version == 2
+
+
+async def test_agent_ids_with_slashes_do_not_collide(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    async with (
+        make_client([replicas[0].address], namespace, agent="x/y") as xy,
+        make_client([replicas[0].address], namespace, agent="x") as x,
+    ):
+        first = await xy.kv.put("a", b"from x/y", request_id="z")
+        second = await x.kv.put("b", b"from x", request_id="y/z")
+        assert not first.replayed and not second.replayed
+        b = await x.kv.get("b")
+        assert b is not None and b.value == b"from x"
+
+
+async def test_replay_after_compaction_gives_the_first_answer(
+    client: AsyncClient, etcd: EtcdMember
+) -> None:
+    await client.kv.put("gone", b"old value")
+    deleted = await client.kv.delete("gone", request_id="del-1")
+    written = await client.kv.put("k", b"v", request_id="put-1")
+    await client.kv.put("k", b"later")
+    with pytest.raises(ConditionFailedError) as refused:
+        await client.kv.put("k", b"x", expect=Expect(absent=True), request_id="cas-1")
+    await client.kv.delete("k")
+    await asyncio.sleep(0.5)  # the answers are stored just after the commits
+    etcd.compact()
+    again = await client.kv.delete("gone", request_id="del-1")
+    assert again.replayed and again.deleted and again.prev == deleted.prev
+    assert again.revision == deleted.revision
+    replayed = await client.kv.put("k", b"v", request_id="put-1")
+    assert replayed.replayed and replayed.kv == written.kv
+    with pytest.raises(ConditionFailedError) as refused_again:
+        await client.kv.put("k", b"x", expect=Expect(absent=True), request_id="cas-1")
+    assert refused_again.value.failures == refused.value.failures
+
+
+async def test_concurrent_duplicates_apply_once(pinned: list[AsyncClient]) -> None:
+    a, b = pinned
+    results = await asyncio.gather(*(c.kv.put("k", b"v", request_id="dup") for c in (a, b, a, b)))
+    assert sum(not r.replayed for r in results) == 1
+    assert len({r.revision for r in results}) == 1
+    current = await a.kv.get("k")
+    assert current is not None and current.version == 1
+
+
+async def test_update_after_a_stall_applies_once(
+    live_replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
+    async with make_client([live_replicas[0].address], namespace, timeout=1.0) as c:
+        await c.kv.put("counter", b"0")
+        paused = False
+
+        def increment_then_stall_etcd(value: bytes | None) -> bytes:
+            nonlocal paused
+            if not paused:  # the write goes out to a frozen etcd: its answer comes too late
+                etcd.pause()
+                paused = True
+                asyncio.get_running_loop().call_later(1.5, etcd.resume)
+            return str(int(value or b"0") + 1).encode()
+
+        try:
+            result = await c.kv.update("counter", increment_then_stall_etcd)
+        finally:
+            etcd.resume()
+        final = await c.kv.get("counter")
+        assert final is not None and final.value == b"1" and final.version == 2
+        assert result.revision == final.mod_revision

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from accord.client import AsyncClient, Expect, InvalidArgumentError
-
 from tests.conftest import make_client
 from tests.harness import Coordinator
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from accord.client import AsyncClient, ConditionFailedError, Delete, Expect, Put
 
 

@@ -8,7 +8,6 @@ import zipfile
 from pathlib import Path
 
 import accord.client
-
 from tests.harness import REPO
 
 EXPECTED_CLIENT_EXPORTS = {

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from accord.client import AsyncClient, DeadlineExceededError, UnavailableError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from accord.client import AsyncClient, DeadlineExceededError, UnavailableError
 from tests.conftest import make_client
 from tests.harness import Coordinator, EtcdMember, free_port, wait_serving
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from accord.client import Client, ConditionFailedError, Expect, Put
 
+from accord.client import Client, ConditionFailedError, Expect, Put
 from tests.harness import Coordinator
 
 

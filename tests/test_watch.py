@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from accord.client import AsyncClient, CompactedError, EventType, WatchEvent
 from accord.client.kv import Watch
-
 from tests.conftest import make_client
 from tests.harness import Coordinator, EtcdMember
 
@@ -126,8 +126,8 @@ async def test_resume_inside_a_transaction_neither_loses_nor_repeats(client: Asy
     saved = watch.resume_revision
     assert saved == first[0].revision  # still inside that transaction's revision
     await watch.aclose()
-    # A fresh watch from the saved point replays the transaction whole: at-least-once at
-    # the granularity of a revision, documented; the in-process resume below is exact.
+    # A fresh watch from a point saved inside a transaction replays that transaction
+    # whole: a revision is etcd's unit of resumption (documented on Watch).
     replay = client.kv.watch("t/", prefix=True, start_revision=saved)
     assert [e.kv.key for e in await take(replay, 3)] == ["t/a", "t/b", "t/c"]
     await replay.aclose()

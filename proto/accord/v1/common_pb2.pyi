@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -45,6 +47,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The call's identity metadata is malformed."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 9
     """An unexpected failure inside the coordinator; the request may be retried."""
+    ERROR_REASON_FENCED: _ErrorReason.ValueType  # 10
+    """A fenced write's token no longer holds its lock; accord.v1.FenceFailure says why."""
+    ERROR_REASON_LEASE_NOT_FOUND: _ErrorReason.ValueType  # 11
+    """The lease does not exist (never did, expired, or was revoked)."""
+    ERROR_REASON_DEADLOCK: _ErrorReason.ValueType  # 12
+    """Acquiring would close a cycle of waiting agents, and this wait was chosen to end it;
+    accord.v1.Deadlock lists the whole cycle.
+    """
+    ERROR_REASON_WOULD_BLOCK: _ErrorReason.ValueType  # 13
+    """A try-acquire found the lock taken; accord.v1.LockWaitStatus says by whom."""
+    ERROR_REASON_LOCK_TIMEOUT: _ErrorReason.ValueType  # 14
+    """An acquire gave up waiting; accord.v1.LockWaitStatus says what it waited behind."""
+    ERROR_REASON_NOT_HELD: _ErrorReason.ValueType  # 15
+    """The lease does not hold (or wait for) that lock."""
+    ERROR_REASON_LOCK_CONFLICT: _ErrorReason.ValueType  # 16
+    """The request contradicts how the lock is already used (e.g. semaphore permits)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons Accord puts in google.rpc.ErrorInfo.reason (domain "accord.v1"),
@@ -73,6 +91,22 @@ ERROR_REASON_BAD_IDENTITY: ErrorReason.ValueType  # 8
 """The call's identity metadata is malformed."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 9
 """An unexpected failure inside the coordinator; the request may be retried."""
+ERROR_REASON_FENCED: ErrorReason.ValueType  # 10
+"""A fenced write's token no longer holds its lock; accord.v1.FenceFailure says why."""
+ERROR_REASON_LEASE_NOT_FOUND: ErrorReason.ValueType  # 11
+"""The lease does not exist (never did, expired, or was revoked)."""
+ERROR_REASON_DEADLOCK: ErrorReason.ValueType  # 12
+"""Acquiring would close a cycle of waiting agents, and this wait was chosen to end it;
+accord.v1.Deadlock lists the whole cycle.
+"""
+ERROR_REASON_WOULD_BLOCK: ErrorReason.ValueType  # 13
+"""A try-acquire found the lock taken; accord.v1.LockWaitStatus says by whom."""
+ERROR_REASON_LOCK_TIMEOUT: ErrorReason.ValueType  # 14
+"""An acquire gave up waiting; accord.v1.LockWaitStatus says what it waited behind."""
+ERROR_REASON_NOT_HELD: ErrorReason.ValueType  # 15
+"""The lease does not hold (or wait for) that lock."""
+ERROR_REASON_LOCK_CONFLICT: ErrorReason.ValueType  # 16
+"""The request contradicts how the lock is already used (e.g. semaphore permits)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -141,6 +175,60 @@ class Provenance(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Provenance: _TypeAlias = Provenance  # noqa: Y015
+
+@_typing.final
+class Fence(_message.Message):
+    """Proof that a write is made under a lock: the lock's name and the token its grant gave."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    lock: _builtins.str
+    token: _builtins.int
+    def __init__(
+        self,
+        *,
+        lock: _builtins.str = ...,
+        token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lock", b"lock", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Fence: _TypeAlias = Fence  # noqa: Y015
+
+@_typing.final
+class FenceFailure(_message.Message):
+    """Details for FENCED."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CURRENT_TOKENS_FIELD_NUMBER: _builtins.int
+    lock: _builtins.str
+    token: _builtins.int
+    @_builtins.property
+    def current_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The lock's current holders' tokens (empty when nobody holds it)."""
+
+    def __init__(
+        self,
+        *,
+        lock: _builtins.str = ...,
+        token: _builtins.int = ...,
+        current_tokens: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_tokens", b"current_tokens", "lock", b"lock", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FenceFailure: _TypeAlias = FenceFailure  # noqa: Y015
 
 @_typing.final
 class CompactedFailure(_message.Message):

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61\x63\x63ord/v1/kv.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\"\x91\x01\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12)\n\nwritten_by\x18\x06 \x01(\x0b\x32\x15.accord.v1.Provenance\"s\n\x0cPrecondition\x12\x16\n\x0cmod_revision\x18\x01 \x01(\x03H\x00\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x18\n\x0emust_not_exist\x18\x03 \x01(\x08H\x00\x12\x14\n\nmust_exist\x18\x04 \x01(\x08H\x00\x42\x08\n\x06\x65xpect\"\xff\x01\n\x10\x43onditionFailure\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x08\x65xpected\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x0e\n\x06\x65xists\x18\x03 \x01(\x08\x12\x1c\n\x14\x63urrent_mod_revision\x18\x04 \x01(\x03\x12\x17\n\x0f\x63urrent_version\x18\x05 \x01(\x03\x12\x1f\n\x17\x63urrent_create_revision\x18\x06 \x01(\x03\x12$\n\x07\x63urrent\x18\x07 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x13\n\x0b\x63heck_index\x18\t \x01(\x05\"X\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x16.accord.v1.Consistency\x12\x10\n\x08revision\x18\x03 \x01(\x03\"h\n\x0bGetResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\"\x92\x01\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tkeys_only\x18\x04 \x01(\x08\x12+\n\x0b\x63onsistency\x18\x05 \x01(\x0e\x32\x16.accord.v1.Consistency\x12\x10\n\x08revision\x18\x06 \x01(\x03\"\x83\x01\n\x0cListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12 \n\x03kvs\x18\x02 \x03(\x0b\x32\x13.accord.v1.KeyValue\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x03\"\x8e\x01\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12-\n\x0cprecondition\x18\x03 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12!\n\x19return_current_on_failure\x18\x05 \x01(\x08\"k\n\x0bPutResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1f\n\x02kv\x18\x02 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x82\x01\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x19return_current_on_failure\x18\x04 \x01(\x08\"\x84\x01\n\x0e\x44\x65leteResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12$\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"F\n\x08TxnCheck\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\"$\n\x06TxnPut\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x18\n\tTxnDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\"W\n\x05TxnOp\x12 \n\x03put\x18\x01 \x01(\x0b\x32\x11.accord.v1.TxnPutH\x00\x12&\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x14.accord.v1.TxnDeleteH\x00\x42\x04\n\x02op\"\x87\x01\n\nTxnRequest\x12#\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x13.accord.v1.TxnCheck\x12\x1d\n\x03ops\x18\x02 \x03(\x0b\x32\x10.accord.v1.TxnOp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x19return_current_on_failure\x18\x04 \x01(\x08\"?\n\x0bTxnOpResult\x12\x1f\n\x02kv\x18\x01 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\x85\x01\n\x0bTxnResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.accord.v1.TxnOpResult\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"T\n\x0cWatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\"\xba\x01\n\nWatchEvent\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.accord.v1.WatchEvent.Type\x12\x1f\n\x02kv\x18\x02 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12$\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\";\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TYPE_PUT\x10\x01\x12\x0f\n\x0bTYPE_DELETE\x10\x02\"z\n\rWatchResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.accord.v1.WatchEvent\x12\x17\n\x0fresume_revision\x18\x03 \x01(\x03\"E\n\x0eHistoryRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x17\n\x0f\x62\x65\x66ore_revision\x18\x03 \x01(\x03\"\xd5\x01\n\x0cHistoryEntry\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.accord.v1.HistoryEntry.Kind\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12)\n\nchanged_by\x18\x04 \x01(\x0b\x32\x15.accord.v1.Provenance\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_PUT\x10\x01\x12\x0f\n\x0bKIND_DELETE\x10\x02\"\xa5\x01\n\x0fHistoryResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x17.accord.v1.HistoryEntry\x12\x1c\n\x14next_before_revision\x18\x03 \x01(\x03\x12\x1f\n\x17truncated_by_compaction\x18\x04 \x01(\x08*f\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x01\x12\x1c\n\x18\x43ONSISTENCY_SERIALIZABLE\x10\x02\x32\x9e\x03\n\x02KV\x12\x34\n\x03Get\x12\x15.accord.v1.GetRequest\x1a\x16.accord.v1.GetResponse\x12\x37\n\x04List\x12\x16.accord.v1.ListRequest\x1a\x17.accord.v1.ListResponse\x12\x34\n\x03Put\x12\x15.accord.v1.PutRequest\x1a\x16.accord.v1.PutResponse\x12=\n\x06\x44\x65lete\x12\x18.accord.v1.DeleteRequest\x1a\x19.accord.v1.DeleteResponse\x12\x34\n\x03Txn\x12\x15.accord.v1.TxnRequest\x1a\x16.accord.v1.TxnResponse\x12<\n\x05Watch\x12\x17.accord.v1.WatchRequest\x1a\x18.accord.v1.WatchResponse0\x01\x12@\n\x07History\x12\x19.accord.v1.HistoryRequest\x1a\x1a.accord.v1.HistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61\x63\x63ord/v1/kv.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\"\x91\x01\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12)\n\nwritten_by\x18\x06 \x01(\x0b\x32\x15.accord.v1.Provenance\"s\n\x0cPrecondition\x12\x16\n\x0cmod_revision\x18\x01 \x01(\x03H\x00\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x18\n\x0emust_not_exist\x18\x03 \x01(\x08H\x00\x12\x14\n\nmust_exist\x18\x04 \x01(\x08H\x00\x42\x08\n\x06\x65xpect\"\xff\x01\n\x10\x43onditionFailure\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x08\x65xpected\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x0e\n\x06\x65xists\x18\x03 \x01(\x08\x12\x1c\n\x14\x63urrent_mod_revision\x18\x04 \x01(\x03\x12\x17\n\x0f\x63urrent_version\x18\x05 \x01(\x03\x12\x1f\n\x17\x63urrent_create_revision\x18\x06 \x01(\x03\x12$\n\x07\x63urrent\x18\x07 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x13\n\x0b\x63heck_index\x18\t \x01(\x05\"X\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x16.accord.v1.Consistency\x12\x10\n\x08revision\x18\x03 \x01(\x03\"h\n\x0bGetResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\"\x92\x01\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tkeys_only\x18\x04 \x01(\x08\x12+\n\x0b\x63onsistency\x18\x05 \x01(\x0e\x32\x16.accord.v1.Consistency\x12\x10\n\x08revision\x18\x06 \x01(\x03\"\x83\x01\n\x0cListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12 \n\x03kvs\x18\x02 \x03(\x0b\x32\x13.accord.v1.KeyValue\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x03\"\xc1\x01\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12-\n\x0cprecondition\x18\x03 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12!\n\x19return_current_on_failure\x18\x05 \x01(\x08\x12\x1f\n\x05\x66\x65nce\x18\x06 \x01(\x0b\x32\x10.accord.v1.Fence\x12\x10\n\x08lease_id\x18\x07 \x01(\x03\"k\n\x0bPutResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1f\n\x02kv\x18\x02 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xa3\x01\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x19return_current_on_failure\x18\x04 \x01(\x08\x12\x1f\n\x05\x66\x65nce\x18\x05 \x01(\x0b\x32\x10.accord.v1.Fence\"\x84\x01\n\x0e\x44\x65leteResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12$\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"F\n\x08TxnCheck\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\"6\n\x06TxnPut\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\"\x18\n\tTxnDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\"W\n\x05TxnOp\x12 \n\x03put\x18\x01 \x01(\x0b\x32\x11.accord.v1.TxnPutH\x00\x12&\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x14.accord.v1.TxnDeleteH\x00\x42\x04\n\x02op\"\xa9\x01\n\nTxnRequest\x12#\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x13.accord.v1.TxnCheck\x12\x1d\n\x03ops\x18\x02 \x03(\x0b\x32\x10.accord.v1.TxnOp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x19return_current_on_failure\x18\x04 \x01(\x08\x12 \n\x06\x66\x65nces\x18\x05 \x03(\x0b\x32\x10.accord.v1.Fence\"?\n\x0bTxnOpResult\x12\x1f\n\x02kv\x18\x01 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\x85\x01\n\x0bTxnResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.accord.v1.TxnOpResult\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"T\n\x0cWatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\"\xba\x01\n\nWatchEvent\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.accord.v1.WatchEvent.Type\x12\x1f\n\x02kv\x18\x02 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12$\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\";\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TYPE_PUT\x10\x01\x12\x0f\n\x0bTYPE_DELETE\x10\x02\"z\n\rWatchResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.accord.v1.WatchEvent\x12\x17\n\x0fresume_revision\x18\x03 \x01(\x03\"E\n\x0eHistoryRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x17\n\x0f\x62\x65\x66ore_revision\x18\x03 \x01(\x03\"\xd5\x01\n\x0cHistoryEntry\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.accord.v1.HistoryEntry.Kind\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12)\n\nchanged_by\x18\x04 \x01(\x0b\x32\x15.accord.v1.Provenance\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_PUT\x10\x01\x12\x0f\n\x0bKIND_DELETE\x10\x02\"\xa5\x01\n\x0fHistoryResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x17.accord.v1.HistoryEntry\x12\x1c\n\x14next_before_revision\x18\x03 \x01(\x03\x12\x1f\n\x17truncated_by_compaction\x18\x04 \x01(\x08*f\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x01\x12\x1c\n\x18\x43ONSISTENCY_SERIALIZABLE\x10\x02\x32\x9e\x03\n\x02KV\x12\x34\n\x03Get\x12\x15.accord.v1.GetRequest\x1a\x16.accord.v1.GetResponse\x12\x37\n\x04List\x12\x16.accord.v1.ListRequest\x1a\x17.accord.v1.ListResponse\x12\x34\n\x03Put\x12\x15.accord.v1.PutRequest\x1a\x16.accord.v1.PutResponse\x12=\n\x06\x44\x65lete\x12\x18.accord.v1.DeleteRequest\x1a\x19.accord.v1.DeleteResponse\x12\x34\n\x03Txn\x12\x15.accord.v1.TxnRequest\x1a\x16.accord.v1.TxnResponse\x12<\n\x05Watch\x12\x17.accord.v1.WatchRequest\x1a\x18.accord.v1.WatchResponse0\x01\x12@\n\x07History\x12\x19.accord.v1.HistoryRequest\x1a\x1a.accord.v1.HistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'accord.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=2999
-  _globals['_CONSISTENCY']._serialized_end=3101
+  _globals['_CONSISTENCY']._serialized_start=3135
+  _globals['_CONSISTENCY']._serialized_end=3237
   _globals['_KEYVALUE']._serialized_start=58
   _globals['_KEYVALUE']._serialized_end=203
   _globals['_PRECONDITION']._serialized_start=205
@@ -49,43 +49,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRESPONSE']._serialized_start=926
   _globals['_LISTRESPONSE']._serialized_end=1057
   _globals['_PUTREQUEST']._serialized_start=1060
-  _globals['_PUTREQUEST']._serialized_end=1202
-  _globals['_PUTRESPONSE']._serialized_start=1204
-  _globals['_PUTRESPONSE']._serialized_end=1311
-  _globals['_DELETEREQUEST']._serialized_start=1314
-  _globals['_DELETEREQUEST']._serialized_end=1444
-  _globals['_DELETERESPONSE']._serialized_start=1447
-  _globals['_DELETERESPONSE']._serialized_end=1579
-  _globals['_TXNCHECK']._serialized_start=1581
-  _globals['_TXNCHECK']._serialized_end=1651
-  _globals['_TXNPUT']._serialized_start=1653
-  _globals['_TXNPUT']._serialized_end=1689
-  _globals['_TXNDELETE']._serialized_start=1691
-  _globals['_TXNDELETE']._serialized_end=1715
-  _globals['_TXNOP']._serialized_start=1717
-  _globals['_TXNOP']._serialized_end=1804
-  _globals['_TXNREQUEST']._serialized_start=1807
-  _globals['_TXNREQUEST']._serialized_end=1942
-  _globals['_TXNOPRESULT']._serialized_start=1944
-  _globals['_TXNOPRESULT']._serialized_end=2007
-  _globals['_TXNRESPONSE']._serialized_start=2010
-  _globals['_TXNRESPONSE']._serialized_end=2143
-  _globals['_WATCHREQUEST']._serialized_start=2145
-  _globals['_WATCHREQUEST']._serialized_end=2229
-  _globals['_WATCHEVENT']._serialized_start=2232
-  _globals['_WATCHEVENT']._serialized_end=2418
-  _globals['_WATCHEVENT_TYPE']._serialized_start=2359
-  _globals['_WATCHEVENT_TYPE']._serialized_end=2418
-  _globals['_WATCHRESPONSE']._serialized_start=2420
-  _globals['_WATCHRESPONSE']._serialized_end=2542
-  _globals['_HISTORYREQUEST']._serialized_start=2544
-  _globals['_HISTORYREQUEST']._serialized_end=2613
-  _globals['_HISTORYENTRY']._serialized_start=2616
-  _globals['_HISTORYENTRY']._serialized_end=2829
-  _globals['_HISTORYENTRY_KIND']._serialized_start=2770
-  _globals['_HISTORYENTRY_KIND']._serialized_end=2829
-  _globals['_HISTORYRESPONSE']._serialized_start=2832
-  _globals['_HISTORYRESPONSE']._serialized_end=2997
-  _globals['_KV']._serialized_start=3104
-  _globals['_KV']._serialized_end=3518
+  _globals['_PUTREQUEST']._serialized_end=1253
+  _globals['_PUTRESPONSE']._serialized_start=1255
+  _globals['_PUTRESPONSE']._serialized_end=1362
+  _globals['_DELETEREQUEST']._serialized_start=1365
+  _globals['_DELETEREQUEST']._serialized_end=1528
+  _globals['_DELETERESPONSE']._serialized_start=1531
+  _globals['_DELETERESPONSE']._serialized_end=1663
+  _globals['_TXNCHECK']._serialized_start=1665
+  _globals['_TXNCHECK']._serialized_end=1735
+  _globals['_TXNPUT']._serialized_start=1737
+  _globals['_TXNPUT']._serialized_end=1791
+  _globals['_TXNDELETE']._serialized_start=1793
+  _globals['_TXNDELETE']._serialized_end=1817
+  _globals['_TXNOP']._serialized_start=1819
+  _globals['_TXNOP']._serialized_end=1906
+  _globals['_TXNREQUEST']._serialized_start=1909
+  _globals['_TXNREQUEST']._serialized_end=2078
+  _globals['_TXNOPRESULT']._serialized_start=2080
+  _globals['_TXNOPRESULT']._serialized_end=2143
+  _globals['_TXNRESPONSE']._serialized_start=2146
+  _globals['_TXNRESPONSE']._serialized_end=2279
+  _globals['_WATCHREQUEST']._serialized_start=2281
+  _globals['_WATCHREQUEST']._serialized_end=2365
+  _globals['_WATCHEVENT']._serialized_start=2368
+  _globals['_WATCHEVENT']._serialized_end=2554
+  _globals['_WATCHEVENT_TYPE']._serialized_start=2495
+  _globals['_WATCHEVENT_TYPE']._serialized_end=2554
+  _globals['_WATCHRESPONSE']._serialized_start=2556
+  _globals['_WATCHRESPONSE']._serialized_end=2678
+  _globals['_HISTORYREQUEST']._serialized_start=2680
+  _globals['_HISTORYREQUEST']._serialized_end=2749
+  _globals['_HISTORYENTRY']._serialized_start=2752
+  _globals['_HISTORYENTRY']._serialized_end=2965
+  _globals['_HISTORYENTRY_KIND']._serialized_start=2906
+  _globals['_HISTORYENTRY_KIND']._serialized_end=2965
+  _globals['_HISTORYRESPONSE']._serialized_start=2968
+  _globals['_HISTORYRESPONSE']._serialized_end=3133
+  _globals['_KV']._serialized_start=3240
+  _globals['_KV']._serialized_end=3654
 # @@protoc_insertion_point(module_scope)

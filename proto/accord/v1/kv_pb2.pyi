@@ -303,6 +303,8 @@ class PutRequest(_message.Message):
     PRECONDITION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RETURN_CURRENT_ON_FAILURE_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     value: _builtins.bytes
     request_id: _builtins.str
@@ -311,8 +313,14 @@ class PutRequest(_message.Message):
     """
     return_current_on_failure: _builtins.bool
     """On CONDITION_FAILED, include the current value in the details."""
+    lease_id: _builtins.int
+    """Attach the key to this lease: it is deleted when the lease ends (ephemeral key)."""
     @_builtins.property
     def precondition(self) -> Global___Precondition: ...
+    @_builtins.property
+    def fence(self) -> _common_pb2.Fence:
+        """Write only while this lock grant holds; otherwise FENCED, and nothing is written."""
+
     def __init__(
         self,
         *,
@@ -321,10 +329,12 @@ class PutRequest(_message.Message):
         precondition: Global___Precondition | None = ...,
         request_id: _builtins.str = ...,
         return_current_on_failure: _builtins.bool = ...,
+        fence: _common_pb2.Fence | None = ...,
+        lease_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["precondition", b"precondition"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "precondition", b"precondition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "precondition", b"precondition", "request_id", b"request_id", "return_current_on_failure", b"return_current_on_failure", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "key", b"key", "lease_id", b"lease_id", "precondition", b"precondition", "request_id", b"request_id", "return_current_on_failure", b"return_current_on_failure", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,11 +378,14 @@ class DeleteRequest(_message.Message):
     PRECONDITION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RETURN_CURRENT_ON_FAILURE_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     request_id: _builtins.str
     return_current_on_failure: _builtins.bool
     @_builtins.property
     def precondition(self) -> Global___Precondition: ...
+    @_builtins.property
+    def fence(self) -> _common_pb2.Fence: ...
     def __init__(
         self,
         *,
@@ -380,10 +393,11 @@ class DeleteRequest(_message.Message):
         precondition: Global___Precondition | None = ...,
         request_id: _builtins.str = ...,
         return_current_on_failure: _builtins.bool = ...,
+        fence: _common_pb2.Fence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["precondition", b"precondition"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "precondition", b"precondition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "precondition", b"precondition", "request_id", b"request_id", "return_current_on_failure", b"return_current_on_failure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "key", b"key", "precondition", b"precondition", "request_id", b"request_id", "return_current_on_failure", b"return_current_on_failure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,17 +465,21 @@ class TxnPut(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     value: _builtins.bytes
+    lease_id: _builtins.int
+    """Attach the key to this lease (ephemeral key)."""
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         value: _builtins.bytes = ...,
+        lease_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "lease_id", b"lease_id", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,6 +538,7 @@ class TxnRequest(_message.Message):
     OPS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RETURN_CURRENT_ON_FAILURE_FIELD_NUMBER: _builtins.int
+    FENCES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     return_current_on_failure: _builtins.bool
     @_builtins.property
@@ -530,6 +549,10 @@ class TxnRequest(_message.Message):
     def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___TxnOp]:
         """Applied atomically, at one revision. A key may appear in at most one op."""
 
+    @_builtins.property
+    def fences(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Fence]:
+        """Apply only while every one of these grants holds its lock."""
+
     def __init__(
         self,
         *,
@@ -537,10 +560,11 @@ class TxnRequest(_message.Message):
         ops: _abc.Iterable[Global___TxnOp] | None = ...,
         request_id: _builtins.str = ...,
         return_current_on_failure: _builtins.bool = ...,
+        fences: _abc.Iterable[_common_pb2.Fence] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "ops", b"ops", "request_id", b"request_id", "return_current_on_failure", b"return_current_on_failure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "fences", b"fences", "ops", b"ops", "request_id", b"request_id", "return_current_on_failure", b"return_current_on_failure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

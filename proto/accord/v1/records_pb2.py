@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x63\x63ord/v1/records.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\"G\n\x0bStoredValue\x12\r\n\x05value\x18\x01 \x01(\x0c\x12)\n\nwritten_by\x18\x02 \x01(\x0b\x32\x15.accord.v1.Provenance\"9\n\x11IdempotencyRecord\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\x0c\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\"6\n\tTombstone\x12)\n\ndeleted_by\x18\x01 \x01(\x0b\x32\x15.accord.v1.Provenanceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x63\x63ord/v1/records.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\"G\n\x0bStoredValue\x12\r\n\x05value\x18\x01 \x01(\x0c\x12)\n\nwritten_by\x18\x02 \x01(\x0b\x32\x15.accord.v1.Provenance\"I\n\x11IdempotencyRecord\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\x0c\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\x0c\"6\n\tTombstone\x12)\n\ndeleted_by\x18\x01 \x01(\x0b\x32\x15.accord.v1.Provenanceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOREDVALUE']._serialized_start=62
   _globals['_STOREDVALUE']._serialized_end=133
   _globals['_IDEMPOTENCYRECORD']._serialized_start=135
-  _globals['_IDEMPOTENCYRECORD']._serialized_end=192
-  _globals['_TOMBSTONE']._serialized_start=194
-  _globals['_TOMBSTONE']._serialized_end=248
+  _globals['_IDEMPOTENCYRECORD']._serialized_end=208
+  _globals['_TOMBSTONE']._serialized_start=210
+  _globals['_TOMBSTONE']._serialized_end=264
 # @@protoc_insertion_point(module_scope)

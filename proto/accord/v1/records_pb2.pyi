@@ -48,27 +48,35 @@ Global___StoredValue: _TypeAlias = StoredValue  # noqa: Y015
 
 @_typing.final
 class IdempotencyRecord(_message.Message):
-    """Written in the same etcd Txn as a mutation that carried a request_id. The record's
-    own mod_revision is the mutation's revision.
+    """Written in the same etcd Txn as a mutation that carried a request_id, so it exists
+    exactly when the effect does; its own mod_revision is the mutation's revision. Right
+    after the commit the coordinator adds the answer it gave, so a retry gets that same
+    answer even after etcd has compacted the history it was computed from.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
     fingerprint: _builtins.bytes
     """A digest of the request, so a reused request_id with a different body is refused."""
     applied: _builtins.bool
     """False when the preconditions failed and nothing was written."""
+    answer: _builtins.bytes
+    """The first answer: a serialized TxnResponse (revision and per-op results) when
+    applied, or the serialized google.rpc.Status of the failure when not.
+    """
     def __init__(
         self,
         *,
         fingerprint: _builtins.bytes = ...,
         applied: _builtins.bool = ...,
+        answer: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "fingerprint", b"fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "applied", b"applied", "fingerprint", b"fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
