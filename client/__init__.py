@@ -7,11 +7,18 @@ from accord.client.errors import (
     CompactedError,
     ConditionFailedError,
     DeadlineExceededError,
+    DeadlockError,
+    FencedError,
     InternalError,
     InvalidArgumentError,
+    LeaseNotFoundError,
+    LockConflictError,
+    LockTimeoutError,
     NotFoundError,
+    NotHeldError,
     RequestIdReusedError,
     UnavailableError,
+    WouldBlockError,
 )
 from accord.client.kv import (
     Delete,
@@ -29,6 +36,8 @@ from accord.client.kv import (
     WatchEvent,
     WriteResult,
 )
+from accord.client.leases import Lease, LeaseInfo
+from accord.client.locks import Grant, LockMode, LockSpec
 from accord.client.retry import RetryPolicy
 from accord.client.sync import Client
 
@@ -40,16 +49,27 @@ __all__ = [
     "CompactedError",
     "ConditionFailedError",
     "DeadlineExceededError",
+    "DeadlockError",
     "Delete",
     "DeleteResult",
     "EventType",
     "Expect",
+    "FencedError",
+    "Grant",
     "HistoryEntry",
     "HistoryPage",
     "InternalError",
     "InvalidArgumentError",
     "KeyValue",
+    "Lease",
+    "LeaseInfo",
+    "LeaseNotFoundError",
+    "LockConflictError",
+    "LockMode",
+    "LockSpec",
+    "LockTimeoutError",
     "NotFoundError",
+    "NotHeldError",
     "Page",
     "Provenance",
     "Put",
@@ -59,5 +79,6 @@ __all__ = [
     "UnavailableError",
     "Watch",
     "WatchEvent",
+    "WouldBlockError",
     "WriteResult",
 ]

@@ -8,6 +8,8 @@ from types import TracebackType
 import grpc
 
 from accord.client.kv import AsyncKV
+from accord.client.leases import AsyncLeases
+from accord.client.locks import AsyncLocks
 from accord.client.retry import RetryPolicy
 from accord.client.transport import Transport
 
@@ -42,6 +44,8 @@ class AsyncClient:
             credentials=credentials,
         )
         self.kv = AsyncKV(self._transport)
+        self.leases = AsyncLeases(self._transport)
+        self.locks = AsyncLocks(self._transport)
 
     async def close(self) -> None:
         await self._transport.close()

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from accord.v1 import common_pb2, kv_pb2
+from accord.v1 import common_pb2, kv_pb2, locks_pb2
 
 
 class AccordError(Exception):
@@ -88,6 +88,51 @@ class InternalError(AccordError):
     pass
 
 
+class FencedError(AccordError):
+    """The write's lock grant no longer holds: nothing was written."""
+
+    @property
+    def current_tokens(self) -> list[int]:
+        for d in self.details:
+            if isinstance(d, common_pb2.FenceFailure):
+                return list(d.current_tokens)
+        return []
+
+
+class LeaseNotFoundError(AccordError):
+    """The lease expired, was revoked, or belongs to another namespace."""
+
+
+class DeadlockError(AccordError):
+    """This wait was chosen to end a deadlock; `deadlock` lists the whole cycle."""
+
+    @property
+    def deadlock(self) -> locks_pb2.Deadlock | None:
+        return next((d for d in self.details if isinstance(d, locks_pb2.Deadlock)), None)
+
+
+class _LockWaitError(AccordError):
+    @property
+    def status(self) -> locks_pb2.LockWaitStatus | None:
+        return next((d for d in self.details if isinstance(d, locks_pb2.LockWaitStatus)), None)
+
+
+class WouldBlockError(_LockWaitError):
+    """A try-acquire found the lock taken; `status` says by whom."""
+
+
+class LockTimeoutError(_LockWaitError):
+    """An acquire gave up waiting; `status` says what it waited behind."""
+
+
+class NotHeldError(AccordError):
+    pass
+
+
+class LockConflictError(AccordError):
+    pass
+
+
 _BY_REASON: dict[str, type[AccordError]] = {
     "INVALID_ARGUMENT": InvalidArgumentError,
     "CONDITION_FAILED": ConditionFailedError,
@@ -98,6 +143,13 @@ _BY_REASON: dict[str, type[AccordError]] = {
     "DEADLINE_EXCEEDED": DeadlineExceededError,
     "BAD_IDENTITY": BadIdentityError,
     "INTERNAL": InternalError,
+    "FENCED": FencedError,
+    "LEASE_NOT_FOUND": LeaseNotFoundError,
+    "DEADLOCK": DeadlockError,
+    "WOULD_BLOCK": WouldBlockError,
+    "LOCK_TIMEOUT": LockTimeoutError,
+    "NOT_HELD": NotHeldError,
+    "LOCK_CONFLICT": LockConflictError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[AccordError]] = {
@@ -113,6 +165,9 @@ _DETAIL_TYPES = [
     error_details_pb2.BadRequest,
     kv_pb2.ConditionFailure,
     common_pb2.CompactedFailure,
+    common_pb2.FenceFailure,
+    locks_pb2.Deadlock,
+    locks_pb2.LockWaitStatus,
 ]
 
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Protocol
 
 from accord.client.errors import (
     ConditionFailedError,
@@ -88,6 +89,8 @@ class Expect:
 class Put:
     key: str
     value: bytes | str
+    # Attach the key to this lease: it is deleted when the lease ends.
+    lease_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,26 @@ def _request_id() -> str:
     return uuid.uuid4().hex
 
 
+class _Fencing(Protocol):
+    def fence(self) -> common_pb2.Fence: ...
+
+
+def _fence(fence: _Fencing | common_pb2.Fence) -> common_pb2.Fence:
+    """A Grant (anything with .fence()) or a Fence message."""
+    return fence if isinstance(fence, common_pb2.Fence) else fence.fence()
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+def _lease(lease: _HasId | int | None) -> int:
+    if lease is None:
+        return 0
+    return lease if isinstance(lease, int) else lease.id
+
+
 class AsyncKV:
     def __init__(self, transport: Transport) -> None:
         self._t = transport
@@ -233,16 +256,24 @@ class AsyncKV:
         expect: Expect | None = None,
         request_id: str | None = None,
         return_current_on_failure: bool = False,
+        fence: _Fencing | common_pb2.Fence | None = None,
+        lease: _HasId | int | None = None,
         timeout: float | None = None,
     ) -> WriteResult:
+        """Write key. expect: only if it holds (else ConditionFailedError); fence: only
+        while that lock grant holds (else FencedError); lease: delete the key when that
+        lease ends."""
         request = kv_pb2.PutRequest(
             key=key,
             value=_bytes(value),
             request_id=request_id or _request_id(),
             return_current_on_failure=return_current_on_failure,
+            lease_id=_lease(lease),
         )
         if expect is not None:
             request.precondition.CopyFrom(expect._to_proto())
+        if fence is not None:
+            request.fence.CopyFrom(_fence(fence))
         response = await self._t.unary("kv", "Put", request, safe=True, timeout=timeout)
         return WriteResult(response.header.revision, KeyValue._from(response.kv), response.replayed)
 
@@ -252,11 +283,19 @@ class AsyncKV:
         *,
         expect: Expect | None = None,
         request_id: str | None = None,
+        return_current_on_failure: bool = False,
+        fence: _Fencing | common_pb2.Fence | None = None,
         timeout: float | None = None,
     ) -> DeleteResult:
-        request = kv_pb2.DeleteRequest(key=key, request_id=request_id or _request_id())
+        request = kv_pb2.DeleteRequest(
+            key=key,
+            request_id=request_id or _request_id(),
+            return_current_on_failure=return_current_on_failure,
+        )
         if expect is not None:
             request.precondition.CopyFrom(expect._to_proto())
+        if fence is not None:
+            request.fence.CopyFrom(_fence(fence))
         response = await self._t.unary("kv", "Delete", request, safe=True, timeout=timeout)
         prev = KeyValue._from(response.prev_kv) if response.HasField("prev_kv") else None
         return DeleteResult(response.header.revision, response.deleted, prev, response.replayed)
@@ -268,6 +307,7 @@ class AsyncKV:
         *,
         request_id: str | None = None,
         return_current_on_failure: bool = False,
+        fences: Sequence[_Fencing | common_pb2.Fence] = (),
         timeout: float | None = None,
     ) -> TxnResult:
         """All ops apply, at one revision, if every check holds; otherwise none do and
@@ -276,10 +316,13 @@ class AsyncKV:
             checks=[kv_pb2.TxnCheck(key=k, precondition=e._to_proto()) for k, e in checks.items()],
             request_id=request_id or _request_id(),
             return_current_on_failure=return_current_on_failure,
+            fences=[_fence(f) for f in fences],
         )
         for op in ops:
             if isinstance(op, Put):
-                request.ops.add(put=kv_pb2.TxnPut(key=op.key, value=_bytes(op.value)))
+                request.ops.add(
+                    put=kv_pb2.TxnPut(key=op.key, value=_bytes(op.value), lease_id=op.lease_id)
+                )
             else:
                 request.ops.add(delete=kv_pb2.TxnDelete(key=op.key))
         response = await self._t.unary("kv", "Txn", request, safe=True, timeout=timeout)

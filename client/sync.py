@@ -1,8 +1,13 @@
-"""The blocking client: the async client driven on a private event loop thread."""
+"""The blocking client: the async client driven on a private event loop thread.
+
+Every method mirrors the async one of the same name; leases are kept alive by the loop
+thread, so a blocking agent keeps its lease while it works.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -23,7 +28,10 @@ from accord.client.kv import (
     WatchEvent,
     WriteResult,
 )
+from accord.client.leases import Lease, LeaseInfo
+from accord.client.locks import Grant, LockMode, LockState
 from accord.client.retry import RetryPolicy
+from accord.v1 import common_pb2
 
 T = TypeVar("T")
 
@@ -72,12 +80,21 @@ class KV:
         page_token: str = "",
         keys_only: bool = False,
         revision: int = 0,
+        timeout: float | None = None,
     ) -> Page:
         return self._loop.run(
             self._kv.list(
-                prefix, limit=limit, page_token=page_token, keys_only=keys_only, revision=revision
+                prefix,
+                limit=limit,
+                page_token=page_token,
+                keys_only=keys_only,
+                revision=revision,
+                timeout=timeout,
             )
         )
+
+    def list_all(self, prefix: str = "", *, keys_only: bool = False) -> builtins.list[KeyValue]:
+        return self._loop.run(self._kv.list_all(prefix, keys_only=keys_only))
 
     def put(
         self,
@@ -86,16 +103,44 @@ class KV:
         *,
         expect: Expect | None = None,
         request_id: str | None = None,
+        return_current_on_failure: bool = False,
+        fence: Grant | common_pb2.Fence | None = None,
+        lease: Lease | int | None = None,
         timeout: float | None = None,
     ) -> WriteResult:
         return self._loop.run(
-            self._kv.put(key, value, expect=expect, request_id=request_id, timeout=timeout)
+            self._kv.put(
+                key,
+                value,
+                expect=expect,
+                request_id=request_id,
+                return_current_on_failure=return_current_on_failure,
+                fence=fence,
+                lease=lease,
+                timeout=timeout,
+            )
         )
 
     def delete(
-        self, key: str, *, expect: Expect | None = None, request_id: str | None = None
+        self,
+        key: str,
+        *,
+        expect: Expect | None = None,
+        request_id: str | None = None,
+        return_current_on_failure: bool = False,
+        fence: Grant | common_pb2.Fence | None = None,
+        timeout: float | None = None,
     ) -> DeleteResult:
-        return self._loop.run(self._kv.delete(key, expect=expect, request_id=request_id))
+        return self._loop.run(
+            self._kv.delete(
+                key,
+                expect=expect,
+                request_id=request_id,
+                return_current_on_failure=return_current_on_failure,
+                fence=fence,
+                timeout=timeout,
+            )
+        )
 
     def txn(
         self,
@@ -103,8 +148,20 @@ class KV:
         ops: Sequence[Put | Delete],
         *,
         request_id: str | None = None,
+        return_current_on_failure: bool = False,
+        fences: Sequence[Grant | common_pb2.Fence] = (),
+        timeout: float | None = None,
     ) -> TxnResult:
-        return self._loop.run(self._kv.txn(checks, ops, request_id=request_id))
+        return self._loop.run(
+            self._kv.txn(
+                checks,
+                ops,
+                request_id=request_id,
+                return_current_on_failure=return_current_on_failure,
+                fences=fences,
+                timeout=timeout,
+            )
+        )
 
     def update(
         self,
@@ -112,11 +169,16 @@ class KV:
         fn: Callable[[bytes | None], bytes | str | Awaitable[bytes | str]],
         *,
         max_attempts: int = 100,
+        timeout: float | None = None,
     ) -> WriteResult:
-        return self._loop.run(self._kv.update(key, fn, max_attempts=max_attempts))
+        return self._loop.run(self._kv.update(key, fn, max_attempts=max_attempts, timeout=timeout))
 
-    def history(self, key: str, *, limit: int = 0, before_revision: int = 0) -> HistoryPage:
-        return self._loop.run(self._kv.history(key, limit=limit, before_revision=before_revision))
+    def history(
+        self, key: str, *, limit: int = 0, before_revision: int = 0, timeout: float | None = None
+    ) -> HistoryPage:
+        return self._loop.run(
+            self._kv.history(key, limit=limit, before_revision=before_revision, timeout=timeout)
+        )
 
     def watch(
         self, key: str, *, prefix: bool = False, start_revision: int = 0, prev_kv: bool = False
@@ -130,6 +192,72 @@ class KV:
                     return
         finally:
             self._loop.run(watch.aclose())
+
+
+class Leases:
+    """Blocking mirror of AsyncLeases; granted leases are kept alive by the loop thread."""
+
+    def __init__(self, loop: _Loop, client: AsyncClient) -> None:
+        self._loop = loop
+        self._leases = client.leases
+
+    def grant(self, ttl: int = 10, *, labels: Mapping[str, str] | None = None) -> Lease:
+        return self._loop.run(self._leases.grant(ttl, labels=labels))
+
+    def revoke(self, lease: Lease | int) -> None:
+        if isinstance(lease, Lease):
+            self._loop.run(lease.revoke())
+        else:
+            self._loop.run(self._leases.revoke(lease))
+
+    def time_to_live(self, lease_id: int) -> LeaseInfo:
+        return self._loop.run(self._leases.time_to_live(lease_id))
+
+    def list(self) -> builtins.list[LeaseInfo]:
+        return self._loop.run(self._leases.list())
+
+
+class Locks:
+    """Blocking mirror of AsyncLocks."""
+
+    def __init__(self, loop: _Loop, client: AsyncClient) -> None:
+        self._loop = loop
+        self._locks = client.locks
+
+    def acquire(
+        self,
+        name: str,
+        lease: Lease | int,
+        *,
+        mode: LockMode = LockMode.EXCLUSIVE,
+        permits: int = 0,
+        timeout: float = 60.0,
+        priority: int = 0,
+    ) -> Grant:
+        return self._loop.run(
+            self._locks.acquire(
+                name, lease, mode=mode, permits=permits, timeout=timeout, priority=priority
+            )
+        )
+
+    def try_acquire(
+        self,
+        name: str,
+        lease: Lease | int,
+        *,
+        mode: LockMode = LockMode.EXCLUSIVE,
+        permits: int = 0,
+    ) -> Grant | None:
+        return self._loop.run(self._locks.try_acquire(name, lease, mode=mode, permits=permits))
+
+    def release(self, name: str | Grant, lease: Lease | int | None = None) -> bool:
+        return self._loop.run(self._locks.release(name, lease))
+
+    def describe(self, name: str, lease: Lease | int = 0) -> tuple[LockState, int]:
+        return self._loop.run(self._locks.describe(name, lease))
+
+    def list(self, prefix: str = "") -> builtins.list[LockState]:
+        return self._loop.run(self._locks.list(prefix))
 
 
 class Client:
@@ -159,6 +287,8 @@ class Client:
 
         self._client = self._loop.run(make())
         self.kv = KV(self._loop, self._client)
+        self.leases = Leases(self._loop, self._client)
+        self.locks = Locks(self._loop, self._client)
 
     def close(self) -> None:
         self._loop.run(self._client.close())

@@ -16,7 +16,7 @@ import grpc
 
 from accord.client.errors import DeadlineExceededError, from_rpc_error
 from accord.client.retry import RetryBudget, RetryPolicy
-from accord.v1 import kv_pb2_grpc
+from accord.v1 import kv_pb2_grpc, leases_pb2_grpc, locks_pb2_grpc
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 _OPTIONS = [
@@ -36,6 +36,8 @@ class _Replica:
         else:
             self.channel = grpc.aio.secure_channel(address, credentials, options=_OPTIONS)
         self.kv = kv_pb2_grpc.KVStub(self.channel)
+        self.leases = leases_pb2_grpc.LeasesStub(self.channel)
+        self.locks = locks_pb2_grpc.LocksStub(self.channel)
 
 
 class Transport:
@@ -114,7 +116,8 @@ class Transport:
             return response
 
     async def stream(self, service: str, method: str, request: Any) -> AsyncIterator[Any]:
-        """One server stream on the current replica; failover is the caller's to do."""
+        """One server (or bidi, given an iterator of requests) stream on the current
+        replica; reconnecting elsewhere is the caller's to do."""
         index, replica = self.replica()
         call = getattr(getattr(replica, service), method)(request, metadata=self.metadata)
         try:

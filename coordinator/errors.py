@@ -128,6 +128,31 @@ class Fenced(AccordError):
     reason = "FENCED"
 
 
+class WouldBlock(AccordError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "WOULD_BLOCK"
+
+
+class LockTimeout(AccordError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "LOCK_TIMEOUT"
+
+
+class NotHeld(AccordError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "NOT_HELD"
+
+
+class LockConflict(AccordError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "LOCK_CONFLICT"
+
+
+class Deadlocked(AccordError):
+    code = grpc.StatusCode.ABORTED
+    reason = "DEADLOCK"
+
+
 class StoredFailure(AccordError):
     """A failure answered before, replayed verbatim from its stored google.rpc.Status."""
 

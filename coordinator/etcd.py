@@ -10,6 +10,7 @@ errors here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -116,6 +117,7 @@ class Etcd:
             for t in _grpc_targets(self.endpoints)
         ]
         self._current = 0
+        self._keepalives: _KeepAlives | None = None
 
     @property
     def _kv(self) -> Any:
@@ -137,6 +139,8 @@ class Etcd:
         self._current = (self._current + 1) % len(self._members)
 
     async def close(self) -> None:
+        if self._keepalives is not None:
+            await self._keepalives.close()
         for member in self._members:
             await member.channel.close()
 
@@ -190,6 +194,28 @@ class Etcd:
     async def lease_grant(self, ttl: int) -> Any:
         return await self._unary(
             "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), retry=True, service="lease"
+        )
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self._unary(
+            "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), retry=True, service="lease"
+        )
+
+    async def lease_time_to_live(self, lease_id: int) -> Any:
+        """TTL left (-1 when the lease is gone) and the keys attached."""
+        return await self._unary(
+            "LeaseTimeToLive",
+            rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=True),
+            retry=True,
+            service="lease",
+        )
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease; returns the TTL restored (0 or less: the lease is gone)."""
+        if self._keepalives is None:
+            self._keepalives = _KeepAlives(self)
+        return await self._keepalives.refresh(
+            lease_id, calls.current.get().timeout(self.call_timeout)
         )
 
     async def status(self) -> Any:
@@ -250,6 +276,73 @@ class Etcd:
                     delay = min(delay * 2, 1.0)
                     continue
                 raise _translate(exc, getattr(request, "revision", 0)) from exc
+
+
+async def _keepalive_requests(outbox: asyncio.Queue[int]) -> AsyncIterator[Any]:
+    while True:
+        yield rpc.LeaseKeepAliveRequest(ID=await outbox.get())
+
+
+class _KeepAlives:
+    """One etcd LeaseKeepAlive stream per replica, shared by every lease it refreshes.
+    etcd answers each request in order, so answers for one lease match its requests
+    first in, first out. A broken stream fails what is pending and is opened anew."""
+
+    def __init__(self, etcd: Etcd) -> None:
+        self._etcd = etcd
+        self._outbox: asyncio.Queue[int] = asyncio.Queue()
+        self._pending: dict[int, list[asyncio.Future[int]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self, lease_id: int, timeout: float) -> int:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(lease_id, []).append(future)
+        self._outbox.put_nowait(lease_id)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded("etcd did not confirm the keep-alive in time") from None
+        finally:
+            waiting = self._pending.get(lease_id)
+            if waiting and future in waiting:
+                waiting.remove(future)
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            stream = self._etcd._lease.LeaseKeepAlive(_keepalive_requests(self._outbox))
+            try:
+                async for response in stream:
+                    delay = 0.05
+                    waiting = self._pending.get(response.ID)
+                    if waiting:
+                        future = waiting.pop(0)
+                        if not future.done():
+                            future.set_result(response.TTL)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._etcd._failover()
+            finally:
+                stream.cancel()
+            self._fail_pending()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _fail_pending(self) -> None:
+        for waiting in self._pending.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(BackendUnavailable("the etcd keep-alive stream broke"))
+        self._pending.clear()
+        self._outbox = asyncio.Queue()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class _Member:

@@ -31,6 +31,7 @@ from accord.coordinator import calls, preconditions
 from accord.coordinator.errors import (
     Compacted,
     ConditionFailed,
+    Fenced,
     FieldViolation,
     InvalidArgument,
     LeaseNotFound,
@@ -40,7 +41,9 @@ from accord.coordinator.errors import (
 from accord.coordinator.etcd import Etcd, prefix_end
 from accord.coordinator.group_commit import GroupCommitter
 from accord.coordinator.idempotency import Idempotency, Prior, fingerprint
+from accord.coordinator.leases import LeaseStore
 from accord.coordinator.limits import Limits, check_key, check_request_id, check_value
+from accord.coordinator.locks import LockStore
 from accord.coordinator.retention import RetentionLeases
 from accord.v1 import common_pb2, kv_pb2, records_pb2
 
@@ -48,6 +51,7 @@ DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 # A List page stays under this many bytes of values however large they are.
 MAX_PAGE_BYTES = 32 * 1024 * 1024
+MAX_FENCES = 8
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 500
 
@@ -63,6 +67,7 @@ class Check:
 class Op:
     key: str
     value: bytes | None  # None: delete
+    lease: int = 0  # a put attached to this lease: deleted when the lease ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +110,11 @@ class KVStore:
         *,
         root: str,
         limits: Limits,
+        leases: LeaseStore | None = None,
+        locks: LockStore | None = None,
     ) -> None:
+        self._leases = leases
+        self._locks = locks
         self._etcd = etcd
         self._committer = committer
         self._retention = retention
@@ -194,20 +203,28 @@ class KVStore:
         *,
         request_id: str,
         return_current: bool,
+        fence: common_pb2.Fence | None = None,
+        lease_id: int = 0,
     ) -> Mutation:
         violations = check_key("key", key, self.limits) + check_value("value", value, self.limits)
         violations += check_request_id("request_id", request_id)
         violations += preconditions.check("precondition", precondition)
+        if lease_id < 0:
+            violations.append(FieldViolation("lease_id", "must not be negative"))
         self._require(violations)
-        checks = (
-            [Check(key, precondition, 0)]
-            if precondition and preconditions.is_set(precondition)
-            else []
+        fences = [fence] if fence is not None else []
+        digest = fingerprint(
+            b"put",
+            key.encode(),
+            value,
+            _bytes(precondition),
+            str(lease_id).encode(),
+            *_fence_bytes(fences),
         )
-        digest = fingerprint(b"put", key.encode(), value, _bytes(precondition))
         return await self._mutate(
-            checks,
-            [Op(key, value)],
+            _single_check(key, precondition),
+            [Op(key, value, lease_id)],
+            fences,
             request_id=request_id,
             return_current=return_current,
             digest=digest,
@@ -220,19 +237,17 @@ class KVStore:
         *,
         request_id: str,
         return_current: bool,
+        fence: common_pb2.Fence | None = None,
     ) -> Mutation:
         violations = check_key("key", key, self.limits) + check_request_id("request_id", request_id)
         violations += preconditions.check("precondition", precondition)
         self._require(violations)
-        checks = (
-            [Check(key, precondition, 0)]
-            if precondition and preconditions.is_set(precondition)
-            else []
-        )
-        digest = fingerprint(b"delete", key.encode(), _bytes(precondition))
+        fences = [fence] if fence is not None else []
+        digest = fingerprint(b"delete", key.encode(), _bytes(precondition), *_fence_bytes(fences))
         return await self._mutate(
-            checks,
+            _single_check(key, precondition),
             [Op(key, None)],
+            fences,
             request_id=request_id,
             return_current=return_current,
             digest=digest,
@@ -245,6 +260,7 @@ class KVStore:
         *,
         request_id: str,
         return_current: bool,
+        fences: Sequence[common_pb2.Fence] = (),
     ) -> Mutation:
         violations = check_request_id("request_id", request_id)
         if not ops and not checks:
@@ -255,6 +271,8 @@ class KVStore:
                     "checks", f"{len(checks)} checks exceed the limit of {self.limits.max_txn_ops}"
                 )
             )
+        if len(fences) > MAX_FENCES:
+            violations.append(FieldViolation("fences", f"at most {MAX_FENCES} fences"))
         weight = sum(2 if op.WhichOneof("op") == "delete" else 1 for op in ops)
         if weight > self.limits.max_txn_ops:
             violations.append(
@@ -279,7 +297,11 @@ class KVStore:
             if kind == "put":
                 violations += check_key(f"ops[{i}].put.key", op.put.key, self.limits)
                 violations += check_value(f"ops[{i}].put.value", op.put.value, self.limits)
-                parsed_ops.append(Op(op.put.key, op.put.value))
+                if op.put.lease_id < 0:
+                    violations.append(
+                        FieldViolation(f"ops[{i}].put.lease_id", "must not be negative")
+                    )
+                parsed_ops.append(Op(op.put.key, op.put.value, op.put.lease_id))
                 total += len(op.put.key.encode()) + len(op.put.value)
             elif kind == "delete":
                 violations += check_key(f"ops[{i}].delete.key", op.delete.key, self.limits)
@@ -306,10 +328,13 @@ class KVStore:
             *(c.SerializeToString(deterministic=True) for c in checks),
             b"--",
             *(o.SerializeToString(deterministic=True) for o in ops),
+            b"--",
+            *_fence_bytes(fences),
         )
         return await self._mutate(
             parsed_checks,
             parsed_ops,
+            list(fences),
             request_id=request_id,
             return_current=return_current,
             digest=digest,
@@ -319,26 +344,52 @@ class KVStore:
         self,
         checks: list[Check],
         ops: list[Op],
+        fences: list[common_pb2.Fence],
         *,
         request_id: str,
         return_current: bool,
         digest: bytes,
     ) -> Mutation:
+        leases = {op.lease for op in ops if op.lease}
+        if leases and self._leases is None:
+            raise invalid("lease_id", "this coordinator has no lease service")
+        if fences and self._locks is None:
+            raise invalid("fence", "this coordinator has no lock service")
+        for lease_id in sorted(leases):  # ephemeral keys hang only on the caller's own leases
+            assert self._leases is not None
+            await self._leases.owned(lease_id)
+        fence_compares = await self._locks.fence_compares(fences) if fences and self._locks else []
         try:
             return await self._mutate_once(
-                checks, ops, request_id=request_id, return_current=return_current, digest=digest
+                checks,
+                ops,
+                fences,
+                fence_compares,
+                request_id=request_id,
+                return_current=return_current,
+                digest=digest,
             )
         except LeaseNotFound:
+            if leases:
+                raise  # the caller's own lease ended: say so
             # The retention lease is gone (revoked by hand, or a reset cluster): once more.
             self._retention.forget(await self._retention.current())
             return await self._mutate_once(
-                checks, ops, request_id=request_id, return_current=return_current, digest=digest
+                checks,
+                ops,
+                fences,
+                fence_compares,
+                request_id=request_id,
+                return_current=return_current,
+                digest=digest,
             )
 
     async def _mutate_once(
         self,
         checks: list[Check],
         ops: list[Op],
+        fences: list[common_pb2.Fence],
+        fence_compares: list[tuple[Any, bytes]],
         *,
         request_id: str,
         return_current: bool,
@@ -360,7 +411,9 @@ class KVStore:
             keys.add(data_key)
             if op.value is not None:
                 stored = records_pb2.StoredValue(value=op.value, written_by=provenance)
-                success.append(_put(data_key, stored.SerializeToString(), prev_kv=True))
+                success.append(
+                    _put(data_key, stored.SerializeToString(), prev_kv=True, lease=op.lease)
+                )
                 size += len(data_key) + len(op.value) + 64
             else:
                 tomb_key = self._tomb_key(ns, op.key)
@@ -377,10 +430,14 @@ class KVStore:
             preconditions.compare(self._data_key(ns, c.key), c.precondition) for c in checks
         ]
         failure = [_range(self._data_key(ns, c.key)) for c in checks]
+        for pair, entry_key in fence_compares:  # read back to tell FENCED from CONDITION_FAILED
+            compares.extend(pair)
+            failure.append(_range(entry_key))
         inner = rpc.TxnRequest(compare=compares, success=success, failure=failure)
         if not request_id:
-            weight = 1 + max(len(success), len(failure))
+            weight = 1 + max(len(success), len(failure), len(compares))
             committed = await self._committer.commit(inner, keys, size, retry=False, weight=weight)
+            await self._raise_if_fenced(fences, checks, committed.response)
             return self._outcome(
                 ns, checks, ops, committed.response, committed.revision, return_current, provenance
             )
@@ -388,18 +445,19 @@ class KVStore:
         idem_key = self._idempotency.key(ns, call.agent_id, request_id)
         keys.add(idem_key)
         wrapped = Idempotency.wrap(inner, idem_key, digest, lease)
-        weight = 2 + max(len(inner.success), len(inner.failure))
+        weight = 2 + max(len(inner.success), len(inner.failure), len(inner.compare))
         committed = await self._committer.commit(
             wrapped, keys, size + len(idem_key), retry=True, weight=weight
         )
         response, prior = Idempotency.unwrap(committed.response, digest, request_id)
         if prior is not None:
-            return await self._replay(ns, checks, ops, prior, return_current)
+            return await self._replay(ns, checks, ops, fences, prior, return_current)
         try:
+            await self._raise_if_fenced(fences, checks, response)
             done = self._outcome(
                 ns, checks, ops, response, committed.revision, return_current, provenance
             )
-        except ConditionFailed as failed:
+        except (ConditionFailed, Fenced) as failed:
             self._idempotency.remember(
                 idem_key,
                 committed.revision,
@@ -413,6 +471,18 @@ class KVStore:
             idem_key, committed.revision, digest, applied=True, answer=answer.SerializeToString()
         )
         return done
+
+    async def _raise_if_fenced(
+        self, fences: list[common_pb2.Fence], checks: list[Check], response: Any
+    ) -> None:
+        """A refused write whose fence entry is gone (or not granted) was fenced."""
+        if response.succeeded or not fences or self._locks is None:
+            return
+        reads = response.responses[len(checks) : len(checks) + len(fences)]
+        for fence, read in zip(fences, reads, strict=True):
+            raw = read.response_range.kvs[0] if read.response_range.kvs else None
+            if raw is None or raw.create_revision != fence.token or raw.mod_revision <= fence.token:
+                raise await self._locks.fenced(fence)
 
     def _outcome(
         self,
@@ -459,6 +529,7 @@ class KVStore:
         ns: str,
         checks: list[Check],
         ops: list[Op],
+        fences: list[common_pb2.Fence],
         prior: Prior,
         return_current: bool,
     ) -> Mutation:
@@ -471,6 +542,12 @@ class KVStore:
             return Mutation(first.revision, list(first.results), replayed=True)
         # The first answer was never stored (its replica died right after the commit):
         # rebuild it from etcd's history at that revision, as far as it still exists.
+        if not record.applied and fences:
+            raise Fenced(
+                "this request was refused when first sent: its fence (or a "
+                "precondition) did not hold",
+                metadata={"revision": str(revision)},
+            )
         if not record.applied:
             currents = await asyncio.gather(
                 *(self._raw_at(self._data_key(ns, c.key), revision) for c in checks)
@@ -713,6 +790,10 @@ def _put(key: bytes, value: bytes, *, prev_kv: bool = False, lease: int = 0) -> 
 
 def _range(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+
+def _fence_bytes(fences: Sequence[common_pb2.Fence]) -> list[bytes]:
+    return [f.SerializeToString(deterministic=True) for f in fences]
 
 
 def _single_check(key: str, precondition: kv_pb2.Precondition | None) -> list[Check]:

@@ -7,33 +7,8 @@ from typing import Any
 
 import grpc
 
-from accord.coordinator.errors import FieldViolation, InvalidArgument
 from accord.coordinator.kv import KVStore
 from accord.v1 import common_pb2, kv_pb2, kv_pb2_grpc
-
-_NOT_YET = "is not supported by this coordinator version; nothing was written"
-
-
-def _refuse_unsupported(
-    request: kv_pb2.PutRequest | kv_pb2.DeleteRequest | kv_pb2.TxnRequest,
-) -> None:
-    """Fields the contract defines but this version cannot yet enforce are refused, never
-    ignored: a fence that is silently not checked would be worse than none."""
-    violations = []
-    if isinstance(request, kv_pb2.TxnRequest):
-        if len(request.fences):
-            violations.append(FieldViolation("fences", _NOT_YET))
-        for i, op in enumerate(request.ops):
-            if op.WhichOneof("op") == "put" and op.put.lease_id:
-                violations.append(FieldViolation(f"ops[{i}].put.lease_id", _NOT_YET))
-    else:
-        if request.HasField("fence"):
-            violations.append(FieldViolation("fence", _NOT_YET))
-        if isinstance(request, kv_pb2.PutRequest) and request.lease_id:
-            violations.append(FieldViolation("lease_id", _NOT_YET))
-    if violations:
-        raise InvalidArgument(violations)
-
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -67,13 +42,14 @@ class KVService(kv_pb2_grpc.KVServicer):
         )
 
     async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
-        _refuse_unsupported(request)
         done = await self._store.put(
             request.key,
             request.value,
             request.precondition if request.HasField("precondition") else None,
             request_id=request.request_id,
             return_current=request.return_current_on_failure,
+            fence=request.fence if request.HasField("fence") else None,
+            lease_id=request.lease_id,
         )
         return kv_pb2.PutResponse(
             header=self._header(done.revision), kv=done.results[0].kv, replayed=done.replayed
@@ -87,6 +63,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             request.precondition if request.HasField("precondition") else None,
             request_id=request.request_id,
             return_current=request.return_current_on_failure,
+            fence=request.fence if request.HasField("fence") else None,
         )
         result = done.results[0]
         return kv_pb2.DeleteResponse(
@@ -97,12 +74,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         )
 
     async def Txn(self, request: kv_pb2.TxnRequest, context: Context) -> kv_pb2.TxnResponse:
-        _refuse_unsupported(request)
         done = await self._store.txn(
             request.checks,
             request.ops,
             request_id=request.request_id,
             return_current=request.return_current_on_failure,
+            fences=request.fences,
         )
         return kv_pb2.TxnResponse(
             header=self._header(done.revision),

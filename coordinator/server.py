@@ -18,6 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from accord.coordinator import logs
+from accord.coordinator.deadlocks import DeadlockDetector
 from accord.coordinator.embedded_etcd import EmbeddedEtcd
 from accord.coordinator.errors import AccordError
 from accord.coordinator.etcd import Etcd
@@ -26,12 +27,20 @@ from accord.coordinator.idempotency import Idempotency
 from accord.coordinator.interceptor import CallInterceptor
 from accord.coordinator.kv import KVStore
 from accord.coordinator.kv_service import KVService
+from accord.coordinator.leases import LeaseStore
+from accord.coordinator.leases_service import LeasesService
+from accord.coordinator.locks import LockStore
+from accord.coordinator.locks_service import LocksService
 from accord.coordinator.retention import RetentionLeases
 from accord.coordinator.settings import Settings
-from accord.v1 import kv_pb2, kv_pb2_grpc
+from accord.v1 import kv_pb2, kv_pb2_grpc, leases_pb2, leases_pb2_grpc, locks_pb2, locks_pb2_grpc
 
 _log = logs.get("accord.server")
-SERVICES = [kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name]
+SERVICES = [
+    kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
+    leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
+    locks_pb2.DESCRIPTOR.services_by_name["Locks"].full_name,
+]
 HEALTH_INTERVAL_SECONDS = 2.0
 
 
@@ -64,6 +73,10 @@ class Replica:
             rotate_every=max(1, settings.idempotency_ttl_seconds // 24),
         )
         self.idempotency = Idempotency(settings.root, self.committer)
+        leases = LeaseStore(self.etcd, self.committer, root=settings.root)
+        locks = LockStore(self.etcd, self.committer, leases, root=settings.root)
+        deadlocks = DeadlockDetector(self.etcd, locks, retention, root=settings.root)
+        locks.deadlocks = deadlocks
         store = KVStore(
             self.etcd,
             self.committer,
@@ -71,6 +84,8 @@ class Replica:
             self.idempotency,
             root=settings.root,
             limits=settings.limits,
+            leases=leases,
+            locks=locks,
         )
 
         self.server = grpc.aio.server(
@@ -89,6 +104,12 @@ class Replica:
         replica = settings.replica or f"{socket.gethostname()}:{self.port}"
         self.settings = replace(settings, replica=replica)
         kv_pb2_grpc.add_KVServicer_to_server(KVService(store, replica), self.server)
+        leases_pb2_grpc.add_LeasesServicer_to_server(
+            LeasesService(leases, locks, replica), self.server
+        )
+        locks_pb2_grpc.add_LocksServicer_to_server(
+            LocksService(locks, deadlocks, replica), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
             [

@@ -4,8 +4,11 @@ isort:skip_file
 """
 
 from accord.v1 import common_pb2 as _common_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -105,3 +108,100 @@ class Tombstone(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Tombstone: _TypeAlias = Tombstone  # noqa: Y015
+
+@_typing.final
+class LeaseRecord(_message.Message):
+    """{root}/ns/{namespace}/leases/{id as 16 hex digits}, attached to the lease itself so it
+    disappears with it: which agent a lease belongs to, and its labels.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    GRANTED_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    GRANTED_AT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    granted_ttl_seconds: _builtins.int
+    @_builtins.property
+    def granted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        granted_ttl_seconds: _builtins.int = ...,
+        granted_at: _timestamp_pb2.Timestamp | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "granted_at", b"granted_at", "granted_ttl_seconds", b"granted_ttl_seconds", "labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRecord: _TypeAlias = LeaseRecord  # noqa: Y015
+
+@_typing.final
+class LockEntryRecord(_message.Message):
+    """One entry in a lock's queue: {root}/ns/{namespace}/locks/{name}\\0{lease as 16 hex},
+    attached to the lease. Its create_revision orders the queue and is the fencing token.
+    The coordinator rewrites it once, with granted set, when the entry first holds the
+    lock; fenced writes check for that (mod_revision > create_revision).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    PERMITS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    mode: _builtins.int
+    """1 exclusive, 2 shared (accord.v1.LockMode)."""
+    permits: _builtins.int
+    """Greater than 0 for a semaphore."""
+    priority: _builtins.int
+    granted: _builtins.bool
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        mode: _builtins.int = ...,
+        permits: _builtins.int = ...,
+        priority: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        granted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "granted", b"granted", "mode", b"mode", "permits", b"permits", "priority", b"priority", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockEntryRecord: _TypeAlias = LockEntryRecord  # noqa: Y015

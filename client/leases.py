@@ -1,0 +1,169 @@
+"""Leases as an agent uses them: grant one, and a background task keeps it alive.
+
+``async with await accord.leases.grant(ttl=10) as lease:`` keeps the lease alive over
+one stream (moving to another replica if one dies) and revokes it on exit. When the
+lease is lost anyway (expired during a long stall, revoked by an admin), `lease.lost`
+is set and `on_lost` callbacks run: whatever the agent held under it is gone, and
+fenced writes made with its grants will fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+
+from accord.client.errors import AccordError, LeaseNotFoundError, UnavailableError
+from accord.client.transport import Transport
+from accord.v1 import leases_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    id: int
+    agent_id: str
+    granted_ttl: int
+    ttl: int
+    granted_at: datetime | None
+    labels: dict[str, str]
+    locks: list[str]
+
+    @staticmethod
+    def _from(msg: leases_pb2.LeaseInfo) -> LeaseInfo:
+        at = (
+            datetime.fromtimestamp(msg.granted_at.seconds, UTC)
+            if msg.HasField("granted_at")
+            else None
+        )
+        return LeaseInfo(
+            msg.id,
+            msg.agent_id,
+            msg.granted_ttl_seconds,
+            msg.ttl_seconds,
+            at,
+            dict(msg.labels),
+            list(msg.locks),
+        )
+
+
+class Lease:
+    """A granted lease, kept alive in the background until revoked or lost."""
+
+    def __init__(self, transport: Transport, info: LeaseInfo, *, keepalive: bool = True) -> None:
+        self._t = transport
+        self.id = info.id
+        self.ttl = info.granted_ttl
+        self.info = info
+        self.lost = asyncio.Event()
+        self.lost_reason: AccordError | None = None
+        self._callbacks: list[Callable[[AccordError], object]] = []
+        self._expires_at = time.monotonic() + self.ttl
+        self._task = asyncio.create_task(self._keep_alive()) if keepalive else None
+
+    def on_lost(self, callback: Callable[[AccordError], object]) -> None:
+        """Call callback(reason) once, when the lease is lost (not when revoked by us)."""
+        if self.lost_reason is not None:
+            callback(self.lost_reason)
+        else:
+            self._callbacks.append(callback)
+
+    async def revoke(self) -> None:
+        await self._stop()
+        with contextlib.suppress(LeaseNotFoundError):
+            await self._t.unary(
+                "leases", "Revoke", leases_pb2.RevokeRequest(lease_id=self.id), safe=True
+            )
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _lose(self, reason: AccordError) -> None:
+        if self.lost_reason is None:
+            self.lost_reason = reason
+            self.lost.set()
+            for callback in self._callbacks:
+                callback(reason)
+
+    async def _requests(self) -> AsyncIterator[leases_pb2.KeepAliveRequest]:
+        while True:
+            yield leases_pb2.KeepAliveRequest(lease_id=self.id)
+            await asyncio.sleep(self.ttl / 3)
+
+    async def _keep_alive(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async for response in self._t.stream("leases", "KeepAlive", self._requests()):
+                    failures = 0
+                    self._expires_at = time.monotonic() + response.ttl_seconds
+            except LeaseNotFoundError as gone:
+                self._lose(gone)
+                return
+            except AccordError as exc:
+                if time.monotonic() >= self._expires_at:
+                    self._lose(
+                        UnavailableError(
+                            f"lease {self.id} could not be kept alive before it expired: "
+                            f"{exc.message}",
+                            reason="LEASE_NOT_FOUND",
+                        )
+                    )
+                    return
+            failures += 1
+            await asyncio.sleep(min(self._t.retry.backoff(failures), self.ttl / 6))
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.revoke()
+
+
+class AsyncLeases:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    async def grant(
+        self, ttl: int = 10, *, labels: Mapping[str, str] | None = None, keepalive: bool = True
+    ) -> Lease:
+        response = await self._t.unary(
+            "leases",
+            "Grant",
+            leases_pb2.GrantRequest(ttl_seconds=ttl, labels=labels or {}),
+            safe=False,
+        )
+        return Lease(self._t, LeaseInfo._from(response.lease), keepalive=keepalive)
+
+    async def keepalive_once(self, lease_id: int) -> int:
+        response = await self._t.unary(
+            "leases", "KeepAliveOnce", leases_pb2.KeepAliveOnceRequest(lease_id=lease_id), safe=True
+        )
+        return int(response.ttl_seconds)
+
+    async def revoke(self, lease_id: int) -> None:
+        await self._t.unary(
+            "leases", "Revoke", leases_pb2.RevokeRequest(lease_id=lease_id), safe=True
+        )
+
+    async def time_to_live(self, lease_id: int) -> LeaseInfo:
+        response = await self._t.unary(
+            "leases", "TimeToLive", leases_pb2.TimeToLiveRequest(lease_id=lease_id), safe=True
+        )
+        return LeaseInfo._from(response.lease)
+
+    async def list(self) -> list[LeaseInfo]:
+        response = await self._t.unary("leases", "List", leases_pb2.LeasesListRequest(), safe=True)
+        return [LeaseInfo._from(lease) for lease in response.leases]

@@ -1,0 +1,224 @@
+"""Locks and semaphores as an agent uses them.
+
+``async with accord.locks.hold("repo/main", lease) as grant:`` waits in FIFO order,
+then pass ``fence=grant`` to the KV writes the lock protects: if the lease is lost
+meanwhile (a long stall, an admin break), those writes fail with FencedError instead of
+overwriting the next holder's work. Acquire is idempotent per (lock, lease), so the
+client retries it on another replica without losing its place in the queue.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from accord.client.errors import AccordError, NotHeldError, WouldBlockError
+from accord.client.leases import Lease
+from accord.client.transport import Transport
+from accord.v1 import common_pb2, locks_pb2
+
+# Admin views are the contract's own messages (typed through their .pyi stubs).
+LockState = locks_pb2.LockState
+LockEntry = locks_pb2.LockEntry
+WaitEdge = locks_pb2.WaitEdge
+Deadlock = locks_pb2.Deadlock
+# Time the server may take beyond the wait itself before the client stops listening.
+_WAIT_MARGIN_SECONDS = 5.0
+
+
+class LockMode(IntEnum):
+    EXCLUSIVE = locks_pb2.LOCK_MODE_EXCLUSIVE
+    SHARED = locks_pb2.LOCK_MODE_SHARED
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A held lock. Pass it as `fence=` to the writes it protects."""
+
+    name: str
+    token: int
+    mode: LockMode
+    lease_id: int
+    permits: int
+
+    def fence(self) -> common_pb2.Fence:
+        return common_pb2.Fence(lock=self.name, token=self.token)
+
+    @staticmethod
+    def _from(msg: locks_pb2.Grant) -> Grant:
+        return Grant(
+            msg.name,
+            msg.token,
+            LockMode(msg.mode or locks_pb2.LOCK_MODE_EXCLUSIVE),
+            msg.lease_id,
+            msg.permits,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LockSpec:
+    name: str
+    mode: LockMode = LockMode.EXCLUSIVE
+    permits: int = 0
+
+
+def _mode(mode: LockMode) -> locks_pb2.LockMode.ValueType:
+    return locks_pb2.LockMode.ValueType(int(mode))
+
+
+def _lease_id(lease: Lease | int) -> int:
+    return lease.id if isinstance(lease, Lease) else lease
+
+
+class AsyncLocks:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    async def acquire(
+        self,
+        name: str,
+        lease: Lease | int,
+        *,
+        mode: LockMode = LockMode.EXCLUSIVE,
+        permits: int = 0,
+        timeout: float = 60.0,
+        priority: int = 0,
+    ) -> Grant:
+        """Wait (FIFO) up to timeout seconds. Raises LockTimeoutError (with who holds the
+        lock), DeadlockError (with the cycle) or LeaseNotFoundError."""
+        request = locks_pb2.AcquireRequest(
+            name=name,
+            lease_id=_lease_id(lease),
+            mode=_mode(mode),
+            permits=permits,
+            timeout_ms=int(timeout * 1000),
+            priority=priority,
+        )
+        try:
+            response = await self._t.unary(
+                "locks", "Acquire", request, safe=True, timeout=timeout + _WAIT_MARGIN_SECONDS
+            )
+        except AccordError as exc:
+            if exc.reason in ("", "BACKEND_UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                await self._leave(name, lease)  # nobody is left waiting for this grant
+            raise
+        return Grant._from(response.grant)
+
+    async def try_acquire(
+        self,
+        name: str,
+        lease: Lease | int,
+        *,
+        mode: LockMode = LockMode.EXCLUSIVE,
+        permits: int = 0,
+    ) -> Grant | None:
+        """The lock if it is free now, else None (never waits)."""
+        request = locks_pb2.AcquireRequest(
+            name=name, lease_id=_lease_id(lease), mode=_mode(mode), permits=permits, no_wait=True
+        )
+        try:
+            response = await self._t.unary("locks", "Acquire", request, safe=True)
+        except WouldBlockError:
+            return None
+        return Grant._from(response.grant)
+
+    async def acquire_many(
+        self,
+        locks: Sequence[LockSpec | str],
+        lease: Lease | int,
+        *,
+        timeout: float = 60.0,
+        priority: int = 0,
+    ) -> builtins.list[Grant]:
+        """All of them or none, taken in name order."""
+        specs = [LockSpec(s) if isinstance(s, str) else s for s in locks]
+        request = locks_pb2.AcquireManyRequest(
+            locks=[
+                locks_pb2.LockSpec(name=s.name, mode=_mode(s.mode), permits=s.permits)
+                for s in specs
+            ],
+            lease_id=_lease_id(lease),
+            timeout_ms=int(timeout * 1000),
+            priority=priority,
+        )
+        response = await self._t.unary(
+            "locks", "AcquireMany", request, safe=True, timeout=timeout + _WAIT_MARGIN_SECONDS
+        )
+        return [Grant._from(g) for g in response.grants]
+
+    async def release(self, name: str | Grant, lease: Lease | int | None = None) -> bool:
+        """Leave the lock's queue; True if the lease was holding it."""
+        if isinstance(name, Grant):
+            lease, name = lease or name.lease_id, name.name
+        if lease is None:
+            raise ValueError("release needs the lease (or a Grant)")
+        response = await self._t.unary(
+            "locks",
+            "Release",
+            locks_pb2.ReleaseRequest(name=name, lease_id=_lease_id(lease)),
+            safe=True,
+        )
+        return bool(response.was_holding)
+
+    async def _leave(self, name: str, lease: Lease | int) -> None:
+        with contextlib.suppress(AccordError):
+            await self.release(name, lease)
+
+    @contextlib.asynccontextmanager
+    async def hold(
+        self,
+        name: str,
+        lease: Lease | int,
+        *,
+        mode: LockMode = LockMode.EXCLUSIVE,
+        permits: int = 0,
+        timeout: float = 60.0,
+        priority: int = 0,
+    ) -> AsyncIterator[Grant]:
+        grant = await self.acquire(
+            name, lease, mode=mode, permits=permits, timeout=timeout, priority=priority
+        )
+        try:
+            yield grant
+        finally:
+            with contextlib.suppress(NotHeldError):
+                await self.release(grant)
+
+    async def describe(self, name: str, lease: Lease | int = 0) -> tuple[LockState, int]:
+        """The lock's holders and queue, and the lease's position (-1 holding,
+        -2 not queued)."""
+        response = await self._t.unary(
+            "locks",
+            "Describe",
+            locks_pb2.DescribeRequest(name=name, lease_id=_lease_id(lease)),
+            safe=True,
+        )
+        return response.state, response.position
+
+    async def list(self, prefix: str = "") -> builtins.list[LockState]:
+        response = await self._t.unary(
+            "locks", "List", locks_pb2.LocksListRequest(prefix=prefix), safe=True
+        )
+        return list(response.locks)
+
+    async def wait_graph(self) -> builtins.list[WaitEdge]:
+        response = await self._t.unary(
+            "locks", "WaitGraph", locks_pb2.WaitGraphRequest(), safe=True
+        )
+        return list(response.edges)
+
+    async def break_lock(self, name: str) -> builtins.list[LockEntry]:
+        """Forced release of the current holders (admin)."""
+        response = await self._t.unary(
+            "locks", "Break", locks_pb2.BreakRequest(name=name), safe=True
+        )
+        return list(response.broken)
+
+    async def deadlocks(self, limit: int = 20) -> builtins.list[Deadlock]:
+        response = await self._t.unary(
+            "locks", "ListDeadlocks", locks_pb2.ListDeadlocksRequest(limit=limit), safe=True
+        )
+        return list(response.deadlocks)

@@ -1,0 +1,652 @@
+"""Fair exclusive/shared locks and semaphores, held by leases, that fence their writes.
+
+Each lease has at most one entry in a lock's queue; the queue is ordered by the
+entries' etcd create revisions (FIFO), and an entry's create revision is its fencing
+token, monotonic per lock. An exclusive entry holds the lock when it is first; a shared
+entry when no exclusive entry is ahead of it; a semaphore entry when fewer than
+`permits` entries are ahead. Entries hang on their lease, so a lease that ends leaves
+every queue, and a dead lease is never granted anything.
+
+When an entry first holds, the coordinator rewrites it with `granted` set before
+answering; fenced writes check, in their own etcd transaction, that the entry still
+exists with that create revision and was so rewritten (mod_revision > create_revision).
+Losing the lock (lease expiry, release, `locks break`, deadlock victim) deletes the
+entry, so every later fenced write with its token fails with FENCED.
+
+A waiter watches only what it waits behind (its predecessor, or for a shared entry the
+last exclusive one ahead) and its own entry; semaphore waiters watch the queue's
+deletions. Acquire is idempotent per (lock, lease): a retry on another replica finds
+the same entry and keeps its place in the queue.
+
+Layout: {root}/ns/{namespace}/locks/{name}\\0{lease as 16 hex digits} -> LockEntryRecord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aetcd.rpc import rpc_pb2 as rpc
+from google.protobuf import timestamp_pb2
+
+from accord.coordinator import calls, logs
+from accord.coordinator.errors import (
+    AccordError,
+    DeadlineExceeded,
+    Deadlocked,
+    Fenced,
+    FieldViolation,
+    InvalidArgument,
+    LeaseNotFound,
+    LockConflict,
+    LockTimeout,
+    NotHeld,
+    WouldBlock,
+)
+from accord.coordinator.etcd import Etcd, prefix_end
+from accord.coordinator.group_commit import GroupCommitter
+from accord.coordinator.leases import LeaseStore
+from accord.coordinator.limits import Limits, check_key
+from accord.v1 import common_pb2, locks_pb2, records_pb2
+
+_log = logs.get("accord.locks")
+MAX_NAME_BYTES = 256
+MAX_PERMITS = 10_000
+DEADLINE_MARGIN_SECONDS = 0.1
+EXCLUSIVE = locks_pb2.LOCK_MODE_EXCLUSIVE
+SHARED = locks_pb2.LOCK_MODE_SHARED
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A queue entry as read from etcd."""
+
+    lock: str
+    lease_id: int
+    key: bytes
+    token: int  # create revision
+    record: records_pb2.LockEntryRecord
+
+    @property
+    def mode(self) -> locks_pb2.LockMode.ValueType:
+        return locks_pb2.LockMode.ValueType(self.record.mode or EXCLUSIVE)
+
+
+def is_granted(queue: Sequence[Entry], index: int) -> bool:
+    """Whether queue[index] holds, the queue being in token order."""
+    entry = queue[index]
+    if entry.record.permits:
+        return index < entry.record.permits
+    if entry.mode == SHARED:
+        return all(e.mode == SHARED for e in queue[:index])
+    return index == 0
+
+
+def blockers(queue: Sequence[Entry], index: int) -> list[Entry]:
+    """The entries queue[index] waits for (empty when it holds). For a semaphore any one
+    of them leaving may do, so these are not all needed (a knot, not a cycle)."""
+    if is_granted(queue, index):
+        return []
+    entry = queue[index]
+    if entry.record.permits or entry.mode == EXCLUSIVE:
+        return list(queue[:index])
+    return [e for e in queue[:index] if e.mode == EXCLUSIVE]
+
+
+class LockStore:
+    def __init__(
+        self, etcd: Etcd, committer: GroupCommitter, leases: LeaseStore, *, root: str
+    ) -> None:
+        self._etcd = etcd
+        self._committer = committer
+        self._leases = leases
+        self._root = root
+        self.deadlocks: Any = None  # set by the server: the DeadlockDetector
+
+    # --- layout -------------------------------------------------------------------
+
+    def locks_prefix(self, namespace: str) -> bytes:
+        return f"{self._root}/ns/{namespace}/locks/".encode()
+
+    def queue_prefix(self, namespace: str, name: str) -> bytes:
+        return self.locks_prefix(namespace) + name.encode() + b"\x00"
+
+    def entry_key(self, namespace: str, name: str, lease_id: int) -> bytes:
+        return self.queue_prefix(namespace, name) + f"{lease_id:016x}".encode()
+
+    def parse_key(self, namespace: str, key: bytes) -> tuple[str, int] | None:
+        prefix = self.locks_prefix(namespace)
+        if not key.startswith(prefix) or b"\x00" not in key:
+            return None
+        name, _, lease = key[len(prefix) :].rpartition(b"\x00")
+        return name.decode("utf-8", "replace"), int(lease, 16)
+
+    def _entry(self, namespace: str, raw: Any) -> Entry:
+        parsed = self.parse_key(namespace, raw.key)
+        assert parsed is not None
+        return Entry(
+            parsed[0],
+            parsed[1],
+            raw.key,
+            raw.create_revision,
+            records_pb2.LockEntryRecord.FromString(raw.value),
+        )
+
+    async def queue(self, namespace: str, name: str) -> tuple[int, list[Entry]]:
+        """(revision, entries in token order)."""
+        prefix = self.queue_prefix(namespace, name)
+        response = await self._etcd.range(
+            rpc.RangeRequest(
+                key=prefix,
+                range_end=prefix_end(prefix),
+                sort_order=rpc.RangeRequest.ASCEND,
+                sort_target=rpc.RangeRequest.CREATE,
+            )
+        )
+        return response.header.revision, [self._entry(namespace, kv) for kv in response.kvs]
+
+    async def all_entries(
+        self, namespace: str, name_prefix: str = ""
+    ) -> tuple[int, dict[str, list[Entry]]]:
+        """(revision, queues by lock name), every queue in token order."""
+        prefix = self.locks_prefix(namespace) + name_prefix.encode()
+        response = await self._etcd.range(
+            rpc.RangeRequest(
+                key=prefix,
+                range_end=prefix_end(prefix),
+                sort_order=rpc.RangeRequest.ASCEND,
+                sort_target=rpc.RangeRequest.CREATE,
+            )
+        )
+        queues: dict[str, list[Entry]] = {}
+        for kv in response.kvs:
+            entry = self._entry(namespace, kv)
+            queues.setdefault(entry.lock, []).append(entry)
+        return response.header.revision, queues
+
+    # --- acquire ------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        name: str,
+        lease_id: int,
+        *,
+        mode: int,
+        permits: int,
+        no_wait: bool,
+        timeout_ms: int,
+        priority: int,
+    ) -> locks_pb2.Grant:
+        violations = _check_name("name", name)
+        if mode not in (0, EXCLUSIVE, SHARED):
+            violations.append(FieldViolation("mode", "must be EXCLUSIVE or SHARED"))
+        if not 0 <= permits <= MAX_PERMITS:
+            violations.append(
+                FieldViolation(
+                    "permits", f"must be between 0 and {MAX_PERMITS} (0: a lock, not a semaphore)"
+                )
+            )
+        if timeout_ms < 0:
+            violations.append(FieldViolation("timeout_ms", "must not be negative"))
+        if violations:
+            raise InvalidArgument(violations)
+        mode = EXCLUSIVE if permits or mode == 0 else mode
+        call = calls.current.get()
+        ns = call.namespace
+        await self._leases.owned(lease_id)
+        # Stop waiting a little before the caller's deadline, so it hears LOCK_TIMEOUT
+        # (with who holds the lock) rather than a bare DEADLINE_EXCEEDED.
+        give_up = None if call.deadline is None else call.deadline - DEADLINE_MARGIN_SECONDS
+        if timeout_ms:
+            mine = time.monotonic() + timeout_ms / 1000
+            give_up = mine if give_up is None else min(give_up, mine)
+
+        entry = await self._enqueue(ns, name, lease_id, mode, permits, priority)
+        try:
+            return await self._await_grant(ns, entry, no_wait=no_wait, give_up=give_up)
+        except (WouldBlock, LockTimeout, asyncio.CancelledError, DeadlineExceeded):
+            await self._leave(entry)  # a caller that gave up must not hold the lock later
+            raise
+
+    async def _enqueue(
+        self, ns: str, name: str, lease_id: int, mode: int, permits: int, priority: int
+    ) -> Entry:
+        key = self.entry_key(ns, name, lease_id)
+        since = timestamp_pb2.Timestamp()
+        since.FromNanoseconds(time.time_ns())
+        record = records_pb2.LockEntryRecord(
+            agent_id=calls.current.get().agent_id,
+            mode=mode,
+            permits=permits,
+            priority=priority,
+            since=since,
+        )
+        txn = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
+                )
+            ],
+            success=[
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(
+                        key=key, value=record.SerializeToString(), lease=lease_id
+                    )
+                )
+            ],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        )
+        committed = await self._committer.commit(txn, [key], len(key) + 64, retry=True, weight=2)
+        if committed.response.succeeded:
+            entry = Entry(name, lease_id, key, committed.revision, record)
+        else:  # already queued with this lease: resume that wait, same place
+            entry = self._entry(ns, committed.response.responses[0].response_range.kvs[0])
+            if (entry.mode, entry.record.permits) != (mode, permits):
+                raise LockConflict(
+                    f"lease {lease_id} is already queued for {name!r} as "
+                    f"{_mode_name(entry.mode, entry.record.permits)}; release it first",
+                    metadata={"lock": name},
+                )
+        _, queue = await self.queue(ns, name)
+        if queue and queue[0].record.permits != permits:
+            first = queue[0].record.permits
+            if entry.token != queue[0].token:
+                await self._leave(entry)
+                raise LockConflict(
+                    f"{name!r} is used as {_mode_name(queue[0].mode, first)}; this request "
+                    f"asked for {_mode_name(mode, permits)}",
+                    metadata={"lock": name},
+                )
+        return entry
+
+    async def _await_grant(
+        self, ns: str, entry: Entry, *, no_wait: bool, give_up: float | None
+    ) -> locks_pb2.Grant:
+        checked_deadlocks = False
+        while True:
+            revision, queue = await self.queue(ns, entry.lock)
+            index = next((i for i, e in enumerate(queue) if e.token == entry.token), None)
+            if index is None:
+                raise await self._why_gone(ns, entry)
+            if is_granted(queue, index):
+                return await self._grant(queue[index])
+            if no_wait:
+                raise WouldBlock(
+                    f"{entry.lock!r} is taken: {_holders_text(queue)}",
+                    details=[await self.wait_status(ns, entry.lock, queue, index)],
+                    metadata={"lock": entry.lock},
+                )
+            if not checked_deadlocks and self.deadlocks is not None:
+                checked_deadlocks = True
+                await self.deadlocks.check(ns)
+                continue  # the check may have chosen this very wait as a victim
+            watched = self._watch_targets(queue, index)
+            remaining = None if give_up is None else give_up - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise LockTimeout(
+                    f"gave up waiting for {entry.lock!r} at position {index - _holding(queue)} "
+                    f"of the queue: {_holders_text(queue)}",
+                    details=[await self.wait_status(ns, entry.lock, queue, index)],
+                    metadata={"lock": entry.lock},
+                )
+            await self._wait_for_change(watched, entry, revision + 1, remaining)
+
+    def _watch_targets(self, queue: list[Entry], index: int) -> list[Any]:
+        """etcd watch requests for the deletions this waiter cares about."""
+        entry = queue[index]
+        own = rpc.WatchCreateRequest(key=entry.key, filters=[rpc.WatchCreateRequest.NOPUT])
+        if entry.record.permits:
+            prefix = entry.key[: entry.key.rindex(b"\x00") + 1]
+            ahead = rpc.WatchCreateRequest(
+                key=prefix, range_end=prefix_end(prefix), filters=[rpc.WatchCreateRequest.NOPUT]
+            )
+            return [own, ahead]
+        waits_for = blockers(queue, index)
+        return [
+            own,
+            rpc.WatchCreateRequest(key=waits_for[-1].key, filters=[rpc.WatchCreateRequest.NOPUT]),
+        ]
+
+    async def _wait_for_change(
+        self, creates: list[Any], entry: Entry, start: int, remaining: float | None
+    ) -> None:
+        async def first_event(create: Any) -> None:
+            create.start_revision = start
+            async for response in self._etcd.watch(create):
+                if response.events:
+                    return
+
+        tasks = [asyncio.create_task(first_event(c)) for c in creates]
+        try:
+            done, _ = await asyncio.wait(
+                tasks, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                task.result()  # surface a broken watch
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _grant(self, entry: Entry) -> locks_pb2.Grant:
+        if not entry.record.granted:
+            ttl = await self._etcd.lease_time_to_live(entry.lease_id)
+            if ttl.TTL <= 0:  # never hand a lock to a lease that has already died
+                raise LeaseNotFound(
+                    f"lease {entry.lease_id} expired while waiting for {entry.lock!r}",
+                    metadata={"lease_id": str(entry.lease_id)},
+                )
+            granted = records_pb2.LockEntryRecord()
+            granted.CopyFrom(entry.record)
+            granted.granted = True
+            txn = rpc.TxnRequest(
+                compare=[
+                    rpc.Compare(
+                        key=entry.key,
+                        target=rpc.Compare.CREATE,
+                        result=rpc.Compare.EQUAL,
+                        create_revision=entry.token,
+                    )
+                ],
+                success=[
+                    rpc.RequestOp(
+                        request_put=rpc.PutRequest(
+                            key=entry.key, value=granted.SerializeToString(), ignore_lease=True
+                        )
+                    )
+                ],
+            )
+            committed = await self._committer.commit(
+                txn, [entry.key], len(entry.key) + 64, retry=True, weight=2
+            )
+            if not committed.response.succeeded:
+                raise await self._why_gone(calls.current.get().namespace, entry)
+        return locks_pb2.Grant(
+            name=entry.lock,
+            token=entry.token,
+            mode=entry.mode,
+            lease_id=entry.lease_id,
+            permits=entry.record.permits,
+        )
+
+    async def _why_gone(self, ns: str, entry: Entry) -> AccordError:
+        """Our queue entry vanished: a deadlock verdict, or the lease ended, or a break."""
+        if self.deadlocks is not None:
+            verdict = await self.deadlocks.verdict(ns, entry)
+            if verdict is not None:
+                return Deadlocked(
+                    f"waiting for {entry.lock!r} would deadlock: {verdict.policy}",
+                    details=[verdict],
+                    metadata={"lock": entry.lock, "deadlock_id": verdict.id},
+                )
+        try:
+            await self._leases.owned(entry.lease_id)
+        except LeaseNotFound as gone:
+            return gone
+        return NotHeld(
+            f"the queue entry of lease {entry.lease_id} for {entry.lock!r} was "
+            "removed (released or broken by an admin)",
+            metadata={"lock": entry.lock},
+        )
+
+    async def _leave(self, entry: Entry) -> None:
+        """Remove our entry if it is still the one we made (best effort, own deadline)."""
+        token = calls.current.set(
+            calls.Call(namespace="", agent_id="", trace_id="leave", deadline=time.monotonic() + 5)
+        )
+        try:
+            await self._etcd.txn(
+                rpc.TxnRequest(
+                    compare=[
+                        rpc.Compare(
+                            key=entry.key,
+                            target=rpc.Compare.CREATE,
+                            result=rpc.Compare.EQUAL,
+                            create_revision=entry.token,
+                        )
+                    ],
+                    success=[
+                        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=entry.key))
+                    ],
+                ),
+                retry=True,
+            )
+        except AccordError as exc:
+            _log.info("could not leave a lock queue; the lease's end will", error=exc.message)
+        finally:
+            calls.current.reset(token)
+
+    async def acquire_many(
+        self,
+        specs: Sequence[locks_pb2.LockSpec],
+        lease_id: int,
+        *,
+        no_wait: bool,
+        timeout_ms: int,
+        priority: int,
+    ) -> list[locks_pb2.Grant]:
+        names = [s.name for s in specs]
+        if not specs:
+            raise InvalidArgument([FieldViolation("locks", "name at least one lock")])
+        if len(set(names)) != len(names):
+            raise InvalidArgument([FieldViolation("locks", "a lock appears more than once")])
+        grants: list[locks_pb2.Grant] = []
+        try:
+            for spec in sorted(specs, key=lambda s: s.name):  # the canonical order
+                grants.append(
+                    await self.acquire(
+                        spec.name,
+                        lease_id,
+                        mode=spec.mode,
+                        permits=spec.permits,
+                        no_wait=no_wait,
+                        timeout_ms=timeout_ms,
+                        priority=priority,
+                    )
+                )
+        except BaseException:
+            for grant in grants:
+                await self.release(grant.name, lease_id, missing_ok=True)
+            raise
+        return grants
+
+    # --- release, inspection, break ---------------------------------------------
+
+    async def release(self, name: str, lease_id: int, *, missing_ok: bool = False) -> bool:
+        violations = _check_name("name", name)
+        if lease_id <= 0:
+            violations.append(FieldViolation("lease_id", "must be a lease id (> 0)"))
+        if violations:
+            raise InvalidArgument(violations)
+        ns = calls.current.get().namespace
+        key = self.entry_key(ns, name, lease_id)
+        response = await self._etcd.txn(
+            rpc.TxnRequest(
+                success=[
+                    rpc.RequestOp(
+                        request_delete_range=rpc.DeleteRangeRequest(key=key, prev_kv=True)
+                    )
+                ]
+            ),
+            retry=True,
+        )
+        prev = response.responses[0].response_delete_range.prev_kvs
+        if not prev:
+            if missing_ok:
+                return False
+            raise NotHeld(
+                f"lease {lease_id} neither holds nor waits for {name!r}", metadata={"lock": name}
+            )
+        return bool(records_pb2.LockEntryRecord.FromString(prev[0].value).granted)
+
+    async def wait_status(
+        self, ns: str, name: str, queue: list[Entry], index: int
+    ) -> locks_pb2.LockWaitStatus:
+        return locks_pb2.LockWaitStatus(
+            state=await self.state(ns, name, queue), position=index - _holding(queue)
+        )
+
+    async def state(self, ns: str, name: str, queue: list[Entry]) -> locks_pb2.LockState:
+        ttls = await asyncio.gather(*(self._etcd.lease_time_to_live(e.lease_id) for e in queue))
+        state = locks_pb2.LockState(name=name, permits=queue[0].record.permits if queue else 0)
+        for i, (entry, ttl) in enumerate(zip(queue, ttls, strict=True)):
+            item = locks_pb2.LockEntry(
+                lease_id=entry.lease_id,
+                agent_id=entry.record.agent_id,
+                mode=entry.mode,
+                token=entry.token,
+                holding=is_granted(queue, i),
+                since=entry.record.since,
+                lease_ttl_seconds=max(ttl.TTL, 0),
+                priority=entry.record.priority,
+            )
+            (state.holders if item.holding else state.waiters).append(item)
+        return state
+
+    async def describe(self, name: str, lease_id: int) -> tuple[int, locks_pb2.LockState, int]:
+        violations = _check_name("name", name)
+        if violations:
+            raise InvalidArgument(violations)
+        ns = calls.current.get().namespace
+        revision, queue = await self.queue(ns, name)
+        position = -2
+        for i, entry in enumerate(queue):
+            if entry.lease_id == lease_id:
+                position = -1 if is_granted(queue, i) else i - _holding(queue)
+        return revision, await self.state(ns, name, queue), position
+
+    async def list_states(self, prefix: str) -> tuple[int, list[locks_pb2.LockState]]:
+        ns = calls.current.get().namespace
+        revision, queues = await self.all_entries(ns, prefix)
+        states = await asyncio.gather(*(self.state(ns, n, q) for n, q in sorted(queues.items())))
+        return revision, list(states)
+
+    async def break_lock(self, name: str) -> tuple[int, list[locks_pb2.LockEntry]]:
+        violations = _check_name("name", name)
+        if violations:
+            raise InvalidArgument(violations)
+        ns = calls.current.get().namespace
+        _, queue = await self.queue(ns, name)
+        state = await self.state(ns, name, queue)
+        holders = [queue[i] for i in range(len(queue)) if is_granted(queue, i)]
+        if not holders:
+            return 0, []
+        response = await self._etcd.txn(
+            rpc.TxnRequest(
+                compare=[
+                    rpc.Compare(
+                        key=e.key,
+                        target=rpc.Compare.CREATE,
+                        result=rpc.Compare.EQUAL,
+                        create_revision=e.token,
+                    )
+                    for e in holders
+                ],
+                success=[
+                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=e.key))
+                    for e in holders
+                ],
+            ),
+            retry=True,
+        )
+        if not response.succeeded:  # the holders changed meanwhile: look again
+            return await self.break_lock(name)
+        _log.warning(
+            "lock broken", lock=name, namespace=ns, holders=[e.record.agent_id for e in holders]
+        )
+        return response.header.revision, list(state.holders)
+
+    def names_from_keys(self, namespace: str, keys: Sequence[bytes]) -> list[str]:
+        names = (self.parse_key(namespace, k) for k in keys)
+        return sorted({n[0] for n in names if n is not None})
+
+    # --- fencing ------------------------------------------------------------------
+
+    async def fence_compares(self, fences: Sequence[common_pb2.Fence]) -> list[tuple[Any, bytes]]:
+        """For each fence, the etcd compares that hold exactly while its token holds the
+        lock, and the entry key they test. FENCED at once if the token holds nothing."""
+        ns = calls.current.get().namespace
+        out: list[tuple[Any, bytes]] = []
+        for i, fence in enumerate(fences):
+            violations = _check_name(f"fences[{i}].lock", fence.lock)
+            if fence.token <= 0:
+                violations.append(FieldViolation(f"fences[{i}].token", "must be a grant's token"))
+            if violations:
+                raise InvalidArgument(violations)
+            prefix = self.queue_prefix(ns, fence.lock)
+            found = await self._etcd.range(
+                rpc.RangeRequest(
+                    key=prefix,
+                    range_end=prefix_end(prefix),
+                    min_create_revision=fence.token,
+                    max_create_revision=fence.token,
+                    limit=1,
+                )
+            )
+            if not found.kvs or found.kvs[0].mod_revision <= fence.token:
+                raise await self.fenced(fence)
+            key = found.kvs[0].key
+            out.append(
+                (
+                    [
+                        rpc.Compare(
+                            key=key,
+                            target=rpc.Compare.CREATE,
+                            result=rpc.Compare.EQUAL,
+                            create_revision=fence.token,
+                        ),
+                        rpc.Compare(
+                            key=key,
+                            target=rpc.Compare.MOD,
+                            result=rpc.Compare.GREATER,
+                            mod_revision=fence.token,
+                        ),
+                    ],
+                    key,
+                )
+            )
+        return out
+
+    async def fenced(self, fence: common_pb2.Fence) -> Fenced:
+        ns = calls.current.get().namespace
+        _, queue = await self.queue(ns, fence.lock)
+        holding = [e.token for i, e in enumerate(queue) if is_granted(queue, i)]
+        now = f"it is held by token(s) {holding}" if holding else "nobody holds it now"
+        return Fenced(
+            f"token {fence.token} no longer holds lock {fence.lock!r} ({now}); the write was "
+            "not applied: re-acquire the lock and re-read before writing again",
+            details=[
+                common_pb2.FenceFailure(lock=fence.lock, token=fence.token, current_tokens=holding)
+            ],
+            metadata={"lock": fence.lock, "token": str(fence.token)},
+        )
+
+
+_NAME_LIMITS = Limits(max_key_bytes=MAX_NAME_BYTES)
+
+
+def _check_name(field: str, name: str) -> list[FieldViolation]:
+    return check_key(field, name, _NAME_LIMITS)
+
+
+def _holding(queue: Sequence[Entry]) -> int:
+    return sum(1 for i in range(len(queue)) if is_granted(queue, i))
+
+
+def _holders_text(queue: Sequence[Entry]) -> str:
+    held = [e for i, e in enumerate(queue) if is_granted(queue, i)]
+    if not held:
+        return "nobody holds it"
+    who = ", ".join(
+        f"{e.record.agent_id or 'lease ' + str(e.lease_id)} (token {e.token})" for e in held
+    )
+    waiting = len(queue) - len(held)
+    return f"held by {who}; {waiting} waiting"
+
+
+def _mode_name(mode: int, permits: int) -> str:
+    if permits:
+        return f"a semaphore of {permits} permits"
+    return "shared" if mode == SHARED else "exclusive"
