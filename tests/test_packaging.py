@@ -11,6 +11,18 @@ import accord.client
 from tests.harness import REPO
 
 EXPECTED_CLIENT_EXPORTS = {
+    "DeadlockError",
+    "FencedError",
+    "Grant",
+    "Lease",
+    "LeaseInfo",
+    "LeaseNotFoundError",
+    "LockConflictError",
+    "LockMode",
+    "LockSpec",
+    "LockTimeoutError",
+    "NotHeldError",
+    "WouldBlockError",
     "AccordError",
     "AsyncClient",
     "BadIdentityError",
