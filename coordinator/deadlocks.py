@@ -1,8 +1,11 @@
 """Deadlock detection over a wait-for graph built from etcd state.
 
-Nodes are agents; there is an edge from a waiting agent to every agent queued ahead of it
-that it must wait for (mode-aware: a shared waiter waits only for exclusive entries
-ahead; an exclusive one for all). Queues are FIFO, so every edge exists from the moment
+Nodes are leases: a lease is one agent's liveness, the actor that holds some locks while
+it waits for another (agent ids label the nodes; one agent running concurrent tasks under
+several leases is several actors, so its tasks waiting on each other is no deadlock).
+There is an edge from a waiting lease to every lease queued ahead of it that it must
+wait for (mode-aware: a shared waiter waits only for exclusive entries ahead; an
+exclusive one for all). Queues are FIFO, so every edge exists from the moment
 its waiter enqueues: a cycle can only close when a wait starts, and the replica that
 starts it checks, reading every queue of the namespace at one etcd revision. Two waits
 closing a cycle at once on two replicas are found by whichever reads second.
@@ -45,16 +48,17 @@ class Edge:
     holder: Entry
 
     @property
-    def waiter_node(self) -> str:
-        return node(self.waiter)
+    def waiter_node(self) -> int:
+        return self.waiter.lease_id
 
     @property
-    def holder_node(self) -> str:
-        return node(self.holder)
+    def holder_node(self) -> int:
+        return self.holder.lease_id
 
 
 def node(entry: Entry) -> str:
-    return entry.record.agent_id or f"lease:{entry.lease_id}"
+    """A lease, named for people by its agent."""
+    return f"{entry.record.agent_id or 'agent'}#{entry.lease_id:x}"
 
 
 def wait_edges(queues: dict[str, list[Entry]], *, with_semaphores: bool = False) -> list[Edge]:
@@ -68,14 +72,14 @@ def wait_edges(queues: dict[str, list[Entry]], *, with_semaphores: bool = False)
 
 
 def find_cycle(edges: Sequence[Edge]) -> list[Edge] | None:
-    """One cycle over agents, as edges in order, or None; deterministic."""
-    out: dict[str, list[Edge]] = {}
+    """One cycle over leases, as edges in order, or None; deterministic."""
+    out: dict[int, list[Edge]] = {}
     for edge in sorted(edges, key=lambda e: (e.waiter_node, e.holder_node, e.waiter.token)):
         out.setdefault(edge.waiter_node, []).append(edge)
-    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    state: dict[int, int] = {}  # 1: on the current path, 2: finished
     path: list[Edge] = []
 
-    def visit(current: str) -> list[Edge] | None:
+    def visit(current: int) -> list[Edge] | None:
         state[current] = 1
         for edge in out.get(current, []):
             target = edge.holder_node
@@ -196,7 +200,7 @@ class DeadlockDetector:
                 namespace=namespace,
                 victim=node(victim),
                 lock=victim.lock,
-                cycle=[f"{e.waiter_node}->{e.holder_node} on {e.waiter.lock}" for e in cycle],
+                cycle=[f"{node(e.waiter)}->{node(e.holder)} on {e.waiter.lock}" for e in cycle],
                 total_resolved=self.resolved,
             )
 
@@ -224,7 +228,7 @@ class DeadlockDetector:
 
 def _policy(cycle: Sequence[Edge], victim: Entry) -> str:
     steps = " -> ".join(
-        f"{e.waiter_node} waits for {e.holder_node} on {e.waiter.lock!r}"
+        f"{node(e.waiter)} waits for {node(e.holder)} on {e.waiter.lock!r}"
         f"{' (shared)' if e.waiter.mode == SHARED else ''}"
         for e in cycle
     )

@@ -1,0 +1,128 @@
+"""Deadlock detection across replicas: one victim per cycle, the whole cycle explained,
+no false positives."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from accord.client import AsyncClient, DeadlockError, Lease, LockMode
+from tests.conftest import make_client
+from tests.harness import Coordinator
+
+
+@dataclass
+class Agent:
+    name: str
+    client: AsyncClient
+    lease: Lease
+
+
+@pytest.fixture
+async def agents(replicas: list[Coordinator], namespace: str) -> AsyncIterator[list[Agent]]:
+    """Eight agents, alternating between the two replicas."""
+    made: list[Agent] = []
+    for i in range(8):
+        client = make_client([replicas[i % 2].address], namespace, agent=f"agent-{i}")
+        made.append(Agent(f"agent-{i}", client, await client.leases.grant(ttl=15)))
+    yield made
+    for agent in made:
+        await agent.lease.revoke()
+        await agent.client.close()
+
+
+async def run_cycle(agents: list[Agent], priorities: list[int] | None = None) -> list[str]:
+    """Agent i holds lock i, then all at once agent i waits for lock i+1. A victim gives
+    up its lock, so the others proceed. Returns each agent's outcome."""
+    n = len(agents)
+    for i, agent in enumerate(agents):
+        await agent.client.locks.acquire(f"L{i}", agent.lease)
+
+    async def second_lock(i: int) -> str:
+        agent = agents[i]
+        try:
+            grant = await agent.client.locks.acquire(
+                f"L{(i + 1) % n}",
+                agent.lease,
+                timeout=30,
+                priority=priorities[i] if priorities else 0,
+            )
+        except DeadlockError as victim:
+            assert victim.deadlock is not None
+            await agent.client.locks.release(f"L{i}", agent.lease)
+            return f"victim:{len(victim.deadlock.cycle)}"
+        await agent.client.locks.release(grant)
+        await agent.client.locks.release(f"L{i}", agent.lease)
+        return "proceeded"
+
+    return list(await asyncio.wait_for(asyncio.gather(*(second_lock(i) for i in range(n))), 60))
+
+
+@pytest.mark.parametrize("length", [2, 3, 5])
+async def test_cycle_across_replicas_has_exactly_one_victim(
+    agents: list[Agent], length: int
+) -> None:
+    outcomes = await run_cycle(agents[:length])
+    assert sorted(outcomes) == ["proceeded"] * (length - 1) + [f"victim:{length}"]
+    recent = await agents[0].client.locks.deadlocks()
+    assert len(recent) == 1
+    cycle_agents = {e.waiter_agent for e in recent[0].cycle}
+    assert cycle_agents == {a.name for a in agents[:length]}
+    assert "youngest wait" in recent[0].policy
+
+
+async def test_priority_protects_an_agent(agents: list[Agent]) -> None:
+    pair = agents[:2]
+    for i, agent in enumerate(pair):
+        await agent.client.locks.acquire(f"P{i}", agent.lease)
+    first = asyncio.create_task(pair[0].client.locks.acquire("P1", pair[0].lease, timeout=30))
+    await asyncio.sleep(0.3)  # agent-0 waits first: agent-1's would be the youngest wait...
+    with pytest.raises(DeadlockError):  # ...but agent-1 is protected by its priority
+        await asyncio.gather(
+            pair[1].client.locks.acquire("P0", pair[1].lease, timeout=30, priority=10),
+            first,
+        )
+    assert first.done() and isinstance(first.exception(), DeadlockError)
+    deadlock = first.exception().deadlock  # type: ignore[union-attr]
+    assert deadlock is not None and deadlock.victim_agent == "agent-0"
+
+
+async def test_shared_holders_only_deadlock_an_exclusive_waiter(agents: list[Agent]) -> None:
+    a, b = agents[:2]
+    await a.client.locks.acquire("S1", a.lease, mode=LockMode.SHARED)
+    await b.client.locks.acquire("S2", b.lease)
+    waiting = asyncio.create_task(a.client.locks.acquire("S2", a.lease, timeout=30))
+    await asyncio.sleep(0.3)
+    # A shared request is compatible with a's shared hold: granted, no deadlock.
+    shared = await b.client.locks.acquire("S1", b.lease, mode=LockMode.SHARED, timeout=5)
+    await b.client.locks.release(shared)
+    # An exclusive one closes a real cycle.
+    with pytest.raises(DeadlockError):
+        await b.client.locks.acquire("S1", b.lease, timeout=30)
+    await b.client.locks.release("S2", b.lease)
+    await asyncio.wait_for(waiting, 10)
+
+
+async def test_many_waiters_without_a_cycle_are_left_alone(agents: list[Agent]) -> None:
+    holders, waiters = agents[:3], agents[3:]
+    for i, agent in enumerate(holders):
+        await agent.client.locks.acquire(f"Q{i}", agent.lease)
+
+    async def take_and_release(agent: Agent, name: str) -> None:
+        grant = await agent.client.locks.acquire(name, agent.lease, timeout=30)
+        await agent.client.locks.release(grant)
+
+    waits = [asyncio.create_task(take_and_release(w, f"Q{j % 3}")) for j, w in enumerate(waiters)]
+    # A chain of waits that is not a cycle: holder 0 waits for holder 1's lock.
+    chain = asyncio.create_task(take_and_release(holders[0], "Q1"))
+    await asyncio.sleep(1)
+    assert not any(t.done() for t in [*waits, chain])
+    for i, agent in enumerate(holders[1:], start=1):
+        await agent.client.locks.release(f"Q{i}", agent.lease)
+    await asyncio.wait_for(chain, 30)
+    await holders[0].client.locks.release("Q0", holders[0].lease)
+    await asyncio.wait_for(asyncio.gather(*waits), 30)  # every wait ends in a grant
+    assert await agents[0].client.locks.deadlocks() == []
