@@ -43,7 +43,7 @@ from accord.coordinator.group_commit import GroupCommitter
 from accord.coordinator.idempotency import Idempotency, Prior, fingerprint
 from accord.coordinator.leases import LeaseStore
 from accord.coordinator.limits import Limits, check_key, check_request_id, check_value
-from accord.coordinator.locks import LockStore
+from accord.coordinator.locks import FenceCheck, LockStore
 from accord.coordinator.retention import RetentionLeases
 from accord.v1 import common_pb2, kv_pb2, records_pb2
 
@@ -389,7 +389,7 @@ class KVStore:
         checks: list[Check],
         ops: list[Op],
         fences: list[common_pb2.Fence],
-        fence_compares: list[tuple[Any, bytes]],
+        fence_compares: list[FenceCheck],
         *,
         request_id: str,
         return_current: bool,
@@ -430,14 +430,14 @@ class KVStore:
             preconditions.compare(self._data_key(ns, c.key), c.precondition) for c in checks
         ]
         failure = [_range(self._data_key(ns, c.key)) for c in checks]
-        for pair, entry_key in fence_compares:  # read back to tell FENCED from CONDITION_FAILED
-            compares.extend(pair)
-            failure.append(_range(entry_key))
+        for fence_check in fence_compares:  # read back to tell FENCED from CONDITION_FAILED
+            compares.extend(fence_check.compares)
+            failure.append(_range(fence_check.key))
         inner = rpc.TxnRequest(compare=compares, success=success, failure=failure)
         if not request_id:
             weight = 1 + max(len(success), len(failure), len(compares))
             committed = await self._committer.commit(inner, keys, size, retry=False, weight=weight)
-            await self._raise_if_fenced(fences, checks, committed.response)
+            await self._raise_if_fenced(fences, fence_compares, checks, committed.response)
             return self._outcome(
                 ns, checks, ops, committed.response, committed.revision, return_current, provenance
             )
@@ -453,7 +453,7 @@ class KVStore:
         if prior is not None:
             return await self._replay(ns, checks, ops, fences, prior, return_current)
         try:
-            await self._raise_if_fenced(fences, checks, response)
+            await self._raise_if_fenced(fences, fence_compares, checks, response)
             done = self._outcome(
                 ns, checks, ops, response, committed.revision, return_current, provenance
             )
@@ -473,15 +473,23 @@ class KVStore:
         return done
 
     async def _raise_if_fenced(
-        self, fences: list[common_pb2.Fence], checks: list[Check], response: Any
+        self,
+        fences: list[common_pb2.Fence],
+        fence_checks: list[FenceCheck],
+        checks: list[Check],
+        response: Any,
     ) -> None:
         """A refused write whose fence entry is gone (or not granted) was fenced."""
         if response.succeeded or not fences or self._locks is None:
             return
         reads = response.responses[len(checks) : len(checks) + len(fences)]
-        for fence, read in zip(fences, reads, strict=True):
+        for fence, check, read in zip(fences, fence_checks, reads, strict=True):
             raw = read.response_range.kvs[0] if read.response_range.kvs else None
-            if raw is None or raw.create_revision != fence.token or raw.mod_revision <= fence.token:
+            if (
+                raw is None
+                or raw.create_revision != fence.token
+                or raw.mod_revision != check.mod_revision
+            ):
                 raise await self._locks.fenced(fence)
 
     def _outcome(

@@ -7,9 +7,10 @@ entry when no exclusive entry is ahead of it; a semaphore entry when fewer than
 `permits` entries are ahead. Entries hang on their lease, so a lease that ends leaves
 every queue, and a dead lease is never granted anything.
 
-When an entry first holds, the coordinator rewrites it with `granted` set before
-answering; fenced writes check, in their own etcd transaction, that the entry still
-exists with that create revision and was so rewritten (mod_revision > create_revision).
+An entry is marked `granted` before its grant is answered: created so when the queue was
+empty (one etcd transaction for an uncontended acquire), else rewritten once when it
+comes to hold. A fenced write reads the entry, requires the mark, and checks in its own
+etcd transaction that the entry is unchanged (same create and mod revision).
 Losing the lock (lease expiry, release, `locks break`, deadlock victim) deletes the
 entry, so every later fenced write with its token fails with FENCED.
 
@@ -58,6 +59,15 @@ MAX_PERMITS = 10_000
 DEADLINE_MARGIN_SECONDS = 0.1
 EXCLUSIVE = locks_pb2.LOCK_MODE_EXCLUSIVE
 SHARED = locks_pb2.LOCK_MODE_SHARED
+
+
+@dataclass(frozen=True, slots=True)
+class FenceCheck:
+    """The etcd compares that hold exactly while a fence's grant holds its lock."""
+
+    compares: list[Any]
+    key: bytes
+    mod_revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +206,6 @@ class LockStore:
         mode = EXCLUSIVE if permits or mode == 0 else mode
         call = calls.current.get()
         ns = call.namespace
-        await self._leases.owned(lease_id)
         # Stop waiting a little before the caller's deadline, so it hears LOCK_TIMEOUT
         # (with who holds the lock) rather than a bare DEADLINE_EXCEEDED.
         give_up = None if call.deadline is None else call.deadline - DEADLINE_MARGIN_SECONDS
@@ -205,16 +214,22 @@ class LockStore:
             give_up = mine if give_up is None else min(give_up, mine)
 
         entry = await self._enqueue(ns, name, lease_id, mode, permits, priority)
+        if entry.record.granted:
+            return _grant(entry)
         try:
             return await self._await_grant(ns, entry, no_wait=no_wait, give_up=give_up)
-        except (WouldBlock, LockTimeout, asyncio.CancelledError, DeadlineExceeded):
+        except (WouldBlock, LockTimeout, LockConflict, asyncio.CancelledError, DeadlineExceeded):
             await self._leave(entry)  # a caller that gave up must not hold the lock later
             raise
 
     async def _enqueue(
         self, ns: str, name: str, lease_id: int, mode: int, permits: int, priority: int
     ) -> Entry:
+        """Join the queue in one etcd transaction: already holding if the queue was empty,
+        waiting otherwise, or the entry this lease already has (a retried acquire)."""
         key = self.entry_key(ns, name, lease_id)
+        prefix = self.queue_prefix(ns, name)
+        lease_key = self._leases.record_key(ns, lease_id)
         since = timestamp_pb2.Timestamp()
         since.FromNanoseconds(time.time_ns())
         record = records_pb2.LockEntryRecord(
@@ -224,12 +239,24 @@ class LockStore:
             priority=priority,
             since=since,
         )
-        txn = rpc.TxnRequest(
-            compare=[
-                rpc.Compare(
-                    key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
-                )
-            ],
+        holding = records_pb2.LockEntryRecord()
+        holding.CopyFrom(record)
+        holding.granted = True
+        lease_alive = rpc.Compare(
+            key=lease_key, target=rpc.Compare.VERSION, result=rpc.Compare.GREATER, version=0
+        )
+        absent = rpc.Compare(
+            key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
+        )
+        queue_empty = rpc.Compare(
+            key=prefix,
+            range_end=prefix_end(prefix),
+            target=rpc.Compare.VERSION,
+            result=rpc.Compare.EQUAL,
+            version=0,
+        )
+        wait_in_line = rpc.TxnRequest(
+            compare=[lease_alive, absent],
             success=[
                 rpc.RequestOp(
                     request_put=rpc.PutRequest(
@@ -237,29 +264,42 @@ class LockStore:
                     )
                 )
             ],
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+            failure=[
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=lease_key, keys_only=True)),
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
+            ],
         )
-        committed = await self._committer.commit(txn, [key], len(key) + 64, retry=True, weight=2)
-        if committed.response.succeeded:
-            entry = Entry(name, lease_id, key, committed.revision, record)
-        else:  # already queued with this lease: resume that wait, same place
-            entry = self._entry(ns, committed.response.responses[0].response_range.kvs[0])
-            if (entry.mode, entry.record.permits) != (mode, permits):
-                raise LockConflict(
-                    f"lease {lease_id} is already queued for {name!r} as "
-                    f"{_mode_name(entry.mode, entry.record.permits)}; release it first",
-                    metadata={"lock": name},
+        txn = rpc.TxnRequest(
+            compare=[lease_alive, absent, queue_empty],
+            success=[
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(
+                        key=key, value=holding.SerializeToString(), lease=lease_id
+                    )
                 )
-        _, queue = await self.queue(ns, name)
-        if queue and queue[0].record.permits != permits:
-            first = queue[0].record.permits
-            if entry.token != queue[0].token:
-                await self._leave(entry)
-                raise LockConflict(
-                    f"{name!r} is used as {_mode_name(queue[0].mode, first)}; this request "
-                    f"asked for {_mode_name(mode, permits)}",
-                    metadata={"lock": name},
-                )
+            ],
+            failure=[rpc.RequestOp(request_txn=wait_in_line)],
+        )
+        committed = await self._committer.commit(txn, [key], len(key) + 96, retry=True, weight=4)
+        response = committed.response
+        if response.succeeded:
+            return Entry(name, lease_id, key, committed.revision, holding)
+        inner = response.responses[0].response_txn
+        if inner.succeeded:
+            return Entry(name, lease_id, key, committed.revision, record)
+        if not inner.responses[0].response_range.kvs:
+            raise LeaseNotFound(
+                f"lease {lease_id} does not exist in namespace {ns!r}: it expired, was revoked, "
+                "or was never granted here",
+                metadata={"lease_id": str(lease_id)},
+            )
+        entry = self._entry(ns, inner.responses[1].response_range.kvs[0])
+        if (entry.mode, entry.record.permits) != (mode, permits):
+            raise LockConflict(
+                f"lease {lease_id} is already queued for {name!r} as "
+                f"{_mode_name(entry.mode, entry.record.permits)}; release it first",
+                metadata={"lock": name},
+            )
         return entry
 
     async def _await_grant(
@@ -271,8 +311,15 @@ class LockStore:
             index = next((i for i, e in enumerate(queue) if e.token == entry.token), None)
             if index is None:
                 raise await self._why_gone(ns, entry)
+            head = queue[0].record
+            if head.permits != entry.record.permits:
+                raise LockConflict(
+                    f"{entry.lock!r} is used as {_mode_name(head.mode, head.permits)}; this "
+                    f"request asked for {_mode_name(entry.mode, entry.record.permits)}",
+                    metadata={"lock": entry.lock},
+                )
             if is_granted(queue, index):
-                return await self._grant(queue[index])
+                return await self._mark_granted(ns, queue[index])
             if no_wait:
                 raise WouldBlock(
                     f"{entry.lock!r} is taken: {_holders_text(queue)}",
@@ -330,46 +377,43 @@ class LockStore:
             for task in tasks:
                 task.cancel()
 
-    async def _grant(self, entry: Entry) -> locks_pb2.Grant:
-        if not entry.record.granted:
-            ttl = await self._etcd.lease_time_to_live(entry.lease_id)
-            if ttl.TTL <= 0:  # never hand a lock to a lease that has already died
-                raise LeaseNotFound(
-                    f"lease {entry.lease_id} expired while waiting for {entry.lock!r}",
-                    metadata={"lease_id": str(entry.lease_id)},
+    async def _mark_granted(self, ns: str, entry: Entry) -> locks_pb2.Grant:
+        """Mark the entry as holding, unless its lease died meanwhile: a lock never goes
+        to a dead lease (its record is attached to the lease and gone with it)."""
+        if entry.record.granted:
+            return _grant(entry)
+        granted = records_pb2.LockEntryRecord()
+        granted.CopyFrom(entry.record)
+        granted.granted = True
+        txn = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    key=entry.key,
+                    target=rpc.Compare.CREATE,
+                    result=rpc.Compare.EQUAL,
+                    create_revision=entry.token,
+                ),
+                rpc.Compare(
+                    key=self._leases.record_key(ns, entry.lease_id),
+                    target=rpc.Compare.VERSION,
+                    result=rpc.Compare.GREATER,
+                    version=0,
+                ),
+            ],
+            success=[
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(
+                        key=entry.key, value=granted.SerializeToString(), ignore_lease=True
+                    )
                 )
-            granted = records_pb2.LockEntryRecord()
-            granted.CopyFrom(entry.record)
-            granted.granted = True
-            txn = rpc.TxnRequest(
-                compare=[
-                    rpc.Compare(
-                        key=entry.key,
-                        target=rpc.Compare.CREATE,
-                        result=rpc.Compare.EQUAL,
-                        create_revision=entry.token,
-                    )
-                ],
-                success=[
-                    rpc.RequestOp(
-                        request_put=rpc.PutRequest(
-                            key=entry.key, value=granted.SerializeToString(), ignore_lease=True
-                        )
-                    )
-                ],
-            )
-            committed = await self._committer.commit(
-                txn, [entry.key], len(entry.key) + 64, retry=True, weight=2
-            )
-            if not committed.response.succeeded:
-                raise await self._why_gone(calls.current.get().namespace, entry)
-        return locks_pb2.Grant(
-            name=entry.lock,
-            token=entry.token,
-            mode=entry.mode,
-            lease_id=entry.lease_id,
-            permits=entry.record.permits,
+            ],
         )
+        committed = await self._committer.commit(
+            txn, [entry.key], len(entry.key) + 64, retry=True, weight=2
+        )
+        if not committed.response.succeeded:
+            raise await self._why_gone(ns, entry)
+        return _grant(entry)
 
     async def _why_gone(self, ns: str, entry: Entry) -> AccordError:
         """Our queue entry vanished: a deadlock verdict, or the lease ended, or a break."""
@@ -564,11 +608,11 @@ class LockStore:
 
     # --- fencing ------------------------------------------------------------------
 
-    async def fence_compares(self, fences: Sequence[common_pb2.Fence]) -> list[tuple[Any, bytes]]:
+    async def fence_compares(self, fences: Sequence[common_pb2.Fence]) -> list[FenceCheck]:
         """For each fence, the etcd compares that hold exactly while its token holds the
         lock, and the entry key they test. FENCED at once if the token holds nothing."""
         ns = calls.current.get().namespace
-        out: list[tuple[Any, bytes]] = []
+        out: list[FenceCheck] = []
         for i, fence in enumerate(fences):
             violations = _check_name(f"fences[{i}].lock", fence.lock)
             if fence.token <= 0:
@@ -585,26 +629,27 @@ class LockStore:
                     limit=1,
                 )
             )
-            if not found.kvs or found.kvs[0].mod_revision <= fence.token:
+            raw = found.kvs[0] if found.kvs else None
+            if raw is None or not records_pb2.LockEntryRecord.FromString(raw.value).granted:
                 raise await self.fenced(fence)
-            key = found.kvs[0].key
             out.append(
-                (
-                    [
+                FenceCheck(  # the granted entry, unchanged since: it still holds
+                    compares=[
                         rpc.Compare(
-                            key=key,
+                            key=raw.key,
                             target=rpc.Compare.CREATE,
                             result=rpc.Compare.EQUAL,
                             create_revision=fence.token,
                         ),
                         rpc.Compare(
-                            key=key,
+                            key=raw.key,
                             target=rpc.Compare.MOD,
-                            result=rpc.Compare.GREATER,
-                            mod_revision=fence.token,
+                            result=rpc.Compare.EQUAL,
+                            mod_revision=raw.mod_revision,
                         ),
                     ],
-                    key,
+                    key=raw.key,
+                    mod_revision=raw.mod_revision,
                 )
             )
         return out
@@ -629,6 +674,16 @@ _NAME_LIMITS = Limits(max_key_bytes=MAX_NAME_BYTES)
 
 def _check_name(field: str, name: str) -> list[FieldViolation]:
     return check_key(field, name, _NAME_LIMITS)
+
+
+def _grant(entry: Entry) -> locks_pb2.Grant:
+    return locks_pb2.Grant(
+        name=entry.lock,
+        token=entry.token,
+        mode=entry.mode,
+        lease_id=entry.lease_id,
+        permits=entry.record.permits,
+    )
 
 
 def _holding(queue: Sequence[Entry]) -> int:
