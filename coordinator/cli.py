@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from accord.coordinator.admin_cli import register as register_admin_commands
 from accord.coordinator.embedded_etcd import EtcdNotInstalled
 from accord.coordinator.etcd import TlsFiles
 from accord.coordinator.limits import DEFAULT_MAX_VALUE_BYTES, Limits
@@ -36,6 +37,9 @@ app = typer.Typer(
 @app.callback()
 def main() -> None:
     """Accord: a coordination service for fleets of LLM agents."""
+
+
+register_admin_commands(app)
 
 
 @app.command()
