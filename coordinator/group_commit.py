@@ -6,9 +6,12 @@ keys are disjoint from the rest of the batch, as nested sub-transactions of one 
 Txn with no compare. etcd evaluates each sub-transaction on its own, so every write keeps
 its own outcome and its own semantics; they merely commit at the same revision.
 
-Two writes to the same key never share a batch (etcd forbids it, and order matters),
-nor is a write sent while an earlier write to one of its keys is in flight: per-key
-order is arrival order. etcd limits the operations along any path of nested
+Two writes that touch the same key never share a batch (etcd forbids two puts of one
+key, and a compare must see the writes that came before it), nor is a write sent while
+an earlier write touching one of its keys is in flight: per-key order is arrival order.
+"Touch" is the caller's to declare: every key written, compared or read, plus any
+conflict token that stands for a range (a lock's whole queue, say), since every compare
+in a batch is evaluated before any of the batch's writes. etcd limits the operations along any path of nested
 transactions (128): a batch holds at most 128 - 1 - (its heaviest write's weight) writes.
 
 Only a refusal that etcd gives before applying anything (EtcdRefused, an unknown lease)
@@ -83,8 +86,8 @@ class GroupCommitter:
     async def commit(
         self, txn: Any, keys: Iterable[bytes], size: int, *, retry: bool, weight: int
     ) -> Committed:
-        """Commit one sub-transaction. keys: every key it may write; size: its rough byte
-        size; weight: the most operations along one path of its nesting (one level per
+        """Commit one sub-transaction. keys: every key it writes, compares or reads, and
+        any conflict token for a range it depends on; size: its rough byte size; weight: the most operations along one path of its nesting (one level per
         nested transaction plus that level's largest branch); retry: repeating it after
         an ambiguous failure is safe (it is idempotent)."""
         call = calls.current.get()

@@ -90,10 +90,16 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: AccordError
 
 
 def _finish(
-    method: str, call: calls.Call | None, request: Any, started: float, error: AccordError | None
+    method: str,
+    call: calls.Call | None,
+    request: Any,
+    started: float,
+    error: AccordError | None,
+    streaming: bool = False,
 ) -> None:
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    if error is None and latency_ms < SLOW_CALL_SECONDS * 1000 and not _log.is_enabled_for(10):
+    slow = latency_ms >= SLOW_CALL_SECONDS * 1000 and not streaming  # streams live long
+    if error is None and not slow and not _log.is_enabled_for(10):
         return  # the common case: a quick success with debug logging off
     fields = {
         "method": method,
@@ -108,7 +114,7 @@ def _finish(
         level(
             "call failed", code=error.code.name, reason=error.reason, error=error.message, **fields
         )
-    elif latency_ms >= SLOW_CALL_SECONDS * 1000:
+    elif slow:
         _log.info("slow call", **fields)
     else:
         _log.debug("call", **fields)
@@ -159,7 +165,7 @@ def _stream(method: str, behavior: Any) -> Any:
             _log.exception("unexpected error", method=method)
             error = Internal(f"unexpected coordinator error: {type(exc).__name__}")
         finally:
-            _finish(method, call, request, started, error)
+            _finish(method, call, request, started, error, streaming=True)
         if error is not None:
             await _abort(context, error)
 

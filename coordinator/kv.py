@@ -433,6 +433,9 @@ class KVStore:
         for fence_check in fence_compares:  # read back to tell FENCED from CONDITION_FAILED
             compares.extend(fence_check.compares)
             failure.append(_range(fence_check.key))
+        # Keys only compared still order this write against other writes to them.
+        keys.update(self._data_key(ns, c.key) for c in checks)
+        keys.update(f.key for f in fence_compares)
         inner = rpc.TxnRequest(compare=compares, success=success, failure=failure)
         if not request_id:
             weight = 1 + max(len(success), len(failure), len(compares))

@@ -280,7 +280,12 @@ class LockStore:
             ],
             failure=[rpc.RequestOp(request_txn=wait_in_line)],
         )
-        committed = await self._committer.commit(txn, [key], len(key) + 96, retry=True, weight=4)
+        # The queue prefix is a conflict token: two enqueues on one lock never share an
+        # etcd transaction, so each gets its own revision (a unique, ordered token) and
+        # sees the other in its "queue empty" compare.
+        committed = await self._committer.commit(
+            txn, [key, prefix, lease_key], len(key) + 96, retry=True, weight=4
+        )
         response = committed.response
         if response.succeeded:
             return Entry(name, lease_id, key, committed.revision, holding)

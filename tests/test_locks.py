@@ -236,3 +236,34 @@ async def test_bad_lock_requests(
         await client.locks.acquire(name, leases[0], **args)  # type: ignore[arg-type]
     assert err.value.field_violations[0][0] == field
     assert await client.locks.list() == []
+
+
+async def test_mutual_exclusion_and_unique_tokens_under_contention(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    clients = [make_client([r.address], namespace, agent=f"contender-{i}")
+               for i, r in enumerate(replicas)]
+    inside = 0
+    tokens: list[int] = []
+
+    async def contender(i: int) -> None:
+        nonlocal inside
+        c = clients[i % 2]
+        lease = await c.leases.grant(ttl=30)
+        for _ in range(3):
+            grant = await c.locks.acquire("critical", lease, timeout=60)
+            inside += 1
+            assert inside == 1, "two holders of an exclusive lock at once"
+            tokens.append(grant.token)
+            await asyncio.sleep(0.002)
+            inside -= 1
+            await c.locks.release(grant)
+        await lease.revoke()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(contender(i) for i in range(24))), 120)
+    finally:
+        for c in clients:
+            await c.close()
+    assert len(tokens) == 72 and len(set(tokens)) == 72
+    assert tokens == sorted(tokens)  # granted in token (queue) order
