@@ -11,8 +11,9 @@ key, and a compare must see the writes that came before it), nor is a write sent
 an earlier write touching one of its keys is in flight: per-key order is arrival order.
 "Touch" is the caller's to declare: every key written, compared or read, plus any
 conflict token that stands for a range (a lock's whole queue, say), since every compare
-in a batch is evaluated before any of the batch's writes. etcd limits the operations along any path of nested
-transactions (128): a batch holds at most 128 - 1 - (its heaviest write's weight) writes.
+in a batch is evaluated before any of the batch's writes. etcd limits the operations
+along any path of nested transactions (128): a batch holds at most 128 - 1 - (its
+heaviest write's weight) writes.
 
 Only a refusal that etcd gives before applying anything (EtcdRefused, an unknown lease)
 makes the batch's
@@ -86,10 +87,12 @@ class GroupCommitter:
     async def commit(
         self, txn: Any, keys: Iterable[bytes], size: int, *, retry: bool, weight: int
     ) -> Committed:
-        """Commit one sub-transaction. keys: every key it writes, compares or reads, and
-        any conflict token for a range it depends on; size: its rough byte size; weight: the most operations along one path of its nesting (one level per
-        nested transaction plus that level's largest branch); retry: repeating it after
-        an ambiguous failure is safe (it is idempotent)."""
+        """Commit one sub-transaction.
+
+        keys: every key it writes, compares or reads, and any conflict token for a range
+        it depends on. size: its rough byte size. weight: the most operations along one
+        path of its nesting (one level per nested transaction plus that level's largest
+        branch). retry: repeating it after an ambiguous failure is safe (idempotent)."""
         call = calls.current.get()
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         self._queue.append(
