@@ -241,8 +241,9 @@ async def test_bad_lock_requests(
 async def test_mutual_exclusion_and_unique_tokens_under_contention(
     replicas: list[Coordinator], namespace: str
 ) -> None:
-    clients = [make_client([r.address], namespace, agent=f"contender-{i}")
-               for i, r in enumerate(replicas)]
+    clients = [
+        make_client([r.address], namespace, agent=f"contender-{i}") for i, r in enumerate(replicas)
+    ]
     inside = 0
     tokens: list[int] = []
 
