@@ -144,18 +144,21 @@ class DeadlockDetector:
         revision, queues = await self._locks.all_entries(namespace)
         return revision, [to_wait_edge(e) for e in wait_edges(queues, with_semaphores=True)]
 
-    async def check(self, namespace: str) -> None:
-        """Find every cycle among the namespace's waits and end one wait in each."""
+    async def check(self, namespace: str) -> int:
+        """Find every cycle among the namespace's waits and end one wait in each; returns
+        how many waits were ended."""
         revision, queues = await self._locks.all_entries(namespace)
         edges = wait_edges(queues)
+        ended = 0
         while (cycle := find_cycle(edges)) is not None:
             victim = choose_victim(cycle).waiter
-            await self._resolve(namespace, cycle, victim, revision)
+            ended += await self._resolve(namespace, cycle, victim, revision)
             edges = [e for e in edges if e.waiter.key != victim.key]
+        return ended
 
     async def _resolve(
         self, namespace: str, cycle: list[Edge], victim: Entry, revision: int
-    ) -> None:
+    ) -> int:
         members = {e.waiter.key: e.waiter for e in cycle} | {e.holder.key: e.holder for e in cycle}
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(time.time_ns())
@@ -193,16 +196,18 @@ class DeadlockDetector:
             ),
             retry=True,
         )
-        if response.succeeded:
-            self.resolved += 1
-            _log.warning(
-                "deadlock resolved",
-                namespace=namespace,
-                victim=node(victim),
-                lock=victim.lock,
-                cycle=[f"{node(e.waiter)}->{node(e.holder)} on {e.waiter.lock}" for e in cycle],
-                total_resolved=self.resolved,
-            )
+        if not response.succeeded:
+            return 0  # already broken, here or by another replica
+        self.resolved += 1
+        _log.warning(
+            "deadlock resolved",
+            namespace=namespace,
+            victim=node(victim),
+            lock=victim.lock,
+            cycle=[f"{node(e.waiter)}->{node(e.holder)} on {e.waiter.lock}" for e in cycle],
+            total_resolved=self.resolved,
+        )
+        return 1
 
     async def verdict(self, namespace: str, entry: Entry) -> locks_pb2.Deadlock | None:
         response = await self._etcd.range(rpc.RangeRequest(key=self._verdict_key(namespace, entry)))

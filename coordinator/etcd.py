@@ -221,13 +221,16 @@ class Etcd:
     async def status(self) -> Any:
         return await self._unary("Status", rpc.StatusRequest(), retry=False, service="maintenance")
 
-    async def watch(self, create: Any) -> AsyncIterator[Any]:
-        """One etcd watch. Yields WatchResponses carrying events; raises Compacted when
-        the start revision is gone. The stream lives as long as the consumer iterates."""
-        request = rpc.WatchRequest(create_request=create)
+    async def watch(self, create: Any | list[Any]) -> AsyncIterator[Any]:
+        """One etcd watch stream, with one watcher per create request. Yields
+        WatchResponses; raises Compacted when a start revision is gone. The stream lives as
+        long as the consumer iterates."""
+        creates = create if isinstance(create, list) else [create]
+        create = creates[0]
 
         async def requests() -> AsyncIterator[Any]:
-            yield request
+            for each in creates:
+                yield rpc.WatchRequest(create_request=each)
             await asyncio.Event().wait()  # keep the request side open
 
         call = self._watch.Watch(requests())

@@ -25,6 +25,7 @@ Layout: {root}/ns/{namespace}/locks/{name}\\0{lease as 16 hex digits} -> LockEnt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -333,8 +334,8 @@ class LockStore:
                 )
             if not checked_deadlocks and self.deadlocks is not None:
                 checked_deadlocks = True
-                await self.deadlocks.check(ns)
-                continue  # the check may have chosen this very wait as a victim
+                if await self.deadlocks.check(ns):
+                    continue  # waits were ended, perhaps this very one: look again
             watched = self._watch_targets(queue, index)
             remaining = None if give_up is None else give_up - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -365,22 +366,17 @@ class LockStore:
     async def _wait_for_change(
         self, creates: list[Any], entry: Entry, start: int, remaining: float | None
     ) -> None:
-        async def first_event(create: Any) -> None:
+        """Until one of the watched deletions happens (all on one etcd stream) or time's up."""
+        for create in creates:
             create.start_revision = start
-            async for response in self._etcd.watch(create):
+
+        async def first_event() -> None:
+            async for response in self._etcd.watch(creates):
                 if response.events:
                     return
 
-        tasks = [asyncio.create_task(first_event(c)) for c in creates]
-        try:
-            done, _ = await asyncio.wait(
-                tasks, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                task.result()  # surface a broken watch
-        finally:
-            for task in tasks:
-                task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first_event(), remaining)
 
     async def _mark_granted(self, ns: str, entry: Entry) -> locks_pb2.Grant:
         """Mark the entry as holding, unless its lease died meanwhile: a lock never goes
