@@ -156,11 +156,12 @@ def _kind(state: locks_pb2.LockState) -> str:
 
 
 def _node(agent: str, lease: int) -> str:
-    return agent or f"lease:{lease}"
+    """A lease, named by its agent: the detector's nodes (one agent may hold several)."""
+    return f"{agent or 'agent'}#{lease:x}"
 
 
 def _holder(entry: locks_pb2.LockEntry) -> str:
-    return f"{_node(entry.agent_id, entry.lease_id)} (token {entry.token})"
+    return f"{entry.agent_id or f'lease {entry.lease_id}'} (token {entry.token})"
 
 
 def _duration(seconds: int) -> str:

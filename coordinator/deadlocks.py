@@ -34,7 +34,7 @@ from google.protobuf import timestamp_pb2
 
 from accord.coordinator import logs
 from accord.coordinator.etcd import Etcd, prefix_end
-from accord.coordinator.locks import SHARED, Entry, LockStore, blockers
+from accord.coordinator.locks import SHARED, Entry, LockStore, blockers, is_granted
 from accord.coordinator.retention import RetentionLeases
 from accord.v1 import locks_pb2
 
@@ -46,6 +46,8 @@ MAX_RECENT = 100
 class Edge:
     waiter: Entry
     holder: Entry
+    # Whether the holder holds now (by its queue position), or is itself still waiting.
+    holder_holding: bool
 
     @property
     def waiter_node(self) -> int:
@@ -67,7 +69,8 @@ def wait_edges(queues: dict[str, list[Entry]], *, with_semaphores: bool = False)
         for index, entry in enumerate(queue):
             if entry.record.permits and not with_semaphores:
                 continue
-            edges.extend(Edge(entry, ahead) for ahead in blockers(queue, index))
+            edges.extend(Edge(entry, ahead, is_granted(queue, queue.index(ahead)))
+                         for ahead in blockers(queue, index))
     return edges
 
 
@@ -117,7 +120,7 @@ def to_wait_edge(edge: Edge) -> locks_pb2.WaitEdge:
         holder_agent=edge.holder.record.agent_id,
         holder_lease=edge.holder.lease_id,
         holder_mode=edge.holder.mode,
-        holder_holding=edge.holder.record.granted,
+        holder_holding=edge.holder_holding,
         waiting_since=edge.waiter.record.since,
         waiter_priority=edge.waiter.record.priority,
     )

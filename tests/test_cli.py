@@ -160,11 +160,12 @@ async def test_locks_graph(scene: Scene, client: AsyncClient) -> None:
     await queued(client, "db", 1)
 
     text = await scene.table("locks", "graph")
-    assert text.strip() == "bob -> alice on db (exclusive)"
+    # Nodes are leases (the detector's view), named by their agents.
+    assert re.fullmatch(r"bob#[0-9a-f]+ -> alice#[0-9a-f]+ on db \(exclusive\)", text.strip())
 
     dot = await scene.table("locks", "graph", "--format", "dot")
     assert dot.startswith("digraph")
-    assert '"bob" -> "alice" [label="db"];' in dot
+    assert re.search(r'"bob#[0-9a-f]+" -> "alice#[0-9a-f]+" \[label="db"\];', dot), dot
     assert dot.rstrip().endswith("}")
 
     for args in (["--format", "json"], ["-o", "json"]):
@@ -307,7 +308,7 @@ async def test_deadlocks_ls(scene: Scene, client: AsyncClient) -> None:
 
     table = await scene.table("deadlocks", "ls")
     assert deadlock["id"] in table
-    assert f"{victim_agent} on {deadlock['victim_lock']}" in table
+    assert re.search(rf"{victim_agent}#[0-9a-f]+ on {deadlock['victim_lock']}", table), table
 
 
 COMMANDS = [
