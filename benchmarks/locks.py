@@ -149,7 +149,7 @@ async def memory_with_waiting_agents(
     return before, during
 
 
-async def run(seconds: float, waiter_counts: list[int], out: Path) -> None:
+async def run(seconds: float, waiter_counts: list[int], agents: int, out: Path) -> None:
     base = Path(tempfile.mkdtemp(prefix="accord-bench-locks-"))
     etcd = start_etcd(base)
     coordinator = start_coordinator(
@@ -177,9 +177,9 @@ async def run(seconds: float, waiter_counts: list[int], out: Path) -> None:
                 "p99": round(samples[max(0, int(len(samples) * 0.99) - 1)] * 1000, 1),
                 "rounds": len(samples),
             }
-        before, during = await memory_with_waiting_agents(client, coordinator.pid, 1000)
-        summary["coordinator RSS MB, idle"] = round(before, 1)
-        summary["coordinator RSS MB, 1000 agents leased and waiting"] = round(during, 1)
+        before, during = await memory_with_waiting_agents(client, coordinator.pid, agents)
+        summary["coordinator RSS MB, before"] = round(before, 1)
+        summary[f"coordinator RSS MB, {agents} agents leased and waiting"] = round(during, 1)
     finally:
         await client.close()
         coordinator.terminate()
@@ -191,9 +191,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--waiters", default="10,100,1000")
+    parser.add_argument("--agents", type=int, default=1000, help="agents for the memory step")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/locks.json"))
     args = parser.parse_args()
-    asyncio.run(run(args.seconds, [int(w) for w in args.waiters.split(",")], args.out))
+    asyncio.run(run(args.seconds, [int(w) for w in args.waiters.split(",")], args.agents, args.out))
 
 
 if __name__ == "__main__":
