@@ -32,6 +32,7 @@ from accord.coordinator.errors import (
     LeaseNotFound,
     invalid,
 )
+from accord.coordinator.watch_hub import WatchHub
 from accord.v1 import common_pb2
 
 # etcd reports these conditions only as text; this module is the one place that reads it.
@@ -118,6 +119,8 @@ class Etcd:
         ]
         self._current = 0
         self._keepalives: _KeepAlives | None = None
+        # One-shot waits ("wake me when one of these keys changes") share one stream.
+        self.watch_hub = WatchHub(lambda: self._watch)
 
     @property
     def _kv(self) -> Any:
@@ -141,6 +144,7 @@ class Etcd:
     async def close(self) -> None:
         if self._keepalives is not None:
             await self._keepalives.close()
+        await self.watch_hub.close()
         for member in self._members:
             await member.channel.close()
 

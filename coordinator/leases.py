@@ -139,12 +139,18 @@ class LeaseStore:
 
         async def watch_gone(lease_id: int) -> None:
             key = self.record_key(namespace, lease_id)
-            create = rpc.WatchCreateRequest(key=key, filters=[rpc.WatchCreateRequest.NOPUT])
             with contextlib.suppress(Exception):
-                async for response in self._etcd.watch(create):
-                    if response.events:
+                while True:  # wake-ups may be spurious: the record's presence decides
+                    now = await self._etcd.range(rpc.RangeRequest(key=key, count_only=True))
+                    if not now.count:
                         await events.put(("gone", lease_id))
                         return
+                    create = rpc.WatchCreateRequest(
+                        key=key,
+                        filters=[rpc.WatchCreateRequest.NOPUT],
+                        start_revision=now.header.revision + 1,
+                    )
+                    await self._etcd.watch_hub.first_change([create], None)
 
         pumping = asyncio.create_task(pump())
         try:

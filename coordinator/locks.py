@@ -25,7 +25,6 @@ Layout: {root}/ns/{namespace}/locks/{name}\\0{lease as 16 hex digits} -> LockEnt
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -366,17 +365,11 @@ class LockStore:
     async def _wait_for_change(
         self, creates: list[Any], entry: Entry, start: int, remaining: float | None
     ) -> None:
-        """Until one of the watched deletions happens (all on one etcd stream) or time's up."""
+        """Until one of the watched deletions happens (or may have) or time's up. The
+        watchers ride the replica's shared etcd watch stream."""
         for create in creates:
             create.start_revision = start
-
-        async def first_event() -> None:
-            async for response in self._etcd.watch(creates):
-                if response.events:
-                    return
-
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(first_event(), remaining)
+        await self._etcd.watch_hub.first_change(creates, remaining)
 
     async def _mark_granted(self, ns: str, entry: Entry) -> locks_pb2.Grant:
         """Mark the entry as holding, unless its lease died meanwhile: a lock never goes
