@@ -26,7 +26,7 @@ from accord.client import (
 )
 from accord.v1.common_pb2 import Fence
 from tests.conftest import make_client
-from tests.harness import REPO, Coordinator
+from tests.harness import REPO, Coordinator, EtcdMember
 
 
 @pytest.fixture
@@ -268,3 +268,20 @@ async def test_mutual_exclusion_and_unique_tokens_under_contention(
             await c.close()
     assert len(tokens) == 72 and len(set(tokens)) == 72
     assert tokens == sorted(tokens)  # granted in token (queue) order
+
+
+async def test_a_wait_survives_etcd_restarting(live_replicas: list[Coordinator], etcd: EtcdMember,
+                                               namespace: str) -> None:
+    async with make_client([r.address for r in live_replicas], namespace, timeout=30) as c:
+        holder, waiter = await c.leases.grant(ttl=30), await c.leases.grant(ttl=30)
+        held = await c.locks.acquire("through-restart", holder)
+        waiting = asyncio.create_task(c.locks.acquire("through-restart", waiter, timeout=40))
+        await queued(c, "through-restart", 1)
+        etcd.kill()  # every etcd stream of both replicas breaks
+        await asyncio.sleep(1)
+        etcd.start()  # same data, same port
+        await c.locks.release(held)
+        grant = await asyncio.wait_for(waiting, 30)
+        assert grant.token > held.token
+        await holder.revoke()
+        await waiter.revoke()
