@@ -9,6 +9,7 @@ client retries it on another replica without losing its place in the queue.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +28,18 @@ WaitEdge = locks_pb2.WaitEdge
 Deadlock = locks_pb2.Deadlock
 # Time the server may take beyond the wait itself before the client stops listening.
 _WAIT_MARGIN_SECONDS = 5.0
+# Failed acquires after which the server has already removed (or never made) the entry;
+# after any other failure, or a cancellation, the client leaves the queue itself.
+_ENTRY_ALREADY_GONE = {
+    "DEADLOCK",
+    "NOT_HELD",
+    "LEASE_NOT_FOUND",
+    "WOULD_BLOCK",
+    "LOCK_TIMEOUT",
+    "LOCK_CONFLICT",
+    "INVALID_ARGUMENT",
+    "BAD_IDENTITY",
+}
 
 
 class LockMode(IntEnum):
@@ -102,8 +115,11 @@ class AsyncLocks:
                 "locks", "Acquire", request, safe=True, timeout=timeout + _WAIT_MARGIN_SECONDS
             )
         except AccordError as exc:
-            if exc.reason in ("", "BACKEND_UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            if exc.reason not in _ENTRY_ALREADY_GONE:
                 await self._leave(name, lease)  # nobody is left waiting for this grant
+            raise
+        except BaseException:  # cancelled: leave the queue even so
+            await asyncio.shield(self._leave(name, lease))
             raise
         return Grant._from(response.grant)
 
@@ -151,14 +167,15 @@ class AsyncLocks:
 
     async def release(self, name: str | Grant, lease: Lease | int | None = None) -> bool:
         """Leave the lock's queue; True if the lease was holding it."""
-        if isinstance(name, Grant):
-            lease, name = lease or name.lease_id, name.name
+        token = 0
+        if isinstance(name, Grant):  # release exactly this grant, never a later one
+            lease, token, name = lease or name.lease_id, name.token, name.name
         if lease is None:
             raise ValueError("release needs the lease (or a Grant)")
         response = await self._t.unary(
             "locks",
             "Release",
-            locks_pb2.ReleaseRequest(name=name, lease_id=_lease_id(lease)),
+            locks_pb2.ReleaseRequest(name=name, lease_id=_lease_id(lease), token=token),
             safe=True,
         )
         return bool(response.was_holding)

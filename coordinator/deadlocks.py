@@ -10,12 +10,14 @@ its waiter enqueues: a cycle can only close when a wait starts, and the replica 
 starts it checks, reading every queue of the namespace at one etcd revision. Two waits
 closing a cycle at once on two replicas are found by whichever reads second.
 
-For each cycle exactly one wait is ended: the victim is the waiting entry with the
-lowest priority, then the youngest wait (highest token), then the highest lease id, so
-every replica picks the same one. The verdict is one etcd transaction that deletes the
-victim's queue entry and records the cycle, guarded by every entry of the cycle still
-being there: a cycle already broken, by another replica or a release, is left alone. The
-victim's Acquire, wherever it waits, sees its entry go and reads the verdict.
+For each cycle exactly one wait is ended: among the waits of the cycle's strongly
+connected tangle, the first in policy order (lowest priority, then the youngest wait,
+then the highest lease id) whose removal alone breaks the tangle, so every replica picks
+the same one and no bystander dies for a cycle it does not hold together. The verdict is
+one etcd transaction that deletes the victim's queue entry and records the cycle,
+guarded by every entry of the cycle still being there: a cycle already broken, by
+another replica or a release, is left alone. The victim's Acquire, wherever it waits,
+sees its entry go and reads the verdict.
 
 Semaphore waits (waiting for any one of several holders) would need knot detection;
 they are left out of the graph, so a deadlock through a semaphore is not detected.
@@ -33,6 +35,7 @@ from aetcd.rpc import rpc_pb2 as rpc
 from google.protobuf import timestamp_pb2
 
 from accord.coordinator import logs
+from accord.coordinator.errors import LeaseNotFound
 from accord.coordinator.etcd import Etcd, prefix_end
 from accord.coordinator.locks import SHARED, Entry, LockStore, blockers, is_granted
 from accord.coordinator.retention import RetentionLeases
@@ -66,11 +69,13 @@ def node(entry: Entry) -> str:
 def wait_edges(queues: dict[str, list[Entry]], *, with_semaphores: bool = False) -> list[Edge]:
     edges: list[Edge] = []
     for queue in queues.values():
+        holding = {e.token for i, e in enumerate(queue) if is_granted(queue, i)}
         for index, entry in enumerate(queue):
             if entry.record.permits and not with_semaphores:
                 continue
-            edges.extend(Edge(entry, ahead, is_granted(queue, queue.index(ahead)))
-                         for ahead in blockers(queue, index))
+            edges.extend(
+                Edge(entry, ahead, ahead.token in holding) for ahead in blockers(queue, index)
+            )
     return edges
 
 
@@ -107,8 +112,65 @@ def find_cycle(edges: Sequence[Edge]) -> list[Edge] | None:
     return None
 
 
-def choose_victim(cycle: Sequence[Edge]) -> Edge:
-    return min(cycle, key=lambda e: (e.waiter.record.priority, -e.waiter.token, -e.waiter.lease_id))
+def _policy_key(entry: Entry) -> tuple[int, int, int]:
+    """Lowest priority first, then the youngest wait, then the highest lease id."""
+    return (entry.record.priority, -entry.token, -entry.lease_id)
+
+
+def choose_victim(edges: Sequence[Edge], cycle: Sequence[Edge]) -> Entry:
+    """The wait to end for the strongly connected tangle that contains cycle: the first
+    waiting entry, in policy order, whose removal alone leaves the tangle without a cycle,
+    so no bystander dies for a cycle it does not hold together. (If no single wait does,
+    the policy's first, and the caller looks again.)"""
+    start = cycle[0].waiter_node
+    forward, backward = _reach(edges, start, forward=True), _reach(edges, start, forward=False)
+    tangle = forward & backward
+    inside = [e for e in edges if e.waiter_node in tangle and e.holder_node in tangle]
+    candidates = sorted({e.waiter.key: e.waiter for e in inside}.values(), key=_policy_key)
+    for candidate in candidates:
+        if find_cycle([e for e in inside if e.waiter.key != candidate.key]) is None:
+            return candidate
+    return candidates[0]
+
+
+def cycle_through(edges: Sequence[Edge], victim: Entry) -> list[Edge] | None:
+    """A cycle that uses one of victim's waits, for the explanation."""
+    for first in (e for e in edges if e.waiter.key == victim.key):
+        parents: dict[int, Edge] = {}
+        frontier, seen = [first.holder_node], {first.holder_node}
+        while frontier:
+            node_id = frontier.pop()
+            if node_id == victim.lease_id:
+                path, at = [], node_id
+                while at != first.holder_node:
+                    edge = parents[at]
+                    path.append(edge)
+                    at = edge.waiter_node
+                return [first, *reversed(path)]
+            for edge in edges:
+                if edge.waiter_node == node_id and edge.holder_node not in seen:
+                    seen.add(edge.holder_node)
+                    parents[edge.holder_node] = edge
+                    frontier.append(edge.holder_node)
+    return None
+
+
+def _reach(edges: Sequence[Edge], start: int, *, forward: bool) -> set[int]:
+    out: dict[int, set[int]] = {}
+    for edge in edges:
+        a, b = (
+            (edge.waiter_node, edge.holder_node)
+            if forward
+            else (edge.holder_node, edge.waiter_node)
+        )
+        out.setdefault(a, set()).add(b)
+    seen, frontier = {start}, [start]
+    while frontier:
+        for nxt in out.get(frontier.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return seen
 
 
 def to_wait_edge(edge: Edge) -> locks_pb2.WaitEdge:
@@ -154,8 +216,9 @@ class DeadlockDetector:
         edges = wait_edges(queues)
         ended = 0
         while (cycle := find_cycle(edges)) is not None:
-            victim = choose_victim(cycle).waiter
-            ended += await self._resolve(namespace, cycle, victim, revision)
+            victim = choose_victim(edges, cycle)
+            explained = cycle_through(edges, victim) or cycle
+            ended += await self._resolve(namespace, explained, victim, revision)
             edges = [e for e in edges if e.waiter.key != victim.key]
         return ended
 
@@ -174,31 +237,40 @@ class DeadlockDetector:
             detected_at=now,
             policy=_policy(cycle, victim),
         )
-        lease = await self._retention.current()
-        response = await self._etcd.txn(
-            rpc.TxnRequest(
-                compare=[
-                    rpc.Compare(
-                        key=m.key,
-                        target=rpc.Compare.CREATE,
-                        result=rpc.Compare.EQUAL,
-                        create_revision=m.token,
-                    )
-                    for m in members.values()
-                ],
-                success=[
-                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=victim.key)),
-                    rpc.RequestOp(
-                        request_put=rpc.PutRequest(
-                            key=self._verdict_key(namespace, victim),
-                            value=record.SerializeToString(),
-                            lease=lease,
-                        )
+        for attempt in range(2):
+            lease = await self._retention.current()
+            try:
+                response = await self._etcd.txn(
+                    rpc.TxnRequest(
+                        compare=[
+                            rpc.Compare(
+                                key=m.key,
+                                target=rpc.Compare.CREATE,
+                                result=rpc.Compare.EQUAL,
+                                create_revision=m.token,
+                            )
+                            for m in members.values()
+                        ],
+                        success=[
+                            rpc.RequestOp(
+                                request_delete_range=rpc.DeleteRangeRequest(key=victim.key)
+                            ),
+                            rpc.RequestOp(
+                                request_put=rpc.PutRequest(
+                                    key=self._verdict_key(namespace, victim),
+                                    value=record.SerializeToString(),
+                                    lease=lease,
+                                )
+                            ),
+                        ],
                     ),
-                ],
-            ),
-            retry=True,
-        )
+                    retry=True,
+                )
+                break
+            except LeaseNotFound:  # the retention lease is gone: take a fresh one, once
+                self._retention.forget(lease)
+                if attempt:
+                    raise
         if not response.succeeded:
             return 0  # already broken, here or by another replica
         self.resolved += 1
@@ -242,6 +314,7 @@ def _policy(cycle: Sequence[Edge], victim: Entry) -> str:
     )
     return (
         f"cycle of {len(cycle)}: {steps}. Ended the wait of {node(victim)} for "
-        f"{victim.lock!r}: lowest priority ({victim.record.priority}), then the youngest "
-        f"wait (token {victim.token}); the others proceed"
+        f"{victim.lock!r}: of the waits whose end breaks the cycle, the lowest priority "
+        f"({victim.record.priority}), then the youngest wait (token {victim.token}); the others "
+        "proceed"
     )

@@ -82,7 +82,13 @@ class Idempotency:
         """(inner response, None) on a first attempt; (None, Prior) on a retry."""
         if response.succeeded:
             return response.responses[0].response_txn, None
-        raw = response.responses[0].response_range.kvs[0]
+        return None, Idempotency.prior(
+            response.responses[0].response_range.kvs[0], digest, request_id
+        )
+
+    @staticmethod
+    def prior(raw: Any, digest: bytes, request_id: str) -> Prior:
+        """The earlier attempt recorded in raw (an etcd KeyValue), if it was this request."""
         record = records_pb2.IdempotencyRecord.FromString(raw.value)
         if record.fingerprint != digest:
             raise RequestIdReused(
@@ -91,7 +97,7 @@ class Idempotency:
                 "request",
                 metadata={"request_id": request_id, "revision": str(raw.mod_revision)},
             )
-        return None, Prior(record, raw.mod_revision)
+        return Prior(record, raw.mod_revision)
 
     def remember(
         self, key: bytes, revision: int, digest: bytes, applied: bool, answer: bytes

@@ -355,10 +355,26 @@ class KVStore:
             raise invalid("lease_id", "this coordinator has no lease service")
         if fences and self._locks is None:
             raise invalid("fence", "this coordinator has no lock service")
-        for lease_id in sorted(leases):  # ephemeral keys hang only on the caller's own leases
-            assert self._leases is not None
-            await self._leases.owned(lease_id)
-        fence_compares = await self._locks.fence_compares(fences) if fences and self._locks else []
+        try:
+            for lease_id in sorted(leases):  # ephemeral keys hang only on the caller's leases
+                assert self._leases is not None
+                await self._leases.owned(lease_id)
+            fence_compares = (
+                await self._locks.fence_compares(fences) if fences and self._locks else []
+            )
+        except (Fenced, LeaseNotFound):
+            # A retry of a write that applied while the lock or lease still held gets the
+            # first answer, not a refusal of the retry.
+            call = calls.current.get()
+            if request_id:
+                key = self._idempotency.key(call.namespace, call.agent_id, request_id)
+                found = await self._etcd.range(rpc.RangeRequest(key=key))
+                if found.kvs:
+                    prior = Idempotency.prior(found.kvs[0], digest, request_id)
+                    return await self._replay(
+                        call.namespace, checks, ops, fences, prior, return_current
+                    )
+            raise
         try:
             return await self._mutate_once(
                 checks,
@@ -486,13 +502,9 @@ class KVStore:
         if response.succeeded or not fences or self._locks is None:
             return
         reads = response.responses[len(checks) : len(checks) + len(fences)]
-        for fence, check, read in zip(fences, fence_checks, reads, strict=True):
+        for fence, read in zip(fences, reads, strict=True):
             raw = read.response_range.kvs[0] if read.response_range.kvs else None
-            if (
-                raw is None
-                or raw.create_revision != fence.token
-                or raw.mod_revision != check.mod_revision
-            ):
+            if raw is None or raw.create_revision != fence.token:
                 raise await self._locks.fenced(fence)
 
     def _outcome(

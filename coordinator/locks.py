@@ -9,8 +9,9 @@ every queue, and a dead lease is never granted anything.
 
 An entry is marked `granted` before its grant is answered: created so when the queue was
 empty (one etcd transaction for an uncontended acquire), else rewritten once when it
-comes to hold. A fenced write reads the entry, requires the mark, and checks in its own
-etcd transaction that the entry is unchanged (same create and mod revision).
+comes to hold. A granted entry never changes again until it is deleted, so a fenced
+write reads the entry, requires the mark, and checks in its own etcd transaction that
+the entry with that create revision still exists.
 Losing the lock (lease expiry, release, `locks break`, deadlock victim) deletes the
 entry, so every later fenced write with its token fails with FENCED.
 
@@ -36,7 +37,6 @@ from google.protobuf import timestamp_pb2
 from accord.coordinator import calls, logs
 from accord.coordinator.errors import (
     AccordError,
-    DeadlineExceeded,
     Deadlocked,
     Fenced,
     FieldViolation,
@@ -67,7 +67,6 @@ class FenceCheck:
 
     compares: list[Any]
     key: bytes
-    mod_revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +189,33 @@ class LockStore:
         timeout_ms: int,
         priority: int,
     ) -> locks_pb2.Grant:
+        grant, _ = await self._acquire(
+            name,
+            lease_id,
+            mode=mode,
+            permits=permits,
+            no_wait=no_wait,
+            timeout_ms=timeout_ms,
+            priority=priority,
+        )
+        return grant
+
+    async def _acquire(
+        self,
+        name: str,
+        lease_id: int,
+        *,
+        mode: int,
+        permits: int,
+        no_wait: bool,
+        timeout_ms: int,
+        priority: int,
+    ) -> tuple[locks_pb2.Grant, bool]:
+        """The grant, and whether this call created the queue entry (rather than finding
+        one this lease already had)."""
         violations = _check_name("name", name)
+        if lease_id <= 0:
+            violations.append(FieldViolation("lease_id", "must be a lease id (> 0)"))
         if mode not in (0, EXCLUSIVE, SHARED):
             violations.append(FieldViolation("mode", "must be EXCLUSIVE or SHARED"))
         if not 0 <= permits <= MAX_PERMITS:
@@ -213,18 +238,25 @@ class LockStore:
             mine = time.monotonic() + timeout_ms / 1000
             give_up = mine if give_up is None else min(give_up, mine)
 
-        entry = await self._enqueue(ns, name, lease_id, mode, permits, priority)
+        entry, created = await self._enqueue(ns, name, lease_id, mode, permits, priority)
         if entry.record.granted:
-            return _grant(entry)
+            return _grant(entry), created
         try:
-            return await self._await_grant(ns, entry, no_wait=no_wait, give_up=give_up)
-        except (WouldBlock, LockTimeout, LockConflict, asyncio.CancelledError, DeadlineExceeded):
-            await self._leave(entry)  # a caller that gave up must not hold the lock later
+            return await self._await_grant(ns, entry, no_wait=no_wait, give_up=give_up), created
+        except WouldBlock:
+            if created:  # an entry found, not made, belongs to another call still waiting
+                await self._leave(entry)
+            raise
+        except (LockTimeout, LockConflict):
+            # The caller's own decision to stop waiting: leave the queue. Cancellation is
+            # not one (it may be a failover: the client resumes elsewhere, keeping its
+            # place); a client that gives up releases, and a dead one's lease ends.
+            await self._leave(entry)
             raise
 
     async def _enqueue(
         self, ns: str, name: str, lease_id: int, mode: int, permits: int, priority: int
-    ) -> Entry:
+    ) -> tuple[Entry, bool]:
         """Join the queue in one etcd transaction: already holding if the queue was empty,
         waiting otherwise, or the entry this lease already has (a retried acquire)."""
         key = self.entry_key(ns, name, lease_id)
@@ -288,10 +320,10 @@ class LockStore:
         )
         response = committed.response
         if response.succeeded:
-            return Entry(name, lease_id, key, committed.revision, holding)
+            return Entry(name, lease_id, key, committed.revision, holding), True
         inner = response.responses[0].response_txn
         if inner.succeeded:
-            return Entry(name, lease_id, key, committed.revision, record)
+            return Entry(name, lease_id, key, committed.revision, record), True
         if not inner.responses[0].response_range.kvs:
             raise LeaseNotFound(
                 f"lease {lease_id} does not exist in namespace {ns!r}: it expired, was revoked, "
@@ -305,7 +337,7 @@ class LockStore:
                 f"{_mode_name(entry.mode, entry.record.permits)}; release it first",
                 metadata={"lock": name},
             )
-        return entry
+        return entry, False
 
     async def _await_grant(
         self, ns: str, entry: Entry, *, no_wait: bool, give_up: float | None
@@ -393,6 +425,12 @@ class LockStore:
                     result=rpc.Compare.GREATER,
                     version=0,
                 ),
+                rpc.Compare(  # not yet marked (by a resumed call on another replica)
+                    key=entry.key,
+                    target=rpc.Compare.MOD,
+                    result=rpc.Compare.EQUAL,
+                    mod_revision=entry.token,
+                ),
             ],
             success=[
                 rpc.RequestOp(
@@ -401,12 +439,20 @@ class LockStore:
                     )
                 )
             ],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=entry.key))],
         )
         committed = await self._committer.commit(
             txn, [entry.key], len(entry.key) + 64, retry=True, weight=2
         )
         if not committed.response.succeeded:
-            raise await self._why_gone(ns, entry)
+            now = committed.response.responses[0].response_range.kvs
+            marked = (
+                now
+                and now[0].create_revision == entry.token
+                and records_pb2.LockEntryRecord.FromString(now[0].value).granted
+            )
+            if not marked:
+                raise await self._why_gone(ns, entry)
         return _grant(entry)
 
     async def _why_gone(self, ns: str, entry: Entry) -> AccordError:
@@ -430,7 +476,8 @@ class LockStore:
         )
 
     async def _leave(self, entry: Entry) -> None:
-        """Remove our entry if it is still the one we made (best effort, own deadline)."""
+        """Remove our entry if it is still the one we made and never held (best effort,
+        own deadline): a granted entry is only ever removed by a release."""
         token = calls.current.set(
             calls.Call(namespace="", agent_id="", trace_id="leave", deadline=time.monotonic() + 5)
         )
@@ -443,7 +490,13 @@ class LockStore:
                             target=rpc.Compare.CREATE,
                             result=rpc.Compare.EQUAL,
                             create_revision=entry.token,
-                        )
+                        ),
+                        rpc.Compare(  # never rewritten as granted
+                            key=entry.key,
+                            target=rpc.Compare.MOD,
+                            result=rpc.Compare.EQUAL,
+                            mod_revision=entry.token,
+                        ),
                     ],
                     success=[
                         rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=entry.key))
@@ -471,51 +524,75 @@ class LockStore:
         if len(set(names)) != len(names):
             raise InvalidArgument([FieldViolation("locks", "a lock appears more than once")])
         grants: list[locks_pb2.Grant] = []
+        taken: list[locks_pb2.Grant] = []  # made by this call: the only ones to give back
+        give_up = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
         try:
             for spec in sorted(specs, key=lambda s: s.name):  # the canonical order
-                grants.append(
-                    await self.acquire(
-                        spec.name,
-                        lease_id,
-                        mode=spec.mode,
-                        permits=spec.permits,
-                        no_wait=no_wait,
-                        timeout_ms=timeout_ms,
-                        priority=priority,
-                    )
+                left_ms = 0 if give_up is None else max(1, int((give_up - time.monotonic()) * 1000))
+                grant, created = await self._acquire(
+                    spec.name,
+                    lease_id,
+                    mode=spec.mode,
+                    permits=spec.permits,
+                    no_wait=no_wait,
+                    timeout_ms=left_ms,
+                    priority=priority,
                 )
+                grants.append(grant)
+                if created:
+                    taken.append(grant)
         except BaseException:
-            for grant in grants:
-                await self.release(grant.name, lease_id, missing_ok=True)
+            for grant in taken:  # locks held before the call stay held
+                await self.release(grant.name, lease_id, token=grant.token, missing_ok=True)
             raise
         return grants
 
     # --- release, inspection, break ---------------------------------------------
 
-    async def release(self, name: str, lease_id: int, *, missing_ok: bool = False) -> bool:
+    async def release(
+        self, name: str, lease_id: int, *, token: int = 0, missing_ok: bool = False
+    ) -> bool:
+        """Leave the queue; with a token, only if the entry is that grant's."""
         violations = _check_name("name", name)
         if lease_id <= 0:
             violations.append(FieldViolation("lease_id", "must be a lease id (> 0)"))
+        if token < 0:
+            violations.append(FieldViolation("token", "must not be negative"))
         if violations:
             raise InvalidArgument(violations)
         ns = calls.current.get().namespace
         key = self.entry_key(ns, name, lease_id)
+        same_grant = (
+            [
+                rpc.Compare(
+                    key=key,
+                    target=rpc.Compare.CREATE,
+                    result=rpc.Compare.EQUAL,
+                    create_revision=token,
+                )
+            ]
+            if token
+            else []
+        )
         response = await self._etcd.txn(
             rpc.TxnRequest(
+                compare=same_grant,
                 success=[
                     rpc.RequestOp(
                         request_delete_range=rpc.DeleteRangeRequest(key=key, prev_kv=True)
                     )
-                ]
+                ],
             ),
             retry=True,
         )
-        prev = response.responses[0].response_delete_range.prev_kvs
+        prev = response.responses[0].response_delete_range.prev_kvs if response.succeeded else []
         if not prev:
             if missing_ok:
                 return False
+            which = f"the grant with token {token} of " if token else ""
             raise NotHeld(
-                f"lease {lease_id} neither holds nor waits for {name!r}", metadata={"lock": name}
+                f"lease {lease_id} neither holds nor waits for {which}{name!r}",
+                metadata={"lock": name},
             )
         return bool(records_pb2.LockEntryRecord.FromString(prev[0].value).granted)
 
@@ -627,23 +704,16 @@ class LockStore:
             if raw is None or not records_pb2.LockEntryRecord.FromString(raw.value).granted:
                 raise await self.fenced(fence)
             out.append(
-                FenceCheck(  # the granted entry, unchanged since: it still holds
+                FenceCheck(  # that granted entry still exists: it still holds
                     compares=[
                         rpc.Compare(
                             key=raw.key,
                             target=rpc.Compare.CREATE,
                             result=rpc.Compare.EQUAL,
                             create_revision=fence.token,
-                        ),
-                        rpc.Compare(
-                            key=raw.key,
-                            target=rpc.Compare.MOD,
-                            result=rpc.Compare.EQUAL,
-                            mod_revision=raw.mod_revision,
-                        ),
+                        )
                     ],
                     key=raw.key,
-                    mod_revision=raw.mod_revision,
                 )
             )
         return out

@@ -52,7 +52,7 @@ class LocksService(locks_pb2_grpc.LocksServicer):
     async def Release(
         self, request: locks_pb2.ReleaseRequest, context: Context
     ) -> locks_pb2.ReleaseResponse:
-        was_holding = await self._locks.release(request.name, request.lease_id)
+        was_holding = await self._locks.release(request.name, request.lease_id, token=request.token)
         return locks_pb2.ReleaseResponse(header=self._header(), was_holding=was_holding)
 
     async def Describe(

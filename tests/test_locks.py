@@ -270,8 +270,9 @@ async def test_mutual_exclusion_and_unique_tokens_under_contention(
     assert tokens == sorted(tokens)  # granted in token (queue) order
 
 
-async def test_a_wait_survives_etcd_restarting(live_replicas: list[Coordinator], etcd: EtcdMember,
-                                               namespace: str) -> None:
+async def test_a_wait_survives_etcd_restarting(
+    live_replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
     async with make_client([r.address for r in live_replicas], namespace, timeout=30) as c:
         holder, waiter = await c.leases.grant(ttl=30), await c.leases.grant(ttl=30)
         held = await c.locks.acquire("through-restart", holder)
@@ -285,3 +286,78 @@ async def test_a_wait_survives_etcd_restarting(live_replicas: list[Coordinator],
         assert grant.token > held.token
         await holder.revoke()
         await waiter.revoke()
+
+
+async def test_cancelled_acquires_leave_nothing_behind(
+    client: AsyncClient, leases: list[Lease]
+) -> None:
+    holder, lease = leases[0], leases[1]
+    held = await client.locks.acquire("contested", holder)
+    for delay in (0, 0.002, 0.005, 0.01, 0.03):  # cancelled while enqueuing, or waiting
+        task = asyncio.create_task(client.locks.acquire("contested", lease, timeout=20))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    state, position = await client.locks.describe("contested", lease)
+    assert position == -2 and [w.lease_id for w in state.waiters] == []
+    await client.locks.release(held)
+    for delay in (0, 0.002, 0.005, 0.01):  # uncontended: the grant may come first
+        task = asyncio.create_task(client.locks.acquire("free", lease))
+        await asyncio.sleep(delay)
+        if task.cancel():
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            await client.locks.release(await task)
+        assert await client.locks.try_acquire("free", leases[2]) is not None
+        await client.locks.release("free", leases[2])
+
+
+async def test_acquire_many_keeps_locks_held_before(
+    client: AsyncClient, leases: list[Lease]
+) -> None:
+    mine = await client.locks.acquire("a", leases[0])
+    await client.locks.acquire("b", leases[1])
+    with pytest.raises(LockTimeoutError):
+        await client.locks.acquire_many(["a", "b"], leases[0], timeout=0.5)
+    state, _ = await client.locks.describe("a")
+    assert [h.lease_id for h in state.holders] == [leases[0].id]
+    await client.kv.put("k", b"still mine", fence=mine)
+
+
+async def test_a_retried_fenced_write_replays(client: AsyncClient, leases: list[Lease]) -> None:
+    grant = await client.locks.acquire("doc", leases[0])
+    first = await client.kv.put("doc", b"v1", fence=grant, request_id="fenced-1")
+    await client.locks.release(grant)  # the lock is gone before the retry arrives
+    retry = await client.kv.put("doc", b"v1", fence=grant, request_id="fenced-1")
+    assert retry.replayed and retry.revision == first.revision
+    with pytest.raises(FencedError):  # a new request with that grant is refused
+        await client.kv.put("doc", b"v2", fence=grant)
+
+
+async def test_release_with_an_old_grant_cannot_drop_a_newer_one(
+    client: AsyncClient, leases: list[Lease]
+) -> None:
+    first = await client.locks.acquire("L", leases[0])
+    await client.locks.release(first)
+    second = await client.locks.acquire("L", leases[0])
+    with pytest.raises(NotHeldError):
+        await client.locks.release(first)  # a late duplicate of the first release
+    state, position = await client.locks.describe("L", leases[0])
+    assert position == -1 and state.holders[0].token == second.token
+
+
+async def test_a_waiting_entrys_token_fences_nothing(
+    client: AsyncClient, leases: list[Lease]
+) -> None:
+    await client.locks.acquire("L", leases[0])
+    waiting = asyncio.create_task(client.locks.acquire("L", leases[1], timeout=20))
+    await queued(client, "L", 1)
+    state, _ = await client.locks.describe("L")
+    waiter_token = state.waiters[0].token  # visible to anyone, but never granted
+    with pytest.raises(FencedError):
+        await client.kv.put("k", b"v", fence=Fence(lock="L", token=waiter_token))
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

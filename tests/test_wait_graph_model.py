@@ -63,10 +63,9 @@ def test_cycle_found_exactly_when_the_model_has_one(raw: dict[str, list[tuple[in
         # A real cycle: each edge's holder is the next edge's waiter, and it closes.
         for edge, following in zip(cycle, cycle[1:] + cycle[:1], strict=True):
             assert edge.holder.lease_id == following.waiter.lease_id
-        victim = choose_victim(cycle)
-        assert victim in cycle and not is_granted(
-            queues[victim.waiter.lock], queues[victim.waiter.lock].index(victim.waiter)
-        )
+        victim = choose_victim(edges, cycle)
+        queue = queues[victim.lock]
+        assert not is_granted(queue, [e.token for e in queue].index(victim.token))
 
 
 @settings(max_examples=200, deadline=None)
@@ -76,12 +75,39 @@ def test_breaking_each_cycle_leaves_no_cycle(raw: dict[str, list[tuple[int, int]
     never removes a holder."""
     queues = build(raw)
     edges = wait_edges(queues)
-    removed = 0
+    victims: list[Entry] = []
     while (cycle := find_cycle(edges)) is not None:
-        victim = choose_victim(cycle).waiter
+        victim = choose_victim(edges, cycle)
         queue = queues[victim.lock]
-        assert blockers(queue, queue.index(victim)), "a victim is always a waiting entry"
+        assert blockers(queue, [e.token for e in queue].index(victim.token)), "victims wait"
+        assert victim.key not in {v.key for v in victims}, "a victim is chosen once"
+        victims.append(victim)
         edges = [e for e in edges if e.waiter.key != victim.key]
-        removed += 1
-        assert removed <= sum(len(q) for q in queues.values())
-    assert find_cycle(edges) is None
+    # Whenever ending one wait would break every cycle, exactly one wait is ended.
+    everything = wait_edges(queues)
+    waiting = {e.waiter.key for e in everything}
+    if (
+        any(find_cycle([e for e in everything if e.waiter.key != key]) is None for key in waiting)
+        and find_cycle(everything) is not None
+    ):
+        assert len(victims) == 1
+
+
+def test_a_bystander_is_not_a_second_victim() -> None:
+    """Leases A=3, B=2, M=1. K: [A, B]; L: [B, M (priority 0), A]. A and B deadlock over
+    K and L; M merely waits behind B. Ending M's wait would not break A<->B."""
+    queues = build(
+        {
+            "K": [(3, EXCLUSIVE), (2, EXCLUSIVE)],
+            "L": [(2, EXCLUSIVE), (1, EXCLUSIVE), (3, EXCLUSIVE)],
+        }
+    )
+    for entry in queues["K"] + queues["L"]:
+        entry.record.priority = 0 if entry.lease_id == 1 else 5
+    edges = wait_edges(queues)
+    victims = []
+    while (cycle := find_cycle(edges)) is not None:
+        victim = choose_victim(edges, cycle)
+        victims.append((victim.lock, victim.lease_id))
+        edges = [e for e in edges if e.waiter.key != victim.key]
+    assert len(victims) == 1 and victims[0][1] != 1

@@ -26,15 +26,15 @@ from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61\x63\x63ord/v1/locks.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x0f\n\x07permits\x18\x04 \x01(\x05\x12\x0f\n\x07no_wait\x18\x05 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x03\x12\x10\n\x08priority\x18\x07 \x01(\x05\"j\n\x05Grant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x03\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x10\n\x08lease_id\x18\x04 \x01(\x03\x12\x0f\n\x07permits\x18\x05 \x01(\x05\"]\n\x0f\x41\x63quireResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1f\n\x05grant\x18\x02 \x01(\x0b\x32\x10.accord.v1.Grant\"L\n\x08LockSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04mode\x18\x02 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x0f\n\x07permits\x18\x03 \x01(\x05\"\x81\x01\n\x12\x41\x63quireManyRequest\x12\"\n\x05locks\x18\x01 \x03(\x0b\x32\x13.accord.v1.LockSpec\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x0f\n\x07no_wait\x18\x03 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x03\x12\x10\n\x08priority\x18\x05 \x01(\x05\"b\n\x13\x41\x63quireManyResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12 \n\x06grants\x18\x02 \x03(\x0b\x32\x10.accord.v1.Grant\"0\n\x0eReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\"Q\n\x0fReleaseResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x13\n\x0bwas_holding\x18\x02 \x01(\x08\"\xca\x01\n\tLockEntry\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\r\n\x05token\x18\x04 \x01(\x03\x12\x0f\n\x07holding\x18\x05 \x01(\x08\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11lease_ttl_seconds\x18\x07 \x01(\x03\x12\x10\n\x08priority\x18\x08 \x01(\x05\"x\n\tLockState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07permits\x18\x02 \x01(\x05\x12%\n\x07holders\x18\x03 \x03(\x0b\x32\x14.accord.v1.LockEntry\x12%\n\x07waiters\x18\x04 \x03(\x0b\x32\x14.accord.v1.LockEntry\"1\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\"t\n\x10\x44\x65scribeResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05state\x18\x02 \x01(\x0b\x32\x14.accord.v1.LockState\x12\x10\n\x08position\x18\x03 \x01(\x05\"\"\n\x10LocksListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"c\n\x11LocksListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05locks\x18\x02 \x03(\x0b\x32\x14.accord.v1.LockState\"\xa8\x02\n\x08WaitEdge\x12\x14\n\x0cwaiter_agent\x18\x01 \x01(\t\x12\x14\n\x0cwaiter_lease\x18\x02 \x01(\x03\x12(\n\x0bwaiter_mode\x18\x03 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x0c\n\x04lock\x18\x04 \x01(\t\x12\x14\n\x0cholder_agent\x18\x05 \x01(\t\x12\x14\n\x0cholder_lease\x18\x06 \x01(\x03\x12(\n\x0bholder_mode\x18\x07 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x16\n\x0eholder_holding\x18\x08 \x01(\x08\x12\x31\n\rwaiting_since\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fwaiter_priority\x18\n \x01(\x05\"\x12\n\x10WaitGraphRequest\"b\n\x11WaitGraphResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\"\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x13.accord.v1.WaitEdge\"\xbc\x01\n\x08\x44\x65\x61\x64lock\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05\x63ycle\x18\x02 \x03(\x0b\x32\x13.accord.v1.WaitEdge\x12\x14\n\x0cvictim_agent\x18\x03 \x01(\t\x12\x14\n\x0cvictim_lease\x18\x04 \x01(\x03\x12\x13\n\x0bvictim_lock\x18\x05 \x01(\t\x12/\n\x0b\x64\x65tected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06policy\x18\x07 \x01(\t\"%\n\x14ListDeadlocksRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"j\n\x15ListDeadlocksResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12&\n\tdeadlocks\x18\x02 \x03(\x0b\x32\x13.accord.v1.Deadlock\"\x1c\n\x0c\x42reakRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"`\n\rBreakResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12$\n\x06\x62roken\x18\x02 \x03(\x0b\x32\x14.accord.v1.LockEntry\"G\n\x0eLockWaitStatus\x12#\n\x05state\x18\x01 \x01(\x0b\x32\x14.accord.v1.LockState\x12\x10\n\x08position\x18\x02 \x01(\x05*T\n\x08LockMode\x12\x19\n\x15LOCK_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13LOCK_MODE_EXCLUSIVE\x10\x01\x12\x14\n\x10LOCK_MODE_SHARED\x10\x02\x32\xb9\x04\n\x05Locks\x12@\n\x07\x41\x63quire\x12\x19.accord.v1.AcquireRequest\x1a\x1a.accord.v1.AcquireResponse\x12L\n\x0b\x41\x63quireMany\x12\x1d.accord.v1.AcquireManyRequest\x1a\x1e.accord.v1.AcquireManyResponse\x12@\n\x07Release\x12\x19.accord.v1.ReleaseRequest\x1a\x1a.accord.v1.ReleaseResponse\x12\x43\n\x08\x44\x65scribe\x12\x1a.accord.v1.DescribeRequest\x1a\x1b.accord.v1.DescribeResponse\x12\x41\n\x04List\x12\x1b.accord.v1.LocksListRequest\x1a\x1c.accord.v1.LocksListResponse\x12\x46\n\tWaitGraph\x12\x1b.accord.v1.WaitGraphRequest\x1a\x1c.accord.v1.WaitGraphResponse\x12:\n\x05\x42reak\x12\x17.accord.v1.BreakRequest\x1a\x18.accord.v1.BreakResponse\x12R\n\rListDeadlocks\x12\x1f.accord.v1.ListDeadlocksRequest\x1a .accord.v1.ListDeadlocksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61\x63\x63ord/v1/locks.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x0f\n\x07permits\x18\x04 \x01(\x05\x12\x0f\n\x07no_wait\x18\x05 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x03\x12\x10\n\x08priority\x18\x07 \x01(\x05\"j\n\x05Grant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x03\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x10\n\x08lease_id\x18\x04 \x01(\x03\x12\x0f\n\x07permits\x18\x05 \x01(\x05\"]\n\x0f\x41\x63quireResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1f\n\x05grant\x18\x02 \x01(\x0b\x32\x10.accord.v1.Grant\"L\n\x08LockSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04mode\x18\x02 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x0f\n\x07permits\x18\x03 \x01(\x05\"\x81\x01\n\x12\x41\x63quireManyRequest\x12\"\n\x05locks\x18\x01 \x03(\x0b\x32\x13.accord.v1.LockSpec\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x0f\n\x07no_wait\x18\x03 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x03\x12\x10\n\x08priority\x18\x05 \x01(\x05\"b\n\x13\x41\x63quireManyResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12 \n\x06grants\x18\x02 \x03(\x0b\x32\x10.accord.v1.Grant\"?\n\x0eReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\r\n\x05token\x18\x03 \x01(\x03\"Q\n\x0fReleaseResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x13\n\x0bwas_holding\x18\x02 \x01(\x08\"\xca\x01\n\tLockEntry\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\r\n\x05token\x18\x04 \x01(\x03\x12\x0f\n\x07holding\x18\x05 \x01(\x08\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11lease_ttl_seconds\x18\x07 \x01(\x03\x12\x10\n\x08priority\x18\x08 \x01(\x05\"x\n\tLockState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07permits\x18\x02 \x01(\x05\x12%\n\x07holders\x18\x03 \x03(\x0b\x32\x14.accord.v1.LockEntry\x12%\n\x07waiters\x18\x04 \x03(\x0b\x32\x14.accord.v1.LockEntry\"1\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\"t\n\x10\x44\x65scribeResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05state\x18\x02 \x01(\x0b\x32\x14.accord.v1.LockState\x12\x10\n\x08position\x18\x03 \x01(\x05\"\"\n\x10LocksListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"c\n\x11LocksListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05locks\x18\x02 \x03(\x0b\x32\x14.accord.v1.LockState\"\xa8\x02\n\x08WaitEdge\x12\x14\n\x0cwaiter_agent\x18\x01 \x01(\t\x12\x14\n\x0cwaiter_lease\x18\x02 \x01(\x03\x12(\n\x0bwaiter_mode\x18\x03 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x0c\n\x04lock\x18\x04 \x01(\t\x12\x14\n\x0cholder_agent\x18\x05 \x01(\t\x12\x14\n\x0cholder_lease\x18\x06 \x01(\x03\x12(\n\x0bholder_mode\x18\x07 \x01(\x0e\x32\x13.accord.v1.LockMode\x12\x16\n\x0eholder_holding\x18\x08 \x01(\x08\x12\x31\n\rwaiting_since\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fwaiter_priority\x18\n \x01(\x05\"\x12\n\x10WaitGraphRequest\"b\n\x11WaitGraphResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\"\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x13.accord.v1.WaitEdge\"\xbc\x01\n\x08\x44\x65\x61\x64lock\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05\x63ycle\x18\x02 \x03(\x0b\x32\x13.accord.v1.WaitEdge\x12\x14\n\x0cvictim_agent\x18\x03 \x01(\t\x12\x14\n\x0cvictim_lease\x18\x04 \x01(\x03\x12\x13\n\x0bvictim_lock\x18\x05 \x01(\t\x12/\n\x0b\x64\x65tected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06policy\x18\x07 \x01(\t\"%\n\x14ListDeadlocksRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"j\n\x15ListDeadlocksResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12&\n\tdeadlocks\x18\x02 \x03(\x0b\x32\x13.accord.v1.Deadlock\"\x1c\n\x0c\x42reakRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"`\n\rBreakResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12$\n\x06\x62roken\x18\x02 \x03(\x0b\x32\x14.accord.v1.LockEntry\"G\n\x0eLockWaitStatus\x12#\n\x05state\x18\x01 \x01(\x0b\x32\x14.accord.v1.LockState\x12\x10\n\x08position\x18\x02 \x01(\x05*T\n\x08LockMode\x12\x19\n\x15LOCK_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13LOCK_MODE_EXCLUSIVE\x10\x01\x12\x14\n\x10LOCK_MODE_SHARED\x10\x02\x32\xb9\x04\n\x05Locks\x12@\n\x07\x41\x63quire\x12\x19.accord.v1.AcquireRequest\x1a\x1a.accord.v1.AcquireResponse\x12L\n\x0b\x41\x63quireMany\x12\x1d.accord.v1.AcquireManyRequest\x1a\x1e.accord.v1.AcquireManyResponse\x12@\n\x07Release\x12\x19.accord.v1.ReleaseRequest\x1a\x1a.accord.v1.ReleaseResponse\x12\x43\n\x08\x44\x65scribe\x12\x1a.accord.v1.DescribeRequest\x1a\x1b.accord.v1.DescribeResponse\x12\x41\n\x04List\x12\x1b.accord.v1.LocksListRequest\x1a\x1c.accord.v1.LocksListResponse\x12\x46\n\tWaitGraph\x12\x1b.accord.v1.WaitGraphRequest\x1a\x1c.accord.v1.WaitGraphResponse\x12:\n\x05\x42reak\x12\x17.accord.v1.BreakRequest\x1a\x18.accord.v1.BreakResponse\x12R\n\rListDeadlocks\x12\x1f.accord.v1.ListDeadlocksRequest\x1a .accord.v1.ListDeadlocksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'accord.v1.locks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOCKMODE']._serialized_start=2488
-  _globals['_LOCKMODE']._serialized_end=2572
+  _globals['_LOCKMODE']._serialized_start=2503
+  _globals['_LOCKMODE']._serialized_end=2587
   _globals['_ACQUIREREQUEST']._serialized_start=94
   _globals['_ACQUIREREQUEST']._serialized_end=249
   _globals['_GRANT']._serialized_start=251
@@ -48,39 +48,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACQUIREMANYRESPONSE']._serialized_start=664
   _globals['_ACQUIREMANYRESPONSE']._serialized_end=762
   _globals['_RELEASEREQUEST']._serialized_start=764
-  _globals['_RELEASEREQUEST']._serialized_end=812
-  _globals['_RELEASERESPONSE']._serialized_start=814
-  _globals['_RELEASERESPONSE']._serialized_end=895
-  _globals['_LOCKENTRY']._serialized_start=898
-  _globals['_LOCKENTRY']._serialized_end=1100
-  _globals['_LOCKSTATE']._serialized_start=1102
-  _globals['_LOCKSTATE']._serialized_end=1222
-  _globals['_DESCRIBEREQUEST']._serialized_start=1224
-  _globals['_DESCRIBEREQUEST']._serialized_end=1273
-  _globals['_DESCRIBERESPONSE']._serialized_start=1275
-  _globals['_DESCRIBERESPONSE']._serialized_end=1391
-  _globals['_LOCKSLISTREQUEST']._serialized_start=1393
-  _globals['_LOCKSLISTREQUEST']._serialized_end=1427
-  _globals['_LOCKSLISTRESPONSE']._serialized_start=1429
-  _globals['_LOCKSLISTRESPONSE']._serialized_end=1528
-  _globals['_WAITEDGE']._serialized_start=1531
-  _globals['_WAITEDGE']._serialized_end=1827
-  _globals['_WAITGRAPHREQUEST']._serialized_start=1829
-  _globals['_WAITGRAPHREQUEST']._serialized_end=1847
-  _globals['_WAITGRAPHRESPONSE']._serialized_start=1849
-  _globals['_WAITGRAPHRESPONSE']._serialized_end=1947
-  _globals['_DEADLOCK']._serialized_start=1950
-  _globals['_DEADLOCK']._serialized_end=2138
-  _globals['_LISTDEADLOCKSREQUEST']._serialized_start=2140
-  _globals['_LISTDEADLOCKSREQUEST']._serialized_end=2177
-  _globals['_LISTDEADLOCKSRESPONSE']._serialized_start=2179
-  _globals['_LISTDEADLOCKSRESPONSE']._serialized_end=2285
-  _globals['_BREAKREQUEST']._serialized_start=2287
-  _globals['_BREAKREQUEST']._serialized_end=2315
-  _globals['_BREAKRESPONSE']._serialized_start=2317
-  _globals['_BREAKRESPONSE']._serialized_end=2413
-  _globals['_LOCKWAITSTATUS']._serialized_start=2415
-  _globals['_LOCKWAITSTATUS']._serialized_end=2486
-  _globals['_LOCKS']._serialized_start=2575
-  _globals['_LOCKS']._serialized_end=3144
+  _globals['_RELEASEREQUEST']._serialized_end=827
+  _globals['_RELEASERESPONSE']._serialized_start=829
+  _globals['_RELEASERESPONSE']._serialized_end=910
+  _globals['_LOCKENTRY']._serialized_start=913
+  _globals['_LOCKENTRY']._serialized_end=1115
+  _globals['_LOCKSTATE']._serialized_start=1117
+  _globals['_LOCKSTATE']._serialized_end=1237
+  _globals['_DESCRIBEREQUEST']._serialized_start=1239
+  _globals['_DESCRIBEREQUEST']._serialized_end=1288
+  _globals['_DESCRIBERESPONSE']._serialized_start=1290
+  _globals['_DESCRIBERESPONSE']._serialized_end=1406
+  _globals['_LOCKSLISTREQUEST']._serialized_start=1408
+  _globals['_LOCKSLISTREQUEST']._serialized_end=1442
+  _globals['_LOCKSLISTRESPONSE']._serialized_start=1444
+  _globals['_LOCKSLISTRESPONSE']._serialized_end=1543
+  _globals['_WAITEDGE']._serialized_start=1546
+  _globals['_WAITEDGE']._serialized_end=1842
+  _globals['_WAITGRAPHREQUEST']._serialized_start=1844
+  _globals['_WAITGRAPHREQUEST']._serialized_end=1862
+  _globals['_WAITGRAPHRESPONSE']._serialized_start=1864
+  _globals['_WAITGRAPHRESPONSE']._serialized_end=1962
+  _globals['_DEADLOCK']._serialized_start=1965
+  _globals['_DEADLOCK']._serialized_end=2153
+  _globals['_LISTDEADLOCKSREQUEST']._serialized_start=2155
+  _globals['_LISTDEADLOCKSREQUEST']._serialized_end=2192
+  _globals['_LISTDEADLOCKSRESPONSE']._serialized_start=2194
+  _globals['_LISTDEADLOCKSRESPONSE']._serialized_end=2300
+  _globals['_BREAKREQUEST']._serialized_start=2302
+  _globals['_BREAKREQUEST']._serialized_end=2330
+  _globals['_BREAKRESPONSE']._serialized_start=2332
+  _globals['_BREAKRESPONSE']._serialized_end=2428
+  _globals['_LOCKWAITSTATUS']._serialized_start=2430
+  _globals['_LOCKWAITSTATUS']._serialized_end=2501
+  _globals['_LOCKS']._serialized_start=2590
+  _globals['_LOCKS']._serialized_end=3159
 # @@protoc_insertion_point(module_scope)
