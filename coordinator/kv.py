@@ -375,30 +375,23 @@ class KVStore:
                         call.namespace, checks, ops, fences, prior, return_current
                     )
             raise
-        try:
-            return await self._mutate_once(
-                checks,
-                ops,
-                fences,
-                fence_compares,
-                request_id=request_id,
-                return_current=return_current,
-                digest=digest,
-            )
-        except LeaseNotFound:
-            if leases:
-                raise  # the caller's own lease ended: say so
-            # The retention lease is gone (revoked by hand, or a reset cluster): once more.
-            self._retention.forget(await self._retention.current())
-            return await self._mutate_once(
-                checks,
-                ops,
-                fences,
-                fence_compares,
-                request_id=request_id,
-                return_current=return_current,
-                digest=digest,
-            )
+        for attempt in range(2):
+            try:
+                return await self._mutate_once(
+                    checks,
+                    ops,
+                    fences,
+                    fence_compares,
+                    request_id=request_id,
+                    return_current=return_current,
+                    digest=digest,
+                )
+            except LeaseNotFound:
+                if leases or attempt:
+                    raise  # the caller's own lease ended: say so
+                # The retention lease is gone (revoked by hand, a reset cluster): once more.
+                self._retention.forget(await self._retention.current())
+        raise AssertionError("unreachable")
 
     async def _mutate_once(
         self,

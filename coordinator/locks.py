@@ -145,8 +145,23 @@ class LockStore:
         )
 
     async def queue(self, namespace: str, name: str) -> tuple[int, list[Entry]]:
-        """(revision, entries in token order)."""
-        prefix = self.queue_prefix(namespace, name)
+        """(revision, the lock's entries in token order)."""
+        revision, entries = await self._entries(namespace, self.queue_prefix(namespace, name))
+        return revision, entries
+
+    async def all_entries(
+        self, namespace: str, name_prefix: str = ""
+    ) -> tuple[int, dict[str, list[Entry]]]:
+        """(revision, queues by lock name), every queue in token order."""
+        prefix = self.locks_prefix(namespace) + name_prefix.encode()
+        revision, entries = await self._entries(namespace, prefix)
+        queues: dict[str, list[Entry]] = {}
+        for entry in entries:
+            queues.setdefault(entry.lock, []).append(entry)
+        return revision, queues
+
+    async def _entries(self, namespace: str, prefix: bytes) -> tuple[int, list[Entry]]:
+        """Every entry under prefix, at one revision, oldest token first."""
         response = await self._etcd.range(
             rpc.RangeRequest(
                 key=prefix,
@@ -156,25 +171,6 @@ class LockStore:
             )
         )
         return response.header.revision, [self._entry(namespace, kv) for kv in response.kvs]
-
-    async def all_entries(
-        self, namespace: str, name_prefix: str = ""
-    ) -> tuple[int, dict[str, list[Entry]]]:
-        """(revision, queues by lock name), every queue in token order."""
-        prefix = self.locks_prefix(namespace) + name_prefix.encode()
-        response = await self._etcd.range(
-            rpc.RangeRequest(
-                key=prefix,
-                range_end=prefix_end(prefix),
-                sort_order=rpc.RangeRequest.ASCEND,
-                sort_target=rpc.RangeRequest.CREATE,
-            )
-        )
-        queues: dict[str, list[Entry]] = {}
-        for kv in response.kvs:
-            entry = self._entry(namespace, kv)
-            queues.setdefault(entry.lock, []).append(entry)
-        return response.header.revision, queues
 
     # --- acquire ------------------------------------------------------------------
 

@@ -159,3 +159,17 @@ async def test_update_after_a_stall_applies_once(
         final = await c.kv.get("counter")
         assert final is not None and final.value == b"1" and final.version == 2
         assert result.revision == final.mod_revision
+
+
+async def test_writes_survive_their_retention_lease_being_revoked(
+    client: AsyncClient, etcd: EtcdMember
+) -> None:
+    await client.kv.put("warm", b"x", request_id="warm-up")  # both replicas hold one now
+    for line in etcd.ctl("lease", "list").splitlines()[1:]:
+        etcd.ctl("lease", "revoke", line.strip())
+    written = await client.kv.put("k", b"v", request_id="after-revoke")
+    assert not written.replayed
+    deleted = await client.kv.delete("k", request_id="delete-after-revoke")  # a tombstone too
+    assert deleted.deleted
+    again = await client.kv.put("k", b"v", request_id="after-revoke")
+    assert again.replayed and again.revision == written.revision
