@@ -361,3 +361,31 @@ async def test_a_waiting_entrys_token_fences_nothing(
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_wait_keeps_its_place_when_its_replica_stops_gracefully(
+    live_replicas: list[Coordinator], namespace: str
+) -> None:
+    first, second = live_replicas
+    async with (
+        make_client([first.address, second.address], namespace, agent="w1") as w1,
+        make_client([second.address], namespace, agent="w2") as w2,
+    ):
+        holder, l1, l2 = (
+            await w2.leases.grant(ttl=20),
+            await w1.leases.grant(ttl=20),
+            await w2.leases.grant(ttl=20),
+        )
+        held = await w2.locks.acquire("graceful", holder)
+        waiting = asyncio.create_task(w1.locks.acquire("graceful", l1, timeout=30))
+        await queued(w2, "graceful", 1)
+        later = asyncio.create_task(w2.locks.acquire("graceful", l2, timeout=30))
+        await queued(w2, "graceful", 2)
+        assert await asyncio.to_thread(first.terminate) == 0  # drains: w1's call is cancelled
+        await w2.locks.release(held)
+        grant = await asyncio.wait_for(waiting, 20)  # resumed on the other replica, still first
+        assert grant.lease_id == l1.id and not later.done()
+        await w1.locks.release(grant)
+        await asyncio.wait_for(later, 20)
+        for lease in (holder, l1, l2):
+            await lease.revoke()
