@@ -234,11 +234,16 @@ class LockStore:
             mine = time.monotonic() + timeout_ms / 1000
             give_up = mine if give_up is None else min(give_up, mine)
 
-        entry, created = await self._enqueue(ns, name, lease_id, mode, permits, priority)
+        entry, created, first_look = await self._enqueue(
+            ns, name, lease_id, mode, permits, priority
+        )
         if entry.record.granted:
             return _grant(entry), created
         try:
-            return await self._await_grant(ns, entry, no_wait=no_wait, give_up=give_up), created
+            grant = await self._await_grant(
+                ns, entry, no_wait=no_wait, give_up=give_up, first_look=first_look
+            )
+            return grant, created
         except WouldBlock:
             if created:  # an entry found, not made, belongs to another call still waiting
                 await self._leave(entry)
@@ -252,9 +257,10 @@ class LockStore:
 
     async def _enqueue(
         self, ns: str, name: str, lease_id: int, mode: int, permits: int, priority: int
-    ) -> tuple[Entry, bool]:
+    ) -> tuple[Entry, bool, tuple[int, list[Entry]] | None]:
         """Join the queue in one etcd transaction: already holding if the queue was empty,
-        waiting otherwise, or the entry this lease already has (a retried acquire)."""
+        waiting otherwise, or the entry this lease already has (a retried acquire). Returns
+        the entry, whether this call made it, and the queue as joined when it waits."""
         key = self.entry_key(ns, name, lease_id)
         prefix = self.queue_prefix(ns, name)
         lease_key = self._leases.record_key(ns, lease_id)
@@ -290,7 +296,15 @@ class LockStore:
                     request_put=rpc.PutRequest(
                         key=key, value=record.SerializeToString(), lease=lease_id
                     )
-                )
+                ),
+                rpc.RequestOp(  # the queue as joined: the wait's first look, for free
+                    request_range=rpc.RangeRequest(
+                        key=prefix,
+                        range_end=prefix_end(prefix),
+                        sort_order=rpc.RangeRequest.ASCEND,
+                        sort_target=rpc.RangeRequest.CREATE,
+                    )
+                ),
             ],
             failure=[
                 rpc.RequestOp(request_range=rpc.RangeRequest(key=lease_key, keys_only=True)),
@@ -316,10 +330,15 @@ class LockStore:
         )
         response = committed.response
         if response.succeeded:
-            return Entry(name, lease_id, key, committed.revision, holding), True
+            return Entry(name, lease_id, key, committed.revision, holding), True, None
         inner = response.responses[0].response_txn
         if inner.succeeded:
-            return Entry(name, lease_id, key, committed.revision, record), True
+            queue = [self._entry(ns, kv) for kv in inner.responses[1].response_range.kvs]
+            return (
+                Entry(name, lease_id, key, committed.revision, record),
+                True,
+                (committed.revision, queue),
+            )
         if not inner.responses[0].response_range.kvs:
             raise LeaseNotFound(
                 f"lease {lease_id} does not exist in namespace {ns!r}: it expired, was revoked, "
@@ -333,14 +352,21 @@ class LockStore:
                 f"{_mode_name(entry.mode, entry.record.permits)}; release it first",
                 metadata={"lock": name},
             )
-        return entry, False
+        return entry, False, None
 
     async def _await_grant(
-        self, ns: str, entry: Entry, *, no_wait: bool, give_up: float | None
+        self,
+        ns: str,
+        entry: Entry,
+        *,
+        no_wait: bool,
+        give_up: float | None,
+        first_look: tuple[int, list[Entry]] | None,
     ) -> locks_pb2.Grant:
         checked_deadlocks = False
         while True:
-            revision, queue = await self.queue(ns, entry.lock)
+            revision, queue = first_look or await self.queue(ns, entry.lock)
+            first_look = None
             index = next((i for i, e in enumerate(queue) if e.token == entry.token), None)
             if index is None:
                 raise await self._why_gone(ns, entry)
