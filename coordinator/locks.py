@@ -29,7 +29,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aetcd.rpc import rpc_pb2 as rpc
 from google.protobuf import timestamp_pb2
@@ -57,6 +57,17 @@ _log = logs.get("accord.locks")
 MAX_NAME_BYTES = 256
 MAX_PERMITS = 10_000
 DEADLINE_MARGIN_SECONDS = 0.1
+BREAK_ATTEMPTS = 5
+
+
+class DeadlockChecker(Protocol):
+    """What lock waits need of deadlock detection (deadlocks.DeadlockDetector)."""
+
+    async def check(self, namespace: str) -> int: ...
+
+    async def verdict(self, namespace: str, entry: Entry) -> locks_pb2.Deadlock | None: ...
+
+
 EXCLUSIVE = locks_pb2.LOCK_MODE_EXCLUSIVE
 SHARED = locks_pb2.LOCK_MODE_SHARED
 
@@ -113,7 +124,8 @@ class LockStore:
         self._committer = committer
         self._leases = leases
         self._root = root
-        self.deadlocks: Any = None  # set by the server: the DeadlockDetector
+        # Set by the server once the detector (which reads these queues) exists.
+        self.deadlocks: DeadlockChecker | None = None
 
     # --- layout -------------------------------------------------------------------
 
@@ -661,39 +673,47 @@ class LockStore:
         return revision, list(states)
 
     async def break_lock(self, name: str) -> tuple[int, list[locks_pb2.LockEntry]]:
+        """Delete the current holders' entries (admin). Retried while holders change
+        under it, a bounded number of times."""
         violations = _check_name("name", name)
         if violations:
             raise InvalidArgument(violations)
         ns = calls.current.get().namespace
-        _, queue = await self.queue(ns, name)
-        state = await self.state(ns, name, queue)
-        holders = [queue[i] for i in range(len(queue)) if is_granted(queue, i)]
-        if not holders:
-            return 0, []
-        response = await self._etcd.txn(
-            rpc.TxnRequest(
-                compare=[
-                    rpc.Compare(
-                        key=e.key,
-                        target=rpc.Compare.CREATE,
-                        result=rpc.Compare.EQUAL,
-                        create_revision=e.token,
-                    )
-                    for e in holders
-                ],
-                success=[
-                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=e.key))
-                    for e in holders
-                ],
-            ),
-            retry=True,
+        for _ in range(BREAK_ATTEMPTS):
+            _, queue = await self.queue(ns, name)
+            holders = [queue[i] for i in range(len(queue)) if is_granted(queue, i)]
+            if not holders:
+                return 0, []
+            state = await self.state(ns, name, queue)
+            response = await self._etcd.txn(
+                rpc.TxnRequest(
+                    compare=[
+                        rpc.Compare(
+                            key=e.key,
+                            target=rpc.Compare.CREATE,
+                            result=rpc.Compare.EQUAL,
+                            create_revision=e.token,
+                        )
+                        for e in holders
+                    ],
+                    success=[
+                        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=e.key))
+                        for e in holders
+                    ],
+                ),
+                retry=True,
+            )
+            if response.succeeded:
+                _log.warning(
+                    "lock broken",
+                    lock=name,
+                    namespace=ns,
+                    holders=[e.record.agent_id for e in holders],
+                )
+                return response.header.revision, list(state.holders)
+        raise LockConflict(
+            f"the holders of {name!r} kept changing; nothing was broken", metadata={"lock": name}
         )
-        if not response.succeeded:  # the holders changed meanwhile: look again
-            return await self.break_lock(name)
-        _log.warning(
-            "lock broken", lock=name, namespace=ns, holders=[e.record.agent_id for e in holders]
-        )
-        return response.header.revision, list(state.holders)
 
     def names_from_keys(self, namespace: str, keys: Sequence[bytes]) -> list[str]:
         names = (self.parse_key(namespace, k) for k in keys)

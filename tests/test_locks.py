@@ -18,6 +18,7 @@ from accord.client import (
     FencedError,
     InvalidArgumentError,
     Lease,
+    LeaseNotFoundError,
     LockConflictError,
     LockMode,
     LockTimeoutError,
@@ -389,3 +390,18 @@ async def test_a_wait_keeps_its_place_when_its_replica_stops_gracefully(
         await asyncio.wait_for(later, 20)
         for lease in (holder, l1, l2):
             await lease.revoke()
+
+
+async def test_a_waiter_whose_lease_expires_leaves_the_queue(
+    client: AsyncClient, leases: list[Lease]
+) -> None:
+    held = await client.locks.acquire("L", leases[0])
+    doomed = await client.leases.grant(ttl=2, keepalive=False)  # a stalled agent
+    waiting = asyncio.create_task(client.locks.acquire("L", doomed, timeout=20))
+    await queued(client, "L", 1)
+    with pytest.raises(LeaseNotFoundError):
+        await asyncio.wait_for(waiting, 15)
+    state, _ = await client.locks.describe("L")
+    assert list(state.waiters) == []
+    await client.locks.release(held)
+    assert await client.locks.try_acquire("L", leases[1]) is not None  # never went to the dead
