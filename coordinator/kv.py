@@ -449,7 +449,7 @@ class KVStore:
         if not request_id:
             weight = 1 + max(len(success), len(failure), len(compares))
             committed = await self._committer.commit(inner, keys, size, retry=False, weight=weight)
-            await self._raise_if_fenced(fences, fence_compares, checks, committed.response)
+            await self._raise_if_fenced(fences, checks, committed.response)
             return self._outcome(
                 ns, checks, ops, committed.response, committed.revision, return_current, provenance
             )
@@ -465,7 +465,7 @@ class KVStore:
         if prior is not None:
             return await self._replay(ns, checks, ops, fences, prior, return_current)
         try:
-            await self._raise_if_fenced(fences, fence_compares, checks, response)
+            await self._raise_if_fenced(fences, checks, response)
             done = self._outcome(
                 ns, checks, ops, response, committed.revision, return_current, provenance
             )
@@ -487,7 +487,6 @@ class KVStore:
     async def _raise_if_fenced(
         self,
         fences: list[common_pb2.Fence],
-        fence_checks: list[FenceCheck],
         checks: list[Check],
         response: Any,
     ) -> None:

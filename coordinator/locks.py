@@ -410,7 +410,7 @@ class LockStore:
                     details=[await self.wait_status(ns, entry.lock, queue, index)],
                     metadata={"lock": entry.lock},
                 )
-            await self._wait_for_change(watched, entry, revision + 1, remaining)
+            await self._wait_for_change(watched, revision + 1, remaining)
 
     def _watch_targets(self, queue: list[Entry], index: int) -> list[Any]:
         """etcd watch requests for the deletions this waiter cares about."""
@@ -429,7 +429,7 @@ class LockStore:
         ]
 
     async def _wait_for_change(
-        self, creates: list[Any], entry: Entry, start: int, remaining: float | None
+        self, creates: list[Any], start: int, remaining: float | None
     ) -> None:
         """Until one of the watched deletions happens (or may have) or time's up. The
         watchers ride the replica's shared etcd watch stream."""
