@@ -16,7 +16,7 @@ import grpc
 
 from accord.client.errors import DeadlineExceededError, from_rpc_error
 from accord.client.retry import RetryBudget, RetryPolicy
-from accord.v1 import kv_pb2_grpc, leases_pb2_grpc, locks_pb2_grpc
+from accord.v1 import kv_pb2_grpc, leases_pb2_grpc, locks_pb2_grpc, sessions_pb2_grpc
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 _OPTIONS = [
@@ -38,6 +38,7 @@ class _Replica:
         self.kv = kv_pb2_grpc.KVStub(self.channel)
         self.leases = leases_pb2_grpc.LeasesStub(self.channel)
         self.locks = locks_pb2_grpc.LocksStub(self.channel)
+        self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
 
 
 class Transport:

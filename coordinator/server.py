@@ -33,14 +33,26 @@ from accord.coordinator.leases_service import LeasesService
 from accord.coordinator.locks import LockStore
 from accord.coordinator.locks_service import LocksService
 from accord.coordinator.retention import RetentionLeases
+from accord.coordinator.sessions import SessionStore
+from accord.coordinator.sessions_service import SessionsService
 from accord.coordinator.settings import Settings
-from accord.v1 import kv_pb2, kv_pb2_grpc, leases_pb2, leases_pb2_grpc, locks_pb2, locks_pb2_grpc
+from accord.v1 import (
+    kv_pb2,
+    kv_pb2_grpc,
+    leases_pb2,
+    leases_pb2_grpc,
+    locks_pb2,
+    locks_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+)
 
 _log = logs.get("accord.server")
 SERVICES = [
     kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
     leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
     locks_pb2.DESCRIPTOR.services_by_name["Locks"].full_name,
+    sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
 ]
 HEALTH_INTERVAL_SECONDS = 2.0
 GC_YOUNG_THRESHOLD = 50_000
@@ -56,6 +68,7 @@ class Replica:
         self.etcd: Etcd | None = None
         self.committer: GroupCommitter | None = None
         self.idempotency: Idempotency | None = None
+        self.sessions: SessionStore | None = None
         self.port = 0
         self._health = HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
@@ -89,6 +102,16 @@ class Replica:
             leases=leases,
             locks=locks,
         )
+        self.sessions = SessionStore(
+            self.etcd,
+            self.committer,
+            retention,
+            self.idempotency,
+            leases,
+            locks,
+            root=settings.root,
+            idle_seconds=settings.session_idle_seconds,
+        )
 
         self.server = grpc.aio.server(
             interceptors=[CallInterceptor()],
@@ -111,6 +134,9 @@ class Replica:
         )
         locks_pb2_grpc.add_LocksServicer_to_server(
             LocksService(locks, deadlocks, replica), self.server
+        )
+        sessions_pb2_grpc.add_SessionsServicer_to_server(
+            SessionsService(self.sessions, replica), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
@@ -180,6 +206,8 @@ class Replica:
         if self.server:
             await self._health.enter_graceful_shutdown()
             await self.server.stop(self.settings.shutdown_grace_seconds)
+        if self.sessions:
+            await self.sessions.close()
         if self.committer:
             _log.info(
                 "group commit totals", batches=self.committer.batches, writes=self.committer.writes

@@ -25,3 +25,5 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     group_commit_in_flight: int = 1
     shutdown_grace_seconds: float = 5.0
+    # A session nobody used for this long is unloaded from memory (it stays in etcd).
+    session_idle_seconds: float = 30.0

@@ -205,3 +205,76 @@ class LockEntryRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LockEntryRecord: _TypeAlias = LockEntryRecord  # noqa: Y015
+
+@_typing.final
+class SessionRecord(_message.Message):
+    """{root}/ns/{namespace}/sessions/{name}: a collaborative session's record. Its
+    create_revision names the incarnation; a snapshot's fields change when the log is
+    compacted. The session's data lives under {root}/ns/{namespace}/sdata/{name}\\0{incarnation}\\0:
+      log\\0{id}               one accepted Yjs update (raw bytes)
+      snap\\0{rev}\\0{chunk}    the snapshot covering every update up to rev (16 hex digits
+                              each), in chunks under etcd's request limit
+      presence\\0{client id}   an accord.v1.Presence, attached to its lease
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RootsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    ROOTS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_REVISION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_CHUNKS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_BYTES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_SHA256_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    snapshot_revision: _builtins.int
+    snapshot_chunks: _builtins.int
+    snapshot_bytes: _builtins.int
+    snapshot_sha256: _builtins.bytes
+    incarnation: _builtins.int
+    """Names this incarnation's data prefix (random), so nothing written for a deleted
+    session can surface in a later one of the same name.
+    """
+    @_builtins.property
+    def created_by(self) -> _common_pb2.Provenance: ...
+    @_builtins.property
+    def roots(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """accord.v1.RootKind per declared root."""
+
+    def __init__(
+        self,
+        *,
+        created_by: _common_pb2.Provenance | None = ...,
+        roots: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        snapshot_revision: _builtins.int = ...,
+        snapshot_chunks: _builtins.int = ...,
+        snapshot_bytes: _builtins.int = ...,
+        snapshot_sha256: _builtins.bytes = ...,
+        incarnation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "incarnation", b"incarnation", "roots", b"roots", "snapshot_bytes", b"snapshot_bytes", "snapshot_chunks", b"snapshot_chunks", "snapshot_revision", b"snapshot_revision", "snapshot_sha256", b"snapshot_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRecord: _TypeAlias = SessionRecord  # noqa: Y015
