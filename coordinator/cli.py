@@ -82,6 +82,13 @@ def serve(
         int,
         typer.Option(envvar="ACCORD_IDEMPOTENCY_TTL", help="seconds a request_id is remembered"),
     ] = 24 * 3600,
+    session_idle: Annotated[
+        float,
+        typer.Option(
+            envvar="ACCORD_SESSION_IDLE",
+            help="seconds before an unused session is unloaded from memory",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run a coordinator replica until SIGTERM or SIGINT."""
     from accord.coordinator.server import serve as run
@@ -98,6 +105,7 @@ def serve(
         log_level=log_level,
         limits=Limits(max_value_bytes=max_value_bytes),
         idempotency_ttl_seconds=idempotency_ttl,
+        session_idle_seconds=session_idle,
     )
     try:
         _run_loop(run(settings))
