@@ -122,7 +122,7 @@ class SessionDoc:
     name: str
     created_revision: int
     incarnation: int
-    doc: Doc = field(default_factory=Doc)
+    doc: Doc[Any] = field(default_factory=Doc)
     applied_revision: int = 0
     log: dict[bytes, LogEntry] = field(default_factory=dict)
     log_bytes: int = 0
@@ -141,7 +141,7 @@ class SessionDoc:
     on_gone: Any = None  # called once when the session disappears
     _waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
-    _compacting: asyncio.Task[None] | None = None
+    _compacting: asyncio.Task[bool] | None = None
     _failed_updates: int = 0
 
     # --- layout -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from accord.v1 import sessions_pb2
 MAP = sessions_pb2.ROOT_KIND_MAP
 TEXT = sessions_pb2.ROOT_KIND_TEXT
 ARRAY = sessions_pb2.ROOT_KIND_ARRAY
-KIND_NAMES = {MAP: "map", TEXT: "text", ARRAY: "array"}
+KIND_NAMES: dict[int, str] = {MAP: "map", TEXT: "text", ARRAY: "array"}
 _TYPES: dict[int, type[Map[Any] | Text | Array[Any]]] = {MAP: Map, TEXT: Text, ARRAY: Array}
 MAX_JSON_DEPTH = 32
 
@@ -64,8 +64,8 @@ def check_state_vector(field: str, state_vector: bytes) -> list[FieldViolation]:
     return []
 
 
-def scratch(state: bytes, client_id: int | None = None) -> Doc:
-    doc = Doc() if client_id is None else Doc(client_id=client_id)
+def scratch(state: bytes, client_id: int | None = None) -> Doc[Any]:
+    doc: Doc[Any] = Doc() if client_id is None else Doc(client_id=client_id)
     guarded(lambda: doc.apply_update(state))
     return doc
 
@@ -144,7 +144,9 @@ def _violation(field: str, message: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation(field, message)])
 
 
-def _apply_one(doc: Doc, operation: sessions_pb2.Operation, kinds: dict[str, int], at: str) -> None:
+def _apply_one(
+    doc: Doc[Any], operation: sessions_pb2.Operation, kinds: dict[str, int], at: str
+) -> None:
     op = operation.WhichOneof("op")
     if not operation.root:
         raise _violation(f"{at}.root", "must name a root type")
@@ -229,7 +231,7 @@ def _array_op(target: Array[Any], operation: sessions_pb2.Operation, at: str) ->
 
 
 def _resolve(
-    doc: Doc, operation: sessions_pb2.Operation, kinds: dict[str, int], wants: int, at: str
+    doc: Doc[Any], operation: sessions_pb2.Operation, kinds: dict[str, int], wants: int, at: str
 ) -> Any:
     """The shared type the operation's path names, checked to be of the kind it needs."""
     root = operation.root

@@ -187,11 +187,14 @@ class SessionStore:
             return None
         revision = int(done.header.revision)
         info = sessions_pb2.SessionInfo(
-            name=name, created_revision=revision, created_by=record.created_by, roots=roots
+            name=name,
+            created_revision=revision,
+            created_by=record.created_by,
+            roots={k: sessions_pb2.RootKind.ValueType(v) for k, v in roots.items()},
         )
         return revision, info, True
 
-    async def list(
+    async def list_sessions(
         self, prefix: str, limit: int, page_token: str
     ) -> tuple[int, list[sessions_pb2.SessionInfo], str]:
         violations = check_key("prefix", prefix, _NAME_LIMITS, allow_empty=True)
@@ -427,7 +430,7 @@ class SessionStore:
                 session, update, request_id=request_id, fence=fence, digest=digest
             )
             if answer is not None:
-                return answer.header.revision
+                return int(answer.header.revision)
             await session.caught_up(revision, CATCH_UP_SECONDS)
             return revision
 
@@ -708,7 +711,7 @@ def _info(name: str, raw: Any, record: records_pb2.SessionRecord) -> sessions_pb
         name=name,
         created_revision=raw.create_revision,
         created_by=record.created_by,
-        roots={k: v for k, v in record.roots.items()},  # type: ignore[misc]
+        roots={k: sessions_pb2.RootKind.ValueType(v) for k, v in record.roots.items()},
         snapshot_revision=record.snapshot_revision,
     )
 

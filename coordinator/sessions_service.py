@@ -34,7 +34,7 @@ class SessionsService(sessions_pb2_grpc.SessionsServicer):
     async def List(
         self, request: sessions_pb2.SessionsListRequest, context: Context
     ) -> sessions_pb2.SessionsListResponse:
-        revision, infos, token = await self._sessions.list(
+        revision, infos, token = await self._sessions.list_sessions(
             request.prefix, request.limit, request.page_token
         )
         return sessions_pb2.SessionsListResponse(
