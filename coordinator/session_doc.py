@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aetcd.rpc import rpc_pb2 as rpc
-from pycrdt import Doc, merge_updates
+from pycrdt import Decoder, Doc, get_state, merge_updates
 
 from accord.coordinator import calls, logs
 from accord.coordinator.errors import AccordError, Compacted, NotFound
@@ -59,6 +59,10 @@ def data_prefix(root: str, namespace: str, name: str, incarnation: int) -> bytes
 class LogEntry:
     create_revision: int
     size: int
+    # Set while the document holds the update only as pending (it arrived before what
+    # it builds on): the document's encoding leaves pending structs out, so a snapshot
+    # does not cover this entry until it integrates.
+    pending: bytes | None = None
 
 
 class Subscriber:
@@ -143,6 +147,7 @@ class SessionDoc:
     _task: asyncio.Task[None] | None = None
     _compacting: asyncio.Task[bool] | None = None
     _failed_updates: int = 0
+    _pending: set[bytes] = field(default_factory=set)
 
     # --- layout -------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ class SessionDoc:
             raise self.not_found()
         record = await self._record(revision)
         self.log.clear()
+        self._pending.clear()
         self.log_bytes = 0
         self.snapshot_keys.clear()
         self.presence.clear()
@@ -221,11 +227,44 @@ class SessionDoc:
             self._apply(state)
             self.snapshot_bytes = len(state)
         for kv in sorted(log_kvs, key=lambda kv: kv.mod_revision):
-            self.log[kv.key] = LogEntry(kv.create_revision, len(kv.value))
-            self.log_bytes += len(kv.value)
-            if kv.create_revision > record.snapshot_revision:
-                self._apply(kv.value)
+            # Entries the snapshot covers are applied too (a no-op): one that was pending
+            # when the snapshot was taken is not in it.
+            self._add_entry(kv)
+        self._settle_pending()
         return int(revision)
+
+    def _add_entry(self, kv: Any) -> bool:
+        entry = LogEntry(kv.create_revision, len(kv.value))
+        self.log[kv.key] = entry
+        self.log_bytes += entry.size
+        if not self._apply(kv.value):
+            return False
+        if not self._integrated(kv.value):
+            entry.pending = kv.value
+            self._pending.add(kv.key)
+        return True
+
+    def _integrated(self, update: bytes) -> bool:
+        have = _state_vector(self.doc.get_state())
+        return all(
+            have.get(client, 0) >= clock
+            for client, clock in _state_vector(get_state(update)).items()
+        )
+
+    def state_update(self, state_vector: bytes = b"\x00") -> bytes:
+        """What state_vector lacks, pending updates included (the document's own encoding
+        leaves them out until what they build on arrives)."""
+        update = self.doc.get_update(state_vector or b"\x00")
+        pending = [e.pending for k in self._pending if (e := self.log.get(k)) and e.pending]
+        return merge_updates(update, *pending) if pending else update
+
+    def _settle_pending(self) -> None:
+        for key in list(self._pending):
+            entry = self.log.get(key)
+            if entry is None or entry.pending is None or self._integrated(entry.pending):
+                if entry is not None:
+                    entry.pending = None
+                self._pending.discard(key)
 
     async def _record(self, revision: int) -> records_pb2.SessionRecord:
         found = await self.etcd.range(rpc.RangeRequest(key=self.meta_key, revision=revision))
@@ -318,10 +357,10 @@ class SessionDoc:
                     if entry is not None:
                         self.log_bytes -= entry.size
                 elif kv.key not in self.log:
-                    self.log[kv.key] = LogEntry(kv.create_revision, len(kv.value))
-                    self.log_bytes += len(kv.value)
-                    if kv.create_revision > self.snapshot_revision and self._apply(kv.value):
+                    if self._add_entry(kv):
                         self._broadcast(Event(revision=kv.mod_revision, update=kv.value))
+                    if self._pending:
+                        self._settle_pending()
             elif part.startswith(b"presence\x00"):
                 if deleted:
                     client_id = int(part[len(b"presence\x00") :], 16)
@@ -420,9 +459,7 @@ class SessionDoc:
         """The first event brings what state_vector lacks; nothing can slip in between."""
         subscriber = Subscriber(presence)
         subscriber.offer(
-            Event(
-                revision=self.applied_revision, update=self.doc.get_update(state_vector or b"\x00")
-            )
+            Event(revision=self.applied_revision, update=self.state_update(state_vector))
         )
         for item in self.presence.values():
             subscriber.offer(Event(revision=item.clock, presence=item))
@@ -437,7 +474,11 @@ class SessionDoc:
     def _maybe_compact(self) -> None:
         if self._compacting is not None and not self._compacting.done():
             return
-        covered = sum(1 for e in self.log.values() if e.create_revision <= self.applied_revision)
+        covered = sum(
+            1
+            for e in self.log.values()
+            if e.create_revision <= self.applied_revision and e.pending is None
+        )
         if not covered:
             return
         garbage = len(self.snapshot_keys) > max(1, -(-self.snapshot_bytes // SNAPSHOT_CHUNK_BYTES))
@@ -456,7 +497,9 @@ class SessionDoc:
         )
         revision = self.applied_revision  # the document is exactly the log up to here
         state = self.doc.get_update()
-        covered = [k for k, e in self.log.items() if e.create_revision <= revision]
+        covered = [
+            k for k, e in self.log.items() if e.create_revision <= revision and e.pending is None
+        ]
         digest = hashlib.sha256(state).digest()
         base = self._snapshot_prefix(revision) + digest[:8].hex().encode() + b"\x00"
         chunks = [
@@ -538,6 +581,13 @@ class SessionDoc:
                     await task
         for subscriber in list(self.subscribers):
             subscriber.end(None)
+
+
+def _state_vector(encoded: bytes) -> dict[int, int]:
+    decoder = Decoder(encoded)
+    return {
+        decoder.read_var_uint(): decoder.read_var_uint() for _ in range(decoder.read_var_uint())
+    }
 
 
 def _put(key: bytes, value: bytes, lease: int = 0) -> Any:

@@ -376,7 +376,7 @@ class SessionStore:
         )
         async with self._use(name) as session:
             await session.fresh()
-            update = session.doc.get_update(state_vector or b"\x00")
+            update = session.state_update(state_vector)
             return session.applied_revision, update, session.doc.get_state()
 
     async def read(self, name: str) -> Snapshot:
@@ -384,7 +384,7 @@ class SessionStore:
         async with self._use(name) as session:
             await session.fresh()
             revision = session.applied_revision
-            state = session.doc.get_update()
+            state = session.state_update()
             state_vector = session.doc.get_state()
             presence = list(session.presence.values())
             found = await self._etcd.range(rpc.RangeRequest(key=session.meta_key))
