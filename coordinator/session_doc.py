@@ -45,7 +45,9 @@ COMPACT_MAX_LOG_ENTRIES = 2000
 DELETE_BATCH = 100
 # A subscriber further behind than this gets its pending updates merged into one.
 MAX_PENDING_EVENTS = 256
-LOAD_PAGE = 200
+# Keys per read when loading: snapshot chunks are up to 512 KiB, and a page must stay
+# well under the etcd channel's 64 MiB message limit.
+LOAD_PAGE = 64
 _DELETE = 1  # mvccpb.Event.EventType
 
 Event = sessions_pb2.SessionsSubscribeResponse
@@ -98,7 +100,11 @@ class Subscriber:
         revision = self._events[-1].revision
         self._events.clear()
         if updates:
-            self._events.append(Event(revision=revision, update=merge_updates(*updates)))
+            try:
+                merged = [guarded(lambda: merge_updates(*updates))]
+            except LibraryFailure:  # stored updates all decoded once; keep them as they are
+                merged = updates
+            self._events.extend(Event(revision=revision, update=u) for u in merged)
         self._events.extend(latest.values())
 
     def end(self, error: AccordError | None) -> None:
