@@ -205,6 +205,8 @@ class Replica:
                 await self._health_task
         if self.server:
             await self._health.enter_graceful_shutdown()
+            if self.sessions:  # long-lived streams would hold up the drain
+                self.sessions.end_streams()
             await self.server.stop(self.settings.shutdown_grace_seconds)
         if self.sessions:
             await self.sessions.close()

@@ -31,7 +31,7 @@ from aetcd.rpc import rpc_pb2 as rpc
 from pycrdt import Decoder, Doc, get_state, merge_updates
 
 from accord.coordinator import calls, logs
-from accord.coordinator.errors import AccordError, Compacted, NotFound
+from accord.coordinator.errors import AccordError, BackendUnavailable, Compacted, NotFound
 from accord.coordinator.etcd import Etcd, prefix_end
 from accord.coordinator.session_ops import LibraryFailure, guarded
 from accord.v1 import records_pb2, sessions_pb2
@@ -585,8 +585,19 @@ class SessionDoc:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        self.end_streams()
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_result(None)
+        self._waiters.clear()
+
+    def end_streams(self) -> None:
+        """This replica is going away: subscribers should resubscribe elsewhere."""
         for subscriber in list(self.subscribers):
-            subscriber.end(None)
+            subscriber.end(
+                BackendUnavailable("this coordinator replica is shutting down; resubscribe")
+            )
+        self.subscribers.clear()
 
 
 def _state_vector(encoded: bytes) -> dict[int, int]:

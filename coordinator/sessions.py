@@ -359,6 +359,10 @@ class SessionStore:
                     del self._loaded[key]
                     await session.close()
 
+    def end_streams(self) -> None:
+        for session in self._loaded.values():
+            session.end_streams()
+
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
