@@ -477,15 +477,22 @@ class SessionDoc:
     def stored_bytes(self) -> int:
         return self.log_bytes + sum(self.snapshot_keys.values())
 
-    def _maybe_compact(self) -> None:
-        if self._compacting is not None and not self._compacting.done():
-            return
-        covered = sum(
+    def _covered(self) -> int:
+        return sum(
             1
             for e in self.log.values()
             if e.create_revision <= self.applied_revision and e.pending is None
         )
-        if not covered:
+
+    def worth_compacting(self) -> bool:
+        """On unload: fold a log of several entries (or stale chunks) into one snapshot."""
+        busy = self._compacting is not None and not self._compacting.done()
+        return not busy and self._covered() > 1
+
+    def _maybe_compact(self) -> None:
+        if self._compacting is not None and not self._compacting.done():
+            return
+        if not self._covered():
             return
         garbage = len(self.snapshot_keys) > max(1, -(-self.snapshot_bytes // SNAPSHOT_CHUNK_BYTES))
         if (

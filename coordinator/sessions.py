@@ -351,13 +351,15 @@ class SessionStore:
             await asyncio.sleep(max(0.05, self.idle_seconds / 4))
             now = time.monotonic()
             for key, session in list(self._loaded.items()):
-                if (
-                    session.busy == 0
-                    and not session.subscribers
-                    and now - session.last_used >= self.idle_seconds
-                ):
+                if not _idle(session, now, self.idle_seconds):
+                    continue
+                if session.worth_compacting():  # leave it in etcd at its smallest
+                    await session.compact()
+                    if not _idle(session, time.monotonic(), self.idle_seconds):
+                        continue
+                if self._loaded.get(key) is session:
                     del self._loaded[key]
-                    await session.close()
+                await session.close()
 
     def end_streams(self) -> None:
         for session in self._loaded.values():
@@ -663,6 +665,15 @@ class SessionStore:
         ns = calls.current.get().namespace
         session = self._loaded.get((ns, name))
         return list(session.presence.values()) if session else []
+
+
+def _idle(session: SessionDoc, now: float, idle_seconds: float) -> bool:
+    return (
+        session.busy == 0
+        and not session.subscribers
+        and now - session.last_used >= idle_seconds
+        and not session.gone
+    )
 
 
 def _check_presence_state(field: str, state_json: str) -> list[FieldViolation]:
