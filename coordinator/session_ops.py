@@ -100,11 +100,12 @@ def json_view(state: bytes, kinds: dict[str, int]) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """Yjs numbers are doubles; whole ones read back as JSON integers."""
+    """Yjs numbers are doubles; whole ones read back as JSON integers. Map members in key
+    order: a Y.Map iterates in hash order, which differs between processes."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(value[k]) for k in sorted(value)}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
