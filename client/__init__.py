@@ -1,5 +1,6 @@
 """Accord's Python client: `AsyncClient` (async first) and `Client` (blocking)."""
 
+from accord.client import ops
 from accord.client.client import AsyncClient
 from accord.client.errors import (
     AccordError,
@@ -39,11 +40,27 @@ from accord.client.kv import (
 from accord.client.leases import Lease, LeaseInfo
 from accord.client.locks import Grant, LockMode, LockSpec
 from accord.client.retry import RetryPolicy
+from accord.client.sessions import (
+    ApplyResult,
+    AsyncSessions,
+    Presence,
+    PresenceEvent,
+    PresenceGoneEvent,
+    RootKind,
+    SessionEvent,
+    SessionInfo,
+    SessionState,
+    SyncedSession,
+    SyncResult,
+    UpdateEvent,
+)
 from accord.client.sync import Client
 
 __all__ = [
     "AccordError",
+    "ApplyResult",
     "AsyncClient",
+    "AsyncSessions",
     "BadIdentityError",
     "Client",
     "CompactedError",
@@ -71,14 +88,25 @@ __all__ = [
     "NotFoundError",
     "NotHeldError",
     "Page",
+    "Presence",
+    "PresenceEvent",
+    "PresenceGoneEvent",
     "Provenance",
     "Put",
     "RequestIdReusedError",
     "RetryPolicy",
+    "RootKind",
+    "SessionEvent",
+    "SessionInfo",
+    "SessionState",
+    "SyncResult",
+    "SyncedSession",
     "TxnResult",
     "UnavailableError",
+    "UpdateEvent",
     "Watch",
     "WatchEvent",
     "WouldBlockError",
     "WriteResult",
+    "ops",
 ]

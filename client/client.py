@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
+from pycrdt import Doc
 
 from accord.client.kv import AsyncKV
 from accord.client.leases import AsyncLeases
 from accord.client.locks import AsyncLocks
 from accord.client.retry import RetryPolicy
+from accord.client.sessions import AsyncSessions, RootKind
 from accord.client.transport import Transport
 
 
@@ -46,6 +50,21 @@ class AsyncClient:
         self.kv = AsyncKV(self._transport)
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)
+        self.sessions = AsyncSessions(self._transport)
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self,
+        name: str,
+        *,
+        create: bool = True,
+        roots: Mapping[str, RootKind | str] | None = None,
+    ) -> AsyncIterator[Doc[Any]]:
+        """A local pycrdt Doc kept in sync with session name, current on entry; local
+        changes are pushed in the background and flushed on exit.
+        ``await accord.sessions.flush(doc)`` waits until they are durable."""
+        async with self.sessions.synced(name, create=create, roots=roots) as live:
+            yield live.doc
 
     async def close(self) -> None:
         await self._transport.close()

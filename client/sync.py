@@ -9,7 +9,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -31,7 +39,16 @@ from accord.client.kv import (
 from accord.client.leases import Lease, LeaseInfo
 from accord.client.locks import Grant, LockMode, LockState
 from accord.client.retry import RetryPolicy
-from accord.v1 import common_pb2
+from accord.client.sessions import (
+    ApplyResult,
+    Presence,
+    RootKind,
+    SessionEvent,
+    SessionInfo,
+    SessionState,
+    SyncResult,
+)
+from accord.v1 import common_pb2, sessions_pb2
 
 T = TypeVar("T")
 
@@ -260,6 +277,121 @@ class Locks:
         return self._loop.run(self._locks.list(prefix))
 
 
+async def _next(events: AsyncIterator[T]) -> T:
+    return await anext(events)
+
+
+class Sessions:
+    """Blocking mirror of AsyncSessions, without the synced Doc (pycrdt documents belong
+    to one thread; use the async client's `session()` for that)."""
+
+    def __init__(self, loop: _Loop, client: AsyncClient) -> None:
+        self._loop = loop
+        self._sessions = client.sessions
+
+    def open(
+        self,
+        name: str,
+        *,
+        must_exist: bool = False,
+        roots: Mapping[str, RootKind | str] | None = None,
+        timeout: float | None = None,
+    ) -> SessionInfo:
+        return self._loop.run(
+            self._sessions.open(name, must_exist=must_exist, roots=roots, timeout=timeout)
+        )
+
+    def list(
+        self,
+        prefix: str = "",
+        *,
+        limit: int = 0,
+        page_size: int = 1000,
+        timeout: float | None = None,
+    ) -> builtins.list[SessionInfo]:
+        return self._loop.run(
+            self._sessions.list(prefix, limit=limit, page_size=page_size, timeout=timeout)
+        )
+
+    def delete(
+        self,
+        name: str,
+        *,
+        expected_created_revision: int = 0,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        return self._loop.run(
+            self._sessions.delete(
+                name,
+                expected_created_revision=expected_created_revision,
+                request_id=request_id,
+                timeout=timeout,
+            )
+        )
+
+    def sync(
+        self, name: str, state_vector: bytes = b"", *, timeout: float | None = None
+    ) -> SyncResult:
+        return self._loop.run(self._sessions.sync(name, state_vector, timeout=timeout))
+
+    def push(
+        self,
+        name: str,
+        update: bytes,
+        *,
+        request_id: str | None = None,
+        fence: Grant | common_pb2.Fence | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        return self._loop.run(
+            self._sessions.push(name, update, request_id=request_id, fence=fence, timeout=timeout)
+        )
+
+    def read(self, name: str, *, timeout: float | None = None) -> SessionState:
+        return self._loop.run(self._sessions.read(name, timeout=timeout))
+
+    def apply(
+        self,
+        name: str,
+        *operations: sessions_pb2.Operation,
+        request_id: str | None = None,
+        fence: Grant | common_pb2.Fence | None = None,
+        timeout: float | None = None,
+    ) -> ApplyResult:
+        return self._loop.run(
+            self._sessions.apply(
+                name, *operations, request_id=request_id, fence=fence, timeout=timeout
+            )
+        )
+
+    def set_presence(
+        self,
+        name: str,
+        lease: Lease | int,
+        state: Mapping[str, Any] | None,
+        *,
+        client_id: int = 0,
+        timeout: float | None = None,
+    ) -> Presence:
+        return self._loop.run(
+            self._sessions.set_presence(name, lease, state, client_id=client_id, timeout=timeout)
+        )
+
+    def subscribe(
+        self, name: str, state_vector: bytes = b"", *, presence: bool = False
+    ) -> Iterator[SessionEvent]:
+        events = self._sessions.subscribe(name, state_vector, presence=presence)
+        try:
+            while True:
+                try:
+                    yield self._loop.run(_next(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run(events.aclose())
+
+
 class Client:
     """``with Client("127.0.0.1:50051", agent_id="a") as accord: accord.kv.put(...)``"""
 
@@ -289,6 +421,7 @@ class Client:
         self.kv = KV(self._loop, self._client)
         self.leases = Leases(self._loop, self._client)
         self.locks = Locks(self._loop, self._client)
+        self.sessions = Sessions(self._loop, self._client)
 
     def close(self) -> None:
         self._loop.run(self._client.close())

@@ -50,6 +50,19 @@ EXPECTED_CLIENT_EXPORTS = {
     "Watch",
     "WatchEvent",
     "WriteResult",
+    "ApplyResult",
+    "AsyncSessions",
+    "Presence",
+    "PresenceEvent",
+    "PresenceGoneEvent",
+    "RootKind",
+    "SessionEvent",
+    "SessionInfo",
+    "SessionState",
+    "SyncedSession",
+    "SyncResult",
+    "UpdateEvent",
+    "ops",
 }
 
 
