@@ -408,6 +408,17 @@ class SyncedSession:
         await self._until(lambda: self._acked >= target, timeout)
         return self.acked_revision
 
+    async def changed(self, timeout: float | None = None) -> None:
+        """Wait for the next change: a remote update or presence change applied, or a
+        local change acknowledged."""
+        if self.error is not None:
+            raise self.error
+        progress = self._progress
+        async with asyncio.timeout(timeout):
+            await progress.wait()
+        if self.error is not None:
+            raise self.error
+
     async def wait_for(self, revision: int, timeout: float | None = None) -> None:
         """Wait until the document reflects every update up to revision (e.g. one that
         another agent's push returned)."""

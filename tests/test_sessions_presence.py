@@ -1,0 +1,129 @@
+"""Presence: who is in a session, attached to a lease, fanned out to subscribers on every
+replica, and gone when the lease ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from accord.client import (
+    AsyncClient,
+    ConditionFailedError,
+    InvalidArgumentError,
+    LeaseNotFoundError,
+    PresenceEvent,
+    PresenceGoneEvent,
+    SessionEvent,
+    UpdateEvent,
+    ops,
+)
+from tests.conftest import make_client
+from tests.harness import Coordinator
+
+
+async def next_presence(events: AsyncIterator[SessionEvent]) -> SessionEvent:
+    """The next presence event (updates skipped), within a bound."""
+    async with asyncio.timeout(15):
+        async for event in events:
+            if not isinstance(event, UpdateEvent):
+                return event
+    raise AssertionError("the stream ended")
+
+
+async def test_presence_vanishes_when_its_lease_expires(pinned: list[AsyncClient]) -> None:
+    a, b = pinned
+    await a.sessions.open("room")
+    events = b.sessions.subscribe("room", presence=True)
+    assert isinstance(await anext(events), UpdateEvent)  # subscribed
+    short = await a.leases.grant(ttl=2, keepalive=False)
+    kept = await a.leases.grant(ttl=10)
+    try:
+        mine = await a.sessions.set_presence("room", short, {"cursor": 3, "task": "review"})
+        assert mine.client_id and mine.lease_id == short.id and mine.agent_id == "tester"
+        other = await a.sessions.set_presence("room", kept, {"status": "idle"}, client_id=77)
+        seen = [await next_presence(events), await next_presence(events)]
+        assert all(isinstance(e, PresenceEvent) for e in seen)
+        states = {e.presence.client_id: e.presence.state for e in seen}  # type: ignore[union-attr]
+        assert states == {mine.client_id: {"cursor": 3, "task": "review"}, 77: {"status": "idle"}}
+        listed = (await a.sessions.read("room")).presence
+        assert {p.client_id for p in listed} == {mine.client_id, other.client_id}
+
+        gone = await next_presence(events)  # the short lease expires without keep-alives
+        assert isinstance(gone, PresenceGoneEvent)
+        assert gone.client_id == mine.client_id and gone.agent_id == "tester"
+        assert gone.clock > mine.clock
+        for replica in pinned:
+            remaining = (await replica.sessions.read("room")).presence
+            assert [p.client_id for p in remaining] == [77]
+    finally:
+        await kept.revoke()
+        await events.aclose()
+
+
+async def test_presence_updates_clear_and_reach_a_late_subscriber(
+    pinned: list[AsyncClient],
+) -> None:
+    a, b = pinned
+    await a.sessions.open("status")
+    lease = await a.leases.grant(ttl=10)
+    try:
+        first = await a.sessions.set_presence("status", lease, {"step": 1})
+        second = await a.sessions.set_presence("status", lease, {"step": 2})
+        assert second.client_id == first.client_id and second.clock > first.clock
+        late = b.sessions.subscribe("status", presence=True)
+        current = await next_presence(late)  # the current set comes first
+        assert isinstance(current, PresenceEvent) and current.presence.state == {"step": 2}
+        await a.sessions.set_presence("status", lease, None)  # cleared
+        cleared = await next_presence(late)
+        assert isinstance(cleared, PresenceGoneEvent) and cleared.client_id == first.client_id
+        assert (await b.sessions.read("status")).presence == []
+        await late.aclose()
+        # A subscriber that did not ask for presence gets none of it.
+        quiet = b.sessions.subscribe("status")
+        assert isinstance(await anext(quiet), UpdateEvent)
+        await a.sessions.set_presence("status", lease, {"step": 3})
+        applied = await a.sessions.apply("status", ops.map_set("m", "k", 1))
+        follow = await anext(quiet)  # the presence change before it was skipped
+        assert isinstance(follow, UpdateEvent) and follow.revision == applied.revision
+        await quiet.aclose()
+    finally:
+        await lease.revoke()
+
+
+async def test_synced_session_tracks_presence(replicas: list[Coordinator], namespace: str) -> None:
+    async with (
+        make_client([replicas[0].address], namespace, agent="watcher") as watcher,
+        make_client([replicas[1].address], namespace, agent="worker") as worker,
+    ):
+        await worker.sessions.open("team")
+        async with watcher.sessions.synced("team", presence=True) as live:
+            lease = await worker.leases.grant(ttl=10)
+            mine = await worker.sessions.set_presence("team", lease, {"doing": "tests"})
+            async with asyncio.timeout(10):
+                while mine.client_id not in live.presence:
+                    await live.changed()
+            assert live.presence[mine.client_id].agent_id == "worker"
+            await lease.revoke()  # everything on the lease ends with it
+            async with asyncio.timeout(10):
+                while mine.client_id in live.presence:
+                    await live.changed()
+
+
+async def test_presence_is_refused_clearly(client: AsyncClient, namespace: str) -> None:
+    await client.sessions.open("refusals")
+    lease = await client.leases.grant(ttl=10)
+    try:
+        with pytest.raises(InvalidArgumentError):
+            await client.sessions.set_presence("refusals", lease, {"blob": "x" * 9000})
+        with pytest.raises(LeaseNotFoundError):
+            await client.sessions.set_presence("refusals", 123456789, {"a": 1})
+        taken = await client.sessions.set_presence("refusals", lease, {"a": 1}, client_id=5)
+        other = await client.leases.grant(ttl=10)
+        with pytest.raises(ConditionFailedError):  # client id 5 belongs to the first lease
+            await client.sessions.set_presence("refusals", other, {"b": 2}, client_id=5)
+        await other.revoke()
+        assert [p.state for p in (await client.sessions.read("refusals")).presence] == [taken.state]
+    finally:
+        await lease.revoke()
