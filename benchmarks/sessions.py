@@ -501,7 +501,13 @@ def db_size(etcd: EtcdMember) -> int:
 
 
 async def trace_replay(
-    etcd: EtcdMember, address: str, base: Path, edits: int, concurrency: int, pids: dict[str, int]
+    etcd: EtcdMember,
+    address: str,
+    base: Path,
+    edits: int,
+    concurrency: int,
+    idle: float,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
     made = time.perf_counter()
     updates, local = editing_trace(edits, seed=4)
@@ -535,6 +541,18 @@ async def trace_replay(
         if again == stored:
             break
         stored = again
+    # idle: the replica folds the log into one snapshot as it unloads the session
+    idle_stored = stored
+
+    async def folded() -> bool:
+        nonlocal idle_stored
+        idle_stored = await stored_keys(etcd, "accord", namespace, name)
+        return idle_stored["log_entries"] == 0
+
+    unloaded = await wait_for(folded, idle * 3 + 30)
+    t0 = time.perf_counter()
+    await sessions.read(name)
+    reload_s = time.perf_counter() - t0
     db_before = db_size(etcd)
     etcd.compact()
     etcd.ctl("defrag")
@@ -575,6 +593,10 @@ async def trace_replay(
         "cpu_us_per_push": {k: round(v * 1e6 / edits) for k, v in meter.used.items()},
         "stored": stored,
         "stored_over_doc": round(stored["bytes"] / len(final), 2),
+        "stored_after_idle_unload": idle_stored,
+        "stored_after_idle_unload_over_doc": round(idle_stored["bytes"] / len(final), 2),
+        "log_folded_on_unload": unloaded,
+        "reload_after_idle_unload_ms": round(reload_s * 1000, 1),
         "etcd_db_bytes_before_defrag": db_before,
         "etcd_db_bytes_after_compact_defrag": db_after,
         "cold_read_ms": round(cold_s * 1000, 1),
@@ -666,7 +688,10 @@ async def run(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="accord-bench-sessions-"))
     etcd = start_etcd(base)
     coordinator = start_coordinator(
-        base, "bench", [etcd.endpoint], extra_args=["--log-level", "warning"]
+        base,
+        "bench",
+        [etcd.endpoint],
+        extra_args=["--log-level", "warning", "--session-idle", str(args.trace_idle)],
     )
     peer_port = free_port()
     peer = subprocess.Popen(
@@ -685,6 +710,7 @@ async def run(args: argparse.Namespace) -> None:
                 base,
                 args.edits,
                 args.concurrency,
+                args.trace_idle,
                 {"coordinator": coordinator.pid, "etcd": etcd.pid},
             )
         if "memory" in args.parts:
@@ -759,6 +785,13 @@ def summarize(results: dict[str, Any], out: Path) -> None:
             f"{trace['stored']['bytes']} / {trace['doc_encoded_bytes']} = "
             f"{trace['stored_over_doc']}"
         )
+        summary["trace: stored bytes after idle unload (log folded) / doc bytes"] = (
+            f"{trace['stored_after_idle_unload']['bytes']} / {trace['doc_encoded_bytes']} = "
+            f"{trace['stored_after_idle_unload_over_doc']}"
+        )
+        summary["trace: reload ms after idle unload (same replica)"] = trace[
+            "reload_after_idle_unload_ms"
+        ]
         summary["trace: etcd db bytes before / after compact+defrag"] = (
             f"{trace['etcd_db_bytes_before_defrag']} / "
             f"{trace['etcd_db_bytes_after_compact_defrag']}"
@@ -807,6 +840,9 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64, help="pushes in flight (trace)")
     parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument(
+        "--trace-idle", type=float, default=5.0, help="--session-idle of the main replica"
+    )
     parser.add_argument("--idle", type=float, default=20.0, help="--session-idle (memory)")
     parser.add_argument("--parts", default="fanout,trace,memory")
     parser.add_argument("--sides", default="peer,grpc,ws", help="fan-out sides to run")
@@ -820,7 +856,7 @@ def main() -> None:
         return
     if args.quick:
         args.seconds, args.max_rate, args.edits, args.repeats = 0.3, 0, 500, 1
-        args.sessions, args.idle = 20, 1.0
+        args.sessions, args.idle, args.trace_idle = 20, 1.0, 1.0
     asyncio.run(run(args))
 
 
