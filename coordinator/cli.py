@@ -47,6 +47,13 @@ def serve(
     listen: Annotated[
         str, typer.Option(envvar="ACCORD_LISTEN", help="host:port to serve gRPC on")
     ] = "127.0.0.1:50051",
+    ws_listen: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_WS_LISTEN",
+            help="host:port to serve the y-websocket endpoint on (Yjs apps); empty: off",
+        ),
+    ] = "127.0.0.1:50052",
     etcd: Annotated[
         str,
         typer.Option(
@@ -97,6 +104,7 @@ def serve(
         raise typer.BadParameter("must be between 1 and 1048576", param_hint="--max-value-bytes")
     settings = Settings(
         listen=listen,
+        ws_listen=ws_listen,
         etcd_endpoints=tuple(e.strip() for e in etcd.split(",") if e.strip()),
         etcd_tls=TlsFiles(etcd_ca, etcd_cert or None, etcd_key or None) if etcd_ca else None,
         data_dir=data_dir,

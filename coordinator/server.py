@@ -36,6 +36,7 @@ from accord.coordinator.retention import RetentionLeases
 from accord.coordinator.sessions import SessionStore
 from accord.coordinator.sessions_service import SessionsService
 from accord.coordinator.settings import Settings
+from accord.coordinator.y_websocket import YWebsocketServer
 from accord.v1 import (
     kv_pb2,
     kv_pb2_grpc,
@@ -70,6 +71,8 @@ class Replica:
         self.idempotency: Idempotency | None = None
         self.sessions: SessionStore | None = None
         self.port = 0
+        self.ws: YWebsocketServer | None = None
+        self.ws_port = 0  # the y-websocket endpoint's bound port (0: not serving it)
         self._health = HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
 
@@ -148,10 +151,16 @@ class Replica:
             self.server,
         )
         await self.server.start()
+        if settings.ws_listen:
+            self.ws = YWebsocketServer(self.sessions, leases)
+            self.ws_port = await self.ws.start(settings.ws_listen)
         self._health_task = asyncio.create_task(self._watch_health())
         _log.info(
             "coordinator serving",
             listen=f"{host}:{self.port}",
+            ws_listen=f"{settings.ws_listen.rpartition(':')[0]}:{self.ws_port}"
+            if self.ws
+            else "off",
             replica=replica,
             etcd=list(endpoints),
             embedded_etcd=self.embedded is not None,
@@ -203,6 +212,8 @@ class Replica:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        if self.ws:  # first: closing sockets revokes their presence leases, through etcd
+            await self.ws.stop()
         if self.server:
             await self._health.enter_graceful_shutdown()
             if self.sessions:  # long-lived streams would hold up the drain

@@ -12,6 +12,8 @@ from accord.coordinator.limits import Limits
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
+    # host:port of the y-websocket endpoint for Yjs apps (port 0: any free one); empty: off.
+    ws_listen: str = "127.0.0.1:50052"
     # Empty: start a private single-member etcd in data_dir.
     etcd_endpoints: tuple[str, ...] = ()
     etcd_tls: TlsFiles | None = None

@@ -7,7 +7,8 @@
 #   deploy/local-cluster.sh down DIR    stop everything (data under DIR is kept)
 #
 # Ports: etcd member i (0..2) serves clients on BASE+10*i and peers on BASE+10*i+1;
-# coordinator j (0..1) listens on BASE+100+j. BASE is ACCORD_BASE_PORT (default 23790).
+# coordinator j (0..1) listens on BASE+100+j (gRPC) and BASE+110+j (y-websocket).
+# BASE is ACCORD_BASE_PORT (default 23790).
 # `up` writes DIR/endpoints.env (ACCORD_ETCD=..., ACCORD_ADDR=...) once all is ready.
 #
 # Environment: ACCORD_BASE_PORT, ACCORD_PYTHON (default python3),
@@ -37,13 +38,14 @@ DIR=$(realpath -m -- "$2")
 readonly DIR
 
 BASE=${ACCORD_BASE_PORT:-23790}
-[[ $BASE =~ ^[0-9]+$ ]] && ((BASE >= 1024 && BASE + 101 <= 65535)) \
-  || die "ACCORD_BASE_PORT=$BASE: need an integer so that 1024 <= BASE and BASE+101 <= 65535"
+[[ $BASE =~ ^[0-9]+$ ]] && ((BASE >= 1024 && BASE + 111 <= 65535)) \
+  || die "ACCORD_BASE_PORT=$BASE: need an integer so that 1024 <= BASE and BASE+111 <= 65535"
 readonly BASE
 
 client_port() { echo $((BASE + 10 * $1)); }
 peer_port() { echo $((BASE + 10 * $1 + 1)); }
 coordinator_port() { echo $((BASE + 100 + $1)); }
+ws_port() { echo $((BASE + 110 + $1)); }
 
 etcd_endpoints() {
   local i out=()
@@ -189,8 +191,9 @@ cmd_up() {
     done
   done
   for j in "${REPLICAS[@]}"; do
-    port=$(coordinator_port "$j")
-    port_free "$port" || taken+=("$port")
+    for port in "$(coordinator_port "$j")" "$(ws_port "$j")"; do
+      port_free "$port" || taken+=("$port")
+    done
   done
   ((${#taken[@]} == 0)) \
     || die "port(s) already in use on 127.0.0.1: ${taken[*]} (choose another ACCORD_BASE_PORT)"
@@ -233,6 +236,7 @@ cmd_up() {
   for j in "${REPLICAS[@]}"; do
     spawn "coordinator-$j" "$PYTHON" -m accord.coordinator serve \
       --listen "127.0.0.1:$(coordinator_port "$j")" \
+      --ws-listen "127.0.0.1:$(ws_port "$j")" \
       --etcd "$(etcd_endpoints)" \
       --replica "coordinator-$j"
   done

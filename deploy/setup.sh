@@ -38,8 +38,11 @@ if [ "$dev" = "--dev" ]; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
   fi
-  if [ ! -d "$repo/tests/node/node_modules/@grpc/grpc-js" ]; then
+  # Installed again whenever package-lock.json differs from the one last installed.
+  node_dir="$repo/tests/node"
+  if ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.accord-installed-lock"; then
     echo "setup: installing the Node test packages" >&2
-    (cd "$repo/tests/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$node_dir/package-lock.json" "$node_dir/node_modules/.accord-installed-lock"
   fi
 fi

@@ -168,12 +168,20 @@ class Coordinator(Process):
     port: int = 0
     etcd_endpoints: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
+    # The y-websocket endpoint's port; 0 picks a free one at start (and keeps it on restart).
+    ws_port: int = 0
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def ws_url(self) -> str:
+        """The y-websocket base URL; a client appends /{namespace}/{session}."""
+        return f"ws://127.0.0.1:{self.ws_port}"
+
     def start(self, timeout: float = 30) -> None:
+        self.ws_port = self.ws_port or free_port()
         argv = [
             sys.executable,
             "-m",
@@ -181,6 +189,8 @@ class Coordinator(Process):
             "serve",
             "--listen",
             self.address,
+            "--ws-listen",
+            f"127.0.0.1:{self.ws_port}",
             "--replica",
             self.name,
             *self.extra_args,
@@ -192,6 +202,7 @@ class Coordinator(Process):
         )
         wait_for_port(self.port, timeout, self.popen)
         wait_serving(self.address, timeout)
+        wait_for_port(self.ws_port, timeout, self.popen)
 
     def restart(self) -> None:
         self.kill()
