@@ -4,6 +4,7 @@ document concurrently through both replicas until every copy is identical."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from typing import Any
 
@@ -12,10 +13,12 @@ from pycrdt import Array, Doc, Map, Text, get_state
 
 from accord.client import (
     AsyncClient,
+    Client,
     ConditionFailedError,
     NotFoundError,
     RootKind,
     UpdateEvent,
+    ops,
 )
 from tests.conftest import make_client
 from tests.harness import Coordinator
@@ -313,3 +316,29 @@ async def test_ten_agents_converge_through_two_replicas(
     finally:
         for agent in agents:
             await agent.close()
+
+
+def test_blocking_client_mirrors_sessions(replicas: list[Coordinator], namespace: str) -> None:
+    addresses = [r.address for r in replicas]
+    with Client(addresses, agent_id="blocking", namespace=namespace) as accord:
+        info = accord.sessions.open("plain", roots={"notes": "text"})
+        assert info.created and accord.sessions.list() == [dataclasses.replace(info, created=False)]
+        events = accord.sessions.subscribe("plain")
+        try:
+            assert isinstance(next(events), UpdateEvent)
+            update = text_update("typed ")
+            revision = accord.sessions.push("plain", update)
+            assert next(events) == UpdateEvent(revision, update)
+            applied = accord.sessions.apply("plain", ops.text_insert("notes", 6, "by hand"))
+            assert next(events) == UpdateEvent(applied.revision, applied.update)
+        finally:
+            events.close()
+        state = accord.sessions.read("plain")
+        assert state.json == {"notes": "typed by hand"}
+        assert accord.sessions.sync("plain").state_vector == state.state_vector
+        lease = accord.leases.grant(ttl=10)
+        presence = accord.sessions.set_presence("plain", lease, {"typing": True})
+        assert accord.sessions.read("plain").presence == [presence]
+        accord.leases.revoke(lease)
+        assert accord.sessions.delete("plain", expected_created_revision=info.created_revision)
+        assert accord.sessions.list() == []
