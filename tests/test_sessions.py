@@ -247,10 +247,31 @@ async def test_synced_session_resubscribes_after_its_replica_stops(
             text += "!"
             await live.flush(20)
         state = await writer.sessions.read("roam")
-        assert state.snapshot and state.state_vector == live.doc.get_state()
+        assert clocks(state.state_vector) == clocks(live.doc.get_state())
         words = state.json["notes"]
         assert words == str(text) and words.endswith("!")  # appended after both edits
         assert words[:-1] in ("one two", "twoone ")  # concurrent inserts, in either order
+
+
+async def test_synced_session_loses_no_edit_when_its_replica_crashes(
+    live_replicas: list[Coordinator], namespace: str
+) -> None:
+    first, second = live_replicas
+    async with (
+        make_client([first.address, second.address], namespace, agent="roamer") as roamer,
+        make_client([second.address], namespace, agent="reader") as reader,
+    ):
+        async with roamer.sessions.synced("crash") as live:
+            log = live.doc.get("log", type=Array)
+            for i in range(40):
+                log.append(i)
+                if i == 20:
+                    first.kill()  # pushes in flight now are resent elsewhere, once
+                await asyncio.sleep(0)
+            await live.flush(30)
+        state = await reader.sessions.read("crash")
+        assert state.json == {"log": list(range(40))}
+        assert state.snapshot == live.doc.get_update()
 
 
 # --- convergence ---------------------------------------------------------------------------
