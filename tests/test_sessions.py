@@ -228,6 +228,20 @@ async def test_session_context_keeps_a_doc_in_sync(
         assert state.json == {"notes": "before after", "tasks": {"t1": "review"}}
 
 
+async def test_a_doc_edited_offline_joins_and_merges(client: AsyncClient) -> None:
+    await client.sessions.open("offline")
+    await client.sessions.apply("offline", ops.map_set("board", "online", True))
+    offline: Doc[Any] = Doc()
+    offline.get("board", type=Map)["offline"] = True
+    async with client.sessions.synced("offline", doc=offline) as live:
+        assert live.doc is offline
+        assert offline.get("board", type=Map).to_py() == {"online": True, "offline": True}
+        await live.flush(10)
+        assert (await client.sessions.read("offline")).json == {
+            "board": {"offline": True, "online": True}
+        }
+
+
 async def test_synced_session_resubscribes_after_its_replica_stops(
     live_replicas: list[Coordinator], namespace: str
 ) -> None:
