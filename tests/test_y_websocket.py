@@ -164,9 +164,11 @@ async def agents(replicas: list[Coordinator], namespace: str) -> AsyncIterator[l
         await agent.channel.close()
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool]) -> T:
-    """probe() until done(value), for at most WAIT seconds; the last value otherwise."""
-    deadline = time.monotonic() + WAIT
+async def eventually(
+    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = WAIT
+) -> T:
+    """probe() until done(value), for at most timeout seconds; the last value otherwise."""
+    deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
         value = await probe()
@@ -326,6 +328,32 @@ async def test_socket_presence_ends_with_the_socket_and_no_echo(
         leases_pb2.LeasesListRequest(), metadata=agents[0].metadata, timeout=WAIT
     )
     assert presence.lease_id not in [lease.id for lease in leases.leases]
+
+
+async def test_replica_crash_expires_presence_and_the_app_reconnects(
+    live_replicas: list[Coordinator], namespace: str, agents: list[Agent]
+) -> None:
+    """A replica that dies cannot revoke its sockets' leases: they expire. The Yjs app
+    keeps editing offline and catches up once the replica is back."""
+    async with node_doc(live_replicas[1], namespace, "crash", agent="ada") as ada:
+        client_id = (await ada.call("awareness", state={"user": "ada"}))["clientId"]
+
+        def present(read: sessions_pb2.SessionsReadResponse) -> bool:
+            return any(p.client_id == client_id for p in read.presence)
+
+        assert present(await eventually(lambda: agents[0].read("crash"), present))
+        live_replicas[1].kill()
+        await ada.event("closed")
+        await ada.call("insert", index=0, text="written offline")
+        # The lease expires after its TTL (10 s; etcd may take a little longer).
+        read = await eventually(lambda: agents[0].read("crash"), lambda r: not present(r), 30)
+        assert not present(read), "presence outlived its crashed replica's lease"
+
+        live_replicas[1].start()
+        await ada.event("synced", timeout=30)
+        text = await eventually(lambda: agents[0].text("crash"), bool, 30)
+        assert text == "written offline"
+        assert present(await eventually(lambda: agents[0].read("crash"), present, 30))
 
 
 SYNC_STEP1_EMPTY = b"\x00\x00\x01\x00"  # sync, step 1, a 1-byte empty state vector
