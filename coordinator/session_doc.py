@@ -489,17 +489,22 @@ class SessionDoc:
         busy = self._compacting is not None and not self._compacting.done()
         return not busy and self._covered() > 1
 
+    async def compact_now(self) -> bool:
+        """Compact as the session's one compaction in flight (on unload), so the watch
+        does not start another beside it that close() would cut off halfway."""
+        if self._compacting is None or self._compacting.done():
+            self._compacting = asyncio.create_task(self.compact())
+        return await self._compacting
+
     def _maybe_compact(self) -> None:
         if self._compacting is not None and not self._compacting.done():
-            return
-        if not self._covered():
             return
         garbage = len(self.snapshot_keys) > max(1, -(-self.snapshot_bytes // SNAPSHOT_CHUNK_BYTES))
         if (
             self.log_bytes > max(COMPACT_MIN_LOG_BYTES, self.snapshot_bytes)
             or len(self.log) > COMPACT_MAX_LOG_ENTRIES
             or garbage
-        ):
+        ) and self._covered():  # a scan of the log: only once a threshold is crossed
             self._compacting = asyncio.create_task(self.compact())
 
     async def compact(self) -> bool:
@@ -567,6 +572,14 @@ class SessionDoc:
             current = set(keys)
             stale = [k for k in self.snapshot_keys if k not in current]
             await self._delete_keys(covered + stale)
+            # Forget what we deleted now, not when the watch says so: until then the stale
+            # chunks would look like garbage and start a needless second compaction.
+            for key in stale:
+                self.snapshot_keys.pop(key, None)
+            for key in covered:
+                entry = self.log.pop(key, None)
+                if entry is not None:
+                    self.log_bytes -= entry.size
             return True
         except AccordError as exc:
             _log.info("session compaction failed; will retry", session=self.name, error=exc.message)

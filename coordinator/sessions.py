@@ -354,7 +354,7 @@ class SessionStore:
                 if not _idle(session, now, self.idle_seconds):
                     continue
                 if session.worth_compacting():  # leave it in etcd at its smallest
-                    await session.compact()
+                    await session.compact_now()
                     if not _idle(session, time.monotonic(), self.idle_seconds):
                         continue
                 if self._loaded.get(key) is session:

@@ -274,7 +274,11 @@ async def test_full_restart_brings_every_session_back_byte_identical(
             before[name] = state(reads[0])
         assert before["board"][0] == board.get_update()
         assert before["plan"][0] == union(*first, *second).get_update()
-        assert (await Store(etcd, namespace, "plan").snapshot_revision()) > 0, "not compacted"
+        plan_store = Store(etcd, namespace, "plan")
+        try:
+            assert await plan_store.snapshot_revision() > 0, "plan was never compacted"
+        finally:
+            await plan_store.close()
 
         # everything stops at once, like a power cut, then comes back on its data dir
         for replica in replicas:
@@ -401,3 +405,50 @@ async def test_snapshots_past_the_chunk_size_are_chunked_and_load_exactly(
     finally:
         await store.close()
         await client.close()
+
+
+# --- 4. an idle unload leaves the session at its smallest -----------------------------
+
+
+async def test_idle_unload_folds_the_log_into_exactly_one_snapshot(
+    etcd: EtcdMember, namespace: str, tmp_path: Path
+) -> None:
+    """A compacted session (snapshot plus a log tail) unloaded when idle: one snapshot,
+    no log, no stale chunk left behind, and the state exact."""
+    name = "folded"
+    replica = start_coordinator(
+        tmp_path, "idle", [etcd.endpoint], extra_args=["--session-idle", "1"]
+    )
+    client = Sessions(replica.address, namespace)
+    store = Store(etcd, namespace, name)
+    try:
+        await client.open(name)
+        writer = Doc(client_id=9)
+        updates = [appended(writer, random_text(random.Random(i), 40)) for i in range(2300)]
+        batches = iter(range(0, len(updates), 100))
+
+        async def pusher() -> None:
+            for start in batches:
+                for update in updates[start : start + 100]:
+                    await client.push(name, update)
+
+        await concurrently(*(pusher() for _ in range(8)))
+
+        def folded(stored: Stored) -> bool:
+            return compacted(stored) and not stored.log
+
+        await store.until(folded, "no log and one snapshot after the idle unload")
+        # and it stays so: nothing else was in flight for the stop to cut off halfway
+        assert replica.terminate() == 0
+        stored = await store.read()
+        assert folded(stored), f"{len(stored.snapshot_ids)} snapshots, {len(stored.log)} log"
+        assert len(stored.snapshot_chunks) == 1
+        expected = union(*updates)
+        assert next(iter(stored.snapshot_chunks.values())) == expected.get_update()
+        replica.start()
+        read = await client.read(name)  # loads it again, from the snapshot alone
+        assert read.snapshot == expected.get_update()
+    finally:
+        await store.close()
+        await client.close()
+        replica.kill()
