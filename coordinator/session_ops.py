@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
 from accord.coordinator.errors import FieldViolation, InvalidArgument
+from accord.coordinator.yjs_format import Malformed, update_length
 from accord.v1 import sessions_pb2
 
 MAP = sessions_pb2.ROOT_KIND_MAP
@@ -51,6 +52,13 @@ def check_update(field: str, update: bytes) -> list[FieldViolation]:
         guarded(lambda: Doc().apply_update(update))
     except LibraryFailure as exc:
         return [FieldViolation(field, f"is not a Yjs update (v1 encoding): {exc}")]
+    try:
+        length = update_length(update)
+    except Malformed:  # pycrdt read it whole; our structural walk defers to it
+        length = len(update)
+    if length != len(update):
+        extra = len(update) - length
+        return [FieldViolation(field, f"has {extra} bytes after the end of the Yjs update")]
     return []
 
 

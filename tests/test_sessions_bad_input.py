@@ -11,6 +11,7 @@ from pycrdt import Array, Doc, Map, Text, get_state
 
 from accord.client import AsyncClient, InvalidArgumentError, NotFoundError, UpdateEvent
 from accord.client.sessions import SessionState
+from accord.coordinator.yjs_format import Malformed, update_length
 from tests.harness import Coordinator
 
 MAX_UPDATE_BYTES = 512 * 1024
@@ -33,14 +34,18 @@ def sample_update() -> bytes:
 
 
 def locally_valid(update: bytes) -> bool:
-    """What pycrdt itself says of the bytes (its panics caught like any failure)."""
+    """What pycrdt itself says of the bytes (its panics caught like any failure), and
+    nothing after the update: pycrdt ignores trailing bytes, the server refuses them."""
     try:
         Doc().apply_update(update)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException:  # pyo3 panics derive from BaseException
         return False
-    return True
+    try:
+        return update_length(update) == len(update)
+    except Malformed:
+        return True
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -113,6 +118,18 @@ async def test_empty_truncated_and_garbage_updates(
         assert err.value.field_violations[0][0] == "update"
     await unchanged(client, "victim", seeded)
     await still_serving(pinned, replicas)
+
+
+async def test_trailing_bytes_after_an_update(client: AsyncClient, seeded: SessionState) -> None:
+    valid = sample_update()
+    assert update_length(valid) == len(valid)
+    for junk in (b"\x00", b"junk", valid):  # pycrdt alone would accept each of these
+        assert Doc().apply_update(valid + junk) is None
+        with pytest.raises(InvalidArgumentError) as err:
+            await client.sessions.push("victim", valid + junk)
+        assert err.value.field_violations[0][0] == "update"
+        assert f"{len(junk)} bytes after the end" in err.value.field_violations[0][1]
+    await unchanged(client, "victim", seeded)
 
 
 async def test_oversized_update(client: AsyncClient, seeded: SessionState) -> None:
