@@ -49,7 +49,7 @@ class _Reader:
             if shift > 63:
                 raise Malformed("integer too long")
 
-    def int(self) -> None:
+    def signed(self) -> None:
         b = self.byte()
         shift = 6
         while b & 0x80:
@@ -68,7 +68,7 @@ class _Reader:
         if tag in _FIXED_ANY:
             self.skip(_FIXED_ANY[tag])
         elif tag == 125:
-            self.int()
+            self.signed()
         elif tag in (119, 116):
             self.string()
         elif tag == 118:
