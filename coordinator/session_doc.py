@@ -39,8 +39,8 @@ from accord.v1 import records_pb2, sessions_pb2
 _log = logs.get("accord.sessions")
 
 SNAPSHOT_CHUNK_BYTES = 512 * 1024
-# Compact once the log holds more than this, or more than the snapshot itself.
-COMPACT_MIN_LOG_BYTES = 64 * 1024
+# Compact once the log (keys and values) holds more than this and more than the snapshot.
+COMPACT_MIN_LOG_BYTES = 16 * 1024
 COMPACT_MAX_LOG_ENTRIES = 2000
 DELETE_BATCH = 100
 # A subscriber further behind than this gets its pending updates merged into one.
@@ -112,10 +112,32 @@ class Subscriber:
         self._closed = True
         self._wake.set()
 
+    def _next(self) -> Event:
+        """The next event; updates queued back to back go out as one merged message (a
+        stream message costs far more than merging small updates)."""
+        event = self._events.popleft()
+        if event.WhichOneof("event") != "update":
+            return event
+        run = [event.update]
+        revision = event.revision
+        while self._events and self._events[0].WhichOneof("event") == "update":
+            later = self._events.popleft()
+            run.append(later.update)
+            revision = later.revision
+        if len(run) == 1:
+            return event
+        try:
+            merged = guarded(lambda: merge_updates(*run))
+        except LibraryFailure:  # stored updates all decoded once; send them one by one
+            for update in reversed(run[1:]):
+                self._events.appendleft(Event(revision=revision, update=update))
+            return event
+        return Event(revision=revision, update=merged)
+
     async def events(self) -> AsyncIterator[Event]:
         while True:
             while self._events:
-                yield self._events.popleft()
+                yield self._next()
             if self._closed:
                 if self._ended is not None:
                     raise self._ended
@@ -240,7 +262,7 @@ class SessionDoc:
         return int(revision)
 
     def _add_entry(self, kv: Any) -> bool:
-        entry = LogEntry(kv.create_revision, len(kv.value))
+        entry = LogEntry(kv.create_revision, len(kv.key) + len(kv.value))
         self.log[kv.key] = entry
         self.log_bytes += entry.size
         if not self._apply(kv.value):

@@ -19,14 +19,15 @@ from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 from pycrdt import Doc, Map, Text
 
+from accord.coordinator.session_doc import (
+    COMPACT_MAX_LOG_ENTRIES,
+    COMPACT_MIN_LOG_BYTES,
+    SNAPSHOT_CHUNK_BYTES,
+)
 from accord.v1 import sessions_pb2, sessions_pb2_grpc
 from tests.harness import Coordinator, EtcdMember, start_coordinator, start_etcd
 
 ROOT = "accord"  # the coordinators' default --root
-# Mirrors coordinator/session_doc.py: what the tests must cross.
-SNAPSHOT_CHUNK_BYTES = 512 * 1024
-COMPACT_MIN_LOG_BYTES = 64 * 1024
-COMPACT_MAX_LOG_ENTRIES = 2000
 WAIT_SECONDS = 60
 
 
