@@ -33,7 +33,7 @@ from pycrdt import Decoder, Doc, get_state, merge_updates
 from accord.coordinator import calls, logs
 from accord.coordinator.errors import AccordError, BackendUnavailable, Compacted, NotFound
 from accord.coordinator.etcd import Etcd, prefix_end
-from accord.coordinator.session_ops import LibraryFailure, guarded
+from accord.coordinator.session_ops import LibraryFailure, guarded, kinds_of
 from accord.v1 import records_pb2, sessions_pb2
 
 _log = logs.get("accord.sessions")
@@ -176,6 +176,7 @@ class SessionDoc:
     _compacting: asyncio.Task[bool] | None = None
     _failed_updates: int = 0
     _pending: set[bytes] = field(default_factory=set)
+    _inferred: dict[str, int] = field(default_factory=dict)
 
     # --- layout -------------------------------------------------------------------
 
@@ -278,6 +279,13 @@ class SessionDoc:
             have.get(client, 0) >= clock
             for client, clock in _state_vector(get_state(update)).items()
         )
+
+    def root_kinds(self, state: bytes, declared: dict[str, int]) -> dict[str, int]:
+        """Every root's kind: declared, else inferred once (a root keeps the kind its first
+        content gave it, so inferences are remembered while the session is loaded)."""
+        kinds = kinds_of(state, {**self._inferred, **declared})
+        self._inferred.update(kinds)
+        return kinds
 
     def state_update(self, state_vector: bytes = b"\x00") -> bytes:
         """What state_vector lacks, pending updates included (the document's own encoding

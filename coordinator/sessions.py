@@ -397,7 +397,7 @@ class SessionStore:
             if not found.kvs or found.kvs[0].create_revision != session.created_revision:
                 raise session.not_found()
             record = records_pb2.SessionRecord.FromString(found.kvs[0].value)
-            kinds = session_ops.kinds_of(state, dict(record.roots))
+            kinds = session.root_kinds(state, dict(record.roots))
             view = session_ops.json_view(state, kinds)
             info = _info(name, found.kvs[0], record)
             return Snapshot(revision, info, state, state_vector, view, presence)
@@ -486,7 +486,7 @@ class SessionStore:
             raise session.not_found()
         declared = dict(records_pb2.SessionRecord.FromString(found.kvs[0].value).roots)
         state = session.doc.get_update()
-        kinds = session_ops.kinds_of(state, declared)
+        kinds = session.root_kinds(state, declared)
         update, _ = session_ops.apply_operations(state, session.ops_client_id, operations, kinds)
         if not update:
             return session.applied_revision, b""
