@@ -50,6 +50,13 @@ class TlsFiles:
     key: str | None = None
 
 
+def put_op(key: bytes, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> Any:
+    """One put, as an operation of an etcd transaction."""
+    return rpc.RequestOp(
+        request_put=rpc.PutRequest(key=key, value=value, lease=lease, prev_kv=prev_kv)
+    )
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The smallest key greater than every key starting with prefix (etcd's range_end)."""
     b = bytearray(prefix)

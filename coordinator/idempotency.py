@@ -27,6 +27,7 @@ from aetcd.rpc import rpc_pb2 as rpc
 
 from accord.coordinator import calls, logs
 from accord.coordinator.errors import AccordError, RequestIdReused
+from accord.coordinator.etcd import put_op
 from accord.coordinator.group_commit import GroupCommitter
 from accord.v1 import records_pb2
 
@@ -63,10 +64,10 @@ class Idempotency:
     def wrap(inner: Any, key: bytes, digest: bytes, lease: int) -> Any:
         """Add the record to both branches of inner; run inner only on the first attempt."""
         applied = records_pb2.IdempotencyRecord(fingerprint=digest, applied=True)
-        inner.success.append(_put(key, applied.SerializeToString(), lease))
+        inner.success.append(put_op(key, applied.SerializeToString(), lease=lease))
         if len(inner.compare):
             refused = records_pb2.IdempotencyRecord(fingerprint=digest, applied=False)
-            inner.failure.append(_put(key, refused.SerializeToString(), lease))
+            inner.failure.append(put_op(key, refused.SerializeToString(), lease=lease))
         return rpc.TxnRequest(
             compare=[
                 rpc.Compare(
@@ -146,7 +147,3 @@ class Idempotency:
                 await asyncio.wait_for(
                     asyncio.gather(*self._tasks, return_exceptions=True), REMEMBER_TIMEOUT_SECONDS
                 )
-
-
-def _put(key: bytes, value: bytes, lease: int) -> Any:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))

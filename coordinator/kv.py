@@ -38,7 +38,7 @@ from accord.coordinator.errors import (
     StoredFailure,
     invalid,
 )
-from accord.coordinator.etcd import Etcd, prefix_end
+from accord.coordinator.etcd import Etcd, prefix_end, put_op
 from accord.coordinator.group_commit import GroupCommitter
 from accord.coordinator.idempotency import Idempotency, Prior, fingerprint
 from accord.coordinator.leases import LeaseStore
@@ -421,7 +421,7 @@ class KVStore:
             if op.value is not None:
                 stored = records_pb2.StoredValue(value=op.value, written_by=provenance)
                 success.append(
-                    _put(data_key, stored.SerializeToString(), prev_kv=True, lease=op.lease)
+                    put_op(data_key, stored.SerializeToString(), prev_kv=True, lease=op.lease)
                 )
                 size += len(data_key) + len(op.value) + 64
             else:
@@ -433,7 +433,7 @@ class KVStore:
                     )
                 )
                 tombstone = records_pb2.Tombstone(deleted_by=provenance).SerializeToString()
-                success.append(_put(tomb_key, tombstone, lease=lease))
+                success.append(put_op(tomb_key, tombstone, lease=lease))
                 size += 2 * len(data_key) + 64
         compares = [
             preconditions.compare(self._data_key(ns, c.key), c.precondition) for c in checks
@@ -795,12 +795,6 @@ def _now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(time.time_ns())
     return ts
-
-
-def _put(key: bytes, value: bytes, *, prev_kv: bool = False, lease: int = 0) -> Any:
-    return rpc.RequestOp(
-        request_put=rpc.PutRequest(key=key, value=value, prev_kv=prev_kv, lease=lease)
-    )
 
 
 def _range(key: bytes) -> Any:

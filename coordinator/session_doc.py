@@ -32,7 +32,7 @@ from pycrdt import Decoder, Doc, get_state, merge_updates
 
 from accord.coordinator import calls, logs
 from accord.coordinator.errors import AccordError, BackendUnavailable, Compacted, NotFound
-from accord.coordinator.etcd import Etcd, prefix_end
+from accord.coordinator.etcd import Etcd, prefix_end, put_op
 from accord.coordinator.session_ops import LibraryFailure, guarded, kinds_of
 from accord.v1 import records_pb2, sessions_pb2
 
@@ -570,7 +570,7 @@ class SessionDoc:
             )
             for key, chunk in zip(keys[:-1], chunks[:-1], strict=True):
                 await self.etcd.txn(
-                    rpc.TxnRequest(compare=[alive], success=[_put(key, chunk)]), retry=True
+                    rpc.TxnRequest(compare=[alive], success=[put_op(key, chunk)]), retry=True
                 )
             record.snapshot_revision = revision
             record.snapshot_chunks = len(chunks)
@@ -588,8 +588,8 @@ class SessionDoc:
                         ),
                     ],
                     success=[
-                        _put(keys[-1], chunks[-1]),
-                        _put(self.meta_key, record.SerializeToString()),
+                        put_op(keys[-1], chunks[-1]),
+                        put_op(self.meta_key, record.SerializeToString()),
                     ],
                 ),
                 retry=False,
@@ -655,7 +655,3 @@ def _state_vector(encoded: bytes) -> dict[int, int]:
     return {
         decoder.read_var_uint(): decoder.read_var_uint() for _ in range(decoder.read_var_uint())
     }
-
-
-def _put(key: bytes, value: bytes, lease: int = 0) -> Any:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
