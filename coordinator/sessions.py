@@ -17,9 +17,9 @@ import random
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aetcd.rpc import rpc_pb2 as rpc
 from google.protobuf import timestamp_pb2
@@ -31,11 +31,12 @@ from accord.coordinator.errors import (
     ConditionFailed,
     FieldViolation,
     InvalidArgument,
+    LeaseNotFound,
     NotFound,
     StoredFailure,
     invalid,
 )
-from accord.coordinator.etcd import Etcd, prefix_end
+from accord.coordinator.etcd import Etcd, prefix_end, put_op
 from accord.coordinator.group_commit import GroupCommitter
 from accord.coordinator.idempotency import Idempotency, Prior, fingerprint
 from accord.coordinator.leases import LeaseStore
@@ -46,6 +47,7 @@ from accord.coordinator.session_doc import Event, SessionDoc
 from accord.v1 import common_pb2, records_pb2, sessions_pb2
 
 _log = logs.get("accord.sessions")
+T = TypeVar("T")
 
 MAX_NAME_BYTES = 256
 MAX_UPDATE_BYTES = 512 * 1024
@@ -154,7 +156,7 @@ class SessionStore:
             done = await self._etcd.txn(
                 rpc.TxnRequest(
                     compare=[_mod_equals(key, raw.mod_revision)],
-                    success=[_put(key, record.SerializeToString())],
+                    success=[put_op(key, record.SerializeToString())],
                 )
             )
             if done.succeeded:
@@ -180,7 +182,7 @@ class SessionStore:
                         key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
                     )
                 ],
-                success=[_put(key, record.SerializeToString()), _put(doc.alive_key, b"")],
+                success=[put_op(key, record.SerializeToString()), put_op(doc.alive_key, b"")],
             )
         )
         if not done.succeeded:
@@ -274,10 +276,10 @@ class SessionStore:
                 ),
             ],
         )
-        txn = inner
         if idem:
-            txn = Idempotency.wrap(inner, idem, digest, await self._retention.current())
-        done = await self._etcd.txn(txn)
+            done = await self._retained(inner, idem, digest, self._etcd.txn)
+        else:
+            done = await self._etcd.txn(inner)
         response = done
         if idem:
             response, prior = Idempotency.unwrap(done, digest, request_id)
@@ -289,6 +291,27 @@ class SessionStore:
                 metadata={"session": name},
             )
         return int(done.header.revision), True
+
+    async def _retained(
+        self,
+        inner: Any,
+        idem: bytes,
+        digest: bytes,
+        send: Callable[[Any], Awaitable[T]],
+    ) -> T:
+        """Send inner wrapped with its idempotency record on the retention lease; if that
+        lease is gone (revoked by hand, a reset cluster), once more on a fresh one."""
+        for attempt in range(2):
+            lease = await self._retention.current()
+            copy = rpc.TxnRequest()
+            copy.CopyFrom(inner)
+            try:
+                return await send(Idempotency.wrap(copy, idem, digest, lease))
+            except LeaseNotFound:
+                if attempt:
+                    raise
+                self._retention.forget(lease)
+        raise AssertionError("unreachable")
 
     async def _prior(self, idem: bytes, digest: bytes, request_id: str) -> Prior | None:
         found = await self._etcd.range(rpc.RangeRequest(key=idem))
@@ -522,7 +545,7 @@ class SessionStore:
         request_id was seen before."""
         log_key = session.log_key(uuid.uuid4().hex)
         committed, prior = await self._commit(
-            session, [_put(log_key, update)], {log_key}, len(update), request_id, fence, digest
+            session, [put_op(log_key, update)], {log_key}, len(update), request_id, fence, digest
         )
         answer_type = (
             sessions_pb2.SessionsApplyResponse
@@ -581,9 +604,13 @@ class SessionStore:
         if request_id:
             idem = self._idempotency.key(call.namespace, call.agent_id, request_id)
             keys.add(idem)
-            wrapped = Idempotency.wrap(inner, idem, digest, await self._retention.current())
-            committed = await self._committer.commit(
-                wrapped, keys, size + len(idem) + 128, retry=True, weight=weight + 1
+            committed = await self._retained(
+                inner,
+                idem,
+                digest,
+                lambda txn: self._committer.commit(
+                    txn, keys, size + len(idem) + 128, retry=True, weight=weight + 1
+                ),
             )
             response, prior = Idempotency.unwrap(committed.response, digest, request_id)
             if prior is not None:
@@ -650,7 +677,7 @@ class SessionStore:
                 updated_at=_now(),
             )
             if state_json:
-                op = _put(key, presence.SerializeToString(), lease=lease_id)
+                op = put_op(key, presence.SerializeToString(), lease=lease_id)
             elif current is None:
                 return int(found.header.revision), presence
             else:
@@ -739,10 +766,6 @@ def _mod_equals(key: bytes, revision: int) -> Any:
     return rpc.Compare(
         key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision
     )
-
-
-def _put(key: bytes, value: bytes, lease: int = 0) -> Any:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
 
 
 def _now() -> timestamp_pb2.Timestamp:

@@ -17,6 +17,7 @@ from accord.client import (
     UpdateEvent,
     ops,
 )
+from tests.harness import EtcdMember
 
 
 def text_update(content: str) -> bytes:
@@ -137,3 +138,22 @@ async def test_synced_session_with_a_stale_fence_reports_it(
             await live.flush(10)
         assert isinstance(live.error, FencedError)
     assert (await client.sessions.read("fenced-live")).json == {"notes": "held"}
+
+
+async def test_writes_survive_their_retention_lease_being_revoked(
+    client: AsyncClient, etcd: EtcdMember
+) -> None:
+    """Idempotency records hang on a retention lease; when it is gone (revoked by hand,
+    a reset cluster), pushes, applies and deletes with a request_id take a fresh one."""
+    await client.sessions.open("kept")
+    await client.sessions.push("kept", text_update("warm"), request_id="warm-up")
+    for line in etcd.ctl("lease", "list").splitlines()[1:]:
+        etcd.ctl("lease", "revoke", line.strip())
+    update = text_update("a")
+    revision = await client.sessions.push("kept", update, request_id="after-revoke")
+    assert await client.sessions.push("kept", update, request_id="after-revoke") == revision
+    applied = await client.sessions.apply(
+        "kept", ops.text_insert("notes", 0, "b"), request_id="apply-after-revoke"
+    )
+    assert applied.revision > revision
+    assert await client.sessions.delete("kept", request_id="delete-after-revoke")
