@@ -96,6 +96,13 @@ def serve(
             help="seconds before an unused session is unloaded from memory",
         ),
     ] = 30.0,
+    vote_admin: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="ACCORD_VOTE_ADMINS",
+            help="agent id that may cancel any vote (repeatable; default: admin)",
+        ),
+    ] = None,
 ) -> None:
     """Run a coordinator replica until SIGTERM or SIGINT."""
     from accord.coordinator.server import serve as run
@@ -114,6 +121,7 @@ def serve(
         limits=Limits(max_value_bytes=max_value_bytes),
         idempotency_ttl_seconds=idempotency_ttl,
         session_idle_seconds=session_idle,
+        vote_admins=tuple(vote_admin) if vote_admin else ("admin",),
     )
     try:
         _run_loop(run(settings))

@@ -153,6 +153,26 @@ class Deadlocked(AccordError):
     reason = "DEADLOCK"
 
 
+class VoteClosed(AccordError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "VOTE_CLOSED"
+
+
+class NotEligible(AccordError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "NOT_ELIGIBLE"
+
+
+class AlreadyVoted(AccordError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_VOTED"
+
+
+class NotPermitted(AccordError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "NOT_PERMITTED"
+
+
 class StoredFailure(AccordError):
     """A failure answered before, replayed verbatim from its stored google.rpc.Status."""
 

@@ -36,6 +36,10 @@ from accord.coordinator.retention import RetentionLeases
 from accord.coordinator.sessions import SessionStore
 from accord.coordinator.sessions_service import SessionsService
 from accord.coordinator.settings import Settings
+from accord.coordinator.vote_feeds import VoteFeeds
+from accord.coordinator.vote_timers import VoteTimers
+from accord.coordinator.votes import VoteStore
+from accord.coordinator.votes_service import VotesService
 from accord.coordinator.y_websocket import YWebsocketServer
 from accord.v1 import (
     kv_pb2,
@@ -46,6 +50,8 @@ from accord.v1 import (
     locks_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
+    votes_pb2,
+    votes_pb2_grpc,
 )
 
 _log = logs.get("accord.server")
@@ -54,6 +60,7 @@ SERVICES = [
     leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
     locks_pb2.DESCRIPTOR.services_by_name["Locks"].full_name,
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
+    votes_pb2.DESCRIPTOR.services_by_name["Votes"].full_name,
 ]
 HEALTH_INTERVAL_SECONDS = 2.0
 GC_YOUNG_THRESHOLD = 50_000
@@ -70,6 +77,8 @@ class Replica:
         self.committer: GroupCommitter | None = None
         self.idempotency: Idempotency | None = None
         self.sessions: SessionStore | None = None
+        self.vote_feeds: VoteFeeds | None = None
+        self.vote_timers: VoteTimers | None = None
         self.port = 0
         self.ws: YWebsocketServer | None = None
         self.ws_port = 0  # the y-websocket endpoint's bound port (0: not serving it)
@@ -115,6 +124,18 @@ class Replica:
             root=settings.root,
             idle_seconds=settings.session_idle_seconds,
         )
+        votes = VoteStore(
+            self.etcd,
+            self.committer,
+            retention,
+            self.idempotency,
+            leases,
+            locks,
+            root=settings.root,
+            admin_agents=settings.vote_admins,
+        )
+        self.vote_feeds = VoteFeeds(self.etcd, votes)
+        self.vote_timers = VoteTimers(self.etcd, votes)
 
         self.server = grpc.aio.server(
             interceptors=[CallInterceptor()],
@@ -141,6 +162,9 @@ class Replica:
         sessions_pb2_grpc.add_SessionsServicer_to_server(
             SessionsService(self.sessions, replica), self.server
         )
+        votes_pb2_grpc.add_VotesServicer_to_server(
+            VotesService(votes, self.vote_feeds, replica), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
             [
@@ -154,6 +178,7 @@ class Replica:
         if settings.ws_listen:
             self.ws = YWebsocketServer(self.sessions, leases)
             self.ws_port = await self.ws.start(settings.ws_listen)
+        self.vote_timers.start()
         self._health_task = asyncio.create_task(self._watch_health())
         _log.info(
             "coordinator serving",
@@ -218,9 +243,13 @@ class Replica:
             await self._health.enter_graceful_shutdown()
             if self.sessions:  # long-lived streams would hold up the drain
                 self.sessions.end_streams()
+            if self.vote_feeds:
+                self.vote_feeds.end_streams()
             await self.server.stop(self.settings.shutdown_grace_seconds)
         if self.sessions:
             await self.sessions.close()
+        if self.vote_timers:
+            await self.vote_timers.close()
         if self.committer:
             _log.info(
                 "group commit totals", batches=self.committer.batches, writes=self.committer.writes

@@ -29,3 +29,5 @@ class Settings:
     shutdown_grace_seconds: float = 5.0
     # A session nobody used for this long is unloaded from memory (it stays in etcd).
     session_idle_seconds: float = 30.0
+    # Agents that may cancel any vote (besides its proposer).
+    vote_admins: tuple[str, ...] = ("admin",)

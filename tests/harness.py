@@ -170,6 +170,8 @@ class Coordinator(Process):
     extra_args: list[str] = field(default_factory=list)
     # The y-websocket endpoint's port; 0 picks a free one at start (and keeps it on restart).
     ws_port: int = 0
+    # Extra environment for the process (e.g. ACCORD_FAILPOINTS).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -198,7 +200,12 @@ class Coordinator(Process):
         if self.etcd_endpoints:
             argv += ["--etcd", ",".join(self.etcd_endpoints)]
         self._spawn(
-            argv, env={**os.environ, "ACCORD_LOG_LEVEL": os.environ.get("ACCORD_LOG_LEVEL", "info")}
+            argv,
+            env={
+                **os.environ,
+                "ACCORD_LOG_LEVEL": os.environ.get("ACCORD_LOG_LEVEL", "info"),
+                **self.env,
+            },
         )
         wait_for_port(self.port, timeout, self.popen)
         wait_serving(self.address, timeout)
@@ -210,7 +217,11 @@ class Coordinator(Process):
 
 
 def start_coordinator(
-    base: Path, name: str, etcd_endpoints: list[str], extra_args: list[str] | None = None
+    base: Path,
+    name: str,
+    etcd_endpoints: list[str],
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Coordinator:
     replica = Coordinator(
         name=name,
@@ -218,6 +229,7 @@ def start_coordinator(
         port=free_port(),
         etcd_endpoints=etcd_endpoints,
         extra_args=extra_args or [],
+        env=env or {},
     )
     replica.start()
     return replica

@@ -63,6 +63,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The lease does not hold (or wait for) that lock."""
     ERROR_REASON_LOCK_CONFLICT: _ErrorReason.ValueType  # 16
     """The request contradicts how the lock is already used (e.g. semaphore permits)."""
+    ERROR_REASON_VOTE_CLOSED: _ErrorReason.ValueType  # 17
+    """The vote is decided (accord.v1.Decision says how) or past its deadline."""
+    ERROR_REASON_NOT_ELIGIBLE: _ErrorReason.ValueType  # 18
+    """The caller is not in the vote's electorate (or may not veto)."""
+    ERROR_REASON_ALREADY_VOTED: _ErrorReason.ValueType  # 19
+    """The caller already cast a different ballot and the vote does not allow changes;
+    accord.v1.Ballot is the ballot that stands.
+    """
+    ERROR_REASON_NOT_PERMITTED: _ErrorReason.ValueType  # 20
+    """The caller may not do this (e.g. cancel a vote it did not propose)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons Accord puts in google.rpc.ErrorInfo.reason (domain "accord.v1"),
@@ -107,6 +117,16 @@ ERROR_REASON_NOT_HELD: ErrorReason.ValueType  # 15
 """The lease does not hold (or wait for) that lock."""
 ERROR_REASON_LOCK_CONFLICT: ErrorReason.ValueType  # 16
 """The request contradicts how the lock is already used (e.g. semaphore permits)."""
+ERROR_REASON_VOTE_CLOSED: ErrorReason.ValueType  # 17
+"""The vote is decided (accord.v1.Decision says how) or past its deadline."""
+ERROR_REASON_NOT_ELIGIBLE: ErrorReason.ValueType  # 18
+"""The caller is not in the vote's electorate (or may not veto)."""
+ERROR_REASON_ALREADY_VOTED: ErrorReason.ValueType  # 19
+"""The caller already cast a different ballot and the vote does not allow changes;
+accord.v1.Ballot is the ballot that stands.
+"""
+ERROR_REASON_NOT_PERMITTED: ErrorReason.ValueType  # 20
+"""The caller may not do this (e.g. cancel a vote it did not propose)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
