@@ -4,7 +4,8 @@ A feed reads the vote once (deciding it first if it is due), then follows its re
 and ballots from the next revision, so a watcher joining at any moment gets the state
 as of the feed's latest event and then every later event, in revision order per key.
 The decision ends every watcher's stream; the decision message carries the final tally,
-so nothing a watcher needs depends on the order of the record's and the ballots' events.
+and before it the feed sends any ballot the (possibly lagging) ballots' watcher has not
+delivered yet, read at the decision's revision: every ballot the decision counts is seen.
 A watcher that reconnects elsewhere starts again from the state, losing nothing.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aetcd.rpc import rpc_pb2 as rpc
 
@@ -35,6 +37,7 @@ class _Feed:
         self.subscribers: set[asyncio.Queue[_Item]] = set()
         self.ready = asyncio.Event()
         self.error: AccordError | None = None
+        self.finished = False
         self.task: asyncio.Task[None] | None = None
 
     def state(self) -> votes_pb2.VotesWatchResponse:
@@ -73,7 +76,7 @@ class VoteFeeds:
         ns = calls.current.get().namespace
         key = (ns, vote_id)
         feed = self._feeds.get(key)
-        if feed is None or feed.error is not None:
+        if feed is None or feed.error is not None or feed.finished:
             feed = _Feed(ns, vote_id)
             self._feeds[key] = feed
             feed.task = asyncio.create_task(self._follow(feed))
@@ -131,11 +134,9 @@ class VoteFeeds:
                 feed.snapshot.vote.status == votes_pb2.VOTE_STATUS_DECIDED
             )
             # Decided: every stream has its last message. Otherwise the watch ended early.
-            error = BackendUnavailable("the vote's watch ended; watch again")
-            if decided:
-                feed.error = error  # later watchers start a fresh feed
-            else:
-                feed.fail(error)
+            feed.finished = True  # later watchers start a fresh feed
+            if not decided:
+                feed.fail(BackendUnavailable("the vote's watch ended; watch again"))
         finally:
             if self._feeds.get((feed.ns, feed.vote_id)) is feed:
                 del self._feeds[(feed.ns, feed.vote_id)]
@@ -164,16 +165,39 @@ class VoteFeeds:
                         raise NotFound(f"vote {feed.vote_id!r} was deleted")
                     vote = parse_record(kv)
                     if vote.status == votes_pb2.VOTE_STATUS_DECIDED:
+                        # The ballots' watcher may lag the record's: send what it has not
+                        # delivered yet, as etcd held it when the decision was written.
+                        await self._catch_up(feed, prefix, kv.mod_revision)
                         feed.snapshot = Snapshot(kv.mod_revision, vote, kv.mod_revision, [])
                         feed.send(
                             votes_pb2.VotesWatchResponse(header=header, decision=vote.decision)
                         )
                         return
                 elif event.type == event.PUT:
-                    ballot = votes_pb2.Ballot.FromString(kv.value)
-                    ballot.revision = kv.mod_revision
-                    feed.ballots[ballot.voter] = ballot
-                    feed.snapshot = Snapshot(
-                        kv.mod_revision, feed.snapshot.vote, feed.snapshot.record_mod, []
-                    )
-                    feed.send(votes_pb2.VotesWatchResponse(header=header, ballot=ballot))
+                    self._offer(feed, kv)
+
+    async def _catch_up(self, feed: _Feed, prefix: bytes, revision: int) -> None:
+        found = await self._etcd.range(
+            rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), revision=revision)
+        )
+        for kv in sorted(found.kvs, key=lambda kv: kv.mod_revision):
+            self._offer(feed, kv)
+
+    @staticmethod
+    def _offer(feed: _Feed, kv: Any) -> None:
+        """A ballot as stored at kv.mod_revision: sent unless already sent."""
+        ballot = votes_pb2.Ballot.FromString(kv.value)
+        seen = feed.ballots.get(ballot.voter)
+        if seen is not None and seen.revision >= kv.mod_revision:
+            return
+        ballot.revision = kv.mod_revision
+        feed.ballots[ballot.voter] = ballot
+        assert feed.snapshot is not None
+        feed.snapshot = Snapshot(
+            max(kv.mod_revision, feed.snapshot.revision),
+            feed.snapshot.vote,
+            feed.snapshot.record_mod,
+            [],
+        )
+        header = common_pb2.ResponseHeader(revision=kv.mod_revision)
+        feed.send(votes_pb2.VotesWatchResponse(header=header, ballot=ballot))
