@@ -64,50 +64,54 @@ class _Count:
 
 def _count(vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot]) -> _Count:
     spec = vote.spec
-    weights = {v.agent_id: Fraction(v.weight) for v in vote.voters}
-    count = _Count(
-        weight={o: Fraction(0) for o in spec.options},
-        voters={o: 0 for o in spec.options},
-        confidence={o: [] for o in spec.options},
-        cast_weight=Fraction(0),
-        participated=0,
-        participated_weight=Fraction(0),
-        abstained=0,
-        abstained_weight=Fraction(0),
-        vetoed_by=[],
-        missing_voters=0,
-        missing_weight=Fraction(0),
-        missing_veto_holders=0,
-        electorate_size=len(weights),
-        electorate_weight=sum(weights.values(), Fraction(0)),
-    )
+    # Sum in integers: every float is an exact dyadic fraction n/d, so scaling all weights
+    # by the largest d (a power of two) makes them exact integers. Fractions at the end.
+    ratios = [(v.agent_id, v.weight.as_integer_ratio()) for v in vote.voters]
+    scale = max((d for _, (_, d) in ratios), default=1)
+    weights = {agent: n * (scale // d) for agent, (n, d) in ratios}
+    per_option = dict.fromkeys(spec.options, 0)
+    voters = dict.fromkeys(spec.options, 0)
+    confidence: dict[str, list[float]] = {o: [] for o in spec.options}
+    cast = participated = participated_weight = abstained = abstained_weight = 0
+    vetoed_by: list[str] = []
     seen: set[str] = set()
     for ballot in ballots:
         seen.add(ballot.voter)
         if ballot.veto:
-            count.vetoed_by.append(ballot.voter)
+            vetoed_by.append(ballot.voter)
         weight = weights.get(ballot.voter)
         if weight is None:
             continue
         if ballot.abstain:
-            count.abstained += 1
-            count.abstained_weight += weight
-        elif ballot.choice in count.weight:
-            count.weight[ballot.choice] += weight
-            count.voters[ballot.choice] += 1
-            count.cast_weight += weight
+            abstained += 1
+            abstained_weight += weight
+        elif ballot.choice in per_option:
+            per_option[ballot.choice] += weight
+            voters[ballot.choice] += 1
+            cast += weight
             if ballot.confidence:
-                count.confidence[ballot.choice].append(ballot.confidence)
+                confidence[ballot.choice].append(ballot.confidence)
         else:
             continue  # a voter's veto-only ballot: not participation
-        count.participated += 1
-        count.participated_weight += weight
-    for agent, weight in weights.items():
-        if agent not in seen:
-            count.missing_voters += 1
-            count.missing_weight += weight
-    count.missing_veto_holders = sum(1 for h in spec.veto_holders if h not in seen)
-    return count
+        participated += 1
+        participated_weight += weight
+    missing = [w for agent, w in weights.items() if agent not in seen]
+    return _Count(
+        weight={o: Fraction(w, scale) for o, w in per_option.items()},
+        voters=voters,
+        confidence=confidence,
+        cast_weight=Fraction(cast, scale),
+        participated=participated,
+        participated_weight=Fraction(participated_weight, scale),
+        abstained=abstained,
+        abstained_weight=Fraction(abstained_weight, scale),
+        vetoed_by=vetoed_by,
+        missing_voters=len(missing),
+        missing_weight=Fraction(sum(missing), scale),
+        missing_veto_holders=sum(1 for h in spec.veto_holders if h not in seen),
+        electorate_size=len(weights),
+        electorate_weight=Fraction(sum(weights.values()), scale),
+    )
 
 
 def tally(vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot]) -> votes_pb2.Tally:

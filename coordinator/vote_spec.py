@@ -238,6 +238,7 @@ def check_against_electorate(
 def check_ballot(
     vote: votes_pb2.Vote,
     agent: str,
+    weight: float | None,
     *,
     choice: str,
     abstain: bool,
@@ -245,12 +246,13 @@ def check_ballot(
     rationale: str,
     confidence: float,
 ) -> tuple[list[FieldViolation], str]:
-    """(malformed fields, why the agent may not cast it: empty when it may)."""
+    """(malformed fields, why the agent may not cast it: empty when it may). weight is
+    the agent's in the electorate, None when it is not a voter."""
     spec = vote.spec
     out = _text("rationale", rationale, MAX_RATIONALE_BYTES, required=False)
     if not (math.isfinite(confidence) and 0 <= confidence <= 1):
         out.append(FieldViolation("confidence", "must be between 0 and 1"))
-    is_voter = any(v.agent_id == agent for v in vote.voters)
+    is_voter = weight is not None
     may_veto = agent in spec.veto_holders
     if not agent:
         return out, "the call carries no agent id (accord-agent-id metadata)"

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aetcd.rpc import rpc_pb2 as rpc
 from google.protobuf import timestamp_pb2
@@ -63,6 +63,7 @@ DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 OPEN_CACHE_SIZE = 10_000
 DECIDE_ATTEMPTS = 16
+BALLOT_CACHE_VOTES = 256
 TIMERS = "vote-timers"
 
 
@@ -85,6 +86,22 @@ class Snapshot:
         else:
             out.tally.CopyFrom(vote_rules.tally(self.vote, self.ballots))
         return out
+
+
+class _OpenVote(NamedTuple):
+    """An open vote's record and its voters' weights."""
+
+    vote: votes_pb2.Vote
+    weights: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ballots:
+    """An open vote's ballots as read at revision (never changed in place)."""
+
+    created_revision: int
+    revision: int
+    ballots: dict[str, votes_pb2.Ballot]
 
 
 @dataclass(slots=True)
@@ -121,8 +138,9 @@ class VoteStore:
         self._admins = frozenset(admin_agents)
         # Open votes' records: immutable until decided, and a stale entry is harmless
         # (every ballot's Txn checks the record is unchanged).
-        self._open: OrderedDict[tuple[str, str], votes_pb2.Vote] = OrderedDict()
+        self._open: OrderedDict[tuple[str, str], _OpenVote] = OrderedDict()
         self._settling: dict[tuple[str, str], _Coalesced] = {}
+        self._ballots: OrderedDict[tuple[str, str], _Ballots] = OrderedDict()
 
     # --- keys ---------------------------------------------------------------------
 
@@ -243,10 +261,12 @@ class VoteStore:
         _require(
             vote_spec.check_vote_id("vote_id", vote_id) + check_request_id("request_id", request_id)
         )
-        vote = await self._open_record(ns, vote_id)
+        vote, weights = await self._open_record(ns, vote_id)
+        weight = weights.get(agent)
         malformed, ineligible = vote_spec.check_ballot(
             vote,
             agent,
+            weight,
             choice=choice,
             abstain=abstain,
             veto=veto,
@@ -271,7 +291,6 @@ class VoteStore:
             repr(confidence).encode(),
             fence.SerializeToString(deterministic=True) if fence is not None else b"",
         )
-        weight = next((v.weight for v in vote.voters if v.agent_id == agent), 0.0)
         ballot = votes_pb2.Ballot(
             voter=agent,
             choice=choice,
@@ -279,7 +298,7 @@ class VoteStore:
             veto=veto,
             rationale=rationale,
             confidence=confidence,
-            weight=weight,
+            weight=weight or 0.0,
             cast_at=_stamp(time.time()),
             request_id=request_id,
         )
@@ -459,7 +478,7 @@ class VoteStore:
             metadata={"vote_id": vote_id},
         )
 
-    async def _open_record(self, ns: str, vote_id: str) -> votes_pb2.Vote:
+    async def _open_record(self, ns: str, vote_id: str) -> _OpenVote:
         cached = self._open.get((ns, vote_id))
         if cached is not None:
             self._open.move_to_end((ns, vote_id))
@@ -470,26 +489,34 @@ class VoteStore:
         vote = parse_record(found.kvs[0])
         if vote.status == votes_pb2.VOTE_STATUS_DECIDED:
             raise _closed(vote)
-        self._remember_open(ns, vote)
-        return vote
+        return self._remember_open(ns, vote)
 
-    def _remember_open(self, ns: str, vote: votes_pb2.Vote) -> None:
-        self._open[(ns, vote.id)] = vote
+    def _remember_open(self, ns: str, vote: votes_pb2.Vote) -> _OpenVote:
+        entry = _OpenVote(vote, {v.agent_id: v.weight for v in vote.voters})
+        self._open[(ns, vote.id)] = entry
         while len(self._open) > OPEN_CACHE_SIZE:
             self._open.popitem(last=False)
+        return entry
 
     # --- reading and deciding -------------------------------------------------------
 
     async def snapshot(self, ns: str, vote_id: str) -> Snapshot:
-        """The record and every ballot at one revision (one etcd round trip)."""
+        """The record and every ballot at one revision (one etcd round trip). For an open
+        vote read before, only ballots changed since are fetched: ballots are never
+        deleted while their vote exists, so the earlier ones still stand."""
         key = self.record_key(ns, vote_id)
         prefix = self.ballots_prefix(ns, vote_id)
+        cached = self._ballots.pop((ns, vote_id), None)
         found = await self._etcd.txn(
             rpc.TxnRequest(
                 success=[
                     rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
                     rpc.RequestOp(
-                        request_range=rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))
+                        request_range=rpc.RangeRequest(
+                            key=prefix,
+                            range_end=prefix_end(prefix),
+                            min_mod_revision=cached.revision + 1 if cached else 0,
+                        )
                     ),
                 ]
             ),
@@ -498,14 +525,24 @@ class VoteStore:
         records = found.responses[0].response_range.kvs
         if not records:
             raise _not_found(vote_id)
-        ballots = []
+        if cached is not None and cached.created_revision != records[0].create_revision:
+            return await self.snapshot(ns, vote_id)  # another vote of that id: read it all
+        ballots = dict(cached.ballots) if cached is not None else {}
         for raw in found.responses[1].response_range.kvs:
             ballot = votes_pb2.Ballot.FromString(raw.value)
             ballot.revision = raw.mod_revision
-            ballots.append(ballot)
-        ballots.sort(key=lambda b: b.revision)
+            ballots[ballot.voter] = ballot
+        vote = parse_record(records[0])
+        revision = int(found.header.revision)
+        if vote.status == votes_pb2.VOTE_STATUS_OPEN:
+            self._ballots[(ns, vote_id)] = _Ballots(vote.created_revision, revision, ballots)
+            while len(self._ballots) > BALLOT_CACHE_VOTES:
+                self._ballots.popitem(last=False)
         return Snapshot(
-            int(found.header.revision), parse_record(records[0]), records[0].mod_revision, ballots
+            revision,
+            vote,
+            records[0].mod_revision,
+            sorted(ballots.values(), key=lambda b: b.revision),
         )
 
     async def settle(self, ns: str, vote_id: str) -> Snapshot:
