@@ -122,13 +122,17 @@ class VoteTimers:
                 deadline=time.monotonic() + ACT_TIMEOUT_SECONDS,
             )
         )
+        due = _due(key, self._prefix)
         try:
             async with self._slots:
                 if kind == "close":
-                    await self._votes.close_due(ns, vote_id, key)
+                    done = await self._votes.close_due(ns, vote_id, key, due)
                 else:
-                    await self._votes.expire_due(ns, vote_id, key)
-            self._due.pop(key, None)  # deleted in etcd; don't wait for the watch to say so
+                    done = await self._votes.expire_due(ns, vote_id, key, due)
+            if done:
+                self._due.pop(key, None)  # deleted in etcd; don't wait for the watch
+            elif key in self._due:
+                self._due[key] = time.time() + RETRY_SECONDS
         except AccordError as exc:
             _log.info(
                 "vote timer failed; will retry", kind=kind, vote_id=vote_id, error=exc.message

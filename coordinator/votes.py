@@ -763,28 +763,38 @@ class VoteStore:
 
     # --- timers -------------------------------------------------------------------
 
-    async def close_due(self, ns: str, vote_id: str, timer: bytes) -> None:
-        """A close timer fired: decide the vote (any replica may; one decision results)."""
+    async def close_due(self, ns: str, vote_id: str, timer: bytes, due: float) -> bool:
+        """A close timer fired: decide the vote (any replica may; one decision results).
+        False: not due yet by this record, try later."""
         try:
             snap = await self.settle(ns, vote_id)
         except NotFound:
             await self._etcd.txn(_delete(timer), retry=True)
-            return
-        if snap.vote.status == votes_pb2.VOTE_STATUS_DECIDED:
-            # Normally deleted with the decision; one left behind (the vote decided on
-            # another replica meanwhile, or an earlier vote of that id) is stale.
-            await self._etcd.txn(_delete(timer), retry=True)
+            return True
+        if snap.vote.status == votes_pb2.VOTE_STATUS_OPEN:
+            if abs(vote_spec.deadline_of(snap.vote) - due) > 1:  # an earlier vote's timer
+                await self._etcd.txn(_delete(timer), retry=True)
+                return True
+            return False
+        # Normally deleted with the decision; one left behind (the vote decided on
+        # another replica meanwhile, or an earlier vote of that id) is stale.
+        await self._etcd.txn(_delete(timer), retry=True)
+        return True
 
-    async def expire_due(self, ns: str, vote_id: str, timer: bytes) -> None:
-        """A retention timer fired: delete the decided vote and its ballots."""
+    async def expire_due(self, ns: str, vote_id: str, timer: bytes, due: float) -> bool:
+        """A retention timer fired: delete the decided vote and its ballots. False: not
+        due yet by the record (this replica's clock runs ahead), try later."""
         key = self.record_key(ns, vote_id)
         found = await self._etcd.range(rpc.RangeRequest(key=key))
         ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=timer))]
         compares = []
         if found.kvs:
             vote = parse_record(found.kvs[0])
-            due = vote.decision.decided_at.ToMilliseconds() / 1000 + vote.spec.retention_seconds
-            if vote.status == votes_pb2.VOTE_STATUS_DECIDED and due <= time.time() + 1:
+            expires = vote.decision.decided_at.ToMilliseconds() / 1000 + vote.spec.retention_seconds
+            mine = vote.status == votes_pb2.VOTE_STATUS_DECIDED and abs(expires - due) <= 2
+            if mine and expires > time.time():
+                return False
+            if mine:
                 prefix = self.ballots_prefix(ns, vote_id)
                 compares.append(_mod_is(key, found.kvs[0].mod_revision))
                 ops += [
@@ -796,7 +806,9 @@ class VoteStore:
                     ),
                 ]
                 _log.info("vote expired", vote_id=vote_id, namespace=ns)
+        # Without its record (or with a later vote's), the timer alone is stale.
         await self._etcd.txn(rpc.TxnRequest(compare=compares, success=ops), retry=True)
+        return True
 
 
 # --- helpers -----------------------------------------------------------------------
