@@ -16,6 +16,7 @@ from accord.client.locks import AsyncLocks
 from accord.client.retry import RetryPolicy
 from accord.client.sessions import AsyncSessions, RootKind
 from accord.client.transport import Transport
+from accord.client.votes import AsyncVotes
 
 
 class AsyncClient:
@@ -51,6 +52,7 @@ class AsyncClient:
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)
         self.sessions = AsyncSessions(self._transport)
+        self.votes = AsyncVotes(self._transport)
 
     @contextlib.asynccontextmanager
     async def session(

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from accord.v1 import common_pb2, kv_pb2, locks_pb2
+from accord.v1 import common_pb2, kv_pb2, locks_pb2, votes_pb2
 
 
 class AccordError(Exception):
@@ -133,6 +133,30 @@ class LockConflictError(AccordError):
     pass
 
 
+class VoteClosedError(AccordError):
+    """The vote is decided or past its deadline; `decision` says how, once there is one."""
+
+    @property
+    def decision(self) -> votes_pb2.Decision | None:
+        return next((d for d in self.details if isinstance(d, votes_pb2.Decision)), None)
+
+
+class NotEligibleError(AccordError):
+    """The caller is not in the vote's electorate (or may not veto)."""
+
+
+class AlreadyVotedError(AccordError):
+    """The vote does not allow changes and the caller's other ballot stands: `ballot`."""
+
+    @property
+    def ballot(self) -> votes_pb2.Ballot | None:
+        return next((d for d in self.details if isinstance(d, votes_pb2.Ballot)), None)
+
+
+class NotPermittedError(AccordError):
+    """The caller may not do this (e.g. cancel a vote it did not propose)."""
+
+
 _BY_REASON: dict[str, type[AccordError]] = {
     "INVALID_ARGUMENT": InvalidArgumentError,
     "CONDITION_FAILED": ConditionFailedError,
@@ -150,6 +174,10 @@ _BY_REASON: dict[str, type[AccordError]] = {
     "LOCK_TIMEOUT": LockTimeoutError,
     "NOT_HELD": NotHeldError,
     "LOCK_CONFLICT": LockConflictError,
+    "VOTE_CLOSED": VoteClosedError,
+    "NOT_ELIGIBLE": NotEligibleError,
+    "ALREADY_VOTED": AlreadyVotedError,
+    "NOT_PERMITTED": NotPermittedError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[AccordError]] = {
@@ -168,6 +196,8 @@ _DETAIL_TYPES = [
     common_pb2.FenceFailure,
     locks_pb2.Deadlock,
     locks_pb2.LockWaitStatus,
+    votes_pb2.Decision,
+    votes_pb2.Ballot,
 ]
 
 

@@ -18,6 +18,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -48,7 +49,17 @@ from accord.client.sessions import (
     SessionState,
     SyncResult,
 )
-from accord.v1 import common_pb2, sessions_pb2
+from accord.client.votes import (
+    CastResult,
+    Decision,
+    Rule,
+    TiePolicy,
+    Vote,
+    VoteEvent,
+    VotePage,
+    VoteStatus,
+)
+from accord.v1 import common_pb2, sessions_pb2, votes_pb2
 
 T = TypeVar("T")
 
@@ -392,6 +403,132 @@ class Sessions:
             self._loop.run(events.aclose())
 
 
+class Votes:
+    """Blocking mirror of AsyncVotes."""
+
+    def __init__(self, loop: _Loop, client: AsyncClient) -> None:
+        self._loop = loop
+        self._votes = client.votes
+
+    def propose(
+        self,
+        question: str,
+        options: Sequence[str],
+        *,
+        voters: Mapping[str, float] | Sequence[str] | None = None,
+        lease_labels: Mapping[str, str] | None = None,
+        rule: Rule | votes_pb2.Rule | None = None,
+        quorum_voters: int = 0,
+        quorum_weight: float = 0.0,
+        veto_holders: Sequence[str] = (),
+        deadline: datetime | None = None,
+        timeout: float | timedelta | None = None,
+        allow_abstain: bool = False,
+        allow_change: bool = False,
+        on_tie: TiePolicy = TiePolicy.NO_DECISION,
+        retention: float | timedelta | None = None,
+        vote_id: str = "",
+        request_id: str | None = None,
+        call_timeout: float | None = None,
+    ) -> Vote:
+        return self._loop.run(
+            self._votes.propose(
+                question,
+                options,
+                voters=voters,
+                lease_labels=lease_labels,
+                rule=rule,
+                quorum_voters=quorum_voters,
+                quorum_weight=quorum_weight,
+                veto_holders=veto_holders,
+                deadline=deadline,
+                timeout=timeout,
+                allow_abstain=allow_abstain,
+                allow_change=allow_change,
+                on_tie=on_tie,
+                retention=retention,
+                vote_id=vote_id,
+                request_id=request_id,
+                call_timeout=call_timeout,
+            )
+        )
+
+    def cast(
+        self,
+        vote_id: str,
+        choice: str = "",
+        *,
+        abstain: bool = False,
+        veto: bool = False,
+        rationale: str = "",
+        confidence: float = 0.0,
+        fence: Grant | common_pb2.Fence | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> CastResult:
+        return self._loop.run(
+            self._votes.cast(
+                vote_id,
+                choice,
+                abstain=abstain,
+                veto=veto,
+                rationale=rationale,
+                confidence=confidence,
+                fence=fence,
+                request_id=request_id,
+                timeout=timeout,
+            )
+        )
+
+    def get(self, vote_id: str, *, timeout: float | None = None) -> Vote:
+        return self._loop.run(self._votes.get(vote_id, timeout=timeout))
+
+    def list(
+        self,
+        status: VoteStatus | None = None,
+        *,
+        limit: int = 100,
+        after: str = "",
+        timeout: float | None = None,
+    ) -> VotePage:
+        return self._loop.run(self._votes.list(status, limit=limit, after=after, timeout=timeout))
+
+    def scan(self, status: VoteStatus | None = None, *, page_size: int = 100) -> Iterator[Vote]:
+        after = ""
+        while True:
+            page = self.list(status, limit=page_size, after=after)
+            yield from page.votes
+            if not page.next_after:
+                return
+            after = page.next_after
+
+    def cancel(
+        self,
+        vote_id: str,
+        reason: str = "",
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Decision:
+        return self._loop.run(
+            self._votes.cancel(vote_id, reason, request_id=request_id, timeout=timeout)
+        )
+
+    def watch(self, vote_id: str, *, max_reconnects: int = 20) -> Iterator[VoteEvent]:
+        events = self._votes.watch(vote_id, max_reconnects=max_reconnects)
+        try:
+            while True:
+                try:
+                    yield self._loop.run(_next(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run(events.aclose())
+
+    def wait(self, vote_id: str, timeout: float | None = None) -> Decision:
+        return self._loop.run(self._votes.wait(vote_id, timeout))
+
+
 class Client:
     """``with Client("127.0.0.1:50051", agent_id="a") as accord: accord.kv.put(...)``"""
 
@@ -422,6 +559,7 @@ class Client:
         self.leases = Leases(self._loop, self._client)
         self.locks = Locks(self._loop, self._client)
         self.sessions = Sessions(self._loop, self._client)
+        self.votes = Votes(self._loop, self._client)
 
     def close(self) -> None:
         self._loop.run(self._client.close())

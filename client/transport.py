@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import grpc
 
 from accord.client.errors import DeadlineExceededError, from_rpc_error
 from accord.client.retry import RetryBudget, RetryPolicy
-from accord.v1 import kv_pb2_grpc, leases_pb2_grpc, locks_pb2_grpc, sessions_pb2_grpc
+from accord.v1 import (
+    kv_pb2_grpc,
+    leases_pb2_grpc,
+    locks_pb2_grpc,
+    sessions_pb2_grpc,
+    votes_pb2_grpc,
+)
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 _OPTIONS = [
@@ -39,6 +45,7 @@ class _Replica:
         self.leases = leases_pb2_grpc.LeasesStub(self.channel)
         self.locks = locks_pb2_grpc.LocksStub(self.channel)
         self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
+        self.votes = votes_pb2_grpc.VotesStub(self.channel)
 
 
 class Transport:
@@ -116,7 +123,7 @@ class Transport:
             self._budget.refill()
             return response
 
-    async def stream(self, service: str, method: str, request: Any) -> AsyncIterator[Any]:
+    async def stream(self, service: str, method: str, request: Any) -> AsyncGenerator[Any, None]:
         """One server (or bidi, given an iterator of requests) stream on the current
         replica; reconnecting elsewhere is the caller's to do."""
         index, replica = self.replica()
