@@ -47,7 +47,7 @@ class AccordError(Exception):
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
         info.metadata.update(self.metadata)
         packed = [info, *self.details]
-        status = status_pb2.Status(code=_CODE_NUMBERS[self.code], message=self.message)
+        status = status_pb2.Status(code=_CODE_NUMBERS[self.code], message=clip(self.message, 2000))
         for detail in packed:
             any_msg = any_pb2.Any()
             any_msg.Pack(detail)
@@ -55,11 +55,26 @@ class AccordError(Exception):
         return status
 
 
+# Errors travel in gRPC trailers, which clients cap (16 KiB by default): what an error
+# quotes of the request is bounded.
+MAX_VIOLATIONS = 20
+MAX_DESCRIPTION_CHARS = 300
+
+
+def clip(text: str, limit: int = MAX_DESCRIPTION_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class InvalidArgument(AccordError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        shown = [FieldViolation(clip(v.field, 200), clip(v.description)) for v in violations]
+        if len(shown) > MAX_VIOLATIONS:
+            rest = len(shown) - MAX_VIOLATIONS + 1
+            shown = [*shown[: MAX_VIOLATIONS - 1], FieldViolation("...", f"and {rest} more")]
+        violations = shown
         text = "; ".join(f"{v.field}: {v.description}" for v in violations)
         bad = error_details_pb2.BadRequest(
             field_violations=[

@@ -721,15 +721,19 @@ class LockStore:
 
     # --- fencing ------------------------------------------------------------------
 
-    async def fence_compares(self, fences: Sequence[common_pb2.Fence]) -> list[FenceCheck]:
+    async def fence_compares(
+        self, fences: Sequence[common_pb2.Fence], *, field: str = "fences"
+    ) -> list[FenceCheck]:
         """For each fence, the etcd compares that hold exactly while its token holds the
-        lock, and the entry key they test. FENCED at once if the token holds nothing."""
+        lock, and the entry key they test. FENCED at once if the token holds nothing.
+        field: the request's name for the fences ("fence" for a single one)."""
         ns = calls.current.get().namespace
         out: list[FenceCheck] = []
         for i, fence in enumerate(fences):
-            violations = _check_name(f"fences[{i}].lock", fence.lock)
+            name = field if field == "fence" else f"{field}[{i}]"
+            violations = _check_name(f"{name}.lock", fence.lock)
             if fence.token <= 0:
-                violations.append(FieldViolation(f"fences[{i}].token", "must be a grant's token"))
+                violations.append(FieldViolation(f"{name}.token", "must be a grant's token"))
             if violations:
                 raise InvalidArgument(violations)
             prefix = self.queue_prefix(ns, fence.lock)

@@ -585,7 +585,7 @@ class SessionStore:
         request_id. Raises NOT_FOUND or FENCED otherwise."""
         call = calls.current.get()
         fences = [fence] if fence is not None else []
-        fence_checks = await self._locks.fence_compares(fences) if fences else []
+        fence_checks = await self._locks.fence_compares(fences, field="fence") if fences else []
         compares = [
             rpc.Compare(
                 key=session.alive_key,

@@ -245,7 +245,7 @@ def _final(
             option,
             decided_by,
             True,
-            f"APPROVED {option!r}: {_support(vote, count, option)}, which meets the rule "
+            f"APPROVED {_q(option)}: {_support(vote, count, option)}, which meets the rule "
             f"({describe_rule(vote)}). {_participation(vote, count)}",
         )
     tied = top if top else _strongest(vote, count, list(spec.options))
@@ -256,13 +256,15 @@ def _final(
             "",
             decided_by,
             True,
-            f"{OUTCOME_NAMES[outcome]}: {' and '.join(repr(o) for o in tied)} share the top "
+            f"{OUTCOME_NAMES[outcome]}: {' and '.join(_q(o) for o in tied)} share the top "
             f"support ({_support(vote, count, tied[0])} each) and the rule "
             f"({describe_rule(vote)}) picks no single option. {_participation(vote, count)}",
         )
     leader = tied[0] if tied else ""
     best = (
-        f" The strongest option, {leader!r}, had {_support(vote, count, leader)}." if leader else ""
+        f" The strongest option, {_q(leader)}, had {_support(vote, count, leader)}."
+        if leader
+        else ""
     )
     return Verdict(
         votes_pb2.OUTCOME_REJECTED,
@@ -379,6 +381,10 @@ def _participation(vote: votes_pb2.Vote, count: _Count) -> str:
         f"{_num(count.participated_weight)} of {_num(count.electorate_weight)}, "
         f"{count.abstained} abstaining{needed}."
     )
+
+
+def _q(option: str) -> str:
+    return repr(option) if len(option) <= 60 else repr(option[:57] + "...")
 
 
 def _num(value: Fraction) -> str:

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 
-from accord.coordinator.errors import FieldViolation
+from accord.coordinator.errors import FieldViolation, clip
+from accord.coordinator.leases import MAX_LABEL_BYTES, MAX_LABELS
 from accord.v1 import votes_pb2
 
 MAX_QUESTION_BYTES = 4096
@@ -90,7 +91,7 @@ def check_spec(spec: votes_pb2.VoteSpec, now: float | None = None) -> list[Field
     for i, option in enumerate(options):
         out += _text(f"spec.options[{i}]", option, MAX_OPTION_BYTES, required=True)
         if option in seen:
-            out.append(FieldViolation(f"spec.options[{i}]", f"duplicates option {option!r}"))
+            out.append(FieldViolation(f"spec.options[{i}]", f"duplicates option {quote(option)}"))
         seen.add(option)
     source = spec.electorate.WhichOneof("source")
     if source is None:
@@ -98,11 +99,15 @@ def check_spec(spec: votes_pb2.VoteSpec, now: float | None = None) -> list[Field
             FieldViolation("spec.electorate", "must name voters or select them by lease labels")
         )
     elif source == "voters":
-        out += check_voters(spec.electorate.voters.voters)
-    elif not spec.electorate.lease_labels.labels:
-        out.append(
-            FieldViolation("spec.electorate.lease_labels.labels", "must hold at least one label")
-        )
+        voters = spec.electorate.voters.voters
+        bad = check_voters(voters)
+        out += bad
+        if not bad:  # limits that depend on the electorate, reported with the rest
+            out += check_against_electorate(
+                spec, [votes_pb2.Voter(agent_id=v.agent_id, weight=v.weight or 1.0) for v in voters]
+            )
+    else:
+        out += _check_labels(dict(spec.electorate.lease_labels.labels))
     out += _check_rule(spec.rule)
     quorum = spec.quorum
     if quorum.min_voters < 0:
@@ -120,8 +125,22 @@ def check_spec(spec: votes_pb2.VoteSpec, now: float | None = None) -> list[Field
         if not _AGENT_RE.fullmatch(holder):
             out.append(FieldViolation(f"spec.veto_holders[{i}]", "is not an agent id"))
         elif holders.index(holder) != i:
-            out.append(FieldViolation(f"spec.veto_holders[{i}]", f"duplicates {holder!r}"))
-    if spec.HasField("deadline") and spec.timeout_ms:
+            out.append(FieldViolation(f"spec.veto_holders[{i}]", f"duplicates {quote(holder)}"))
+    out += _check_deadline(spec, now)
+    if not 0 <= spec.retention_seconds <= MAX_RETENTION_SECONDS:
+        out.append(
+            FieldViolation("spec.retention_seconds", f"must be 0-{MAX_RETENTION_SECONDS} seconds")
+        )
+    if spec.on_tie not in votes_pb2.TiePolicy.values():
+        out.append(FieldViolation("spec.on_tie", f"unknown tie policy {spec.on_tie}"))
+    return out
+
+
+def _check_deadline(spec: votes_pb2.VoteSpec, now: float) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    if spec.HasField("deadline") and not _valid_timestamp(spec.deadline):
+        out.append(FieldViolation("spec.deadline", "is not a valid timestamp"))
+    elif spec.HasField("deadline") and spec.timeout_ms:
         out.append(
             FieldViolation("spec.timeout_ms", "give either deadline or timeout_ms, not both")
         )
@@ -139,12 +158,6 @@ def check_spec(spec: votes_pb2.VoteSpec, now: float | None = None) -> list[Field
         )
     elif spec.timeout_ms > MAX_DEADLINE_SECONDS * 1000:
         out.append(FieldViolation("spec.timeout_ms", "is more than 365 days"))
-    if not 0 <= spec.retention_seconds <= MAX_RETENTION_SECONDS:
-        out.append(
-            FieldViolation("spec.retention_seconds", f"must be 0-{MAX_RETENTION_SECONDS} seconds")
-        )
-    if spec.on_tie not in votes_pb2.TiePolicy.values():
-        out.append(FieldViolation("spec.on_tie", f"unknown tie policy {spec.on_tie}"))
     return out
 
 
@@ -164,7 +177,7 @@ def check_voters(voters: Sequence[votes_pb2.Voter]) -> list[FieldViolation]:
         if not _AGENT_RE.fullmatch(voter.agent_id):
             out.append(FieldViolation(f"{field}.agent_id", "is not an agent id"))
         elif voter.agent_id in seen:
-            out.append(FieldViolation(f"{field}.agent_id", f"duplicates {voter.agent_id!r}"))
+            out.append(FieldViolation(f"{field}.agent_id", f"duplicates {quote(voter.agent_id)}"))
         seen.add(voter.agent_id)
         if voter.weight != 0 and not _weight_ok(voter.weight):
             out.append(FieldViolation(f"{field}.weight", f"must be > 0 (and <= {MAX_WEIGHT:g})"))
@@ -187,10 +200,10 @@ def _check_rule(rule: votes_pb2.Rule) -> list[FieldViolation]:
             )
     elif rule.kind == votes_pb2.RULE_KIND_K_OF_N and rule.k < 1:
         out.append(FieldViolation("spec.rule.k", "must be at least 1"))
-    elif rule.kind == votes_pb2.RULE_KIND_WEIGHTED_THRESHOLD and not _weight_ok(
-        rule.threshold_weight
+    elif rule.kind == votes_pb2.RULE_KIND_WEIGHTED_THRESHOLD and not (
+        math.isfinite(rule.threshold_weight) and rule.threshold_weight > 0
     ):
-        out.append(FieldViolation("spec.rule.threshold_weight", "must be > 0"))
+        out.append(FieldViolation("spec.rule.threshold_weight", "must be a finite number > 0"))
     if rule.of_electorate and rule.kind not in (
         votes_pb2.RULE_KIND_MAJORITY,
         votes_pb2.RULE_KIND_FRACTION,
@@ -211,7 +224,12 @@ def check_against_electorate(
     rule = spec.rule
     if rule.kind == votes_pb2.RULE_KIND_K_OF_N and rule.k > size:
         out.append(FieldViolation("spec.rule.k", f"is {rule.k}, more than the {size} voters"))
-    if rule.kind == votes_pb2.RULE_KIND_WEIGHTED_THRESHOLD and rule.threshold_weight > weight:
+    threshold = rule.threshold_weight
+    if (
+        rule.kind == votes_pb2.RULE_KIND_WEIGHTED_THRESHOLD
+        and math.isfinite(threshold)
+        and threshold > weight
+    ):
         out.append(
             FieldViolation(
                 "spec.rule.threshold_weight",
@@ -225,7 +243,7 @@ def check_against_electorate(
                 f"is {spec.quorum.min_voters}, more than the {size} voters",
             )
         )
-    if spec.quorum.min_weight > weight:
+    if math.isfinite(spec.quorum.min_weight) and spec.quorum.min_weight > weight:
         out.append(
             FieldViolation(
                 "spec.quorum.min_weight",
@@ -257,13 +275,13 @@ def check_ballot(
     if not agent:
         return out, "the call carries no agent id (accord-agent-id metadata)"
     if not is_voter and not may_veto:
-        return out, f"agent {agent!r} is not in this vote's electorate"
+        return out, f"agent {quote(agent)} is not in this vote's electorate"
     if veto and not may_veto:
-        return out, f"agent {agent!r} is not a veto holder of this vote"
+        return out, f"agent {quote(agent)} is not a veto holder of this vote"
     if choice and choice not in spec.options:
-        out.append(
-            FieldViolation("choice", f"{choice!r} is not an option; options: {list(spec.options)}")
-        )
+        shown = ", ".join(quote(o, 40) for o in spec.options[:10])
+        more = f" and {len(spec.options) - 10} more" if len(spec.options) > 10 else ""
+        out.append(FieldViolation("choice", f"{quote(choice)} is not an option ({shown}{more})"))
     if choice and abstain:
         out.append(FieldViolation("abstain", "give a choice or abstain, not both"))
     if abstain and not spec.allow_abstain:
@@ -277,6 +295,32 @@ def check_ballot(
             )
         )
     return out, ""
+
+
+def quote(text: str, limit: int = 60) -> str:
+    """text for an error or explanation, shortened: errors travel in bounded trailers."""
+    return clip(repr(text), limit)
+
+
+def _check_labels(labels: dict[str, str]) -> list[FieldViolation]:
+    field = "spec.electorate.lease_labels.labels"
+    if not labels:
+        return [FieldViolation(field, "must hold at least one label")]
+    if len(labels) > MAX_LABELS:
+        return [
+            FieldViolation(field, f"has {len(labels)} labels; leases carry at most {MAX_LABELS}")
+        ]
+    return [
+        FieldViolation(
+            f"{field}[{quote(k, 40)}]", f"needs a name, and at most {MAX_LABEL_BYTES} bytes"
+        )
+        for k, value in labels.items()
+        if not k or len(k.encode()) > MAX_LABEL_BYTES or len(value.encode()) > MAX_LABEL_BYTES
+    ]
+
+
+def _valid_timestamp(stamp: timestamp_pb2.Timestamp) -> bool:
+    return -62135596800 <= stamp.seconds <= 253402300799 and 0 <= stamp.nanos < 1_000_000_000
 
 
 def deadline_of(vote: votes_pb2.Vote) -> float:

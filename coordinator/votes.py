@@ -48,6 +48,7 @@ from accord.coordinator.errors import (
     RequestIdReused,
     StoredFailure,
     VoteClosed,
+    clip,
 )
 from accord.coordinator.etcd import Etcd, prefix_end, put_op
 from accord.coordinator.group_commit import Committed, GroupCommitter
@@ -176,10 +177,10 @@ class VoteStore:
         _require(violations)
         normal = vote_spec.normalise(spec, now)
         if normal.electorate.WhichOneof("source") == "voters":
-            voters = list(normal.electorate.voters.voters)
+            voters = list(normal.electorate.voters.voters)  # checked with the spec
         else:
             voters = await self._by_labels(dict(normal.electorate.lease_labels.labels))
-        _require(vote_spec.check_against_electorate(normal, voters))
+            _require(vote_spec.check_against_electorate(normal, voters))
         derived = not vote_id
         if derived:
             vote_id = _derived_id(call.agent_id, request_id)
@@ -234,7 +235,8 @@ class VoteStore:
                 [
                     FieldViolation(
                         "spec.electorate.lease_labels",
-                        f"no live lease of an identified agent carries labels {selector}",
+                        "no live lease of an identified agent carries labels "
+                        + clip(str(selector), 200),
                     )
                 ]
             )
@@ -373,7 +375,7 @@ class VoteStore:
         ]
         keys = {key}
         if fence is not None:
-            for check in await self._locks.fence_compares([fence]):
+            for check in await self._locks.fence_compares([fence], field="fence"):
                 compares.extend(check.compares)
                 keys.add(check.key)
         inner = rpc.TxnRequest(
@@ -450,7 +452,7 @@ class VoteStore:
             raise AlreadyVoted(
                 f"agent {ballot.voter!r} already voted {_ballot_words(existing)} at revision "
                 f"{existing.revision}, and this vote does not allow changing a ballot",
-                details=[existing],
+                details=[_brief_ballot(existing)],
                 metadata={"vote_id": vote.id, "revision": str(existing.revision)},
             )
         if fence is not None:
@@ -856,14 +858,33 @@ def _closed(vote: votes_pb2.Vote) -> VoteClosed:
         outcome = vote_rules.OUTCOME_NAMES[decision.outcome]
         return VoteClosed(
             f"vote {vote.id!r} is closed: it was decided {outcome} at revision "
-            f"{decision.revision}. {decision.explanation}",
-            details=[decision],
+            f"{decision.revision}. {clip(decision.explanation, 1000)}",
+            details=[_brief_decision(decision)],
             metadata={"vote_id": vote.id, "outcome": outcome},
         )
     return VoteClosed(
         f"vote {vote.id!r} is past its deadline and is being closed; no more ballots",
         metadata={"vote_id": vote.id},
     )
+
+
+def _brief_decision(decision: votes_pb2.Decision) -> votes_pb2.Decision:
+    """The decision as an error detail: whole unless large (a tally of many long options)."""
+    if decision.ByteSize() <= 4096:
+        return decision
+    brief = votes_pb2.Decision()
+    brief.CopyFrom(decision)
+    brief.ClearField("tally")
+    brief.explanation = clip(brief.explanation, 1000)
+    return brief
+
+
+def _brief_ballot(ballot: votes_pb2.Ballot) -> votes_pb2.Ballot:
+    brief = votes_pb2.Ballot()
+    brief.CopyFrom(ballot)
+    brief.ClearField("replaced")
+    brief.rationale = clip(brief.rationale, 1000)
+    return brief
 
 
 def _not_found(vote_id: str) -> NotFound:

@@ -488,13 +488,6 @@ async def test_malformed_proposal_ids(
     assert await api.observe(standing) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: VoteStore.propose runs check_against_electorate only after "
-    "check_spec passed, so with an explicit voter list the electorate limits (rule.k, "
-    "rule.threshold_weight, quorum.*) are not reported with the other problems; "
-    "vote_spec.py promises every problem at once",
-)
 async def test_spec_and_electorate_problems_are_reported_together(api: Api, standing: str) -> None:
     """An explicit voter list is known up front, so its limits are checked with the rest
     of the spec: one answer lists every problem."""
@@ -529,12 +522,6 @@ async def test_zero_weight_means_one_and_the_boundaries_are_accepted(api: Api) -
     assert (await api.propose("late", future, replica=1)).spec.deadline == future.deadline
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: vote_spec._check_rule caps rule.threshold_weight at MAX_WEIGHT "
-    "(1e12, the per-voter limit) and says 'must be > 0', while the contract allows any "
-    "0 < threshold_weight <= the electorate's weight (here 3e12)",
-)
 async def test_a_threshold_up_to_the_whole_electorate_weight_is_accepted(api: Api) -> None:
     spec = base_spec(
         electorate=electorate(*VOTERS, weights=(1e12, 1e12, 1e12)),
@@ -955,15 +942,9 @@ async def test_list_with_bad_arguments(
     assert [v.id for v in listed.votes] == [standing] and not listed.more
 
 
-# --- server bugs found by these tests (xfail until fixed) -----------------------------
+# --- server bugs these tests found (fixed) ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: vote_spec.check_spec calls spec.deadline.ToMilliseconds() on an "
-    "unchecked Timestamp; an out-of-range one raises ValueError, answered INTERNAL "
-    "('unexpected coordinator error: ValueError') instead of INVALID_ARGUMENT spec.deadline",
-)
 @pytest.mark.parametrize(
     "deadline",
     [
@@ -1016,14 +997,6 @@ ECHOES: dict[str, tuple[Callable[[str], Call], str]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: the error echoes unbounded input (Cast's choice has no size limit "
-    "and is quoted; a lease-label selector is neither limited nor validated and is quoted "
-    "whole; every oversized/duplicate option or voter gets its own violation quoting it), "
-    "so the google.rpc.Status trailer passes gRPC's 16 KiB metadata limit and the client "
-    "gets RESOURCE_EXHAUSTED 'received metadata size exceeds hard limit' with no details",
-)
 @pytest.mark.parametrize("case", sorted(ECHOES))
 async def test_huge_bad_input_still_gets_a_readable_invalid_argument(
     case: str, api: Api, standing: str
@@ -1037,11 +1010,6 @@ async def test_huge_bad_input_still_gets_a_readable_invalid_argument(
     assert await api.observe(standing) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a malformed CastRequest.fence is reported as 'fences[0].lock' / "
-    "'fences[0].token' (locks.fence_compares' naming for a list), but the field is 'fence'",
-)
 async def test_a_malformed_fence_names_the_fence_field(api: Api, ballots: list[str]) -> None:
     before = await api.observe(*ballots)
     failure = await api.fails(
