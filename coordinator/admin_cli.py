@@ -468,7 +468,7 @@ def _ballot_text(ballot: votes_pb2.Ballot) -> str:
         parts.append("abstain")
     if ballot.veto:
         parts.append("VETO")
-    return " + ".join(parts) or "-"
+    return " + ".join(parts) or "no veto"  # a veto holder outside the electorate
 
 
 def _electorate(vote: votes_pb2.Vote) -> str:
