@@ -2,8 +2,9 @@
 
 Pure functions of a vote (its spec and resolved electorate) and its ballots, so every
 replica computes the same tally, the same outcome and the same moment of certainty.
-Weights are added as exact fractions (a float converts to a Fraction exactly), so 2/3
-and weighted thresholds never depend on rounding or on the order ballots are added.
+Weights, thresholds and quorum weights are taken as the decimals they were written as
+(a float's shortest repr: 0.1 is 1/10) and added exactly, so 0.7 + 0.1 reaches 0.8, 2/3
+and thresholds never depend on rounding, and the order ballots arrive in changes nothing.
 
 The outcome if the vote closed now (`final`), in order:
 1. any veto: VETOED;
@@ -19,6 +20,7 @@ The outcome if the vote closed now (`final`), in order:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -64,11 +66,15 @@ class _Count:
 
 def _count(vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot]) -> _Count:
     spec = vote.spec
-    # Sum in integers: every float is an exact dyadic fraction n/d, so scaling all weights
-    # by the largest d (a power of two) makes them exact integers. Fractions at the end.
-    ratios = [(v.agent_id, v.weight.as_integer_ratio()) for v in vote.voters]
-    scale = max((d for _, (_, d) in ratios), default=1)
-    weights = {agent: n * (scale // d) for agent, (n, d) in ratios}
+    # Sum in integers: scale every weight by the common denominator of their decimal
+    # values (1 when they are whole numbers, the usual case). Fractions at the end.
+    if all(v.weight.is_integer() for v in vote.voters):
+        scale = 1
+        weights = {v.agent_id: int(v.weight) for v in vote.voters}
+    else:
+        exact = {v.agent_id: decimal(v.weight) for v in vote.voters}
+        scale = math.lcm(*(f.denominator for f in exact.values()))
+        weights = {agent: int(f * scale) for agent, f in exact.items()}
     per_option = dict.fromkeys(spec.options, 0)
     voters = dict.fromkeys(spec.options, 0)
     confidence: dict[str, list[float]] = {o: [] for o in spec.options}
@@ -177,7 +183,7 @@ def settle(vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot]) -> Verdict
 
 def _quorum_met(vote: votes_pb2.Vote, count: _Count) -> bool:
     quorum = vote.spec.quorum
-    return count.participated >= quorum.min_voters and count.participated_weight >= Fraction(
+    return count.participated >= quorum.min_voters and count.participated_weight >= decimal(
         quorum.min_weight
     )
 
@@ -206,7 +212,7 @@ def _qualifies(
     if kind == votes_pb2.RULE_KIND_K_OF_N:
         return count.voters[option] + extra_voters >= rule.k
     if kind == votes_pb2.RULE_KIND_WEIGHTED_THRESHOLD:
-        return weight >= Fraction(rule.threshold_weight)
+        return weight >= decimal(rule.threshold_weight)
     if kind == votes_pb2.RULE_KIND_UNANIMOUS:
         everyone = count.participated + extra_voters == count.electorate_size
         return everyone and weight > 0 and weight == cast
@@ -355,7 +361,7 @@ def describe_rule(vote: votes_pb2.Vote) -> str:
     if kind == votes_pb2.RULE_KIND_K_OF_N:
         return f"at least {rule.k} of {len(vote.voters)} voters"
     if kind == votes_pb2.RULE_KIND_WEIGHTED_THRESHOLD:
-        return f"a weight of at least {_num(Fraction(rule.threshold_weight))}"
+        return f"a weight of at least {_num(decimal(rule.threshold_weight))}"
     return "every voter casts a ballot and all who do not abstain agree"
 
 
@@ -374,13 +380,18 @@ def _participation(vote: votes_pb2.Vote, count: _Count) -> str:
     if quorum.min_voters:
         parts.append(f"{quorum.min_voters} voters")
     if quorum.min_weight:
-        parts.append(f"weight {_num(Fraction(quorum.min_weight))}")
+        parts.append(f"weight {_num(decimal(quorum.min_weight))}")
     needed = f" (quorum: {' and '.join(parts)})" if parts else " (no quorum set)"
     return (
         f"Participation: {count.participated} of {count.electorate_size} voters, weight "
         f"{_num(count.participated_weight)} of {_num(count.electorate_weight)}, "
         f"{count.abstained} abstaining{needed}."
     )
+
+
+def decimal(value: float) -> Fraction:
+    """The number a float was written as: its shortest round-tripping decimal, exactly."""
+    return Fraction(repr(value)) if not value.is_integer() else Fraction(int(value))
 
 
 def _q(option: str) -> str:

@@ -255,7 +255,9 @@ class Voter(_message.Message):
     agent_id: _builtins.str
     """The agent id (accord-agent-id metadata) that casts this voter's ballot."""
     weight: _builtins.float
-    """Greater than 0; 1 when unset."""
+    """Greater than 0; 1 when unset. Weights (and threshold_weight, quorum.min_weight) count
+    as the decimals written (0.1 is exactly 1/10), summed exactly.
+    """
     def __init__(
         self,
         *,
