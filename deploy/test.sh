@@ -32,4 +32,6 @@ python -m benchmarks.locks --seconds 1 --waiters 10 --agents 50 --out "$view/loc
   >/dev/null 2>"$view/locks.err" || { cat "$view/locks.err" >&2; exit 1; }
 python -m benchmarks.sessions --quick --out "$view/sessions.json" \
   >/dev/null 2>"$view/sessions.err" || { cat "$view/sessions.err" >&2; exit 1; }
+python -m benchmarks.votes --quick --out "$view/votes.json" \
+  >/dev/null 2>"$view/votes.err" || { cat "$view/votes.err" >&2; exit 1; }
 echo "benchmark smoke run ok"
