@@ -34,6 +34,8 @@ class _Feed:
         self.vote_id = vote_id
         self.snapshot: Snapshot | None = None
         self.ballots: dict[str, votes_pb2.Ballot] = {}
+        # Every ballot stored at or before this revision has been seen.
+        self.ballots_revision = 0
         self.subscribers: set[asyncio.Queue[_Item]] = set()
         self.ready = asyncio.Event()
         self.error: AccordError | None = None
@@ -47,6 +49,7 @@ class _Feed:
             self.snapshot.vote,
             self.snapshot.record_mod,
             sorted(self.ballots.values(), key=lambda b: b.revision),
+            self.snapshot.weights,
         )
         return votes_pb2.VotesWatchResponse(
             header=common_pb2.ResponseHeader(revision=snap.revision), state=snap.full()
@@ -145,6 +148,7 @@ class VoteFeeds:
         snap = await self._votes.settle(feed.ns, feed.vote_id)
         feed.snapshot = snap
         feed.ballots = {b.voter: b for b in snap.ballots}
+        feed.ballots_revision = snap.revision
         feed.ready.set()
         if snap.vote.status == votes_pb2.VOTE_STATUS_DECIDED:
             return
@@ -167,14 +171,19 @@ class VoteFeeds:
                     if vote.status == votes_pb2.VOTE_STATUS_DECIDED:
                         # The ballots' watcher may lag the record's: send what it has not
                         # delivered yet, as etcd held it when the decision was written.
-                        await self._catch_up(feed, prefix, kv.mod_revision)
-                        feed.snapshot = Snapshot(kv.mod_revision, vote, kv.mod_revision, [])
+                        if feed.ballots_revision < vote.decision.last_ballot_revision:
+                            await self._catch_up(feed, prefix, kv.mod_revision)
+                        feed.snapshot = Snapshot(
+                            kv.mod_revision, vote, kv.mod_revision, [], feed.snapshot.weights
+                        )
                         feed.send(
                             votes_pb2.VotesWatchResponse(header=header, decision=vote.decision)
                         )
                         return
                 elif event.type == event.PUT:
                     self._offer(feed, kv)
+                    # One watcher's events come in revision order.
+                    feed.ballots_revision = max(feed.ballots_revision, kv.mod_revision)
 
     async def _catch_up(self, feed: _Feed, prefix: bytes, revision: int) -> None:
         found = await self._etcd.range(
@@ -198,6 +207,7 @@ class VoteFeeds:
             feed.snapshot.vote,
             feed.snapshot.record_mod,
             [],
+            feed.snapshot.weights,
         )
         header = common_pb2.ResponseHeader(revision=kv.mod_revision)
         feed.send(votes_pb2.VotesWatchResponse(header=header, ballot=ballot))

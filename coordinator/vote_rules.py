@@ -64,17 +64,32 @@ class _Count:
     electorate_weight: Fraction
 
 
-def _count(vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot]) -> _Count:
-    spec = vote.spec
-    # Sum in integers: scale every weight by the common denominator of their decimal
-    # values (1 when they are whole numbers, the usual case). Fractions at the end.
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """An electorate's weights as integers: each voter's decimal weight times scale."""
+
+    of: dict[str, int]
+    scale: int
+
+
+def weights_of(vote: votes_pb2.Vote) -> Weights:
+    """Computed once per vote and passed back in, it spares re-reading a large electorate
+    on every count."""
+    # Scale by the common denominator of the decimal values (1 when they are whole
+    # numbers, the usual case), so tallies are sums of integers.
     if all(v.weight.is_integer() for v in vote.voters):
-        scale = 1
-        weights = {v.agent_id: int(v.weight) for v in vote.voters}
-    else:
-        exact = {v.agent_id: decimal(v.weight) for v in vote.voters}
-        scale = math.lcm(*(f.denominator for f in exact.values()))
-        weights = {agent: int(f * scale) for agent, f in exact.items()}
+        return Weights({v.agent_id: int(v.weight) for v in vote.voters}, 1)
+    exact = {v.agent_id: decimal(v.weight) for v in vote.voters}
+    scale = math.lcm(*(f.denominator for f in exact.values()))
+    return Weights({agent: int(f * scale) for agent, f in exact.items()}, scale)
+
+
+def _count(
+    vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot], electorate: Weights | None
+) -> _Count:
+    spec = vote.spec
+    electorate = electorate or weights_of(vote)
+    weights, scale = electorate.of, electorate.scale
     per_option = dict.fromkeys(spec.options, 0)
     voters = dict.fromkeys(spec.options, 0)
     confidence: dict[str, list[float]] = {o: [] for o in spec.options}
@@ -120,8 +135,10 @@ def _count(vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot]) -> _Count:
     )
 
 
-def tally(vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot]) -> votes_pb2.Tally:
-    count = _count(vote, ballots)
+def tally(
+    vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot], weights: Weights | None = None
+) -> votes_pb2.Tally:
+    count = _count(vote, ballots, weights)
     return _tally(vote, count)
 
 
@@ -154,16 +171,19 @@ def final(
     vote: votes_pb2.Vote,
     ballots: Sequence[votes_pb2.Ballot],
     decided_by: votes_pb2.DecidedBy.ValueType = votes_pb2.DECIDED_BY_DEADLINE,
+    weights: Weights | None = None,
 ) -> Verdict:
     """The outcome if the vote closed with exactly these ballots."""
-    return _final(vote, _count(vote, ballots), decided_by)
+    return _final(vote, _count(vote, ballots, weights), decided_by)
 
 
-def settle(vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot]) -> Verdict | None:
+def settle(
+    vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot], weights: Weights | None = None
+) -> Verdict | None:
     """The outcome, if the ballots still missing can no longer change it; else None."""
     if vote.spec.allow_change:
         return None  # every ballot cast so far may still change
-    count = _count(vote, ballots)
+    count = _count(vote, ballots, weights)
     if count.missing_voters == 0 and count.missing_veto_holders == 0:
         return _final(vote, count, votes_pb2.DECIDED_BY_ALL_CAST)
     if count.vetoed_by:

@@ -76,6 +76,7 @@ class Snapshot:
     vote: votes_pb2.Vote  # the record: no ballots, no tally
     record_mod: int
     ballots: list[votes_pb2.Ballot]
+    weights: vote_rules.Weights | None = None  # of vote.voters, when already computed
 
     def full(self) -> votes_pb2.Vote:
         """The vote with its ballots and tally, as Get and Watch show it."""
@@ -85,7 +86,7 @@ class Snapshot:
         if out.status == votes_pb2.VOTE_STATUS_DECIDED:
             out.tally.CopyFrom(out.decision.tally)
         else:
-            out.tally.CopyFrom(vote_rules.tally(self.vote, self.ballots))
+            out.tally.CopyFrom(vote_rules.tally(self.vote, self.ballots, self.weights))
         return out
 
 
@@ -98,9 +99,11 @@ class _OpenVote(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class _Ballots:
-    """An open vote's ballots as read at revision (never changed in place)."""
+    """An open vote's record and ballots as read at revision (never changed in place)."""
 
-    created_revision: int
+    vote: votes_pb2.Vote
+    record_mod: int
+    weights: vote_rules.Weights
     revision: int
     ballots: dict[str, votes_pb2.Ballot]
 
@@ -504,47 +507,57 @@ class VoteStore:
 
     async def snapshot(self, ns: str, vote_id: str) -> Snapshot:
         """The record and every ballot at one revision (one etcd round trip). For an open
-        vote read before, only ballots changed since are fetched: ballots are never
-        deleted while their vote exists, so the earlier ones still stand."""
+        vote read before, only what changed since is fetched: ballots are never deleted
+        while their vote exists, so the earlier ones still stand."""
         key = self.record_key(ns, vote_id)
         prefix = self.ballots_prefix(ns, vote_id)
         cached = self._ballots.pop((ns, vote_id), None)
+        ballots_since = rpc.RequestOp(
+            request_range=rpc.RangeRequest(
+                key=prefix,
+                range_end=prefix_end(prefix),
+                min_mod_revision=cached.revision + 1 if cached else 0,
+            )
+        )
+        read_record = rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
         found = await self._etcd.txn(
             rpc.TxnRequest(
-                success=[
-                    rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
-                    rpc.RequestOp(
-                        request_range=rpc.RangeRequest(
-                            key=prefix,
-                            range_end=prefix_end(prefix),
-                            min_mod_revision=cached.revision + 1 if cached else 0,
-                        )
-                    ),
-                ]
+                # With the record unchanged since cached, only the new ballots are read.
+                compare=[_mod_is(key, cached.record_mod)] if cached else [],
+                success=[ballots_since] if cached else [read_record, ballots_since],
+                failure=[read_record, ballots_since],
             ),
             retry=True,
         )
-        records = found.responses[0].response_range.kvs
-        if not records:
-            raise _not_found(vote_id)
-        if cached is not None and cached.created_revision != records[0].create_revision:
-            return await self.snapshot(ns, vote_id)  # another vote of that id: read it all
-        ballots = dict(cached.ballots) if cached is not None else {}
-        for raw in found.responses[1].response_range.kvs:
+        revision = int(found.header.revision)
+        if cached is not None and found.succeeded:
+            vote, record_mod, weights = cached.vote, cached.record_mod, cached.weights
+            ballots = dict(cached.ballots)
+            new = found.responses[0].response_range.kvs
+        else:
+            records = found.responses[0].response_range.kvs
+            if not records:
+                raise _not_found(vote_id)
+            vote, record_mod = parse_record(records[0]), records[0].mod_revision
+            if cached is not None and cached.vote.created_revision != vote.created_revision:
+                return await self.snapshot(ns, vote_id)  # another vote of that id: read it all
+            weights = cached.weights if cached is not None else vote_rules.weights_of(vote)
+            ballots = dict(cached.ballots) if cached is not None else {}
+            new = found.responses[1].response_range.kvs
+        for raw in new:
             ballot = votes_pb2.Ballot.FromString(raw.value)
             ballot.revision = raw.mod_revision
             ballots[ballot.voter] = ballot
-        vote = parse_record(records[0])
-        revision = int(found.header.revision)
         if vote.status == votes_pb2.VOTE_STATUS_OPEN:
-            self._ballots[(ns, vote_id)] = _Ballots(vote.created_revision, revision, ballots)
+            self._ballots[(ns, vote_id)] = _Ballots(vote, record_mod, weights, revision, ballots)
             while len(self._ballots) > BALLOT_CACHE_VOTES:
                 self._ballots.popitem(last=False)
         return Snapshot(
             revision,
             vote,
-            records[0].mod_revision,
+            record_mod,
             sorted(ballots.values(), key=lambda b: b.revision),
+            weights,
         )
 
     async def settle(self, ns: str, vote_id: str) -> Snapshot:
@@ -585,9 +598,11 @@ class VoteStore:
                 self._open.pop((ns, vote_id), None)
                 return snap
             if time.time() >= vote_spec.deadline_of(snap.vote):
-                verdict: vote_rules.Verdict | None = vote_rules.final(snap.vote, snap.ballots)
+                verdict: vote_rules.Verdict | None = vote_rules.final(
+                    snap.vote, snap.ballots, weights=snap.weights
+                )
             else:
-                verdict = vote_rules.settle(snap.vote, snap.ballots)
+                verdict = vote_rules.settle(snap.vote, snap.ballots, snap.weights)
             if verdict is None:
                 return snap
             decided = await self._decide(ns, snap, verdict)
@@ -611,7 +626,8 @@ class VoteStore:
         vote = snap.vote
         now = time.time()
         explanation = verdict.explanation
-        missing = len(vote.voters) - vote_rules.tally(vote, snap.ballots).participated
+        tally = vote_rules.tally(vote, snap.ballots, snap.weights)
+        missing = len(vote.voters) - tally.participated
         if verdict.decided_by == votes_pb2.DECIDED_BY_CERTAINTY and missing:
             explanation += (
                 f" Decided before the deadline: the {missing} missing voter"
@@ -621,7 +637,8 @@ class VoteStore:
             outcome=verdict.outcome,
             option=verdict.option,
             decided_by=verdict.decided_by,
-            tally=vote_rules.tally(vote, snap.ballots),
+            tally=tally,
+            last_ballot_revision=max((b.revision for b in snap.ballots), default=0),
             quorum_met=verdict.quorum_met,
             explanation=explanation,
             decided_at=_stamp(now),
@@ -674,7 +691,7 @@ class VoteStore:
             option=verdict.option,
             revision=revision,
         )
-        return Snapshot(revision, record, revision, snap.ballots)
+        return Snapshot(revision, record, revision, snap.ballots, snap.weights)
 
     # --- get, list, cancel --------------------------------------------------------
 
@@ -748,7 +765,7 @@ class VoteStore:
                     f"cancel vote {vote_id!r}",
                     metadata={"vote_id": vote_id, "proposer": vote.proposed_by.agent_id},
                 )
-            count = vote_rules.tally(vote, snap.ballots)
+            count = vote_rules.tally(vote, snap.ballots, snap.weights)
             verdict = vote_rules.Verdict(
                 votes_pb2.OUTCOME_CANCELLED,
                 "",

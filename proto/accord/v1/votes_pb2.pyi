@@ -531,6 +531,7 @@ class Decision(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    LAST_BALLOT_REVISION_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
     option: _builtins.str
     """The winning option when APPROVED."""
@@ -543,6 +544,8 @@ class Decision(_message.Message):
     cancelled_by: _builtins.str
     """CANCELLED: who cancelled, and why."""
     cancel_reason: _builtins.str
+    last_ballot_revision: _builtins.int
+    """The newest revision among the ballots counted (0: none)."""
     @_builtins.property
     def tally(self) -> Global___Tally: ...
     @_builtins.property
@@ -560,10 +563,11 @@ class Decision(_message.Message):
         revision: _builtins.int = ...,
         cancelled_by: _builtins.str = ...,
         cancel_reason: _builtins.str = ...,
+        last_ballot_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "tally", b"tally"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "cancelled_by", b"cancelled_by", "decided_at", b"decided_at", "decided_by", b"decided_by", "explanation", b"explanation", "option", b"option", "outcome", b"outcome", "quorum_met", b"quorum_met", "revision", b"revision", "tally", b"tally"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "cancelled_by", b"cancelled_by", "decided_at", b"decided_at", "decided_by", b"decided_by", "explanation", b"explanation", "last_ballot_revision", b"last_ballot_revision", "option", b"option", "outcome", b"outcome", "quorum_met", b"quorum_met", "revision", b"revision", "tally", b"tally"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
