@@ -6,6 +6,8 @@ and both replicas keep serving afterwards."""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -152,10 +154,23 @@ class Api:
             "Cast", CastRequest(vote_id=vote_id, **ballot), agent=agent, replica=replica
         )
 
+    def keyspace(self) -> list[tuple[bytes, int]]:
+        """Every etcd key of this test's namespace (its votes, ballots, timers, request
+        records), with its mod revision. Other tests' background work (timers closing
+        their votes) moves etcd's global revision, so that is not compared."""
+        out = []
+        for prefix in (f"accord/ns/{self.namespace}/", "accord/vote-timers/"):
+            found = json.loads(self.etcd.ctl("get", "--prefix", prefix, "-w", "json"))
+            for kv in found.get("kvs", []):
+                key = base64.b64decode(kv["key"])
+                if prefix.startswith("accord/ns/") or f"\x00{self.namespace}\x00".encode() in key:
+                    out.append((key, int(kv["mod_revision"])))
+        return sorted(out)
+
     async def observe(self, *vote_ids: str) -> tuple[Any, ...]:
-        """etcd's revision, the vote list on each replica and each vote (with its
-        ballots and tally) on each replica: what a refused call must leave unchanged."""
-        revision = self.etcd.revision()
+        """The namespace's etcd keys, the vote list on each replica and each vote (with
+        its ballots and tally) on each replica: what a refused call must leave unchanged."""
+        revision = self.keyspace()
         seen: list[Any] = [revision]
         for replica in (0, 1):
             listed = await self.call("List", VotesListRequest(limit=1000), replica=replica)
@@ -163,7 +178,7 @@ class Api:
             for vote_id in vote_ids:
                 got = await self.call("Get", VotesGetRequest(vote_id=vote_id), replica=replica)
                 seen.append(got.vote.SerializeToString(deterministic=True))
-        assert self.etcd.revision() == revision, "reading the votes wrote to etcd"
+        assert self.keyspace() == revision, "reading the votes wrote to etcd"
         return tuple(seen)
 
     async def absent(self, vote_id: str) -> None:
