@@ -200,6 +200,12 @@ class StoredFailure(AccordError):
         return self._status
 
 
+def require(violations: Sequence[FieldViolation]) -> None:
+    """Refuse a request with every violation found, if there is any."""
+    if violations:
+        raise InvalidArgument(violations)
+
+
 def invalid(field: str, description: str) -> InvalidArgument:
     """Shorthand for the common single-field case."""
     return InvalidArgument([FieldViolation(field, description)])

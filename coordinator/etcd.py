@@ -57,6 +57,20 @@ def put_op(key: bytes, value: bytes, *, lease: int = 0, prev_kv: bool = False) -
     )
 
 
+def mod_is(key: bytes, revision: int) -> Any:
+    """A compare: key was last modified at revision (0: it does not exist)."""
+    return rpc.Compare(
+        key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision
+    )
+
+
+def version_is(key: bytes, version: int) -> Any:
+    """A compare: key has been written version times since created (0: absent)."""
+    return rpc.Compare(
+        key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=version
+    )
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The smallest key greater than every key starting with prefix (etcd's range_end)."""
     b = bytearray(prefix)

@@ -20,19 +20,22 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aetcd.rpc import rpc_pb2 as rpc
 
 from accord.coordinator import calls, logs
-from accord.coordinator.errors import AccordError, RequestIdReused
+from accord.coordinator.errors import AccordError, LeaseNotFound, RequestIdReused
 from accord.coordinator.etcd import put_op
 from accord.coordinator.group_commit import GroupCommitter
+from accord.coordinator.retention import RetentionLeases
 from accord.v1 import records_pb2
 
 _log = logs.get("accord.idempotency")
 REMEMBER_TIMEOUT_SECONDS = 10.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,28 @@ def fingerprint(*parts: bytes) -> bytes:
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()[:16]
+
+
+async def send_retained(
+    retention: RetentionLeases,
+    inner: Any,
+    key: bytes,
+    digest: bytes,
+    send: Callable[[Any], Awaitable[T]],
+) -> T:
+    """Send inner wrapped with its idempotency record on the retention lease; if that
+    lease is gone (revoked by hand, a reset cluster), once more on a fresh one."""
+    for attempt in range(2):
+        lease = await retention.current()
+        copy = rpc.TxnRequest()
+        copy.CopyFrom(inner)
+        try:
+            return await send(Idempotency.wrap(copy, key, digest, lease))
+        except LeaseNotFound:
+            if attempt:
+                raise
+            retention.forget(lease)
+    raise AssertionError("unreachable")
 
 
 class Idempotency:

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,15 +30,14 @@ from accord.coordinator.errors import (
     AccordError,
     ConditionFailed,
     FieldViolation,
-    InvalidArgument,
-    LeaseNotFound,
     NotFound,
     StoredFailure,
     invalid,
+    require,
 )
-from accord.coordinator.etcd import Etcd, prefix_end, put_op
+from accord.coordinator.etcd import Etcd, mod_is, prefix_end, put_op
 from accord.coordinator.group_commit import GroupCommitter
-from accord.coordinator.idempotency import Idempotency, Prior, fingerprint
+from accord.coordinator.idempotency import Idempotency, Prior, fingerprint, send_retained
 from accord.coordinator.leases import LeaseStore
 from accord.coordinator.limits import Limits, check_key, check_request_id
 from accord.coordinator.locks import LockStore
@@ -125,7 +124,7 @@ class SessionStore:
                 violations.append(FieldViolation("roots", "a root name must not be empty"))
             if kind not in _KINDS:
                 violations.append(FieldViolation(f"roots[{root!r}]", "must be map, text or array"))
-        _require(violations)
+        require(violations)
         call = calls.current.get()
         key = self._meta_key(call.namespace, name)
         for _ in range(8):
@@ -155,7 +154,7 @@ class SessionStore:
             record.roots.update(missing)
             done = await self._etcd.txn(
                 rpc.TxnRequest(
-                    compare=[_mod_equals(key, raw.mod_revision)],
+                    compare=[mod_is(key, raw.mod_revision)],
                     success=[put_op(key, record.SerializeToString())],
                 )
             )
@@ -204,7 +203,7 @@ class SessionStore:
             violations.append(FieldViolation("limit", f"must be between 0 and {MAX_LIST_LIMIT}"))
         if page_token and not page_token.startswith(prefix):
             violations.append(FieldViolation("page_token", "does not belong to this prefix"))
-        _require(violations)
+        require(violations)
         ns = calls.current.get().namespace
         base = self._meta_prefix(ns)
         start = base + (page_token.encode() + b"\x00" if page_token else prefix.encode())
@@ -232,7 +231,7 @@ class SessionStore:
         violations = check_name("name", name) + check_request_id("request_id", request_id)
         if expected_created_revision < 0:
             violations.append(FieldViolation("expected_created_revision", "must not be negative"))
-        _require(violations)
+        require(violations)
         call = calls.current.get()
         key = self._meta_key(call.namespace, name)
         digest = fingerprint(
@@ -266,7 +265,7 @@ class SessionStore:
             self._etcd, self._root, call.namespace, name, raw.create_revision, record.incarnation
         ).prefix
         inner = rpc.TxnRequest(
-            compare=[_mod_equals(key, raw.mod_revision)],
+            compare=[mod_is(key, raw.mod_revision)],
             success=[
                 rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)),
                 rpc.RequestOp(
@@ -277,7 +276,7 @@ class SessionStore:
             ],
         )
         if idem:
-            done = await self._retained(inner, idem, digest, self._etcd.txn)
+            done = await send_retained(self._retention, inner, idem, digest, self._etcd.txn)
         else:
             done = await self._etcd.txn(inner)
         response = done
@@ -291,27 +290,6 @@ class SessionStore:
                 metadata={"session": name},
             )
         return int(done.header.revision), True
-
-    async def _retained(
-        self,
-        inner: Any,
-        idem: bytes,
-        digest: bytes,
-        send: Callable[[Any], Awaitable[T]],
-    ) -> T:
-        """Send inner wrapped with its idempotency record on the retention lease; if that
-        lease is gone (revoked by hand, a reset cluster), once more on a fresh one."""
-        for attempt in range(2):
-            lease = await self._retention.current()
-            copy = rpc.TxnRequest()
-            copy.CopyFrom(inner)
-            try:
-                return await send(Idempotency.wrap(copy, idem, digest, lease))
-            except LeaseNotFound:
-                if attempt:
-                    raise
-                self._retention.forget(lease)
-        raise AssertionError("unreachable")
 
     async def _prior(self, idem: bytes, digest: bytes, request_id: str) -> Prior | None:
         found = await self._etcd.range(rpc.RangeRequest(key=idem))
@@ -400,7 +378,7 @@ class SessionStore:
     # --- reads --------------------------------------------------------------------
 
     async def sync(self, name: str, state_vector: bytes) -> tuple[int, bytes, bytes]:
-        _require(
+        require(
             check_name("name", name) + session_ops.check_state_vector("state_vector", state_vector)
         )
         async with self._use(name) as session:
@@ -409,7 +387,7 @@ class SessionStore:
             return session.applied_revision, update, session.doc.get_state()
 
     async def read(self, name: str) -> Snapshot:
-        _require(check_name("name", name))
+        require(check_name("name", name))
         async with self._use(name) as session:
             await session.fresh()
             revision = session.applied_revision
@@ -428,7 +406,7 @@ class SessionStore:
     async def subscribe(
         self, name: str, state_vector: bytes, presence: bool
     ) -> AsyncIterator[Event]:
-        _require(
+        require(
             check_name("name", name) + session_ops.check_state_vector("state_vector", state_vector)
         )
         async with self._use(name) as session:
@@ -452,7 +430,7 @@ class SessionStore:
             )
         else:
             violations += session_ops.check_update("update", update)
-        _require(violations)
+        require(violations)
         digest = fingerprint(b"session-push", name.encode(), update, *_fence_bytes(fence))
         async with self._use(name) as session:
             revision, answer = await self._write_update(
@@ -476,7 +454,7 @@ class SessionStore:
             violations.append(FieldViolation("operations", "give at least one operation"))
         if len(operations) > MAX_OPERATIONS:
             violations.append(FieldViolation("operations", f"at most {MAX_OPERATIONS}"))
-        _require(violations)
+        require(violations)
         digest = fingerprint(
             b"session-apply",
             name.encode(),
@@ -604,7 +582,8 @@ class SessionStore:
         if request_id:
             idem = self._idempotency.key(call.namespace, call.agent_id, request_id)
             keys.add(idem)
-            committed = await self._retained(
+            committed = await send_retained(
+                self._retention,
                 inner,
                 idem,
                 digest,
@@ -647,7 +626,7 @@ class SessionStore:
         if not 0 <= client_id < 2**32:
             violations.append(FieldViolation("client_id", "must fit in 32 bits"))
         violations += _check_presence_state("state_json", state_json)
-        _require(violations)
+        require(violations)
         lease = await self._leases.owned(lease_id)
         client_id = client_id or _client_id_for(lease_id)
         return await self.put_presence(
@@ -736,11 +715,6 @@ def _replay(prior: Prior, answer_type: Any) -> Any:
     return answer_type(header=common_pb2.ResponseHeader(revision=prior.revision))
 
 
-def _require(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise InvalidArgument(violations)
-
-
 def _not_found(namespace: str, name: str) -> NotFound:
     return NotFound(
         f"session {name!r} does not exist in namespace {namespace!r}",
@@ -760,12 +734,6 @@ def _info(name: str, raw: Any, record: records_pb2.SessionRecord) -> sessions_pb
 
 def _fence_bytes(fence: common_pb2.Fence | None) -> list[bytes]:
     return [fence.SerializeToString(deterministic=True)] if fence is not None else []
-
-
-def _mod_equals(key: bytes, revision: int) -> Any:
-    return rpc.Compare(
-        key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision
-    )
 
 
 def _now() -> timestamp_pb2.Timestamp:

@@ -18,7 +18,7 @@ from typing import Any
 from aetcd.rpc import rpc_pb2 as rpc
 
 from accord.coordinator import calls, logs
-from accord.coordinator.errors import AccordError, BackendUnavailable, InvalidArgument, NotFound
+from accord.coordinator.errors import AccordError, BackendUnavailable, NotFound, require
 from accord.coordinator.etcd import Etcd, prefix_end
 from accord.coordinator.vote_spec import check_vote_id
 from accord.coordinator.votes import Snapshot, VoteStore, parse_record
@@ -73,9 +73,7 @@ class VoteFeeds:
 
     async def watch(self, vote_id: str) -> AsyncIterator[votes_pb2.VotesWatchResponse]:
         """The vote's state, then its ballots as cast, then its decision (last)."""
-        violations = check_vote_id("vote_id", vote_id)
-        if violations:
-            raise InvalidArgument(violations)
+        require(check_vote_id("vote_id", vote_id))
         ns = calls.current.get().namespace
         key = (ns, vote_id)
         feed = self._feeds.get(key)

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aetcd.rpc import rpc_pb2 as rpc
-from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
 from accord.coordinator import calls, failpoints, logs, vote_rules, vote_spec
@@ -41,7 +40,6 @@ from accord.coordinator.errors import (
     ConditionFailed,
     FieldViolation,
     InvalidArgument,
-    LeaseNotFound,
     NotEligible,
     NotFound,
     NotPermitted,
@@ -49,10 +47,11 @@ from accord.coordinator.errors import (
     StoredFailure,
     VoteClosed,
     clip,
+    require,
 )
-from accord.coordinator.etcd import Etcd, prefix_end, put_op
+from accord.coordinator.etcd import Etcd, mod_is, prefix_end, put_op, version_is
 from accord.coordinator.group_commit import Committed, GroupCommitter
-from accord.coordinator.idempotency import Idempotency, Prior, fingerprint
+from accord.coordinator.idempotency import Idempotency, Prior, fingerprint, send_retained
 from accord.coordinator.leases import LeaseStore
 from accord.coordinator.limits import check_request_id
 from accord.coordinator.locks import LockStore
@@ -177,13 +176,13 @@ class VoteStore:
         violations = vote_spec.check_vote_id("vote_id", vote_id, allow_empty=True)
         violations += check_request_id("request_id", request_id)
         violations += vote_spec.check_spec(spec, now)
-        _require(violations)
+        require(violations)
         normal = vote_spec.normalise(spec, now)
         if normal.electorate.WhichOneof("source") == "voters":
             voters = list(normal.electorate.voters.voters)  # checked with the spec
         else:
             voters = await self._by_labels(dict(normal.electorate.lease_labels.labels))
-            _require(vote_spec.check_against_electorate(normal, voters))
+            require(vote_spec.check_against_electorate(normal, voters))
         derived = not vote_id
         if derived:
             vote_id = _derived_id(call.agent_id, request_id)
@@ -192,14 +191,14 @@ class VoteStore:
             spec=normal,
             voters=sorted(voters, key=lambda v: v.agent_id),
             proposed_by=common_pb2.Provenance(
-                agent_id=call.agent_id, written_at=_stamp(now), request_id=request_id
+                agent_id=call.agent_id, written_at=vote_spec.timestamp(now), request_id=request_id
             ),
             status=votes_pb2.VOTE_STATUS_OPEN,
         )
         key = self.record_key(call.namespace, vote_id)
         closes = self.timer_key(normal.deadline.ToMilliseconds(), "close", call.namespace, vote_id)
         txn = rpc.TxnRequest(
-            compare=[_version_is(key, 0)],
+            compare=[version_is(key, 0)],
             success=[put_op(key, vote.SerializeToString()), put_op(closes, b"")],
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
@@ -263,7 +262,7 @@ class VoteStore:
         stands after it (None if that could not be read)."""
         call = calls.current.get()
         ns, agent = call.namespace, call.agent_id
-        _require(
+        require(
             vote_spec.check_vote_id("vote_id", vote_id) + check_request_id("request_id", request_id)
         )
         vote, weights = await self._open_record(ns, vote_id)
@@ -283,7 +282,7 @@ class VoteStore:
                 f"{ineligible}; the ballot was not stored",
                 metadata={"vote_id": vote_id, "agent_id": agent},
             )
-        _require(malformed)
+        require(malformed)
         if time.time() >= vote_spec.deadline_of(vote):
             snap = await self.settle(ns, vote_id)
             raise _closed(snap.vote)
@@ -304,7 +303,7 @@ class VoteStore:
             rationale=rationale,
             confidence=confidence,
             weight=weight or 0.0,
-            cast_at=_stamp(time.time()),
+            cast_at=vote_spec.timestamp(time.time()),
             request_id=request_id,
         )
         key = self.ballot_key(ns, vote_id, agent)
@@ -359,7 +358,7 @@ class VoteStore:
         record = self.record_key(ns, vote.id)
         stored = votes_pb2.Ballot()
         stored.CopyFrom(ballot)
-        guard = _version_is(key, 0)
+        guard = version_is(key, 0)
         expected_mod = 0
         if vote.spec.allow_change:
             found = await self._etcd.range(rpc.RangeRequest(key=key))
@@ -370,8 +369,8 @@ class VoteStore:
                 previous.revision = found.kvs[0].mod_revision
                 stored.replaced.extend([*history, previous])
                 expected_mod = found.kvs[0].mod_revision
-                guard = _mod_is(key, expected_mod)
-        compares = [_mod_is(record, vote.created_revision), guard]
+                guard = mod_is(key, expected_mod)
+        compares = [mod_is(record, vote.created_revision), guard]
         failure = [
             rpc.RequestOp(request_range=rpc.RangeRequest(key=record)),
             rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
@@ -397,26 +396,17 @@ class VoteStore:
         call = calls.current.get()
         idem = self._idempotency.key(call.namespace, call.agent_id, request_id)
         keys = keys | {idem}
-        for attempt in range(2):
-            lease = await self._retention.current()
-            copy = rpc.TxnRequest()
-            copy.CopyFrom(inner)
-            try:
-                committed = await self._committer.commit(
-                    Idempotency.wrap(copy, idem, digest, lease),
-                    keys,
-                    size + len(idem) + 128,
-                    retry=True,
-                    weight=weight + 1,
-                )
-            except LeaseNotFound:  # the retention lease was revoked: take a fresh one
-                if attempt:
-                    raise
-                self._retention.forget(lease)
-                continue
-            response, prior = Idempotency.unwrap(committed.response, digest, request_id)
-            return Committed(response, committed.revision), prior
-        raise AssertionError("unreachable")
+        committed = await send_retained(
+            self._retention,
+            inner,
+            idem,
+            digest,
+            lambda txn: self._committer.commit(
+                txn, keys, size + len(idem) + 128, retry=True, weight=weight + 1
+            ),
+        )
+        response, prior = Idempotency.unwrap(committed.response, digest, request_id)
+        return Committed(response, committed.revision), prior
 
     async def _refused(
         self,
@@ -523,7 +513,7 @@ class VoteStore:
         found = await self._etcd.txn(
             rpc.TxnRequest(
                 # With the record unchanged since cached, only the new ballots are read.
-                compare=[_mod_is(key, cached.record_mod)] if cached else [],
+                compare=[mod_is(key, cached.record_mod)] if cached else [],
                 success=[ballots_since] if cached else [read_record, ballots_since],
                 failure=[read_record, ballots_since],
             ),
@@ -641,7 +631,7 @@ class VoteStore:
             last_ballot_revision=max((b.revision for b in snap.ballots), default=0),
             quorum_met=verdict.quorum_met,
             explanation=explanation,
-            decided_at=_stamp(now),
+            decided_at=vote_spec.timestamp(now),
             cancelled_by=cancelled_by,
             cancel_reason=reason,
         )
@@ -655,7 +645,7 @@ class VoteStore:
         expires_ms = int((now + vote.spec.retention_seconds) * 1000)
         txn = rpc.TxnRequest(
             compare=[
-                _mod_is(key, snap.record_mod),
+                mod_is(key, snap.record_mod),
                 rpc.Compare(
                     key=prefix,
                     range_end=prefix_end(prefix),
@@ -696,7 +686,7 @@ class VoteStore:
     # --- get, list, cancel --------------------------------------------------------
 
     async def get(self, vote_id: str) -> Snapshot:
-        _require(vote_spec.check_vote_id("vote_id", vote_id))
+        require(vote_spec.check_vote_id("vote_id", vote_id))
         return await self.settle(calls.current.get().namespace, vote_id)
 
     async def list_votes(
@@ -707,7 +697,7 @@ class VoteStore:
             violations.append(FieldViolation("limit", f"must be 0-{MAX_LIST_LIMIT}"))
         if status not in votes_pb2.VoteStatus.values():
             violations.append(FieldViolation("status", f"unknown status {status}"))
-        _require(violations)
+        require(violations)
         limit = limit or DEFAULT_LIST_LIMIT
         prefix = self.records_prefix(calls.current.get().namespace)
         start = prefix + after.encode() + b"\x00" if after else prefix
@@ -747,7 +737,7 @@ class VoteStore:
             violations.append(
                 FieldViolation("reason", f"exceeds {vote_spec.MAX_REASON_BYTES} bytes")
             )
-        _require(violations)
+        require(violations)
         for _ in range(DECIDE_ATTEMPTS):
             snap = await self.snapshot(ns, vote_id)
             vote = snap.vote
@@ -815,7 +805,7 @@ class VoteStore:
                 return False
             if mine:
                 prefix = self.ballots_prefix(ns, vote_id)
-                compares.append(_mod_is(key, found.kvs[0].mod_revision))
+                compares.append(mod_is(key, found.kvs[0].mod_revision))
                 ops += [
                     rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)),
                     rpc.RequestOp(
@@ -913,28 +903,7 @@ def _not_found(vote_id: str) -> NotFound:
     )
 
 
-def _require(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise InvalidArgument(violations)
-
-
-def _version_is(key: bytes, version: int) -> Any:
-    return rpc.Compare(
-        key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=version
-    )
-
-
-def _mod_is(key: bytes, revision: int) -> Any:
-    return rpc.Compare(
-        key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision
-    )
-
-
 def _delete(key: bytes) -> Any:
     return rpc.TxnRequest(
         success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))]
     )
-
-
-def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
-    return vote_spec.timestamp(seconds)

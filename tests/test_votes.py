@@ -6,7 +6,6 @@ cancellation and retention. Every decision is checked to be written exactly once
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -478,7 +477,6 @@ async def test_decided_votes_are_deleted_after_their_retention(
     async with grpc.aio.insecure_channel(etcd.endpoint) as channel:
         found = await rpc_grpc.KVStub(channel).Range(rpc.RangeRequest(key=record))
         if found.kvs:  # wait for the timers to delete it: a watch, not polling
-            started = time.monotonic()
 
             async def requests() -> AsyncIterator[rpc.WatchRequest]:
                 yield rpc.WatchRequest(
@@ -494,7 +492,6 @@ async def test_decided_votes_are_deleted_after_their_retention(
                         return
 
             await asyncio.wait_for(deleted(), 30)
-            assert time.monotonic() - started < 30
     with pytest.raises(grpc.aio.AioRpcError) as gone:
         await agents.get(vote.id, at=1)
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
