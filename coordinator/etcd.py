@@ -141,7 +141,7 @@ class Etcd:
         self._current = 0
         self._keepalives: _KeepAlives | None = None
         # One-shot waits ("wake me when one of these keys changes") share one stream.
-        self.watch_hub = WatchHub(lambda: self._watch)
+        self.watch_hub = WatchHub(lambda: self._watch, self.txn)
 
     @property
     def _kv(self) -> Any:
