@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -27,7 +29,7 @@ import etcd3
 
 from accord.client import AsyncClient, DeadlockError, Lease
 from benchmarks.common import CpuMeter, Result, report, rss_mb
-from tests.harness import start_coordinator, start_etcd
+from tests.harness import ETCDCTL, start_coordinator, start_etcd
 
 
 def peer_loop(endpoint: str, clients: int, seconds: float, shared: bool) -> Result:
@@ -57,6 +59,28 @@ def peer_loop(endpoint: str, clients: int, seconds: float, shared: bool) -> Resu
     return _result(
         "etcd3.Lock (python3-etcd3)", clients, sum(counts), time.perf_counter() - began, latencies
     )
+
+
+def revoke_every_lease(endpoint: str) -> int:
+    """The recipe takes a new etcd lease on every acquire attempt and never revokes it
+    (release only deletes the key); revoke them all, so their expiry a minute later does
+    not load etcd during the next measurements. Returns how many there were."""
+    listed = subprocess.run(
+        [ETCDCTL, f"--endpoints={endpoint}", "lease", "list"],
+        env={**os.environ, "ETCDCTL_API": "3"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()[3:]  # "found N leases" then one hex id per line
+    host, port = endpoint.split(":")
+    client = etcd3.client(host=host, port=int(port))
+    try:
+        for lease in listed:
+            client.revoke_lease(int(lease, 16))
+        return len(listed)
+    finally:
+        client.close()
 
 
 async def accord_loop(
@@ -162,6 +186,9 @@ async def run(seconds: float, waiter_counts: list[int], agents: int, out: Path) 
         for clients, shared in ((16, False), (8, True), (32, True)):
             label = f"{'hand-offs' if shared else 'uncontended'} @{clients}"
             peer = peer_loop(etcd.endpoint, clients, seconds, shared)
+            summary[f"etcd leases the peer left behind, {label}"] = revoke_every_lease(
+                etcd.endpoint
+            )
             leases = [await client.leases.grant(ttl=60) for _ in range(clients)]
             with CpuMeter({"coordinator": coordinator.pid, "etcd": etcd.pid}) as meter:
                 ours = await accord_loop(client, leases, seconds, shared)

@@ -6,9 +6,12 @@ several leases is several actors, so its tasks waiting on each other is no deadl
 There is an edge from a waiting lease to every lease queued ahead of it that it must
 wait for (mode-aware: a shared waiter waits only for exclusive entries ahead; an
 exclusive one for all). Queues are FIFO, so every edge exists from the moment
-its waiter enqueues: a cycle can only close when a wait starts, and the replica that
-starts it checks, reading every queue of the namespace at one etcd revision. Two waits
-closing a cycle at once on two replicas are found by whichever reads second.
+its waiter enqueues: a cycle can only close when a wait starts, and then it runs through
+the lease that started it. So the replica that starts a wait checks, reading every queue
+of the namespace at one etcd revision and searching only what that lease reaches: with
+no path back to it there is no new cycle, and only the leases it reaches can be in one.
+Two waits closing a cycle at once on two replicas are found by whichever reads second
+(the cycle runs through its lease, and it reads after both waits began).
 
 For each cycle exactly one wait is ended: among the waits of the cycle's strongly
 connected tangle, the first in policy order (lowest priority, then the youngest wait,
@@ -66,17 +69,44 @@ def node(entry: Entry) -> str:
     return f"{entry.record.agent_id or 'agent'}#{entry.lease_id:x}"
 
 
-def wait_edges(queues: dict[str, list[Entry]], *, with_semaphores: bool = False) -> list[Edge]:
+def wait_edges(
+    queues: dict[str, list[Entry]],
+    *,
+    with_semaphores: bool = False,
+    waiters: set[int] | None = None,
+) -> list[Edge]:
+    """Every wait-for edge; with waiters, only those of waits by these leases."""
     edges: list[Edge] = []
     for queue in queues.values():
         holding = {e.token for i, e in enumerate(queue) if is_granted(queue, i)}
         for index, entry in enumerate(queue):
             if entry.record.permits and not with_semaphores:
                 continue
+            if waiters is not None and entry.lease_id not in waiters:
+                continue
             edges.extend(
                 Edge(entry, ahead, ahead.token in holding) for ahead in blockers(queue, index)
             )
     return edges
+
+
+def reached_from(queues: dict[str, list[Entry]], start: int) -> set[int] | None:
+    """The leases that lease start waits for, directly or not (semaphore waits left out),
+    if one of them waits for start again; None when start is on no cycle."""
+    waits: dict[int, list[tuple[list[Entry], int]]] = {}
+    for queue in queues.values():
+        for index, entry in enumerate(queue):
+            if not entry.record.permits:
+                waits.setdefault(entry.lease_id, []).append((queue, index))
+    seen, frontier, cyclic = {start}, [start], False
+    while frontier:
+        for queue, index in waits.get(frontier.pop(), ()):
+            for ahead in blockers(queue, index):
+                cyclic = cyclic or ahead.lease_id == start
+                if ahead.lease_id not in seen:
+                    seen.add(ahead.lease_id)
+                    frontier.append(ahead.lease_id)
+    return seen if cyclic else None
 
 
 def find_cycle(edges: Sequence[Edge]) -> list[Edge] | None:
@@ -209,11 +239,18 @@ class DeadlockDetector:
         revision, queues = await self._locks.all_entries(namespace)
         return revision, [to_wait_edge(e) for e in wait_edges(queues, with_semaphores=True)]
 
-    async def check(self, namespace: str) -> int:
-        """Find every cycle among the namespace's waits and end one wait in each; returns
-        how many waits were ended."""
+    async def check(self, namespace: str, lease_id: int | None = None) -> int:
+        """Find every cycle among the namespace's waits (with lease_id: every cycle among
+        what that lease, which just began to wait, reaches) and end one wait in each;
+        returns how many waits were ended."""
         revision, queues = await self._locks.all_entries(namespace)
-        edges = wait_edges(queues)
+        if lease_id is None:
+            edges = wait_edges(queues)
+        else:
+            reached = reached_from(queues, lease_id)
+            if reached is None:
+                return 0
+            edges = wait_edges(queues, waiters=reached)
         ended = 0
         while (cycle := find_cycle(edges)) is not None:
             victim = choose_victim(edges, cycle)

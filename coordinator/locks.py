@@ -63,7 +63,7 @@ BREAK_ATTEMPTS = 5
 class DeadlockChecker(Protocol):
     """What lock waits need of deadlock detection (deadlocks.DeadlockDetector)."""
 
-    async def check(self, namespace: str) -> int: ...
+    async def check(self, namespace: str, lease_id: int | None = None) -> int: ...
 
     async def verdict(self, namespace: str, entry: Entry) -> locks_pb2.Deadlock | None: ...
 
@@ -410,7 +410,7 @@ class LockStore:
                 )
             if not checked_deadlocks and self.deadlocks is not None:
                 checked_deadlocks = True
-                if await self.deadlocks.check(ns):
+                if await self.deadlocks.check(ns, entry.lease_id):
                     continue  # waits were ended, perhaps this very one: look again
             watched = self._watch_targets(queue, index)
             remaining = None if give_up is None else give_up - time.monotonic()

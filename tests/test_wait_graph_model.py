@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.coordinator.deadlocks import choose_victim, find_cycle, wait_edges
+from accord.coordinator.deadlocks import choose_victim, find_cycle, reached_from, wait_edges
 from accord.coordinator.locks import EXCLUSIVE, SHARED, Entry, blockers, is_granted
 from accord.v1 import records_pb2
 
@@ -31,8 +31,8 @@ def build(raw: dict[str, list[tuple[int, int]]]) -> dict[str, list[Entry]]:
     return queues
 
 
-def model_has_cycle(queues: dict[str, list[Entry]]) -> bool:
-    """Reachability by brute force: a lease that can reach itself is in a cycle."""
+def model_waits(queues: dict[str, list[Entry]]) -> dict[int, set[int]]:
+    """Which leases each lease waits for, by the definitions, not the code."""
     waits: dict[int, set[int]] = {}
     for queue in queues.values():
         for i, entry in enumerate(queue):
@@ -41,15 +41,23 @@ def model_has_cycle(queues: dict[str, list[Entry]]) -> bool:
                 continue
             ahead = [e for e in queue[:i] if EXCLUSIVE in (entry.mode, e.mode)]
             waits.setdefault(entry.lease_id, set()).update(e.lease_id for e in ahead)
-    for start, direct in waits.items():
-        seen: set[int] = set()
-        frontier = set(direct)
-        while frontier:
-            if start in frontier:
-                return True
-            seen |= frontier
-            frontier = {n for f in frontier for n in waits.get(f, set())} - seen
-    return False
+    return waits
+
+
+def model_reach(waits: dict[int, set[int]], start: int) -> set[int]:
+    """Leases reachable from start in one step or more, by brute force."""
+    seen: set[int] = set()
+    frontier = set(waits.get(start, set()))
+    while frontier:
+        seen |= frontier
+        frontier = {n for f in frontier for n in waits.get(f, set())} - seen
+    return seen
+
+
+def model_has_cycle(queues: dict[str, list[Entry]]) -> bool:
+    """Reachability by brute force: a lease that can reach itself is in a cycle."""
+    waits = model_waits(queues)
+    return any(start in model_reach(waits, start) for start in waits)
 
 
 @settings(max_examples=400, deadline=None)
@@ -111,3 +119,25 @@ def test_a_bystander_is_not_a_second_victim() -> None:
         victims.append((victim.lock, victim.lease_id))
         edges = [e for e in edges if e.waiter.key != victim.key]
     assert len(victims) == 1 and victims[0][1] != 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(queues_strategy, st.integers(1, 6))
+def test_search_from_a_lease_finds_exactly_its_cycles(
+    raw: dict[str, list[tuple[int, int]]], lease: int
+) -> None:
+    """The detector searches only from the lease that began to wait: it must see a cycle
+    exactly when that lease is on one, and then end the same wait as a full search of
+    that lease's tangle would."""
+    queues = build(raw)
+    waits = model_waits(queues)
+    reach = model_reach(waits, lease)
+    reached = reached_from(queues, lease)
+    assert (reached is not None) == (lease in reach)
+    if reached is None:
+        return
+    assert reached == reach | {lease}
+    edges = wait_edges(queues, waiters=reached)
+    cycle = find_cycle(edges)
+    assert cycle is not None
+    assert choose_victim(edges, cycle).key == choose_victim(wait_edges(queues), cycle).key
