@@ -6,7 +6,10 @@ latency, and coordinator memory with many waiting agents, in one run.
 - uncontended: 16 clients, each its own lock, acquire then release in a loop;
 - hand-offs: 8 and 32 clients looping acquire/release on one lock (grants per second);
   the peer is etcd3.Lock (python3-etcd3), each client a thread with its own etcd client,
-  as a user of that recipe would run it;
+  as a user of that recipe would run it. The recipe is not fair: a releasing client
+  often takes the lock straight back, so its "hand-offs" are mostly not hand-offs; the
+  share of grants that went to the previous holder is reported for both. The etcd
+  leases the recipe leaves behind are revoked after each of its runs;
 - deadlock latency: with N other agents waiting on locks, two agents close a cycle; time
   from the closing acquire's call to the victim's DeadlockError (20 rounds);
 - memory: coordinator RSS with 1000 agents each keeping a lease alive and waiting on or
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -32,7 +36,17 @@ from benchmarks.common import CpuMeter, Result, report, rss_mb
 from tests.harness import ETCDCTL, start_coordinator, start_etcd
 
 
-def peer_loop(endpoint: str, clients: int, seconds: float, shared: bool) -> Result:
+def repeat_share(order: list[int]) -> float:
+    """Of the grants of one lock, the share that went to the client that held it just
+    before: 0 for a strict FIFO hand-off between several clients, near 1 when one client
+    keeps re-taking the lock while the others starve."""
+    again = sum(1 for a, b in itertools.pairwise(order) if a == b)
+    return round(again / max(1, len(order) - 1), 3)
+
+
+def peer_loop(
+    endpoint: str, clients: int, seconds: float, shared: bool, order: list[int]
+) -> Result:
     """etcd3.Lock from threads; each thread its own client and Lock object."""
     host, port = endpoint.split(":")
     counts = [0] * clients
@@ -46,6 +60,7 @@ def peer_loop(endpoint: str, clients: int, seconds: float, shared: bool) -> Resu
             started = time.perf_counter()
             if lock.acquire(timeout=max(0.1, stop_at - time.perf_counter())):
                 latencies.append(time.perf_counter() - started)
+                order.append(i)
                 counts[i] += 1
                 lock.release()
         client.close()
@@ -84,7 +99,11 @@ def revoke_every_lease(endpoint: str) -> int:
 
 
 async def accord_loop(
-    client: AsyncClient, leases: list[Lease], seconds: float, shared: bool
+    client: AsyncClient,
+    leases: list[Lease],
+    seconds: float,
+    shared: bool,
+    order: list[int] | None = None,
 ) -> Result:
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
@@ -95,6 +114,8 @@ async def accord_loop(
             started = time.perf_counter()
             grant = await client.locks.acquire(name, leases[i], timeout=30)
             latencies.append(time.perf_counter() - started)
+            if order is not None:
+                order.append(i)
             await client.locks.release(grant)
 
     began = time.perf_counter()
@@ -185,18 +206,25 @@ async def run(seconds: float, waiter_counts: list[int], agents: int, out: Path) 
     try:
         for clients, shared in ((16, False), (8, True), (32, True)):
             label = f"{'hand-offs' if shared else 'uncontended'} @{clients}"
-            peer = peer_loop(etcd.endpoint, clients, seconds, shared)
+            peer_order: list[int] = []
+            accord_order: list[int] = []
+            peer = peer_loop(etcd.endpoint, clients, seconds, shared, peer_order)
             summary[f"etcd leases the peer left behind, {label}"] = revoke_every_lease(
                 etcd.endpoint
             )
             leases = [await client.leases.grant(ttl=60) for _ in range(clients)]
             with CpuMeter({"coordinator": coordinator.pid, "etcd": etcd.pid}) as meter:
-                ours = await accord_loop(client, leases, seconds, shared)
+                ours = await accord_loop(client, leases, seconds, shared, accord_order)
             for lease in leases:
                 await lease.revoke()
             results += [peer, ours]
             summary[f"accord/etcd3.Lock, {label}"] = round(ours.ops_per_s / peer.ops_per_s, 2)
             summary[f"CPU us/op accord, {label}"] = meter.per_op_us(ours.ops)
+            if shared:
+                summary[f"grants to the previous holder again, {label}"] = {
+                    "etcd3.Lock": repeat_share(peer_order),
+                    "accord": repeat_share(accord_order),
+                }
         for others in waiter_counts:
             samples = sorted(await deadlock_latency(client, others, 20))
             summary[f"deadlock detection ms @{others} other waiters"] = {
