@@ -22,8 +22,13 @@ guarded by every entry of the cycle still being there: a cycle already broken, b
 another replica or a release, is left alone. The victim's Acquire, wherever it waits,
 sees its entry go and reads the verdict.
 
-Semaphore waits (waiting for any one of several holders) would need knot detection;
-they are left out of the graph, so a deadlock through a semaphore is not detected.
+A semaphore wait is not an edge to each entry ahead: it needs only some of them to leave,
+so a cycle through it may be no deadlock (another permit holder will finish). When the
+leases the new wait reaches hold semaphore entries, the detector instead reduces that part
+of the graph: every lease that waits for nothing is assumed to finish and give back all
+it holds, again and again; the leases left can never finish (a knot). One wait among them
+is ended: the first in policy order whose end alone lets all of them finish. The verdict
+records the waits among the stuck leases.
 
 Layout: {root}/ns/{namespace}/deadlocks/{lock}\\0{lease hex}\\0{token hex} -> Deadlock.
 """
@@ -90,13 +95,16 @@ def wait_edges(
     return edges
 
 
-def reached_from(queues: dict[str, list[Entry]], start: int) -> set[int] | None:
-    """The leases that lease start waits for, directly or not (semaphore waits left out),
-    if one of them waits for start again; None when start is on no cycle."""
+def reached_from(
+    queues: dict[str, list[Entry]], start: int, *, with_semaphores: bool = False
+) -> set[int] | None:
+    """The leases that lease start waits for, directly or not, if one of them waits for
+    start again; None when start is on no cycle. A semaphore wait counts as waiting for
+    every entry ahead only with_semaphores (and is left out otherwise)."""
     waits: dict[int, list[tuple[list[Entry], int]]] = {}
     for queue in queues.values():
         for index, entry in enumerate(queue):
-            if not entry.record.permits:
+            if with_semaphores or not entry.record.permits:
                 waits.setdefault(entry.lease_id, []).append((queue, index))
     seen, frontier, cyclic = {start}, [start], False
     while frontier:
@@ -203,6 +211,52 @@ def _reach(edges: Sequence[Edge], start: int, *, forward: bool) -> set[int]:
     return seen
 
 
+def stuck_leases(queues: dict[str, list[Entry]]) -> set[int]:
+    """The leases that can never finish: what is left after letting each lease that waits
+    for nothing finish and give back everything it holds, until none can (deadlock
+    detection by graph reduction, exact for lock and semaphore waits alike)."""
+    live = {name: list(queue) for name, queue in queues.items()}
+    locks_of: dict[int, list[str]] = {}
+    for name, queue in live.items():
+        for entry in queue:
+            locks_of.setdefault(entry.lease_id, []).append(name)
+
+    def waits(lease: int) -> bool:
+        for name in locks_of[lease]:
+            queue = live[name]
+            index = next(i for i, e in enumerate(queue) if e.lease_id == lease)
+            if not is_granted(queue, index):
+                return True
+        return False
+
+    pending = set(locks_of)
+    while finished := {lease for lease in pending if not waits(lease)}:
+        pending -= finished
+        for name in {n for lease in finished for n in locks_of[lease]}:
+            live[name] = [e for e in live[name] if e.lease_id not in finished]
+    return pending
+
+
+def choose_knot_victim(queues: dict[str, list[Entry]], stuck: set[int]) -> Entry:
+    """The waiting entry of a stuck lease to end: the first in policy order whose end
+    alone lets every stuck lease finish (else the policy's first; the caller looks
+    again)."""
+    candidates = sorted(
+        (
+            entry
+            for queue in queues.values()
+            for index, entry in enumerate(queue)
+            if entry.lease_id in stuck and not is_granted(queue, index)
+        ),
+        key=_policy_key,
+    )
+    for candidate in candidates:
+        rest = {n: [e for e in q if e.key != candidate.key] for n, q in queues.items()}
+        if not stuck_leases(rest) & stuck:
+            return candidate
+    return candidates[0]
+
+
 def to_wait_edge(edge: Edge) -> locks_pb2.WaitEdge:
     return locks_pb2.WaitEdge(
         waiter_agent=edge.waiter.record.agent_id,
@@ -247,9 +301,17 @@ class DeadlockDetector:
         if lease_id is None:
             edges = wait_edges(queues)
         else:
-            reached = reached_from(queues, lease_id)
+            reached = reached_from(queues, lease_id, with_semaphores=True)
             if reached is None:
                 return 0
+            # Entries behind those of the reached leases cannot hold them up.
+            region = {
+                name: kept
+                for name, queue in queues.items()
+                if (kept := [e for e in queue if e.lease_id in reached])
+            }
+            if any(e.record.permits for queue in region.values() for e in queue):
+                return await self._end_knots(namespace, region, revision)
             edges = wait_edges(queues, waiters=reached)
         ended = 0
         while (cycle := find_cycle(edges)) is not None:
@@ -257,6 +319,23 @@ class DeadlockDetector:
             explained = cycle_through(edges, victim) or cycle
             ended += await self._resolve(namespace, explained, victim, revision)
             edges = [e for e in edges if e.waiter.key != victim.key]
+        return ended
+
+    async def _end_knots(
+        self, namespace: str, region: dict[str, list[Entry]], revision: int
+    ) -> int:
+        ended = 0
+        while stuck := stuck_leases(region):
+            victim = choose_knot_victim(region, stuck)
+            waits = [
+                e
+                for e in wait_edges(region, with_semaphores=True, waiters=stuck)
+                if e.holder.lease_id in stuck
+            ]
+            if not await self._resolve(namespace, waits, victim, revision):
+                break  # something changed meanwhile: the next wait to start looks again
+            ended += 1
+            region = {n: [e for e in q if e.key != victim.key] for n, q in region.items()}
         return ended
 
     async def _resolve(
@@ -344,6 +423,15 @@ class DeadlockDetector:
 
 
 def _policy(cycle: Sequence[Edge], victim: Entry) -> str:
+    if any(e.waiter.record.permits for e in cycle):
+        stuck = sorted({node(e.waiter) for e in cycle})
+        return (
+            f"knot of {len(stuck)} leases through a semaphore ({', '.join(stuck)}): each waits "
+            "for permits or locks only the others hold, so none can finish. Ended the wait "
+            f"of {node(victim)} for {victim.lock!r}: of the waits whose end lets them all "
+            f"finish, the lowest priority ({victim.record.priority}), then the youngest wait "
+            f"(token {victim.token}); the others proceed"
+        )
     steps = " -> ".join(
         f"{node(e.waiter)} waits for {node(e.holder)} on {e.waiter.lock!r}"
         f"{' (shared)' if e.waiter.mode == SHARED else ''}"

@@ -11,7 +11,7 @@ import pytest
 
 from accord.client import AsyncClient, DeadlockError, Lease, LockMode
 from tests.conftest import make_client
-from tests.harness import Coordinator
+from tests.harness import Coordinator, eventually
 
 
 @dataclass
@@ -126,3 +126,38 @@ async def test_many_waiters_without_a_cycle_are_left_alone(agents: list[Agent]) 
     await holders[0].client.locks.release("Q0", holders[0].lease)
     await asyncio.wait_for(asyncio.gather(*waits), 30)  # every wait ends in a grant
     assert await agents[0].client.locks.deadlocks() == []
+
+
+async def test_semaphore_knot_across_replicas_has_exactly_one_victim(agents: list[Agent]) -> None:
+    """S has 2 permits, held by a and b; c holds L and waits for S; a waits for L. While b
+    waits for nothing it will free a permit: no deadlock, nobody is a victim. When b also
+    waits for L, no one can finish: exactly b's wait (the youngest) ends, the rest
+    proceed."""
+    a, b, c = agents[:3]  # replicas 0, 1, 0
+    for agent in (a, b):
+        await agent.client.locks.acquire("S", agent.lease, permits=2)
+    await c.client.locks.acquire("L", c.lease)
+    c_waits = asyncio.create_task(c.client.locks.acquire("S", c.lease, permits=2, timeout=30))
+    a_waits = asyncio.create_task(a.client.locks.acquire("L", a.lease, timeout=30))
+
+    async def waiters() -> int:
+        states = [(await a.client.locks.describe(name))[0] for name in ("S", "L")]
+        return min(len(state.waiters) for state in states)
+
+    assert await eventually(waiters, lambda n: n == 1) == 1  # both waits have begun
+    assert not c_waits.done() and not a_waits.done()  # a cycle a -> c -> a, but no knot
+    assert await a.client.locks.deadlocks() == []
+
+    with pytest.raises(DeadlockError) as victim:
+        await b.client.locks.acquire("L", b.lease, timeout=30)
+    deadlock = victim.value.deadlock
+    assert deadlock is not None and deadlock.victim_agent == b.name
+    assert {e.waiter_agent for e in deadlock.cycle} == {a.name, b.name, c.name}
+    assert "knot" in deadlock.policy
+    assert not c_waits.done() and not a_waits.done()
+
+    await b.client.locks.release("S", b.lease)  # the victim gives up its permit
+    await c.client.locks.release(await asyncio.wait_for(c_waits, 10))
+    await c.client.locks.release("L", c.lease)
+    await a.client.locks.release(await asyncio.wait_for(a_waits, 10))
+    assert len(await a.client.locks.deadlocks()) == 1

@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.coordinator.deadlocks import choose_victim, find_cycle, reached_from, wait_edges
+from accord.coordinator.deadlocks import (
+    choose_knot_victim,
+    choose_victim,
+    find_cycle,
+    reached_from,
+    stuck_leases,
+    wait_edges,
+)
 from accord.coordinator.locks import EXCLUSIVE, SHARED, Entry, blockers, is_granted
 from accord.v1 import records_pb2
 
@@ -141,3 +148,114 @@ def test_search_from_a_lease_finds_exactly_its_cycles(
     cycle = find_cycle(edges)
     assert cycle is not None
     assert choose_victim(edges, cycle).key == choose_victim(wait_edges(queues), cycle).key
+
+
+# Knots: lock "S" is a semaphore of 2 permits; the other locks as above.
+SEMAPHORE_PERMITS = 2
+knot_queues_strategy = st.dictionaries(
+    st.sampled_from(["A", "B", "S"]),
+    st.lists(queue_entry, max_size=5, unique_by=lambda e: e[0]),
+    max_size=3,
+)
+
+
+def build_with_semaphore(raw: dict[str, list[tuple[int, int]]]) -> dict[str, list[Entry]]:
+    queues = build(raw)
+    for entry in queues.get("S", []):
+        entry.record.mode = EXCLUSIVE
+        entry.record.permits = SEMAPHORE_PERMITS
+    return queues
+
+
+def model_finishers(queues: dict[str, list[Entry]]) -> set[int]:
+    """The largest set of leases that can all finish in some order, by searching the
+    orders (each lease, on its turn, must hold every entry it has once the leases before
+    it are gone): a search over subsets, unlike the detector's greedy reduction."""
+    leases = {e.lease_id for q in queues.values() for e in q}
+
+    def holds_all(lease: int, gone: frozenset[int]) -> bool:
+        for queue in queues.values():
+            left = [e for e in queue if e.lease_id not in gone]
+            for i, entry in enumerate(left):
+                if entry.lease_id != lease:
+                    continue
+                if entry.record.permits:
+                    if i >= entry.record.permits:
+                        return False
+                elif entry.mode == SHARED:
+                    if any(e.mode == EXCLUSIVE for e in left[:i]):
+                        return False
+                elif i:
+                    return False
+        return True
+
+    best: frozenset[int] = frozenset()
+    seen: set[frozenset[int]] = set()
+    frontier = [frozenset[int]()]
+    while frontier:
+        gone = frontier.pop()
+        best = max(best, gone, key=len)
+        for lease in leases - gone:
+            if holds_all(lease, gone) and (after := gone | {lease}) not in seen:
+                seen.add(after)
+                frontier.append(after)
+    return set(best)
+
+
+@settings(max_examples=400, deadline=None)
+@given(knot_queues_strategy)
+def test_stuck_leases_are_exactly_those_no_order_lets_finish(
+    raw: dict[str, list[tuple[int, int]]],
+) -> None:
+    queues = build_with_semaphore(raw)
+    leases = {e.lease_id for q in queues.values() for e in q}
+    stuck = stuck_leases(queues)
+    assert stuck == leases - model_finishers(queues)
+    if not any(e.record.permits for q in queues.values() for e in q):
+        # Without semaphores: stuck means on a cycle or waiting, transitively, for one.
+        waits = model_waits(queues)
+        on_cycle = {lease for lease in waits if lease in model_reach(waits, lease)}
+        expected = {lease for lease in leases if (model_reach(waits, lease) | {lease}) & on_cycle}
+        assert stuck == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(knot_queues_strategy)
+def test_knot_victim_is_a_stuck_wait_whose_end_frees_all_when_one_can(
+    raw: dict[str, list[tuple[int, int]]],
+) -> None:
+    queues = build_with_semaphore(raw)
+    stuck = stuck_leases(queues)
+    if not stuck:
+        return
+    victim = choose_knot_victim(queues, stuck)
+    queue = queues[victim.lock]
+    assert victim.lease_id in stuck
+    assert not is_granted(queue, queue.index(victim))
+
+    def without(entry: Entry) -> dict[str, list[Entry]]:
+        return {n: [e for e in q if e.key != entry.key] for n, q in queues.items()}
+
+    waiting = [
+        e
+        for q in queues.values()
+        for i, e in enumerate(q)
+        if e.lease_id in stuck and not is_granted(q, i)
+    ]
+    if any(not stuck_leases(without(e)) & stuck for e in waiting):
+        assert not stuck_leases(without(victim)) & stuck
+
+
+def test_a_semaphore_with_a_free_permit_holder_is_no_deadlock() -> None:
+    """S (2 permits) held by leases 1 and 2; lease 3 holds A and waits for S; lease 1
+    waits for A. A cycle 1 -> 3 -> 1 exists if a semaphore wait needed every holder, but
+    lease 2 waits for nothing and will free a permit: no knot. Once lease 2 also waits
+    for A, it is one."""
+    queues = build_with_semaphore({"A": [(3, EXCLUSIVE), (1, EXCLUSIVE)], "S": [(1, 0), (2, 0)]})
+    queues["S"].append(
+        Entry("S", 3, b"S/3", 99, records_pb2.LockEntryRecord(mode=EXCLUSIVE, permits=2))
+    )
+    assert stuck_leases(queues) == set()
+    queues["A"].append(Entry("A", 2, b"A/2", 100, records_pb2.LockEntryRecord(mode=EXCLUSIVE)))
+    assert stuck_leases(queues) == {1, 2, 3}
+    assert choose_knot_victim(queues, {1, 2, 3}).key == b"A/2"  # the youngest wait

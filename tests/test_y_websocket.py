@@ -9,8 +9,7 @@ import contextlib
 import itertools
 import json
 import shutil
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import grpc
@@ -27,7 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from accord.v1 import leases_pb2, leases_pb2_grpc, sessions_pb2, sessions_pb2_grpc
-from tests.harness import REPO, Coordinator
+from tests.harness import REPO, Coordinator, eventually
 
 NODE_DIR = REPO / "tests" / "node"
 WAIT = 15.0  # seconds any single expected change may take before the test fails
@@ -162,20 +161,6 @@ async def agents(replicas: list[Coordinator], namespace: str) -> AsyncIterator[l
     yield made
     for agent in made:
         await agent.channel.close()
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = WAIT
-) -> T:
-    """probe() until done(value), for at most timeout seconds; the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.25)
 
 
 async def test_node_edit_reaches_grpc_agent(
