@@ -455,29 +455,10 @@ class LockStore:
         there was created at or after its token) and its lease lives. Otherwise the queue
         as it is now, for the caller to look at."""
         prefix = self.queue_prefix(ns, entry.lock)
-        granted = records_pb2.LockEntryRecord()
-        granted.CopyFrom(entry.record)
-        granted.granted = True
+        compares, mark = self._mark(ns, entry)
         txn = rpc.TxnRequest(
             compare=[
-                rpc.Compare(
-                    key=entry.key,
-                    target=rpc.Compare.CREATE,
-                    result=rpc.Compare.EQUAL,
-                    create_revision=entry.token,
-                ),
-                rpc.Compare(  # not yet marked (by a resumed call on another replica)
-                    key=entry.key,
-                    target=rpc.Compare.MOD,
-                    result=rpc.Compare.EQUAL,
-                    mod_revision=entry.token,
-                ),
-                rpc.Compare(
-                    key=self._leases.record_key(ns, entry.lease_id),
-                    target=rpc.Compare.VERSION,
-                    result=rpc.Compare.GREATER,
-                    version=0,
-                ),
+                *compares,
                 rpc.Compare(  # nobody ahead
                     key=prefix,
                     range_end=prefix_end(prefix),
@@ -486,13 +467,7 @@ class LockStore:
                     create_revision=entry.token - 1,
                 ),
             ],
-            success=[
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(
-                        key=entry.key, value=granted.SerializeToString(), ignore_lease=True
-                    )
-                )
-            ],
+            success=[mark],
             failure=[
                 rpc.RequestOp(
                     request_range=rpc.RangeRequest(
@@ -512,42 +487,49 @@ class LockStore:
         kvs = response.responses[0].response_range.kvs
         return None, response.header.revision, [self._entry(ns, kv) for kv in kvs]
 
+    def _mark(self, ns: str, entry: Entry) -> tuple[list[Any], Any]:
+        """The compares under which a waiting entry may be marked as holding (this
+        incarnation, not yet marked by a resumed call on another replica, its lease
+        alive) and the put that marks it."""
+        granted = records_pb2.LockEntryRecord()
+        granted.CopyFrom(entry.record)
+        granted.granted = True
+        compares = [
+            rpc.Compare(
+                key=entry.key,
+                target=rpc.Compare.CREATE,
+                result=rpc.Compare.EQUAL,
+                create_revision=entry.token,
+            ),
+            rpc.Compare(
+                key=entry.key,
+                target=rpc.Compare.MOD,
+                result=rpc.Compare.EQUAL,
+                mod_revision=entry.token,
+            ),
+            rpc.Compare(
+                key=self._leases.record_key(ns, entry.lease_id),
+                target=rpc.Compare.VERSION,
+                result=rpc.Compare.GREATER,
+                version=0,
+            ),
+        ]
+        put = rpc.RequestOp(
+            request_put=rpc.PutRequest(
+                key=entry.key, value=granted.SerializeToString(), ignore_lease=True
+            )
+        )
+        return compares, put
+
     async def _mark_granted(self, ns: str, entry: Entry) -> locks_pb2.Grant:
         """Mark the entry as holding, unless its lease died meanwhile: a lock never goes
         to a dead lease (its record is attached to the lease and gone with it)."""
         if entry.record.granted:
             return _grant(entry)
-        granted = records_pb2.LockEntryRecord()
-        granted.CopyFrom(entry.record)
-        granted.granted = True
+        compares, mark = self._mark(ns, entry)
         txn = rpc.TxnRequest(
-            compare=[
-                rpc.Compare(
-                    key=entry.key,
-                    target=rpc.Compare.CREATE,
-                    result=rpc.Compare.EQUAL,
-                    create_revision=entry.token,
-                ),
-                rpc.Compare(
-                    key=self._leases.record_key(ns, entry.lease_id),
-                    target=rpc.Compare.VERSION,
-                    result=rpc.Compare.GREATER,
-                    version=0,
-                ),
-                rpc.Compare(  # not yet marked (by a resumed call on another replica)
-                    key=entry.key,
-                    target=rpc.Compare.MOD,
-                    result=rpc.Compare.EQUAL,
-                    mod_revision=entry.token,
-                ),
-            ],
-            success=[
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(
-                        key=entry.key, value=granted.SerializeToString(), ignore_lease=True
-                    )
-                )
-            ],
+            compare=compares,
+            success=[mark],
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=entry.key))],
         )
         committed = await self._committer.commit(
