@@ -17,8 +17,9 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from accord.coordinator import calls, logs
-from accord.coordinator.errors import AccordError, Internal
+from accord.coordinator import logs
+from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.errors import AccordError, Internal
 
 _log = logs.get("accord.access")
 SLOW_CALL_SECONDS = 1.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accord.coordinator.etcd import TlsFiles
-from accord.coordinator.limits import Limits
+from accord.coordinator.substrate.etcd import TlsFiles
+from accord.coordinator.substrate.limits import Limits
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from accord.client import AsyncClient, CompactedError, Delete, InvalidArgumentError, Put
-from accord.coordinator.etcd import _grpc_targets
+from accord.coordinator.substrate.etcd import _grpc_targets
 from tests.harness import EtcdMember
 
 

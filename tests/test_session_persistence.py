@@ -19,7 +19,7 @@ from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 from pycrdt import Doc, Map, Text
 
-from accord.coordinator.session_doc import (
+from accord.coordinator.sessions.doc import (
     COMPACT_MAX_LOG_ENTRIES,
     COMPACT_MIN_LOG_BYTES,
     SNAPSHOT_CHUNK_BYTES,

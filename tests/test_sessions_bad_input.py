@@ -11,7 +11,7 @@ from pycrdt import Array, Doc, Map, Text, get_state
 
 from accord.client import AsyncClient, InvalidArgumentError, NotFoundError, UpdateEvent
 from accord.client.sessions import SessionState
-from accord.coordinator.yjs_format import Malformed, update_length
+from accord.coordinator.sessions.yjs_format import Malformed, update_length
 from tests.harness import Coordinator
 
 MAX_UPDATE_BYTES = 512 * 1024

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accord.coordinator import vote_rules
+from accord.coordinator.votes import rules as vote_rules
 from accord.v1 import votes_pb2 as pb
 
 APPROVED = pb.OUTCOME_APPROVED

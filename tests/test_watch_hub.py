@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aetcd.rpc import rpc_pb2 as rpc
 
-from accord.coordinator.etcd import Etcd
+from accord.coordinator.substrate.etcd import Etcd
 from tests.harness import EtcdMember
 
 NOPUT = rpc.WatchCreateRequest.NOPUT

@@ -7,7 +7,7 @@ import random
 import pytest
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
-from accord.coordinator.yjs_format import Malformed, update_length
+from accord.coordinator.sessions.yjs_format import Malformed, update_length
 
 VALUES = [
     1,

@@ -1,0 +1,130 @@
+"""The `accord` command: `accord serve` runs a coordinator replica; admin commands
+(lock inspection and more) join it as their primitives land."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from accord.coordinator.cli.admin import register as register_admin_commands
+from accord.coordinator.settings import Settings
+from accord.coordinator.substrate.embedded_etcd import EtcdNotInstalled
+from accord.coordinator.substrate.etcd import TlsFiles
+from accord.coordinator.substrate.limits import DEFAULT_MAX_VALUE_BYTES, Limits
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop where it is installed (a measured ~10% less CPU per call), asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+app = typer.Typer(
+    help="Accord: a coordination service for fleets of LLM agents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Accord: a coordination service for fleets of LLM agents."""
+
+
+register_admin_commands(app)
+
+
+@app.command()
+def serve(
+    listen: Annotated[
+        str, typer.Option(envvar="ACCORD_LISTEN", help="host:port to serve gRPC on")
+    ] = "127.0.0.1:50051",
+    ws_listen: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_WS_LISTEN",
+            help="host:port to serve the y-websocket endpoint on (Yjs apps); empty: off",
+        ),
+    ] = "127.0.0.1:50052",
+    etcd: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_ETCD",
+            help="etcd endpoints host:port[,host:port...]; none: a private etcd in --data-dir",
+        ),
+    ] = "",
+    data_dir: Annotated[
+        Path, typer.Option(envvar="ACCORD_DATA_DIR", help="where the private etcd keeps its data")
+    ] = Path("accord-data"),
+    root: Annotated[
+        str, typer.Option(envvar="ACCORD_ROOT", help="prefix of every etcd key Accord writes")
+    ] = "accord",
+    replica: Annotated[
+        str, typer.Option(envvar="ACCORD_REPLICA", help="this replica's name in responses and logs")
+    ] = "",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_LOG_LEVEL",
+            help="debug logs every call; info logs failures and slow calls",
+        ),
+    ] = "info",
+    max_value_bytes: Annotated[
+        int, typer.Option(envvar="ACCORD_MAX_VALUE_BYTES")
+    ] = DEFAULT_MAX_VALUE_BYTES,
+    etcd_ca: Annotated[
+        str, typer.Option(envvar="ACCORD_ETCD_CA", help="CA bundle: talk TLS to etcd")
+    ] = "",
+    etcd_cert: Annotated[str, typer.Option(envvar="ACCORD_ETCD_CERT")] = "",
+    etcd_key: Annotated[str, typer.Option(envvar="ACCORD_ETCD_KEY")] = "",
+    idempotency_ttl: Annotated[
+        int,
+        typer.Option(envvar="ACCORD_IDEMPOTENCY_TTL", help="seconds a request_id is remembered"),
+    ] = 24 * 3600,
+    session_idle: Annotated[
+        float,
+        typer.Option(
+            envvar="ACCORD_SESSION_IDLE",
+            help="seconds before an unused session is unloaded from memory",
+        ),
+    ] = 30.0,
+    vote_admin: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="ACCORD_VOTE_ADMINS",
+            help="agent id that may cancel any vote (repeatable; default: admin)",
+        ),
+    ] = None,
+) -> None:
+    """Run a coordinator replica until SIGTERM or SIGINT."""
+    from accord.coordinator.server import serve as run
+
+    if not 0 < max_value_bytes <= 1024 * 1024:
+        raise typer.BadParameter("must be between 1 and 1048576", param_hint="--max-value-bytes")
+    settings = Settings(
+        listen=listen,
+        ws_listen=ws_listen,
+        etcd_endpoints=tuple(e.strip() for e in etcd.split(",") if e.strip()),
+        etcd_tls=TlsFiles(etcd_ca, etcd_cert or None, etcd_key or None) if etcd_ca else None,
+        data_dir=data_dir,
+        root=root,
+        replica=replica,
+        log_level=log_level,
+        limits=Limits(max_value_bytes=max_value_bytes),
+        idempotency_ttl_seconds=idempotency_ttl,
+        session_idle_seconds=session_idle,
+        vote_admins=tuple(vote_admin) if vote_admin else ("admin",),
+    )
+    try:
+        _run_loop(run(settings))
+    except EtcdNotInstalled as exc:
+        typer.echo(f"accord: {exc}", err=True)
+        raise typer.Exit(2) from exc

@@ -1,0 +1,212 @@
+"""Leases: an agent's liveness.
+
+A lease is an etcd lease plus a record naming its agent and labels, attached to the
+lease itself, so both end together. Everything an agent holds (lock queue entries,
+semaphore permits, ephemeral keys) is attached to its lease and etcd deletes it when the
+lease ends, whichever replica granted it. A lease belongs to the namespace it was
+granted in: other namespaces cannot see, keep alive or revoke it.
+
+A keep-alive stream refreshes the etcd lease for each request the agent sends (so an
+agent that stalls stops refreshing it), and ends with LEASE_NOT_FOUND as soon as the
+lease record disappears: expiry, revocation, or an admin breaking it.
+
+Layout: {root}/ns/{namespace}/leases/{id as 16 hex digits} -> LeaseRecord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aetcd.rpc import rpc_pb2 as rpc
+from google.protobuf import timestamp_pb2
+
+from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.errors import FieldViolation, InvalidArgument, LeaseNotFound
+from accord.coordinator.substrate.etcd import Etcd, prefix_end
+from accord.coordinator.substrate.group_commit import GroupCommitter
+from accord.v1 import leases_pb2, records_pb2
+
+MIN_TTL_SECONDS = 2
+MAX_TTL_SECONDS = 3600
+MAX_LABELS = 16
+MAX_LABEL_BYTES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    id: int
+    record: records_pb2.LeaseRecord
+
+
+class LeaseStore:
+    def __init__(self, etcd: Etcd, committer: GroupCommitter, *, root: str) -> None:
+        self._etcd = etcd
+        self._committer = committer
+        self._root = root
+
+    def _prefix(self, namespace: str) -> bytes:
+        return f"{self._root}/ns/{namespace}/leases/".encode()
+
+    def record_key(self, namespace: str, lease_id: int) -> bytes:
+        return self._prefix(namespace) + f"{lease_id:016x}".encode()
+
+    async def grant(self, ttl: int, labels: Mapping[str, str]) -> leases_pb2.LeaseInfo:
+        violations: list[FieldViolation] = []
+        if not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
+            violations.append(
+                FieldViolation(
+                    "ttl_seconds", f"must be between {MIN_TTL_SECONDS} and {MAX_TTL_SECONDS}"
+                )
+            )
+        if len(labels) > MAX_LABELS:
+            violations.append(FieldViolation("labels", f"at most {MAX_LABELS} labels"))
+        for name, value in labels.items():
+            if not name or len(name.encode()) + len(value.encode()) > MAX_LABEL_BYTES:
+                violations.append(
+                    FieldViolation(
+                        f"labels[{name!r}]", f"needs a name, and at most {MAX_LABEL_BYTES} bytes"
+                    )
+                )
+        if violations:
+            raise InvalidArgument(violations)
+        call = calls.current.get()
+        granted = await self._etcd.lease_grant(ttl)
+        now = timestamp_pb2.Timestamp()
+        now.FromNanoseconds(time.time_ns())
+        record = records_pb2.LeaseRecord(
+            agent_id=call.agent_id, granted_ttl_seconds=ttl, granted_at=now, labels=dict(labels)
+        )
+        key = self.record_key(call.namespace, granted.ID)
+        put = rpc.TxnRequest(
+            success=[
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(
+                        key=key, value=record.SerializeToString(), lease=granted.ID
+                    )
+                )
+            ]
+        )
+        try:
+            await self._committer.commit(put, [key], len(key) + 128, retry=True, weight=2)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._etcd.lease_revoke(granted.ID)
+            raise
+        return _info(granted.ID, record, granted.TTL)
+
+    async def owned(self, lease_id: int) -> Lease:
+        """The caller's lease, or LEASE_NOT_FOUND (gone, or another namespace's)."""
+        namespace = calls.current.get().namespace
+        if lease_id <= 0:
+            raise InvalidArgument([FieldViolation("lease_id", "must be a lease id (> 0)")])
+        response = await self._etcd.range(
+            rpc.RangeRequest(key=self.record_key(namespace, lease_id))
+        )
+        if not response.kvs:
+            raise LeaseNotFound(
+                f"lease {lease_id} does not exist in namespace {namespace!r}: it expired, was "
+                "revoked, or was never granted here",
+                metadata={"lease_id": str(lease_id)},
+            )
+        return Lease(lease_id, records_pb2.LeaseRecord.FromString(response.kvs[0].value))
+
+    async def keepalive(self, lease_id: int) -> int:
+        ttl = await self._etcd.lease_keepalive(lease_id)
+        if ttl <= 0:
+            raise LeaseNotFound(
+                f"lease {lease_id} has expired", metadata={"lease_id": str(lease_id)}
+            )
+        return ttl
+
+    async def keepalive_stream(
+        self, requests: AsyncIterator[Any]
+    ) -> AsyncIterator[tuple[int, int]]:
+        """(lease id, TTL) for each keep-alive request; ends with LeaseNotFound as soon as
+        a lease kept alive here disappears, even between requests."""
+        events: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        namespace = calls.current.get().namespace
+        watchers: dict[int, asyncio.Task[None]] = {}
+
+        async def pump() -> None:
+            async for request in requests:
+                await events.put(("refresh", request.lease_id))
+            await events.put(("end", 0))
+
+        async def watch_gone(lease_id: int) -> None:
+            key = self.record_key(namespace, lease_id)
+            with contextlib.suppress(Exception):
+                while True:  # wake-ups may be spurious: the record's presence decides
+                    now = await self._etcd.range(rpc.RangeRequest(key=key, count_only=True))
+                    if not now.count:
+                        await events.put(("gone", lease_id))
+                        return
+                    create = rpc.WatchCreateRequest(
+                        key=key,
+                        filters=[rpc.WatchCreateRequest.NOPUT],
+                        start_revision=now.header.revision + 1,
+                    )
+                    await self._etcd.watch_hub.first_change([create], None)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            while True:
+                kind, lease_id = await events.get()
+                if kind == "end":
+                    return
+                if kind == "gone":
+                    raise LeaseNotFound(
+                        f"lease {lease_id} ended (expired or revoked); everything attached to "
+                        "it was released",
+                        metadata={"lease_id": str(lease_id)},
+                    )
+                if lease_id not in watchers:
+                    await self.owned(lease_id)
+                    watchers[lease_id] = asyncio.create_task(watch_gone(lease_id))
+                yield lease_id, await self.keepalive(lease_id)
+        finally:
+            pumping.cancel()
+            for task in watchers.values():
+                task.cancel()
+
+    async def revoke(self, lease_id: int) -> None:
+        await self.owned(lease_id)
+        await self._etcd.lease_revoke(lease_id)
+
+    async def info(self, lease_id: int) -> tuple[leases_pb2.LeaseInfo, list[bytes]]:
+        """The lease and the etcd keys attached to it."""
+        lease = await self.owned(lease_id)
+        ttl = await self._etcd.lease_time_to_live(lease_id)
+        if ttl.TTL < 0:
+            raise LeaseNotFound(
+                f"lease {lease_id} has expired", metadata={"lease_id": str(lease_id)}
+            )
+        return _info(lease_id, lease.record, ttl.TTL), list(ttl.keys)
+
+    async def list(self) -> list[tuple[leases_pb2.LeaseInfo, list[bytes]]]:
+        prefix = self._prefix(calls.current.get().namespace)
+        response = await self._etcd.range(
+            rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))
+        )
+        leases = [(kv.lease, records_pb2.LeaseRecord.FromString(kv.value)) for kv in response.kvs]
+        ttls = await asyncio.gather(*(self._etcd.lease_time_to_live(lid) for lid, _ in leases))
+        return [
+            (_info(lid, record, ttl.TTL), list(ttl.keys))
+            for (lid, record), ttl in zip(leases, ttls, strict=True)
+            if ttl.TTL >= 0
+        ]
+
+
+def _info(lease_id: int, record: records_pb2.LeaseRecord, ttl: int) -> leases_pb2.LeaseInfo:
+    return leases_pb2.LeaseInfo(
+        id=lease_id,
+        agent_id=record.agent_id,
+        granted_ttl_seconds=record.granted_ttl_seconds,
+        ttl_seconds=ttl,
+        granted_at=record.granted_at,
+        labels=dict(record.labels),
+    )

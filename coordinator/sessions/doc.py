@@ -1,0 +1,658 @@
+"""One session loaded in a replica: its Yjs document, kept equal to what etcd holds.
+
+The document changes only by applying what the session's etcd watch delivers, in
+revision order, so at any moment it is exactly "the snapshot plus every logged update up
+to applied_revision". That is what makes compaction safe: a snapshot taken from the
+document covers precisely the log entries created up to that revision, and only those are
+deleted. Updates are idempotent, so re-applying an entry a snapshot already holds (a
+resync, a slow deletion) changes nothing.
+
+etcd layout, per incarnation, under {root}/ns/{namespace}/sdata/{name}\\0{incarnation:016x}\\0:
+  alive                     written at creation, deleted with the session
+  log\\0{id}                 one accepted Yjs update (raw bytes)
+  snap\\0{rev}\\0{sha}\\0{i}    chunk i of the snapshot covering every update up to rev
+  presence\\0{client:08x}    an accord.v1.Presence, attached to its lease
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aetcd.rpc import rpc_pb2 as rpc
+from pycrdt import Decoder, Doc, get_state, merge_updates
+
+from accord.coordinator import logs
+from accord.coordinator.sessions.ops import LibraryFailure, guarded, kinds_of
+from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, Compacted, NotFound
+from accord.coordinator.substrate.etcd import Etcd, prefix_end, put_op
+from accord.v1 import records_pb2, sessions_pb2
+
+_log = logs.get("accord.sessions")
+
+SNAPSHOT_CHUNK_BYTES = 512 * 1024
+# Compact once the log (keys and values) holds more than this and more than the snapshot.
+COMPACT_MIN_LOG_BYTES = 16 * 1024
+COMPACT_MAX_LOG_ENTRIES = 2000
+DELETE_BATCH = 100
+# A subscriber further behind than this gets its pending updates merged into one.
+MAX_PENDING_EVENTS = 256
+# Keys per read when loading: snapshot chunks are up to 512 KiB, and a page must stay
+# well under the etcd channel's 64 MiB message limit.
+LOAD_PAGE = 64
+_DELETE = 1  # mvccpb.Event.EventType
+
+Event = sessions_pb2.SessionsSubscribeResponse
+
+
+def data_prefix(root: str, namespace: str, name: str, incarnation: int) -> bytes:
+    return f"{root}/ns/{namespace}/sdata/{name}\x00{incarnation:016x}\x00".encode()
+
+
+@dataclass(slots=True)
+class LogEntry:
+    create_revision: int
+    size: int
+    # Set while the document holds the update only as pending (it arrived before what
+    # it builds on): the document's encoding leaves pending structs out, so a snapshot
+    # does not cover this entry until it integrates.
+    pending: bytes | None = None
+
+
+class Subscriber:
+    """A stream's queue. It never blocks the session: a slow reader's pending updates
+    are merged into one (a CRDT update subsumes its parts), never dropped."""
+
+    def __init__(self, presence: bool) -> None:
+        self.presence = presence
+        self._events: deque[Event] = deque()
+        self._wake = asyncio.Event()
+        self._ended: AccordError | None = None
+        self._closed = False
+
+    def offer(self, event: Event) -> None:
+        if self._closed:
+            return
+        if event.WhichOneof("event") != "update" and not self.presence:
+            return
+        self._events.append(event)
+        if len(self._events) > MAX_PENDING_EVENTS:
+            self._coalesce()
+        self._wake.set()
+
+    def _coalesce(self) -> None:
+        updates = [e.update for e in self._events if e.WhichOneof("event") == "update"]
+        latest: dict[int, Event] = {}
+        for e in self._events:
+            kind = e.WhichOneof("event")
+            if kind == "presence":
+                latest[e.presence.client_id] = e
+            elif kind == "presence_gone":
+                latest[e.presence_gone.client_id] = e
+        revision = self._events[-1].revision
+        self._events.clear()
+        if updates:
+            try:
+                merged = [guarded(lambda: merge_updates(*updates))]
+            except LibraryFailure:  # stored updates all decoded once; keep them as they are
+                merged = updates
+            self._events.extend(Event(revision=revision, update=u) for u in merged)
+        self._events.extend(latest.values())
+
+    def end(self, error: AccordError | None) -> None:
+        self._ended = error
+        self._closed = True
+        self._wake.set()
+
+    def _next(self) -> Event:
+        """The next event; updates queued back to back go out as one merged message (a
+        stream message costs far more than merging small updates)."""
+        event = self._events.popleft()
+        if event.WhichOneof("event") != "update":
+            return event
+        run = [event.update]
+        revision = event.revision
+        while self._events and self._events[0].WhichOneof("event") == "update":
+            later = self._events.popleft()
+            run.append(later.update)
+            revision = later.revision
+        if len(run) == 1:
+            return event
+        try:
+            merged = guarded(lambda: merge_updates(*run))
+        except LibraryFailure:  # stored updates all decoded once; send them one by one
+            for update in reversed(run[1:]):
+                self._events.appendleft(Event(revision=revision, update=update))
+            return event
+        return Event(revision=revision, update=merged)
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            while self._events:
+                yield self._next()
+            if self._closed:
+                if self._ended is not None:
+                    raise self._ended
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+
+@dataclass(slots=True)
+class SessionDoc:
+    etcd: Etcd
+    root: str
+    namespace: str
+    name: str
+    created_revision: int
+    incarnation: int
+    doc: Doc[Any] = field(default_factory=Doc)
+    applied_revision: int = 0
+    log: dict[bytes, LogEntry] = field(default_factory=dict)
+    log_bytes: int = 0
+    snapshot_revision: int = 0
+    snapshot_bytes: int = 0
+    # Snapshot chunks by key; those not of the current snapshot are garbage to delete.
+    snapshot_keys: dict[bytes, int] = field(default_factory=dict)
+    presence: dict[int, sessions_pb2.Presence] = field(default_factory=dict)
+    subscribers: set[Subscriber] = field(default_factory=set)
+    last_used: float = field(default_factory=time.monotonic)
+    busy: int = 0  # calls in progress; the session is not unloaded while > 0
+    gone: bool = False
+    ops_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The Yjs client id server-side operations run as here (one per loaded session).
+    ops_client_id: int = field(default_factory=lambda: random.getrandbits(32))
+    on_gone: Any = None  # called once when the session disappears
+    _waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _compacting: asyncio.Task[bool] | None = None
+    _failed_updates: int = 0
+    _pending: set[bytes] = field(default_factory=set)
+    _inferred: dict[str, int] = field(default_factory=dict)
+
+    # --- layout -------------------------------------------------------------------
+
+    @property
+    def prefix(self) -> bytes:
+        return data_prefix(self.root, self.namespace, self.name, self.incarnation)
+
+    @property
+    def alive_key(self) -> bytes:
+        return self.prefix + b"alive"
+
+    def log_key(self, entry_id: str) -> bytes:
+        return self.prefix + b"log\x00" + entry_id.encode()
+
+    def presence_key(self, client_id: int) -> bytes:
+        return self.prefix + f"presence\x00{client_id:08x}".encode()
+
+    def _snapshot_prefix(self, revision: int) -> bytes:
+        return self.prefix + f"snap\x00{revision:016x}\x00".encode()
+
+    # --- loading and following ----------------------------------------------------
+
+    async def load(self) -> None:
+        """Read everything stored at one revision, then follow the watch from there."""
+        revision = await self._read_all()
+        self.applied_revision = revision
+        self._task = asyncio.create_task(self._follow())
+
+    async def _read_all(self) -> int:
+        """Apply the stored state onto the document; returns the revision read at."""
+        prefix = self.prefix
+        end = prefix_end(prefix)
+        start = prefix
+        revision = 0
+        kvs: list[Any] = []
+        while True:
+            page = await self.etcd.range(
+                rpc.RangeRequest(key=start, range_end=end, revision=revision, limit=LOAD_PAGE)
+            )
+            revision = revision or page.header.revision
+            kvs.extend(page.kvs)
+            if not page.more or not page.kvs:
+                break
+            start = page.kvs[-1].key + b"\x00"
+        if not any(kv.key == self.alive_key for kv in kvs):
+            raise self.not_found()
+        record = await self._record(revision)
+        self.log.clear()
+        self._pending.clear()
+        self.log_bytes = 0
+        self.snapshot_keys.clear()
+        self.presence.clear()
+        self.snapshot_revision = record.snapshot_revision
+        chunks = []
+        current = (
+            self._snapshot_prefix(record.snapshot_revision)
+            + record.snapshot_sha256[:8].hex().encode()
+        )
+        log_kvs = []
+        for kv in kvs:
+            part = kv.key[len(prefix) :]
+            if part.startswith(b"snap\x00"):
+                self.snapshot_keys[kv.key] = len(kv.value)
+                if kv.key.startswith(current + b"\x00"):
+                    chunks.append((kv.key, kv.value))
+            elif part.startswith(b"log\x00"):
+                log_kvs.append(kv)
+            elif part.startswith(b"presence\x00"):
+                self._on_presence(kv)
+        if record.snapshot_revision:
+            state = b"".join(value for _, value in sorted(chunks))
+            if hashlib.sha256(state).digest() != record.snapshot_sha256:
+                raise AccordError(
+                    f"session {self.name!r}: the snapshot at revision "
+                    f"{record.snapshot_revision} is incomplete or corrupt in etcd"
+                )
+            self._apply(state)
+            self.snapshot_bytes = len(state)
+        for kv in sorted(log_kvs, key=lambda kv: kv.mod_revision):
+            # Entries the snapshot covers are applied too (a no-op): one that was pending
+            # when the snapshot was taken is not in it.
+            self._add_entry(kv)
+        self._settle_pending()
+        return int(revision)
+
+    def _add_entry(self, kv: Any) -> bool:
+        entry = LogEntry(kv.create_revision, len(kv.key) + len(kv.value))
+        self.log[kv.key] = entry
+        self.log_bytes += entry.size
+        if not self._apply(kv.value):
+            return False
+        if not self._integrated(kv.value):
+            entry.pending = kv.value
+            self._pending.add(kv.key)
+        return True
+
+    def _integrated(self, update: bytes) -> bool:
+        have = _state_vector(self.doc.get_state())
+        return all(
+            have.get(client, 0) >= clock
+            for client, clock in _state_vector(get_state(update)).items()
+        )
+
+    def root_kinds(self, state: bytes, declared: dict[str, int]) -> dict[str, int]:
+        """Every root's kind: declared, else inferred once (a root keeps the kind its first
+        content gave it, so inferences are remembered while the session is loaded)."""
+        kinds = kinds_of(state, {**self._inferred, **declared})
+        self._inferred.update(kinds)
+        return kinds
+
+    def state_update(self, state_vector: bytes = b"\x00") -> bytes:
+        """What state_vector lacks, pending updates included (the document's own encoding
+        leaves them out until what they build on arrives)."""
+        update = self.doc.get_update(state_vector or b"\x00")
+        pending = [e.pending for k in self._pending if (e := self.log.get(k)) and e.pending]
+        return merge_updates(update, *pending) if pending else update
+
+    def _settle_pending(self) -> None:
+        for key in list(self._pending):
+            entry = self.log.get(key)
+            if entry is None or entry.pending is None or self._integrated(entry.pending):
+                if entry is not None:
+                    entry.pending = None
+                self._pending.discard(key)
+
+    async def _record(self, revision: int) -> records_pb2.SessionRecord:
+        found = await self.etcd.range(rpc.RangeRequest(key=self.meta_key, revision=revision))
+        if not found.kvs or found.kvs[0].create_revision != self.created_revision:
+            raise self.not_found()
+        return records_pb2.SessionRecord.FromString(found.kvs[0].value)
+
+    @property
+    def meta_key(self) -> bytes:
+        return f"{self.root}/ns/{self.namespace}/sessions/{self.name}".encode()
+
+    def not_found(self) -> NotFound:
+        return NotFound(
+            f"session {self.name!r} does not exist in namespace {self.namespace!r}",
+            metadata={"session": self.name},
+        )
+
+    def _apply(self, update: bytes) -> bool:
+        try:
+            guarded(lambda: self.doc.apply_update(update))
+            return True
+        except LibraryFailure as exc:  # checked on the way in; never let one entry stop us
+            self._failed_updates += 1
+            _log.warning(
+                "a stored session update failed to apply", session=self.name, error=str(exc)
+            )
+            return False
+
+    async def _follow(self) -> None:
+        calls.current.set(calls.BACKGROUND)
+        delay = 0.05
+        while not self.gone:
+            create = rpc.WatchCreateRequest(
+                key=self.prefix,
+                range_end=prefix_end(self.prefix),
+                start_revision=self.applied_revision + 1,
+            )
+            try:
+                async for response in self.etcd.watch(create):
+                    delay = 0.05
+                    self._on_events(response.events)
+                    if self.gone:
+                        return
+            except Compacted:
+                await self._resync()
+            except AccordError as exc:
+                _log.info("session watch broke; resuming", session=self.name, error=exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception:  # a bug must not silently freeze the session: start over
+                _log.exception("session follower failed; reloading", session=self.name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                with contextlib.suppress(AccordError):
+                    await self._resync()
+
+    async def _resync(self) -> None:
+        """The watch fell behind etcd's compaction: re-read everything (updates are
+        idempotent) and send subscribers what changed."""
+        before = self.doc.get_state()
+        known = dict(self.presence)
+        try:
+            revision = await self._read_all()
+        except NotFound:
+            self._disappear()
+            return
+        diff = self.doc.get_update(before)
+        self.applied_revision = revision
+        self._broadcast(Event(revision=revision, update=diff))
+        for client_id, presence in self.presence.items():
+            if known.get(client_id) != presence:
+                self._broadcast(Event(revision=revision, presence=presence))
+        for client_id, old in known.items():
+            if client_id not in self.presence:
+                gone = sessions_pb2.PresenceGone(
+                    client_id=client_id, clock=revision, agent_id=old.agent_id
+                )
+                self._broadcast(Event(revision=revision, presence_gone=gone))
+        self._release_waiters()
+
+    def _on_events(self, events: Any) -> None:
+        prefix_len = len(self.prefix)
+        for event in events:
+            kv = event.kv
+            part = kv.key[prefix_len:]
+            deleted = event.type == _DELETE
+            if part.startswith(b"log\x00"):
+                if deleted:
+                    entry = self.log.pop(kv.key, None)
+                    if entry is not None:
+                        self.log_bytes -= entry.size
+                elif kv.key not in self.log:
+                    if self._add_entry(kv):
+                        self._broadcast(Event(revision=kv.mod_revision, update=kv.value))
+                    if self._pending:
+                        self._settle_pending()
+            elif part.startswith(b"presence\x00"):
+                if deleted:
+                    client_id = int(part[len(b"presence\x00") :], 16)
+                    old = self.presence.pop(client_id, None)
+                    if old is not None:
+                        gone = sessions_pb2.PresenceGone(
+                            client_id=client_id, clock=kv.mod_revision, agent_id=old.agent_id
+                        )
+                        self._broadcast(Event(revision=kv.mod_revision, presence_gone=gone))
+                else:
+                    presence = self._on_presence(kv)
+                    if presence is not None:
+                        self._broadcast(Event(revision=kv.mod_revision, presence=presence))
+            elif part.startswith(b"snap\x00"):
+                if deleted:
+                    self.snapshot_keys.pop(kv.key, None)
+                else:
+                    self.snapshot_keys[kv.key] = len(kv.value)
+            elif part == b"alive" and deleted:
+                self._disappear()
+                return
+            self.applied_revision = max(self.applied_revision, kv.mod_revision)
+        self._release_waiters()
+        self._maybe_compact()
+
+    def _on_presence(self, kv: Any) -> sessions_pb2.Presence | None:
+        try:
+            presence = sessions_pb2.Presence.FromString(kv.value)
+        except Exception:  # written only by us; skip rather than stop
+            return None
+        presence.clock = kv.mod_revision
+        presence.lease_id = kv.lease
+        self.presence[presence.client_id] = presence
+        return presence
+
+    def _broadcast(self, event: Event) -> None:
+        for subscriber in list(self.subscribers):
+            subscriber.offer(event)
+
+    def _disappear(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        error = self.not_found()
+        for subscriber in list(self.subscribers):
+            subscriber.end(error)
+        self.subscribers.clear()
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
+        if self.on_gone is not None:
+            self.on_gone(self)
+
+    # --- waiting for our own writes -----------------------------------------------
+
+    async def caught_up(self, revision: int, timeout: float) -> None:
+        """Return once the document holds everything up to revision (or after timeout:
+        the write is durable either way, only not yet visible here)."""
+        if self.applied_revision >= revision or self.gone:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (revision, id(future), future))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+
+    def _release_waiters(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.applied_revision:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+
+    async def newest_revision(self) -> int:
+        """The newest revision of anything stored for the session (a linearizable read),
+        so a read here can wait to see what any replica acknowledged before it."""
+        found = await self.etcd.range(
+            rpc.RangeRequest(
+                key=self.prefix,
+                range_end=prefix_end(self.prefix),
+                sort_order=rpc.RangeRequest.DESCEND,
+                sort_target=rpc.RangeRequest.MOD,
+                limit=1,
+                keys_only=True,
+            )
+        )
+        return int(found.kvs[0].mod_revision) if found.kvs else 0
+
+    async def fresh(self, timeout: float = 5.0) -> None:
+        await self.caught_up(await self.newest_revision(), timeout)
+        if self.gone:
+            raise self.not_found()
+
+    # --- subscribers --------------------------------------------------------------
+
+    def subscribe(self, state_vector: bytes, presence: bool) -> Subscriber:
+        """The first event brings what state_vector lacks; nothing can slip in between."""
+        subscriber = Subscriber(presence)
+        subscriber.offer(
+            Event(revision=self.applied_revision, update=self.state_update(state_vector))
+        )
+        for item in self.presence.values():
+            subscriber.offer(Event(revision=item.clock, presence=item))
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    # --- compaction ---------------------------------------------------------------
+
+    def stored_bytes(self) -> int:
+        return self.log_bytes + sum(self.snapshot_keys.values())
+
+    def _covered(self) -> int:
+        return sum(
+            1
+            for e in self.log.values()
+            if e.create_revision <= self.applied_revision and e.pending is None
+        )
+
+    def worth_compacting(self) -> bool:
+        """On unload: fold a log of several entries (or stale chunks) into one snapshot."""
+        busy = self._compacting is not None and not self._compacting.done()
+        return not busy and self._covered() > 1
+
+    async def compact_now(self) -> bool:
+        """Compact as the session's one compaction in flight (on unload), so the watch
+        does not start another beside it that close() would cut off halfway."""
+        if self._compacting is None or self._compacting.done():
+            self._compacting = asyncio.create_task(self.compact())
+        return await self._compacting
+
+    def _maybe_compact(self) -> None:
+        if self._compacting is not None and not self._compacting.done():
+            return
+        garbage = len(self.snapshot_keys) > max(1, -(-self.snapshot_bytes // SNAPSHOT_CHUNK_BYTES))
+        if (
+            self.log_bytes > max(COMPACT_MIN_LOG_BYTES, self.snapshot_bytes)
+            or len(self.log) > COMPACT_MAX_LOG_ENTRIES
+            or garbage
+        ) and self._covered():  # a scan of the log: only once a threshold is crossed
+            self._compacting = asyncio.create_task(self.compact())
+
+    async def compact(self) -> bool:
+        """Replace the log up to applied_revision by one snapshot. Returns False when
+        another replica's compaction won the race (that one is just as good)."""
+        calls.current.set(
+            calls.Call(namespace=self.namespace, agent_id="", trace_id="compact", deadline=None)
+        )
+        revision = self.applied_revision  # the document is exactly the log up to here
+        state = self.doc.get_update()
+        covered = [
+            k for k, e in self.log.items() if e.create_revision <= revision and e.pending is None
+        ]
+        digest = hashlib.sha256(state).digest()
+        base = self._snapshot_prefix(revision) + digest[:8].hex().encode() + b"\x00"
+        chunks = [
+            state[i : i + SNAPSHOT_CHUNK_BYTES] for i in range(0, len(state), SNAPSHOT_CHUNK_BYTES)
+        ] or [b""]
+        keys = [base + f"{i:04x}".encode() for i in range(len(chunks))]
+        try:
+            found = await self.etcd.range(rpc.RangeRequest(key=self.meta_key))
+            if not found.kvs or found.kvs[0].create_revision != self.created_revision:
+                return False
+            meta = found.kvs[0]
+            record = records_pb2.SessionRecord.FromString(meta.value)
+            if record.snapshot_revision >= revision:
+                return False
+            alive = rpc.Compare(
+                key=self.alive_key,
+                target=rpc.Compare.VERSION,
+                result=rpc.Compare.GREATER,
+                version=0,
+            )
+            for key, chunk in zip(keys[:-1], chunks[:-1], strict=True):
+                await self.etcd.txn(
+                    rpc.TxnRequest(compare=[alive], success=[put_op(key, chunk)]), retry=True
+                )
+            record.snapshot_revision = revision
+            record.snapshot_chunks = len(chunks)
+            record.snapshot_bytes = len(state)
+            record.snapshot_sha256 = digest
+            won = await self.etcd.txn(
+                rpc.TxnRequest(
+                    compare=[
+                        alive,
+                        rpc.Compare(
+                            key=self.meta_key,
+                            target=rpc.Compare.MOD,
+                            result=rpc.Compare.EQUAL,
+                            mod_revision=meta.mod_revision,
+                        ),
+                    ],
+                    success=[
+                        put_op(keys[-1], chunks[-1]),
+                        put_op(self.meta_key, record.SerializeToString()),
+                    ],
+                ),
+                retry=False,
+            )
+            if not won.succeeded:
+                await self._delete_keys(keys[:-1])
+                return False
+            self.snapshot_revision = max(self.snapshot_revision, revision)
+            self.snapshot_bytes = len(state)
+            current = set(keys)
+            stale = [k for k in self.snapshot_keys if k not in current]
+            await self._delete_keys(covered + stale)
+            # Forget what we deleted now, not when the watch says so: until then the stale
+            # chunks would look like garbage and start a needless second compaction.
+            for key in stale:
+                self.snapshot_keys.pop(key, None)
+            for key in covered:
+                entry = self.log.pop(key, None)
+                if entry is not None:
+                    self.log_bytes -= entry.size
+            return True
+        except AccordError as exc:
+            _log.info("session compaction failed; will retry", session=self.name, error=exc.message)
+            return False
+
+    async def _delete_keys(self, keys: list[bytes]) -> None:
+        for i in range(0, len(keys), DELETE_BATCH):
+            batch = keys[i : i + DELETE_BATCH]
+            await self.etcd.txn(
+                rpc.TxnRequest(
+                    success=[
+                        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k))
+                        for k in batch
+                    ]
+                ),
+                retry=True,
+            )
+
+    async def close(self) -> None:
+        self.gone = True
+        for task in (self._task, self._compacting):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.end_streams()
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_result(None)
+        self._waiters.clear()
+
+    def end_streams(self) -> None:
+        """This replica is going away: subscribers should resubscribe elsewhere."""
+        for subscriber in list(self.subscribers):
+            subscriber.end(
+                BackendUnavailable("this coordinator replica is shutting down; resubscribe")
+            )
+        self.subscribers.clear()
+
+
+def _state_vector(encoded: bytes) -> dict[int, int]:
+    decoder = Decoder(encoded)
+    return {
+        decoder.read_var_uint(): decoder.read_var_uint() for _ in range(decoder.read_var_uint())
+    }

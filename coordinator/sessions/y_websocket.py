@@ -1,0 +1,432 @@
+"""The y-websocket endpoint: unmodified Yjs apps (npm yjs + y-websocket) join the same
+sessions agents edit over gRPC.
+
+URL: ``ws://HOST:PORT/{namespace}/{session}?agent=NAME``. A y-websocket client builds it
+as ``serverUrl + '/' + room``, so ``new WebsocketProvider('ws://HOST:PORT/team-a', 'plan',
+doc, {params: {agent: 'alice'}})`` joins session "plan" of namespace "team-a". The session
+name is percent-decoded and may contain '/'; namespace and agent follow the gRPC metadata
+rules (calls.identity_from_metadata); agent is optional, as over gRPC. The session is
+created when missing.
+
+Protocol (y-protocols): both sides send sync step 1 and answer the other's with sync
+step 2; updates flow both ways as sync update messages; awareness messages carry presence.
+Everything a socket sends goes through SessionStore like a gRPC call (validated, durable
+in etcd before it reaches anyone else); everything it receives comes from a store
+subscription, so sockets on different replicas see each other and the gRPC agents.
+
+Presence: a socket's awareness states are stored with SessionStore.put_presence on a lease
+the replica grants for the connection (PRESENCE_TTL_SECONDS, kept alive while the socket
+is open, revoked when it closes; if the replica dies the lease expires), so they vanish
+for everyone with the socket. Awareness clocks sent to Yjs apps are etcd revisions.
+
+Close codes: 4400 for bad input (URL, identity, session name, a malformed message, an
+update the store refuses) and 4404 when the session is deleted: y-websocket does not
+reconnect on 44xx. 1011 for a transient failure (etcd unavailable, presence lease lost),
+1001 when the replica stops: the client reconnects. Bad input closes only its own socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, Coroutine
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pycrdt import (
+    YMessageType,
+    YSyncMessageType,
+    create_awareness_message,
+    create_update_message,
+    write_message,
+    write_var_uint,
+)
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from accord.coordinator import logs
+from accord.coordinator.leases.store import LeaseStore
+from accord.coordinator.sessions.store import MAX_PRESENCE_BYTES, MAX_UPDATE_BYTES, SessionStore
+from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.errors import (
+    AccordError,
+    BadIdentity,
+    ConditionFailed,
+    InvalidArgument,
+    LeaseNotFound,
+    NotFound,
+)
+from accord.v1 import sessions_pb2
+
+_log = logs.get("accord.y_websocket")
+
+PRESENCE_TTL_SECONDS = 10
+# y-websocket's "send me every awareness state"; 2 (auth) only ever goes to clients.
+QUERY_AWARENESS = 3
+# A client's first message is its sync step 1 (y-websocket sends it on open); one silent
+# this long gets the whole state unasked, which is just as correct.
+HELLO_SECONDS = 1.0
+MAX_AWARENESS_ENTRIES = 256
+EMPTY_UPDATE = b"\x00\x00"
+BAD_INPUT = 4400
+SESSION_GONE = 4404
+TRY_AGAIN = 1011
+GOING_AWAY = 1001
+_MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 123 bytes
+
+
+class Refused(Exception):
+    """End this connection with a close code and a reason the client can read."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _bad(reason: str) -> Refused:
+    return Refused(BAD_INPUT, reason)
+
+
+class _Reader:
+    """lib0 decoding with bounds checks: pycrdt's Decoder reads past a truncated message."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._at = 0
+
+    def uint(self) -> int:
+        value = shift = 0
+        while True:
+            if self._at >= len(self._data):
+                raise _bad("truncated message")
+            byte = self._data[self._at]
+            self._at += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+            if shift > 56:
+                raise _bad("malformed message: a number is too long")
+
+    def blob(self) -> bytes:
+        size = self.uint()
+        if self._at + size > len(self._data):
+            raise _bad("truncated message")
+        self._at += size
+        return self._data[self._at - size : self._at]
+
+    def text(self) -> str:
+        try:
+            return self.blob().decode()
+        except UnicodeDecodeError:
+            raise _bad("malformed message: a string is not UTF-8") from None
+
+    def end(self) -> None:
+        if self._at != len(self._data):
+            raise _bad("malformed message: trailing bytes")
+
+
+def parse_path(path: str) -> tuple[str, str, str]:
+    """(namespace, session, agent) from a request path, validated like gRPC metadata."""
+    parts = urlsplit(path)
+    namespace, _, session = parts.path.lstrip("/").partition("/")
+    if not namespace or not session:
+        raise _bad("connect to /{namespace}/{session}[?agent=NAME]")
+    agent = parse_qs(parts.query).get("agent", [""])[-1]
+    try:
+        namespace, agent = calls.identity_from_metadata(
+            {calls.NAMESPACE_METADATA: namespace, calls.AGENT_METADATA: agent}
+        )
+    except BadIdentity as exc:  # worded for gRPC metadata: name the URL parts instead
+        message = exc.message.replace("metadata ", "", 1)
+        message = message.replace(calls.NAMESPACE_METADATA, "namespace")
+        raise _bad(message.replace(calls.AGENT_METADATA, "agent")) from None
+    return namespace, unquote(session), agent
+
+
+def sync_message(step: YSyncMessageType, payload: bytes) -> bytes:
+    return bytes([YMessageType.SYNC, step]) + write_message(payload)
+
+
+def awareness_update(entries: list[tuple[int, int, str]]) -> bytes:
+    """A y-protocols awareness update: (client id, clock, JSON state or "null") each."""
+    out = [write_var_uint(len(entries))]
+    for client_id, clock, state in entries:
+        out += [write_var_uint(client_id), write_var_uint(clock), write_message(state.encode())]
+    return b"".join(out)
+
+
+class YWebsocketServer:
+    """Serves y-websocket connections for one replica; owns its listening socket."""
+
+    def __init__(self, sessions: SessionStore, leases: LeaseStore) -> None:
+        self._sessions = sessions
+        self._leases = leases
+        self._server: Server | None = None
+
+    async def start(self, listen: str) -> int:
+        """Listen on host:port (port 0: any free one); returns the bound port."""
+        host, _, port = listen.rpartition(":")
+        self._server = await serve(
+            self._serve,
+            host.strip("[]") or None,
+            int(port),
+            max_size=MAX_UPDATE_BYTES + 1024,
+            compression=None,  # small binary updates: deflate costs CPU and latency for little
+        )
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
+
+    async def stop(self) -> None:
+        """Close every socket (1001: clients reconnect, maybe elsewhere) and wait for their
+        handlers, which revoke their presence leases."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, socket: ServerConnection) -> None:
+        await _Connection(socket, self._sessions, self._leases).run()
+
+
+class _Connection:
+    def __init__(
+        self, socket: ServerConnection, sessions: SessionStore, leases: LeaseStore
+    ) -> None:
+        self.socket = socket
+        self.sessions = sessions
+        self.leases = leases
+        self.name = ""
+        self.agent = ""
+        self.lease_id = 0
+        self.keepalive: asyncio.Task[None] | None = None
+        # Awareness client ids this socket speaks for, and those we told it about (a
+        # y-websocket client sends the states it received back: those are not its own).
+        self.owned: set[int] = set()
+        self.relayed: set[int] = set()
+        self.awareness_seen = False
+        # Updates this socket pushed, so the subscription does not echo them back.
+        self.pushed: deque[bytes] = deque(maxlen=64)
+
+    async def run(self) -> None:
+        relay: asyncio.Task[None] | None = None
+        try:
+            assert self.socket.request is not None
+            namespace, self.name, self.agent = parse_path(self.socket.request.path)
+            calls.current.set(
+                calls.Call(
+                    namespace=namespace,
+                    agent_id=self.agent,
+                    trace_id=f"ws-{uuid.uuid4().hex[:12]}",
+                    deadline=None,
+                )
+            )
+            await self.sessions.open(self.name, must_exist=False, roots={})
+            state_vector = await self._hello()
+            relay = asyncio.create_task(self._guarded(self._relay(state_vector)))
+            while True:
+                await self._handle(await self._recv())
+        except Exception as exc:
+            await self._end(exc)
+        finally:
+            if relay is not None:
+                relay.cancel()
+                with contextlib.suppress(BaseException):
+                    await relay
+            await self._release_lease()
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as exc:
+            await self._end(exc)
+
+    async def _end(self, exc: Exception) -> None:
+        """Close the socket with the code and reason that fit why it ends."""
+        if isinstance(exc, ConnectionClosed):
+            return
+        if isinstance(exc, Refused):
+            code, reason = exc.code, exc.reason
+        elif isinstance(exc, InvalidArgument | BadIdentity):
+            code, reason = BAD_INPUT, exc.message
+        elif isinstance(exc, NotFound):
+            code, reason = SESSION_GONE, exc.message
+        elif isinstance(exc, AccordError):
+            code, reason = TRY_AGAIN, exc.message
+        else:  # a bug: end this socket only, and say so in the log
+            _log.error("y-websocket connection failed", session=self.name, exc_info=exc)
+            code, reason = TRY_AGAIN, "internal error"
+        _log.info("y-websocket connection closed", session=self.name, code=code, reason=reason)
+        await self.socket.close(code, reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore"))
+
+    async def _recv(self) -> bytes:
+        data = await self.socket.recv()
+        if isinstance(data, str):
+            raise _bad("send binary y-protocols messages, not text")
+        return data
+
+    async def _hello(self) -> bytes:
+        """Answer the client's sync step 1 (or, without one, send everything), send ours,
+        and return the state vector the subscription starts from: nothing slips between."""
+        first: bytes | None = None
+        client_vector = b""
+        try:
+            first = await asyncio.wait_for(self._recv(), HELLO_SECONDS)
+        except TimeoutError:
+            pass
+        else:
+            reader = _Reader(first)
+            if reader.uint() == YMessageType.SYNC and reader.uint() == YSyncMessageType.SYNC_STEP1:
+                client_vector = reader.blob()
+                reader.end()
+                first = None
+        _, diff, server_vector = await self.sessions.sync(self.name, client_vector)
+        await self.socket.send(sync_message(YSyncMessageType.SYNC_STEP2, diff))
+        await self.socket.send(sync_message(YSyncMessageType.SYNC_STEP1, server_vector))
+        if first is not None:
+            await self._handle(first)
+        return server_vector
+
+    async def _handle(self, data: bytes) -> None:
+        reader = _Reader(data)
+        kind = reader.uint()
+        if kind == YMessageType.SYNC:
+            step = reader.uint()
+            payload = reader.blob()
+            reader.end()
+            if step == YSyncMessageType.SYNC_STEP1:
+                _, diff, _ = await self.sessions.sync(self.name, payload)
+                await self.socket.send(sync_message(YSyncMessageType.SYNC_STEP2, diff))
+            elif step in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
+                await self._push(payload)
+            else:
+                raise _bad(f"unknown sync message type {step}")
+        elif kind == YMessageType.AWARENESS:
+            payload = reader.blob()
+            reader.end()
+            await self._awareness(payload)
+            # Echoed unchanged (a no-op for the client), as y-websocket servers do: the
+            # client counts it as a sign of life and reconnects after 30 s without one.
+            await self.socket.send(data)
+        elif kind == QUERY_AWARENESS:
+            reader.end()
+            states = [
+                p for p in self.sessions.presence_of(self.name) if p.client_id not in self.owned
+            ]
+            if states:
+                await self.socket.send(self._awareness_message(states, []))
+        else:
+            raise _bad(f"unknown message type {kind}")
+
+    async def _push(self, update: bytes) -> None:
+        if update == EMPTY_UPDATE:
+            return
+        self.pushed.append(update)
+        try:
+            await self.sessions.push(self.name, update, request_id="", fence=None)
+        except BaseException:
+            with contextlib.suppress(ValueError):
+                self.pushed.remove(update)
+            raise
+
+    async def _relay(self, state_vector: bytes) -> None:
+        """Send every later update and presence change; a slow socket only makes the
+        subscription merge what is pending, never blocks the session."""
+        # A generator: closed here, so the subscription ends with the socket, not at GC.
+        events = cast(
+            AsyncGenerator[Any, None], self.sessions.subscribe(self.name, state_vector, True)
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                kind = event.WhichOneof("event")
+                if kind == "update":
+                    if event.update == EMPTY_UPDATE:
+                        continue
+                    if event.update in self.pushed:
+                        self.pushed.remove(event.update)
+                        continue
+                    await self.socket.send(create_update_message(event.update))
+                elif kind == "presence" and event.presence.client_id not in self.owned:
+                    await self.socket.send(self._awareness_message([event.presence], []))
+                elif kind == "presence_gone" and event.presence_gone.client_id not in self.owned:
+                    await self.socket.send(self._awareness_message([], [event.presence_gone]))
+        raise Refused(GOING_AWAY, "the replica unloaded the session; reconnect")
+
+    def _awareness_message(
+        self, present: list[sessions_pb2.Presence], gone: list[sessions_pb2.PresenceGone]
+    ) -> bytes:
+        entries = [(p.client_id, p.clock, p.state_json) for p in present]
+        entries += [(g.client_id, g.clock, "null") for g in gone]
+        self.relayed.update(client_id for client_id, _, _ in entries)
+        return create_awareness_message(awareness_update(entries))
+
+    async def _awareness(self, payload: bytes) -> None:
+        reader = _Reader(payload)
+        count = reader.uint()
+        if count > MAX_AWARENESS_ENTRIES:
+            raise _bad(f"an awareness update of {count} states; at most {MAX_AWARENESS_ENTRIES}")
+        entries = []
+        for _ in range(count):
+            client_id, _clock, state = reader.uint(), reader.uint(), reader.text()
+            if client_id >= 2**32:
+                raise _bad(f"awareness client id {client_id} does not fit in 32 bits")
+            entries.append((client_id, _check_state(state)))
+        reader.end()
+        first, self.awareness_seen = not self.awareness_seen, True
+        for client_id, state in entries:
+            # The client's first awareness message is its own state; later, ids we relayed
+            # to it are echoes of other participants and not its to change.
+            if first or client_id in self.owned or client_id not in self.relayed:
+                self.owned.add(client_id)
+                await self._put_presence(client_id, state)
+
+    async def _put_presence(self, client_id: int, state: str) -> None:
+        if state and not self.lease_id:
+            info = await self.leases.grant(PRESENCE_TTL_SECONDS, {"via": "y-websocket"})
+            self.lease_id = info.id
+            self.keepalive = asyncio.create_task(self._keep_alive())
+        if not self.lease_id:
+            return
+        # Refused while the id is on another lease (an old connection's, until it expires):
+        # the client renews its state every 15 s and gets in then.
+        with contextlib.suppress(ConditionFailed):
+            await self.sessions.put_presence(
+                self.name, self.lease_id, client_id, state, agent_id=self.agent
+            )
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_TTL_SECONDS / 3)
+            try:
+                await self.leases.keepalive(self.lease_id)
+            except LeaseNotFound:
+                await self._end(Refused(TRY_AGAIN, "the presence lease ended; reconnect"))
+                return
+            except AccordError as exc:
+                _log.info("presence lease keep-alive failed; retrying", error=exc.message)
+
+    async def _release_lease(self) -> None:
+        """Presence goes with the socket: revoking the lease deletes its keys in etcd."""
+        if self.keepalive is not None:
+            self.keepalive.cancel()
+        if self.lease_id:
+            with contextlib.suppress(AccordError):
+                await asyncio.shield(self.leases.revoke(self.lease_id))
+
+
+def _check_state(state: str) -> str:
+    """An awareness state as put_presence takes it: a JSON object, or "" for removed."""
+    if len(state.encode()) > MAX_PRESENCE_BYTES:
+        raise _bad(f"an awareness state exceeds {MAX_PRESENCE_BYTES} bytes")
+    try:
+        value = json.loads(state)
+    except (ValueError, RecursionError):
+        raise _bad("an awareness state is not JSON") from None
+    if value is None:
+        return ""
+    if not isinstance(value, dict):
+        raise _bad("an awareness state must be a JSON object or null")
+    return state

@@ -1,0 +1,69 @@
+"""The call being served: who is calling, in which namespace, and until when.
+
+The server interceptor sets `current` once per RPC from the call metadata and the gRPC
+deadline; primitives and the etcd layer read it, so the caller's deadline bounds every
+etcd call and every wait made on its behalf.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from accord.coordinator.substrate.errors import BadIdentity, DeadlineExceeded
+
+NAMESPACE_METADATA = "accord-namespace"
+AGENT_METADATA = "accord-agent-id"
+TRACE_METADATA = "accord-trace-id"
+DEFAULT_NAMESPACE = "default"
+
+_NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_AGENT_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    namespace: str
+    agent_id: str
+    trace_id: str
+    # time.monotonic() at which the caller stops waiting; None when it set no deadline.
+    deadline: float | None
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+    def timeout(self, cap: float) -> float:
+        """Seconds an etcd call may take: the caller's remaining time, at most cap."""
+        left = self.remaining()
+        if left is None:
+            return cap
+        if left <= 0:
+            raise DeadlineExceeded("the call's deadline expired before the coordinator finished")
+        return min(left, cap)
+
+
+# A call with no deadline and the default identity: used for background work.
+BACKGROUND = Call(namespace=DEFAULT_NAMESPACE, agent_id="", trace_id="", deadline=None)
+current: ContextVar[Call] = ContextVar("accord_call", default=BACKGROUND)
+
+
+def identity_from_metadata(metadata: dict[str, str]) -> tuple[str, str]:
+    """Validate and return (namespace, agent_id) from call metadata."""
+    namespace = metadata.get(NAMESPACE_METADATA, DEFAULT_NAMESPACE)
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        raise BadIdentity(
+            f"metadata {NAMESPACE_METADATA}={namespace!r} is not a namespace: use 1-63 characters "
+            "of a-z, 0-9, '_', '.', '-', starting with a letter or digit",
+            metadata={"field": NAMESPACE_METADATA},
+        )
+    agent = metadata.get(AGENT_METADATA, "")
+    if agent and not _AGENT_RE.fullmatch(agent):
+        raise BadIdentity(
+            f"metadata {AGENT_METADATA} must be 1-128 printable ASCII characters without spaces",
+            metadata={"field": AGENT_METADATA},
+        )
+    return namespace, agent

@@ -1,0 +1,219 @@
+"""Group commit: concurrent independent writes share one etcd transaction.
+
+Each write is an etcd sub-transaction (its own compares, success and failure ops). While
+a batch is in flight, new writes queue; the next batch carries every queued write whose
+keys are disjoint from the rest of the batch, as nested sub-transactions of one outer
+Txn with no compare. etcd evaluates each sub-transaction on its own, so every write keeps
+its own outcome and its own semantics; they merely commit at the same revision.
+
+Two writes that touch the same key never share a batch (etcd forbids two puts of one
+key, and a compare must see the writes that came before it), nor is a write sent while
+an earlier write touching one of its keys is in flight: per-key order is arrival order.
+"Touch" is the caller's to declare: every key written, compared or read, plus any
+conflict token that stands for a range (a lock's whole queue, say), since every compare
+in a batch is evaluated before any of the batch's writes. etcd limits the operations
+along any path of nested transactions (128): a batch holds at most 128 - 1 - (its
+heaviest write's weight) writes.
+
+Only a refusal that etcd gives before applying anything (EtcdRefused, an unknown lease)
+makes the batch's
+writes go again one by one; any other failure is reported to every write in the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aetcd.rpc import rpc_pb2 as rpc
+
+from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.errors import (
+    AccordError,
+    DeadlineExceeded,
+    EtcdRefused,
+    Internal,
+    LeaseNotFound,
+)
+from accord.coordinator.substrate.etcd import Etcd
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One sub-transaction's outcome and the revision of the batch it was part of."""
+
+    response: Any  # etcd TxnResponse of the sub-transaction
+    revision: int
+
+
+ETCD_MAX_TXN_OPS = 128
+
+
+@dataclass(slots=True)
+class _Pending:
+    txn: Any
+    keys: frozenset[bytes]
+    size: int
+    weight: int
+    retry: bool
+    deadline: float | None
+    future: asyncio.Future[Committed] = field(repr=False)
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        etcd: Etcd,
+        *,
+        max_batch: int = 100,
+        max_batch_bytes: int = 1024 * 1024,
+        max_in_flight: int = 1,
+    ) -> None:
+        self._etcd = etcd
+        self._max_batch = max_batch
+        self._max_bytes = max_batch_bytes
+        self._max_in_flight = max_in_flight
+        self._queue: deque[_Pending] = deque()
+        self._in_flight = 0
+        self._in_flight_keys: set[bytes] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.writes = 0
+
+    async def commit(
+        self, txn: Any, keys: Iterable[bytes], size: int, *, retry: bool, weight: int
+    ) -> Committed:
+        """Commit one sub-transaction.
+
+        keys: every key it writes, compares or reads, and any conflict token for a range
+        it depends on. size: its rough byte size. weight: the most operations along one
+        path of its nesting (one level per nested transaction plus that level's largest
+        branch). retry: repeating it after an ambiguous failure is safe (idempotent)."""
+        call = calls.current.get()
+        future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            _Pending(txn, frozenset(keys), size, weight, retry, call.deadline, future)
+        )
+        self._kick()
+        return await future
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(Internal("coordinator is shutting down"))
+        self._queue.clear()
+
+    def _kick(self) -> None:
+        while self._queue and self._in_flight < self._max_in_flight:
+            batch = self._take_batch()
+            if not batch:
+                return
+            self._in_flight += 1
+            for pending in batch:
+                self._in_flight_keys |= pending.keys
+            task = asyncio.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take_batch(self) -> list[_Pending]:
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        taken: set[bytes] = set()
+        # Keys of writes in flight or left behind: later writes to them must wait too.
+        blocked: set[bytes] = set(self._in_flight_keys)
+        size = 0
+        heaviest = 0
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():  # the caller went away
+                continue
+            if pending.deadline is not None and pending.deadline <= now:
+                pending.future.set_exception(
+                    DeadlineExceeded("the call's deadline expired before its write was sent")
+                )
+                continue
+            heavier = max(heaviest, pending.weight)
+            fits = not batch or (
+                len(batch) < self._max_batch
+                and size + pending.size <= self._max_bytes
+                and len(batch) + 1 + 1 + heavier <= ETCD_MAX_TXN_OPS
+            )
+            if fits and taken.isdisjoint(pending.keys) and blocked.isdisjoint(pending.keys):
+                batch.append(pending)
+                taken |= pending.keys
+                size += pending.size
+                heaviest = heavier
+            else:
+                kept.append(pending)
+                blocked |= pending.keys
+        self._queue = kept
+        return batch
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._send_one(batch[0])
+            else:
+                await self._send_many(batch)
+        finally:
+            self._in_flight -= 1
+            for pending in batch:
+                self._in_flight_keys -= pending.keys
+            self._kick()
+
+    async def _send_one(self, pending: _Pending) -> None:
+        token = calls.current.set(_call_for([pending]))
+        try:
+            response = await self._etcd.txn(pending.txn, retry=pending.retry)
+        except AccordError as exc:
+            _fail(pending, exc)
+            return
+        finally:
+            calls.current.reset(token)
+        self.batches += 1
+        self.writes += 1
+        if not pending.future.done():
+            pending.future.set_result(Committed(response, response.header.revision))
+
+    async def _send_many(self, batch: list[_Pending]) -> None:
+        outer = rpc.TxnRequest(success=[rpc.RequestOp(request_txn=p.txn) for p in batch])
+        token = calls.current.set(_call_for(batch))
+        try:
+            response = await self._etcd.txn(outer, retry=all(p.retry for p in batch))
+        except AccordError as exc:
+            if isinstance(exc, EtcdRefused | LeaseNotFound):
+                # Refused whole before anything applied: give each write its own verdict.
+                await asyncio.gather(*(self._send_one(p) for p in batch))
+                return
+            for pending in batch:
+                _fail(pending, exc)
+            return
+        finally:
+            calls.current.reset(token)
+        self.batches += 1
+        self.writes += len(batch)
+        revision = response.header.revision
+        for pending, op in zip(batch, response.responses, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(Committed(op.response_txn, revision))
+
+
+def _call_for(batch: list[_Pending]) -> calls.Call:
+    """A batch may take as long as its most patient member allows."""
+    deadlines = [p.deadline for p in batch]
+    deadline = (
+        None if any(d is None for d in deadlines) else max(d for d in deadlines if d is not None)
+    )
+    return calls.Call(namespace="", agent_id="", trace_id="group-commit", deadline=deadline)
+
+
+def _fail(pending: _Pending, exc: AccordError) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(exc)

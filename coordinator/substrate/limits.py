@@ -1,0 +1,56 @@
+"""Size limits and input checks shared by every primitive.
+
+Limits sit well under etcd's own (1.5 MiB per request, 128 ops per Txn) so a request
+that passes them always fits in one etcd transaction, including inside a group commit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from accord.coordinator.substrate.errors import FieldViolation
+
+DEFAULT_MAX_VALUE_BYTES = 256 * 1024
+_REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_key_bytes: int = 512
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_txn_ops: int = 64
+    max_txn_bytes: int = 1024 * 1024
+
+
+def check_key(
+    field: str, key: str, limits: Limits, *, allow_empty: bool = False
+) -> list[FieldViolation]:
+    """Keys are UTF-8 text without control characters (we reserve those bytes)."""
+    if not key:
+        return [] if allow_empty else [FieldViolation(field, "must not be empty")]
+    size = len(key.encode())
+    if size > limits.max_key_bytes:
+        return [FieldViolation(field, f"is {size} bytes; the limit is {limits.max_key_bytes}")]
+    for ch in key:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            return [
+                FieldViolation(
+                    field, f"contains control character U+{ord(ch):04X}, which is reserved"
+                )
+            ]
+    return []
+
+
+def check_value(field: str, value: bytes, limits: Limits) -> list[FieldViolation]:
+    if len(value) > limits.max_value_bytes:
+        return [
+            FieldViolation(field, f"is {len(value)} bytes; the limit is {limits.max_value_bytes}")
+        ]
+    return []
+
+
+def check_request_id(field: str, request_id: str) -> list[FieldViolation]:
+    if request_id and not _REQUEST_ID_RE.fullmatch(request_id):
+        return [FieldViolation(field, "must be 1-128 printable ASCII characters without spaces")]
+    return []

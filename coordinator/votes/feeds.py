@@ -1,0 +1,212 @@
+"""Watching votes: every watcher of a vote on this replica shares one etcd watch.
+
+A feed reads the vote once (deciding it first if it is due), then follows its record
+and ballots from the next revision, so a watcher joining at any moment gets the state
+as of the feed's latest event and then every later event, in revision order per key.
+The decision ends every watcher's stream; the decision message carries the final tally,
+and before it the feed sends any ballot the (possibly lagging) ballots' watcher has not
+delivered yet, read at the decision's revision: every ballot the decision counts is seen.
+A watcher that reconnects elsewhere starts again from the state, losing nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aetcd.rpc import rpc_pb2 as rpc
+
+from accord.coordinator import logs
+from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, NotFound, require
+from accord.coordinator.substrate.etcd import Etcd, prefix_end
+from accord.coordinator.votes.spec import check_vote_id
+from accord.coordinator.votes.store import Snapshot, VoteStore, parse_record
+from accord.v1 import common_pb2, votes_pb2
+
+_log = logs.get("accord.vote_feeds")
+_Item = votes_pb2.VotesWatchResponse | AccordError
+
+
+class _Feed:
+    def __init__(self, ns: str, vote_id: str) -> None:
+        self.ns = ns
+        self.vote_id = vote_id
+        self.snapshot: Snapshot | None = None
+        self.ballots: dict[str, votes_pb2.Ballot] = {}
+        # Every ballot stored at or before this revision has been seen.
+        self.ballots_revision = 0
+        self.subscribers: set[asyncio.Queue[_Item]] = set()
+        self.ready = asyncio.Event()
+        self.error: AccordError | None = None
+        self.finished = False
+        self.task: asyncio.Task[None] | None = None
+
+    def state(self) -> votes_pb2.VotesWatchResponse:
+        assert self.snapshot is not None
+        snap = Snapshot(
+            self.snapshot.revision,
+            self.snapshot.vote,
+            self.snapshot.record_mod,
+            sorted(self.ballots.values(), key=lambda b: b.revision),
+            self.snapshot.weights,
+        )
+        return votes_pb2.VotesWatchResponse(
+            header=common_pb2.ResponseHeader(revision=snap.revision), state=snap.full()
+        )
+
+    def send(self, item: _Item) -> None:
+        for queue in self.subscribers:
+            queue.put_nowait(item)
+
+    def fail(self, error: AccordError) -> None:
+        self.error = error
+        self.ready.set()
+        self.send(error)
+
+
+class VoteFeeds:
+    def __init__(self, etcd: Etcd, votes: VoteStore) -> None:
+        self._etcd = etcd
+        self._votes = votes
+        self._feeds: dict[tuple[str, str], _Feed] = {}
+
+    async def watch(self, vote_id: str) -> AsyncIterator[votes_pb2.VotesWatchResponse]:
+        """The vote's state, then its ballots as cast, then its decision (last)."""
+        require(check_vote_id("vote_id", vote_id))
+        ns = calls.current.get().namespace
+        key = (ns, vote_id)
+        feed = self._feeds.get(key)
+        if feed is None or feed.error is not None or feed.finished:
+            feed = _Feed(ns, vote_id)
+            self._feeds[key] = feed
+            feed.task = asyncio.create_task(self._follow(feed))
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        feed.subscribers.add(queue)
+        try:
+            await feed.ready.wait()
+            if feed.error is not None:
+                raise feed.error
+            state = feed.state()
+            while not queue.empty():  # already part of the state
+                queue.get_nowait()
+            yield state
+            if state.state.status == votes_pb2.VOTE_STATUS_DECIDED:
+                return
+            while True:
+                item = await queue.get()
+                if isinstance(item, AccordError):
+                    raise item
+                yield item
+                if item.WhichOneof("event") == "decision":
+                    return
+        finally:
+            feed.subscribers.discard(queue)
+            if not feed.subscribers:
+                self._drop(feed)
+
+    def _drop(self, feed: _Feed) -> None:
+        if self._feeds.get((feed.ns, feed.vote_id)) is feed:
+            del self._feeds[(feed.ns, feed.vote_id)]
+        if feed.task is not None and not feed.task.done():
+            feed.task.cancel()
+
+    def end_streams(self) -> None:
+        """On shutdown: end every watch so clients move to another replica."""
+        for feed in list(self._feeds.values()):
+            feed.fail(BackendUnavailable("this coordinator replica is shutting down; watch again"))
+            self._drop(feed)
+
+    async def _follow(self, feed: _Feed) -> None:
+        calls.current.set(
+            calls.Call(namespace=feed.ns, agent_id="", trace_id="vote-feed", deadline=None)
+        )
+        try:
+            await self._follow_events(feed)
+        except asyncio.CancelledError:
+            raise
+        except AccordError as exc:
+            feed.fail(exc)
+        except Exception as exc:  # a broken feed must end its streams, clearly
+            _log.info("vote feed failed", vote_id=feed.vote_id, error=str(exc))
+            feed.fail(BackendUnavailable(f"the vote's watch broke ({exc}); watch again"))
+        else:
+            decided = feed.snapshot is not None and (
+                feed.snapshot.vote.status == votes_pb2.VOTE_STATUS_DECIDED
+            )
+            # Decided: every stream has its last message. Otherwise the watch ended early.
+            feed.finished = True  # later watchers start a fresh feed
+            if not decided:
+                feed.fail(BackendUnavailable("the vote's watch ended; watch again"))
+        finally:
+            if self._feeds.get((feed.ns, feed.vote_id)) is feed:
+                del self._feeds[(feed.ns, feed.vote_id)]
+
+    async def _follow_events(self, feed: _Feed) -> None:
+        snap = await self._votes.settle(feed.ns, feed.vote_id)
+        feed.snapshot = snap
+        feed.ballots = {b.voter: b for b in snap.ballots}
+        feed.ballots_revision = snap.revision
+        feed.ready.set()
+        if snap.vote.status == votes_pb2.VOTE_STATUS_DECIDED:
+            return
+        record = self._votes.record_key(feed.ns, feed.vote_id)
+        prefix = self._votes.ballots_prefix(feed.ns, feed.vote_id)
+        creates = [
+            rpc.WatchCreateRequest(key=record, start_revision=snap.revision + 1),
+            rpc.WatchCreateRequest(
+                key=prefix, range_end=prefix_end(prefix), start_revision=snap.revision + 1
+            ),
+        ]
+        async for response in self._etcd.watch(creates):
+            for event in response.events:
+                kv = event.kv
+                header = common_pb2.ResponseHeader(revision=kv.mod_revision)
+                if kv.key == record:
+                    if event.type == event.DELETE:
+                        raise NotFound(f"vote {feed.vote_id!r} was deleted")
+                    vote = parse_record(kv)
+                    if vote.status == votes_pb2.VOTE_STATUS_DECIDED:
+                        # The ballots' watcher may lag the record's: send what it has not
+                        # delivered yet, as etcd held it when the decision was written.
+                        if feed.ballots_revision < vote.decision.last_ballot_revision:
+                            await self._catch_up(feed, prefix, kv.mod_revision)
+                        feed.snapshot = Snapshot(
+                            kv.mod_revision, vote, kv.mod_revision, [], feed.snapshot.weights
+                        )
+                        feed.send(
+                            votes_pb2.VotesWatchResponse(header=header, decision=vote.decision)
+                        )
+                        return
+                elif event.type == event.PUT:
+                    self._offer(feed, kv)
+                    # One watcher's events come in revision order.
+                    feed.ballots_revision = max(feed.ballots_revision, kv.mod_revision)
+
+    async def _catch_up(self, feed: _Feed, prefix: bytes, revision: int) -> None:
+        found = await self._etcd.range(
+            rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), revision=revision)
+        )
+        for kv in sorted(found.kvs, key=lambda kv: kv.mod_revision):
+            self._offer(feed, kv)
+
+    @staticmethod
+    def _offer(feed: _Feed, kv: Any) -> None:
+        """A ballot as stored at kv.mod_revision: sent unless already sent."""
+        ballot = votes_pb2.Ballot.FromString(kv.value)
+        seen = feed.ballots.get(ballot.voter)
+        if seen is not None and seen.revision >= kv.mod_revision:
+            return
+        ballot.revision = kv.mod_revision
+        feed.ballots[ballot.voter] = ballot
+        assert feed.snapshot is not None
+        feed.snapshot = Snapshot(
+            max(kv.mod_revision, feed.snapshot.revision),
+            feed.snapshot.vote,
+            feed.snapshot.record_mod,
+            [],
+            feed.snapshot.weights,
+        )
+        header = common_pb2.ResponseHeader(revision=kv.mod_revision)
+        feed.send(votes_pb2.VotesWatchResponse(header=header, ballot=ballot))

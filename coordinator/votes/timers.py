@@ -1,0 +1,154 @@
+"""Deadlines and retention for votes, enforced by every replica.
+
+Each open vote has a close timer key, and each decided vote an expire timer key, under
+{root}/vote-timers/ (named by due time, so a range read lists them in order). Every
+replica reads them all, follows them with one etcd watch, and acts on each when due:
+closing a vote (VoteStore.close_due) or deleting it after its retention
+(VoteStore.expire_due). Replicas race harmlessly: the decision Txn lets exactly one
+win, and deletions are idempotent. So a vote closes on time even when its proposer and
+the proposer's replica are gone, as long as any replica runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aetcd.rpc import rpc_pb2 as rpc
+
+from accord.coordinator import logs
+from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.errors import AccordError
+from accord.coordinator.substrate.etcd import Etcd, prefix_end
+from accord.coordinator.votes.store import VoteStore
+
+_log = logs.get("accord.vote_timers")
+ACT_TIMEOUT_SECONDS = 10.0
+RETRY_SECONDS = 1.0
+MAX_CONCURRENT = 16
+
+
+class VoteTimers:
+    def __init__(self, etcd: Etcd, votes: VoteStore) -> None:
+        self._etcd = etcd
+        self._votes = votes
+        self._prefix = votes.timers_prefix
+        self._due: dict[bytes, float] = {}  # timer key -> when to act (time.time())
+        self._changed = asyncio.Event()
+        self._acting: set[bytes] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._main: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        for task in [self._main, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        for task in [self._main, *self._tasks]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    @property
+    def pending(self) -> int:
+        return len(self._due)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # timers must outlive any etcd trouble
+                _log.info("vote timers lost their etcd watch; resyncing", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.1
+
+    async def _follow(self) -> None:
+        """Read every timer, then follow changes while firing those that come due."""
+        found = await self._etcd.range(
+            rpc.RangeRequest(key=self._prefix, range_end=prefix_end(self._prefix))
+        )
+        self._due = {kv.key: _due(kv.key, self._prefix) for kv in found.kvs}
+        self._changed.set()
+        firing = asyncio.create_task(self._fire())
+        try:
+            watch = rpc.WatchCreateRequest(
+                key=self._prefix,
+                range_end=prefix_end(self._prefix),
+                start_revision=found.header.revision + 1,
+                filters=[],
+            )
+            async for response in self._etcd.watch(watch):
+                for event in response.events:
+                    if event.type == event.PUT:
+                        self._due[event.kv.key] = _due(event.kv.key, self._prefix)
+                    else:
+                        self._due.pop(event.kv.key, None)
+                self._changed.set()
+        finally:
+            firing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await firing
+
+    async def _fire(self) -> None:
+        while True:
+            self._changed.clear()
+            now = time.time()
+            ready = [k for k, due in self._due.items() if due <= now and k not in self._acting]
+            for key in ready:
+                self._acting.add(key)
+                task = asyncio.create_task(self._act(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            waiting = [due for k, due in self._due.items() if k not in self._acting]
+            timeout = max(0.0, min(waiting) - time.time()) if waiting else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def _act(self, key: bytes) -> None:
+        kind, ns, vote_id = _parse(key, self._prefix)
+        calls.current.set(
+            calls.Call(
+                namespace=ns,
+                agent_id="",
+                trace_id="vote-timer",
+                deadline=time.monotonic() + ACT_TIMEOUT_SECONDS,
+            )
+        )
+        due = _due(key, self._prefix)
+        try:
+            async with self._slots:
+                if kind == "close":
+                    done = await self._votes.close_due(ns, vote_id, key, due)
+                else:
+                    done = await self._votes.expire_due(ns, vote_id, key, due)
+            if done:
+                self._due.pop(key, None)  # deleted in etcd; don't wait for the watch
+            elif key in self._due:
+                self._due[key] = time.time() + RETRY_SECONDS
+        except AccordError as exc:
+            _log.info(
+                "vote timer failed; will retry", kind=kind, vote_id=vote_id, error=exc.message
+            )
+            if key in self._due:  # try again a little later, unless it went away
+                self._due[key] = time.time() + RETRY_SECONDS
+        finally:
+            self._acting.discard(key)
+            self._changed.set()
+
+
+def _due(key: bytes, prefix: bytes) -> float:
+    return int(key[len(prefix) : len(prefix) + 16], 16) / 1000
+
+
+def _parse(key: bytes, prefix: bytes) -> tuple[str, str, str]:
+    _, kind, ns, vote_id = key[len(prefix) :].decode().split("\x00", 3)
+    return kind, ns, vote_id
