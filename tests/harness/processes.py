@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -11,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -21,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -251,17 +249,3 @@ def wait_serving(address: str, timeout: float) -> None:
             if update.status == health_pb2.HealthCheckResponse.SERVING:
                 return
     raise TimeoutError(f"{address} did not become SERVING")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 15.0
-) -> T:
-    """probe() until done(value), for at most timeout seconds; the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.25)

@@ -138,7 +138,7 @@ async def test_paused_holder_is_fenced(
     agent = subprocess.Popen(
         [
             sys.executable,
-            str(REPO / "tests" / "agent_process.py"),
+            str(REPO / "tests" / "harness" / "agent_process.py"),
             replicas[0].address,
             namespace,
             "2",
