@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Protocol
 
+from accord.client import calls
 from accord.client.errors import (
     ConditionFailedError,
     DeadlineExceededError,
@@ -207,7 +208,7 @@ class AsyncKV:
             if serializable
             else kv_pb2.CONSISTENCY_LINEARIZABLE,
         )
-        response = await self._t.unary("kv", "Get", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.KV_GET, request, timeout=timeout)
         return KeyValue._from(response.kv) if response.found else None
 
     async def list(
@@ -227,7 +228,7 @@ class AsyncKV:
             keys_only=keys_only,
             revision=revision,
         )
-        response = await self._t.unary("kv", "List", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.KV_LIST, request, timeout=timeout)
         return Page(
             response.header.revision,
             [KeyValue._from(kv) for kv in response.kvs],
@@ -274,7 +275,7 @@ class AsyncKV:
             request.precondition.CopyFrom(expect._to_proto())
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary("kv", "Put", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.KV_PUT, request, timeout=timeout)
         return WriteResult(response.header.revision, KeyValue._from(response.kv), response.replayed)
 
     async def delete(
@@ -296,7 +297,7 @@ class AsyncKV:
             request.precondition.CopyFrom(expect._to_proto())
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary("kv", "Delete", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.KV_DELETE, request, timeout=timeout)
         prev = KeyValue._from(response.prev_kv) if response.HasField("prev_kv") else None
         return DeleteResult(response.header.revision, response.deleted, prev, response.replayed)
 
@@ -325,7 +326,7 @@ class AsyncKV:
                 )
             else:
                 request.ops.add(delete=kv_pb2.TxnDelete(key=op.key))
-        response = await self._t.unary("kv", "Txn", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.KV_TXN, request, timeout=timeout)
         kvs = [KeyValue._from(r.kv) if r.HasField("kv") else None for r in response.results]
         return TxnResult(response.revision, kvs, response.replayed)
 
@@ -384,7 +385,7 @@ class AsyncKV:
         timeout: float | None = None,
     ) -> HistoryPage:
         request = kv_pb2.HistoryRequest(key=key, limit=limit, before_revision=before_revision)
-        response = await self._t.unary("kv", "History", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.KV_HISTORY, request, timeout=timeout)
         entries = [
             HistoryEntry(
                 EventType.DELETE if e.kind == kv_pb2.HistoryEntry.KIND_DELETE else EventType.PUT,
@@ -472,7 +473,7 @@ class Watch:
                 prev_kv=self._prev_kv,
             )
             try:
-                async for response in self._t.stream("kv", "Watch", request):
+                async for response in self._t.stream(calls.KV_WATCH, request):
                     failures = 0
                     events = response.events
                     for i, event in enumerate(events):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
+from accord.client import calls
 from accord.client.errors import AccordError, LeaseNotFoundError, UnavailableError
 from accord.client.transport import Transport
 from accord.v1 import leases_pb2
@@ -74,9 +75,7 @@ class Lease:
     async def revoke(self) -> None:
         await self._stop()
         with contextlib.suppress(LeaseNotFoundError):
-            await self._t.unary(
-                "leases", "Revoke", leases_pb2.RevokeRequest(lease_id=self.id), safe=True
-            )
+            await self._t.unary(calls.LEASES_REVOKE, leases_pb2.RevokeRequest(lease_id=self.id))
 
     async def _stop(self) -> None:
         if self._task is not None:
@@ -101,7 +100,7 @@ class Lease:
         failures = 0
         while True:
             try:
-                async for response in self._t.stream("leases", "KeepAlive", self._requests()):
+                async for response in self._t.bidi(calls.LEASES_KEEP_ALIVE, self._requests()):
                     failures = 0
                     self._expires_at = time.monotonic() + response.ttl_seconds
             except LeaseNotFoundError as gone:
@@ -139,31 +138,23 @@ class AsyncLeases:
     async def grant(
         self, ttl: int = 10, *, labels: Mapping[str, str] | None = None, keepalive: bool = True
     ) -> Lease:
-        response = await self._t.unary(
-            "leases",
-            "Grant",
-            leases_pb2.GrantRequest(ttl_seconds=ttl, labels=labels or {}),
-            safe=False,
-        )
+        request = leases_pb2.GrantRequest(ttl_seconds=ttl, labels=labels or {})
+        response = await self._t.unary(calls.LEASES_GRANT, request)
         return Lease(self._t, LeaseInfo._from(response.lease), keepalive=keepalive)
 
     async def keepalive_once(self, lease_id: int) -> int:
-        response = await self._t.unary(
-            "leases", "KeepAliveOnce", leases_pb2.KeepAliveOnceRequest(lease_id=lease_id), safe=True
-        )
+        request = leases_pb2.KeepAliveOnceRequest(lease_id=lease_id)
+        response = await self._t.unary(calls.LEASES_KEEP_ALIVE_ONCE, request)
         return int(response.ttl_seconds)
 
     async def revoke(self, lease_id: int) -> None:
-        await self._t.unary(
-            "leases", "Revoke", leases_pb2.RevokeRequest(lease_id=lease_id), safe=True
-        )
+        await self._t.unary(calls.LEASES_REVOKE, leases_pb2.RevokeRequest(lease_id=lease_id))
 
     async def time_to_live(self, lease_id: int) -> LeaseInfo:
-        response = await self._t.unary(
-            "leases", "TimeToLive", leases_pb2.TimeToLiveRequest(lease_id=lease_id), safe=True
-        )
+        request = leases_pb2.TimeToLiveRequest(lease_id=lease_id)
+        response = await self._t.unary(calls.LEASES_TIME_TO_LIVE, request)
         return LeaseInfo._from(response.lease)
 
     async def list(self) -> list[LeaseInfo]:
-        response = await self._t.unary("leases", "List", leases_pb2.LeasesListRequest(), safe=True)
+        response = await self._t.unary(calls.LEASES_LIST, leases_pb2.LeasesListRequest())
         return [LeaseInfo._from(lease) for lease in response.leases]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from accord.client import calls
 from accord.client.errors import AccordError, NotHeldError, WouldBlockError
 from accord.client.leases import Lease
 from accord.client.transport import Transport
@@ -112,7 +113,7 @@ class AsyncLocks:
         )
         try:
             response = await self._t.unary(
-                "locks", "Acquire", request, safe=True, timeout=timeout + _WAIT_MARGIN_SECONDS
+                calls.LOCKS_ACQUIRE, request, timeout=timeout + _WAIT_MARGIN_SECONDS
             )
         except AccordError as exc:
             if exc.reason not in _ENTRY_ALREADY_GONE:
@@ -136,7 +137,7 @@ class AsyncLocks:
             name=name, lease_id=_lease_id(lease), mode=_mode(mode), permits=permits, no_wait=True
         )
         try:
-            response = await self._t.unary("locks", "Acquire", request, safe=True)
+            response = await self._t.unary(calls.LOCKS_ACQUIRE, request)
         except WouldBlockError:
             return None
         return Grant._from(response.grant)
@@ -161,7 +162,7 @@ class AsyncLocks:
             priority=priority,
         )
         response = await self._t.unary(
-            "locks", "AcquireMany", request, safe=True, timeout=timeout + _WAIT_MARGIN_SECONDS
+            calls.LOCKS_ACQUIRE_MANY, request, timeout=timeout + _WAIT_MARGIN_SECONDS
         )
         return [Grant._from(g) for g in response.grants]
 
@@ -172,12 +173,8 @@ class AsyncLocks:
             lease, token, name = lease or name.lease_id, name.token, name.name
         if lease is None:
             raise ValueError("release needs the lease (or a Grant)")
-        response = await self._t.unary(
-            "locks",
-            "Release",
-            locks_pb2.ReleaseRequest(name=name, lease_id=_lease_id(lease), token=token),
-            safe=True,
-        )
+        request = locks_pb2.ReleaseRequest(name=name, lease_id=_lease_id(lease), token=token)
+        response = await self._t.unary(calls.LOCKS_RELEASE, request)
         return bool(response.was_holding)
 
     async def _leave(self, name: str, lease: Lease | int) -> None:
@@ -207,35 +204,24 @@ class AsyncLocks:
     async def describe(self, name: str, lease: Lease | int = 0) -> tuple[LockState, int]:
         """The lock's holders and queue, and the lease's position (-1 holding,
         -2 not queued)."""
-        response = await self._t.unary(
-            "locks",
-            "Describe",
-            locks_pb2.DescribeRequest(name=name, lease_id=_lease_id(lease)),
-            safe=True,
-        )
+        request = locks_pb2.DescribeRequest(name=name, lease_id=_lease_id(lease))
+        response = await self._t.unary(calls.LOCKS_DESCRIBE, request)
         return response.state, response.position
 
     async def list(self, prefix: str = "") -> builtins.list[LockState]:
-        response = await self._t.unary(
-            "locks", "List", locks_pb2.LocksListRequest(prefix=prefix), safe=True
-        )
+        response = await self._t.unary(calls.LOCKS_LIST, locks_pb2.LocksListRequest(prefix=prefix))
         return list(response.locks)
 
     async def wait_graph(self) -> builtins.list[WaitEdge]:
-        response = await self._t.unary(
-            "locks", "WaitGraph", locks_pb2.WaitGraphRequest(), safe=True
-        )
+        response = await self._t.unary(calls.LOCKS_WAIT_GRAPH, locks_pb2.WaitGraphRequest())
         return list(response.edges)
 
     async def break_lock(self, name: str) -> builtins.list[LockEntry]:
         """Forced release of the current holders (admin)."""
-        response = await self._t.unary(
-            "locks", "Break", locks_pb2.BreakRequest(name=name), safe=True
-        )
+        response = await self._t.unary(calls.LOCKS_BREAK, locks_pb2.BreakRequest(name=name))
         return list(response.broken)
 
     async def deadlocks(self, limit: int = 20) -> builtins.list[Deadlock]:
-        response = await self._t.unary(
-            "locks", "ListDeadlocks", locks_pb2.ListDeadlocksRequest(limit=limit), safe=True
-        )
+        request = locks_pb2.ListDeadlocksRequest(limit=limit)
+        response = await self._t.unary(calls.LOCKS_LIST_DEADLOCKS, request)
         return list(response.deadlocks)

@@ -19,15 +19,16 @@ import builtins
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, cast
 
 from pycrdt import Doc, Subscription, TransactionEvent, merge_updates
 
+from accord.client import calls
 from accord.client.errors import (
     AccordError,
     DeadlineExceededError,
@@ -41,6 +42,17 @@ from accord.v1 import common_pb2, sessions_pb2
 # Errors after which a background push or subscription tries again; any other is final.
 _TRANSIENT = (UnavailableError, DeadlineExceededError, InternalError)
 _MAX_QUIET_FAILURES = 50
+
+
+class _Origin(Protocol):
+    def origin(self) -> int | None: ...
+
+
+class _Committed(Protocol):
+    """What pycrdt's TransactionEvent carries at run time beyond its type stubs."""
+
+    @property
+    def transaction(self) -> _Origin: ...
 
 
 class RootKind(IntEnum):
@@ -189,7 +201,7 @@ class AsyncSessions:
         request = sessions_pb2.SessionsOpenRequest(
             name=name, must_exist=must_exist, roots=_roots(roots)
         )
-        response = await self._t.unary("sessions", "Open", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.SESSIONS_OPEN, request, timeout=timeout)
         return SessionInfo._from(response.session, response.created)
 
     async def list(
@@ -207,7 +219,7 @@ class AsyncSessions:
         while True:
             size = min(limit - len(out), page_size) if limit else page_size
             request = sessions_pb2.SessionsListRequest(prefix=prefix, limit=size, page_token=token)
-            response = await self._t.unary("sessions", "List", request, safe=True, timeout=timeout)
+            response = await self._t.unary(calls.SESSIONS_LIST, request, timeout=timeout)
             out.extend(SessionInfo._from(info) for info in response.sessions)
             token = response.next_page_token
             if not token or (limit and len(out) >= limit):
@@ -228,14 +240,14 @@ class AsyncSessions:
             expected_created_revision=expected_created_revision,
             request_id=request_id or _request_id(),
         )
-        response = await self._t.unary("sessions", "Delete", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.SESSIONS_DELETE, request, timeout=timeout)
         return bool(response.deleted)
 
     async def sync(
         self, name: str, state_vector: bytes = b"", *, timeout: float | None = None
     ) -> SyncResult:
         request = sessions_pb2.SessionsSyncRequest(name=name, state_vector=state_vector)
-        response = await self._t.unary("sessions", "Sync", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.SESSIONS_SYNC, request, timeout=timeout)
         return SyncResult(response.header.revision, response.update, response.state_vector)
 
     async def push(
@@ -253,7 +265,7 @@ class AsyncSessions:
         )
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary("sessions", "Push", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.SESSIONS_PUSH, request, timeout=timeout)
         return int(response.header.revision)
 
     async def subscribe(
@@ -265,14 +277,14 @@ class AsyncSessions:
         request = sessions_pb2.SessionsSubscribeRequest(
             name=name, state_vector=state_vector, presence=presence
         )
-        async for response in self._t.stream("sessions", "Subscribe", request):
+        async for response in self._t.stream(calls.SESSIONS_SUBSCRIBE, request):
             event = _event(response)
             if event is not None:
                 yield event
 
     async def read(self, name: str, *, timeout: float | None = None) -> SessionState:
         request = sessions_pb2.SessionsReadRequest(name=name)
-        response = await self._t.unary("sessions", "Read", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.SESSIONS_READ, request, timeout=timeout)
         return SessionState(
             response.header.revision,
             SessionInfo._from(response.session),
@@ -297,7 +309,7 @@ class AsyncSessions:
         )
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary("sessions", "Apply", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.SESSIONS_APPLY, request, timeout=timeout)
         return ApplyResult(response.header.revision, response.update)
 
     async def set_presence(
@@ -317,9 +329,7 @@ class AsyncSessions:
             client_id=client_id,
             state_json=json.dumps(dict(state), separators=(",", ":")) if state is not None else "",
         )
-        response = await self._t.unary(
-            "sessions", "SetPresence", request, safe=True, timeout=timeout
-        )
+        response = await self._t.unary(calls.SESSIONS_SET_PRESENCE, request, timeout=timeout)
         return Presence._from(response.presence)
 
     def synced(
@@ -395,7 +405,7 @@ class SyncedSession:
         self._progress.set()
         self._progress = asyncio.Event()
 
-    async def _until(self, done: Any, timeout: float | None) -> None:
+    async def _until(self, done: Callable[[], bool], timeout: float | None) -> None:
         async with asyncio.timeout(timeout):
             while not done():
                 if self.error is not None:
@@ -537,7 +547,7 @@ class SyncedSession:
     # --- local updates --------------------------------------------------------------
 
     def _on_local(self, event: TransactionEvent) -> None:
-        origin = getattr(event, "transaction").origin()  # noqa: B009 (missing from pycrdt's stubs)
+        origin = cast(_Committed, event).transaction.origin()
         if origin == self._origin_hash or event.update == b"\x00\x00":
             return
         self._pending.append(event.update)

@@ -1,28 +1,21 @@
 """Channels to the coordinator replicas: failover, retries, deadlines, identity.
 
 One channel per replica address, used in turn: when a replica stops answering, calls
-move on to the next. Only calls that are safe to repeat are retried (reads, and writes
-that carry a request_id); every call has a deadline.
+move on to the next. Only calls declared safe to repeat (`accord.client.calls`) are
+retried; every call has a deadline and carries the agent's identity metadata.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import grpc
 
+from accord.client.calls import BidiStream, Req, Resp, ServerStream, Stubs, Unary
 from accord.client.errors import DeadlineExceededError, from_rpc_error
 from accord.client.retry import RetryBudget, RetryPolicy
-from accord.v1 import (
-    kv_pb2_grpc,
-    leases_pb2_grpc,
-    locks_pb2_grpc,
-    sessions_pb2_grpc,
-    votes_pb2_grpc,
-)
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 _OPTIONS = [
@@ -41,11 +34,7 @@ class _Replica:
             self.channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
         else:
             self.channel = grpc.aio.secure_channel(address, credentials, options=_OPTIONS)
-        self.kv = kv_pb2_grpc.KVStub(self.channel)
-        self.leases = leases_pb2_grpc.LeasesStub(self.channel)
-        self.locks = locks_pb2_grpc.LocksStub(self.channel)
-        self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
-        self.votes = votes_pb2_grpc.VotesStub(self.channel)
+        self.stubs = Stubs(self.channel)
 
 
 class Transport:
@@ -91,8 +80,8 @@ class Transport:
                 await replica.channel.close()
 
     async def unary(
-        self, service: str, method: str, request: Any, *, safe: bool, timeout: float | None = None
-    ) -> Any:
+        self, call: Unary[Req, Resp], request: Req, *, timeout: float | None = None
+    ) -> Resp:
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         attempt = 0
         while True:
@@ -101,14 +90,14 @@ class Transport:
             if remaining <= 0:
                 raise DeadlineExceededError("the call's deadline expired before it could be sent")
             try:
-                response = await getattr(getattr(replica, service), method)(
+                response = await call.method(replica.stubs)(
                     request, timeout=remaining, metadata=self.metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     self.failover(index)
                 error = from_rpc_error(exc)
-                if not (safe and exc.code() in _RETRYABLE):
+                if not (call.safe and exc.code() in _RETRYABLE):
                     raise error from exc
                 attempt += 1
                 pause = self.retry.backoff(attempt)
@@ -123,17 +112,31 @@ class Transport:
             self._budget.refill()
             return response
 
-    async def stream(self, service: str, method: str, request: Any) -> AsyncGenerator[Any, None]:
-        """One server (or bidi, given an iterator of requests) stream on the current
-        replica; reconnecting elsewhere is the caller's to do."""
+    def stream(self, call: ServerStream[Req, Resp], request: Req) -> AsyncGenerator[Resp, None]:
+        """One server stream on the current replica, opened when first read;
+        reconnecting elsewhere is the caller's to do."""
+        return self._read(lambda stubs: call.method(stubs)(request, metadata=self.metadata))
+
+    def bidi(
+        self, call: BidiStream[Req, Resp], requests: AsyncIterator[Req]
+    ) -> AsyncGenerator[Resp, None]:
+        """One bidirectional stream on the current replica, fed from requests."""
+        return self._read(lambda stubs: call.method(stubs)(requests, metadata=self.metadata))
+
+    async def _read(
+        self,
+        start: Callable[
+            [Stubs], grpc.aio.UnaryStreamCall[Req, Resp] | grpc.aio.StreamStreamCall[Req, Resp]
+        ],
+    ) -> AsyncGenerator[Resp, None]:
         index, replica = self.replica()
-        call = getattr(getattr(replica, service), method)(request, metadata=self.metadata)
+        rpc = start(replica.stubs)
         try:
-            async for response in call:
+            async for response in rpc:
                 yield response
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 self.failover(index)
             raise from_rpc_error(exc) from exc
         finally:
-            call.cancel()
+            rpc.cancel()

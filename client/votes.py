@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
 
+from accord.client import calls
 from accord.client.errors import DeadlineExceededError, UnavailableError
 from accord.client.kv import _fence, _Fencing
 from accord.client.transport import Transport
@@ -285,9 +286,7 @@ class AsyncVotes:
         request = votes_pb2.ProposeRequest(
             vote_id=vote_id, spec=spec, request_id=request_id or _request_id()
         )
-        response: votes_pb2.ProposeResponse = await self._t.unary(
-            "votes", "Propose", request, safe=True, timeout=call_timeout
-        )
+        response = await self._t.unary(calls.VOTES_PROPOSE, request, timeout=call_timeout)
         return response.vote
 
     async def cast(
@@ -317,7 +316,7 @@ class AsyncVotes:
         )
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary("votes", "Cast", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.VOTES_CAST, request, timeout=timeout)
         status = VoteStatus(response.status or votes_pb2.VOTE_STATUS_OPEN)
         decision = response.decision if response.HasField("decision") else None
         return CastResult(response.ballot, status, decision)
@@ -325,9 +324,7 @@ class AsyncVotes:
     async def get(self, vote_id: str, *, timeout: float | None = None) -> Vote:
         """The vote with every ballot, the running tally and, once decided, the decision."""
         request = votes_pb2.VotesGetRequest(vote_id=vote_id)
-        response: votes_pb2.VotesGetResponse = await self._t.unary(
-            "votes", "Get", request, safe=True, timeout=timeout
-        )
+        response = await self._t.unary(calls.VOTES_GET, request, timeout=timeout)
         return response.vote
 
     async def list(
@@ -343,7 +340,7 @@ class AsyncVotes:
         request = votes_pb2.VotesListRequest(
             status=votes_pb2.VoteStatus.ValueType(int(status or 0)), limit=limit, after=after
         )
-        response = await self._t.unary("votes", "List", request, safe=True, timeout=timeout)
+        response = await self._t.unary(calls.VOTES_LIST, request, timeout=timeout)
         return VotePage(list(response.votes), response.more)
 
     async def scan(
@@ -371,9 +368,7 @@ class AsyncVotes:
         request = votes_pb2.VotesCancelRequest(
             vote_id=vote_id, reason=reason, request_id=request_id or _request_id()
         )
-        response: votes_pb2.VotesCancelResponse = await self._t.unary(
-            "votes", "Cancel", request, safe=True, timeout=timeout
-        )
+        response = await self._t.unary(calls.VOTES_CANCEL, request, timeout=timeout)
         return response.decision
 
     async def watch(
@@ -389,7 +384,8 @@ class AsyncVotes:
         request = votes_pb2.VotesWatchRequest(vote_id=vote_id)
         while True:
             try:
-                async with contextlib.aclosing(self._t.stream("votes", "Watch", request)) as stream:
+                stream = self._t.stream(calls.VOTES_WATCH, request)
+                async with contextlib.aclosing(stream):
                     async for response in stream:
                         failures = 0
                         kind = response.WhichOneof("event")
