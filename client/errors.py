@@ -1,20 +1,37 @@
 """Typed errors under one root, built from the server's google.rpc details.
 
-Branch on the exception class (or `.reason`), never on the message text.
+Branch on the exception class (or `.reason`), never on the message text. Each class
+names the `accord.v1.ErrorReason` it stands for; the table from reasons to classes is
+built from those, so a reason is never spelled out by hand.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, TypeAlias
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from accord.v1 import common_pb2, kv_pb2, locks_pb2, votes_pb2
 
+ErrorReason: TypeAlias = common_pb2.ErrorReason.ValueType
+
+
+def reason_name(reason: ErrorReason) -> str:
+    """The reason as google.rpc.ErrorInfo carries it: the enum name without its prefix."""
+    return common_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")
+
 
 class AccordError(Exception):
-    """Root of every error the client raises."""
+    """Root of every error the client raises. `reason` is the one the server gave ("" for
+    errors the client met on its own, such as no replica answering)."""
+
+    # The ErrorReason whose errors become this class (None: no reason of its own).
+    REASON: ClassVar[ErrorReason | None] = None
 
     def __init__(
         self,
@@ -23,17 +40,19 @@ class AccordError(Exception):
         code: grpc.StatusCode | None = None,
         reason: str = "",
         metadata: dict[str, str] | None = None,
-        details: list[Any] | None = None,
+        details: Sequence[Message] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.reason = reason
         self.metadata = metadata or {}
-        self.details = details or []
+        self.details = list(details or ())
 
 
 class InvalidArgumentError(AccordError):
+    REASON = common_pb2.ERROR_REASON_INVALID_ARGUMENT
+
     @property
     def field_violations(self) -> list[tuple[str, str]]:
         return [
@@ -45,6 +64,8 @@ class InvalidArgumentError(AccordError):
 
 
 class ConditionFailedError(AccordError):
+    REASON = common_pb2.ERROR_REASON_CONDITION_FAILED
+
     @property
     def failures(self) -> list[kv_pb2.ConditionFailure]:
         return [d for d in self.details if isinstance(d, kv_pb2.ConditionFailure)]
@@ -56,6 +77,8 @@ class ConditionFailedError(AccordError):
 
 
 class CompactedError(AccordError):
+    REASON = common_pb2.ERROR_REASON_COMPACTED
+
     @property
     def compact_revision(self) -> int:
         for d in self.details:
@@ -65,31 +88,35 @@ class CompactedError(AccordError):
 
 
 class RequestIdReusedError(AccordError):
-    pass
+    REASON = common_pb2.ERROR_REASON_REQUEST_ID_REUSED
 
 
 class NotFoundError(AccordError):
-    pass
+    REASON = common_pb2.ERROR_REASON_NOT_FOUND
 
 
 class UnavailableError(AccordError):
     """No replica (or etcd behind it) could be reached in time."""
 
+    REASON = common_pb2.ERROR_REASON_BACKEND_UNAVAILABLE
+
 
 class DeadlineExceededError(AccordError):
-    pass
+    REASON = common_pb2.ERROR_REASON_DEADLINE_EXCEEDED
 
 
 class BadIdentityError(AccordError):
-    pass
+    REASON = common_pb2.ERROR_REASON_BAD_IDENTITY
 
 
 class InternalError(AccordError):
-    pass
+    REASON = common_pb2.ERROR_REASON_INTERNAL
 
 
 class FencedError(AccordError):
     """The write's lock grant no longer holds: nothing was written."""
+
+    REASON = common_pb2.ERROR_REASON_FENCED
 
     @property
     def current_tokens(self) -> list[int]:
@@ -102,9 +129,13 @@ class FencedError(AccordError):
 class LeaseNotFoundError(AccordError):
     """The lease expired, was revoked, or belongs to another namespace."""
 
+    REASON = common_pb2.ERROR_REASON_LEASE_NOT_FOUND
+
 
 class DeadlockError(AccordError):
     """This wait was chosen to end a deadlock; `deadlock` lists the whole cycle."""
+
+    REASON = common_pb2.ERROR_REASON_DEADLOCK
 
     @property
     def deadlock(self) -> locks_pb2.Deadlock | None:
@@ -120,21 +151,27 @@ class _LockWaitError(AccordError):
 class WouldBlockError(_LockWaitError):
     """A try-acquire found the lock taken; `status` says by whom."""
 
+    REASON = common_pb2.ERROR_REASON_WOULD_BLOCK
+
 
 class LockTimeoutError(_LockWaitError):
     """An acquire gave up waiting; `status` says what it waited behind."""
 
+    REASON = common_pb2.ERROR_REASON_LOCK_TIMEOUT
+
 
 class NotHeldError(AccordError):
-    pass
+    REASON = common_pb2.ERROR_REASON_NOT_HELD
 
 
 class LockConflictError(AccordError):
-    pass
+    REASON = common_pb2.ERROR_REASON_LOCK_CONFLICT
 
 
 class VoteClosedError(AccordError):
     """The vote is decided or past its deadline; `decision` says how, once there is one."""
+
+    REASON = common_pb2.ERROR_REASON_VOTE_CLOSED
 
     @property
     def decision(self) -> votes_pb2.Decision | None:
@@ -144,9 +181,13 @@ class VoteClosedError(AccordError):
 class NotEligibleError(AccordError):
     """The caller is not in the vote's electorate (or may not veto)."""
 
+    REASON = common_pb2.ERROR_REASON_NOT_ELIGIBLE
+
 
 class AlreadyVotedError(AccordError):
     """The vote does not allow changes and the caller's other ballot stands: `ballot`."""
+
+    REASON = common_pb2.ERROR_REASON_ALREADY_VOTED
 
     @property
     def ballot(self) -> votes_pb2.Ballot | None:
@@ -156,28 +197,17 @@ class AlreadyVotedError(AccordError):
 class NotPermittedError(AccordError):
     """The caller may not do this (e.g. cancel a vote it did not propose)."""
 
+    REASON = common_pb2.ERROR_REASON_NOT_PERMITTED
 
-_BY_REASON: dict[str, type[AccordError]] = {
-    "INVALID_ARGUMENT": InvalidArgumentError,
-    "CONDITION_FAILED": ConditionFailedError,
-    "COMPACTED": CompactedError,
-    "REQUEST_ID_REUSED": RequestIdReusedError,
-    "NOT_FOUND": NotFoundError,
-    "BACKEND_UNAVAILABLE": UnavailableError,
-    "DEADLINE_EXCEEDED": DeadlineExceededError,
-    "BAD_IDENTITY": BadIdentityError,
-    "INTERNAL": InternalError,
-    "FENCED": FencedError,
-    "LEASE_NOT_FOUND": LeaseNotFoundError,
-    "DEADLOCK": DeadlockError,
-    "WOULD_BLOCK": WouldBlockError,
-    "LOCK_TIMEOUT": LockTimeoutError,
-    "NOT_HELD": NotHeldError,
-    "LOCK_CONFLICT": LockConflictError,
-    "VOTE_CLOSED": VoteClosedError,
-    "NOT_ELIGIBLE": NotEligibleError,
-    "ALREADY_VOTED": AlreadyVotedError,
-    "NOT_PERMITTED": NotPermittedError,
+
+def _with_reasons(cls: type[AccordError]) -> list[type[AccordError]]:
+    below = [c for sub in cls.__subclasses__() for c in _with_reasons(sub)]
+    return [cls, *below] if cls.REASON is not None else below
+
+
+# Reason (as the server writes it) -> the class raised for it.
+BY_REASON: Mapping[str, type[AccordError]] = {
+    reason_name(cls.REASON): cls for cls in _with_reasons(AccordError) if cls.REASON is not None
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[AccordError]] = {
@@ -203,26 +233,29 @@ _DETAIL_TYPES = [
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> AccordError:
     """The typed error for a failed call, with every detail the server attached."""
-    reason = ""
-    metadata: dict[str, str] = {}
-    details: list[Any] = []
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for packed in status.details:
-                for kind in _DETAIL_TYPES:
-                    if packed.Is(kind.DESCRIPTOR):
-                        message = kind()
-                        packed.Unpack(message)
-                        details.append(message)
-                        if isinstance(message, error_details_pb2.ErrorInfo):
-                            reason = message.reason
-                            metadata = dict(message.metadata)
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(exc.code(), AccordError)
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:  # the details disagree with the call's own status: not Accord's
+        status = None
+    details = [_unpack(packed) for packed in status.details] if status is not None else []
+    found = [d for d in details if d is not None]
+    info = next((d for d in found if isinstance(d, error_details_pb2.ErrorInfo)), None)
+    reason = info.reason if info is not None else ""
+    cls = BY_REASON.get(reason) or _BY_CODE.get(exc.code(), AccordError)
     return cls(
         exc.details() or exc.code().name,
         code=exc.code(),
         reason=reason,
-        metadata=metadata,
-        details=details,
+        metadata=dict(info.metadata) if info is not None else {},
+        details=found,
     )
+
+
+def _unpack(packed: any_pb2.Any) -> Message | None:
+    """A detail of a known type, unpacked; None for any other."""
+    for kind in _DETAIL_TYPES:
+        if packed.Is(kind.DESCRIPTOR):
+            message: Message = kind()
+            packed.Unpack(message)
+            return message
+    return None

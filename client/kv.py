@@ -22,6 +22,7 @@ from accord.client.errors import (
     ConditionFailedError,
     DeadlineExceededError,
     UnavailableError,
+    reason_name,
 )
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, kv_pb2
@@ -351,7 +352,7 @@ class AsyncKV:
                 await asyncio.sleep(self._t.retry.backoff(min(attempt, 4)) / 4)
         raise ConditionFailedError(
             f"update of {key!r} kept conflicting after {max_attempts} attempts",
-            reason="CONDITION_FAILED",
+            reason=reason_name(common_pb2.ERROR_REASON_CONDITION_FAILED),
         )
 
     async def _put_settled(

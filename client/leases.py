@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 from accord.client import calls
-from accord.client.errors import AccordError, LeaseNotFoundError, UnavailableError
+from accord.client.errors import AccordError, LeaseNotFoundError, UnavailableError, reason_name
 from accord.client.transport import Transport
-from accord.v1 import leases_pb2
+from accord.v1 import common_pb2, leases_pb2
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ class Lease:
                         UnavailableError(
                             f"lease {self.id} could not be kept alive before it expired: "
                             f"{exc.message}",
-                            reason="LEASE_NOT_FOUND",
+                            reason=reason_name(common_pb2.ERROR_REASON_LEASE_NOT_FOUND),
                         )
                     )
                     return

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from accord.client import calls
-from accord.client.errors import AccordError, NotHeldError, WouldBlockError
+from accord.client.errors import AccordError, NotHeldError, WouldBlockError, reason_name
 from accord.client.leases import Lease
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, locks_pb2
@@ -32,14 +32,17 @@ _WAIT_MARGIN_SECONDS = 5.0
 # Failed acquires after which the server has already removed (or never made) the entry;
 # after any other failure, or a cancellation, the client leaves the queue itself.
 _ENTRY_ALREADY_GONE = {
-    "DEADLOCK",
-    "NOT_HELD",
-    "LEASE_NOT_FOUND",
-    "WOULD_BLOCK",
-    "LOCK_TIMEOUT",
-    "LOCK_CONFLICT",
-    "INVALID_ARGUMENT",
-    "BAD_IDENTITY",
+    reason_name(reason)
+    for reason in (
+        common_pb2.ERROR_REASON_DEADLOCK,
+        common_pb2.ERROR_REASON_NOT_HELD,
+        common_pb2.ERROR_REASON_LEASE_NOT_FOUND,
+        common_pb2.ERROR_REASON_WOULD_BLOCK,
+        common_pb2.ERROR_REASON_LOCK_TIMEOUT,
+        common_pb2.ERROR_REASON_LOCK_CONFLICT,
+        common_pb2.ERROR_REASON_INVALID_ARGUMENT,
+        common_pb2.ERROR_REASON_BAD_IDENTITY,
+    )
 }
 
 

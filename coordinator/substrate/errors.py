@@ -16,7 +16,14 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from accord.v1 import common_pb2
+
 DOMAIN = "accord.v1"
+
+
+def _reason(value: common_pb2.ErrorReason.ValueType) -> str:
+    """ErrorInfo.reason for an accord.v1.ErrorReason: its name without the prefix."""
+    return common_pb2.ErrorReason.Name(value).removeprefix("ERROR_REASON_")
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class AccordError(Exception):
     """Base of every error the coordinator reports to a caller."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    reason: str = "INTERNAL"
+    reason: str = _reason(common_pb2.ERROR_REASON_INTERNAL)
 
     def __init__(
         self,
@@ -67,7 +74,7 @@ def clip(text: str, limit: int = MAX_DESCRIPTION_CHARS) -> str:
 
 class InvalidArgument(AccordError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "INVALID_ARGUMENT"
+    reason = _reason(common_pb2.ERROR_REASON_INVALID_ARGUMENT)
 
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
         shown = [FieldViolation(clip(v.field, 200), clip(v.description)) for v in violations]
@@ -90,42 +97,42 @@ class InvalidArgument(AccordError):
 
 class BadIdentity(AccordError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "BAD_IDENTITY"
+    reason = _reason(common_pb2.ERROR_REASON_BAD_IDENTITY)
 
 
 class ConditionFailed(AccordError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "CONDITION_FAILED"
+    reason = _reason(common_pb2.ERROR_REASON_CONDITION_FAILED)
 
 
 class Compacted(AccordError):
     code = grpc.StatusCode.OUT_OF_RANGE
-    reason = "COMPACTED"
+    reason = _reason(common_pb2.ERROR_REASON_COMPACTED)
 
 
 class RequestIdReused(AccordError):
     code = grpc.StatusCode.ALREADY_EXISTS
-    reason = "REQUEST_ID_REUSED"
+    reason = _reason(common_pb2.ERROR_REASON_REQUEST_ID_REUSED)
 
 
 class NotFound(AccordError):
     code = grpc.StatusCode.NOT_FOUND
-    reason = "NOT_FOUND"
+    reason = _reason(common_pb2.ERROR_REASON_NOT_FOUND)
 
 
 class BackendUnavailable(AccordError):
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "BACKEND_UNAVAILABLE"
+    reason = _reason(common_pb2.ERROR_REASON_BACKEND_UNAVAILABLE)
 
 
 class DeadlineExceeded(AccordError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
+    reason = _reason(common_pb2.ERROR_REASON_DEADLINE_EXCEEDED)
 
 
 class Internal(AccordError):
     code = grpc.StatusCode.INTERNAL
-    reason = "INTERNAL"
+    reason = _reason(common_pb2.ERROR_REASON_INTERNAL)
 
 
 class EtcdRefused(Internal):
@@ -135,57 +142,57 @@ class EtcdRefused(Internal):
 
 class LeaseNotFound(AccordError):
     code = grpc.StatusCode.NOT_FOUND
-    reason = "LEASE_NOT_FOUND"
+    reason = _reason(common_pb2.ERROR_REASON_LEASE_NOT_FOUND)
 
 
 class Fenced(AccordError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "FENCED"
+    reason = _reason(common_pb2.ERROR_REASON_FENCED)
 
 
 class WouldBlock(AccordError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "WOULD_BLOCK"
+    reason = _reason(common_pb2.ERROR_REASON_WOULD_BLOCK)
 
 
 class LockTimeout(AccordError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    reason = "LOCK_TIMEOUT"
+    reason = _reason(common_pb2.ERROR_REASON_LOCK_TIMEOUT)
 
 
 class NotHeld(AccordError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "NOT_HELD"
+    reason = _reason(common_pb2.ERROR_REASON_NOT_HELD)
 
 
 class LockConflict(AccordError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "LOCK_CONFLICT"
+    reason = _reason(common_pb2.ERROR_REASON_LOCK_CONFLICT)
 
 
 class Deadlocked(AccordError):
     code = grpc.StatusCode.ABORTED
-    reason = "DEADLOCK"
+    reason = _reason(common_pb2.ERROR_REASON_DEADLOCK)
 
 
 class VoteClosed(AccordError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "VOTE_CLOSED"
+    reason = _reason(common_pb2.ERROR_REASON_VOTE_CLOSED)
 
 
 class NotEligible(AccordError):
     code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "NOT_ELIGIBLE"
+    reason = _reason(common_pb2.ERROR_REASON_NOT_ELIGIBLE)
 
 
 class AlreadyVoted(AccordError):
     code = grpc.StatusCode.ALREADY_EXISTS
-    reason = "ALREADY_VOTED"
+    reason = _reason(common_pb2.ERROR_REASON_ALREADY_VOTED)
 
 
 class NotPermitted(AccordError):
     code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "NOT_PERMITTED"
+    reason = _reason(common_pb2.ERROR_REASON_NOT_PERMITTED)
 
 
 class StoredFailure(AccordError):
