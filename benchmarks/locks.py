@@ -112,7 +112,7 @@ async def accord_loop(
         name = "bench-shared" if shared else f"bench-{len(leases)}-{i}"
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
-            grant = await client.locks.acquire(name, leases[i], timeout=30)
+            grant = await client.locks.acquire(name, leases[i], wait=30)
             latencies.append(time.perf_counter() - started)
             if order is not None:
                 order.append(i)
@@ -149,7 +149,7 @@ async def deadlock_latency(client: AsyncClient, others: int, rounds: int) -> lis
         await client.locks.acquire(f"busy-{others}-{i}", lease)
     waiting = [
         asyncio.create_task(
-            client.locks.acquire(f"busy-{others}-{i % max(1, len(holders))}", lease, timeout=600)
+            client.locks.acquire(f"busy-{others}-{i % max(1, len(holders))}", lease, wait=600)
         )
         for i, lease in enumerate(waiters)
     ]
@@ -159,11 +159,11 @@ async def deadlock_latency(client: AsyncClient, others: int, rounds: int) -> lis
         x, y = f"cycle-{others}-{r}-x", f"cycle-{others}-{r}-y"
         await client.locks.acquire(x, a)
         await client.locks.acquire(y, b)
-        first = asyncio.create_task(client.locks.acquire(y, a, timeout=60))
+        first = asyncio.create_task(client.locks.acquire(y, a, wait=60))
         await asyncio.sleep(0.05)
         started = time.perf_counter()
         try:
-            await client.locks.acquire(x, b, timeout=60)
+            await client.locks.acquire(x, b, wait=60)
         except DeadlockError:
             samples.append(time.perf_counter() - started)
             await client.locks.release(y, b)
@@ -182,7 +182,7 @@ async def memory_with_waiting_agents(
     before = rss_mb(pid)
     leases = [await client.leases.grant(ttl=120) for _ in range(agents)]
     waits = [
-        asyncio.create_task(client.locks.acquire(f"mem-{i % (agents // 10)}", lease, timeout=600))
+        asyncio.create_task(client.locks.acquire(f"mem-{i % (agents // 10)}", lease, wait=600))
         for i, lease in enumerate(leases)
     ]
     await asyncio.sleep(5)

@@ -238,13 +238,15 @@ class AsyncKV:
         )
 
     async def list_all(
-        self, prefix: str = "", *, keys_only: bool = False
+        self, prefix: str = "", *, keys_only: bool = False, timeout: float | None = None
     ) -> builtins.list[KeyValue]:
-        """Every key under prefix, as one consistent snapshot."""
+        """Every key under prefix, as one consistent snapshot (timeout: per page)."""
         out: builtins.list[KeyValue] = []
         token = ""
         while True:
-            page = await self.list(prefix, limit=1000, page_token=token, keys_only=keys_only)
+            page = await self.list(
+                prefix, limit=1000, page_token=token, keys_only=keys_only, timeout=timeout
+            )
             out.extend(page.kvs)
             if not page.next_page_token:
                 return out

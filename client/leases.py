@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
-from accord.client import calls
+from accord.client import calls, deprecation
 from accord.client.errors import AccordError, LeaseNotFoundError, UnavailableError, reason_name
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, leases_pb2
@@ -72,10 +72,12 @@ class Lease:
         else:
             self._callbacks.append(callback)
 
-    async def revoke(self) -> None:
+    async def revoke(self, *, timeout: float | None = None) -> None:
+        """Stop keeping the lease alive and end it (a lease already gone is fine)."""
         await self._stop()
+        request = leases_pb2.RevokeRequest(lease_id=self.id)
         with contextlib.suppress(LeaseNotFoundError):
-            await self._t.unary(calls.LEASES_REVOKE, leases_pb2.RevokeRequest(lease_id=self.id))
+            await self._t.unary(calls.LEASES_REVOKE, request, timeout=timeout)
 
     async def _stop(self) -> None:
         if self._task is not None:
@@ -132,29 +134,49 @@ class Lease:
 
 
 class AsyncLeases:
+    """Every method takes `timeout=`, the call's deadline in seconds (None: the client's
+    default)."""
+
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 
     async def grant(
-        self, ttl: int = 10, *, labels: Mapping[str, str] | None = None, keepalive: bool = True
+        self,
+        ttl: int = 10,
+        *,
+        labels: Mapping[str, str] | None = None,
+        keepalive: bool = True,
+        timeout: float | None = None,
     ) -> Lease:
         request = leases_pb2.GrantRequest(ttl_seconds=ttl, labels=labels or {})
-        response = await self._t.unary(calls.LEASES_GRANT, request)
+        response = await self._t.unary(calls.LEASES_GRANT, request, timeout=timeout)
         return Lease(self._t, LeaseInfo._from(response.lease), keepalive=keepalive)
 
-    async def keepalive_once(self, lease_id: int) -> int:
+    async def keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
         request = leases_pb2.KeepAliveOnceRequest(lease_id=lease_id)
-        response = await self._t.unary(calls.LEASES_KEEP_ALIVE_ONCE, request)
+        response = await self._t.unary(calls.LEASES_KEEP_ALIVE_ONCE, request, timeout=timeout)
         return int(response.ttl_seconds)
 
-    async def revoke(self, lease_id: int) -> None:
-        await self._t.unary(calls.LEASES_REVOKE, leases_pb2.RevokeRequest(lease_id=lease_id))
+    def revoke(
+        self, lease_id: int | Lease, *, timeout: float | None = None
+    ) -> Coroutine[None, None, None]:
+        """End the lease with this id (LeaseNotFoundError if it is gone already).
+        Passing the Lease itself is deprecated: call ``lease.revoke()``."""
+        if isinstance(lease_id, Lease):
+            deprecation.warn("leases.revoke(lease) is deprecated: use lease.revoke()")
+            return lease_id.revoke(timeout=timeout)
+        return self._revoke(lease_id, timeout)
 
-    async def time_to_live(self, lease_id: int) -> LeaseInfo:
+    async def _revoke(self, lease_id: int, timeout: float | None) -> None:
+        request = leases_pb2.RevokeRequest(lease_id=lease_id)
+        await self._t.unary(calls.LEASES_REVOKE, request, timeout=timeout)
+
+    async def time_to_live(self, lease_id: int, *, timeout: float | None = None) -> LeaseInfo:
         request = leases_pb2.TimeToLiveRequest(lease_id=lease_id)
-        response = await self._t.unary(calls.LEASES_TIME_TO_LIVE, request)
+        response = await self._t.unary(calls.LEASES_TIME_TO_LIVE, request, timeout=timeout)
         return LeaseInfo._from(response.lease)
 
-    async def list(self) -> list[LeaseInfo]:
-        response = await self._t.unary(calls.LEASES_LIST, leases_pb2.LeasesListRequest())
+    async def list(self, *, timeout: float | None = None) -> list[LeaseInfo]:
+        request = leases_pb2.LeasesListRequest()
+        response = await self._t.unary(calls.LEASES_LIST, request, timeout=timeout)
         return [LeaseInfo._from(lease) for lease in response.leases]

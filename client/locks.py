@@ -1,6 +1,6 @@
 """Locks and semaphores as an agent uses them.
 
-``async with accord.locks.hold("repo/main", lease) as grant:`` waits in FIFO order,
+``async with accord.locks.hold("repo/main", lease, wait=30) as grant:`` waits in FIFO order,
 then pass ``fence=grant`` to the KV writes the lock protects: if the lease is lost
 meanwhile (a long stall, an admin break), those writes fail with FencedError instead of
 overwriting the next holder's work. Acquire is idempotent per (lock, lease), so the
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from accord.client import calls
+from accord.client import calls, deprecation
 from accord.client.errors import AccordError, NotHeldError, WouldBlockError, reason_name
 from accord.client.leases import Lease
 from accord.client.transport import Transport
@@ -27,6 +27,7 @@ LockState = locks_pb2.LockState
 LockEntry = locks_pb2.LockEntry
 WaitEdge = locks_pb2.WaitEdge
 Deadlock = locks_pb2.Deadlock
+DEFAULT_WAIT_SECONDS = 60.0
 # Time the server may take beyond the wait itself before the client stops listening.
 _WAIT_MARGIN_SECONDS = 5.0
 # Failed acquires after which the server has already removed (or never made) the entry;
@@ -91,9 +92,15 @@ def _lease_id(lease: Lease | int) -> int:
 
 
 class AsyncLocks:
+    """Every method takes `timeout=`, the call's deadline in seconds (None: the client's
+    default), except the waiting ones: `acquire`, `acquire_many` and `hold` wait up to
+    `wait=` seconds and give the call that long plus a margin. There, `timeout=` is the
+    deprecated name of `wait=` and keeps that meaning until it is removed."""
+
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 
+    @deprecation.renamed(timeout="wait")
     async def acquire(
         self,
         name: str,
@@ -101,22 +108,23 @@ class AsyncLocks:
         *,
         mode: LockMode = LockMode.EXCLUSIVE,
         permits: int = 0,
-        timeout: float = 60.0,
+        wait: float = DEFAULT_WAIT_SECONDS,
         priority: int = 0,
+        timeout: float | None = None,
     ) -> Grant:
-        """Wait (FIFO) up to timeout seconds. Raises LockTimeoutError (with who holds the
+        """Wait (FIFO) up to `wait` seconds. Raises LockTimeoutError (with who holds the
         lock), DeadlockError (with the cycle) or LeaseNotFoundError."""
         request = locks_pb2.AcquireRequest(
             name=name,
             lease_id=_lease_id(lease),
             mode=_mode(mode),
             permits=permits,
-            timeout_ms=int(timeout * 1000),
+            timeout_ms=int(wait * 1000),
             priority=priority,
         )
         try:
             response = await self._t.unary(
-                calls.LOCKS_ACQUIRE, request, timeout=timeout + _WAIT_MARGIN_SECONDS
+                calls.LOCKS_ACQUIRE, request, timeout=wait + _WAIT_MARGIN_SECONDS
             )
         except AccordError as exc:
             if exc.reason not in _ENTRY_ALREADY_GONE:
@@ -134,26 +142,29 @@ class AsyncLocks:
         *,
         mode: LockMode = LockMode.EXCLUSIVE,
         permits: int = 0,
+        timeout: float | None = None,
     ) -> Grant | None:
         """The lock if it is free now, else None (never waits)."""
         request = locks_pb2.AcquireRequest(
             name=name, lease_id=_lease_id(lease), mode=_mode(mode), permits=permits, no_wait=True
         )
         try:
-            response = await self._t.unary(calls.LOCKS_ACQUIRE, request)
+            response = await self._t.unary(calls.LOCKS_ACQUIRE, request, timeout=timeout)
         except WouldBlockError:
             return None
         return Grant._from(response.grant)
 
+    @deprecation.renamed(timeout="wait")
     async def acquire_many(
         self,
         locks: Sequence[LockSpec | str],
         lease: Lease | int,
         *,
-        timeout: float = 60.0,
+        wait: float = DEFAULT_WAIT_SECONDS,
         priority: int = 0,
+        timeout: float | None = None,
     ) -> builtins.list[Grant]:
-        """All of them or none, taken in name order."""
+        """All of them or none, taken in name order, waiting up to `wait` seconds in all."""
         specs = [LockSpec(s) if isinstance(s, str) else s for s in locks]
         request = locks_pb2.AcquireManyRequest(
             locks=[
@@ -161,15 +172,17 @@ class AsyncLocks:
                 for s in specs
             ],
             lease_id=_lease_id(lease),
-            timeout_ms=int(timeout * 1000),
+            timeout_ms=int(wait * 1000),
             priority=priority,
         )
         response = await self._t.unary(
-            calls.LOCKS_ACQUIRE_MANY, request, timeout=timeout + _WAIT_MARGIN_SECONDS
+            calls.LOCKS_ACQUIRE_MANY, request, timeout=wait + _WAIT_MARGIN_SECONDS
         )
         return [Grant._from(g) for g in response.grants]
 
-    async def release(self, name: str | Grant, lease: Lease | int | None = None) -> bool:
+    async def release(
+        self, name: str | Grant, lease: Lease | int | None = None, *, timeout: float | None = None
+    ) -> bool:
         """Leave the lock's queue; True if the lease was holding it."""
         token = 0
         if isinstance(name, Grant):  # release exactly this grant, never a later one
@@ -177,13 +190,14 @@ class AsyncLocks:
         if lease is None:
             raise ValueError("release needs the lease (or a Grant)")
         request = locks_pb2.ReleaseRequest(name=name, lease_id=_lease_id(lease), token=token)
-        response = await self._t.unary(calls.LOCKS_RELEASE, request)
+        response = await self._t.unary(calls.LOCKS_RELEASE, request, timeout=timeout)
         return bool(response.was_holding)
 
     async def _leave(self, name: str, lease: Lease | int) -> None:
         with contextlib.suppress(AccordError):
             await self.release(name, lease)
 
+    @deprecation.renamed(timeout="wait")
     @contextlib.asynccontextmanager
     async def hold(
         self,
@@ -192,11 +206,14 @@ class AsyncLocks:
         *,
         mode: LockMode = LockMode.EXCLUSIVE,
         permits: int = 0,
-        timeout: float = 60.0,
+        wait: float = DEFAULT_WAIT_SECONDS,
         priority: int = 0,
+        timeout: float | None = None,
     ) -> AsyncIterator[Grant]:
+        """The lock for the body of an ``async with``: acquired (waiting up to `wait`
+        seconds) on entry, released on exit."""
         grant = await self.acquire(
-            name, lease, mode=mode, permits=permits, timeout=timeout, priority=priority
+            name, lease, mode=mode, permits=permits, wait=wait, priority=priority
         )
         try:
             yield grant
@@ -204,27 +221,38 @@ class AsyncLocks:
             with contextlib.suppress(NotHeldError):
                 await self.release(grant)
 
-    async def describe(self, name: str, lease: Lease | int = 0) -> tuple[LockState, int]:
+    async def describe(
+        self, name: str, lease: Lease | int = 0, *, timeout: float | None = None
+    ) -> tuple[LockState, int]:
         """The lock's holders and queue, and the lease's position (-1 holding,
         -2 not queued)."""
         request = locks_pb2.DescribeRequest(name=name, lease_id=_lease_id(lease))
-        response = await self._t.unary(calls.LOCKS_DESCRIBE, request)
+        response = await self._t.unary(calls.LOCKS_DESCRIBE, request, timeout=timeout)
         return response.state, response.position
 
-    async def list(self, prefix: str = "") -> builtins.list[LockState]:
-        response = await self._t.unary(calls.LOCKS_LIST, locks_pb2.LocksListRequest(prefix=prefix))
+    async def list(
+        self, prefix: str = "", *, timeout: float | None = None
+    ) -> builtins.list[LockState]:
+        request = locks_pb2.LocksListRequest(prefix=prefix)
+        response = await self._t.unary(calls.LOCKS_LIST, request, timeout=timeout)
         return list(response.locks)
 
-    async def wait_graph(self) -> builtins.list[WaitEdge]:
-        response = await self._t.unary(calls.LOCKS_WAIT_GRAPH, locks_pb2.WaitGraphRequest())
+    async def wait_graph(self, *, timeout: float | None = None) -> builtins.list[WaitEdge]:
+        request = locks_pb2.WaitGraphRequest()
+        response = await self._t.unary(calls.LOCKS_WAIT_GRAPH, request, timeout=timeout)
         return list(response.edges)
 
-    async def break_lock(self, name: str) -> builtins.list[LockEntry]:
+    async def break_lock(
+        self, name: str, *, timeout: float | None = None
+    ) -> builtins.list[LockEntry]:
         """Forced release of the current holders (admin)."""
-        response = await self._t.unary(calls.LOCKS_BREAK, locks_pb2.BreakRequest(name=name))
+        request = locks_pb2.BreakRequest(name=name)
+        response = await self._t.unary(calls.LOCKS_BREAK, request, timeout=timeout)
         return list(response.broken)
 
-    async def deadlocks(self, limit: int = 20) -> builtins.list[Deadlock]:
+    async def deadlocks(
+        self, limit: int = 20, *, timeout: float | None = None
+    ) -> builtins.list[Deadlock]:
         request = locks_pb2.ListDeadlocksRequest(limit=limit)
-        response = await self._t.unary(calls.LOCKS_LIST_DEADLOCKS, request)
+        response = await self._t.unary(calls.LOCKS_LIST_DEADLOCKS, request, timeout=timeout)
         return list(response.deadlocks)

@@ -259,12 +259,19 @@ class Locks:
         *,
         mode: LockMode = LockMode.EXCLUSIVE,
         permits: int = 0,
-        timeout: float = 60.0,
+        wait: float = 60.0,
         priority: int = 0,
+        timeout: float | None = None,
     ) -> Grant:
         return self._loop.run(
             self._locks.acquire(
-                name, lease, mode=mode, permits=permits, timeout=timeout, priority=priority
+                name,
+                lease,
+                mode=mode,
+                permits=permits,
+                wait=wait,
+                priority=priority,
+                timeout=timeout,
             )
         )
 
@@ -422,7 +429,7 @@ class Votes:
         quorum_weight: float = 0.0,
         veto_holders: Sequence[str] = (),
         deadline: datetime | None = None,
-        timeout: float | timedelta | None = None,
+        voting_period: float | timedelta | None = None,
         allow_abstain: bool = False,
         allow_change: bool = False,
         on_tie: TiePolicy = TiePolicy.NO_DECISION,
@@ -430,6 +437,7 @@ class Votes:
         vote_id: str = "",
         request_id: str | None = None,
         call_timeout: float | None = None,
+        timeout: float | timedelta | None = None,
     ) -> Vote:
         return self._loop.run(
             self._votes.propose(
@@ -442,7 +450,7 @@ class Votes:
                 quorum_weight=quorum_weight,
                 veto_holders=veto_holders,
                 deadline=deadline,
-                timeout=timeout,
+                voting_period=voting_period,
                 allow_abstain=allow_abstain,
                 allow_change=allow_change,
                 on_tie=on_tie,
@@ -450,6 +458,7 @@ class Votes:
                 vote_id=vote_id,
                 request_id=request_id,
                 call_timeout=call_timeout,
+                timeout=timeout,
             )
         )
 

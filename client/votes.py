@@ -1,9 +1,10 @@
 """Quorum votes as an agent uses them: propose, cast, follow to the decision.
 
 ``vote = await accord.votes.propose("Ship it?", ["yes", "no"], voters=["a", "b", "c"],
-timeout=300)`` opens a vote; each voter calls ``await accord.votes.cast(vote.id, "yes")``;
-anyone can ``await accord.votes.wait(vote.id)`` for the Decision, whose `explanation`
-says which rule fired and why. A vote is decided exactly once, by the server, as soon as
+voting_period=300)`` opens a vote; each voter calls
+``await accord.votes.cast(vote.id, "yes")``; anyone can
+``await accord.votes.wait(vote.id)`` for the Decision, whose `explanation` says which
+rule fired and why. A vote is decided exactly once, by the server, as soon as
 the missing ballots can no longer change the outcome or at its deadline.
 
 Propose, cast and cancel carry a request_id the client makes up (or is given), re-sent
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
 
-from accord.client import calls
+from accord.client import calls, deprecation
 from accord.client.errors import DeadlineExceededError, UnavailableError
 from accord.client.kv import _fence, _Fencing
 from accord.client.transport import Transport
@@ -243,6 +244,7 @@ class AsyncVotes:
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 
+    @deprecation.renamed(timeout="voting_period")
     async def propose(
         self,
         question: str,
@@ -255,7 +257,7 @@ class AsyncVotes:
         quorum_weight: float = 0.0,
         veto_holders: Sequence[str] = (),
         deadline: datetime | None = None,
-        timeout: float | timedelta | None = None,
+        voting_period: float | timedelta | None = None,
         allow_abstain: bool = False,
         allow_change: bool = False,
         on_tie: TiePolicy = TiePolicy.NO_DECISION,
@@ -263,11 +265,14 @@ class AsyncVotes:
         vote_id: str = "",
         request_id: str | None = None,
         call_timeout: float | None = None,
+        timeout: float | timedelta | None = None,
     ) -> Vote:
         """Open a vote among voters (agent ids, or agent id -> weight) or among the agents
-        holding live leases labelled lease_labels; it closes at deadline, or timeout
+        holding live leases labelled lease_labels; it closes at deadline, or voting_period
         (seconds or a timedelta) from now. rule defaults to Rule.majority(). retention:
-        how long it stays readable once decided. call_timeout bounds this call only."""
+        how long it stays readable once decided. call_timeout is this call's deadline.
+        `timeout=` is the deprecated name of voting_period, and keeps that meaning until
+        it is removed."""
         spec = votes_pb2.VoteSpec(
             question=question,
             options=_strings("options", options),
@@ -275,7 +280,7 @@ class AsyncVotes:
             rule=rule if isinstance(rule, votes_pb2.Rule) else (rule or Rule.majority()).to_proto(),
             quorum=votes_pb2.Quorum(min_voters=quorum_voters, min_weight=quorum_weight),
             veto_holders=_strings("veto_holders", veto_holders),
-            timeout_ms=round(_seconds(timeout) * 1000) if timeout is not None else 0,
+            timeout_ms=round(_seconds(voting_period) * 1000) if voting_period is not None else 0,
             allow_abstain=allow_abstain,
             allow_change=allow_change,
             on_tie=votes_pb2.TiePolicy.ValueType(int(on_tie)),

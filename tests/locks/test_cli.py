@@ -43,7 +43,7 @@ class Scene:
         return await self.stack.enter_async_context(await agent.leases.grant(10, labels=labels))
 
     def wait(self, agent: AsyncClient, name: str, lease: Lease) -> asyncio.Task[Grant]:
-        task = asyncio.create_task(agent.locks.acquire(name, lease, timeout=WAIT))
+        task = asyncio.create_task(agent.locks.acquire(name, lease, wait=WAIT))
         self.stack.push_async_callback(_cancel, task)
         return task
 

@@ -87,7 +87,7 @@ async def test_leases_belong_to_their_namespace(
             with pytest.raises(LeaseNotFoundError):
                 await other.kv.put("k", b"v", lease=lease)
             with pytest.raises(LeaseNotFoundError):
-                await other.locks.acquire("L", lease, timeout=1)
+                await other.locks.acquire("L", lease, wait=1)
             assert [i.id for i in await other.leases.list()] == []
             assert [i.id for i in await mine.leases.list()] == [lease.id]
         finally:
@@ -108,7 +108,7 @@ async def test_unknown_lease_is_refused_everywhere(client: AsyncClient) -> None:
         client.leases.revoke(12345),
         client.leases.time_to_live(12345),
         client.kv.put("k", b"v", lease=12345),
-        client.locks.acquire("L", 12345, timeout=1),
+        client.locks.acquire("L", 12345, wait=1),
     ):
         with pytest.raises(LeaseNotFoundError):
             await call

@@ -278,7 +278,7 @@ class Run:
                 self.names[lock],
                 self.leases[a],
                 mode=step.mode,
-                timeout=30,
+                wait=30,
                 priority=step.priority,
             )
         )

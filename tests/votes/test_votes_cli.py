@@ -83,13 +83,15 @@ async def three_votes(votes: Votes) -> dict[str, str]:
     """An open vote (one ballot), an approved one, a cancelled one; ids by state."""
     lead, alice, bob = [await votes.agent(n) for n in ("lead", "alice", "bob")]
     voters = {"alice": 3.0, "bob": 1.0, "carol": 1.0}
-    approved = await lead.votes.propose("Ship 4.2?", ["yes", "no"], voters=voters, timeout=60)
+    approved = await lead.votes.propose("Ship 4.2?", ["yes", "no"], voters=voters, voting_period=60)
     await bob.votes.cast(approved.id, "no", rationale="flaky tests " * 20, confidence=0.4)
     await alice.votes.cast(approved.id, "yes", rationale="all green", confidence=0.9)
-    cancelled = await lead.votes.propose("Rename the repo?", ["yes"], voters=voters, timeout=60)
+    cancelled = await lead.votes.propose(
+        "Rename the repo?", ["yes"], voters=voters, voting_period=60
+    )
     await lead.votes.cancel(cancelled.id, "not now")
     opened = await lead.votes.propose(
-        LONG, ["yes", "no"], voters=voters, timeout=600, rule=Rule.fraction(2, 3)
+        LONG, ["yes", "no"], voters=voters, voting_period=600, rule=Rule.fraction(2, 3)
     )
     await bob.votes.cast(opened.id, "yes")
     return {"approved": approved.id, "cancelled": cancelled.id, "open": opened.id}
@@ -172,7 +174,11 @@ async def read_line(proc: asyncio.subprocess.Process) -> str:
 async def test_votes_watch(votes: Votes, output: str) -> None:
     lead, alice, bob = [await votes.agent(n) for n in ("lead", "alice", "bob")]
     vote = await lead.votes.propose(
-        "Merge #12?", ["yes", "no"], voters=["alice", "bob"], rule=Rule.unanimous(), timeout=60
+        "Merge #12?",
+        ["yes", "no"],
+        voters=["alice", "bob"],
+        rule=Rule.unanimous(),
+        voting_period=60,
     )
     await alice.votes.cast(vote.id, "yes", rationale="looks right")
     proc = await asyncio.create_subprocess_exec(

@@ -61,7 +61,7 @@ async def three_voters(agents: Agent, **options: object) -> tuple[list[AsyncClie
     """lead proposes "Ship it?" to alice, bob and carol (majority of the weight cast);
     returns their clients (lead first) and the vote's id."""
     lead = await agents("lead")
-    args: dict[str, object] = {"voters": ["alice", "bob", "carol"], "timeout": 60} | options
+    args: dict[str, object] = {"voters": ["alice", "bob", "carol"], "voting_period": 60} | options
     vote = await lead.votes.propose("Ship it?", ["yes", "no"], **args)  # type: ignore[arg-type]
     voters = [await agents(n) for n in ("alice", "bob", "carol")]
     return [lead, *voters], vote.id
@@ -81,7 +81,7 @@ async def test_propose_cast_get_until_decided(agents: Agent) -> None:
         ["yes", "no"],
         voters={"carol": 1, "alice": 2.5, "bob": 1},
         rule=Rule.majority(),
-        timeout=timedelta(minutes=1),
+        voting_period=timedelta(minutes=1),
     )
     assert vote.id and vote.status == VoteStatus.OPEN
     assert vote.created_revision > 0
@@ -138,7 +138,7 @@ async def test_rules_and_electorates(agents: Agent) -> None:
         ["pg", "sqlite"],
         voters=["alice", "bob", "carol"],
         rule=Rule.k_of_n(2),
-        timeout=60,
+        voting_period=60,
     )
     await alice.votes.cast(k.id, "pg")
     done = await bob.votes.cast(k.id, "pg")
@@ -151,7 +151,7 @@ async def test_rules_and_electorates(agents: Agent) -> None:
         voters=["alice", "bob"],
         veto_holders=["carol"],
         rule=Rule.fraction(1, 2),
-        timeout=60,
+        voting_period=60,
     )
     assert (await alice.votes.cast(vetoed.id, "yes")).decision is None
     veto = await carol.votes.cast(vetoed.id, veto=True, rationale="freeze")
@@ -164,7 +164,7 @@ async def test_rules_and_electorates(agents: Agent) -> None:
         ["tabs", "spaces"],
         voters=["alice", "bob"],
         rule=Rule.unanimous(),
-        timeout=60,
+        voting_period=60,
         on_tie=TiePolicy.ESCALATE,
         allow_abstain=True,
     )
@@ -185,7 +185,7 @@ async def test_rules_and_electorates(agents: Agent) -> None:
             ["yes", "no"],
             lease_labels={"team": "infra"},
             rule=Rule.weighted_threshold(2),
-            timeout=60,
+            voting_period=60,
         )
         assert [v.agent_id for v in labelled.voters] == ["alice", "bob"]
         assert labelled.spec.electorate.lease_labels.labels == {"team": "infra"}
@@ -214,7 +214,7 @@ def test_rule_helpers_build_the_contract_message() -> None:
 
 async def test_a_retried_propose_or_cast_applies_once(agents: Agent) -> None:
     lead, alice = await agents("lead"), await agents("alice")
-    args: dict[str, object] = {"voters": ["alice", "bob"], "timeout": 60}
+    args: dict[str, object] = {"voters": ["alice", "bob"], "voting_period": 60}
     first = await lead.votes.propose("Q?", ["a", "b"], request_id="prop-1", **args)  # type: ignore[arg-type]
     again = await lead.votes.propose("Q?", ["a", "b"], request_id="prop-1", **args)  # type: ignore[arg-type]
     assert (again.id, again.created_revision) == (first.id, first.created_revision)
@@ -251,7 +251,7 @@ async def test_a_cast_lost_with_its_replica_is_resent_with_its_request_id(
             make_client([crashing.address, replicas[1].address], namespace, agent="a") as voter,
         ):
             vote = await lead.votes.propose(
-                "Q?", ["yes", "no"], voters=["a", "b"], allow_change=True, timeout=60
+                "Q?", ["yes", "no"], voters=["a", "b"], allow_change=True, voting_period=60
             )
             result = await voter.votes.cast(vote.id, "yes")  # stored, answer lost, resent
             assert crashing.popen is not None and crashing.popen.wait(10) == 137
@@ -271,7 +271,7 @@ async def test_list_pages_scan_and_cancel(agents: Agent) -> None:
     ids = [f"v{i}" for i in range(5)]
     for vote_id in ids:
         await lead.votes.propose(
-            f"Question {vote_id}?", ["a", "b"], voters=["alice"], timeout=60, vote_id=vote_id
+            f"Question {vote_id}?", ["a", "b"], voters=["alice"], voting_period=60, vote_id=vote_id
         )
 
     with pytest.raises(NotPermittedError) as refused:
@@ -352,7 +352,7 @@ async def test_typed_errors(agents: Agent) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fields"),
     [
-        ({"timeout": None}, {"spec.timeout_ms"}),
+        ({"voting_period": None}, {"spec.timeout_ms"}),
         ({"rule": Rule.fraction(3, 2)}, {"spec.rule.fraction"}),
         ({"rule": Rule.k_of_n(4)}, {"spec.rule.k"}),
         ({"voters": ["a", "a"]}, {"spec.electorate.voters.voters[1].agent_id"}),
@@ -361,7 +361,7 @@ async def test_typed_errors(agents: Agent) -> None:
             {"spec.options[1]", "spec.quorum.min_voters"},
         ),
         ({"quorum_weight": 4.0}, {"spec.quorum.min_weight"}),
-        ({"deadline": datetime(2001, 1, 1, tzinfo=UTC), "timeout": None}, {"spec.deadline"}),
+        ({"deadline": datetime(2001, 1, 1, tzinfo=UTC), "voting_period": None}, {"spec.deadline"}),
         ({"deadline": datetime.now(UTC) + timedelta(hours=1)}, {"spec.timeout_ms"}),
         ({"retention": timedelta(days=400)}, {"spec.retention_seconds"}),
         ({"vote_id": "no spaces"}, {"vote_id"}),
@@ -374,7 +374,7 @@ async def test_typed_errors(agents: Agent) -> None:
         "options+quorum",
         "quorum-weight",
         "past",
-        "deadline+timeout",
+        "deadline+voting-period",
         "retention",
         "id",
     ],
@@ -382,7 +382,11 @@ async def test_typed_errors(agents: Agent) -> None:
 async def test_bad_proposals_are_refused_and_store_nothing(
     client: AsyncClient, kwargs: dict[str, object], fields: set[str]
 ) -> None:
-    args: dict[str, object] = {"voters": ["a", "b", "c"], "timeout": 60, "options": ["x", "y"]}
+    args: dict[str, object] = {
+        "voters": ["a", "b", "c"],
+        "voting_period": 60,
+        "options": ["x", "y"],
+    }
     args |= kwargs
     options = args.pop("options")
     with pytest.raises(InvalidArgumentError) as refused:
@@ -393,11 +397,13 @@ async def test_bad_proposals_are_refused_and_store_nothing(
 
 async def test_client_side_misuse_is_a_python_error(client: AsyncClient) -> None:
     with pytest.raises(ValueError, match="not both"):
-        await client.votes.propose("Q?", ["a"], voters=["a"], lease_labels={"k": "v"}, timeout=9)
+        await client.votes.propose(
+            "Q?", ["a"], voters=["a"], lease_labels={"k": "v"}, voting_period=9
+        )
     with pytest.raises(TypeError):
-        await client.votes.propose("Q?", ["a"], voters="alice", timeout=9)
+        await client.votes.propose("Q?", ["a"], voters="alice", voting_period=9)
     with pytest.raises(TypeError):
-        await client.votes.propose("Q?", "a", voters=["alice"], timeout=9)
+        await client.votes.propose("Q?", "a", voters=["alice"], voting_period=9)
     assert (await client.votes.list()).votes == []
 
 
@@ -422,7 +428,7 @@ async def test_fenced_ballot(agents: Agent) -> None:
 
 async def test_deadline_decides_and_wait_returns_it(agents: Agent) -> None:
     (lead, alice, _, _), vote_id = await three_voters(
-        agents, timeout=3, allow_change=True, quorum_voters=1
+        agents, voting_period=3, allow_change=True, quorum_voters=1
     )
     await alice.votes.cast(vote_id, "no")
     changed = await alice.votes.cast(vote_id, "yes")  # allow_change: replaces the first
@@ -475,7 +481,7 @@ async def test_watch_continues_on_another_replica(
             for n in names
         }
         vote = await voters["v1"].votes.propose(
-            "Merge?", ["yes", "no"], voters=names, rule=Rule.unanimous(), timeout=60
+            "Merge?", ["yes", "no"], voters=names, rule=Rule.unanimous(), voting_period=60
         )
         events = watcher.votes.watch(vote.id)
         stack.push_async_callback(events.aclose)
@@ -514,7 +520,7 @@ def test_sync_client_votes(replicas: list[Coordinator], namespace: str) -> None:
         Client(addresses, agent_id="bob", namespace=namespace) as bob,
     ):
         vote = lead.votes.propose(
-            "Sync?", ["yes", "no"], voters=["alice", "bob"], rule=Rule.majority(), timeout=60
+            "Sync?", ["yes", "no"], voters=["alice", "bob"], rule=Rule.majority(), voting_period=60
         )
         assert lead.votes.get(vote.id).status == VoteStatus.OPEN
         events = lead.votes.watch(vote.id)
@@ -531,7 +537,7 @@ def test_sync_client_votes(replicas: list[Coordinator], namespace: str) -> None:
         assert next(events, None) is None
         assert lead.votes.wait(vote.id, timeout=WAIT) == result.decision
 
-        other = lead.votes.propose("Cancel me?", ["a"], voters=["alice"], timeout=60)
+        other = lead.votes.propose("Cancel me?", ["a"], voters=["alice"], voting_period=60)
         assert lead.votes.cancel(other.id, "no need").outcome == Outcome.CANCELLED
         assert [v.id for v in lead.votes.list().votes] == sorted([vote.id, other.id])
         assert {v.id for v in lead.votes.scan(VoteStatus.DECIDED, page_size=1)} == {
