@@ -24,19 +24,20 @@ from accord.coordinator.kv.service import KVService
 from accord.coordinator.kv.store import KVStore
 from accord.coordinator.leases.service import LeasesService
 from accord.coordinator.leases.store import LeaseStore
+from accord.coordinator.locks.admin import LockAdmin
 from accord.coordinator.locks.deadlocks import DeadlockDetector
+from accord.coordinator.locks.fencing import Fencing
 from accord.coordinator.locks.service import LocksService
 from accord.coordinator.locks.store import LockStore
+from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.service import SessionsService
 from accord.coordinator.sessions.store import SessionStore
 from accord.coordinator.sessions.y_websocket import YWebsocketServer
 from accord.coordinator.settings import Settings
+from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.embedded_etcd import EmbeddedEtcd
 from accord.coordinator.substrate.errors import AccordError
 from accord.coordinator.substrate.etcd import Etcd
-from accord.coordinator.substrate.group_commit import GroupCommitter
-from accord.coordinator.substrate.idempotency import Idempotency
-from accord.coordinator.substrate.retention import RetentionLeases
 from accord.coordinator.votes.feeds import VoteFeeds
 from accord.coordinator.votes.service import VotesService
 from accord.coordinator.votes.store import VoteStore
@@ -74,8 +75,7 @@ class Replica:
         self.embedded: EmbeddedEtcd | None = None
         self.server: grpc.aio.Server | None = None
         self.etcd: Etcd | None = None
-        self.committer: GroupCommitter | None = None
-        self.idempotency: Idempotency | None = None
+        self.substrate: Substrate | None = None
         self.sessions: SessionStore | None = None
         self.vote_feeds: VoteFeeds | None = None
         self.vote_timers: VoteTimers | None = None
@@ -93,49 +93,28 @@ class Replica:
             endpoints = (await self.embedded.start(),)
         self.etcd = Etcd(endpoints, tls=settings.etcd_tls)
         await self._wait_for_etcd()
-        self.committer = GroupCommitter(self.etcd, max_in_flight=settings.group_commit_in_flight)
-        retention = RetentionLeases(
+        # substrate -> stores -> services: every store stands on the one substrate.
+        self.substrate = substrate = Substrate.over(
             self.etcd,
-            ttl=settings.idempotency_ttl_seconds,
-            rotate_every=max(1, settings.idempotency_ttl_seconds // 24),
-        )
-        self.idempotency = Idempotency(settings.root, self.committer)
-        leases = LeaseStore(self.etcd, self.committer, root=settings.root)
-        locks = LockStore(self.etcd, self.committer, leases, root=settings.root)
-        deadlocks = DeadlockDetector(self.etcd, locks, retention, root=settings.root)
-        locks.deadlocks = deadlocks
-        store = KVStore(
-            self.etcd,
-            self.committer,
-            retention,
-            self.idempotency,
             root=settings.root,
             limits=settings.limits,
-            leases=leases,
-            locks=locks,
+            retention_ttl=settings.idempotency_ttl_seconds,
+            group_commit_in_flight=settings.group_commit_in_flight,
         )
+        leases = LeaseStore(substrate)
+        locks = LockStore(substrate, leases)
+        lock_admin = LockAdmin(substrate, locks)
+        deadlocks = DeadlockDetector(substrate, locks)
+        locks.deadlocks = deadlocks
+        fencing = Fencing(substrate)
+        store = KVStore(substrate, leases, fencing)
+        catalog = SessionCatalog(substrate)
         self.sessions = SessionStore(
-            self.etcd,
-            self.committer,
-            retention,
-            self.idempotency,
-            leases,
-            locks,
-            root=settings.root,
-            idle_seconds=settings.session_idle_seconds,
+            substrate, leases, fencing, idle_seconds=settings.session_idle_seconds
         )
-        votes = VoteStore(
-            self.etcd,
-            self.committer,
-            retention,
-            self.idempotency,
-            leases,
-            locks,
-            root=settings.root,
-            admin_agents=settings.vote_admins,
-        )
-        self.vote_feeds = VoteFeeds(self.etcd, votes)
-        self.vote_timers = VoteTimers(self.etcd, votes)
+        votes = VoteStore(substrate, leases, fencing, admin_agents=settings.vote_admins)
+        self.vote_feeds = VoteFeeds(substrate, votes.decisions)
+        self.vote_timers = VoteTimers(substrate, votes.decisions)
 
         self.server = grpc.aio.server(
             interceptors=[CallInterceptor()],
@@ -154,13 +133,13 @@ class Replica:
         self.settings = replace(settings, replica=replica)
         kv_pb2_grpc.add_KVServicer_to_server(KVService(store, replica), self.server)
         leases_pb2_grpc.add_LeasesServicer_to_server(
-            LeasesService(leases, locks, replica), self.server
+            LeasesService(leases, lock_admin, replica), self.server
         )
         locks_pb2_grpc.add_LocksServicer_to_server(
-            LocksService(locks, deadlocks, replica), self.server
+            LocksService(locks, lock_admin, deadlocks, replica), self.server
         )
         sessions_pb2_grpc.add_SessionsServicer_to_server(
-            SessionsService(self.sessions, replica), self.server
+            SessionsService(catalog, self.sessions, replica), self.server
         )
         votes_pb2_grpc.add_VotesServicer_to_server(
             VotesService(votes, self.vote_feeds, replica), self.server
@@ -176,7 +155,7 @@ class Replica:
         )
         await self.server.start()
         if settings.ws_listen:
-            self.ws = YWebsocketServer(self.sessions, leases)
+            self.ws = YWebsocketServer(catalog, self.sessions, leases)
             self.ws_port = await self.ws.start(settings.ws_listen)
         self.vote_timers.start()
         self._health_task = asyncio.create_task(self._watch_health())
@@ -250,11 +229,10 @@ class Replica:
             await self.sessions.close()
         if self.vote_timers:
             await self.vote_timers.close()
-        if self.committer:
-            _log.info(
-                "group commit totals", batches=self.committer.batches, writes=self.committer.writes
-            )
-            await self.committer.close()
+        if self.substrate:
+            committer = self.substrate.committer
+            _log.info("group commit totals", batches=committer.batches, writes=committer.writes)
+            await self.substrate.close()
         if self.etcd:
             await self.etcd.close()
         if self.embedded:

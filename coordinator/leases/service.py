@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from accord.coordinator.leases.store import LeaseStore
-from accord.coordinator.locks.store import LockStore
+from accord.coordinator.locks.admin import LockAdmin
 from accord.coordinator.substrate import calls
 from accord.v1 import common_pb2, leases_pb2, leases_pb2_grpc
 
@@ -16,7 +16,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class LeasesService(leases_pb2_grpc.LeasesServicer):
-    def __init__(self, leases: LeaseStore, locks: LockStore, replica: str) -> None:
+    def __init__(self, leases: LeaseStore, locks: LockAdmin, replica: str) -> None:
         self._leases = leases
         self._locks = locks
         self._replica = replica

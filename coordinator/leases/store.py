@@ -10,7 +10,7 @@ A keep-alive stream refreshes the etcd lease for each request the agent sends (s
 agent that stalls stops refreshing it), and ends with LEASE_NOT_FOUND as soon as the
 lease record disappears: expiry, revocation, or an admin breaking it.
 
-Layout: {root}/ns/{namespace}/leases/{id as 16 hex digits} -> LeaseRecord.
+Layout: keyspace.lease, a LeaseRecord attached to the lease itself.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aetcd.rpc import rpc_pb2 as rpc
 from google.protobuf import timestamp_pb2
 
-from accord.coordinator.substrate import calls
+from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import FieldViolation, InvalidArgument, LeaseNotFound
-from accord.coordinator.substrate.etcd import Etcd, prefix_end
-from accord.coordinator.substrate.group_commit import GroupCommitter
+from accord.coordinator.substrate.txn import put, read, txn, watch
 from accord.v1 import leases_pb2, records_pb2
 
 MIN_TTL_SECONDS = 2
@@ -44,16 +42,8 @@ class Lease:
 
 
 class LeaseStore:
-    def __init__(self, etcd: Etcd, committer: GroupCommitter, *, root: str) -> None:
-        self._etcd = etcd
-        self._committer = committer
-        self._root = root
-
-    def _prefix(self, namespace: str) -> bytes:
-        return f"{self._root}/ns/{namespace}/leases/".encode()
-
-    def record_key(self, namespace: str, lease_id: int) -> bytes:
-        return self._prefix(namespace) + f"{lease_id:016x}".encode()
+    def __init__(self, substrate: Substrate) -> None:
+        self._s = substrate
 
     async def grant(self, ttl: int, labels: Mapping[str, str]) -> leases_pb2.LeaseInfo:
         violations: list[FieldViolation] = []
@@ -75,27 +65,20 @@ class LeaseStore:
         if violations:
             raise InvalidArgument(violations)
         call = calls.current.get()
-        granted = await self._etcd.lease_grant(ttl)
+        granted = await self._s.etcd.lease_grant(ttl)
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(time.time_ns())
         record = records_pb2.LeaseRecord(
             agent_id=call.agent_id, granted_ttl_seconds=ttl, granted_at=now, labels=dict(labels)
         )
-        key = self.record_key(call.namespace, granted.ID)
-        put = rpc.TxnRequest(
-            success=[
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(
-                        key=key, value=record.SerializeToString(), lease=granted.ID
-                    )
-                )
-            ]
-        )
-        try:
-            await self._committer.commit(put, [key], len(key) + 128, retry=True, weight=2)
+        key = self._s.keys.lease(call.namespace, granted.ID)
+        try:  # the record lives exactly as long as the lease
+            await self._s.committer.commit(
+                txn(then=[put(key, record.SerializeToString(), lease=granted.ID)]), retry=True
+            )
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._etcd.lease_revoke(granted.ID)
+                await self._s.etcd.lease_revoke(granted.ID)
             raise
         return _info(granted.ID, record, granted.TTL)
 
@@ -104,9 +87,7 @@ class LeaseStore:
         namespace = calls.current.get().namespace
         if lease_id <= 0:
             raise InvalidArgument([FieldViolation("lease_id", "must be a lease id (> 0)")])
-        response = await self._etcd.range(
-            rpc.RangeRequest(key=self.record_key(namespace, lease_id))
-        )
+        response = await self._s.etcd.range(read(self._s.keys.lease(namespace, lease_id)))
         if not response.kvs:
             raise LeaseNotFound(
                 f"lease {lease_id} does not exist in namespace {namespace!r}: it expired, was "
@@ -116,7 +97,7 @@ class LeaseStore:
         return Lease(lease_id, records_pb2.LeaseRecord.FromString(response.kvs[0].value))
 
     async def keepalive(self, lease_id: int) -> int:
-        ttl = await self._etcd.lease_keepalive(lease_id)
+        ttl = await self._s.etcd.lease_keepalive(lease_id)
         if ttl <= 0:
             raise LeaseNotFound(
                 f"lease {lease_id} has expired", metadata={"lease_id": str(lease_id)}
@@ -138,19 +119,17 @@ class LeaseStore:
             await events.put(("end", 0))
 
         async def watch_gone(lease_id: int) -> None:
-            key = self.record_key(namespace, lease_id)
+            key = self._s.keys.lease(namespace, lease_id)
             with contextlib.suppress(Exception):
                 while True:  # wake-ups may be spurious: the record's presence decides
-                    now = await self._etcd.range(rpc.RangeRequest(key=key, count_only=True))
+                    now = await self._s.etcd.range(read(key, count_only=True))
                     if not now.count:
                         await events.put(("gone", lease_id))
                         return
-                    create = rpc.WatchCreateRequest(
-                        key=key,
-                        filters=[rpc.WatchCreateRequest.NOPUT],
-                        start_revision=now.header.revision + 1,
+                    deleted = watch(
+                        key, start_revision=now.header.revision + 1, deletions_only=True
                     )
-                    await self._etcd.watch_hub.first_change([create], None)
+                    await self._s.etcd.watch_hub.first_change([deleted], None)
 
         pumping = asyncio.create_task(pump())
         try:
@@ -175,12 +154,12 @@ class LeaseStore:
 
     async def revoke(self, lease_id: int) -> None:
         await self.owned(lease_id)
-        await self._etcd.lease_revoke(lease_id)
+        await self._s.etcd.lease_revoke(lease_id)
 
     async def info(self, lease_id: int) -> tuple[leases_pb2.LeaseInfo, list[bytes]]:
         """The lease and the etcd keys attached to it."""
         lease = await self.owned(lease_id)
-        ttl = await self._etcd.lease_time_to_live(lease_id)
+        ttl = await self._s.etcd.lease_time_to_live(lease_id)
         if ttl.TTL < 0:
             raise LeaseNotFound(
                 f"lease {lease_id} has expired", metadata={"lease_id": str(lease_id)}
@@ -188,12 +167,10 @@ class LeaseStore:
         return _info(lease_id, lease.record, ttl.TTL), list(ttl.keys)
 
     async def list(self) -> list[tuple[leases_pb2.LeaseInfo, list[bytes]]]:
-        prefix = self._prefix(calls.current.get().namespace)
-        response = await self._etcd.range(
-            rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))
-        )
+        prefix = self._s.keys.leases_prefix(calls.current.get().namespace)
+        response = await self._s.etcd.range(read(prefix, prefix=True))
         leases = [(kv.lease, records_pb2.LeaseRecord.FromString(kv.value)) for kv in response.kvs]
-        ttls = await asyncio.gather(*(self._etcd.lease_time_to_live(lid) for lid, _ in leases))
+        ttls = await asyncio.gather(*(self._s.etcd.lease_time_to_live(lid) for lid, _ in leases))
         return [
             (_info(lid, record, ttl.TTL), list(ttl.keys))
             for (lid, record), ttl in zip(leases, ttls, strict=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from accord.coordinator.locks.admin import LockAdmin
 from accord.coordinator.locks.deadlocks import DeadlockDetector
 from accord.coordinator.locks.store import LockStore
 from accord.coordinator.substrate import calls
@@ -15,8 +16,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class LocksService(locks_pb2_grpc.LocksServicer):
-    def __init__(self, locks: LockStore, deadlocks: DeadlockDetector, replica: str) -> None:
+    def __init__(
+        self, locks: LockStore, admin: LockAdmin, deadlocks: DeadlockDetector, replica: str
+    ) -> None:
         self._locks = locks
+        self._admin = admin
         self._deadlocks = deadlocks
         self._replica = replica
 
@@ -58,7 +62,7 @@ class LocksService(locks_pb2_grpc.LocksServicer):
     async def Describe(
         self, request: locks_pb2.DescribeRequest, context: Context
     ) -> locks_pb2.DescribeResponse:
-        revision, state, position = await self._locks.describe(request.name, request.lease_id)
+        revision, state, position = await self._admin.describe(request.name, request.lease_id)
         return locks_pb2.DescribeResponse(
             header=self._header(revision), state=state, position=position
         )
@@ -66,7 +70,7 @@ class LocksService(locks_pb2_grpc.LocksServicer):
     async def List(
         self, request: locks_pb2.LocksListRequest, context: Context
     ) -> locks_pb2.LocksListResponse:
-        revision, states = await self._locks.list_states(request.prefix)
+        revision, states = await self._admin.list_states(request.prefix)
         return locks_pb2.LocksListResponse(header=self._header(revision), locks=states)
 
     async def WaitGraph(
@@ -78,7 +82,7 @@ class LocksService(locks_pb2_grpc.LocksServicer):
     async def Break(
         self, request: locks_pb2.BreakRequest, context: Context
     ) -> locks_pb2.BreakResponse:
-        revision, broken = await self._locks.break_lock(request.name)
+        revision, broken = await self._admin.break_lock(request.name)
         return locks_pb2.BreakResponse(header=self._header(revision), broken=broken)
 
     async def ListDeadlocks(

@@ -20,27 +20,43 @@ last exclusive one ahead) and its own entry; semaphore waiters watch the queue's
 deletions. Acquire is idempotent per (lock, lease): a retry on another replica finds
 the same entry and keeps its place in the queue.
 
-Layout: {root}/ns/{namespace}/locks/{name}\\0{lease as 16 hex digits} -> LockEntryRecord.
+Layout: keyspace.lock_entry, a LockEntryRecord attached to the entry's lease.
+
+Error handling: bad input is INVALID_ARGUMENT; a lease that is gone is LEASE_NOT_FOUND; no_wait
+on a taken lock is WOULD_BLOCK, and a wait that runs out is LOCK_TIMEOUT, both with the
+holders and the queue; a wait chosen to end a deadlock is DEADLOCK, with the cycle; an
+entry that vanished otherwise (released, broken) is NOT_HELD; asking for a lock in
+another mode than its queue uses is LOCK_CONFLICT.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from aetcd.rpc import rpc_pb2 as rpc
 from google.protobuf import timestamp_pb2
 
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
-from accord.coordinator.substrate import calls
+from accord.coordinator.locks.explain import wait_status
+from accord.coordinator.locks.queue import (
+    EXCLUSIVE,
+    SHARED,
+    Entry,
+    blockers,
+    check_name,
+    entry_of,
+    grant_of,
+    holders,
+    holders_text,
+    is_granted,
+    mode_name,
+)
+from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import (
     AccordError,
     Deadlocked,
-    Fenced,
     FieldViolation,
     InvalidArgument,
     LeaseNotFound,
@@ -49,16 +65,30 @@ from accord.coordinator.substrate.errors import (
     NotHeld,
     WouldBlock,
 )
-from accord.coordinator.substrate.etcd import Etcd, prefix_end
-from accord.coordinator.substrate.group_commit import GroupCommitter
-from accord.coordinator.substrate.limits import Limits, check_key
-from accord.v1 import common_pb2, locks_pb2, records_pb2
+from accord.coordinator.substrate.txn import (
+    Compare,
+    Op,
+    WatchCreate,
+    absent,
+    alive,
+    created_after,
+    created_at,
+    delete,
+    get,
+    get_prefix,
+    mod_is,
+    nested,
+    prefix_empty,
+    put,
+    read,
+    txn,
+    watch,
+)
+from accord.v1 import locks_pb2, records_pb2
 
 _log = logs.get("accord.locks")
-MAX_NAME_BYTES = 256
 MAX_PERMITS = 10_000
 DEADLINE_MARGIN_SECONDS = 0.1
-BREAK_ATTEMPTS = 5
 
 
 class DeadlockChecker(Protocol):
@@ -69,104 +99,24 @@ class DeadlockChecker(Protocol):
     async def verdict(self, namespace: str, entry: Entry) -> locks_pb2.Deadlock | None: ...
 
 
-EXCLUSIVE = locks_pb2.LOCK_MODE_EXCLUSIVE
-SHARED = locks_pb2.LOCK_MODE_SHARED
-
-
-@dataclass(frozen=True, slots=True)
-class FenceCheck:
-    """The etcd compares that hold exactly while a fence's grant holds its lock."""
-
-    compares: list[Any]
-    key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A queue entry as read from etcd."""
-
-    lock: str
-    lease_id: int
-    key: bytes
-    token: int  # create revision
-    record: records_pb2.LockEntryRecord
-
-    @property
-    def mode(self) -> locks_pb2.LockMode.ValueType:
-        return locks_pb2.LockMode.ValueType(self.record.mode or EXCLUSIVE)
-
-
-def is_granted(queue: Sequence[Entry], index: int) -> bool:
-    """Whether queue[index] holds, the queue being in token order."""
-    entry = queue[index]
-    if entry.record.permits:
-        return index < entry.record.permits
-    if entry.mode == SHARED:
-        return all(e.mode == SHARED for e in queue[:index])
-    return index == 0
-
-
-def blockers(queue: Sequence[Entry], index: int) -> list[Entry]:
-    """The entries queue[index] waits for (empty when it holds). For a semaphore any one
-    of them leaving may do, so these are not all needed (a knot, not a cycle)."""
-    if is_granted(queue, index):
-        return []
-    entry = queue[index]
-    if entry.record.permits or entry.mode == EXCLUSIVE:
-        return list(queue[:index])
-    return [e for e in queue[:index] if e.mode == EXCLUSIVE]
-
-
 class LockStore:
-    def __init__(
-        self, etcd: Etcd, committer: GroupCommitter, leases: LeaseStore, *, root: str
-    ) -> None:
-        self._etcd = etcd
-        self._committer = committer
+    def __init__(self, substrate: Substrate, leases: LeaseStore) -> None:
+        self._s = substrate
         self._leases = leases
-        self._root = root
         # Set by the server once the detector (which reads these queues) exists.
         self.deadlocks: DeadlockChecker | None = None
 
-    # --- layout -------------------------------------------------------------------
-
-    def locks_prefix(self, namespace: str) -> bytes:
-        return f"{self._root}/ns/{namespace}/locks/".encode()
-
-    def queue_prefix(self, namespace: str, name: str) -> bytes:
-        return self.locks_prefix(namespace) + name.encode() + b"\x00"
-
-    def entry_key(self, namespace: str, name: str, lease_id: int) -> bytes:
-        return self.queue_prefix(namespace, name) + f"{lease_id:016x}".encode()
-
-    def parse_key(self, namespace: str, key: bytes) -> tuple[str, int] | None:
-        prefix = self.locks_prefix(namespace)
-        if not key.startswith(prefix) or b"\x00" not in key:
-            return None
-        name, _, lease = key[len(prefix) :].rpartition(b"\x00")
-        return name.decode("utf-8", "replace"), int(lease, 16)
-
-    def _entry(self, namespace: str, raw: Any) -> Entry:
-        parsed = self.parse_key(namespace, raw.key)
-        assert parsed is not None
-        return Entry(
-            parsed[0],
-            parsed[1],
-            raw.key,
-            raw.create_revision,
-            records_pb2.LockEntryRecord.FromString(raw.value),
-        )
+    # --- reading queues -------------------------------------------------------------
 
     async def queue(self, namespace: str, name: str) -> tuple[int, list[Entry]]:
         """(revision, the lock's entries in token order)."""
-        revision, entries = await self._entries(namespace, self.queue_prefix(namespace, name))
-        return revision, entries
+        return await self._entries(namespace, self._s.keys.lock_queue(namespace, name))
 
     async def all_entries(
         self, namespace: str, name_prefix: str = ""
     ) -> tuple[int, dict[str, list[Entry]]]:
         """(revision, queues by lock name), every queue in token order."""
-        prefix = self.locks_prefix(namespace) + name_prefix.encode()
+        prefix = self._s.keys.locks_prefix(namespace) + name_prefix.encode()
         revision, entries = await self._entries(namespace, prefix)
         queues: dict[str, list[Entry]] = {}
         for entry in entries:
@@ -175,15 +125,10 @@ class LockStore:
 
     async def _entries(self, namespace: str, prefix: bytes) -> tuple[int, list[Entry]]:
         """Every entry under prefix, at one revision, oldest token first."""
-        response = await self._etcd.range(
-            rpc.RangeRequest(
-                key=prefix,
-                range_end=prefix_end(prefix),
-                sort_order=rpc.RangeRequest.ASCEND,
-                sort_target=rpc.RangeRequest.CREATE,
-            )
-        )
-        return response.header.revision, [self._entry(namespace, kv) for kv in response.kvs]
+        response = await self._s.etcd.range(read(prefix, prefix=True, by_creation=True))
+        return response.header.revision, [
+            entry_of(self._s.keys, namespace, kv) for kv in response.kvs
+        ]
 
     # --- acquire ------------------------------------------------------------------
 
@@ -222,7 +167,7 @@ class LockStore:
     ) -> tuple[locks_pb2.Grant, bool]:
         """The grant, and whether this call created the queue entry (rather than finding
         one this lease already had)."""
-        violations = _check_name("name", name)
+        violations = check_name("name", name)
         if lease_id <= 0:
             violations.append(FieldViolation("lease_id", "must be a lease id (> 0)"))
         if mode not in (0, EXCLUSIVE, SHARED):
@@ -251,7 +196,7 @@ class LockStore:
             ns, name, lease_id, mode, permits, priority
         )
         if entry.record.granted:
-            return _grant(entry), created
+            return grant_of(entry), created
         try:
             grant = await self._await_grant(
                 ns, entry, no_wait=no_wait, give_up=give_up, first_look=first_look
@@ -274,9 +219,9 @@ class LockStore:
         """Join the queue in one etcd transaction: already holding if the queue was empty,
         waiting otherwise, or the entry this lease already has (a retried acquire). Returns
         the entry, whether this call made it, and the queue as joined when it waits."""
-        key = self.entry_key(ns, name, lease_id)
-        prefix = self.queue_prefix(ns, name)
-        lease_key = self._leases.record_key(ns, lease_id)
+        key = self._s.keys.lock_entry(ns, name, lease_id)
+        queue = self._s.keys.lock_queue(ns, name)
+        lease = self._s.keys.lease(ns, lease_id)
         since = timestamp_pb2.Timestamp()
         since.FromNanoseconds(time.time_ns())
         record = records_pb2.LockEntryRecord(
@@ -289,68 +234,34 @@ class LockStore:
         holding = records_pb2.LockEntryRecord()
         holding.CopyFrom(record)
         holding.granted = True
-        lease_alive = rpc.Compare(
-            key=lease_key, target=rpc.Compare.VERSION, result=rpc.Compare.GREATER, version=0
-        )
-        absent = rpc.Compare(
-            key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
-        )
-        queue_empty = rpc.Compare(
-            key=prefix,
-            range_end=prefix_end(prefix),
-            target=rpc.Compare.VERSION,
-            result=rpc.Compare.EQUAL,
-            version=0,
-        )
-        wait_in_line = rpc.TxnRequest(
-            compare=[lease_alive, absent],
-            success=[
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(
-                        key=key, value=record.SerializeToString(), lease=lease_id
-                    )
-                ),
-                rpc.RequestOp(  # the queue as joined: the wait's first look, for free
-                    request_range=rpc.RangeRequest(
-                        key=prefix,
-                        range_end=prefix_end(prefix),
-                        sort_order=rpc.RangeRequest.ASCEND,
-                        sort_target=rpc.RangeRequest.CREATE,
-                    )
-                ),
+        wait_in_line = txn(
+            when=[alive(lease), absent(key)],
+            then=[
+                put(key, record.SerializeToString(), lease=lease_id),
+                get_prefix(queue, by_creation=True),  # the queue as joined: the first look
             ],
-            failure=[
-                rpc.RequestOp(request_range=rpc.RangeRequest(key=lease_key, keys_only=True)),
-                rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
-            ],
+            otherwise=[get(lease, keys_only=True), get(key)],
         )
-        txn = rpc.TxnRequest(
-            compare=[lease_alive, absent, queue_empty],
-            success=[
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(
-                        key=key, value=holding.SerializeToString(), lease=lease_id
-                    )
-                )
-            ],
-            failure=[rpc.RequestOp(request_txn=wait_in_line)],
+        enqueue = txn(
+            when=[alive(lease), absent(key), prefix_empty(queue)],
+            then=[put(key, holding.SerializeToString(), lease=lease_id)],
+            otherwise=[nested(wait_in_line)],
         )
-        # The queue prefix is a conflict token: two enqueues on one lock never share an
+        # The queue prefix is touched by every enqueue: two on one lock never share an
         # etcd transaction, so each gets its own revision (a unique, ordered token) and
         # sees the other in its "queue empty" compare.
-        committed = await self._committer.commit(
-            txn, [key, prefix, lease_key], len(key) + 96, retry=True, weight=4
-        )
+        committed = await self._s.committer.commit(enqueue, retry=True)
         response = committed.response
         if response.succeeded:
             return Entry(name, lease_id, key, committed.revision, holding), True, None
         inner = response.responses[0].response_txn
         if inner.succeeded:
-            queue = [self._entry(ns, kv) for kv in inner.responses[1].response_range.kvs]
+            found = inner.responses[1].response_range.kvs
+            joined = [entry_of(self._s.keys, ns, kv) for kv in found]
             return (
                 Entry(name, lease_id, key, committed.revision, record),
                 True,
-                (committed.revision, queue),
+                (committed.revision, joined),
             )
         if not inner.responses[0].response_range.kvs:
             raise LeaseNotFound(
@@ -358,11 +269,11 @@ class LockStore:
                 "or was never granted here",
                 metadata={"lease_id": str(lease_id)},
             )
-        entry = self._entry(ns, inner.responses[1].response_range.kvs[0])
+        entry = entry_of(self._s.keys, ns, inner.responses[1].response_range.kvs[0])
         if (entry.mode, entry.record.permits) != (mode, permits):
             raise LockConflict(
                 f"lease {lease_id} is already queued for {name!r} as "
-                f"{_mode_name(entry.mode, entry.record.permits)}; release it first",
+                f"{mode_name(entry.mode, entry.record.permits)}; release it first",
                 metadata={"lock": name},
             )
         return entry, False, None
@@ -397,16 +308,16 @@ class LockStore:
             head = queue[0].record
             if head.permits != entry.record.permits:
                 raise LockConflict(
-                    f"{entry.lock!r} is used as {_mode_name(head.mode, head.permits)}; this "
-                    f"request asked for {_mode_name(entry.mode, entry.record.permits)}",
+                    f"{entry.lock!r} is used as {mode_name(head.mode, head.permits)}; this "
+                    f"request asked for {mode_name(entry.mode, entry.record.permits)}",
                     metadata={"lock": entry.lock},
                 )
             if is_granted(queue, index):
                 return await self._mark_granted(ns, queue[index])
             if no_wait:
                 raise WouldBlock(
-                    f"{entry.lock!r} is taken: {_holders_text(queue)}",
-                    details=[await self.wait_status(ns, entry.lock, queue, index)],
+                    f"{entry.lock!r} is taken: {holders_text(queue)}",
+                    details=[await wait_status(self._s.etcd, entry.lock, queue, index)],
                     metadata={"lock": entry.lock},
                 )
             if not checked_deadlocks and self.deadlocks is not None:
@@ -417,37 +328,31 @@ class LockStore:
             remaining = None if give_up is None else give_up - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise LockTimeout(
-                    f"gave up waiting for {entry.lock!r} at position {index - _holding(queue)} "
-                    f"of the queue: {_holders_text(queue)}",
-                    details=[await self.wait_status(ns, entry.lock, queue, index)],
+                    f"gave up waiting for {entry.lock!r} at position {index - len(holders(queue))} "
+                    f"of the queue: {holders_text(queue)}",
+                    details=[await wait_status(self._s.etcd, entry.lock, queue, index)],
                     metadata={"lock": entry.lock},
                 )
             await self._wait_for_change(watched, revision + 1, remaining)
 
-    def _watch_targets(self, queue: list[Entry], index: int) -> list[Any]:
-        """etcd watch requests for the deletions this waiter cares about."""
+    def _watch_targets(self, queue: list[Entry], index: int) -> list[WatchCreate]:
+        """Watches of the deletions this waiter cares about: its own entry's, and the
+        last blocker's (for a semaphore, any in its queue)."""
         entry = queue[index]
-        own = rpc.WatchCreateRequest(key=entry.key, filters=[rpc.WatchCreateRequest.NOPUT])
+        own = watch(entry.key, deletions_only=True)
         if entry.record.permits:
-            prefix = entry.key[: entry.key.rindex(b"\x00") + 1]
-            ahead = rpc.WatchCreateRequest(
-                key=prefix, range_end=prefix_end(prefix), filters=[rpc.WatchCreateRequest.NOPUT]
-            )
-            return [own, ahead]
-        waits_for = blockers(queue, index)
-        return [
-            own,
-            rpc.WatchCreateRequest(key=waits_for[-1].key, filters=[rpc.WatchCreateRequest.NOPUT]),
-        ]
+            queue_key = entry.key[: entry.key.rindex(b"\x00") + 1]
+            return [own, watch(queue_key, prefix=True, deletions_only=True)]
+        return [own, watch(blockers(queue, index)[-1].key, deletions_only=True)]
 
     async def _wait_for_change(
-        self, creates: list[Any], start: int, remaining: float | None
+        self, creates: list[WatchCreate], start: int, remaining: float | None
     ) -> None:
         """Until one of the watched deletions happens (or may have) or time's up. The
         watchers ride the replica's shared etcd watch stream."""
         for create in creates:
             create.start_revision = start
-        await self._etcd.watch_hub.first_change(creates, remaining)
+        await self._s.etcd.watch_hub.first_change(creates, remaining)
 
     async def _claim_if_first(
         self, ns: str, entry: Entry
@@ -455,86 +360,42 @@ class LockStore:
         """Mark the exclusive entry as holding if it is first in its queue (every entry
         there was created at or after its token) and its lease lives. Otherwise the queue
         as it is now, for the caller to look at."""
-        prefix = self.queue_prefix(ns, entry.lock)
+        queue = self._s.keys.lock_queue(ns, entry.lock)
         compares, mark = self._mark(ns, entry)
-        txn = rpc.TxnRequest(
-            compare=[
-                *compares,
-                rpc.Compare(  # nobody ahead
-                    key=prefix,
-                    range_end=prefix_end(prefix),
-                    target=rpc.Compare.CREATE,
-                    result=rpc.Compare.GREATER,
-                    create_revision=entry.token - 1,
-                ),
-            ],
-            success=[mark],
-            failure=[
-                rpc.RequestOp(
-                    request_range=rpc.RangeRequest(
-                        key=prefix,
-                        range_end=prefix_end(prefix),
-                        sort_order=rpc.RangeRequest.ASCEND,
-                        sort_target=rpc.RangeRequest.CREATE,
-                    )
-                )
-            ],
+        claim = txn(
+            when=[*compares, created_after(queue, entry.token - 1)],  # nobody ahead
+            then=[mark],
+            otherwise=[get_prefix(queue, by_creation=True)],
         )
         # Sent at once, not batched: a hand-off waits on it, and the queue read in the
         # failure branch must not share a revision with another write to this queue.
-        response = await self._etcd.txn(txn, retry=True)
+        response = await self._s.etcd.txn(claim, retry=True)
         if response.succeeded:
-            return _grant(entry), response.header.revision, []
+            return grant_of(entry), response.header.revision, []
         kvs = response.responses[0].response_range.kvs
-        return None, response.header.revision, [self._entry(ns, kv) for kv in kvs]
+        return None, response.header.revision, [entry_of(self._s.keys, ns, kv) for kv in kvs]
 
-    def _mark(self, ns: str, entry: Entry) -> tuple[list[Any], Any]:
-        """The compares under which a waiting entry may be marked as holding (this
-        incarnation, not yet marked by a resumed call on another replica, its lease
-        alive) and the put that marks it."""
+    def _mark(self, ns: str, entry: Entry) -> tuple[list[Compare], Op]:
+        """The compares under which a waiting entry may be marked as holding, and the put
+        that marks it."""
         granted = records_pb2.LockEntryRecord()
         granted.CopyFrom(entry.record)
         granted.granted = True
         compares = [
-            rpc.Compare(
-                key=entry.key,
-                target=rpc.Compare.CREATE,
-                result=rpc.Compare.EQUAL,
-                create_revision=entry.token,
-            ),
-            rpc.Compare(
-                key=entry.key,
-                target=rpc.Compare.MOD,
-                result=rpc.Compare.EQUAL,
-                mod_revision=entry.token,
-            ),
-            rpc.Compare(
-                key=self._leases.record_key(ns, entry.lease_id),
-                target=rpc.Compare.VERSION,
-                result=rpc.Compare.GREATER,
-                version=0,
-            ),
+            created_at(entry.key, entry.token),  # this incarnation
+            mod_is(entry.key, entry.token),  # not yet marked by a resumed call elsewhere
+            alive(self._s.keys.lease(ns, entry.lease_id)),  # never to a dead lease
         ]
-        put = rpc.RequestOp(
-            request_put=rpc.PutRequest(
-                key=entry.key, value=granted.SerializeToString(), ignore_lease=True
-            )
-        )
-        return compares, put
+        return compares, put(entry.key, granted.SerializeToString(), keep_lease=True)
 
     async def _mark_granted(self, ns: str, entry: Entry) -> locks_pb2.Grant:
         """Mark the entry as holding, unless its lease died meanwhile: a lock never goes
         to a dead lease (its record is attached to the lease and gone with it)."""
         if entry.record.granted:
-            return _grant(entry)
+            return grant_of(entry)
         compares, mark = self._mark(ns, entry)
-        txn = rpc.TxnRequest(
-            compare=compares,
-            success=[mark],
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=entry.key))],
-        )
-        committed = await self._committer.commit(
-            txn, [entry.key], len(entry.key) + 64, retry=True, weight=2
+        committed = await self._s.committer.commit(
+            txn(when=compares, then=[mark], otherwise=[get(entry.key)]), retry=True
         )
         if not committed.response.succeeded:
             now = committed.response.responses[0].response_range.kvs
@@ -545,7 +406,7 @@ class LockStore:
             )
             if not marked:
                 raise await self._why_gone(ns, entry)
-        return _grant(entry)
+        return grant_of(entry)
 
     async def _why_gone(self, ns: str, entry: Entry) -> AccordError:
         """Our queue entry vanished: a deadlock verdict, or the lease ended, or a break."""
@@ -574,27 +435,9 @@ class LockStore:
             calls.Call(namespace="", agent_id="", trace_id="leave", deadline=time.monotonic() + 5)
         )
         try:
-            await self._etcd.txn(
-                rpc.TxnRequest(
-                    compare=[
-                        rpc.Compare(
-                            key=entry.key,
-                            target=rpc.Compare.CREATE,
-                            result=rpc.Compare.EQUAL,
-                            create_revision=entry.token,
-                        ),
-                        rpc.Compare(  # never rewritten as granted
-                            key=entry.key,
-                            target=rpc.Compare.MOD,
-                            result=rpc.Compare.EQUAL,
-                            mod_revision=entry.token,
-                        ),
-                    ],
-                    success=[
-                        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=entry.key))
-                    ],
-                ),
-                retry=True,
+            never_granted = [created_at(entry.key, entry.token), mod_is(entry.key, entry.token)]
+            await self._s.etcd.txn(
+                txn(when=never_granted, then=[delete(entry.key)]), retry=True
             )
         except AccordError as exc:
             _log.info("could not leave a lock queue; the lease's end will", error=exc.message)
@@ -645,7 +488,7 @@ class LockStore:
         self, name: str, lease_id: int, *, token: int = 0, missing_ok: bool = False
     ) -> bool:
         """Leave the queue; with a token, only if the entry is that grant's."""
-        violations = _check_name("name", name)
+        violations = check_name("name", name)
         if lease_id <= 0:
             violations.append(FieldViolation("lease_id", "must be a lease id (> 0)"))
         if token < 0:
@@ -653,29 +496,10 @@ class LockStore:
         if violations:
             raise InvalidArgument(violations)
         ns = calls.current.get().namespace
-        key = self.entry_key(ns, name, lease_id)
-        same_grant = (
-            [
-                rpc.Compare(
-                    key=key,
-                    target=rpc.Compare.CREATE,
-                    result=rpc.Compare.EQUAL,
-                    create_revision=token,
-                )
-            ]
-            if token
-            else []
-        )
-        response = await self._etcd.txn(
-            rpc.TxnRequest(
-                compare=same_grant,
-                success=[
-                    rpc.RequestOp(
-                        request_delete_range=rpc.DeleteRangeRequest(key=key, prev_kv=True)
-                    )
-                ],
-            ),
-            retry=True,
+        key = self._s.keys.lock_entry(ns, name, lease_id)
+        same_grant = [created_at(key, token)] if token else []
+        response = await self._s.etcd.txn(
+            txn(when=same_grant, then=[delete(key, prev_kv=True)]), retry=True
         )
         prev = response.responses[0].response_delete_range.prev_kvs if response.succeeded else []
         if not prev:
@@ -687,189 +511,3 @@ class LockStore:
                 metadata={"lock": name},
             )
         return bool(records_pb2.LockEntryRecord.FromString(prev[0].value).granted)
-
-    async def wait_status(
-        self, ns: str, name: str, queue: list[Entry], index: int
-    ) -> locks_pb2.LockWaitStatus:
-        return locks_pb2.LockWaitStatus(
-            state=await self.state(ns, name, queue), position=index - _holding(queue)
-        )
-
-    async def state(self, ns: str, name: str, queue: list[Entry]) -> locks_pb2.LockState:
-        ttls = await asyncio.gather(*(self._etcd.lease_time_to_live(e.lease_id) for e in queue))
-        state = locks_pb2.LockState(name=name, permits=queue[0].record.permits if queue else 0)
-        for i, (entry, ttl) in enumerate(zip(queue, ttls, strict=True)):
-            item = locks_pb2.LockEntry(
-                lease_id=entry.lease_id,
-                agent_id=entry.record.agent_id,
-                mode=entry.mode,
-                token=entry.token,
-                holding=is_granted(queue, i),
-                since=entry.record.since,
-                lease_ttl_seconds=max(ttl.TTL, 0),
-                priority=entry.record.priority,
-            )
-            (state.holders if item.holding else state.waiters).append(item)
-        return state
-
-    async def describe(self, name: str, lease_id: int) -> tuple[int, locks_pb2.LockState, int]:
-        violations = _check_name("name", name)
-        if violations:
-            raise InvalidArgument(violations)
-        ns = calls.current.get().namespace
-        revision, queue = await self.queue(ns, name)
-        position = -2
-        for i, entry in enumerate(queue):
-            if entry.lease_id == lease_id:
-                position = -1 if is_granted(queue, i) else i - _holding(queue)
-        return revision, await self.state(ns, name, queue), position
-
-    async def list_states(self, prefix: str) -> tuple[int, list[locks_pb2.LockState]]:
-        ns = calls.current.get().namespace
-        revision, queues = await self.all_entries(ns, prefix)
-        states = await asyncio.gather(*(self.state(ns, n, q) for n, q in sorted(queues.items())))
-        return revision, list(states)
-
-    async def break_lock(self, name: str) -> tuple[int, list[locks_pb2.LockEntry]]:
-        """Delete the current holders' entries (admin). Retried while holders change
-        under it, a bounded number of times."""
-        violations = _check_name("name", name)
-        if violations:
-            raise InvalidArgument(violations)
-        ns = calls.current.get().namespace
-        for _ in range(BREAK_ATTEMPTS):
-            _, queue = await self.queue(ns, name)
-            holders = [queue[i] for i in range(len(queue)) if is_granted(queue, i)]
-            if not holders:
-                return 0, []
-            state = await self.state(ns, name, queue)
-            response = await self._etcd.txn(
-                rpc.TxnRequest(
-                    compare=[
-                        rpc.Compare(
-                            key=e.key,
-                            target=rpc.Compare.CREATE,
-                            result=rpc.Compare.EQUAL,
-                            create_revision=e.token,
-                        )
-                        for e in holders
-                    ],
-                    success=[
-                        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=e.key))
-                        for e in holders
-                    ],
-                ),
-                retry=True,
-            )
-            if response.succeeded:
-                _log.warning(
-                    "lock broken",
-                    lock=name,
-                    namespace=ns,
-                    holders=[e.record.agent_id for e in holders],
-                )
-                return response.header.revision, list(state.holders)
-        raise LockConflict(
-            f"the holders of {name!r} kept changing; nothing was broken", metadata={"lock": name}
-        )
-
-    def names_from_keys(self, namespace: str, keys: Sequence[bytes]) -> list[str]:
-        names = (self.parse_key(namespace, k) for k in keys)
-        return sorted({n[0] for n in names if n is not None})
-
-    # --- fencing ------------------------------------------------------------------
-
-    async def fence_compares(
-        self, fences: Sequence[common_pb2.Fence], *, field: str = "fences"
-    ) -> list[FenceCheck]:
-        """For each fence, the etcd compares that hold exactly while its token holds the
-        lock, and the entry key they test. FENCED at once if the token holds nothing.
-        field: the request's name for the fences ("fence" for a single one)."""
-        ns = calls.current.get().namespace
-        out: list[FenceCheck] = []
-        for i, fence in enumerate(fences):
-            name = field if field == "fence" else f"{field}[{i}]"
-            violations = _check_name(f"{name}.lock", fence.lock)
-            if fence.token <= 0:
-                violations.append(FieldViolation(f"{name}.token", "must be a grant's token"))
-            if violations:
-                raise InvalidArgument(violations)
-            prefix = self.queue_prefix(ns, fence.lock)
-            found = await self._etcd.range(
-                rpc.RangeRequest(
-                    key=prefix,
-                    range_end=prefix_end(prefix),
-                    min_create_revision=fence.token,
-                    max_create_revision=fence.token,
-                    limit=1,
-                )
-            )
-            raw = found.kvs[0] if found.kvs else None
-            if raw is None or not records_pb2.LockEntryRecord.FromString(raw.value).granted:
-                raise await self.fenced(fence)
-            out.append(
-                FenceCheck(  # that granted entry still exists: it still holds
-                    compares=[
-                        rpc.Compare(
-                            key=raw.key,
-                            target=rpc.Compare.CREATE,
-                            result=rpc.Compare.EQUAL,
-                            create_revision=fence.token,
-                        )
-                    ],
-                    key=raw.key,
-                )
-            )
-        return out
-
-    async def fenced(self, fence: common_pb2.Fence) -> Fenced:
-        ns = calls.current.get().namespace
-        _, queue = await self.queue(ns, fence.lock)
-        holding = [e.token for i, e in enumerate(queue) if is_granted(queue, i)]
-        now = f"it is held by token(s) {holding}" if holding else "nobody holds it now"
-        return Fenced(
-            f"token {fence.token} no longer holds lock {fence.lock!r} ({now}); the write was "
-            "not applied: re-acquire the lock and re-read before writing again",
-            details=[
-                common_pb2.FenceFailure(lock=fence.lock, token=fence.token, current_tokens=holding)
-            ],
-            metadata={"lock": fence.lock, "token": str(fence.token)},
-        )
-
-
-_NAME_LIMITS = Limits(max_key_bytes=MAX_NAME_BYTES)
-
-
-def _check_name(field: str, name: str) -> list[FieldViolation]:
-    return check_key(field, name, _NAME_LIMITS)
-
-
-def _grant(entry: Entry) -> locks_pb2.Grant:
-    return locks_pb2.Grant(
-        name=entry.lock,
-        token=entry.token,
-        mode=entry.mode,
-        lease_id=entry.lease_id,
-        permits=entry.record.permits,
-    )
-
-
-def _holding(queue: Sequence[Entry]) -> int:
-    return sum(1 for i in range(len(queue)) if is_granted(queue, i))
-
-
-def _holders_text(queue: Sequence[Entry]) -> str:
-    held = [e for i, e in enumerate(queue) if is_granted(queue, i)]
-    if not held:
-        return "nobody holds it"
-    who = ", ".join(
-        f"{e.record.agent_id or 'lease ' + str(e.lease_id)} (token {e.token})" for e in held
-    )
-    waiting = len(queue) - len(held)
-    return f"held by {who}; {waiting} waiting"
-
-
-def _mode_name(mode: int, permits: int) -> str:
-    if permits:
-        return f"a semaphore of {permits} permits"
-    return "shared" if mode == SHARED else "exclusive"

@@ -7,7 +7,7 @@ document covers precisely the log entries created up to that revision, and only 
 deleted. Updates are idempotent, so re-applying an entry a snapshot already holds (a
 resync, a slow deletion) changes nothing.
 
-etcd layout, per incarnation, under {root}/ns/{namespace}/sdata/{name}\\0{incarnation:016x}\\0:
+etcd layout, per incarnation (keyspace.SessionData):
   alive                     written at creation, deleted with the session
   log\\0{id}                 one accepted Yjs update (raw bytes)
   snap\\0{rev}\\0{sha}\\0{i}    chunk i of the snapshot covering every update up to rev
@@ -22,40 +22,32 @@ import hashlib
 import heapq
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aetcd.rpc import rpc_pb2 as rpc
 from pycrdt import Decoder, Doc, get_state, merge_updates
 
 from accord.coordinator import logs
+from accord.coordinator.sessions import compaction
 from accord.coordinator.sessions.ops import LibraryFailure, guarded, kinds_of
+from accord.coordinator.sessions.subscribers import Event, Subscriber
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, Compacted, NotFound
-from accord.coordinator.substrate.etcd import Etcd, prefix_end, put_op
+from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.keyspace import SessionData
+from accord.coordinator.substrate.txn import read, watch
 from accord.v1 import records_pb2, sessions_pb2
 
 _log = logs.get("accord.sessions")
 
-SNAPSHOT_CHUNK_BYTES = 512 * 1024
 # Compact once the log (keys and values) holds more than this and more than the snapshot.
 COMPACT_MIN_LOG_BYTES = 16 * 1024
 COMPACT_MAX_LOG_ENTRIES = 2000
-DELETE_BATCH = 100
-# A subscriber further behind than this gets its pending updates merged into one.
-MAX_PENDING_EVENTS = 256
 # Keys per read when loading: snapshot chunks are up to 512 KiB, and a page must stay
 # well under the etcd channel's 64 MiB message limit.
 LOAD_PAGE = 64
 _DELETE = 1  # mvccpb.Event.EventType
 
-Event = sessions_pb2.SessionsSubscribeResponse
-
-
-def data_prefix(root: str, namespace: str, name: str, incarnation: int) -> bytes:
-    return f"{root}/ns/{namespace}/sdata/{name}\x00{incarnation:016x}\x00".encode()
 
 
 @dataclass(slots=True)
@@ -68,89 +60,11 @@ class LogEntry:
     pending: bytes | None = None
 
 
-class Subscriber:
-    """A stream's queue. It never blocks the session: a slow reader's pending updates
-    are merged into one (a CRDT update subsumes its parts), never dropped."""
-
-    def __init__(self, presence: bool) -> None:
-        self.presence = presence
-        self._events: deque[Event] = deque()
-        self._wake = asyncio.Event()
-        self._ended: AccordError | None = None
-        self._closed = False
-
-    def offer(self, event: Event) -> None:
-        if self._closed:
-            return
-        if event.WhichOneof("event") != "update" and not self.presence:
-            return
-        self._events.append(event)
-        if len(self._events) > MAX_PENDING_EVENTS:
-            self._coalesce()
-        self._wake.set()
-
-    def _coalesce(self) -> None:
-        updates = [e.update for e in self._events if e.WhichOneof("event") == "update"]
-        latest: dict[int, Event] = {}
-        for e in self._events:
-            kind = e.WhichOneof("event")
-            if kind == "presence":
-                latest[e.presence.client_id] = e
-            elif kind == "presence_gone":
-                latest[e.presence_gone.client_id] = e
-        revision = self._events[-1].revision
-        self._events.clear()
-        if updates:
-            try:
-                merged = [guarded(lambda: merge_updates(*updates))]
-            except LibraryFailure:  # stored updates all decoded once; keep them as they are
-                merged = updates
-            self._events.extend(Event(revision=revision, update=u) for u in merged)
-        self._events.extend(latest.values())
-
-    def end(self, error: AccordError | None) -> None:
-        self._ended = error
-        self._closed = True
-        self._wake.set()
-
-    def _next(self) -> Event:
-        """The next event; updates queued back to back go out as one merged message (a
-        stream message costs far more than merging small updates)."""
-        event = self._events.popleft()
-        if event.WhichOneof("event") != "update":
-            return event
-        run = [event.update]
-        revision = event.revision
-        while self._events and self._events[0].WhichOneof("event") == "update":
-            later = self._events.popleft()
-            run.append(later.update)
-            revision = later.revision
-        if len(run) == 1:
-            return event
-        try:
-            merged = guarded(lambda: merge_updates(*run))
-        except LibraryFailure:  # stored updates all decoded once; send them one by one
-            for update in reversed(run[1:]):
-                self._events.appendleft(Event(revision=revision, update=update))
-            return event
-        return Event(revision=revision, update=merged)
-
-    async def events(self) -> AsyncIterator[Event]:
-        while True:
-            while self._events:
-                yield self._next()
-            if self._closed:
-                if self._ended is not None:
-                    raise self._ended
-                return
-            self._wake.clear()
-            await self._wake.wait()
-
-
 @dataclass(slots=True)
 class SessionDoc:
     etcd: Etcd
-    root: str
+    keys: SessionData
+    meta_key: bytes  # the session's record
     namespace: str
     name: str
     created_revision: int
@@ -183,20 +97,11 @@ class SessionDoc:
 
     @property
     def prefix(self) -> bytes:
-        return data_prefix(self.root, self.namespace, self.name, self.incarnation)
+        return self.keys.prefix
 
     @property
     def alive_key(self) -> bytes:
-        return self.prefix + b"alive"
-
-    def log_key(self, entry_id: str) -> bytes:
-        return self.prefix + b"log\x00" + entry_id.encode()
-
-    def presence_key(self, client_id: int) -> bytes:
-        return self.prefix + f"presence\x00{client_id:08x}".encode()
-
-    def _snapshot_prefix(self, revision: int) -> bytes:
-        return self.prefix + f"snap\x00{revision:016x}\x00".encode()
+        return self.keys.alive
 
     # --- loading and following ----------------------------------------------------
 
@@ -209,19 +114,17 @@ class SessionDoc:
     async def _read_all(self) -> int:
         """Apply the stored state onto the document; returns the revision read at."""
         prefix = self.prefix
-        end = prefix_end(prefix)
-        start = prefix
-        revision = 0
+        request = read(prefix, prefix=True)
+        request.limit = LOAD_PAGE
         kvs: list[Any] = []
         while True:
-            page = await self.etcd.range(
-                rpc.RangeRequest(key=start, range_end=end, revision=revision, limit=LOAD_PAGE)
-            )
-            revision = revision or page.header.revision
+            page = await self.etcd.range(request)
+            request.revision = request.revision or page.header.revision
             kvs.extend(page.kvs)
             if not page.more or not page.kvs:
                 break
-            start = page.kvs[-1].key + b"\x00"
+            request.key = page.kvs[-1].key + b"\x00"
+        revision = request.revision
         if not any(kv.key == self.alive_key for kv in kvs):
             raise self.not_found()
         record = await self._record(revision)
@@ -233,7 +136,7 @@ class SessionDoc:
         self.snapshot_revision = record.snapshot_revision
         chunks = []
         current = (
-            self._snapshot_prefix(record.snapshot_revision)
+            self.keys.snapshot(record.snapshot_revision)
             + record.snapshot_sha256[:8].hex().encode()
         )
         log_kvs = []
@@ -304,14 +207,10 @@ class SessionDoc:
                 self._pending.discard(key)
 
     async def _record(self, revision: int) -> records_pb2.SessionRecord:
-        found = await self.etcd.range(rpc.RangeRequest(key=self.meta_key, revision=revision))
+        found = await self.etcd.range(read(self.meta_key, revision=revision))
         if not found.kvs or found.kvs[0].create_revision != self.created_revision:
             raise self.not_found()
         return records_pb2.SessionRecord.FromString(found.kvs[0].value)
-
-    @property
-    def meta_key(self) -> bytes:
-        return f"{self.root}/ns/{self.namespace}/sessions/{self.name}".encode()
 
     def not_found(self) -> NotFound:
         return NotFound(
@@ -334,11 +233,7 @@ class SessionDoc:
         calls.current.set(calls.BACKGROUND)
         delay = 0.05
         while not self.gone:
-            create = rpc.WatchCreateRequest(
-                key=self.prefix,
-                range_end=prefix_end(self.prefix),
-                start_revision=self.applied_revision + 1,
-            )
+            create = watch(self.prefix, prefix=True, start_revision=self.applied_revision + 1)
             try:
                 async for response in self.etcd.watch(create):
                     delay = 0.05
@@ -473,16 +368,10 @@ class SessionDoc:
     async def newest_revision(self) -> int:
         """The newest revision of anything stored for the session (a linearizable read),
         so a read here can wait to see what any replica acknowledged before it."""
-        found = await self.etcd.range(
-            rpc.RangeRequest(
-                key=self.prefix,
-                range_end=prefix_end(self.prefix),
-                sort_order=rpc.RangeRequest.DESCEND,
-                sort_target=rpc.RangeRequest.MOD,
-                limit=1,
-                keys_only=True,
-            )
-        )
+        request = read(self.prefix, prefix=True, keys_only=True)
+        request.sort_order, request.sort_target = request.DESCEND, request.MOD
+        request.limit = 1
+        found = await self.etcd.range(request)
         return int(found.kvs[0].mod_revision) if found.kvs else 0
 
     async def fresh(self, timeout: float = 5.0) -> None:
@@ -504,9 +393,6 @@ class SessionDoc:
         return subscriber
 
     # --- compaction ---------------------------------------------------------------
-
-    def stored_bytes(self) -> int:
-        return self.log_bytes + sum(self.snapshot_keys.values())
 
     def _covered(self) -> int:
         return sum(
@@ -530,7 +416,8 @@ class SessionDoc:
     def _maybe_compact(self) -> None:
         if self._compacting is not None and not self._compacting.done():
             return
-        garbage = len(self.snapshot_keys) > max(1, -(-self.snapshot_bytes // SNAPSHOT_CHUNK_BYTES))
+        chunks = -(-self.snapshot_bytes // compaction.SNAPSHOT_CHUNK_BYTES)
+        garbage = len(self.snapshot_keys) > max(1, chunks)
         if (
             self.log_bytes > max(COMPACT_MIN_LOG_BYTES, self.snapshot_bytes)
             or len(self.log) > COMPACT_MAX_LOG_ENTRIES
@@ -539,95 +426,8 @@ class SessionDoc:
             self._compacting = asyncio.create_task(self.compact())
 
     async def compact(self) -> bool:
-        """Replace the log up to applied_revision by one snapshot. Returns False when
-        another replica's compaction won the race (that one is just as good)."""
-        calls.current.set(
-            calls.Call(namespace=self.namespace, agent_id="", trace_id="compact", deadline=None)
-        )
-        revision = self.applied_revision  # the document is exactly the log up to here
-        state = self.doc.get_update()
-        covered = [
-            k for k, e in self.log.items() if e.create_revision <= revision and e.pending is None
-        ]
-        digest = hashlib.sha256(state).digest()
-        base = self._snapshot_prefix(revision) + digest[:8].hex().encode() + b"\x00"
-        chunks = [
-            state[i : i + SNAPSHOT_CHUNK_BYTES] for i in range(0, len(state), SNAPSHOT_CHUNK_BYTES)
-        ] or [b""]
-        keys = [base + f"{i:04x}".encode() for i in range(len(chunks))]
-        try:
-            found = await self.etcd.range(rpc.RangeRequest(key=self.meta_key))
-            if not found.kvs or found.kvs[0].create_revision != self.created_revision:
-                return False
-            meta = found.kvs[0]
-            record = records_pb2.SessionRecord.FromString(meta.value)
-            if record.snapshot_revision >= revision:
-                return False
-            alive = rpc.Compare(
-                key=self.alive_key,
-                target=rpc.Compare.VERSION,
-                result=rpc.Compare.GREATER,
-                version=0,
-            )
-            for key, chunk in zip(keys[:-1], chunks[:-1], strict=True):
-                await self.etcd.txn(
-                    rpc.TxnRequest(compare=[alive], success=[put_op(key, chunk)]), retry=True
-                )
-            record.snapshot_revision = revision
-            record.snapshot_chunks = len(chunks)
-            record.snapshot_bytes = len(state)
-            record.snapshot_sha256 = digest
-            won = await self.etcd.txn(
-                rpc.TxnRequest(
-                    compare=[
-                        alive,
-                        rpc.Compare(
-                            key=self.meta_key,
-                            target=rpc.Compare.MOD,
-                            result=rpc.Compare.EQUAL,
-                            mod_revision=meta.mod_revision,
-                        ),
-                    ],
-                    success=[
-                        put_op(keys[-1], chunks[-1]),
-                        put_op(self.meta_key, record.SerializeToString()),
-                    ],
-                ),
-                retry=False,
-            )
-            if not won.succeeded:
-                await self._delete_keys(keys[:-1])
-                return False
-            self.snapshot_revision = max(self.snapshot_revision, revision)
-            self.snapshot_bytes = len(state)
-            current = set(keys)
-            stale = [k for k in self.snapshot_keys if k not in current]
-            await self._delete_keys(covered + stale)
-            # Forget what we deleted now, not when the watch says so: until then the stale
-            # chunks would look like garbage and start a needless second compaction.
-            for key in stale:
-                self.snapshot_keys.pop(key, None)
-            for key in covered:
-                entry = self.log.pop(key, None)
-                if entry is not None:
-                    self.log_bytes -= entry.size
-            return True
-        except AccordError as exc:
-            _log.info("session compaction failed; will retry", session=self.name, error=exc.message)
-            return False
-
-    async def _delete_keys(self, keys: list[bytes]) -> None:
-        for i in range(0, len(keys), DELETE_BATCH):
-            batch = keys[i : i + DELETE_BATCH]
-            await self.etcd.txn(
-                rpc.TxnRequest(
-                    success=[
-                        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k))
-                        for k in batch
-                    ]
-                ),
-                retry=True,
-            )
+        """Replace the log up to applied_revision by one snapshot (compaction.py)."""
+        return await compaction.compact(self)
 
     async def close(self) -> None:
         self.gone = True

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.store import SessionStore
 from accord.v1 import common_pb2, sessions_pb2, sessions_pb2_grpc
 
@@ -14,7 +15,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class SessionsService(sessions_pb2_grpc.SessionsServicer):
-    def __init__(self, sessions: SessionStore, replica: str) -> None:
+    def __init__(self, catalog: SessionCatalog, sessions: SessionStore, replica: str) -> None:
+        self._catalog = catalog
         self._sessions = sessions
         self._replica = replica
 
@@ -24,7 +26,7 @@ class SessionsService(sessions_pb2_grpc.SessionsServicer):
     async def Open(
         self, request: sessions_pb2.SessionsOpenRequest, context: Context
     ) -> sessions_pb2.SessionsOpenResponse:
-        revision, info, created = await self._sessions.open(
+        revision, info, created = await self._catalog.open(
             request.name, must_exist=request.must_exist, roots=dict(request.roots)
         )
         return sessions_pb2.SessionsOpenResponse(
@@ -34,7 +36,7 @@ class SessionsService(sessions_pb2_grpc.SessionsServicer):
     async def List(
         self, request: sessions_pb2.SessionsListRequest, context: Context
     ) -> sessions_pb2.SessionsListResponse:
-        revision, infos, token = await self._sessions.list_sessions(
+        revision, infos, token = await self._catalog.list_sessions(
             request.prefix, request.limit, request.page_token
         )
         return sessions_pb2.SessionsListResponse(
@@ -44,7 +46,7 @@ class SessionsService(sessions_pb2_grpc.SessionsServicer):
     async def Delete(
         self, request: sessions_pb2.SessionsDeleteRequest, context: Context
     ) -> sessions_pb2.SessionsDeleteResponse:
-        revision, deleted = await self._sessions.delete(
+        revision, deleted = await self._catalog.delete(
             request.name,
             expected_created_revision=request.expected_created_revision,
             request_id=request.request_id,

@@ -49,6 +49,7 @@ from websockets.exceptions import ConnectionClosed
 
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
+from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.store import MAX_PRESENCE_BYTES, MAX_UPDATE_BYTES, SessionStore
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
@@ -163,7 +164,8 @@ def awareness_update(entries: list[tuple[int, int, str]]) -> bytes:
 class YWebsocketServer:
     """Serves y-websocket connections for one replica; owns its listening socket."""
 
-    def __init__(self, sessions: SessionStore, leases: LeaseStore) -> None:
+    def __init__(self, catalog: SessionCatalog, sessions: SessionStore, leases: LeaseStore) -> None:
+        self._catalog = catalog
         self._sessions = sessions
         self._leases = leases
         self._server: Server | None = None
@@ -189,14 +191,19 @@ class YWebsocketServer:
             await self._server.wait_closed()
 
     async def _serve(self, socket: ServerConnection) -> None:
-        await _Connection(socket, self._sessions, self._leases).run()
+        await _Connection(socket, self._catalog, self._sessions, self._leases).run()
 
 
 class _Connection:
     def __init__(
-        self, socket: ServerConnection, sessions: SessionStore, leases: LeaseStore
+        self,
+        socket: ServerConnection,
+        catalog: SessionCatalog,
+        sessions: SessionStore,
+        leases: LeaseStore,
     ) -> None:
         self.socket = socket
+        self.catalog = catalog
         self.sessions = sessions
         self.leases = leases
         self.name = ""
@@ -224,7 +231,7 @@ class _Connection:
                     deadline=None,
                 )
             )
-            await self.sessions.open(self.name, must_exist=False, roots={})
+            await self.catalog.open(self.name, must_exist=False, roots={})
             state_vector = await self._hello()
             relay = asyncio.create_task(self._guarded(self._relay(state_vector)))
             while True:

@@ -50,37 +50,6 @@ class TlsFiles:
     key: str | None = None
 
 
-def put_op(key: bytes, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> Any:
-    """One put, as an operation of an etcd transaction."""
-    return rpc.RequestOp(
-        request_put=rpc.PutRequest(key=key, value=value, lease=lease, prev_kv=prev_kv)
-    )
-
-
-def mod_is(key: bytes, revision: int) -> Any:
-    """A compare: key was last modified at revision (0: it does not exist)."""
-    return rpc.Compare(
-        key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision
-    )
-
-
-def version_is(key: bytes, version: int) -> Any:
-    """A compare: key has been written version times since created (0: absent)."""
-    return rpc.Compare(
-        key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=version
-    )
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with prefix (etcd's range_end)."""
-    b = bytearray(prefix)
-    for i in range(len(b) - 1, -1, -1):
-        if b[i] < 0xFF:
-            b[i] += 1
-            return bytes(b[: i + 1])
-    return b"\x00"
-
-
 def _grpc_targets(endpoints: Sequence[str]) -> list[str]:
     """One multi-address target when every endpoint is an IP literal of one family (gRPC
     balances and fails over inside it); otherwise one target per endpoint, keeping host
@@ -154,10 +123,6 @@ class Etcd:
     @property
     def _lease(self) -> Any:
         return self._members[self._current].lease
-
-    @property
-    def _maintenance(self) -> Any:
-        return self._members[self._current].maintenance
 
     def _failover(self) -> None:
         self._current = (self._current + 1) % len(self._members)

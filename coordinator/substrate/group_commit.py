@@ -9,11 +9,11 @@ its own outcome and its own semantics; they merely commit at the same revision.
 Two writes that touch the same key never share a batch (etcd forbids two puts of one
 key, and a compare must see the writes that came before it), nor is a write sent while
 an earlier write touching one of its keys is in flight: per-key order is arrival order.
-"Touch" is the caller's to declare: every key written, compared or read, plus any
-conflict token that stands for a range (a lock's whole queue, say), since every compare
-in a batch is evaluated before any of the batch's writes. etcd limits the operations
-along any path of nested transactions (128): a batch holds at most 128 - 1 - (its
-heaviest write's weight) writes.
+What a write touches is read off the transaction itself (txn.touched): every key it
+writes, compares or reads, a range standing as its first key (a lock's queue prefix,
+say), since every compare in a batch is evaluated before any of the batch's writes.
+etcd limits the operations along any path of nested transactions (128): a batch of n
+writes costs n plus its heaviest write's weight (txn.weight), and stays within that.
 
 Only a refusal that etcd gives before applying anything (EtcdRefused, an unknown lease)
 makes the batch's
@@ -25,11 +25,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-from aetcd.rpc import rpc_pb2 as rpc
 
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
@@ -40,6 +37,7 @@ from accord.coordinator.substrate.errors import (
     LeaseNotFound,
 )
 from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.txn import Txn, nested, touched, txn, weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +53,7 @@ ETCD_MAX_TXN_OPS = 128
 
 @dataclass(slots=True)
 class _Pending:
-    txn: Any
+    txn: Txn
     keys: frozenset[bytes]
     size: int
     weight: int
@@ -84,20 +82,21 @@ class GroupCommitter:
         self.batches = 0
         self.writes = 0
 
-    async def commit(
-        self, txn: Any, keys: Iterable[bytes], size: int, *, retry: bool, weight: int
-    ) -> Committed:
-        """Commit one sub-transaction.
-
-        keys: every key it writes, compares or reads, and any conflict token for a range
-        it depends on. size: its rough byte size. weight: the most operations along one
-        path of its nesting (one level per nested transaction plus that level's largest
-        branch). retry: repeating it after an ambiguous failure is safe (idempotent)."""
+    async def commit(self, request: Txn, *, retry: bool) -> Committed:
+        """Commit one sub-transaction. retry: repeating it after an ambiguous failure is
+        safe (it is idempotent, or guarded by its request_id record)."""
         call = calls.current.get()
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
-        self._queue.append(
-            _Pending(txn, frozenset(keys), size, weight, retry, call.deadline, future)
+        pending = _Pending(
+            request,
+            frozenset(touched(request)),
+            request.ByteSize(),
+            weight(request),
+            retry,
+            call.deadline,
+            future,
         )
+        self._queue.append(pending)
         self._kick()
         return await future
 
@@ -143,7 +142,7 @@ class GroupCommitter:
             fits = not batch or (
                 len(batch) < self._max_batch
                 and size + pending.size <= self._max_bytes
-                and len(batch) + 1 + 1 + heavier <= ETCD_MAX_TXN_OPS
+                and len(batch) + 1 + heavier <= ETCD_MAX_TXN_OPS
             )
             if fits and taken.isdisjoint(pending.keys) and blocked.isdisjoint(pending.keys):
                 batch.append(pending)
@@ -183,7 +182,7 @@ class GroupCommitter:
             pending.future.set_result(Committed(response, response.header.revision))
 
     async def _send_many(self, batch: list[_Pending]) -> None:
-        outer = rpc.TxnRequest(success=[rpc.RequestOp(request_txn=p.txn) for p in batch])
+        outer = txn(then=[nested(p.txn) for p in batch])
         token = calls.current.set(_call_for(batch))
         try:
             response = await self._etcd.txn(outer, retry=all(p.retry for p in batch))

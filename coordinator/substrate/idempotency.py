@@ -1,4 +1,5 @@
-"""At most once per request_id, and the same answer every time.
+"""The one at-most-once write: every mutation that carries a request_id goes through
+Writes.apply, and every write on the retention lease through Writes.commit.
 
 A mutation that carries a request_id runs inside an outer etcd transaction guarded by
 "no record for this request_id yet"; its record is written by the same transaction, in
@@ -7,31 +8,47 @@ refused by its preconditions). A retry, on any replica, finds the record instead
 
 Right after the commit, the answer given to the caller is added to the record (batched,
 in the background), so a retry gets that exact answer even after etcd compacted the
-history it was computed from. Should the replica die in between, the caller rebuilds
-the answer from etcd's history at the record's revision.
+history it was computed from. Should the replica die in between, the primitive rebuilds
+the answer from etcd at the record's revision (its `replay`).
 
-Records hang on a retention lease, so etcd forgets them after the configured time.
-Layout: {root}/ns/{namespace}/idem/{agent}\\0{request_id} (neither part may contain NUL).
+Records hang on a retention lease, so etcd forgets them after the configured time; if
+that lease is gone (revoked by hand, a reset cluster) the write goes once more on a fresh
+one. Layout: keyspace.idem (neither agent nor request_id may contain NUL).
+
+Error handling: a refusal the primitive raises from `act` (an AccordError) is recorded
+as the answer too, so a retry is refused the same way; anything else propagates
+unrecorded, and the retry rebuilds its answer through `replay`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from aetcd.rpc import rpc_pb2 as rpc
+from google.protobuf.message import Message
 
 from accord.coordinator import logs
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import AccordError, LeaseNotFound, RequestIdReused
-from accord.coordinator.substrate.etcd import put_op
-from accord.coordinator.substrate.group_commit import GroupCommitter
+from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.group_commit import Committed, GroupCommitter
+from accord.coordinator.substrate.keyspace import Keyspace
 from accord.coordinator.substrate.retention import RetentionLeases
+from accord.coordinator.substrate.txn import (
+    KeyValue,
+    Txn,
+    get,
+    mod_is,
+    nested,
+    put,
+    read,
+    txn,
+    version_is,
+)
 from accord.v1 import records_pb2
 
 _log = logs.get("accord.idempotency")
@@ -48,6 +65,7 @@ class Prior:
 
 
 def fingerprint(*parts: bytes) -> bytes:
+    """What a request_id was first used for: a retry must send the same parts."""
     digest = hashlib.sha256()
     for part in parts:
         digest.update(len(part).to_bytes(8, "big"))
@@ -55,95 +73,148 @@ def fingerprint(*parts: bytes) -> bytes:
     return digest.digest()[:16]
 
 
-async def send_retained(
-    retention: RetentionLeases,
-    inner: Any,
-    key: bytes,
-    digest: bytes,
-    send: Callable[[Any], Awaitable[T]],
-) -> T:
-    """Send inner wrapped with its idempotency record on the retention lease; if that
-    lease is gone (revoked by hand, a reset cluster), once more on a fresh one."""
-    for attempt in range(2):
-        lease = await retention.current()
-        copy = rpc.TxnRequest()
-        copy.CopyFrom(inner)
-        try:
-            return await send(Idempotency.wrap(copy, key, digest, lease))
-        except LeaseNotFound:
-            if attempt:
-                raise
-            retention.forget(lease)
-    raise AssertionError("unreachable")
+def wrap(inner: Txn, key: bytes, digest: bytes, lease: int) -> Txn:
+    """inner, run only on the first attempt, with the record added to both its branches
+    (inner itself is left as it is: a retry on a fresh lease wraps it again)."""
+    applied = records_pb2.IdempotencyRecord(fingerprint=digest, applied=True)
+    refused = records_pb2.IdempotencyRecord(fingerprint=digest, applied=False)
+    record_refusal = [put(key, refused.SerializeToString(), lease=lease)] if inner.compare else []
+    first = txn(
+        when=inner.compare,
+        then=[*inner.success, put(key, applied.SerializeToString(), lease=lease)],
+        otherwise=[*inner.failure, *record_refusal],
+    )
+    return txn(
+        when=[version_is(key, 0)],  # no record yet: this is the first attempt
+        then=[nested(first)],
+        otherwise=[get(key)],  # the record: the retry learns what happened
+    )
 
 
-class Idempotency:
-    def __init__(self, root: str, committer: GroupCommitter) -> None:
-        self._root = root
+def prior_of(raw: KeyValue, digest: bytes, request_id: str) -> Prior:
+    """The earlier attempt recorded in raw, if it was this request; else REQUEST_ID_REUSED."""
+    record = records_pb2.IdempotencyRecord.FromString(raw.value)
+    if record.fingerprint != digest:
+        raise RequestIdReused(
+            f"request_id {request_id!r} was already used by this agent for a different "
+            f"request (at revision {raw.mod_revision}); use a fresh request_id for a new "
+            "request",
+            metadata={"request_id": request_id, "revision": str(raw.mod_revision)},
+        )
+    return Prior(record, raw.mod_revision)
+
+
+class Writes:
+    """Mutations applied at most once per (agent, request_id), with the first answer kept."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        keys: Keyspace,
+        committer: GroupCommitter,
+        retention: RetentionLeases,
+    ) -> None:
+        self._etcd = etcd
+        self._keys = keys
         self._committer = committer
+        self._retention = retention
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def key(self, namespace: str, agent: str, request_id: str) -> bytes:
-        return f"{self._root}/ns/{namespace}/idem/{agent}\x00{request_id}".encode()
+    async def apply(
+        self,
+        build: Callable[[int], Txn],
+        *,
+        request_id: str,
+        digest: bytes,
+        act: Callable[[Committed], Awaitable[T]],
+        replay: Callable[[Prior], Awaitable[T]],
+        answer: Callable[[T], Message],
+        retained: bool = False,
+        batched: bool = True,
+    ) -> T:
+        """Commit build(retention lease) once; return act(its outcome), or on a retry
+        replay(the first attempt's record).
 
-    @staticmethod
-    def wrap(inner: Any, key: bytes, digest: bytes, lease: int) -> Any:
-        """Add the record to both branches of inner; run inner only on the first attempt."""
-        applied = records_pb2.IdempotencyRecord(fingerprint=digest, applied=True)
-        inner.success.append(put_op(key, applied.SerializeToString(), lease=lease))
-        if len(inner.compare):
-            refused = records_pb2.IdempotencyRecord(fingerprint=digest, applied=False)
-            inner.failure.append(put_op(key, refused.SerializeToString(), lease=lease))
-        return rpc.TxnRequest(
-            compare=[
-                rpc.Compare(
-                    key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
-                )
-            ],
-            success=[rpc.RequestOp(request_txn=inner)],
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        build: the mutation as one etcd transaction; it gets the retention lease when it
+        asked for one (retained, for records that should expire) and 0 otherwise.
+        act: the answer to the first attempt (may raise a refusal, which is recorded).
+        answer: what a retry should get back, given act's result.
+        batched: through group commit (False: straight to etcd, for a transaction whose
+        compares must see every earlier write, such as a range compare)."""
+        call = calls.current.get()
+        if not request_id:
+            return await act(await self.commit(build, retained=retained, batched=batched))
+        key = self._keys.idem(call.namespace, call.agent_id, request_id)
+        committed = await self.commit(
+            lambda lease: wrap(build(lease), key, digest, lease),
+            retained=True,
+            batched=batched,
+            retry=True,  # the record makes it safe to repeat
         )
+        if not committed.response.succeeded:
+            raw = committed.response.responses[0].response_range.kvs[0]
+            return await replay(prior_of(raw, digest, request_id))
+        first = Committed(committed.response.responses[0].response_txn, committed.revision)
+        try:
+            result = await act(first)
+        except AccordError as refused:
+            self._remember(key, first.revision, digest, False, refused.to_status())
+            raise
+        self._remember(key, first.revision, digest, True, answer(result))
+        return result
 
-    @staticmethod
-    def unwrap(response: Any, digest: bytes, request_id: str) -> tuple[Any, Prior | None]:
-        """(inner response, None) on a first attempt; (None, Prior) on a retry."""
-        if response.succeeded:
-            return response.responses[0].response_txn, None
-        return None, Idempotency.prior(
-            response.responses[0].response_range.kvs[0], digest, request_id
-        )
+    async def commit(
+        self,
+        build: Callable[[int], Txn],
+        *,
+        retained: bool = False,
+        batched: bool = True,
+        retry: bool = False,
+    ) -> Committed:
+        """Commit build(retention lease) (0 unless retained); if etcd no longer knows the
+        retention lease, once more on a fresh one. retry: safe to repeat on failover."""
+        for attempt in range(2):
+            lease = await self._retention.current() if retained else 0
+            request = build(lease)
+            try:
+                if batched:
+                    return await self._committer.commit(request, retry=retry)
+                response = await self._etcd.txn(request, retry=retry)
+                return Committed(response, int(response.header.revision))
+            except LeaseNotFound:
+                # Another lease in the write may be what ended; only a lost retention
+                # lease is worth a second attempt.
+                if attempt or not lease or await self._retention.alive(lease):
+                    raise
+                self._retention.forget(lease)
+        raise AssertionError("unreachable")
 
-    @staticmethod
-    def prior(raw: Any, digest: bytes, request_id: str) -> Prior:
-        """The earlier attempt recorded in raw (an etcd KeyValue), if it was this request."""
-        record = records_pb2.IdempotencyRecord.FromString(raw.value)
-        if record.fingerprint != digest:
-            raise RequestIdReused(
-                f"request_id {request_id!r} was already used by this agent for a different "
-                f"request (at revision {raw.mod_revision}); use a fresh request_id for a new "
-                "request",
-                metadata={"request_id": request_id, "revision": str(raw.mod_revision)},
-            )
-        return Prior(record, raw.mod_revision)
+    async def prior(self, request_id: str, digest: bytes) -> Prior | None:
+        """The record of an earlier attempt with this request_id, if there was one (for a
+        write that checks before it builds: a retry may find its lock or lease gone)."""
+        if not request_id:
+            return None
+        call = calls.current.get()
+        key = self._keys.idem(call.namespace, call.agent_id, request_id)
+        found = await self._etcd.range(read(key))
+        return prior_of(found.kvs[0], digest, request_id) if found.kvs else None
 
-    def remember(
-        self, key: bytes, revision: int, digest: bytes, applied: bool, answer: bytes
+    async def drain(self, timeout: float) -> None:
+        """Let answers being stored finish (on shutdown), for at most timeout seconds: a
+        retry then gets the stored answer instead of one rebuilt from history."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    def _remember(
+        self, key: bytes, revision: int, digest: bytes, applied: bool, answer: Message
     ) -> None:
         """Add the answer to the record written at revision (in the background)."""
-        record = records_pb2.IdempotencyRecord(fingerprint=digest, applied=applied, answer=answer)
-        txn = rpc.TxnRequest(
-            compare=[
-                rpc.Compare(
-                    key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision
-                )
-            ],
-            success=[
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(
-                        key=key, value=record.SerializeToString(), ignore_lease=True
-                    )
-                )
-            ],
+        record = records_pb2.IdempotencyRecord(
+            fingerprint=digest, applied=applied, answer=answer.SerializeToString()
+        )
+        request = txn(
+            when=[mod_is(key, revision)],
+            then=[put(key, record.SerializeToString(), keep_lease=True)],
         )
 
         async def store() -> None:
@@ -156,20 +227,10 @@ class Idempotency:
                 )
             )
             try:
-                await self._committer.commit(
-                    txn, [key], len(key) + len(answer) + 64, retry=True, weight=1
-                )
+                await self._committer.commit(request, retry=True)
             except AccordError as exc:  # the retry will rebuild the answer from history
                 _log.info("could not store an idempotent answer", error=exc.message)
 
         task = asyncio.create_task(store())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def drain(self) -> None:
-        """Let answers being stored finish (on shutdown)."""
-        if self._tasks:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*self._tasks, return_exceptions=True), REMEMBER_TIMEOUT_SECONDS
-                )

@@ -28,6 +28,10 @@ class RetentionLeases:
         if self._lease_id == lease_id:
             self._lease_id = 0
 
+    async def alive(self, lease_id: int) -> bool:
+        """Whether etcd still knows lease_id (asked after a write was refused for a lease)."""
+        return bool((await self._etcd.lease_time_to_live(lease_id)).TTL > 0)
+
     async def current(self) -> int:
         if self._lease_id and time.monotonic() - self._granted_at < self._rotate_every:
             return self._lease_id

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
-
-from aetcd.rpc import rpc_pb2 as rpc
 
 from accord.coordinator import logs
-from accord.coordinator.substrate import calls
+from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, NotFound, require
-from accord.coordinator.substrate.etcd import Etcd, prefix_end
+from accord.coordinator.substrate.txn import KeyValue, read, watch
+from accord.coordinator.votes.decisions import Decisions
+from accord.coordinator.votes.model import Snapshot, parse_record
 from accord.coordinator.votes.spec import check_vote_id
-from accord.coordinator.votes.store import Snapshot, VoteStore, parse_record
 from accord.v1 import common_pb2, votes_pb2
 
 _log = logs.get("accord.vote_feeds")
@@ -67,8 +65,9 @@ class _Feed:
 
 
 class VoteFeeds:
-    def __init__(self, etcd: Etcd, votes: VoteStore) -> None:
-        self._etcd = etcd
+    def __init__(self, substrate: Substrate, votes: Decisions) -> None:
+        self._etcd = substrate.etcd
+        self._keys = substrate.keys
         self._votes = votes
         self._feeds: dict[tuple[str, str], _Feed] = {}
 
@@ -151,13 +150,11 @@ class VoteFeeds:
         feed.ready.set()
         if snap.vote.status == votes_pb2.VOTE_STATUS_DECIDED:
             return
-        record = self._votes.record_key(feed.ns, feed.vote_id)
-        prefix = self._votes.ballots_prefix(feed.ns, feed.vote_id)
+        record = self._keys.vote(feed.ns, feed.vote_id)
+        prefix = self._keys.ballots_prefix(feed.ns, feed.vote_id)
         creates = [
-            rpc.WatchCreateRequest(key=record, start_revision=snap.revision + 1),
-            rpc.WatchCreateRequest(
-                key=prefix, range_end=prefix_end(prefix), start_revision=snap.revision + 1
-            ),
+            watch(record, start_revision=snap.revision + 1),
+            watch(prefix, prefix=True, start_revision=snap.revision + 1),
         ]
         async for response in self._etcd.watch(creates):
             for event in response.events:
@@ -185,14 +182,12 @@ class VoteFeeds:
                     feed.ballots_revision = max(feed.ballots_revision, kv.mod_revision)
 
     async def _catch_up(self, feed: _Feed, prefix: bytes, revision: int) -> None:
-        found = await self._etcd.range(
-            rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), revision=revision)
-        )
+        found = await self._etcd.range(read(prefix, prefix=True, revision=revision))
         for kv in sorted(found.kvs, key=lambda kv: kv.mod_revision):
             self._offer(feed, kv)
 
     @staticmethod
-    def _offer(feed: _Feed, kv: Any) -> None:
+    def _offer(feed: _Feed, kv: KeyValue) -> None:
         """A ballot as stored at kv.mod_revision: sent unless already sent."""
         ballot = votes_pb2.Ballot.FromString(kv.value)
         seen = feed.ballots.get(ballot.voter)

@@ -26,15 +26,17 @@ class VotesService(votes_pb2_grpc.VotesServicer):
     async def Propose(
         self, request: votes_pb2.ProposeRequest, context: Context
     ) -> votes_pb2.ProposeResponse:
-        revision, vote = await self._votes.propose(
+        revision, vote, replayed = await self._votes.propose(
             request.vote_id, request.spec, request.request_id
         )
-        return votes_pb2.ProposeResponse(header=self._header(revision), vote=vote)
+        return votes_pb2.ProposeResponse(
+            header=self._header(revision), vote=vote, replayed=replayed
+        )
 
     async def Cast(
         self, request: votes_pb2.CastRequest, context: Context
     ) -> votes_pb2.CastResponse:
-        revision, ballot, after = await self._votes.cast(
+        revision, ballot, after, replayed = await self._votes.cast(
             request.vote_id,
             choice=request.choice,
             abstain=request.abstain,
@@ -45,7 +47,10 @@ class VotesService(votes_pb2_grpc.VotesServicer):
             fence=request.fence if request.HasField("fence") else None,
         )
         response = votes_pb2.CastResponse(
-            header=self._header(revision), ballot=ballot, status=votes_pb2.VOTE_STATUS_OPEN
+            header=self._header(revision),
+            ballot=ballot,
+            status=votes_pb2.VOTE_STATUS_OPEN,
+            replayed=replayed,
         )
         if after is not None:
             response.status = after.vote.status

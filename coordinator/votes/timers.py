@@ -3,8 +3,8 @@
 Each open vote has a close timer key, and each decided vote an expire timer key, under
 {root}/vote-timers/ (named by due time, so a range read lists them in order). Every
 replica reads them all, follows them with one etcd watch, and acts on each when due:
-closing a vote (VoteStore.close_due) or deleting it after its retention
-(VoteStore.expire_due). Replicas race harmlessly: the decision Txn lets exactly one
+closing a vote (Decisions.close_due) or deleting it after its retention
+(Decisions.expire_due). Replicas race harmlessly: the decision Txn lets exactly one
 win, and deletions are idempotent. So a vote closes on time even when its proposer and
 the proposer's replica are gone, as long as any replica runs.
 """
@@ -15,13 +15,11 @@ import asyncio
 import contextlib
 import time
 
-from aetcd.rpc import rpc_pb2 as rpc
-
 from accord.coordinator import logs
-from accord.coordinator.substrate import calls
+from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import AccordError
-from accord.coordinator.substrate.etcd import Etcd, prefix_end
-from accord.coordinator.votes.store import VoteStore
+from accord.coordinator.substrate.txn import read, watch
+from accord.coordinator.votes.decisions import Decisions
 
 _log = logs.get("accord.vote_timers")
 ACT_TIMEOUT_SECONDS = 10.0
@@ -30,10 +28,11 @@ MAX_CONCURRENT = 16
 
 
 class VoteTimers:
-    def __init__(self, etcd: Etcd, votes: VoteStore) -> None:
-        self._etcd = etcd
+    def __init__(self, substrate: Substrate, votes: Decisions) -> None:
+        self._etcd = substrate.etcd
+        self._keys = substrate.keys
         self._votes = votes
-        self._prefix = votes.timers_prefix
+        self._prefix = substrate.keys.vote_timers_prefix
         self._due: dict[bytes, float] = {}  # timer key -> when to act (time.time())
         self._changed = asyncio.Event()
         self._acting: set[bytes] = set()
@@ -52,6 +51,9 @@ class VoteTimers:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    def _due_of(self, key: bytes) -> float:
+        return self._keys.parse_vote_timer(key)[0] / 1000
 
     @property
     def pending(self) -> int:
@@ -73,23 +75,16 @@ class VoteTimers:
 
     async def _follow(self) -> None:
         """Read every timer, then follow changes while firing those that come due."""
-        found = await self._etcd.range(
-            rpc.RangeRequest(key=self._prefix, range_end=prefix_end(self._prefix))
-        )
-        self._due = {kv.key: _due(kv.key, self._prefix) for kv in found.kvs}
+        found = await self._etcd.range(read(self._prefix, prefix=True))
+        self._due = {kv.key: self._due_of(kv.key) for kv in found.kvs}
         self._changed.set()
         firing = asyncio.create_task(self._fire())
         try:
-            watch = rpc.WatchCreateRequest(
-                key=self._prefix,
-                range_end=prefix_end(self._prefix),
-                start_revision=found.header.revision + 1,
-                filters=[],
-            )
-            async for response in self._etcd.watch(watch):
+            changes = watch(self._prefix, prefix=True, start_revision=found.header.revision + 1)
+            async for response in self._etcd.watch(changes):
                 for event in response.events:
                     if event.type == event.PUT:
-                        self._due[event.kv.key] = _due(event.kv.key, self._prefix)
+                        self._due[event.kv.key] = self._due_of(event.kv.key)
                     else:
                         self._due.pop(event.kv.key, None)
                 self._changed.set()
@@ -114,7 +109,7 @@ class VoteTimers:
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
     async def _act(self, key: bytes) -> None:
-        kind, ns, vote_id = _parse(key, self._prefix)
+        due_ms, kind, ns, vote_id = self._keys.parse_vote_timer(key)
         calls.current.set(
             calls.Call(
                 namespace=ns,
@@ -123,7 +118,7 @@ class VoteTimers:
                 deadline=time.monotonic() + ACT_TIMEOUT_SECONDS,
             )
         )
-        due = _due(key, self._prefix)
+        due = due_ms / 1000
         try:
             async with self._slots:
                 if kind == "close":
@@ -143,12 +138,3 @@ class VoteTimers:
         finally:
             self._acting.discard(key)
             self._changed.set()
-
-
-def _due(key: bytes, prefix: bytes) -> float:
-    return int(key[len(prefix) : len(prefix) + 16], 16) / 1000
-
-
-def _parse(key: bytes, prefix: bytes) -> tuple[str, str, str]:
-    _, kind, ns, vote_id = key[len(prefix) :].decode().split("\x00", 3)
-    return kind, ns, vote_id

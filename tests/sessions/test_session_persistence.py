@@ -19,11 +19,8 @@ from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 from pycrdt import Doc, Map, Text
 
-from accord.coordinator.sessions.doc import (
-    COMPACT_MAX_LOG_ENTRIES,
-    COMPACT_MIN_LOG_BYTES,
-    SNAPSHOT_CHUNK_BYTES,
-)
+from accord.coordinator.sessions.compaction import SNAPSHOT_CHUNK_BYTES
+from accord.coordinator.sessions.doc import COMPACT_MAX_LOG_ENTRIES, COMPACT_MIN_LOG_BYTES
 from accord.v1 import sessions_pb2, sessions_pb2_grpc
 from tests.harness import Coordinator, EtcdMember, start_coordinator, start_etcd
 

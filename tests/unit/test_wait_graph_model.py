@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.coordinator.locks.deadlocks import (
+from accord.coordinator.locks.graph import (
     choose_knot_victim,
     choose_victim,
     find_cycle,
@@ -13,7 +13,7 @@ from accord.coordinator.locks.deadlocks import (
     stuck_leases,
     wait_edges,
 )
-from accord.coordinator.locks.store import EXCLUSIVE, SHARED, Entry, blockers, is_granted
+from accord.coordinator.locks.queue import EXCLUSIVE, SHARED, Entry, blockers, is_granted
 from accord.v1 import records_pb2
 
 # A queue entry: (lease, mode). Leases 1..6 over locks A..D; a lease queues once per lock.

@@ -723,6 +723,11 @@ class ProposeResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     VOTE_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when this vote was proposed before (a retry, on any replica): nothing was written
+    now, and vote is the one stored then.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
@@ -732,10 +737,11 @@ class ProposeResponse(_message.Message):
         *,
         header: _common_pb2.ResponseHeader | None = ...,
         vote: Global___Vote | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "vote", b"vote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "vote", b"vote"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "replayed", b"replayed", "vote", b"vote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -794,8 +800,13 @@ class CastResponse(_message.Message):
     BALLOT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     status: Global___VoteStatus.ValueType
     """The vote's status after this ballot; decided when this ballot settled it."""
+    replayed: _builtins.bool
+    """True when this answers a retry (the same request_id, or the identical ballot stored
+    before): nothing was written now, and ballot is the one stored then.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
@@ -809,10 +820,11 @@ class CastResponse(_message.Message):
         ballot: Global___Ballot | None = ...,
         status: Global___VoteStatus.ValueType = ...,
         decision: Global___Decision | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ballot", b"ballot", "decision", b"decision", "header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ballot", b"ballot", "decision", b"decision", "header", b"header", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ballot", b"ballot", "decision", b"decision", "header", b"header", "replayed", b"replayed", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

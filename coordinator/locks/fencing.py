@@ -1,0 +1,98 @@
+"""Fencing: a write protected by a lock carries its grant (lock name and token), and the
+write's own etcd transaction checks that the grant still holds.
+
+A granted entry never changes until it is deleted, and losing the lock (lease expiry,
+release, `locks break`, deadlock victim) deletes it. So "the entry created at the token
+still exists" holds exactly while the grant holds, and etcd tests it in the same
+transaction as the write. kv, sessions and votes fence their writes through Fencing.
+
+Error handling: a fence whose grant is already gone is refused with FENCED before any
+write is built; one lost between that check and the commit makes the write's
+transaction fail, and FenceGuard.broken tells FENCED apart from the write's other
+conditions by the entries the failure branch read back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from accord.coordinator.locks.queue import check_name, entry_of, holders
+from accord.coordinator.substrate import Substrate, calls
+from accord.coordinator.substrate.errors import Fenced, FieldViolation, InvalidArgument
+from accord.coordinator.substrate.txn import Compare, Op, Range, Response, created_at, get, read
+from accord.v1 import common_pb2, records_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class FenceGuard:
+    """What a write's transaction adds for its fences: compares for its condition and one
+    read per fence for its failure branch, in the fences' order."""
+
+    fences: list[common_pb2.Fence] = field(default_factory=list)
+    compares: list[Compare] = field(default_factory=list)
+    reads: list[Op] = field(default_factory=list)
+
+    def broken(self, read_back: Sequence[Response]) -> common_pb2.Fence | None:
+        """The first fence whose grant no longer held, given the failure branch's
+        responses from the first of `reads` on (what follows them is ignored)."""
+        for fence, response in zip(self.fences, read_back[: len(self.fences)], strict=True):
+            kvs = response.response_range.kvs
+            if not kvs or kvs[0].create_revision != fence.token:
+                return fence
+        return None
+
+
+class Fencing:
+    def __init__(self, substrate: Substrate) -> None:
+        self._s = substrate
+
+    async def guard(
+        self, fences: Sequence[common_pb2.Fence], *, field: str = "fences"
+    ) -> FenceGuard:
+        """The compares that hold exactly while every fence's grant holds. FENCED at once
+        if one holds nothing now. field: the request's name for them ("fence" for one)."""
+        guard = FenceGuard()
+        if not fences:
+            return guard
+        ns = calls.current.get().namespace
+        for i, fence in enumerate(fences):
+            name = field if field == "fence" else f"{field}[{i}]"
+            violations = check_name(f"{name}.lock", fence.lock)
+            if fence.token <= 0:
+                violations.append(FieldViolation(f"{name}.token", "must be a grant's token"))
+            if violations:
+                raise InvalidArgument(violations)
+            found = await self._s.etcd.range(self._entry_at(ns, fence))
+            raw = found.kvs[0] if found.kvs else None
+            if raw is None or not records_pb2.LockEntryRecord.FromString(raw.value).granted:
+                raise await self.fenced(fence)
+            guard.fences.append(fence)
+            guard.compares.append(created_at(raw.key, fence.token))  # that grant still holds
+            guard.reads.append(get(raw.key))
+        return guard
+
+    async def fenced(self, fence: common_pb2.Fence) -> Fenced:
+        """FENCED for fence, saying who holds its lock now."""
+        ns = calls.current.get().namespace
+        queue_key = self._s.keys.lock_queue(ns, fence.lock)
+        found = await self._s.etcd.range(read(queue_key, prefix=True, by_creation=True))
+        queue = [entry_of(self._s.keys, ns, raw) for raw in found.kvs]
+        holding = [e.token for e in holders(queue)]
+        now = f"it is held by token(s) {holding}" if holding else "nobody holds it now"
+        return Fenced(
+            f"token {fence.token} no longer holds lock {fence.lock!r} ({now}); the write was "
+            "not applied: re-acquire the lock and re-read before writing again",
+            details=[
+                common_pb2.FenceFailure(lock=fence.lock, token=fence.token, current_tokens=holding)
+            ],
+            metadata={"lock": fence.lock, "token": str(fence.token)},
+        )
+
+    def _entry_at(self, ns: str, fence: common_pb2.Fence) -> Range:
+        """A read of the entry of fence's lock created at its token, if any."""
+        request = read(self._s.keys.lock_queue(ns, fence.lock), prefix=True)
+        request.min_create_revision = fence.token
+        request.max_create_revision = fence.token
+        request.limit = 1
+        return request

@@ -1,0 +1,147 @@
+"""Every etcd key Accord writes, in one place.
+
+These bytes are persisted data: changing one strands what is already stored. Keys are
+text joined by "/" and NUL (NUL never occurs in names: limits.check_key refuses control
+characters), under a configurable root:
+
+  {root}/ns/{ns}/kv/{key}                            StoredValue                    (kv)
+  {root}/ns/{ns}/tomb/{key}                          Tombstone, retention lease     (kv)
+  {root}/ns/{ns}/idem/{agent}\\0{request_id}          IdempotencyRecord, retention   (writes)
+  {root}/ns/{ns}/leases/{lease:016x}                 LeaseRecord, on the lease      (leases)
+  {root}/ns/{ns}/locks/{lock}\\0{lease:016x}          LockEntryRecord, on the lease  (locks)
+  {root}/ns/{ns}/deadlocks/{lock}\\0{lease:016x}\\0{token:016x}
+                                                     Deadlock, retention lease      (locks)
+  {root}/ns/{ns}/sessions/{name}                     SessionRecord                  (sessions)
+  {root}/ns/{ns}/sdata/{name}\\0{incarnation:016x}\\0  one session's data (SessionData)
+      alive | log\\0{id} | snap\\0{rev:016x}\\0{sha}\\0{i} | presence\\0{client:08x}
+  {root}/ns/{ns}/votes/{id}                          Vote record                    (votes)
+  {root}/ns/{ns}/ballots/{id}\\0{agent}               Ballot                         (votes)
+  {root}/vote-timers/{due_ms:016x}\\0{kind}\\0{ns}\\0{id}  empty: a deadline or expiry (votes)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SessionData:
+    """The keys of one incarnation of one session."""
+
+    prefix: bytes
+
+    @property
+    def alive(self) -> bytes:
+        """Written at creation, deleted with the session."""
+        return self.prefix + b"alive"
+
+    def log(self, entry_id: str) -> bytes:
+        return self.prefix + b"log\x00" + entry_id.encode()
+
+    def snapshot(self, revision: int) -> bytes:
+        """The prefix of the snapshot chunks covering every update up to revision."""
+        return self.prefix + f"snap\x00{revision:016x}\x00".encode()
+
+    def presence(self, client_id: int) -> bytes:
+        return self.prefix + f"presence\x00{client_id:08x}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    root: str
+
+    def _ns(self, namespace: str, kind: str) -> str:
+        return f"{self.root}/ns/{namespace}/{kind}/"
+
+    # --- kv ------------------------------------------------------------------------
+
+    def kv_prefix(self, namespace: str) -> bytes:
+        return self._ns(namespace, "kv").encode()
+
+    def kv(self, namespace: str, key: str) -> bytes:
+        return (self._ns(namespace, "kv") + key).encode()
+
+    def tomb(self, namespace: str, key: str) -> bytes:
+        return (self._ns(namespace, "tomb") + key).encode()
+
+    # --- at-most-once records --------------------------------------------------------
+
+    def idem(self, namespace: str, agent: str, request_id: str) -> bytes:
+        return (self._ns(namespace, "idem") + f"{agent}\x00{request_id}").encode()
+
+    # --- leases ----------------------------------------------------------------------
+
+    def leases_prefix(self, namespace: str) -> bytes:
+        return self._ns(namespace, "leases").encode()
+
+    def lease(self, namespace: str, lease_id: int) -> bytes:
+        return (self._ns(namespace, "leases") + f"{lease_id:016x}").encode()
+
+    # --- locks and deadlocks ------------------------------------------------------------
+
+    def locks_prefix(self, namespace: str) -> bytes:
+        return self._ns(namespace, "locks").encode()
+
+    def lock_queue(self, namespace: str, name: str) -> bytes:
+        return self.locks_prefix(namespace) + name.encode() + b"\x00"
+
+    def lock_entry(self, namespace: str, name: str, lease_id: int) -> bytes:
+        return self.lock_queue(namespace, name) + f"{lease_id:016x}".encode()
+
+    def parse_lock_entry(self, namespace: str, key: bytes) -> tuple[str, int] | None:
+        """(lock name, lease id) of a lock entry key; None for any other key."""
+        prefix = self.locks_prefix(namespace)
+        if not key.startswith(prefix) or b"\x00" not in key:
+            return None
+        name, _, lease = key[len(prefix) :].rpartition(b"\x00")
+        return name.decode("utf-8", "replace"), int(lease, 16)
+
+    def deadlocks_prefix(self, namespace: str) -> bytes:
+        return self._ns(namespace, "deadlocks").encode()
+
+    def deadlock(self, namespace: str, entry_key: bytes, token: int) -> bytes:
+        """The verdict on the wait of the lock entry at entry_key with that token."""
+        tail = entry_key[len(self.locks_prefix(namespace)) :]
+        return self.deadlocks_prefix(namespace) + tail + f"\x00{token:016x}".encode()
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def sessions_prefix(self, namespace: str) -> bytes:
+        return self._ns(namespace, "sessions").encode()
+
+    def session(self, namespace: str, name: str) -> bytes:
+        return (self._ns(namespace, "sessions") + name).encode()
+
+    def session_data(self, namespace: str, name: str, incarnation: int) -> SessionData:
+        return SessionData(
+            (self._ns(namespace, "sdata") + f"{name}\x00{incarnation:016x}\x00").encode()
+        )
+
+    # --- votes ----------------------------------------------------------------------------
+
+    def votes_prefix(self, namespace: str) -> bytes:
+        return self._ns(namespace, "votes").encode()
+
+    def vote(self, namespace: str, vote_id: str) -> bytes:
+        return (self._ns(namespace, "votes") + vote_id).encode()
+
+    def ballots_prefix(self, namespace: str, vote_id: str) -> bytes:
+        return (self._ns(namespace, "ballots") + f"{vote_id}\x00").encode()
+
+    def ballot(self, namespace: str, vote_id: str, agent: str) -> bytes:
+        return self.ballots_prefix(namespace, vote_id) + agent.encode()
+
+    @property
+    def vote_timers_prefix(self) -> bytes:
+        return f"{self.root}/vote-timers/".encode()
+
+    def vote_timer(self, due_ms: int, kind: str, namespace: str, vote_id: str) -> bytes:
+        tail = f"{due_ms:016x}\x00{kind}\x00{namespace}\x00{vote_id}"
+        return self.vote_timers_prefix + tail.encode()
+
+    def parse_vote_timer(self, key: bytes) -> tuple[int, str, str, str]:
+        """(due in ms, kind, namespace, vote id) of a vote timer key."""
+        due, kind, namespace, vote_id = (
+            key[len(self.vote_timers_prefix) :].decode().split("\x00", 3)
+        )
+        return int(due, 16), kind, namespace, vote_id
