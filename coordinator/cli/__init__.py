@@ -1,5 +1,5 @@
-"""The `accord` command: `accord serve` runs a coordinator replica; admin commands
-(lock inspection and more) join it as their primitives land."""
+"""The `accord` command: `accord serve` runs a coordinator replica; the admin commands
+(common.py, locks.py, votes.py) are client programs that call a running service."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from accord.coordinator.cli.admin import register as register_admin_commands
+from accord.coordinator.cli.locks import deadlocks_app, leases_app, locks_app
+from accord.coordinator.cli.votes import votes_app
 from accord.coordinator.settings import Settings
 from accord.coordinator.substrate.embedded_etcd import EtcdNotInstalled
 from accord.coordinator.substrate.etcd import TlsFiles
@@ -39,7 +40,10 @@ def main() -> None:
     """Accord: a coordination service for fleets of LLM agents."""
 
 
-register_admin_commands(app)
+app.add_typer(locks_app, name="locks")
+app.add_typer(leases_app, name="leases")
+app.add_typer(deadlocks_app, name="deadlocks")
+app.add_typer(votes_app, name="votes")
 
 
 @app.command()
