@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Sequence
 
 from google.rpc import status_pb2
 
+from accord.coordinator.kv import history as changes
+from accord.coordinator.kv.history import raw_at
 from accord.coordinator.kv.model import (
     Check,
     History,
@@ -37,7 +39,6 @@ from accord.coordinator.kv.model import (
     now,
     precondition_bytes,
     single_check,
-    to_event,
     to_kv,
 )
 from accord.coordinator.leases.store import LeaseStore
@@ -50,12 +51,11 @@ from accord.coordinator.substrate.errors import (
     InvalidArgument,
     LeaseNotFound,
     StoredFailure,
-    invalid,
 )
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import check_key, check_request_id, check_value
-from accord.coordinator.substrate.txn import KeyValue, Txn, delete, get, put, read, txn, watch
+from accord.coordinator.substrate.txn import KeyValue, Txn, delete, get, put, read, txn
 from accord.v1 import common_pb2, kv_pb2, records_pb2
 
 DEFAULT_LIST_LIMIT = 100
@@ -63,8 +63,6 @@ MAX_LIST_LIMIT = 1000
 # A List page stays under this many bytes of values however large they are.
 MAX_PAGE_BYTES = 32 * 1024 * 1024
 MAX_FENCES = 8
-DEFAULT_HISTORY_LIMIT = 50
-MAX_HISTORY_LIMIT = 500
 
 
 class KVStore:
@@ -76,6 +74,31 @@ class KVStore:
 
     def _prefix(self, namespace: str) -> bytes:
         return self._s.keys.kv_prefix(namespace)
+
+    async def watch(
+        self, key: str, *, prefix: bool, start_revision: int, prev_kv: bool
+    ) -> AsyncIterator[WatchBatch]:
+        """Changes from start_revision on (0: from now), resumable from any batch's
+        resume_revision."""
+        _require(
+            check_key("key", key, self.limits, allow_empty=prefix)
+            + check_revision("start_revision", start_revision)
+        )
+        async for batch in changes.watch(
+            self._s, key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv
+        ):
+            yield batch
+
+    async def history(self, key: str, *, limit: int, before_revision: int) -> History:
+        """Who changed key and how, newest first, as far back as etcd still holds."""
+        violations = check_key("key", key, self.limits)
+        violations += check_revision("before_revision", before_revision)
+        if limit < 0 or limit > changes.MAX_HISTORY_LIMIT:
+            violations.append(
+                FieldViolation("limit", f"must be between 0 and {changes.MAX_HISTORY_LIMIT}")
+            )
+        _require(violations)
+        return await changes.walk(self._s, key, limit=limit, before_revision=before_revision)
 
     # --- reads --------------------------------------------------------------------
 
@@ -451,95 +474,9 @@ class KVStore:
 
     async def _raw_at(self, key: bytes, revision: int) -> KeyValue | None:
         try:
-            return await self._raw_at_strict(key, revision)
+            return await raw_at(self._s.etcd, key, revision)
         except Compacted:
             return None
-
-    async def _raw_at_strict(self, key: bytes, revision: int) -> KeyValue | None:
-        response = await self._s.etcd.range(read(key, revision=revision))
-        return response.kvs[0] if response.kvs else None
-
-    # --- watch and history --------------------------------------------------------
-
-    async def watch(
-        self, key: str, *, prefix: bool, start_revision: int, prev_kv: bool
-    ) -> AsyncIterator[WatchBatch]:
-        _require(
-            check_key("key", key, self.limits, allow_empty=prefix)
-            + check_revision("start_revision", start_revision)
-        )
-        ns = calls.current.get().namespace
-        start = self._s.keys.kv(ns, key)
-        create = watch(start, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv)
-        async for response in self._s.etcd.watch(create):
-            if response.created:
-                resume = start_revision or response.header.revision + 1
-                yield WatchBatch(response.header.revision, [], resume)
-                continue
-            if not response.events:
-                continue  # a progress notice: not proof that history was delivered (etcd 3.4)
-            events = [to_event(self._prefix(ns), event) for event in response.events]
-            yield WatchBatch(
-                response.header.revision, events, response.events[-1].kv.mod_revision + 1
-            )
-
-    async def history(self, key: str, *, limit: int, before_revision: int) -> History:
-        violations = check_key("key", key, self.limits)
-        violations += check_revision("before_revision", before_revision)
-        if limit < 0 or limit > MAX_HISTORY_LIMIT:
-            violations.append(FieldViolation("limit", f"must be between 0 and {MAX_HISTORY_LIMIT}"))
-        _require(violations)
-        ns = calls.current.get().namespace
-        data_key, tomb_key = self._s.keys.kv(ns, key), self._s.keys.tomb(ns, key)
-        limit = limit or DEFAULT_HISTORY_LIMIT
-        head = await self._s.etcd.range(read(data_key, count_only=True))
-        now = head.header.revision
-        if before_revision > now + 1:
-            raise invalid(
-                "before_revision",
-                f"revision {before_revision} is in the future (the current revision is {now})",
-            )
-        cursor = before_revision - 1 if before_revision else now
-        entries: list[kv_pb2.HistoryEntry] = []
-        truncated = False
-        # Walk back one change at a time: the value at `cursor`, then just before it; at a
-        # gap, the tombstone says when and by whom the previous incarnation was deleted.
-        while cursor >= 1 and len(entries) < limit:
-            try:
-                raw = await self._raw_at_strict(data_key, cursor)
-                if raw is not None:
-                    kv = to_kv(self._prefix(ns), raw)
-                    entries.append(
-                        kv_pb2.HistoryEntry(
-                            kind=kv_pb2.HistoryEntry.KIND_PUT,
-                            revision=raw.mod_revision,
-                            kv=kv,
-                            changed_by=kv.written_by,
-                        )
-                    )
-                    cursor = raw.mod_revision - 1
-                    continue
-                tomb = await self._raw_at_strict(tomb_key, cursor)
-                if tomb is None:
-                    cursor = 0
-                    break
-                deleted_at = tomb.mod_revision
-                if await self._raw_at_strict(data_key, deleted_at - 1) is not None:
-                    stone = records_pb2.Tombstone.FromString(tomb.value)
-                    entries.append(
-                        kv_pb2.HistoryEntry(
-                            kind=kv_pb2.HistoryEntry.KIND_DELETE,
-                            revision=deleted_at,
-                            kv=kv_pb2.KeyValue(key=key, mod_revision=deleted_at),
-                            changed_by=stone.deleted_by,
-                        )
-                    )
-                cursor = deleted_at - 1
-            except Compacted:
-                truncated = True
-                cursor = 0
-        return History(now, entries, cursor + 1 if cursor >= 1 else 0, truncated)
-
 
 
 def _require(violations: list[FieldViolation]) -> None:

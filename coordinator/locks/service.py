@@ -30,7 +30,7 @@ class LocksService(locks_pb2_grpc.LocksServicer):
     async def Acquire(
         self, request: locks_pb2.AcquireRequest, context: Context
     ) -> locks_pb2.AcquireResponse:
-        grant = await self._locks.acquire(
+        grant, _ = await self._locks.acquire(
             request.name,
             request.lease_id,
             mode=request.mode,

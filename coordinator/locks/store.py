@@ -142,28 +142,6 @@ class LockStore:
         no_wait: bool,
         timeout_ms: int,
         priority: int,
-    ) -> locks_pb2.Grant:
-        grant, _ = await self._acquire(
-            name,
-            lease_id,
-            mode=mode,
-            permits=permits,
-            no_wait=no_wait,
-            timeout_ms=timeout_ms,
-            priority=priority,
-        )
-        return grant
-
-    async def _acquire(
-        self,
-        name: str,
-        lease_id: int,
-        *,
-        mode: int,
-        permits: int,
-        no_wait: bool,
-        timeout_ms: int,
-        priority: int,
     ) -> tuple[locks_pb2.Grant, bool]:
         """The grant, and whether this call created the queue entry (rather than finding
         one this lease already had)."""
@@ -464,7 +442,7 @@ class LockStore:
         try:
             for spec in sorted(specs, key=lambda s: s.name):  # the canonical order
                 left_ms = 0 if give_up is None else max(1, int((give_up - time.monotonic()) * 1000))
-                grant, created = await self._acquire(
+                grant, created = await self.acquire(
                     spec.name,
                     lease_id,
                     mode=spec.mode,

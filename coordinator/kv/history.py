@@ -1,0 +1,104 @@
+"""Watching keys and walking their history, for the KV primitive.
+
+A watch resumes from a revision: every batch says the revision to resume from, so a
+client that moves to another replica continues without a gap. History walks back one
+change at a time through etcd's MVCC history; deletions are told by the tombstone the
+delete wrote (who and when). Both end where etcd's compaction has erased history.
+
+Error handling: a start revision etcd has compacted is COMPACTED (with the oldest
+revision left); a before_revision in the future is INVALID_ARGUMENT; a history walk that
+reaches compacted revisions stops there and says so (truncated_by_compaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from accord.coordinator.kv.model import History, WatchBatch, to_event, to_kv
+from accord.coordinator.substrate import Substrate, calls
+from accord.coordinator.substrate.errors import Compacted, invalid
+from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.txn import KeyValue, read
+from accord.coordinator.substrate.txn import watch as watch_from
+from accord.v1 import kv_pb2, records_pb2
+
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 500
+
+
+async def watch(
+    s: Substrate, key: str, *, prefix: bool, start_revision: int, prev_kv: bool
+) -> AsyncIterator[WatchBatch]:
+    ns = calls.current.get().namespace
+    data_prefix = s.keys.kv_prefix(ns)
+    create = watch_from(
+        s.keys.kv(ns, key), prefix=prefix, start_revision=start_revision, prev_kv=prev_kv
+    )
+    async for response in s.etcd.watch(create):
+        if response.created:
+            resume = start_revision or response.header.revision + 1
+            yield WatchBatch(response.header.revision, [], resume)
+            continue
+        if not response.events:
+            continue  # a progress notice: not proof that history was delivered (etcd 3.4)
+        events = [to_event(data_prefix, event) for event in response.events]
+        yield WatchBatch(response.header.revision, events, response.events[-1].kv.mod_revision + 1)
+
+
+async def walk(s: Substrate, key: str, *, limit: int, before_revision: int) -> History:
+    ns = calls.current.get().namespace
+    data_key, tomb_key = s.keys.kv(ns, key), s.keys.tomb(ns, key)
+    limit = limit or DEFAULT_HISTORY_LIMIT
+    head = await s.etcd.range(read(data_key, count_only=True))
+    now = head.header.revision
+    if before_revision > now + 1:
+        raise invalid(
+            "before_revision",
+            f"revision {before_revision} is in the future (the current revision is {now})",
+        )
+    cursor = before_revision - 1 if before_revision else now
+    entries: list[kv_pb2.HistoryEntry] = []
+    truncated = False
+    # Walk back one change at a time: the value at `cursor`, then just before it; at a
+    # gap, the tombstone says when and by whom the previous incarnation was deleted.
+    while cursor >= 1 and len(entries) < limit:
+        try:
+            raw = await raw_at(s.etcd, data_key, cursor)
+            if raw is not None:
+                kv = to_kv(s.keys.kv_prefix(ns), raw)
+                entries.append(
+                    kv_pb2.HistoryEntry(
+                        kind=kv_pb2.HistoryEntry.KIND_PUT,
+                        revision=raw.mod_revision,
+                        kv=kv,
+                        changed_by=kv.written_by,
+                    )
+                )
+                cursor = raw.mod_revision - 1
+                continue
+            tomb = await raw_at(s.etcd, tomb_key, cursor)
+            if tomb is None:
+                cursor = 0
+                break
+            deleted_at = tomb.mod_revision
+            if await raw_at(s.etcd, data_key, deleted_at - 1) is not None:
+                stone = records_pb2.Tombstone.FromString(tomb.value)
+                entries.append(
+                    kv_pb2.HistoryEntry(
+                        kind=kv_pb2.HistoryEntry.KIND_DELETE,
+                        revision=deleted_at,
+                        kv=kv_pb2.KeyValue(key=key, mod_revision=deleted_at),
+                        changed_by=stone.deleted_by,
+                    )
+                )
+            cursor = deleted_at - 1
+        except Compacted:
+            truncated = True
+            cursor = 0
+    return History(now, entries, cursor + 1 if cursor >= 1 else 0, truncated)
+
+
+async def raw_at(etcd: Etcd, key: bytes, revision: int) -> KeyValue | None:
+    """key as it was at revision (None: absent then); COMPACTED if etcd forgot."""
+    response = await etcd.range(read(key, revision=revision))
+    return response.kvs[0] if response.kvs else None
