@@ -26,6 +26,14 @@ class AsyncClient:
     then ``await accord.kv.put("plan", b"...")``.
     """
 
+    agent_id: str
+    namespace: str
+    kv: AsyncKV
+    leases: AsyncLeases
+    locks: AsyncLocks
+    sessions: AsyncSessions
+    votes: AsyncVotes
+
     def __init__(
         self,
         addresses: Sequence[str] | str,

@@ -424,6 +424,8 @@ class Watch:
     re-read the state, then watch from its revision + 1.
     """
 
+    resume_revision: int
+
     def __init__(
         self,
         transport: Transport,

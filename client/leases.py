@@ -54,13 +54,21 @@ class LeaseInfo:
 class Lease:
     """A granted lease, kept alive in the background until revoked or lost."""
 
+    id: int
+    # Seconds, as granted.
+    ttl: int
+    info: LeaseInfo
+    # Set once the lease is lost (not when we revoke it); lost_reason says why.
+    lost: asyncio.Event
+    lost_reason: AccordError | None
+
     def __init__(self, transport: Transport, info: LeaseInfo, *, keepalive: bool = True) -> None:
         self._t = transport
         self.id = info.id
         self.ttl = info.granted_ttl
         self.info = info
         self.lost = asyncio.Event()
-        self.lost_reason: AccordError | None = None
+        self.lost_reason = None
         self._callbacks: list[Callable[[AccordError], object]] = []
         self._expires_at = time.monotonic() + self.ttl
         self._task = asyncio.create_task(self._keep_alive()) if keepalive else None

@@ -18,6 +18,7 @@ import asyncio
 import builtins
 import contextlib
 import json
+import threading
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
@@ -360,7 +361,23 @@ class AsyncSessions:
 class SyncedSession:
     """A pycrdt Doc kept equal to a session. Remote updates are applied in a transaction
     whose origin is this object, so they are not pushed back; local changes are queued,
-    merged, and pushed one batch at a time with a request_id kept across retries."""
+    merged, and pushed one batch at a time with a request_id kept across retries.
+
+    Local changes may be made on another thread than the event loop's (as through the
+    blocking client): they are handed to the loop thread, in order. Remote updates are
+    applied on the loop thread, so keep local transactions short there."""
+
+    name: str
+    doc: Doc[Any]
+    info: SessionInfo | None
+    # The newest revision the document reflects (from the subscription).
+    revision: int
+    # The revision of the last local change acknowledged as durable.
+    acked_revision: int
+    # Participants' presence by client id (with presence=True).
+    presence: dict[int, Presence]
+    # Set when syncing stopped for good (session deleted, fence lost, bad update).
+    error: AccordError | None
 
     def __init__(
         self,
@@ -376,14 +393,12 @@ class SyncedSession:
         self._sessions = sessions
         self._t = sessions._t
         self.name = name
-        self.doc: Doc[Any] = doc if doc is not None else Doc()
-        self.info: SessionInfo | None = None
-        # The newest revision the document reflects (from the subscription).
+        self.doc = doc if doc is not None else Doc()
+        self.info = None
         self.revision = 0
         self.acked_revision = 0
-        self.presence: dict[int, Presence] = {}
-        # Set when syncing stopped for good (session deleted, fence lost, bad update).
-        self.error: AccordError | None = None
+        self.presence = {}
+        self.error = None
         self._create = create
         self._roots = roots
         self._with_presence = presence
@@ -397,6 +412,8 @@ class SyncedSession:
         self._push_wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._observer: Subscription | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by start(), on the loop's thread
+        self._loop_thread = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- waiting --------------------------------------------------------------------
@@ -437,6 +454,8 @@ class SyncedSession:
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> Doc[Any]:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         info = await self._sessions.open(self.name, must_exist=not self._create, roots=self._roots)
         self.info = info
         if self.doc.get_state() != b"\x00":  # a doc brought along: the server may lack it
@@ -550,7 +569,13 @@ class SyncedSession:
         origin = cast(_Committed, event).transaction.origin()
         if origin == self._origin_hash or event.update == b"\x00\x00":
             return
-        self._pending.append(event.update)
+        if threading.get_ident() == self._loop_thread:
+            self._queue(event.update)
+        else:  # changed on another thread: the loop thread owns the queue
+            self._loop.call_soon_threadsafe(self._queue, event.update)
+
+    def _queue(self, update: bytes) -> None:
+        self._pending.append(update)
         self._queued += 1
         self._push_wake.set()
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one way to (re)generate the Python bindings of proto/accord/v1 beside the .proto
-# files. The output is committed; CI runs this with --check and fails on any difference.
+# The one way to (re)generate code: the Python bindings of proto/accord/v1 beside the
+# .proto files, and the blocking client (client/sync.py) from the async client's classes.
+# The output is committed; CI runs this with --check and fails on any difference.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mktemp -d)
@@ -14,8 +15,10 @@ if [ "${1:-}" = "--check" ]; then
     echo "generated code in proto/accord/v1 is stale: run proto/generate.sh" >&2
     exit 1
   fi
+  python -m accord.client.codegen --check
   echo "generated code is fresh"
 else
   find "$here/accord/v1" -name '*_pb2*' -delete
   cp "$out"/accord/v1/* "$here/accord/v1/"
+  python -m accord.client.codegen
 fi

@@ -374,6 +374,7 @@ def test_blocking_client_mirrors_sessions(replicas: list[Coordinator], namespace
         lease = accord.leases.grant(ttl=10)
         presence = accord.sessions.set_presence("plain", lease, {"typing": True})
         assert accord.sessions.read("plain").presence == [presence]
-        accord.leases.revoke(lease)
+        with pytest.warns(DeprecationWarning, match=r"lease\.revoke\(\)"):
+            accord.leases.revoke(lease)  # the blocking client's old spelling still works
         assert accord.sessions.delete("plain", expected_created_revision=info.created_revision)
         assert accord.sessions.list() == []
