@@ -1,6 +1,8 @@
-"""Accord's Python client: `AsyncClient` (async first) and `Client` (blocking)."""
+"""Accord's Python client: `AsyncClient` (async first) and `Client` (blocking, generated
+from the async classes); every type their methods return is exported here."""
 
 from accord.client import ops
+from accord.client.blocking import BlockingContext, BlockingIterator
 from accord.client.client import AsyncClient
 from accord.client.errors import (
     AccordError,
@@ -26,6 +28,7 @@ from accord.client.errors import (
     WouldBlockError,
 )
 from accord.client.kv import (
+    AsyncKV,
     Delete,
     DeleteResult,
     EventType,
@@ -41,8 +44,17 @@ from accord.client.kv import (
     WatchEvent,
     WriteResult,
 )
-from accord.client.leases import Lease, LeaseInfo
-from accord.client.locks import Grant, LockMode, LockSpec
+from accord.client.leases import AsyncLeases, Lease, LeaseInfo
+from accord.client.locks import (
+    AsyncLocks,
+    Deadlock,
+    Grant,
+    LockEntry,
+    LockMode,
+    LockSpec,
+    LockState,
+    WaitEdge,
+)
 from accord.client.retry import RetryPolicy
 from accord.client.sessions import (
     ApplyResult,
@@ -58,7 +70,17 @@ from accord.client.sessions import (
     SyncResult,
     UpdateEvent,
 )
-from accord.client.sync import Client
+from accord.client.sync import (
+    KV,
+    BlockingLease,
+    BlockingSyncedSession,
+    BlockingWatch,
+    Client,
+    Leases,
+    Locks,
+    Sessions,
+    Votes,
+)
 from accord.client.votes import (
     AsyncVotes,
     Ballot,
@@ -79,20 +101,30 @@ from accord.client.votes import (
 )
 
 __all__ = [
+    "KV",
     "AccordError",
     "AlreadyVotedError",
     "ApplyResult",
     "AsyncClient",
+    "AsyncKV",
+    "AsyncLeases",
+    "AsyncLocks",
     "AsyncSessions",
     "AsyncVotes",
     "BadIdentityError",
     "Ballot",
     "BallotEvent",
+    "BlockingContext",
+    "BlockingIterator",
+    "BlockingLease",
+    "BlockingSyncedSession",
+    "BlockingWatch",
     "CastResult",
     "Client",
     "CompactedError",
     "ConditionFailedError",
     "DeadlineExceededError",
+    "Deadlock",
     "DeadlockError",
     "DecidedBy",
     "Decision",
@@ -111,10 +143,14 @@ __all__ = [
     "Lease",
     "LeaseInfo",
     "LeaseNotFoundError",
+    "Leases",
     "LockConflictError",
+    "LockEntry",
     "LockMode",
     "LockSpec",
+    "LockState",
     "LockTimeoutError",
+    "Locks",
     "NotEligibleError",
     "NotFoundError",
     "NotHeldError",
@@ -134,6 +170,7 @@ __all__ = [
     "SessionEvent",
     "SessionInfo",
     "SessionState",
+    "Sessions",
     "SyncResult",
     "SyncedSession",
     "TiePolicy",
@@ -146,6 +183,8 @@ __all__ = [
     "VotePage",
     "VoteStateEvent",
     "VoteStatus",
+    "Votes",
+    "WaitEdge",
     "Watch",
     "WatchEvent",
     "WouldBlockError",

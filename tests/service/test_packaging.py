@@ -83,6 +83,25 @@ EXPECTED_CLIENT_EXPORTS = {
     "VoteStateEvent",
     "VoteStatus",
     "ops",
+    # The blocking client's namespaces and handles, the async namespaces, the lock admin
+    # views: every type a client method returns.
+    "AsyncKV",
+    "AsyncLeases",
+    "AsyncLocks",
+    "BlockingContext",
+    "BlockingIterator",
+    "BlockingLease",
+    "BlockingSyncedSession",
+    "BlockingWatch",
+    "Deadlock",
+    "KV",
+    "Leases",
+    "LockEntry",
+    "LockState",
+    "Locks",
+    "Sessions",
+    "Votes",
+    "WaitEdge",
 }
 
 
