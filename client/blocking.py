@@ -139,7 +139,7 @@ async def _enter(manager: contextlib.AbstractAsyncContextManager[T]) -> T:
 
 
 async def _exit(
-    manager: contextlib.AbstractAsyncContextManager[Any],
+    manager: contextlib.AbstractAsyncContextManager[object],
     exc_type: type[BaseException] | None,
     exc: BaseException | None,
     tb: TracebackType | None,
