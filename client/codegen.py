@@ -33,7 +33,7 @@ from pathlib import Path
 
 from accord.client.client import AsyncClient
 
-OUTPUT = Path(__file__).with_name("sync.py")
+OUTPUT = Path(__file__).resolve().with_name("sync.py")
 # Async protocol methods and their blocking counterparts.
 COUNTERPARTS = {
     "__aenter__": "__enter__",
