@@ -169,6 +169,9 @@ class CastResult:
     # The vote's status after this ballot: DECIDED when this ballot settled it.
     status: VoteStatus
     decision: Decision | None
+    # True when this answered a retry (the same request_id, or the identical ballot cast
+    # before): nothing was stored now, and ballot is the one stored then.
+    replayed: bool = False
 
     @property
     def decided(self) -> bool:
@@ -324,7 +327,7 @@ class AsyncVotes:
         response = await self._t.unary(calls.VOTES_CAST, request, timeout=timeout)
         status = VoteStatus(response.status or votes_pb2.VOTE_STATUS_OPEN)
         decision = response.decision if response.HasField("decision") else None
-        return CastResult(response.ballot, status, decision)
+        return CastResult(response.ballot, status, decision, response.replayed)
 
     async def get(self, vote_id: str, *, timeout: float | None = None) -> Vote:
         """The vote with every ballot, the running tally and, once decided, the decision."""
