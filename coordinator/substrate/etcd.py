@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from accord.coordinator.substrate.errors import (
     LeaseNotFound,
     invalid,
 )
+from accord.coordinator.substrate.txn import read
 from accord.coordinator.substrate.watch_hub import WatchHub
 from accord.v1 import common_pb2
 
@@ -156,12 +157,10 @@ class Etcd:
         """etcd Range; always safe to retry. A compacted revision is explained: the oldest
         revision left and the current one, so the caller knows where to resume."""
         try:
-            return await self._unary("Range", request, retry=True)
+            return await self._unary(_RANGE, request, retry=True, revision=request.revision)
         except Compacted as exc:
             oldest = await self.oldest_revision()
-            now = await self._unary(
-                "Range", rpc.RangeRequest(key=b"\x00", count_only=True), retry=True
-            )
+            now = await self._unary(_RANGE, read(b"\x00", count_only=True), retry=True)
             current = now.header.revision
             raise Compacted(
                 f"revision {request.revision} has been compacted by etcd; the oldest readable "
@@ -179,25 +178,18 @@ class Etcd:
 
     async def txn(self, request: Any, *, retry: bool = False) -> Any:
         """etcd Txn. Retried on failover only when the caller says repeating it is safe."""
-        return await self._unary("Txn", request, retry=retry)
+        return await self._unary(_TXN, request, retry=retry)
 
     async def lease_grant(self, ttl: int) -> Any:
-        return await self._unary(
-            "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), retry=True, service="lease"
-        )
+        return await self._unary(_LEASE_GRANT, rpc.LeaseGrantRequest(TTL=ttl), retry=True)
 
     async def lease_revoke(self, lease_id: int) -> None:
-        await self._unary(
-            "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), retry=True, service="lease"
-        )
+        await self._unary(_LEASE_REVOKE, rpc.LeaseRevokeRequest(ID=lease_id), retry=True)
 
     async def lease_time_to_live(self, lease_id: int) -> Any:
         """TTL left (-1 when the lease is gone) and the keys attached."""
         return await self._unary(
-            "LeaseTimeToLive",
-            rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=True),
-            retry=True,
-            service="lease",
+            _LEASE_TTL, rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=True), retry=True
         )
 
     async def lease_keepalive(self, lease_id: int) -> int:
@@ -209,7 +201,7 @@ class Etcd:
         )
 
     async def status(self) -> Any:
-        return await self._unary("Status", rpc.StatusRequest(), retry=False, service="maintenance")
+        return await self._unary(_STATUS, rpc.StatusRequest(), retry=False)
 
     async def watch(self, create: Any | list[Any]) -> AsyncIterator[Any]:
         """One etcd watch stream, with one watcher per create request. Yields
@@ -249,14 +241,19 @@ class Etcd:
         finally:
             call.cancel()
 
-    async def _unary(self, method: str, request: Any, *, retry: bool, service: str = "kv") -> Any:
+    async def _unary(
+        self, method: _Method, request: Any, *, retry: bool, revision: int = 0
+    ) -> Any:
+        """One call of method on the current member, bounded by the serving call's
+        deadline; retried with backoff on failover when retry. revision: the one the
+        request reads at, to explain a compaction."""
         call = calls.current.get()
         delay = 0.02
         while True:
             timeout = call.timeout(self.call_timeout)
             member = self._members[self._current]
             try:
-                return await getattr(getattr(member, service), method)(request, timeout=timeout)
+                return await method(member)(request, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 if (
                     exc.code() == grpc.StatusCode.UNAVAILABLE
@@ -268,7 +265,7 @@ class Etcd:
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
-                raise _translate(exc, getattr(request, "revision", 0)) from exc
+                raise _translate(exc, revision) from exc
 
 
 async def _keepalive_requests(outbox: asyncio.Queue[int]) -> AsyncIterator[Any]:
@@ -347,6 +344,16 @@ class _Member:
         self.watch = rpc_grpc.WatchStub(channel)
         self.lease = rpc_grpc.LeaseStub(channel)
         self.maintenance = rpc_grpc.MaintenanceStub(channel)
+
+
+# The etcd calls Accord makes, each named once by the stub method it selects.
+_Method = Callable[[_Member], Callable[..., Awaitable[Any]]]
+_RANGE: _Method = lambda m: m.kv.Range  # noqa: E731
+_TXN: _Method = lambda m: m.kv.Txn  # noqa: E731
+_LEASE_GRANT: _Method = lambda m: m.lease.LeaseGrant  # noqa: E731
+_LEASE_REVOKE: _Method = lambda m: m.lease.LeaseRevoke  # noqa: E731
+_LEASE_TTL: _Method = lambda m: m.lease.LeaseTimeToLive  # noqa: E731
+_STATUS: _Method = lambda m: m.maintenance.Status  # noqa: E731
 
 
 def _translate(exc: grpc.aio.AioRpcError, revision: int) -> AccordError:
