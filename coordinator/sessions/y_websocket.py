@@ -17,7 +17,10 @@ subscription, so sockets on different replicas see each other and the gRPC agent
 Presence: a socket's awareness states are stored with SessionStore.put_presence on a lease
 the replica grants for the connection (PRESENCE_TTL_SECONDS, kept alive while the socket
 is open, revoked when it closes; if the replica dies the lease expires), so they vanish
-for everyone with the socket. Awareness clocks sent to Yjs apps are etcd revisions.
+for everyone with the socket. Awareness clocks sent to Yjs apps are etcd revisions. An
+app that reconnects (to any replica) with its client id takes that id over from its old
+connection's lease, which a crashed replica leaves behind until it expires; only the same
+agent may (not another one, nor an anonymous connection).
 
 Close codes: 4400 for bad input (URL, identity, session name, a malformed message, an
 update the store refuses) and 4404 when the session is deleted: y-websocket does not
@@ -50,6 +53,7 @@ from websockets.exceptions import ConnectionClosed
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.sessions.catalog import SessionCatalog
+from accord.coordinator.sessions.lib0 import Fault, Reader
 from accord.coordinator.sessions.store import MAX_PRESENCE_BYTES, MAX_UPDATE_BYTES, SessionStore
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
@@ -92,43 +96,20 @@ def _bad(reason: str) -> Refused:
     return Refused(BAD_INPUT, reason)
 
 
-class _Reader:
-    """lib0 decoding with bounds checks: pycrdt's Decoder reads past a truncated message."""
+# y-protocols messages carry JavaScript numbers: at most 2^53, 8 lib0 bytes (9 allowed).
+_MAX_INTEGER_BYTES = 9
+_MESSAGES = {
+    Fault.TRUNCATED: "truncated message",
+    Fault.LONG_INTEGER: "malformed message: a number is too long",
+    Fault.NOT_UTF8: "malformed message: a string is not UTF-8",
+    Fault.TRAILING: "malformed message: trailing bytes",
+}
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._at = 0
 
-    def uint(self) -> int:
-        value = shift = 0
-        while True:
-            if self._at >= len(self._data):
-                raise _bad("truncated message")
-            byte = self._data[self._at]
-            self._at += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-            if shift > 56:
-                raise _bad("malformed message: a number is too long")
-
-    def blob(self) -> bytes:
-        size = self.uint()
-        if self._at + size > len(self._data):
-            raise _bad("truncated message")
-        self._at += size
-        return self._data[self._at - size : self._at]
-
-    def text(self) -> str:
-        try:
-            return self.blob().decode()
-        except UnicodeDecodeError:
-            raise _bad("malformed message: a string is not UTF-8") from None
-
-    def end(self) -> None:
-        if self._at != len(self._data):
-            raise _bad("malformed message: trailing bytes")
+def _reader(data: bytes) -> Reader:
+    """A bounds-checked reader of one message (pycrdt's Decoder reads past a truncated one)
+    that refuses bad bytes with 4400."""
+    return Reader(data, lambda fault: _bad(_MESSAGES[fault]), max_integer_bytes=_MAX_INTEGER_BYTES)
 
 
 def parse_path(path: str) -> tuple[str, str, str]:
@@ -285,7 +266,7 @@ class _Connection:
         except TimeoutError:
             pass
         else:
-            reader = _Reader(first)
+            reader = _reader(first)
             if reader.uint() == YMessageType.SYNC and reader.uint() == YSyncMessageType.SYNC_STEP1:
                 client_vector = reader.blob()
                 reader.end()
@@ -298,7 +279,7 @@ class _Connection:
         return server_vector
 
     async def _handle(self, data: bytes) -> None:
-        reader = _Reader(data)
+        reader = _reader(data)
         kind = reader.uint()
         if kind == YMessageType.SYNC:
             step = reader.uint()
@@ -371,7 +352,7 @@ class _Connection:
         return create_awareness_message(awareness_update(entries))
 
     async def _awareness(self, payload: bytes) -> None:
-        reader = _Reader(payload)
+        reader = _reader(payload)
         count = reader.uint()
         if count > MAX_AWARENESS_ENTRIES:
             raise _bad(f"an awareness update of {count} states; at most {MAX_AWARENESS_ENTRIES}")
@@ -397,11 +378,12 @@ class _Connection:
             self.keepalive = asyncio.create_task(self._keep_alive())
         if not self.lease_id:
             return
-        # Refused while the id is on another lease (an old connection's, until it expires):
-        # the client renews its state every 15 s and gets in then.
+        # An id on another lease of this agent is an earlier connection's (its replica may
+        # have died, leaving its lease until it expires): this one takes the id over.
+        # Another agent's id is refused; the state is simply not shown.
         with contextlib.suppress(ConditionFailed):
             await self.sessions.put_presence(
-                self.name, self.lease_id, client_id, state, agent_id=self.agent
+                self.name, self.lease_id, client_id, state, agent_id=self.agent, take_over=True
             )
 
     async def _keep_alive(self) -> None:

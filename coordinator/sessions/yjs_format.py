@@ -5,9 +5,14 @@ pycrdt decodes an update and ignores whatever follows it, so "decodes" does not 
 every client. This walks the v1 layout (lib0 variable-length integers and strings:
 client struct groups, then the delete set) and reports how many bytes it spans; it
 checks structure only, pycrdt checks meaning.
+
+Error handling: update_length raises Malformed when the bytes are not a v1 update (they
+end early, an integer or a nesting is too long, a tag is unknown).
 """
 
 from __future__ import annotations
+
+from accord.coordinator.sessions.lib0 import Fault, Reader
 
 # lib0 "any" tags: undefined, null, integer, float32, float64, bigint, false, true,
 # string, object, array, bytes.
@@ -20,71 +25,16 @@ class Malformed(ValueError):
     pass
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
+_MESSAGES = {Fault.TRUNCATED: "ends early", Fault.LONG_INTEGER: "integer too long"}
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
 
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise Malformed("ends early")
-        self.pos += 1
-        return self.data[self.pos - 1]
-
-    def skip(self, n: int) -> None:
-        if n < 0 or self.pos + n > len(self.data):
-            raise Malformed("ends early")
-        self.pos += n
-
-    def uint(self) -> int:
-        value, shift = 0, 0
-        while True:
-            b = self.byte()
-            value |= (b & 0x7F) << shift
-            if b < 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise Malformed("integer too long")
-
-    def signed(self) -> None:
-        b = self.byte()
-        shift = 6
-        while b & 0x80:
-            b = self.byte()
-            shift += 7
-            if shift > 70:
-                raise Malformed("integer too long")
-
-    def string(self) -> None:
-        self.skip(self.uint())
-
-    def any(self, depth: int = 0) -> None:
-        if depth > MAX_DEPTH:
-            raise Malformed("nested too deep")
-        tag = self.byte()
-        if tag in _FIXED_ANY:
-            self.skip(_FIXED_ANY[tag])
-        elif tag == 125:
-            self.signed()
-        elif tag in (119, 116):
-            self.string()
-        elif tag == 118:
-            for _ in range(self.uint()):
-                self.string()
-                self.any(depth + 1)
-        elif tag == 117:
-            for _ in range(self.uint()):
-                self.any(depth + 1)
-        else:
-            raise Malformed(f"unknown value tag {tag}")
+def _malformed(fault: Fault) -> Malformed:
+    return Malformed(_MESSAGES.get(fault, fault.value))
 
 
 def update_length(data: bytes) -> int:
     """Bytes spanned by the v1 update at the start of data; Malformed if it is not one."""
-    r = _Reader(data)
+    r = Reader(data, _malformed)
     for _ in range(r.uint()):
         structs = r.uint()
         r.uint()  # client
@@ -99,7 +49,7 @@ def update_length(data: bytes) -> int:
     return r.pos
 
 
-def _struct(r: _Reader) -> None:
+def _struct(r: Reader) -> None:
     info = r.byte()
     ref = info & 0x1F
     if ref in (0, 10):  # GC or Skip: a length
@@ -113,35 +63,57 @@ def _struct(r: _Reader) -> None:
         r.uint()
     if not info & 0xC0:  # no origins: the parent is spelled out
         if r.uint() == 1:
-            r.string()  # a root type's name
+            r.skip_blob()  # a root type's name
         else:
             r.uint()
             r.uint()
         if info & 0x20:
-            r.string()  # the map key
+            r.skip_blob()  # the map key
     _content(r, ref)
 
 
-def _content(r: _Reader, ref: int) -> None:
+def _content(r: Reader, ref: int) -> None:
     if ref == 1:  # deleted: a length
         r.uint()
     elif ref == 2:  # JSON strings
         for _ in range(r.uint()):
-            r.string()
+            r.skip_blob()
     elif ref in (3, 4, 5):  # binary, string, embed
-        r.string()
+        r.skip_blob()
     elif ref == 6:  # format: key and JSON value
-        r.string()
-        r.string()
+        r.skip_blob()
+        r.skip_blob()
     elif ref == 7:  # a nested type
         kind = r.uint()
         if kind in (_XML_ELEMENT, _XML_HOOK):
-            r.string()
+            r.skip_blob()
     elif ref == 8:  # any values
         for _ in range(r.uint()):
-            r.any()
+            _any(r)
     elif ref == 9:  # subdocument: guid and options
-        r.string()
-        r.any()
+        r.skip_blob()
+        _any(r)
     else:
         raise Malformed(f"unknown content kind {ref}")
+
+
+def _any(r: Reader, depth: int = 0) -> None:
+    """Past one lib0 "any" value (JSON-like, with binary and undefined)."""
+    if depth > MAX_DEPTH:
+        raise Malformed("nested too deep")
+    tag = r.byte()
+    if tag in _FIXED_ANY:
+        r.skip(_FIXED_ANY[tag])
+    elif tag == 125:
+        r.signed()
+    elif tag in (119, 116):
+        r.skip_blob()
+    elif tag == 118:
+        for _ in range(r.uint()):
+            r.skip_blob()
+            _any(r, depth + 1)
+    elif tag == 117:
+        for _ in range(r.uint()):
+            _any(r, depth + 1)
+    else:
+        raise Malformed(f"unknown value tag {tag}")
