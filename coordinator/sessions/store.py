@@ -9,7 +9,9 @@ follows active sessions.
 
 Error handling: bad input, including updates that are not valid Yjs, is INVALID_ARGUMENT
 and stores nothing; a missing session is NOT_FOUND; a lost fence is FENCED; a presence
-client id held by another lease is CONDITION_FAILED. A retry gets the first answer.
+client id held by another lease is CONDITION_FAILED (except for its own agent's
+y-websocket connections, which take it over), and so is one that another writer keeps
+changing. A retry gets the first answer.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from accord.coordinator import logs
@@ -45,12 +47,14 @@ from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import check_request_id
 from accord.coordinator.substrate.txn import (
+    KeyValue,
     Op,
     Txn,
     delete,
     exists,
     first_kv,
     get,
+    mod_is,
     put,
     read,
     txn,
@@ -64,6 +68,7 @@ MAX_UPDATE_BYTES = 512 * 1024
 MAX_OPERATIONS = 256
 MAX_PRESENCE_BYTES = 8 * 1024
 CATCH_UP_SECONDS = 5.0
+PRESENCE_ATTEMPTS = 3  # reads and guarded writes of one presence key, when raced
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,20 +306,21 @@ class SessionStore:
         )
 
     async def put_presence(
-        self, name: str, lease_id: int, client_id: int, state_json: str, *, agent_id: str
+        self,
+        name: str,
+        lease_id: int,
+        client_id: int,
+        state_json: str,
+        *,
+        agent_id: str,
+        take_over: bool = False,
     ) -> tuple[int, sessions_pb2.Presence]:
         """Write (or with an empty state, remove) one client's presence on lease_id. A
-        client id held on another lease is refused."""
+        client id held on another lease is refused, unless take_over and the presence
+        there is agent_id's own (a y-websocket app reconnecting after its replica died,
+        whose old lease lingers until it expires): then it moves to lease_id."""
         async with self._loaded.use(name) as session:
             key = session.keys.presence(client_id)
-            found = await self._etcd.range(read(key))
-            current = found.kvs[0] if found.kvs else None
-            if current is not None and current.lease != lease_id:
-                raise ConditionFailed(
-                    f"presence client_id {client_id} in session {name!r} belongs to another "
-                    "lease; pick another client_id",
-                    metadata={"session": name, "client_id": str(client_id)},
-                )
             presence = sessions_pb2.Presence(
                 client_id=client_id,
                 state_json=state_json,
@@ -322,22 +328,53 @@ class SessionStore:
                 lease_id=lease_id,
                 updated_at=_now(),
             )
-            if state_json:
-                op = put(key, presence.SerializeToString(), lease=lease_id)
-            elif current is None:
-                return int(found.header.revision), presence
-            else:
-                op = delete(key)
-            revision, _ = await self._write(
-                session,
-                [op],
-                request_id="",
-                fence=None,
-                digest=b"",
-                answer=lambda _: sessions_pb2.SessionsPushResponse(),  # no request_id: unused
+            for _ in range(PRESENCE_ATTEMPTS):
+                found = await self._etcd.range(read(key))
+                current = found.kvs[0] if found.kvs else None
+                if current is not None and current.lease != lease_id:
+                    if not (take_over and _held_by(current, agent_id)):
+                        raise ConditionFailed(
+                            f"presence client_id {client_id} in session {name!r} belongs to "
+                            "another lease; pick another client_id",
+                            metadata={"session": name, "client_id": str(client_id)},
+                        )
+                    _log.info(
+                        "presence moved to a new lease of its agent",
+                        session=name,
+                        client_id=client_id,
+                        old_lease=current.lease,
+                        lease=lease_id,
+                    )
+                if state_json:
+                    op = put(key, presence.SerializeToString(), lease=lease_id)
+                elif current is None:
+                    return int(found.header.revision), presence
+                else:
+                    op = delete(key)
+                seen = current.mod_revision if current is not None else 0
+                committed = await self._write_unchanged(session, key, seen, op)
+                if committed.response.succeeded:
+                    presence.clock = committed.revision
+                    return committed.revision, presence
+                if first_kv(committed.response.responses[0]) is None:
+                    raise session.not_found()
+                # Someone wrote this client id since we read it: decide again.
+            raise ConditionFailed(
+                f"presence client_id {client_id} in session {name!r} kept changing while "
+                "this write was made; try again",
+                metadata={"session": name, "client_id": str(client_id)},
             )
-            presence.clock = revision
-            return revision, presence
+
+    async def _write_unchanged(
+        self, session: SessionDoc, key: bytes, seen: int, op: Op
+    ) -> Committed:
+        """op, if the session still exists and key was last modified at seen (0: absent)."""
+        request = txn(
+            when=[exists(session.alive_key), mod_is(key, seen)],
+            then=[op],
+            otherwise=[get(session.alive_key)],
+        )
+        return await self._s.writes.commit(lambda _: request)
 
     def presence_of(self, name: str) -> list[sessions_pb2.Presence]:
         return self._loaded.presence_of(calls.current.get().namespace, name)
@@ -355,6 +392,16 @@ def _check_presence_state(field: str, state_json: str) -> list[FieldViolation]:
     if not isinstance(value, dict):
         return [FieldViolation(field, "must be a JSON object")]
     return []
+
+
+def _held_by(current: KeyValue, agent_id: str) -> bool:
+    """Whether the stored presence is agent_id's. An anonymous caller owns nothing: any
+    anonymous connection could claim to be it."""
+    try:
+        stored = sessions_pb2.Presence.FromString(current.value)
+    except DecodeError:
+        return False
+    return bool(agent_id) and stored.agent_id == agent_id
 
 
 def _client_id_for(lease_id: int) -> int:

@@ -127,3 +127,41 @@ async def test_presence_is_refused_clearly(client: AsyncClient, namespace: str) 
         assert [p.state for p in (await client.sessions.read("refusals")).presence] == [taken.state]
     finally:
         await lease.revoke()
+
+
+async def test_racing_agents_never_share_a_client_id(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    """Two agents claiming one free client id at once, on two replicas: exactly one gets
+    it, and the other is refused (not told it succeeded and then silently overwritten)."""
+    async with (
+        make_client([replicas[0].address], namespace, agent="ada") as ada,
+        make_client([replicas[1].address], namespace, agent="bob") as bob,
+    ):
+        await ada.sessions.open("race")
+        leases = [await ada.leases.grant(ttl=10), await bob.leases.grant(ttl=10)]
+        try:
+            for client_id in range(1, 31):
+                outcomes = await asyncio.gather(
+                    *(
+                        agent.sessions.set_presence(
+                            "race", lease, {"n": client_id}, client_id=client_id
+                        )
+                        for agent, lease in zip((ada, bob), leases, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
+                won = [o for o in outcomes if not isinstance(o, BaseException)]
+                assert len(won) == 1, (client_id, outcomes)
+                assert all(isinstance(o, ConditionFailedError) for o in outcomes if o not in won)
+                stored = [
+                    p
+                    for p in (await bob.sessions.read("race")).presence
+                    if p.client_id == client_id
+                ]
+                assert [(p.agent_id, p.lease_id) for p in stored] == [
+                    (won[0].agent_id, won[0].lease_id)
+                ]
+        finally:
+            for lease in leases:
+                await lease.revoke()
