@@ -8,13 +8,14 @@ from tests.harness.processes import (
     Coordinator,
     EtcdMember,
     Process,
+    StoredKey,
     free_port,
     start_coordinator,
     start_etcd,
     wait_for_port,
     wait_serving,
 )
-from tests.harness.waits import eventually
+from tests.harness.waits import eventually, health, not_serving, queued, until, wall_clock_past
 
 __all__ = [
     "ETCD",
@@ -23,10 +24,16 @@ __all__ = [
     "Coordinator",
     "EtcdMember",
     "Process",
+    "StoredKey",
     "eventually",
     "free_port",
+    "health",
+    "not_serving",
+    "queued",
     "start_coordinator",
     "start_etcd",
+    "until",
     "wait_for_port",
     "wait_serving",
+    "wall_clock_past",
 ]

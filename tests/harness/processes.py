@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
@@ -12,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -94,6 +96,28 @@ class Process:
         os.kill(self.pid, signal.SIGCONT)
 
 
+@dataclass(frozen=True)
+class StoredKey:
+    """One etcd key as etcdctl reports it."""
+
+    key: bytes
+    value: bytes
+    version: int
+    create_revision: int
+    mod_revision: int
+
+    @classmethod
+    def from_json(cls, kv: dict[str, Any]) -> StoredKey:
+        # etcdctl's JSON gives bytes in base64 and leaves out fields that are zero.
+        return cls(
+            key=base64.b64decode(kv["key"]),
+            value=base64.b64decode(kv.get("value", "")),
+            version=int(kv.get("version", 0)),
+            create_revision=int(kv.get("create_revision", 0)),
+            mod_revision=int(kv.get("mod_revision", 0)),
+        )
+
+
 @dataclass
 class EtcdMember(Process):
     data_dir: Path = Path()
@@ -140,10 +164,14 @@ class EtcdMember(Process):
         return out.stdout
 
     def revision(self) -> int:
-        import json
-
         status = json.loads(self.ctl("endpoint", "status", "-w", "json"))
         return int(status[0]["Status"]["header"]["revision"])
+
+    def kvs(self, key: str, *, prefix: bool = False) -> list[StoredKey]:
+        """What etcd holds at key (every key under it, with prefix), in key order; read
+        straight from etcd, to check what Accord wrote or that it wrote nothing."""
+        found = json.loads(self.ctl("get", key, "-w", "json", *(["--prefix"] if prefix else [])))
+        return [StoredKey.from_json(kv) for kv in found.get("kvs", [])]
 
     def compact(self) -> int:
         """Compact etcd's history up to now; returns the compaction revision."""
