@@ -14,8 +14,9 @@ from accord.client import (
     Put,
     RequestIdReusedError,
 )
+from accord.v1.records_pb2 import IdempotencyRecord
 from tests.conftest import make_client
-from tests.harness import Coordinator, EtcdMember
+from tests.harness import Coordinator, EtcdMember, until
 
 
 async def test_retry_on_other_replica_returns_first_result(pinned: list[AsyncClient]) -> None:
@@ -106,8 +107,20 @@ async def test_agent_ids_with_slashes_do_not_collide(
         assert b is not None and b.value == b"from x"
 
 
+async def stored_answers(etcd: EtcdMember, namespace: str, agent: str) -> set[str]:
+    """The agent's request_ids whose idempotency record holds its answer (added to the
+    record in the background, just after the commit)."""
+    prefix = f"accord/ns/{namespace}/idem/{agent}"  # etcdctl's argv cannot carry the NUL
+    return {
+        kv.key.removeprefix(prefix.encode() + b"\x00").decode()
+        for kv in etcd.kvs(prefix, prefix=True)
+        if kv.key.startswith(prefix.encode() + b"\x00")
+        and IdempotencyRecord.FromString(kv.value).answer
+    }
+
+
 async def test_replay_after_compaction_gives_the_first_answer(
-    client: AsyncClient, etcd: EtcdMember
+    client: AsyncClient, etcd: EtcdMember, namespace: str
 ) -> None:
     await client.kv.put("gone", b"old value")
     deleted = await client.kv.delete("gone", request_id="del-1")
@@ -116,7 +129,11 @@ async def test_replay_after_compaction_gives_the_first_answer(
     with pytest.raises(ConditionFailedError) as refused:
         await client.kv.put("k", b"x", expect=Expect(absent=True), request_id="cas-1")
     await client.kv.delete("k")
-    await asyncio.sleep(0.5)  # the answers are stored just after the commits
+    await until(  # the answers are stored just after the commits
+        lambda: stored_answers(etcd, namespace, "tester"),
+        lambda stored: {"del-1", "put-1", "cas-1"} <= stored,
+        "the three answers in their records",
+    )
     etcd.compact()
     again = await client.kv.delete("gone", request_id="del-1")
     assert again.replayed and again.deleted and again.prev == deleted.prev

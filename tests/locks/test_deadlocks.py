@@ -11,7 +11,7 @@ import pytest
 
 from accord.client import AsyncClient, DeadlockError, Lease, LockMode
 from tests.conftest import make_client
-from tests.harness import Coordinator, eventually
+from tests.harness import Coordinator, eventually, queued
 
 
 @dataclass
@@ -79,7 +79,7 @@ async def test_priority_protects_an_agent(agents: list[Agent]) -> None:
     for i, agent in enumerate(pair):
         await agent.client.locks.acquire(f"P{i}", agent.lease)
     first = asyncio.create_task(pair[0].client.locks.acquire("P1", pair[0].lease, timeout=30))
-    await asyncio.sleep(0.3)  # agent-0 waits first: agent-1's would be the youngest wait...
+    await queued(pair[1].client, "P1", 1)  # agent-0 waits first: agent-1's would be the youngest...
     with pytest.raises(DeadlockError):  # ...but agent-1 is protected by its priority
         await asyncio.gather(
             pair[1].client.locks.acquire("P0", pair[1].lease, timeout=30, priority=10),
@@ -95,7 +95,7 @@ async def test_shared_holders_only_deadlock_an_exclusive_waiter(agents: list[Age
     await a.client.locks.acquire("S1", a.lease, mode=LockMode.SHARED)
     await b.client.locks.acquire("S2", b.lease)
     waiting = asyncio.create_task(a.client.locks.acquire("S2", a.lease, timeout=30))
-    await asyncio.sleep(0.3)
+    await queued(b.client, "S2", 1)  # a waits for b
     # A shared request is compatible with a's shared hold: granted, no deadlock.
     shared = await b.client.locks.acquire("S1", b.lease, mode=LockMode.SHARED, timeout=5)
     await b.client.locks.release(shared)
@@ -118,7 +118,8 @@ async def test_many_waiters_without_a_cycle_are_left_alone(agents: list[Agent]) 
     waits = [asyncio.create_task(take_and_release(w, f"Q{j % 3}")) for j, w in enumerate(waiters)]
     # A chain of waits that is not a cycle: holder 0 waits for holder 1's lock.
     chain = asyncio.create_task(take_and_release(holders[0], "Q1"))
-    await asyncio.sleep(1)
+    for name, count in (("Q0", 2), ("Q1", 3), ("Q2", 1)):  # every wait has begun
+        await queued(agents[0].client, name, count)
     assert not any(t.done() for t in [*waits, chain])
     for i, agent in enumerate(holders[1:], start=1):
         await agent.client.locks.release(f"Q{i}", agent.lease)

@@ -27,7 +27,7 @@ from accord.client import (
 )
 from accord.v1.common_pb2 import Fence
 from tests.conftest import make_client
-from tests.harness import REPO, Coordinator, EtcdMember
+from tests.harness import REPO, Coordinator, EtcdMember, not_serving, queued
 
 
 @pytest.fixture
@@ -36,16 +36,6 @@ async def leases(client: AsyncClient) -> AsyncIterator[list[Lease]]:
     yield granted
     for lease in granted:
         await lease.revoke()
-
-
-async def queued(client: AsyncClient, name: str, count: int) -> None:
-    """Wait until the lock's queue holds count waiters (each acquire is in line)."""
-    for _ in range(200):
-        state, _ = await client.locks.describe(name)
-        if len(state.waiters) >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{name} never had {count} waiters")
 
 
 async def test_fifo_order_under_contention(client: AsyncClient, leases: list[Lease]) -> None:
@@ -196,6 +186,9 @@ async def test_blocked_acquire_survives_its_replica(
         later = asyncio.create_task(w2.locks.acquire("L", w2_lease, timeout=30))
         await queued(w2, "L", 2)
         first.kill()  # w1's replica dies while it waits
+        # A sleep, not a wait: time for w1 to resume its wait on the other replica before
+        # the release. Resuming writes nothing to etcd and no API shows it; in the other
+        # order the resumed acquire finds its entry first in line, and the test holds too.
         await asyncio.sleep(1)
         await w2.locks.release(held)
         grant = await asyncio.wait_for(waiting, 20)  # resumed elsewhere, first in line still
@@ -280,7 +273,8 @@ async def test_a_wait_survives_etcd_restarting(
         waiting = asyncio.create_task(c.locks.acquire("through-restart", waiter, timeout=40))
         await queued(c, "through-restart", 1)
         etcd.kill()  # every etcd stream of both replicas breaks
-        await asyncio.sleep(1)
+        for replica in live_replicas:  # and each replica has seen etcd gone
+            await not_serving(replica.address)
         etcd.start()  # same data, same port
         await c.locks.release(held)
         grant = await asyncio.wait_for(waiting, 30)

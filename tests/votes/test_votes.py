@@ -25,7 +25,7 @@ from accord.v1 import (
     votes_pb2_grpc,
 )
 from accord.v1 import votes_pb2 as v
-from tests.harness import Coordinator, EtcdMember, start_coordinator
+from tests.harness import Coordinator, EtcdMember, start_coordinator, wall_clock_past
 
 
 class Agents:
@@ -278,7 +278,8 @@ async def test_deadline_closes_the_vote_with_the_proposers_replica_gone(
 
 async def test_cast_after_the_deadline_is_refused_and_closes_the_vote(agents: Agents) -> None:
     vote = await agents.propose(spec(["a", "b"], timeout_ms=300))
-    await asyncio.sleep(0.5)  # past the deadline, before any timer need have acted
+    # Past the deadline, before any timer need have acted.
+    await wall_clock_past(vote.spec.deadline.ToMilliseconds() / 1000)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await agents.cast(vote.id, "a", choice="yes")
     assert reason_of(refused.value)[0] == "VOTE_CLOSED"
