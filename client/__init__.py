@@ -48,6 +48,7 @@ from accord.client.leases import AsyncLeases, Lease, LeaseInfo
 from accord.client.locks import (
     AsyncLocks,
     Deadlock,
+    DeadlockPage,
     Grant,
     LockEntry,
     LockMode,
@@ -126,6 +127,7 @@ __all__ = [
     "DeadlineExceededError",
     "Deadlock",
     "DeadlockError",
+    "DeadlockPage",
     "DecidedBy",
     "Decision",
     "DecisionEvent",

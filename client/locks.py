@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -74,6 +74,15 @@ class Grant:
             msg.lease_id,
             msg.permits,
         )
+
+
+class DeadlockPage(builtins.list[Deadlock]):
+    """A list of deadlocks, as deadlocks() always returned, that also says where the next,
+    older page starts: pass next_page_token as page_token ("": this is the last page)."""
+
+    def __init__(self, deadlocks: Iterable[Deadlock], next_page_token: str) -> None:
+        super().__init__(deadlocks)
+        self.next_page_token = next_page_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,8 +260,10 @@ class AsyncLocks:
         return list(response.broken)
 
     async def deadlocks(
-        self, limit: int = 20, *, timeout: float | None = None
-    ) -> builtins.list[Deadlock]:
-        request = locks_pb2.ListDeadlocksRequest(limit=limit)
+        self, limit: int = 20, *, page_token: str = "", timeout: float | None = None
+    ) -> DeadlockPage:
+        """Resolved deadlocks, newest first: up to limit of them, after the page whose
+        next_page_token is page_token."""
+        request = locks_pb2.ListDeadlocksRequest(limit=limit, page_token=page_token)
         response = await self._t.unary(calls.LOCKS_LIST_DEADLOCKS, request, timeout=timeout)
-        return list(response.deadlocks)
+        return DeadlockPage(response.deadlocks, response.next_page_token)

@@ -41,7 +41,7 @@ from accord.client.leases import AsyncLeases, Lease, LeaseInfo
 from accord.client.locks import (
     DEFAULT_WAIT_SECONDS,
     AsyncLocks,
-    Deadlock,
+    DeadlockPage,
     Grant,
     LockEntry,
     LockMode,
@@ -472,9 +472,11 @@ class Locks(Blocking[AsyncLocks]):
         return self._loop.run(self._async.break_lock(name, timeout=timeout))
 
     def deadlocks(
-        self, limit: int = 20, *, timeout: float | None = None
-    ) -> builtins.list[Deadlock]:
-        return self._loop.run(self._async.deadlocks(limit, timeout=timeout))
+        self, limit: int = 20, *, page_token: str = "", timeout: float | None = None
+    ) -> DeadlockPage:
+        """Resolved deadlocks, newest first: up to limit of them, after the page whose
+        next_page_token is page_token."""
+        return self._loop.run(self._async.deadlocks(limit, page_token=page_token, timeout=timeout))
 
 
 class Sessions(Blocking[AsyncSessions]):

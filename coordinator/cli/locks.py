@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Group
 
-from accord.client import LeaseInfo
+from accord.client import AsyncClient, DeadlockPage, LeaseInfo
 from accord.coordinator.cli.common import (
     ADDR,
     AGENT,
@@ -43,6 +43,7 @@ class GraphFormat(StrEnum):
 locks_app = typer.Typer(help="Inspect and break locks.", no_args_is_help=True)
 leases_app = typer.Typer(help="Inspect leases.", no_args_is_help=True)
 deadlocks_app = typer.Typer(help="Inspect resolved deadlocks.", no_args_is_help=True)
+MAX_PAGE = 100  # the most deadlocks the service returns per call
 
 
 def _mode(mode: int) -> str:
@@ -246,14 +247,34 @@ def _cycle_text(cycle: Sequence[locks_pb2.WaitEdge]) -> str:
 
 @deadlocks_app.command("ls")
 def deadlocks_ls(
-    limit: Annotated[int, typer.Option(min=1, max=100, help="at most this many")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_PAGE, help="at most this many (a page)")
+    ] = 20,
+    page_token: Annotated[
+        str, typer.Option(help="start after the page that printed this token")
+    ] = "",
+    every: Annotated[bool, typer.Option("--all", help="every one, read --limit at a time")] = False,
     output: OutputOpt = Output.table,
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
 ) -> None:
-    """Recently resolved deadlocks, newest first: the victim, the cycle, why that victim."""
-    deadlocks = call(addr, namespace, agent, lambda c: c.locks.deadlocks(limit))
+    """Recently resolved deadlocks, newest first: the victim, the cycle, why that victim.
+
+    When more exist than were shown, a last line says so and how to see them; -o json
+    gives {"deadlocks": [...], "next_page_token": ...} ("" on the last page).
+    """
+
+    async def work(client: AsyncClient) -> DeadlockPage:
+        page = await client.locks.deadlocks(limit, page_token=page_token)
+        found = list(page)
+        while every and page.next_page_token:
+            page = await client.locks.deadlocks(limit, page_token=page.next_page_token)
+            found += page
+        return DeadlockPage(found, page.next_page_token)
+
+    deadlocks = call(addr, namespace, agent, work)
+    token = deadlocks.next_page_token
     rows = [
         (
             d.id,
@@ -265,4 +286,7 @@ def deadlocks_ls(
         for d in deadlocks
     ]
     table = table_of(f"deadlocks in {namespace}", ["ID", "WHEN", "VICTIM", "CYCLE", "POLICY"], rows)
-    emit(output, [as_dict(d) for d in deadlocks], table)
+    listed = locks_pb2.ListDeadlocksResponse(deadlocks=deadlocks, next_page_token=token)
+    emit(output, as_dict(listed), table)
+    if token and output is Output.table:
+        typer.echo(f"more deadlocks: --page-token {token} for the next {limit}, --all for all")

@@ -31,11 +31,13 @@ is ended: the first in policy order whose end alone lets all of them finish. The
 records the waits among the stuck leases.
 
 Layout: keyspace.deadlock, a Deadlock on the retention lease. The graph and the policy
-are computed in graph.py.
+are computed in graph.py. Listing goes newest first by create revision; a page token is
+the create revision of the page's last record, and the next page is read below it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from google.protobuf import timestamp_pb2
@@ -57,11 +59,12 @@ from accord.coordinator.locks.graph import (
 from accord.coordinator.locks.queue import Entry
 from accord.coordinator.locks.store import LockStore
 from accord.coordinator.substrate import Substrate
+from accord.coordinator.substrate.errors import FieldViolation, require
 from accord.coordinator.substrate.txn import Txn, created_at, delete, put, read, txn
 from accord.v1 import locks_pb2
 
 _log = logs.get("accord.deadlocks")
-MAX_RECENT = 100
+DEFAULT_RECENT, MAX_RECENT = 20, 100
 
 
 class DeadlockDetector:
@@ -169,12 +172,34 @@ class DeadlockDetector:
             return None
         return locks_pb2.Deadlock.FromString(response.kvs[0].value)
 
-    async def recent(self, namespace: str, limit: int) -> tuple[int, list[locks_pb2.Deadlock]]:
+    async def recent(
+        self, namespace: str, limit: int, page_token: str = ""
+    ) -> tuple[int, list[locks_pb2.Deadlock], str]:
+        """Resolved deadlocks, newest first: at most limit of them, older than the last one
+        of the page page_token ended; and the token of the next page ("": none)."""
+        violations: list[FieldViolation] = []
+        if limit < 0:
+            violations.append(FieldViolation("limit", f"must be between 0 and {MAX_RECENT}"))
+        before = _revision_of(page_token) if page_token else None
+        if page_token and before is None:
+            violations.append(FieldViolation("page_token", "is not a token this service issued"))
+        require(violations)
         request = read(self._s.keys.deadlocks_prefix(namespace), prefix=True, by_creation=True)
         request.sort_order = request.DESCEND  # newest first
-        request.limit = min(limit or 20, MAX_RECENT)
+        request.limit = min(limit or DEFAULT_RECENT, MAX_RECENT)
+        if before is not None:
+            request.max_create_revision = before - 1
         response = await self._s.etcd.range(request)
-        return response.header.revision, [
-            locks_pb2.Deadlock.FromString(kv.value) for kv in response.kvs
-        ]
+        # Each verdict is its own etcd transaction, so no two share a create revision:
+        # resuming below the last one returned skips nothing and repeats nothing.
+        token = str(response.kvs[-1].create_revision) if response.more else ""
+        records = [locks_pb2.Deadlock.FromString(kv.value) for kv in response.kvs]
+        return response.header.revision, records, token
 
+
+def _revision_of(page_token: str) -> int | None:
+    """The create revision a page token names (that of the last deadlock on its page), or
+    None when it is not one: revision 1 is etcd's own, so none of ours is below 2."""
+    if not re.fullmatch(r"[0-9]{1,19}", page_token) or not 2 <= int(page_token) < 2**63:
+        return None
+    return int(page_token)

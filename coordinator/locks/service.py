@@ -88,7 +88,9 @@ class LocksService(locks_pb2_grpc.LocksServicer):
     async def ListDeadlocks(
         self, request: locks_pb2.ListDeadlocksRequest, context: Context
     ) -> locks_pb2.ListDeadlocksResponse:
-        revision, deadlocks = await self._deadlocks.recent(
-            calls.current.get().namespace, request.limit
+        revision, deadlocks, token = await self._deadlocks.recent(
+            calls.current.get().namespace, request.limit, request.page_token
         )
-        return locks_pb2.ListDeadlocksResponse(header=self._header(revision), deadlocks=deadlocks)
+        return locks_pb2.ListDeadlocksResponse(
+            header=self._header(revision), deadlocks=deadlocks, next_page_token=token
+        )

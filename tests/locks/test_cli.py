@@ -298,13 +298,15 @@ async def test_deadlocks_ls(scene: Scene, client: AsyncClient) -> None:
     )
     await asyncio.wait_for(survivor, WAIT)  # the rest of the cycle proceeds
 
-    [deadlock] = await scene.json("deadlocks", "ls")
+    listed = await scene.json("deadlocks", "ls")
+    [deadlock] = listed["deadlocks"]
+    assert listed["next_page_token"] == ""  # the only page
     assert deadlock["victim_agent"] == victim_agent
     assert deadlock["victim_lock"] == ("L2" if victim_agent == "alice" else "L1")
     cycle = {(e["waiter_agent"], e["holder_agent"], e["lock"]) for e in deadlock["cycle"]}
     assert cycle == {("alice", "bob", "L2"), ("bob", "alice", "L1")}
     assert deadlock["policy"]
-    assert len(await scene.json("deadlocks", "ls", "--limit", "1")) == 1
+    assert len((await scene.json("deadlocks", "ls", "--limit", "1"))["deadlocks"]) == 1
 
     table = await scene.table("deadlocks", "ls")
     assert deadlock["id"] in table

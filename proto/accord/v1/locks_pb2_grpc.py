@@ -143,7 +143,7 @@ class LocksServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeadlocks(self, request, context):
-        """Recently resolved deadlocks, newest first.
+        """Recently resolved deadlocks, newest first, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

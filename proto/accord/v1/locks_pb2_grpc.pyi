@@ -58,7 +58,7 @@ class LocksStub:
     Break: _grpc.UnaryUnaryMultiCallable[_locks_pb2.BreakRequest, _locks_pb2.BreakResponse]
     """Forced release of a lock's current holders (admin). Their later fenced writes fail."""
     ListDeadlocks: _grpc.UnaryUnaryMultiCallable[_locks_pb2.ListDeadlocksRequest, _locks_pb2.ListDeadlocksResponse]
-    """Recently resolved deadlocks, newest first."""
+    """Recently resolved deadlocks, newest first, a page at a time."""
 
 @_typing.type_check_only
 class LocksAsyncStub(LocksStub):
@@ -90,7 +90,7 @@ class LocksAsyncStub(LocksStub):
     Break: _aio.UnaryUnaryMultiCallable[_locks_pb2.BreakRequest, _locks_pb2.BreakResponse]  # type: ignore[assignment]
     """Forced release of a lock's current holders (admin). Their later fenced writes fail."""
     ListDeadlocks: _aio.UnaryUnaryMultiCallable[_locks_pb2.ListDeadlocksRequest, _locks_pb2.ListDeadlocksResponse]  # type: ignore[assignment]
-    """Recently resolved deadlocks, newest first."""
+    """Recently resolved deadlocks, newest first, a page at a time."""
 
 class LocksServicer(metaclass=_abc_1.ABCMeta):
     """Fair exclusive/shared locks and semaphores, held by leases, that fence the writes they
@@ -167,6 +167,6 @@ class LocksServicer(metaclass=_abc_1.ABCMeta):
         request: _locks_pb2.ListDeadlocksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_locks_pb2.ListDeadlocksResponse, _abc.Awaitable[_locks_pb2.ListDeadlocksResponse]]:
-        """Recently resolved deadlocks, newest first."""
+        """Recently resolved deadlocks, newest first, a page at a time."""
 
 def add_LocksServicer_to_server(servicer: LocksServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
