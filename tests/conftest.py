@@ -1,5 +1,6 @@
 """Fixtures: one real etcd and two real coordinator replicas for the whole session;
-each test gets its own namespace (never a wiped keyspace) and clients pinned to them."""
+each test gets its own namespace (never a wiped keyspace) and clients pinned to them.
+make_client lives in tests.harness; importing it from here still works."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from accord.client import AsyncClient, RetryPolicy
-from tests.harness import Coordinator, EtcdMember, start_coordinator, start_etcd
+from accord.client import AsyncClient
+from tests.harness import Coordinator, EtcdMember, make_client, start_coordinator, start_etcd
 
 
 @pytest.fixture(scope="session")
@@ -48,18 +49,6 @@ def live_replicas(replicas: list[Coordinator], etcd: EtcdMember) -> Iterator[lis
 @pytest.fixture
 def namespace() -> str:
     return f"t-{uuid.uuid4().hex[:16]}"
-
-
-def make_client(
-    addresses: list[str], namespace: str, agent: str = "tester", timeout: float = 10.0
-) -> AsyncClient:
-    return AsyncClient(
-        addresses,
-        agent_id=agent,
-        namespace=namespace,
-        timeout=timeout,
-        retry=RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5),
-    )
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-"""The test harness: real processes and their faults (processes), and waits on real
-conditions (waits). Tests import from here, never from the modules directly."""
+"""The test harness: real processes and their faults (processes), waits on real
+conditions (waits), and clients and raw stubs (clients). Tests import from here, never
+from the modules directly."""
 
+from tests.harness.clients import EtcdStubs, Metadata, Stubs, identity, make_client
 from tests.harness.processes import (
     ETCD,
     ETCDCTL,
@@ -23,11 +25,16 @@ __all__ = [
     "REPO",
     "Coordinator",
     "EtcdMember",
+    "EtcdStubs",
+    "Metadata",
     "Process",
     "StoredKey",
+    "Stubs",
     "eventually",
     "free_port",
     "health",
+    "identity",
+    "make_client",
     "not_serving",
     "queued",
     "start_coordinator",

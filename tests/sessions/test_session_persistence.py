@@ -13,50 +13,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from aetcd.rpc import rpc_pb2 as rpc
-from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 from pycrdt import Doc, Map, Text
 
 from accord.coordinator.sessions.compaction import SNAPSHOT_CHUNK_BYTES
 from accord.coordinator.sessions.doc import COMPACT_MAX_LOG_ENTRIES, COMPACT_MIN_LOG_BYTES
-from accord.v1 import sessions_pb2, sessions_pb2_grpc
-from tests.harness import Coordinator, EtcdMember, start_coordinator, start_etcd
+from accord.v1 import sessions_pb2
+from tests.harness import (
+    Coordinator,
+    EtcdMember,
+    EtcdStubs,
+    Stubs,
+    identity,
+    start_coordinator,
+    start_etcd,
+)
 
 ROOT = "accord"  # the coordinators' default --root
 WAIT_SECONDS = 60
+BIG_MESSAGES = 64 * 1024 * 1024  # snapshots are read whole
 
 
-class Sessions:
+class Sessions(Stubs):
     """The Sessions stub on one replica, as one agent of one namespace."""
 
     def __init__(self, address: str, namespace: str) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
-        self.stub = sessions_pb2_grpc.SessionsStub(self.channel)
-        self.metadata = (("accord-namespace", namespace), ("accord-agent-id", "persistence"))
+        super().__init__(address, options=[("grpc.max_receive_message_length", BIG_MESSAGES)])
+        self.metadata = identity(namespace, "persistence")
 
     async def open(self, name: str, roots: dict[str, int] | None = None) -> None:
         request = sessions_pb2.SessionsOpenRequest(name=name, roots=roots or {})
-        await self.stub.Open(request, metadata=self.metadata, timeout=30)
+        await self.sessions.Open(request, metadata=self.metadata, timeout=30)
 
     async def push(self, name: str, update: bytes) -> int:
         request = sessions_pb2.SessionsPushRequest(name=name, update=update)
-        answer = await self.stub.Push(request, metadata=self.metadata, timeout=30)
+        answer = await self.sessions.Push(request, metadata=self.metadata, timeout=30)
         return int(answer.header.revision)
 
     async def apply(self, name: str, *operations: sessions_pb2.Operation) -> None:
         request = sessions_pb2.SessionsApplyRequest(name=name, operations=operations)
-        await self.stub.Apply(request, metadata=self.metadata, timeout=30)
+        await self.sessions.Apply(request, metadata=self.metadata, timeout=30)
 
     async def read(self, name: str) -> sessions_pb2.SessionsReadResponse:
         request = sessions_pb2.SessionsReadRequest(name=name)
-        return await self.stub.Read(request, metadata=self.metadata, timeout=60)
-
-    async def close(self) -> None:
-        await self.channel.close()
+        return await self.sessions.Read(request, metadata=self.metadata, timeout=60)
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,11 @@ class Stored:
         return {key.rsplit(b"\x00", 1)[0] for key in self.snapshot_chunks}
 
 
-class Store:
+class Store(EtcdStubs):
     """Reads a session's keys straight from etcd, and waits on its watch."""
 
     def __init__(self, etcd: EtcdMember, namespace: str, name: str) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            etcd.endpoint, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
-        self.kv = rpc_grpc.KVStub(self.channel)
-        self.watch_stub = rpc_grpc.WatchStub(self.channel)
+        super().__init__(etcd.endpoint, options=[("grpc.max_receive_message_length", BIG_MESSAGES)])
         self.meta_key = f"{ROOT}/ns/{namespace}/sessions/{name}".encode()
         self.prefix = f"{ROOT}/ns/{namespace}/sdata/{name}\x00".encode()
 
@@ -123,7 +120,7 @@ class Store:
             )
             await asyncio.Event().wait()
 
-        call = self.watch_stub.Watch(requests())
+        call = self.watch.Watch(requests())
 
         async def follow() -> None:
             async for _ in call:
@@ -150,9 +147,6 @@ class Store:
         finally:
             call.cancel()
             follower.cancel()
-
-    async def close(self) -> None:
-        await self.channel.close()
 
 
 def compacted(stored: Stored) -> bool:

@@ -12,7 +12,6 @@ import shutil
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-import grpc
 import pytest
 from pycrdt import (
     Doc,
@@ -25,8 +24,8 @@ from pycrdt import (
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from accord.v1 import leases_pb2, leases_pb2_grpc, sessions_pb2, sessions_pb2_grpc
-from tests.harness import REPO, Coordinator, eventually
+from accord.v1 import leases_pb2, sessions_pb2
+from tests.harness import REPO, Coordinator, Stubs, eventually, identity
 
 NODE_DIR = REPO / "tests" / "node"
 WAIT = 15.0  # seconds any single expected change may take before the test fails
@@ -116,14 +115,12 @@ async def node_doc(
         node._reader.cancel()
 
 
-class Agent:
+class Agent(Stubs):
     """A gRPC agent without the Python client: the raw Sessions and Leases stubs."""
 
     def __init__(self, replica: Coordinator, namespace: str, agent: str = "py-agent") -> None:
-        self.channel = grpc.aio.insecure_channel(replica.address)
-        self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
-        self.leases = leases_pb2_grpc.LeasesStub(self.channel)
-        self.metadata = (("accord-namespace", namespace), ("accord-agent-id", agent))
+        super().__init__(replica.address)
+        self.metadata = identity(namespace, agent)
 
     async def read(self, name: str) -> sessions_pb2.SessionsReadResponse:
         request = sessions_pb2.SessionsReadRequest(name=name)

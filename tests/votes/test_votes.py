@@ -13,19 +13,20 @@ from pathlib import Path
 import grpc
 import pytest
 from aetcd.rpc import rpc_pb2 as rpc
-from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from accord.v1 import (
-    common_pb2,
-    leases_pb2,
-    leases_pb2_grpc,
-    locks_pb2,
-    locks_pb2_grpc,
-    votes_pb2_grpc,
-)
+from accord.v1 import common_pb2, leases_pb2, locks_pb2
 from accord.v1 import votes_pb2 as v
-from tests.harness import Coordinator, EtcdMember, start_coordinator, wall_clock_past
+from tests.harness import (
+    Coordinator,
+    EtcdMember,
+    EtcdStubs,
+    Metadata,
+    Stubs,
+    identity,
+    start_coordinator,
+    wall_clock_past,
+)
 
 
 class Agents:
@@ -33,13 +34,13 @@ class Agents:
 
     def __init__(self, replicas: list[Coordinator], namespace: str) -> None:
         self.namespace = namespace
-        self.channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
-        self.votes = [votes_pb2_grpc.VotesStub(c) for c in self.channels]
-        self.leases = [leases_pb2_grpc.LeasesStub(c) for c in self.channels]
-        self.locks = [locks_pb2_grpc.LocksStub(c) for c in self.channels]
+        self.stubs = [Stubs(r.address) for r in replicas]
+        self.votes = [s.votes for s in self.stubs]
+        self.leases = [s.leases for s in self.stubs]
+        self.locks = [s.locks for s in self.stubs]
 
-    def md(self, agent: str) -> tuple[tuple[str, str], ...]:
-        return (("accord-agent-id", agent), ("accord-namespace", self.namespace))
+    def md(self, agent: str) -> Metadata:
+        return identity(self.namespace, agent)
 
     async def propose(self, spec: v.VoteSpec, *, by: str = "proposer", at: int = 0) -> v.Vote:
         response = await self.votes[at].Propose(
@@ -61,8 +62,8 @@ class Agents:
         return response.vote
 
     async def close(self) -> None:
-        for channel in self.channels:
-            await channel.close()
+        for stubs in self.stubs:
+            await stubs.close()
 
 
 @pytest.fixture
@@ -113,10 +114,7 @@ def reason_of(error: grpc.aio.AioRpcError) -> tuple[str, list[object]]:
 
 def record_versions(etcd: EtcdMember, namespace: str, vote_id: str) -> int:
     """How many times the vote's record was written (1 = proposed, 2 = decided once)."""
-    import json
-
-    out = json.loads(etcd.ctl("get", f"accord/ns/{namespace}/votes/{vote_id}", "-w", "json"))
-    return int(out["kvs"][0]["version"])
+    return etcd.kvs(f"accord/ns/{namespace}/votes/{vote_id}")[0].version
 
 
 async def events(stream: object) -> list[v.VotesWatchResponse]:
@@ -218,9 +216,9 @@ async def test_replica_dies_between_storing_a_ballot_and_answering(
 ) -> None:
     vote = await agents.propose(spec(["a", "b", "c"]))
     request_id = uuid.uuid4().hex if with_request_id else ""
-    async with grpc.aio.insecure_channel(crashing_replica.address) as channel:
+    async with Stubs(crashing_replica.address) as raw:
         with pytest.raises(grpc.aio.AioRpcError) as lost:
-            await votes_pb2_grpc.VotesStub(channel).Cast(
+            await raw.votes.Cast(
                 v.CastRequest(vote_id=vote.id, choice="yes", request_id=request_id),
                 metadata=agents.md("a"),
                 timeout=10,
@@ -234,9 +232,9 @@ async def test_replica_dies_between_storing_a_ballot_and_answering(
     assert [b.voter for b in now.ballots] == ["a"]
     assert now.tally.participated == 1 and now.tally.options[0].voters == 1
     assert retried.ballot.revision == now.ballots[0].revision
-    async with grpc.aio.insecure_channel(etcd.endpoint) as channel:
+    async with EtcdStubs(etcd.endpoint) as raw:
         key = f"accord/ns/{namespace}/ballots/{vote.id}\x00a".encode()
-        found = await rpc_grpc.KVStub(channel).Range(rpc.RangeRequest(key=key))
+        found = await raw.kv.Range(rpc.RangeRequest(key=key))
     assert found.kvs[0].version == 1  # written once
 
 
@@ -247,8 +245,8 @@ async def test_deadline_closes_the_vote_with_the_proposers_replica_gone(
         workdir, f"proposer-{uuid.uuid4().hex[:6]}", [etcd.endpoint]
     )
     try:
-        async with grpc.aio.insecure_channel(proposer_replica.address) as channel:
-            stub = votes_pb2_grpc.VotesStub(channel)
+        async with Stubs(proposer_replica.address) as raw:
+            stub = raw.votes
             proposed = await stub.Propose(
                 v.ProposeRequest(spec=spec(["a", "b", "c"], timeout_ms=2500)),
                 metadata=agents.md("proposer"),
@@ -475,8 +473,8 @@ async def test_decided_votes_are_deleted_after_their_retention(
     assert cast.status == v.VOTE_STATUS_DECIDED
     assert (await agents.get(vote.id)).ballots  # readable after the decision
     record = f"accord/ns/{namespace}/votes/{vote.id}".encode()
-    async with grpc.aio.insecure_channel(etcd.endpoint) as channel:
-        found = await rpc_grpc.KVStub(channel).Range(rpc.RangeRequest(key=record))
+    async with EtcdStubs(etcd.endpoint) as raw:
+        found = await raw.kv.Range(rpc.RangeRequest(key=record))
         if found.kvs:  # wait for the timers to delete it: a watch, not polling
 
             async def requests() -> AsyncIterator[rpc.WatchRequest]:
@@ -488,7 +486,7 @@ async def test_decided_votes_are_deleted_after_their_retention(
                 await asyncio.Event().wait()
 
             async def deleted() -> None:
-                async for response in rpc_grpc.WatchStub(channel).Watch(requests()):
+                async for response in raw.watch.Watch(requests()):
                     if any(e.type == e.DELETE for e in response.events):
                         return
 

@@ -6,8 +6,6 @@ and both replicas keep serving afterwards."""
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +37,7 @@ from accord.v1.votes_pb2 import (
     VoteSpec,
     VotesWatchRequest,
 )
-from tests.harness import Coordinator, EtcdMember
+from tests.harness import Coordinator, EtcdMember, Metadata, Stubs, identity
 
 HOUR_MS = 3_600_000  # long enough that no deadline timer fires during a test
 YEAR_SECONDS = 365 * 24 * 3600
@@ -110,9 +108,8 @@ class Api:
     votes: list[votes_pb2_grpc.VotesStub]
     leases: list[leases_pb2_grpc.LeasesStub]
 
-    def metadata(self, agent: str | None) -> tuple[tuple[str, str], ...]:
-        out: tuple[tuple[str, str], ...] = (("accord-namespace", self.namespace),)
-        return out + ((("accord-agent-id", agent),) if agent is not None else ())
+    def metadata(self, agent: str | None) -> Metadata:
+        return identity(self.namespace, agent)
 
     async def call(
         self, method: str, request: Message, *, agent: str | None = PROPOSER, replica: int = 0
@@ -160,11 +157,10 @@ class Api:
         their votes) moves etcd's global revision, so that is not compared."""
         out = []
         for prefix in (f"accord/ns/{self.namespace}/", "accord/vote-timers/"):
-            found = json.loads(self.etcd.ctl("get", "--prefix", prefix, "-w", "json"))
-            for kv in found.get("kvs", []):
-                key = base64.b64decode(kv["key"])
-                if prefix.startswith("accord/ns/") or f"\x00{self.namespace}\x00".encode() in key:
-                    out.append((key, int(kv["mod_revision"])))
+            for kv in self.etcd.kvs(prefix, prefix=True):
+                ours = f"\x00{self.namespace}\x00".encode() in kv.key  # a timer of our votes
+                if prefix.startswith("accord/ns/") or ours:
+                    out.append((kv.key, kv.mod_revision))
         return sorted(out)
 
     async def observe(self, *vote_ids: str) -> tuple[Any, ...]:
@@ -198,15 +194,10 @@ def assert_invalid(failure: Failure, fields: list[str]) -> None:
 
 @pytest.fixture
 async def api(replicas: list[Coordinator], etcd: EtcdMember, namespace: str) -> AsyncIterator[Api]:
-    channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
-    yield Api(
-        namespace,
-        etcd,
-        [votes_pb2_grpc.VotesStub(c) for c in channels],
-        [leases_pb2_grpc.LeasesStub(c) for c in channels],
-    )
-    for channel in channels:
-        await channel.close()
+    stubs = [Stubs(r.address) for r in replicas]
+    yield Api(namespace, etcd, [s.votes for s in stubs], [s.leases for s in stubs])
+    for each in stubs:
+        await each.close()
 
 
 # --- proposals -----------------------------------------------------------------------

@@ -3,15 +3,8 @@ raw gRPC (what another language sees) and through the Python client."""
 
 from __future__ import annotations
 
-import grpc
-
-from accord.v1 import votes_pb2, votes_pb2_grpc
-from tests.conftest import make_client
-from tests.harness import Coordinator, EtcdMember
-
-
-def _metadata(namespace: str, agent: str) -> tuple[tuple[str, str], ...]:
-    return (("accord-namespace", namespace), ("accord-agent-id", agent))
+from accord.v1 import votes_pb2
+from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client
 
 
 def _spec() -> votes_pb2.VoteSpec:
@@ -34,9 +27,8 @@ async def test_a_retried_proposal_says_it_was_replayed_and_is_stored_once(
     request = votes_pb2.ProposeRequest(spec=_spec(), request_id="p-1")
     answers = []
     for replica in replicas:  # the retry goes to the other replica
-        async with grpc.aio.insecure_channel(replica.address) as channel:
-            stub = votes_pb2_grpc.VotesStub(channel)
-            answers.append(await stub.Propose(request, metadata=_metadata(namespace, "lead")))
+        async with Stubs(replica.address) as raw:
+            answers.append(await raw.votes.Propose(request, metadata=identity(namespace, "lead")))
     first, retry = answers
     assert (first.replayed, retry.replayed) == (False, True)
     assert retry.vote.id == first.vote.id

@@ -1,0 +1,78 @@
+"""Ways in for tests: the Python client (make_client), and raw gRPC stubs as a client in
+another language would use them, to Accord (Stubs, with the identity metadata every call
+carries) or straight to etcd (EtcdStubs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Self
+
+import grpc
+from aetcd.rpc import rpc_pb2_grpc as etcd_grpc
+
+from accord.client import AsyncClient, RetryPolicy
+from accord.v1 import (
+    kv_pb2_grpc,
+    leases_pb2_grpc,
+    locks_pb2_grpc,
+    sessions_pb2_grpc,
+    votes_pb2_grpc,
+)
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def make_client(
+    addresses: list[str], namespace: str, agent: str = "tester", timeout: float = 10.0
+) -> AsyncClient:
+    """A client of the given replicas only, retrying briefly (tests fail fast)."""
+    return AsyncClient(
+        addresses,
+        agent_id=agent,
+        namespace=namespace,
+        timeout=timeout,
+        retry=RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5),
+    )
+
+
+def identity(namespace: str, agent: str | None = None) -> Metadata:
+    """The metadata of an Accord call: its namespace and, unless None, its agent."""
+    out: Metadata = (("accord-namespace", namespace),)
+    return out + ((("accord-agent-id", agent),) if agent is not None else ())
+
+
+class _Channel:
+    """One insecure channel, closed by close() or on leaving `async with`."""
+
+    def __init__(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=list(options))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+class Stubs(_Channel):
+    """Every Accord service's raw stub on one channel to a replica."""
+
+    def __init__(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+        super().__init__(address, options)
+        self.kv = kv_pb2_grpc.KVStub(self.channel)
+        self.leases = leases_pb2_grpc.LeasesStub(self.channel)
+        self.locks = locks_pb2_grpc.LocksStub(self.channel)
+        self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
+        self.votes = votes_pb2_grpc.VotesStub(self.channel)
+
+
+class EtcdStubs(_Channel):
+    """etcd's own KV and Watch stubs on one channel to an etcd endpoint."""
+
+    def __init__(self, endpoint: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+        super().__init__(endpoint, options)
+        self.kv = etcd_grpc.KVStub(self.channel)
+        self.watch = etcd_grpc.WatchStub(self.channel)
