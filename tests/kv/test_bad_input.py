@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from accord.client import AsyncClient, BadIdentityError, Delete, Expect, InvalidArgumentError, Put
-from tests.conftest import make_client
-from tests.harness import Coordinator, EtcdMember
+from tests.harness import Coordinator, EtcdMember, make_client
 
 BIG = 256 * 1024 + 1
 

@@ -15,8 +15,7 @@ from accord.client import (
     RequestIdReusedError,
 )
 from accord.v1.records_pb2 import IdempotencyRecord
-from tests.conftest import make_client
-from tests.harness import Coordinator, EtcdMember, until
+from tests.harness import Coordinator, EtcdMember, make_client, until
 
 
 async def test_retry_on_other_replica_returns_first_result(pinned: list[AsyncClient]) -> None:

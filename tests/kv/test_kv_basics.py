@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from accord.client import AsyncClient, Expect, InvalidArgumentError
-from tests.conftest import make_client
-from tests.harness import Coordinator
+from tests.harness import Coordinator, make_client
 
 
 async def test_put_get_records_value_revisions_and_provenance(client: AsyncClient) -> None:

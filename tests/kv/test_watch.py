@@ -9,8 +9,7 @@ import pytest
 
 from accord.client import AsyncClient, CompactedError, EventType, WatchEvent
 from accord.client.kv import Watch
-from tests.conftest import make_client
-from tests.harness import Coordinator, EtcdMember
+from tests.harness import Coordinator, EtcdMember, make_client
 
 
 async def take(watch: Watch, n: int, timeout: float = 10) -> list[WatchEvent]:

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from accord.client import AsyncClient, DeadlockError, Lease, LockMode
-from tests.conftest import make_client
-from tests.harness import Coordinator, eventually, queued
+from tests.harness import Coordinator, eventually, make_client, queued
 
 
 @dataclass

@@ -13,8 +13,7 @@ from accord.client import (
     InvalidArgumentError,
     LeaseNotFoundError,
 )
-from tests.conftest import make_client
-from tests.harness import Coordinator
+from tests.harness import Coordinator, make_client
 
 
 async def test_grant_keepalive_and_time_to_live(client: AsyncClient) -> None:

@@ -26,8 +26,7 @@ from accord.client import (
     Put,
 )
 from accord.v1.common_pb2 import Fence
-from tests.conftest import make_client
-from tests.harness import REPO, Coordinator, EtcdMember, not_serving, queued
+from tests.harness import REPO, Coordinator, EtcdMember, make_client, not_serving, queued
 
 
 @pytest.fixture

@@ -40,8 +40,7 @@ from accord.client import (
     Lease,
     LockMode,
 )
-from tests.conftest import make_client
-from tests.harness import Coordinator
+from tests.harness import Coordinator, make_client
 
 AGENTS = 4
 LOCKS = 3

@@ -14,8 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from accord.client import AsyncClient, DeadlineExceededError, UnavailableError
-from tests.conftest import make_client
-from tests.harness import Coordinator, EtcdMember, free_port, wait_serving
+from tests.harness import Coordinator, EtcdMember, free_port, make_client, wait_serving
 
 
 def test_health_and_reflection(replicas: list[Coordinator]) -> None:

@@ -20,8 +20,7 @@ from accord.client import (
     UpdateEvent,
     ops,
 )
-from tests.conftest import make_client
-from tests.harness import Coordinator
+from tests.harness import Coordinator, make_client
 
 
 def text_update(content: str, *, doc: Doc[Any] | None = None, root: str = "notes") -> bytes:

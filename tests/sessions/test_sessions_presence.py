@@ -19,8 +19,7 @@ from accord.client import (
     UpdateEvent,
     ops,
 )
-from tests.conftest import make_client
-from tests.harness import Coordinator
+from tests.harness import Coordinator, make_client
 
 
 async def next_presence(events: AsyncIterator[SessionEvent]) -> SessionEvent:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_client
-from tests.harness import ETCDCTL, REPO
+from tests.harness import ETCDCTL, REPO, make_client
 
 SCRIPT = REPO / "deploy" / "local-cluster.sh"
 

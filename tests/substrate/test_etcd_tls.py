@@ -10,8 +10,7 @@ import pytest
 from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
-from tests.conftest import make_client
-from tests.harness import ETCD, Coordinator, Process, free_port, wait_for_port
+from tests.harness import ETCD, Coordinator, Process, free_port, make_client, wait_for_port
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from accord.client import AsyncClient, Rule
-from tests.conftest import make_client
-from tests.harness import Coordinator, free_port
+from tests.harness import Coordinator, free_port, make_client
 
 WAIT = 20.0  # seconds any one wait in these tests may take
 
@@ -128,6 +127,28 @@ async def test_votes_ls(votes: Votes) -> None:
     assert "CANCELLED" in rows[ids["cancelled"]]
     assert table.index(ids["open"]) < table.index(ids["cancelled"]) < table.index(ids["approved"])
     assert ids["approved"] not in await votes.table("votes", "ls", "--status", "open")
+
+
+async def test_votes_ls_counts_the_ballots_of_an_open_vote(votes: Votes) -> None:
+    lead, alice, bob = [await votes.agent(n) for n in ("lead", "alice", "bob")]
+    vote = await lead.votes.propose(
+        "Tag 4.3?",
+        ["yes", "no"],
+        voters=["alice", "bob", "carol"],
+        veto_holders=["lead"],  # outside the electorate: its ballot is no vote
+        rule=Rule.unanimous(),
+        voting_period=600,
+    )
+    await alice.votes.cast(vote.id, "yes")
+    await bob.votes.cast(vote.id, "yes")
+    await lead.votes.cast(vote.id)  # a veto holder's "no veto"
+    assert "2 of 3 voters" in await votes.table("votes", "show", vote.id)
+
+    [listed] = await votes.json("votes", "ls")
+    assert listed["status"] == "VOTE_STATUS_OPEN"
+    assert listed["ballots_cast"] == 2 and len(listed["voters"]) == 3
+    row = next(line for line in (await votes.table("votes", "ls")).splitlines() if vote.id in line)
+    assert re.search(r"\s2/3\s", row), row
 
 
 async def test_votes_show(votes: Votes) -> None:

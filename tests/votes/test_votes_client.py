@@ -38,8 +38,7 @@ from accord.client import (
     VoteStatus,
 )
 from accord.v1 import votes_pb2
-from tests.conftest import make_client
-from tests.harness import Coordinator, EtcdMember, start_coordinator
+from tests.harness import Coordinator, EtcdMember, make_client, start_coordinator
 
 WAIT = 20.0  # seconds any one wait in these tests may take
 Agent = Callable[..., Awaitable[AsyncClient]]
