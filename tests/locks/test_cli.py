@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from accord.client import AsyncClient, DeadlockError, FencedError, Grant, Lease
-from tests.conftest import make_client
-from tests.harness import Coordinator, free_port
+from tests.harness import Coordinator, free_port, make_client, queued
 
 WAIT = 20.0  # seconds any one wait in these tests may take
 
@@ -90,17 +89,6 @@ async def scene(
         yield scene
 
 
-async def queued(client: AsyncClient, name: str, count: int) -> None:
-    """Wait until the lock has count waiters."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        state, _ = await client.locks.describe(name)
-        if len(state.waiters) >= count:
-            return
-        assert time.monotonic() < deadline, f"{name} never had {count} waiters"
-        await asyncio.sleep(0.02)
-
-
 async def held_with_waiters(scene: Scene, client: AsyncClient, name: str) -> tuple[Grant, Lease]:
     """alice holds name; bob, then carol, wait for it. Returns alice's grant and lease."""
     alice = await scene.agent("alice")
@@ -109,7 +97,7 @@ async def held_with_waiters(scene: Scene, client: AsyncClient, name: str) -> tup
     for i, waiter in enumerate(["bob", "carol"]):
         agent = await scene.agent(waiter)
         scene.wait(agent, name, await scene.lease(agent))
-        await queued(client, name, i + 1)
+        await queued(client, name, i + 1, WAIT)
     return grant, lease
 
 
@@ -157,7 +145,7 @@ async def test_locks_graph(scene: Scene, client: AsyncClient) -> None:
     alice, bob = await scene.agent("alice"), await scene.agent("bob")
     await alice.locks.acquire("db", await scene.lease(alice))
     scene.wait(bob, "db", await scene.lease(bob))
-    await queued(client, "db", 1)
+    await queued(client, "db", 1, WAIT)
 
     text = await scene.table("locks", "graph")
     # Nodes are leases (the detector's view), named by their agents.
@@ -182,7 +170,7 @@ async def test_break_with_yes_fences_the_old_holder(scene: Scene) -> None:
     grant = await alice.locks.acquire("deploy", await scene.lease(alice))
     await alice.kv.put("k", b"before", fence=grant)
     waiter = scene.wait(bob, "deploy", await scene.lease(bob))
-    await queued(alice, "deploy", 1)
+    await queued(alice, "deploy", 1, WAIT)
 
     broken = await scene.json("locks", "break", "deploy", "--yes")
     assert [(b["agent_id"], int(b["token"])) for b in broken] == [("alice", grant.token)]
@@ -281,7 +269,7 @@ async def test_deadlocks_ls(scene: Scene, client: AsyncClient) -> None:
     await a.locks.acquire("L1", lease_a)
     await b.locks.acquire("L2", lease_b)
     a_waits = scene.wait(a, "L2", lease_a)
-    await queued(client, "L2", 1)
+    await queued(client, "L2", 1, WAIT)
     b_waits = scene.wait(b, "L1", lease_b)  # closes the cycle
 
     done, _ = await asyncio.wait_for(
