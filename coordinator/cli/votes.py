@@ -96,12 +96,14 @@ def _vote_status(vote: votes_pb2.Vote) -> str:
 
 
 def _participation(vote: votes_pb2.Vote) -> str:
-    """Ballots cast of the electorate: "2/5" ("-/5" for an open vote listed without its
-    tally)."""
+    """Ballots cast of the electorate: "2/5" (from the tally, or from ballots_cast for an
+    open vote as List gives it; "-/5" from a service too old to count them)."""
     if vote.HasField("tally"):
         return f"{vote.tally.participated}/{vote.tally.electorate_size}"
     if vote.HasField("decision"):
         return f"{vote.decision.tally.participated}/{vote.decision.tally.electorate_size}"
+    if vote.HasField("ballots_cast"):
+        return f"{vote.ballots_cast}/{len(vote.voters)}"
     return f"-/{len(vote.voters)}"
 
 

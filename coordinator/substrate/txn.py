@@ -10,7 +10,7 @@ A primitive's transaction reads as a sentence, one compare or op per line:
 
 Compares: absent, exists (alive), mod_is, version_is, created_at, created_after,
 none_changed_since, prefix_empty.
-Ops: put, delete, get, get_prefix, nested. Reads and watches: read, watch. Helpers:
+Ops: put, delete, get, get_prefix, count, nested. Reads and watches: read, watch. Helpers:
 prefix_end, first_kv.
 
 aetcd ships the etcd v3 messages without type stubs, so etcd messages are Any here; the
@@ -178,6 +178,12 @@ def get_prefix(prefix: bytes, *, by_creation: bool = False, min_mod_revision: in
             prefix, prefix=True, by_creation=by_creation, min_mod_revision=min_mod_revision
         )
     )
+
+
+def count(key: bytes, *, prefix: bool = False, revision: int = 0) -> Op:
+    """How many keys there are (key, or every key under it when prefix) at revision (0:
+    now); etcd answers with the number alone."""
+    return rpc.RequestOp(request_range=read(key, prefix=prefix, revision=revision, count_only=True))
 
 
 def nested(inner: Txn) -> Op:

@@ -45,7 +45,18 @@ from accord.coordinator.substrate.errors import (
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import check_request_id
-from accord.coordinator.substrate.txn import Response, Txn, absent, get, mod_is, put, read, txn
+from accord.coordinator.substrate.txn import (
+    Op,
+    Response,
+    Txn,
+    absent,
+    count,
+    get,
+    mod_is,
+    put,
+    read,
+    txn,
+)
 from accord.coordinator.votes import rules as vote_rules
 from accord.coordinator.votes import spec as vote_spec
 from accord.coordinator.votes.decisions import DECIDE_ATTEMPTS, Decisions
@@ -382,16 +393,45 @@ class VoteStore:
         while True:
             found = await self._etcd.range(request)
             revision = request.revision = request.revision or int(found.header.revision)
+            more = False
             for raw in found.kvs:
                 vote = parse_record(raw)
                 if status and vote.status != status:
                     continue
                 if len(out) == limit:
-                    return revision, out, True
+                    more = True
+                    break
                 out.append(vote)
-            if not found.more:
-                return revision, out, False
+            if more or not found.more:
+                break
             request.key = found.kvs[-1].key + b"\x00"
+        await self._count_ballots(out, revision)
+        return revision, out, more
+
+    async def _count_ballots(self, votes: Sequence[votes_pb2.Vote], revision: int) -> None:
+        """Set ballots_cast on the open votes listed: etcd counts each one's ballots at the
+        listing's revision, less those of veto holders outside its electorate, and sends
+        only the numbers (a page costs a few read-only Txns, never its ballots)."""
+        ns = calls.current.get().namespace
+        reads: list[tuple[votes_pb2.Vote, int, Op]] = []  # (vote, +1 or -1, count op)
+        for vote in votes:
+            if vote.status != votes_pb2.VOTE_STATUS_OPEN:
+                continue
+            vote.ballots_cast = 0
+            ballots = self._keys.ballots_prefix(ns, vote.id)
+            voters = {v.agent_id for v in vote.voters}
+            reads.append((vote, 1, count(ballots, prefix=True, revision=revision)))
+            reads += [
+                (vote, -1, count(ballots + holder.encode(), revision=revision))
+                for holder in vote.spec.veto_holders
+                if holder not in voters
+            ]
+        step = self._s.limits.max_txn_ops
+        for start in range(0, len(reads), step):
+            chunk = reads[start : start + step]
+            found = await self._etcd.txn(txn(then=[op for _, _, op in chunk]), retry=True)
+            for (vote, sign, _), answer in zip(chunk, found.responses, strict=True):
+                vote.ballots_cast += sign * answer.response_range.count
 
     async def cancel(
         self, vote_id: str, reason: str, request_id: str
@@ -424,7 +464,7 @@ class VoteStore:
                     f"cancel vote {vote_id!r}",
                     metadata={"vote_id": vote_id, "proposer": vote.proposed_by.agent_id},
                 )
-            count = vote_rules.tally(vote, snap.ballots, snap.weights)
+            tally = vote_rules.tally(vote, snap.ballots, snap.weights)
             verdict = vote_rules.Verdict(
                 votes_pb2.OUTCOME_CANCELLED,
                 "",
@@ -432,7 +472,7 @@ class VoteStore:
                 False,
                 f"CANCELLED by {agent}"
                 + (f": {reason}" if reason else "")
-                + f". {count.participated} of {count.electorate_size} voters had cast a ballot.",
+                + f". {tally.participated} of {tally.electorate_size} voters had cast a ballot.",
             )
             decided = await self.decisions.decide(
                 ns, snap, verdict, cancelled_by=agent, reason=reason
@@ -440,4 +480,3 @@ class VoteStore:
             if decided is not None:
                 return decided.revision, decided.vote.decision
         raise BackendUnavailable(f"vote {vote_id!r} kept changing while being cancelled")
-

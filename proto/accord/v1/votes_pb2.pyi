@@ -645,10 +645,16 @@ class Vote(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     BALLOTS_FIELD_NUMBER: _builtins.int
     TALLY_FIELD_NUMBER: _builtins.int
+    BALLOTS_CAST_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     created_revision: _builtins.int
     """The etcd revision the vote was created at."""
     status: Global___VoteStatus.ValueType
+    ballots_cast: _builtins.int
+    """List only, on an open vote: how many of its voters have cast a ballot so far
+    (a veto without a choice counts here, not in tally.participated). Counted by etcd
+    without reading the ballots; Get and Watch give the whole tally instead.
+    """
     @_builtins.property
     def spec(self) -> Global___VoteSpec: ...
     @_builtins.property
@@ -681,12 +687,15 @@ class Vote(_message.Message):
         decision: Global___Decision | None = ...,
         ballots: _abc.Iterable[Global___Ballot] | None = ...,
         tally: Global___Tally | None = ...,
+        ballots_cast: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "proposed_by", b"proposed_by", "spec", b"spec", "tally", b"tally"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ballots_cast", b"_ballots_cast", "ballots_cast", b"ballots_cast", "decision", b"decision", "proposed_by", b"proposed_by", "spec", b"spec", "tally", b"tally"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ballots", b"ballots", "created_revision", b"created_revision", "decision", b"decision", "id", b"id", "proposed_by", b"proposed_by", "spec", b"spec", "status", b"status", "tally", b"tally", "voters", b"voters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ballots_cast", b"_ballots_cast", "ballots", b"ballots", "ballots_cast", b"ballots_cast", "created_revision", b"created_revision", "decision", b"decision", "id", b"id", "proposed_by", b"proposed_by", "spec", b"spec", "status", b"status", "tally", b"tally", "voters", b"voters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__ballots_cast: _TypeAlias = _typing.Literal["ballots_cast"]  # noqa: Y015
+    _WhichOneofArgType__ballots_cast: _TypeAlias = _typing.Literal["_ballots_cast", b"_ballots_cast"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ballots_cast) -> _WhichOneofReturnType__ballots_cast | None: ...
 
 Global___Vote: _TypeAlias = Vote  # noqa: Y015
 
@@ -913,7 +922,7 @@ class VotesListResponse(_message.Message):
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
     def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vote]:
-        """In id order, without ballots."""
+        """In id order, without ballots or tally; an open vote has ballots_cast."""
 
     def __init__(
         self,
