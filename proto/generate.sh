@@ -2,6 +2,7 @@
 # The one way to (re)generate code: the Python bindings of proto/accord/v1 beside the
 # .proto files, and the blocking client (client/sync.py) from the async client's classes.
 # The output is committed; CI runs this with --check and fails on any difference.
+# proto/google/rpc is shipped for other languages only: Python has googleapis-common-protos.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mktemp -d)
