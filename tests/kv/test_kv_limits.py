@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from accord.client import AsyncClient, CompactedError, Delete, InvalidArgumentError, Put
-from accord.coordinator.substrate.etcd import _grpc_targets
 from tests.harness import EtcdMember
 
 
@@ -61,13 +60,3 @@ async def test_compacted_read_says_where_to_resume(client: AsyncClient, etcd: Et
         await client.kv.get("k", revision=old.revision)
     assert err.value.compact_revision == compacted_at
     assert int(err.value.metadata["current_revision"]) >= compacted_at
-
-
-def test_endpoint_targets_keep_failover_and_host_names() -> None:
-    assert _grpc_targets(["127.0.0.1:1", "127.0.0.2:2"]) == ["ipv4:127.0.0.1:1,127.0.0.2:2"]
-    assert _grpc_targets(["[::1]:1", "[::2]:2"]) == ["ipv6:[::1]:1,[::2]:2"]
-    assert _grpc_targets(["[::1]:1", "10.0.0.2:2"]) == ["[::1]:1", "10.0.0.2:2"]
-    assert _grpc_targets(["etcd-a:2379", "10.0.0.2:2379"]) == [
-        "dns:///etcd-a:2379",
-        "dns:///10.0.0.2:2379",
-    ]

@@ -1,4 +1,5 @@
-"""The public surface: pinned exports, and a wheel that maps folders onto `accord`."""
+"""A wheel that maps folders onto `accord` (the pinned client exports are unit tests:
+tests/unit/test_client_export_list.py)."""
 
 from __future__ import annotations
 
@@ -7,113 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-import accord.client
 from tests.harness import REPO
-
-EXPECTED_CLIENT_EXPORTS = {
-    "DeadlockError",
-    "FencedError",
-    "Grant",
-    "Lease",
-    "LeaseInfo",
-    "LeaseNotFoundError",
-    "LockConflictError",
-    "LockMode",
-    "LockSpec",
-    "LockTimeoutError",
-    "NotHeldError",
-    "WouldBlockError",
-    "AccordError",
-    "AsyncClient",
-    "BadIdentityError",
-    "Client",
-    "CompactedError",
-    "ConditionFailedError",
-    "DeadlineExceededError",
-    "Delete",
-    "DeleteResult",
-    "EventType",
-    "Expect",
-    "HistoryEntry",
-    "HistoryPage",
-    "InternalError",
-    "InvalidArgumentError",
-    "KeyValue",
-    "NotFoundError",
-    "Page",
-    "Provenance",
-    "Put",
-    "RequestIdReusedError",
-    "RetryPolicy",
-    "TxnResult",
-    "UnavailableError",
-    "Watch",
-    "WatchEvent",
-    "WriteResult",
-    "ApplyResult",
-    "AsyncSessions",
-    "Presence",
-    "PresenceEvent",
-    "PresenceGoneEvent",
-    "RootKind",
-    "SessionEvent",
-    "SessionInfo",
-    "SessionState",
-    "SyncedSession",
-    "SyncResult",
-    "UpdateEvent",
-    "AlreadyVotedError",
-    "AsyncVotes",
-    "Ballot",
-    "BallotEvent",
-    "CastResult",
-    "DecidedBy",
-    "Decision",
-    "DecisionEvent",
-    "NotEligibleError",
-    "NotPermittedError",
-    "Outcome",
-    "Rule",
-    "RuleKind",
-    "TiePolicy",
-    "Vote",
-    "VoteClosedError",
-    "VoteEvent",
-    "VotePage",
-    "VoteStateEvent",
-    "VoteStatus",
-    "ops",
-    # The blocking client's namespaces and handles, the async namespaces, the lock admin
-    # views: every type a client method returns.
-    "AsyncKV",
-    "AsyncLeases",
-    "AsyncLocks",
-    "BlockingContext",
-    "BlockingIterator",
-    "BlockingLease",
-    "BlockingSyncedSession",
-    "BlockingWatch",
-    "Deadlock",
-    "KV",
-    "Leases",
-    "LockEntry",
-    "LockState",
-    "Locks",
-    "Sessions",
-    "Votes",
-    "WaitEdge",
-}
-
-
-def test_client_exports_are_pinned() -> None:
-    assert set(accord.client.__all__) == EXPECTED_CLIENT_EXPORTS
-    for name in EXPECTED_CLIENT_EXPORTS:
-        assert getattr(accord.client, name) is not None
-
-
-def test_every_client_error_shares_one_root() -> None:
-    errors = [getattr(accord.client, n) for n in EXPECTED_CLIENT_EXPORTS if n.endswith("Error")]
-    assert all(issubclass(e, accord.client.AccordError) for e in errors)
 
 
 def test_wheel_maps_folders_onto_the_accord_namespace(tmp_path: Path) -> None:
