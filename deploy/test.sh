@@ -23,8 +23,11 @@ ln -s "$repo/client" "$view/accord/client"
 ln -s "$repo/proto/accord/v1" "$view/accord/v1"
 (cd "$view" && mypy --config-file "$repo/pyproject.toml" -p accord.coordinator -p accord.client)
 
-echo "== tests"
-python -m pytest -q -p no:cacheprovider "$@"
+echo "== unit tests (no etcd, no coordinator: fails fast)"
+python -m pytest -q -p no:cacheprovider tests/unit
+
+echo "== tests against real etcd and coordinator processes"
+python -m pytest -q -p no:cacheprovider --ignore=tests/unit "$@"
 
 echo "== benchmark smoke run (numbers from a 1 s run mean nothing; it only must work)"
 python -m benchmarks.kv_cas --seconds 1 --clients 1,8 --out "$view/kv_cas.json" >/dev/null
