@@ -88,6 +88,7 @@ EXPECTED_CLIENT_EXPORTS = {
     "BlockingSyncedSession",
     "BlockingWatch",
     "Deadlock",
+    "DeadlockPage",
     "KV",
     "Leases",
     "LockEntry",
