@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 import grpc
-from aetcd.rpc import rpc_pb2_grpc as etcd_grpc
 
 from accord.client import AsyncClient, RetryPolicy
 from accord.v1 import (
@@ -73,6 +72,10 @@ class EtcdStubs(_Channel):
     """etcd's own KV and Watch stubs on one channel to an etcd endpoint."""
 
     def __init__(self, endpoint: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+        # Imported here, not with the harness: the locks benchmark loads python3-etcd3,
+        # whose generated etcd protos clash with aetcd's in one process.
+        from aetcd.rpc import rpc_pb2_grpc as etcd_grpc
+
         super().__init__(endpoint, options)
         self.kv = etcd_grpc.KVStub(self.channel)
         self.watch = etcd_grpc.WatchStub(self.channel)
