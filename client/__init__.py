@@ -2,6 +2,7 @@
 from the async classes); every type their methods return is exported here."""
 
 from accord.client import ops
+from accord.client.auth import AsyncAuth, NewToken, Principal, Role, TokenInfo, WhoAmI
 from accord.client.blocking import BlockingContext, BlockingIterator
 from accord.client.client import AsyncClient
 from accord.client.errors import (
@@ -22,7 +23,9 @@ from accord.client.errors import (
     NotFoundError,
     NotHeldError,
     NotPermittedError,
+    PermissionDeniedError,
     RequestIdReusedError,
+    UnauthenticatedError,
     UnavailableError,
     VoteClosedError,
     WouldBlockError,
@@ -73,6 +76,7 @@ from accord.client.sessions import (
 )
 from accord.client.sync import (
     KV,
+    Auth,
     BlockingLease,
     BlockingSyncedSession,
     BlockingWatch,
@@ -106,12 +110,14 @@ __all__ = [
     "AccordError",
     "AlreadyVotedError",
     "ApplyResult",
+    "AsyncAuth",
     "AsyncClient",
     "AsyncKV",
     "AsyncLeases",
     "AsyncLocks",
     "AsyncSessions",
     "AsyncVotes",
+    "Auth",
     "BadIdentityError",
     "Ballot",
     "BallotEvent",
@@ -153,19 +159,23 @@ __all__ = [
     "LockState",
     "LockTimeoutError",
     "Locks",
+    "NewToken",
     "NotEligibleError",
     "NotFoundError",
     "NotHeldError",
     "NotPermittedError",
     "Outcome",
     "Page",
+    "PermissionDeniedError",
     "Presence",
     "PresenceEvent",
     "PresenceGoneEvent",
+    "Principal",
     "Provenance",
     "Put",
     "RequestIdReusedError",
     "RetryPolicy",
+    "Role",
     "RootKind",
     "Rule",
     "RuleKind",
@@ -176,7 +186,9 @@ __all__ = [
     "SyncResult",
     "SyncedSession",
     "TiePolicy",
+    "TokenInfo",
     "TxnResult",
+    "UnauthenticatedError",
     "UnavailableError",
     "UpdateEvent",
     "Vote",
@@ -189,6 +201,7 @@ __all__ = [
     "WaitEdge",
     "Watch",
     "WatchEvent",
+    "WhoAmI",
     "WouldBlockError",
     "WriteResult",
     "ops",

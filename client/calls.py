@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 import grpc
 
 from accord.v1 import (
+    auth_pb2_grpc,
     kv_pb2_grpc,
     leases_pb2_grpc,
     locks_pb2_grpc,
@@ -37,6 +38,7 @@ class Stubs:
         self.locks = locks_pb2_grpc.LocksStub(channel)
         self.sessions = sessions_pb2_grpc.SessionsStub(channel)
         self.votes = votes_pb2_grpc.VotesStub(channel)
+        self.auth = auth_pb2_grpc.AuthStub(channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +103,11 @@ VOTES_GET = Unary(lambda s: s.votes.Get)
 VOTES_LIST = Unary(lambda s: s.votes.List)
 VOTES_CANCEL = Unary(lambda s: s.votes.Cancel)
 VOTES_WATCH = ServerStream(lambda s: s.votes.Watch)
+
+# accord.v1.Auth. CreateToken is not repeated: a repeat would mint a second token.
+AUTH_WHO_AM_I = Unary(lambda s: s.auth.WhoAmI)
+AUTH_CREATE_TOKEN = Unary(lambda s: s.auth.CreateToken, safe=False)
+AUTH_REVOKE_TOKEN = Unary(lambda s: s.auth.RevokeToken)
+AUTH_LIST_PRINCIPALS = Unary(lambda s: s.auth.ListPrincipals)
+AUTH_GRANT_ROLE = Unary(lambda s: s.auth.GrantRole)
+AUTH_REVOKE_ROLE = Unary(lambda s: s.auth.RevokeRole)

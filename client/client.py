@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import grpc
 from pycrdt import Doc
 
+from accord.client.auth import AsyncAuth
 from accord.client.kv import AsyncKV
 from accord.client.leases import AsyncLeases
 from accord.client.locks import AsyncLocks
@@ -23,11 +25,14 @@ class AsyncClient:
     """Talks to any of the given coordinator replicas, failing over between them.
 
     ``async with AsyncClient(["127.0.0.1:50051"], agent_id="planner-1") as accord:``
-    then ``await accord.kv.put("plan", b"...")``.
+    then ``await accord.kv.put("plan", b"...")``. Against a replica with auth required,
+    pass ``token=`` (default: the ACCORD_TOKEN environment variable); it is sent on
+    every call.
     """
 
     agent_id: str
     namespace: str
+    auth: AsyncAuth
     kv: AsyncKV
     leases: AsyncLeases
     locks: AsyncLocks
@@ -43,6 +48,7 @@ class AsyncClient:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [a.strip() for a in addresses.split(",") if a.strip()]
@@ -55,7 +61,9 @@ class AsyncClient:
             timeout=timeout,
             retry=retry or RetryPolicy(),
             credentials=credentials,
+            token=os.environ.get("ACCORD_TOKEN", "") if token is None else token,
         )
+        self.auth = AsyncAuth(self._transport)
         self.kv = AsyncKV(self._transport)
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)

@@ -200,6 +200,33 @@ class NotPermittedError(AccordError):
     REASON = common_pb2.ERROR_REASON_NOT_PERMITTED
 
 
+class UnauthenticatedError(AccordError):
+    """The call carried no valid token: none, malformed, unknown, expired or revoked.
+    Pass ``token=`` (or set ACCORD_TOKEN)."""
+
+    REASON = common_pb2.ERROR_REASON_UNAUTHENTICATED
+
+
+class PermissionDeniedError(AccordError):
+    """The token is valid but does not allow the call. `role` and `namespace` say which
+    role was missing where; `agents`, the agent ids the token may act as."""
+
+    REASON = common_pb2.ERROR_REASON_PERMISSION_DENIED
+
+    @property
+    def role(self) -> str:
+        return self.metadata.get("role", "")
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.get("namespace", "")
+
+    @property
+    def agents(self) -> list[str]:
+        listed = self.metadata.get("agents", "")
+        return listed.split(",") if listed else []
+
+
 def _with_reasons(cls: type[AccordError]) -> list[type[AccordError]]:
     below = [c for sub in cls.__subclasses__() for c in _with_reasons(sub)]
     return [cls, *below] if cls.REASON is not None else below
@@ -216,6 +243,8 @@ _BY_CODE: dict[grpc.StatusCode, type[AccordError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: InvalidArgumentError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 _DETAIL_TYPES = [

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from pycrdt import Doc
 
+from accord.client.auth import AsyncAuth, NewToken, Principal, Role, TokenInfo, WhoAmI
 from accord.client.blocking import Blocking, BlockingContext, BlockingIterator, LoopThread
 from accord.client.client import AsyncClient
 from accord.client.errors import AccordError
@@ -78,6 +79,7 @@ from accord.v1 import common_pb2, sessions_pb2, votes_pb2
 class Client(Blocking[AsyncClient]):
     """Blocking twin of `accord.client.client.AsyncClient`."""
 
+    auth: Auth
     kv: KV
     leases: Leases
     locks: Locks
@@ -93,6 +95,7 @@ class Client(Blocking[AsyncClient]):
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         loop = LoopThread()
         try:
@@ -104,12 +107,14 @@ class Client(Blocking[AsyncClient]):
                     timeout=timeout,
                     retry=retry,
                     credentials=credentials,
+                    token=token,
                 )
             )
         except BaseException:
             loop.stop()
             raise
         super().__init__(loop, wrapped)
+        self.auth = Auth(self._loop, self._async.auth)
         self.kv = KV(self._loop, self._async.kv)
         self.leases = Leases(self._loop, self._async.leases)
         self.locks = Locks(self._loop, self._async.locks)
@@ -152,6 +157,62 @@ class Client(Blocking[AsyncClient]):
             return self._loop.run(self._async.__aexit__(exc_type, exc, tb))
         finally:
             self._loop.stop()
+
+
+class Auth(Blocking[AsyncAuth]):
+    """Blocking twin of `accord.client.auth.AsyncAuth`."""
+
+    def whoami(self, *, timeout: float | None = None) -> WhoAmI:
+        """The principal this client's token names, its roles, and the agent it acts as."""
+        return self._loop.run(self._async.whoami(timeout=timeout))
+
+    def create_token(
+        self,
+        principal: str,
+        *,
+        agents: list[str] | None = None,
+        ttl: int = 0,
+        timeout: float | None = None,
+    ) -> NewToken:
+        """A new token for principal (created, with agents, if new). ttl: seconds until
+        it expires (0: never). Needs a cluster admin."""
+        return self._loop.run(
+            self._async.create_token(principal, agents=agents, ttl=ttl, timeout=timeout)
+        )
+
+    def revoke_token(self, token_id: str, *, timeout: float | None = None) -> TokenInfo:
+        """Revoke a token by id: every replica refuses it within a second."""
+        return self._loop.run(self._async.revoke_token(token_id, timeout=timeout))
+
+    def principals(self, *, timeout: float | None = None) -> list[Principal]:
+        """Every principal with its roles and tokens (never their secrets)."""
+        return self._loop.run(self._async.principals(timeout=timeout))
+
+    def grant(
+        self,
+        principal: str,
+        role: Role | None = None,
+        *,
+        cluster_admin: bool = False,
+        timeout: float | None = None,
+    ) -> Principal:
+        """Grant role in this client's namespace (or, with cluster_admin, cluster admin)."""
+        return self._loop.run(
+            self._async.grant(principal, role, cluster_admin=cluster_admin, timeout=timeout)
+        )
+
+    def revoke(
+        self,
+        principal: str,
+        role: Role | None = None,
+        *,
+        cluster_admin: bool = False,
+        timeout: float | None = None,
+    ) -> Principal:
+        """Take back role in this client's namespace (or, with cluster_admin, cluster admin)."""
+        return self._loop.run(
+            self._async.revoke(principal, role, cluster_admin=cluster_admin, timeout=timeout)
+        )
 
 
 class KV(Blocking[AsyncKV]):

@@ -2,7 +2,8 @@
 
 One channel per replica address, used in turn: when a replica stops answering, calls
 move on to the next. Only calls declared safe to repeat (`accord.client.calls`) are
-retried; every call has a deadline and carries the agent's identity metadata.
+retried; every call has a deadline and carries the agent's identity metadata and, when
+the client has one, its token (`authorization: Bearer <token>`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Transport:
         timeout: float,
         retry: RetryPolicy,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str = "",
     ) -> None:
         if not addresses:
             raise ValueError("at least one coordinator address is needed")
@@ -60,6 +62,7 @@ class Transport:
         self.metadata: tuple[tuple[str, str], ...] = (
             ("accord-namespace", namespace),
             *((("accord-agent-id", agent_id),) if agent_id else ()),
+            *((("authorization", f"Bearer {token}"),) if token else ()),
         )
 
     def replica(self) -> tuple[int, _Replica]:

@@ -1,9 +1,17 @@
 """The one server interceptor: identity, deadline, error mapping and the access log.
 
-For every accord.* call it reads the namespace and agent from metadata (authentication
-will live here too), records the caller's deadline for the etcd layer, turns domain
-errors into gRPC statuses with details, and logs the call. Health and reflection calls
-pass through untouched.
+For every accord.* call it reads the namespace and agent from metadata and, with auth
+required, the bearer token: the token must name a principal (auth.cache), the agent id
+must be one that principal may act as, and the principal must hold the role the method
+needs in the namespace (auth.roles). It records the caller's deadline for the etcd
+layer, turns domain errors into gRPC statuses with details, and logs the call. Health
+and reflection calls pass through untouched.
+
+Error handling: identity metadata given twice, or in a -bin form, is BadIdentity
+(INVALID_ARGUMENT), with auth on or off. With auth required: no token, or a malformed,
+unknown, expired or revoked one is Unauthenticated; an agent id the principal may not
+use, or a missing role, is PermissionDenied. Each is raised before the method runs, so
+a refused call changes nothing.
 """
 
 from __future__ import annotations
@@ -12,14 +20,17 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
 from accord.coordinator import logs
+from accord.coordinator.auth import roles, tokens
+from accord.coordinator.auth.cache import AuthCache
 from accord.coordinator.substrate import calls
-from accord.coordinator.substrate.errors import AccordError, Internal
+from accord.coordinator.substrate.errors import AccordError, Internal, Unauthenticated
 
 _log = logs.get("accord.access")
 SLOW_CALL_SECONDS = 1.0
@@ -29,7 +40,9 @@ _trace_counter = itertools.count()
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
+    def __init__(self, auth: AuthCache | None = None) -> None:
+        """auth: the credentials to check every call against; None: auth is off."""
+        self._auth = auth
         # Wrapped once per method, not once per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -51,38 +64,83 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = wrapped
         return wrapped
 
-    @staticmethod
     def _wrap(
-        method: str, handler: grpc.RpcMethodHandler[Any, Any]
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        gate = _Gate(method, self._auth)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(method, handler.unary_unary),
+                _unary(gate, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(method, handler.unary_stream),
+                _stream(gate, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _stream(method, handler.stream_stream),
+                _stream(gate, handler.stream_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _begin(context: grpc.aio.ServicerContext[Any, Any]) -> calls.Call:
-    metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-    namespace, agent = calls.identity_from_metadata(metadata)
-    remaining = context.time_remaining()
-    deadline = time.monotonic() + remaining if remaining is not None else None
-    trace = metadata.get(calls.TRACE_METADATA) or f"{_TRACE_PREFIX}{next(_trace_counter)}"
-    return calls.Call(namespace=namespace, agent_id=agent, trace_id=trace, deadline=deadline)
+class _Gate:
+    """Who may call one method: its name, what it needs, and the credentials (None: auth
+    off)."""
+
+    __slots__ = ("auth", "method", "need")
+
+    def __init__(self, method: str, auth: AuthCache | None) -> None:
+        self.method = method
+        self.auth = auth
+        self.need = roles.REQUIRED.get(method)
+
+    async def begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> calls.Call:
+        """The call, identified and (with auth required) authorized; sets calls.current."""
+        metadata = calls.single_metadata(context.invocation_metadata() or ())
+        namespace, agent = calls.identity_from_metadata(metadata)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        trace = metadata.get(calls.TRACE_METADATA) or f"{_TRACE_PREFIX}{next(_trace_counter)}"
+        call = calls.Call(namespace=namespace, agent_id=agent, trace_id=trace, deadline=deadline)
+        calls.current.set(call)  # a token lookup in etcd is bounded by the caller's deadline
+        if self.auth is None:
+            return call
+        verified = await self.auth.verify(tokens.parse(_bearer(metadata)))
+        principal = verified.principal
+        call = replace(
+            call,
+            agent_id=agent or principal.name,
+            principal=principal.name,
+            token_id=verified.token_id,
+        )
+        calls.current.set(call)
+        roles.check_agent(principal, call.agent_id)
+        roles.authorize(principal, self.method, self.need, namespace)
+        return call
+
+
+def _bearer(metadata: dict[str, str]) -> str:
+    """The token of an `authorization: Bearer <token>` entry."""
+    value = metadata.get(calls.AUTHORIZATION_METADATA)
+    if value is None:
+        raise Unauthenticated(
+            "this replica requires a credential: send metadata `authorization: Bearer "
+            "<token>` (the Python client: token= or ACCORD_TOKEN)",
+            metadata={"token": "missing"},
+        )
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "the authorization metadata must read `Bearer <token>`",
+            metadata={"token": "malformed"},
+        )
+    return token.strip()
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: AccordError) -> None:
@@ -106,6 +164,7 @@ def _finish(
         "method": method,
         "namespace": call.namespace if call else None,
         "agent_id": call.agent_id if call else None,
+        "principal": call.principal if call and call.principal else None,
         "trace_id": call.trace_id if call else None,
         "request_id": getattr(request, "request_id", "") or None,
         "latency_ms": latency_ms,
@@ -121,15 +180,17 @@ def _finish(
         _log.debug("call", **fields)
 
 
-def _unary(method: str, behavior: Any) -> Any:
+def _unary(gate: _Gate, behavior: Any) -> Any:
+    method = gate.method
+
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         call: calls.Call | None = None
         error: AccordError | None = None
         try:
-            call = _begin(context)
-            token = calls.current.set(call)
+            token = calls.current.set(calls.BACKGROUND)
             try:
+                call = await gate.begin(context)
                 return await behavior(request, context)
             finally:
                 calls.current.reset(token)
@@ -145,7 +206,9 @@ def _unary(method: str, behavior: Any) -> Any:
     return wrapped
 
 
-def _stream(method: str, behavior: Any) -> Any:
+def _stream(gate: _Gate, behavior: Any) -> Any:
+    method = gate.method
+
     async def wrapped(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
@@ -153,9 +216,9 @@ def _stream(method: str, behavior: Any) -> Any:
         call: calls.Call | None = None
         error: AccordError | None = None
         try:
-            call = _begin(context)
-            token = calls.current.set(call)
+            token = calls.current.set(calls.BACKGROUND)
             try:
+                call = await gate.begin(context)
                 async for response in behavior(request, context):
                     yield response
             finally:

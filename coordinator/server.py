@@ -19,6 +19,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from accord.coordinator import logs
+from accord.coordinator.auth.cache import AuthCache
+from accord.coordinator.auth.service import AuthService
+from accord.coordinator.auth.store import AuthStore
 from accord.coordinator.interceptor import CallInterceptor
 from accord.coordinator.kv.service import KVService
 from accord.coordinator.kv.store import KVStore
@@ -43,6 +46,8 @@ from accord.coordinator.votes.service import VotesService
 from accord.coordinator.votes.store import VoteStore
 from accord.coordinator.votes.timers import VoteTimers
 from accord.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     kv_pb2,
     kv_pb2_grpc,
     leases_pb2,
@@ -62,6 +67,7 @@ SERVICES = [
     locks_pb2.DESCRIPTOR.services_by_name["Locks"].full_name,
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
     votes_pb2.DESCRIPTOR.services_by_name["Votes"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
 ]
 HEALTH_INTERVAL_SECONDS = 2.0
 GC_YOUNG_THRESHOLD = 50_000
@@ -79,6 +85,7 @@ class Replica:
         self.sessions: SessionStore | None = None
         self.vote_feeds: VoteFeeds | None = None
         self.vote_timers: VoteTimers | None = None
+        self.auth: AuthCache | None = None
         self.port = 0
         self.ws: YWebsocketServer | None = None
         self.ws_port = 0  # the y-websocket endpoint's bound port (0: not serving it)
@@ -87,6 +94,9 @@ class Replica:
 
     async def start(self) -> None:
         settings = self.settings
+        problem = settings.exposure_problem()
+        if problem is not None:
+            raise RuntimeError(problem)
         endpoints = settings.etcd_endpoints
         if not endpoints:
             self.embedded = EmbeddedEtcd(settings.data_dir)
@@ -115,9 +125,11 @@ class Replica:
         votes = VoteStore(substrate, leases, fencing, admin_agents=settings.vote_admins)
         self.vote_feeds = VoteFeeds(substrate, votes.decisions)
         self.vote_timers = VoteTimers(substrate, votes.decisions)
+        auth_store = AuthStore(self.etcd, substrate.keys)
+        await self._start_auth()
 
         self.server = grpc.aio.server(
-            interceptors=[CallInterceptor()],
+            interceptors=[CallInterceptor(self.auth)],
             options=[
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -144,6 +156,9 @@ class Replica:
         votes_pb2_grpc.add_VotesServicer_to_server(
             VotesService(votes, self.vote_feeds, replica), self.server
         )
+        auth_pb2_grpc.add_AuthServicer_to_server(
+            AuthService(auth_store, self.auth, replica), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
             [
@@ -166,8 +181,24 @@ class Replica:
             if self.ws
             else "off",
             replica=replica,
+            auth="required" if self.auth else "off",
             etcd=list(endpoints),
             embedded_etcd=self.embedded is not None,
+        )
+
+    async def _start_auth(self) -> None:
+        """Load the credentials (auth required), or say loudly that there are none."""
+        assert self.etcd is not None and self.substrate is not None
+        if self.settings.auth_required:
+            self.auth = AuthCache(self.etcd, self.substrate.keys)
+            await self.auth.start()
+            return
+        _log.warning(
+            "AUTH IS OFF: every caller can act as any agent in any namespace; serve "
+            "with --auth required (see `accord auth bootstrap`) for anything but a "
+            "single-user machine",
+            listen=self.settings.listen,
+            insecure=self.settings.insecure,
         )
 
     async def _wait_for_etcd(self, timeout: float = 30.0) -> None:
@@ -229,6 +260,8 @@ class Replica:
             await self.sessions.close()
         if self.vote_timers:
             await self.vote_timers.close()
+        if self.auth:
+            await self.auth.close()
         if self.substrate:
             committer = self.substrate.committer
             _log.info("group commit totals", batches=committer.batches, writes=committer.writes)

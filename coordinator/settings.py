@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,3 +32,38 @@ class Settings:
     session_idle_seconds: float = 30.0
     # Agents that may cancel any vote (besides its proposer).
     vote_admins: tuple[str, ...] = ("admin",)
+    # Every call must carry a bearer token (accord auth); False: identity is a claim.
+    auth_required: bool = False
+    # Serve without auth on a non-loopback address anyway (and, with auth required, keep
+    # the y-websocket endpoint, which does not check tokens yet).
+    insecure: bool = False
+
+    def exposure_problem(self) -> str | None:
+        """Why this replica must not start as configured (None: it may)."""
+        if self.insecure:
+            return None
+        if not self.auth_required:
+            exposed = [a for a in (self.listen, self.ws_listen) if a and not is_loopback(a)]
+            if exposed:
+                return (
+                    f"auth is off, so anyone who reaches {', '.join(exposed)} could act as any "
+                    "agent: serve with --auth required (see `accord auth bootstrap`), listen "
+                    "on 127.0.0.1, or pass --insecure to accept that"
+                )
+        elif self.ws_listen:
+            return (
+                "the y-websocket endpoint does not check tokens yet, so with --auth required "
+                "it must be off (--ws-listen '') unless --insecure is given"
+            )
+        return None
+
+
+def is_loopback(address: str) -> bool:
+    """Whether host:port names a loopback interface only ("localhost", 127.x, ::1)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or empty (every interface)

@@ -1,15 +1,18 @@
 """The `accord` command: `accord serve` runs a coordinator replica; the admin commands
-(common.py, locks.py, votes.py) are client programs that call a running service."""
+(common.py, locks.py, votes.py, auth.py) are client programs that call a running
+service (except `accord auth bootstrap`, which writes the first admin into etcd)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from accord.coordinator.cli.auth import auth_app
 from accord.coordinator.cli.locks import deadlocks_app, leases_app, locks_app
 from accord.coordinator.cli.votes import votes_app
 from accord.coordinator.settings import Settings
@@ -28,6 +31,11 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+class AuthMode(StrEnum):
+    required = "required"
+    off = "off"
+
+
 app = typer.Typer(
     help="Accord: a coordination service for fleets of LLM agents.",
     no_args_is_help=True,
@@ -44,6 +52,7 @@ app.add_typer(locks_app, name="locks")
 app.add_typer(leases_app, name="leases")
 app.add_typer(deadlocks_app, name="deadlocks")
 app.add_typer(votes_app, name="votes")
+app.add_typer(auth_app, name="auth")
 
 
 @app.command()
@@ -107,6 +116,22 @@ def serve(
             help="agent id that may cancel any vote (repeatable; default: admin)",
         ),
     ] = None,
+    auth: Annotated[
+        AuthMode,
+        typer.Option(
+            envvar="ACCORD_AUTH",
+            help="required: every call needs a bearer token (see `accord auth bootstrap`); "
+            "off: identity is whatever the caller claims (loopback only)",
+        ),
+    ] = AuthMode.off,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            envvar="ACCORD_INSECURE",
+            help="with auth off, serve on a non-loopback address anyway; with auth "
+            "required, keep the y-websocket endpoint (it does not check tokens yet)",
+        ),
+    ] = False,
 ) -> None:
     """Run a coordinator replica until SIGTERM or SIGINT."""
     from accord.coordinator.server import serve as run
@@ -126,7 +151,13 @@ def serve(
         idempotency_ttl_seconds=idempotency_ttl,
         session_idle_seconds=session_idle,
         vote_admins=tuple(vote_admin) if vote_admin else ("admin",),
+        auth_required=auth is AuthMode.required,
+        insecure=insecure,
     )
+    problem = settings.exposure_problem()
+    if problem is not None:
+        typer.echo(f"accord: {problem}", err=True)
+        raise typer.Exit(2)
     try:
         _run_loop(run(settings))
     except EtcdNotInstalled as exc:

@@ -1,6 +1,9 @@
 """What every admin command of `accord` shares: its options, one way to call the service,
 one way to print.
 
+With a token (`--token` or ACCORD_TOKEN) every call carries it, for a service that
+runs with auth required.
+
 Each command makes one or two calls with the async client under a short deadline and
 prints a table (`-o table`, the default) or JSON (`-o json`: proto messages in their
 standard JSON mapping with proto field names, so int64 values such as lease ids and
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -54,7 +58,21 @@ AddrOpt = Annotated[
     str, typer.Option(envvar="ACCORD_ADDR", help="coordinator host:port[,host:port...]")
 ]
 NamespaceOpt = Annotated[str, typer.Option(envvar="ACCORD_NAMESPACE", help="namespace")]
-AgentOpt = Annotated[str, typer.Option(envvar="ACCORD_AGENT_ID", help="agent id to call as")]
+AgentOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="ACCORD_AGENT_ID",
+        help="agent id to call as (with a token, the default is the token's principal)",
+    ),
+]
+TokenOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="ACCORD_TOKEN",
+        help="bearer token, for a service with auth required (`accord auth token create`)",
+        show_default=False,
+    ),
+]
 ADDR, NAMESPACE, AGENT = "127.0.0.1:50051", "default", "accord-cli"
 
 
@@ -66,9 +84,19 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def call(addr: str, namespace: str, agent: str, work: Callable[[AsyncClient], Awaitable[T]]) -> T:
+def call(
+    addr: str,
+    namespace: str,
+    agent: str,
+    work: Callable[[AsyncClient], Awaitable[T]],
+    token: str | None = None,
+) -> T:
     """Run work with a client to addr; Accord errors become one line on stderr and an
-    exit code."""
+    exit code. token: None reads ACCORD_TOKEN. With a token, the default agent id gives
+    way to the token's principal (a token names who calls)."""
+    token = os.environ.get("ACCORD_TOKEN", "") if token is None else token
+    if token and agent == AGENT:
+        agent = ""
     addresses = [a.strip() for a in addr.split(",") if a.strip()]
     if not addresses:
         fail("--addr names no coordinator address", EXIT_USAGE)
@@ -80,6 +108,7 @@ def call(addr: str, namespace: str, agent: str, work: Callable[[AsyncClient], Aw
             namespace=namespace,
             timeout=CALL_TIMEOUT_SECONDS,
             retry=_RETRY,
+            token=token,
         ) as client:
             return await work(client)
 

@@ -1,14 +1,17 @@
 """The call being served: who is calling, in which namespace, and until when.
 
-The server interceptor sets `current` once per RPC from the call metadata and the gRPC
-deadline; primitives and the etcd layer read it, so the caller's deadline bounds every
-etcd call and every wait made on its behalf.
+The server interceptor sets `current` once per RPC from the call metadata, the
+credential and the gRPC deadline; primitives and the etcd layer read it, so the
+caller's deadline bounds every etcd call and every wait made on its behalf. With auth
+required, `principal` is the authenticated principal and `agent_id` one it may act as;
+with auth off, `principal` is empty and `agent_id` is the caller's own claim.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -17,6 +20,9 @@ from accord.coordinator.substrate.errors import BadIdentity, DeadlineExceeded
 NAMESPACE_METADATA = "accord-namespace"
 AGENT_METADATA = "accord-agent-id"
 TRACE_METADATA = "accord-trace-id"
+AUTHORIZATION_METADATA = "authorization"
+# Each may appear once on a call: with two, which one counts would be up to whoever reads.
+SINGLE_METADATA = (NAMESPACE_METADATA, AGENT_METADATA, AUTHORIZATION_METADATA)
 DEFAULT_NAMESPACE = "default"
 
 _NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -30,6 +36,9 @@ class Call:
     trace_id: str
     # time.monotonic() at which the caller stops waiting; None when it set no deadline.
     deadline: float | None
+    # The authenticated principal and the id of the token it presented ("": auth off).
+    principal: str = ""
+    token_id: str = ""
 
     def remaining(self) -> float | None:
         if self.deadline is None:
@@ -49,6 +58,27 @@ class Call:
 # A call with no deadline and the default identity: used for background work.
 BACKGROUND = Call(namespace=DEFAULT_NAMESPACE, agent_id="", trace_id="", deadline=None)
 current: ContextVar[Call] = ContextVar("accord_call", default=BACKGROUND)
+
+
+def single_metadata(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The call's text metadata as a dict, refusing what a dict would hide: an identity
+    entry given twice (the last would win), and a binary (-bin) form of one (its value
+    would be ignored, and the call served as the default namespace or agent)."""
+    metadata: dict[str, str] = {}
+    for key, value in pairs:
+        if key in SINGLE_METADATA and key in metadata:
+            raise BadIdentity(
+                f"metadata {key} is given more than once; send it once",
+                metadata={"field": key},
+            )
+        if key.endswith("-bin") and key.removesuffix("-bin") in SINGLE_METADATA:
+            raise BadIdentity(
+                f"metadata {key} is not accepted: send {key.removesuffix('-bin')} as text",
+                metadata={"field": key},
+            )
+        if isinstance(value, str):
+            metadata[key] = value
+    return metadata
 
 
 def identity_from_metadata(metadata: dict[str, str]) -> tuple[str, str]:

@@ -195,6 +195,21 @@ class NotPermitted(AccordError):
     reason = _reason(common_pb2.ERROR_REASON_NOT_PERMITTED)
 
 
+class Unauthenticated(AccordError):
+    """No valid credential on the call (auth required)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = _reason(common_pb2.ERROR_REASON_UNAUTHENTICATED)
+
+
+class PermissionDenied(AccordError):
+    """A valid credential that does not allow the call: a missing role, or an agent id
+    the principal may not act as."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = _reason(common_pb2.ERROR_REASON_PERMISSION_DENIED)
+
+
 class StoredFailure(AccordError):
     """A failure answered before, replayed verbatim from its stored google.rpc.Status."""
 

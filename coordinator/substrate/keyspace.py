@@ -17,6 +17,8 @@ characters), under a configurable root:
   {root}/ns/{ns}/votes/{id}                          Vote record                    (votes)
   {root}/ns/{ns}/ballots/{id}\\0{agent}               Ballot                         (votes)
   {root}/vote-timers/{due_ms:016x}\\0{kind}\\0{ns}\\0{id}  empty: a deadline or expiry (votes)
+  {root}/auth/principals/{name}                      PrincipalRecord                (auth)
+  {root}/auth/tokens/{token id}                      TokenRecord                    (auth)
 """
 
 from __future__ import annotations
@@ -145,3 +147,24 @@ class Keyspace:
             key[len(self.vote_timers_prefix) :].decode().split("\x00", 3)
         )
         return int(due, 16), kind, namespace, vote_id
+
+    # --- auth (cluster-wide, not per namespace) ------------------------------------------
+
+    @property
+    def auth_prefix(self) -> bytes:
+        """Everything auth keeps: every replica reads it once and follows it by a watch."""
+        return f"{self.root}/auth/".encode()
+
+    @property
+    def principals_prefix(self) -> bytes:
+        return self.auth_prefix + b"principals/"
+
+    def principal(self, name: str) -> bytes:
+        return self.principals_prefix + name.encode()
+
+    @property
+    def tokens_prefix(self) -> bytes:
+        return self.auth_prefix + b"tokens/"
+
+    def token(self, token_id: str) -> bytes:
+        return self.tokens_prefix + token_id.encode()

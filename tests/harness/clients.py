@@ -11,6 +11,7 @@ import grpc
 
 from accord.client import AsyncClient, RetryPolicy
 from accord.v1 import (
+    auth_pb2_grpc,
     kv_pb2_grpc,
     leases_pb2_grpc,
     locks_pb2_grpc,
@@ -22,22 +23,30 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def make_client(
-    addresses: list[str], namespace: str, agent: str = "tester", timeout: float = 10.0
+    addresses: list[str],
+    namespace: str,
+    agent: str = "tester",
+    timeout: float = 10.0,
+    token: str = "",
 ) -> AsyncClient:
-    """A client of the given replicas only, retrying briefly (tests fail fast)."""
+    """A client of the given replicas only, retrying briefly (tests fail fast); with a
+    token only when given one (never ACCORD_TOKEN from the environment)."""
     return AsyncClient(
         addresses,
         agent_id=agent,
         namespace=namespace,
         timeout=timeout,
         retry=RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5),
+        token=token,
     )
 
 
-def identity(namespace: str, agent: str | None = None) -> Metadata:
-    """The metadata of an Accord call: its namespace and, unless None, its agent."""
+def identity(namespace: str, agent: str | None = None, token: str | None = None) -> Metadata:
+    """The metadata of an Accord call: its namespace and, unless None, its agent and its
+    bearer token."""
     out: Metadata = (("accord-namespace", namespace),)
-    return out + ((("accord-agent-id", agent),) if agent is not None else ())
+    out += (("accord-agent-id", agent),) if agent is not None else ()
+    return out + ((("authorization", f"Bearer {token}"),) if token is not None else ())
 
 
 class _Channel:
@@ -66,6 +75,7 @@ class Stubs(_Channel):
         self.locks = locks_pb2_grpc.LocksStub(self.channel)
         self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
         self.votes = votes_pb2_grpc.VotesStub(self.channel)
+        self.auth = auth_pb2_grpc.AuthStub(self.channel)
 
 
 class EtcdStubs(_Channel):

@@ -202,6 +202,8 @@ class Coordinator(Process):
     ws_port: int = 0
     # Extra environment for the process (e.g. ACCORD_FAILPOINTS).
     env: dict[str, str] = field(default_factory=dict)
+    # Serve the y-websocket endpoint (off: e.g. with --auth required, which needs it off).
+    ws: bool = True
 
     @property
     def address(self) -> str:
@@ -213,7 +215,7 @@ class Coordinator(Process):
         return f"ws://127.0.0.1:{self.ws_port}"
 
     def start(self, timeout: float = 30) -> None:
-        self.ws_port = self.ws_port or free_port()
+        self.ws_port = (self.ws_port or free_port()) if self.ws else 0
         argv = [
             sys.executable,
             "-m",
@@ -222,7 +224,7 @@ class Coordinator(Process):
             "--listen",
             self.address,
             "--ws-listen",
-            f"127.0.0.1:{self.ws_port}",
+            f"127.0.0.1:{self.ws_port}" if self.ws else "",
             "--replica",
             self.name,
             *self.extra_args,
@@ -239,7 +241,8 @@ class Coordinator(Process):
         )
         wait_for_port(self.port, timeout, self.popen)
         wait_serving(self.address, timeout)
-        wait_for_port(self.ws_port, timeout, self.popen)
+        if self.ws:
+            wait_for_port(self.ws_port, timeout, self.popen)
 
     def restart(self) -> None:
         self.kill()
@@ -252,6 +255,7 @@ def start_coordinator(
     etcd_endpoints: list[str],
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    ws: bool = True,
 ) -> Coordinator:
     replica = Coordinator(
         name=name,
@@ -260,6 +264,7 @@ def start_coordinator(
         etcd_endpoints=etcd_endpoints,
         extra_args=extra_args or [],
         env=env or {},
+        ws=ws,
     )
     replica.start()
     return replica

@@ -53,5 +53,13 @@ def test_vote_keys() -> None:
     assert K.parse_vote_timer(timer) == (0x123, "close", "team", "v1")
 
 
+def test_auth_keys() -> None:
+    assert K.auth_prefix == b"accord/auth/"
+    assert K.principals_prefix == b"accord/auth/principals/"
+    assert K.principal("runtime-1") == b"accord/auth/principals/runtime-1"
+    assert K.tokens_prefix == b"accord/auth/tokens/"
+    assert K.token("AbCd_-0123456789") == b"accord/auth/tokens/AbCd_-0123456789"
+
+
 def test_root_is_configurable() -> None:
     assert Keyspace("other/root").kv("n", "k") == b"other/root/ns/n/kv/k"

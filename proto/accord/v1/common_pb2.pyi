@@ -73,6 +73,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_NOT_PERMITTED: _ErrorReason.ValueType  # 20
     """The caller may not do this (e.g. cancel a vote it did not propose)."""
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 21
+    """The call has no valid credential: no token, a malformed one, or one that is unknown,
+    expired or revoked (auth required).
+    """
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 22
+    """The credential is valid but does not allow this call: a role missing in the
+    namespace (metadata "role" and "namespace" say which), or an agent id the principal
+    may not act as (metadata "agents" lists those it may).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons Accord puts in google.rpc.ErrorInfo.reason (domain "accord.v1"),
@@ -127,6 +136,15 @@ accord.v1.Ballot is the ballot that stands.
 """
 ERROR_REASON_NOT_PERMITTED: ErrorReason.ValueType  # 20
 """The caller may not do this (e.g. cancel a vote it did not propose)."""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 21
+"""The call has no valid credential: no token, a malformed one, or one that is unknown,
+expired or revoked (auth required).
+"""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 22
+"""The credential is valid but does not allow this call: a role missing in the
+namespace (metadata "role" and "namespace" say which), or an agent id the principal
+may not act as (metadata "agents" lists those it may).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

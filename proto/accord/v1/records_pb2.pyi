@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from accord.v1 import auth_pb2 as _auth_pb2
 from accord.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -278,3 +279,109 @@ class SessionRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionRecord: _TypeAlias = SessionRecord  # noqa: Y015
+
+@_typing.final
+class PrincipalRecord(_message.Message):
+    """Votes (see votes.proto) are stored as the contract's own messages:
+      {root}/ns/{namespace}/votes/{id}              an accord.v1.Vote without ballots or
+                                                    tally; rewritten exactly once, with
+                                                    its decision
+      {root}/ns/{namespace}/ballots/{id}\\0{agent}    an accord.v1.Ballot, one per voter
+      {root}/vote-timers/{due ms, 16 hex}\\0{kind}\\0{namespace}\\0{id}
+                                                    empty; when a vote is due to close
+                                                    (kind "close") or to be deleted after
+                                                    its retention (kind "expire"). Every
+                                                    replica watches these.
+
+    {root}/auth/principals/{name}: who a principal is and what it may do.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RolesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _auth_pb2.RoleSet: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _auth_pb2.RoleSet | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    CLUSTER_ADMIN_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    cluster_admin: _builtins.bool
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def roles(self) -> _containers.MessageMap[_builtins.str, _auth_pb2.RoleSet]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        agents: _abc.Iterable[_builtins.str] | None = ...,
+        roles: _abc.Mapping[_builtins.str, _auth_pb2.RoleSet] | None = ...,
+        cluster_admin: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "cluster_admin", b"cluster_admin", "created_at", b"created_at", "name", b"name", "roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrincipalRecord: _TypeAlias = PrincipalRecord  # noqa: Y015
+
+@_typing.final
+class TokenRecord(_message.Message):
+    """{root}/auth/tokens/{id}: a bearer token. Only the SHA-256 of its secret is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_SHA256_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    secret_sha256: _builtins.bytes
+    principal: _builtins.str
+    created_by: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: never expires."""
+
+    def __init__(
+        self,
+        *,
+        secret_sha256: _builtins.bytes = ...,
+        principal: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "principal", b"principal", "secret_sha256", b"secret_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenRecord: _TypeAlias = TokenRecord  # noqa: Y015

@@ -1,0 +1,113 @@
+"""Credentials as an admin (or any caller) uses them: who am I, tokens, roles.
+
+``await accord.auth.whoami()`` says which principal the client's token names and what it
+may do. A cluster admin mints tokens with
+``await accord.auth.create_token("planner-1", ttl=86400)`` (the secret is in the answer
+once; etcd keeps only its hash) and grants roles in the client's namespace with
+``await accord.auth.grant("planner-1", Role.WRITE)``.
+
+CreateToken is not retried after an ambiguous failure (a retry would mint a second
+token); everything else is safe to repeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from accord.client import calls
+from accord.client.transport import Transport
+from accord.v1 import auth_pb2
+
+# The contract's own messages (typed through their .pyi stubs).
+Principal = auth_pb2.Principal
+TokenInfo = auth_pb2.TokenInfo
+WhoAmI = auth_pb2.WhoAmIResponse
+
+
+class Role(IntEnum):
+    """A role in one namespace. ADMIN includes the others; WRITE and PROPOSE include READ."""
+
+    READ = auth_pb2.ROLE_READ
+    WRITE = auth_pb2.ROLE_WRITE
+    PROPOSE = auth_pb2.ROLE_PROPOSE
+    ADMIN = auth_pb2.ROLE_ADMIN
+
+
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """A token just created: `secret` is the bearer token, shown this once."""
+
+    info: TokenInfo
+    secret: str
+
+
+class AsyncAuth:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    async def whoami(self, *, timeout: float | None = None) -> WhoAmI:
+        """The principal this client's token names, its roles, and the agent it acts as."""
+        return await self._t.unary(calls.AUTH_WHO_AM_I, auth_pb2.WhoAmIRequest(), timeout=timeout)
+
+    async def create_token(
+        self,
+        principal: str,
+        *,
+        agents: list[str] | None = None,
+        ttl: int = 0,
+        timeout: float | None = None,
+    ) -> NewToken:
+        """A new token for principal (created, with agents, if new). ttl: seconds until
+        it expires (0: never). Needs a cluster admin."""
+        request = auth_pb2.CreateTokenRequest(
+            principal=principal, agents=agents or [], ttl_seconds=ttl
+        )
+        response = await self._t.unary(calls.AUTH_CREATE_TOKEN, request, timeout=timeout)
+        return NewToken(response.token, response.secret)
+
+    async def revoke_token(self, token_id: str, *, timeout: float | None = None) -> TokenInfo:
+        """Revoke a token by id: every replica refuses it within a second."""
+        request = auth_pb2.RevokeTokenRequest(token_id=token_id)
+        response = await self._t.unary(calls.AUTH_REVOKE_TOKEN, request, timeout=timeout)
+        return response.token
+
+    async def principals(self, *, timeout: float | None = None) -> list[Principal]:
+        """Every principal with its roles and tokens (never their secrets)."""
+        request = auth_pb2.ListPrincipalsRequest()
+        response = await self._t.unary(calls.AUTH_LIST_PRINCIPALS, request, timeout=timeout)
+        return list(response.principals)
+
+    async def grant(
+        self,
+        principal: str,
+        role: Role | None = None,
+        *,
+        cluster_admin: bool = False,
+        timeout: float | None = None,
+    ) -> Principal:
+        """Grant role in this client's namespace (or, with cluster_admin, cluster admin)."""
+        request = auth_pb2.GrantRoleRequest(
+            principal=principal,
+            role=auth_pb2.Role.ValueType(role or 0),
+            cluster_admin=cluster_admin,
+        )
+        response = await self._t.unary(calls.AUTH_GRANT_ROLE, request, timeout=timeout)
+        return response.principal
+
+    async def revoke(
+        self,
+        principal: str,
+        role: Role | None = None,
+        *,
+        cluster_admin: bool = False,
+        timeout: float | None = None,
+    ) -> Principal:
+        """Take back role in this client's namespace (or, with cluster_admin, cluster admin)."""
+        request = auth_pb2.RevokeRoleRequest(
+            principal=principal,
+            role=auth_pb2.Role.ValueType(role or 0),
+            cluster_admin=cluster_admin,
+        )
+        response = await self._t.unary(calls.AUTH_REVOKE_ROLE, request, timeout=timeout)
+        return response.principal

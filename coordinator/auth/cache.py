@@ -1,0 +1,155 @@
+"""Every replica's copy of {root}/auth/: tokens and principals, followed by one etcd watch.
+
+The replica reads the whole prefix once, then applies each change the watch reports,
+so a token revoked or a role changed through any replica takes effect on every replica
+as soon as etcd tells it (milliseconds; the tests hold it to a second). Verifying a
+call is a dict lookup, a SHA-256 and a constant-time compare: no etcd call.
+
+A token id the copy does not know (made on another replica a moment ago, not yet seen
+here) is looked up in etcd once before it is refused, so a token works everywhere as
+soon as CreateToken answered. That read is only for well-formed tokens and costs one
+small etcd read; garbage is refused before it.
+
+Error handling: an unknown, revoked or expired token, or one whose secret does not
+match, is Unauthenticated (without saying which of unknown/wrong secret, and never
+echoing the secret). Until the copy is loaded, and while the watch is broken and being
+re-established, calls get BackendUnavailable (retryable): authorization fails closed
+rather than trusting a copy that may miss a revocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from accord.coordinator import logs
+from accord.coordinator.auth import tokens
+from accord.coordinator.substrate.errors import BackendUnavailable, Unauthenticated
+from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.keyspace import Keyspace
+from accord.coordinator.substrate.txn import read, watch
+from accord.v1 import records_pb2
+
+_log = logs.get("accord.auth")
+MAX_RESYNC_DELAY = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """Who a valid token says the caller is."""
+
+    token_id: str
+    principal: records_pb2.PrincipalRecord
+
+
+class AuthCache:
+    def __init__(self, etcd: Etcd, keys: Keyspace) -> None:
+        self._etcd = etcd
+        self._keys = keys
+        self._tokens: dict[str, records_pb2.TokenRecord] = {}
+        self._principals: dict[str, records_pb2.PrincipalRecord] = {}
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.revision = 0  # the etcd revision the copy reflects
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Load the copy and keep following it; return once it is loaded."""
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._synced.wait(), timeout)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # --- verification ----------------------------------------------------------------------
+
+    def principal(self, name: str) -> records_pb2.PrincipalRecord | None:
+        return self._principals.get(name)
+
+    async def verify(self, token: tokens.Token) -> Verified:
+        if not self._synced.is_set():
+            raise BackendUnavailable(
+                "this replica is (re)loading its copy of the credentials from etcd; retry"
+            )
+        record = self._tokens.get(token.id)
+        if record is None:
+            record = await self._read_token(token.id)
+        if record is None or not tokens.matches(token.secret, record.secret_sha256):
+            raise Unauthenticated(
+                f"token {token.id} is unknown or has been revoked",
+                metadata={"token_id": token.id},
+            )
+        if record.HasField("expires_at") and record.expires_at.seconds <= time.time():
+            raise Unauthenticated(
+                f"token {token.id} expired at {record.expires_at.ToJsonString()}",
+                metadata={"token_id": token.id, "expired_at": record.expires_at.ToJsonString()},
+            )
+        principal = self._principals.get(record.principal)
+        if principal is None:
+            found = await self._etcd.range(read(self._keys.principal(record.principal)))
+            if not found.kvs:
+                raise Unauthenticated(
+                    f"token {token.id} names principal {record.principal!r}, which does not "
+                    "exist any more",
+                    metadata={"token_id": token.id},
+                )
+            principal = records_pb2.PrincipalRecord.FromString(found.kvs[0].value)
+        return Verified(token.id, principal)
+
+    async def _read_token(self, token_id: str) -> records_pb2.TokenRecord | None:
+        found = await self._etcd.range(read(self._keys.token(token_id)))
+        return records_pb2.TokenRecord.FromString(found.kvs[0].value) if found.kvs else None
+
+    # --- following etcd ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the copy must outlive any etcd trouble
+                _log.warning("auth copy lost its etcd watch; resyncing", error=str(exc))
+            self._synced.clear()  # fail closed until reloaded
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RESYNC_DELAY)
+
+    async def _follow(self) -> None:
+        """Read everything, then apply each change the watch reports."""
+        prefix = self._keys.auth_prefix
+        found = await self._etcd.range(read(prefix, prefix=True))
+        self._tokens, self._principals = {}, {}
+        for kv in found.kvs:
+            self._put(kv.key, kv.value)
+        self.revision = found.header.revision
+        changes = watch(prefix, prefix=True, start_revision=found.header.revision + 1)
+        stream = self._etcd.watch(changes)
+        self._synced.set()
+        async for response in stream:
+            for event in response.events:
+                if event.type == event.PUT:
+                    self._put(event.kv.key, event.kv.value)
+                else:
+                    self._delete(event.kv.key)
+            self.revision = max(self.revision, response.header.revision)
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        keys = self._keys
+        if key.startswith(keys.tokens_prefix):
+            token_id = key[len(keys.tokens_prefix) :].decode()
+            self._tokens[token_id] = records_pb2.TokenRecord.FromString(value)
+        elif key.startswith(keys.principals_prefix):
+            record = records_pb2.PrincipalRecord.FromString(value)
+            self._principals[record.name] = record
+
+    def _delete(self, key: bytes) -> None:
+        keys = self._keys
+        if key.startswith(keys.tokens_prefix):
+            self._tokens.pop(key[len(keys.tokens_prefix) :].decode(), None)
+        elif key.startswith(keys.principals_prefix):
+            self._principals.pop(key[len(keys.principals_prefix) :].decode(), None)

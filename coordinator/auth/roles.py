@@ -1,0 +1,203 @@
+"""Which role each RPC needs, and whether a principal has it.
+
+`REQUIRED` maps every method of every Accord service, by the full name gRPC routes it
+under (`/accord.v1.KV/Put`), to what it needs. The names are taken from the generated
+descriptors, so a renamed or removed method fails at import, and
+tests/unit/test_auth_roles.py checks that every method the contract declares is here.
+A method that is not in the table is refused: authorization fails closed.
+
+Roles are granted per namespace. ADMIN includes every other role; WRITE and PROPOSE
+each include READ. A cluster admin holds every role in every namespace.
+
+Error handling: `authorize` raises PermissionDenied naming the role that was missing and
+the namespace (ErrorInfo metadata "role", "namespace", "principal"), and `check_agent`
+names the agent ids the principal may act as (metadata "agents", comma-separated), so
+a program or an LLM can tell what to ask for.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType, ModuleType
+from typing import TypeAlias
+
+from accord.coordinator.substrate.errors import PermissionDenied
+from accord.v1 import (
+    auth_pb2,
+    kv_pb2,
+    leases_pb2,
+    locks_pb2,
+    records_pb2,
+    sessions_pb2,
+    votes_pb2,
+)
+
+Role: TypeAlias = auth_pb2.Role.ValueType
+READ, WRITE, PROPOSE, ADMIN = (
+    auth_pb2.ROLE_READ,
+    auth_pb2.ROLE_WRITE,
+    auth_pb2.ROLE_PROPOSE,
+    auth_pb2.ROLE_ADMIN,
+)
+ROLES: tuple[Role, ...] = (READ, WRITE, PROPOSE, ADMIN)
+_INCLUDES: Mapping[Role, frozenset[Role]] = {
+    READ: frozenset({READ}),
+    WRITE: frozenset({READ, WRITE}),
+    PROPOSE: frozenset({READ, PROPOSE}),
+    ADMIN: frozenset(ROLES),
+}
+
+# Every service a replica serves, with the module its descriptor lives in.
+SERVICES: tuple[tuple[ModuleType, str], ...] = (
+    (kv_pb2, "KV"),
+    (leases_pb2, "Leases"),
+    (locks_pb2, "Locks"),
+    (sessions_pb2, "Sessions"),
+    (votes_pb2, "Votes"),
+    (auth_pb2, "Auth"),
+)
+
+
+class Need(enum.Enum):
+    """What a call needs besides a valid credential."""
+
+    READ = READ
+    WRITE = WRITE
+    PROPOSE = PROPOSE
+    ADMIN = ADMIN  # of the call's namespace
+    CLUSTER_ADMIN = "cluster admin"
+    AUTHENTICATED = "any authenticated principal"
+
+
+def role_name(role: Role) -> str:
+    return auth_pb2.Role.Name(role).removeprefix("ROLE_")
+
+
+def method_name(module: ModuleType, service: str, method: str) -> str:
+    """The path gRPC routes a method under, from the generated descriptor (KeyError when
+    the contract has no such method)."""
+    found = module.DESCRIPTOR.services_by_name[service].methods_by_name[method]
+    return f"/{found.containing_service.full_name}/{found.name}"
+
+
+def _table(
+    module: ModuleType, service: str, needs: Mapping[Need, Iterable[str]]
+) -> dict[str, Need]:
+    return {
+        method_name(module, service, method): need
+        for need, methods in needs.items()
+        for method in methods
+    }
+
+
+R, W, P, A = Need.READ, Need.WRITE, Need.PROPOSE, Need.ADMIN
+REQUIRED: Mapping[str, Need] = MappingProxyType(
+    {
+        **_table(
+            kv_pb2, "KV", {R: ["Get", "List", "Watch", "History"], W: ["Put", "Delete", "Txn"]}
+        ),
+        # Revoking another agent's lease will need ADMIN once ownership is checked.
+        **_table(
+            leases_pb2,
+            "Leases",
+            {R: ["TimeToLive", "List"], W: ["Grant", "KeepAlive", "KeepAliveOnce", "Revoke"]},
+        ),
+        **_table(
+            locks_pb2,
+            "Locks",
+            {
+                R: ["Describe", "List", "WaitGraph", "ListDeadlocks"],
+                W: ["Acquire", "AcquireMany", "Release"],
+                A: ["Break"],
+            },
+        ),
+        **_table(
+            sessions_pb2,
+            "Sessions",
+            {
+                R: ["List", "Sync", "Subscribe", "Read"],
+                W: ["Open", "Delete", "Push", "Apply", "SetPresence"],
+            },
+        ),
+        # Cancel: the proposer (who needed PROPOSE) or a vote admin agent, as the vote
+        # store checks against the authenticated agent id.
+        **_table(
+            votes_pb2,
+            "Votes",
+            {R: ["Get", "List", "Watch"], W: ["Cast"], P: ["Propose", "Cancel"]},
+        ),
+        **_table(
+            auth_pb2,
+            "Auth",
+            {
+                Need.AUTHENTICATED: ["WhoAmI"],
+                Need.CLUSTER_ADMIN: ["CreateToken", "RevokeToken", "ListPrincipals"],
+                # Granting ADMIN or cluster admin takes a cluster admin (auth.store).
+                A: ["GrantRole", "RevokeRole"],
+            },
+        ),
+    }
+)
+
+
+def granted(principal: records_pb2.PrincipalRecord, namespace: str) -> frozenset[Role]:
+    """Every role the principal holds in namespace, with what each includes."""
+    if principal.cluster_admin:
+        return frozenset(ROLES)
+    held = principal.roles[namespace].roles if namespace in principal.roles else ()
+    return frozenset(r for role in held for r in _INCLUDES.get(role, ()))
+
+
+def agents_of(principal: records_pb2.PrincipalRecord) -> list[str]:
+    """The agent ids the principal may act as."""
+    return list(principal.agents) or [principal.name]
+
+
+def check_agent(principal: records_pb2.PrincipalRecord, agent: str) -> None:
+    allowed = agents_of(principal)
+    if agent not in allowed:
+        raise PermissionDenied(
+            f"principal {principal.name!r} may not act as agent {agent!r}; it may act as: "
+            f"{', '.join(allowed)} (set accord-agent-id to one of them, or leave it unset "
+            "to act as the principal itself)",
+            metadata={"principal": principal.name, "agent_id": agent, "agents": ",".join(allowed)},
+        )
+
+
+def authorize(
+    principal: records_pb2.PrincipalRecord, method: str, need: Need | None, namespace: str
+) -> None:
+    """Refuse unless the principal may make this call in namespace."""
+    if need is None:
+        raise PermissionDenied(
+            f"{method} is not in the coordinator's authorization table, so it is refused",
+            metadata={"principal": principal.name, "method": method},
+        )
+    if need is Need.AUTHENTICATED:
+        return
+    if need is Need.CLUSTER_ADMIN:
+        if not principal.cluster_admin:
+            raise PermissionDenied(
+                f"{method} needs a cluster admin; principal {principal.name!r} is not one",
+                metadata={"principal": principal.name, "role": "CLUSTER_ADMIN", "namespace": ""},
+            )
+        return
+    role: Role = need.value
+    if role not in granted(principal, namespace):
+        raise PermissionDenied(
+            f"{method} needs role {role_name(role)} in namespace {namespace!r}; principal "
+            f"{principal.name!r} has {_held(principal, namespace)} there (an admin grants "
+            f"it with `accord auth role grant {principal.name} {role_name(role).lower()} "
+            f"--namespace {namespace}`)",
+            metadata={
+                "principal": principal.name,
+                "role": role_name(role),
+                "namespace": namespace,
+            },
+        )
+
+
+def _held(principal: records_pb2.PrincipalRecord, namespace: str) -> str:
+    held = principal.roles[namespace].roles if namespace in principal.roles else ()
+    return ", ".join(role_name(r) for r in held) if held else "no role"
