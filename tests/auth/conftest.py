@@ -29,6 +29,7 @@ def accord_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
         env={**os.environ, **(env or {})},
     )
 
