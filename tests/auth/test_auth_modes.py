@@ -1,0 +1,70 @@
+"""How a replica runs without auth: it refuses to listen beyond loopback unless told
+--insecure, and with auth required it keeps the y-websocket endpoint (which checks no
+token yet) off unless told --insecure. With auth off, identity metadata given twice or
+in binary form is still refused, and the Auth service mints nothing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from accord.client import BadIdentityError, ConditionFailedError
+from accord.client.errors import from_rpc_error
+from accord.coordinator.settings import Settings, is_loopback
+from accord.v1 import kv_pb2
+from tests.auth.conftest import accord_cli
+from tests.harness import Coordinator, EtcdMember, Stubs, make_client
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--listen", "0.0.0.0:0"], "auth is off"),
+        (["--listen", "127.0.0.1:0", "--ws-listen", "[::]:0"], "auth is off"),
+        (["--auth", "required", "--listen", "127.0.0.1:0"], "y-websocket"),
+    ],
+)
+def test_serve_refuses_an_exposed_replica(args: list[str], complaint: str) -> None:
+    result = accord_cli("serve", "--etcd", "127.0.0.1:1", *args)
+    assert result.returncode == 2
+    assert complaint in result.stderr and "--insecure" in result.stderr
+
+
+def test_what_counts_as_loopback() -> None:
+    assert is_loopback("127.0.0.1:1") and is_loopback("[::1]:1") and is_loopback("localhost:1")
+    assert not is_loopback("0.0.0.0:1") and not is_loopback(":1")
+    assert not is_loopback("example.org:1") and not is_loopback("[::]:1")
+    assert Settings(listen="0.0.0.0:1", insecure=True).exposure_problem() is None
+    assert Settings(auth_required=True, ws_listen="").exposure_problem() is None
+    assert Settings().exposure_problem() is None  # the loopback default
+
+
+async def test_auth_off_still_refuses_duplicate_or_binary_identity(
+    replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
+    ns = ("accord-namespace", namespace)
+    before = etcd.kvs("accord/ns/", prefix=True)
+    async with Stubs(replicas[0].address) as stubs:
+        for metadata in [
+            (ns, ("accord-namespace", "default")),
+            (ns, ("accord-agent-id", "a"), ("accord-agent-id", "admin")),
+            (("accord-namespace-bin", namespace.encode()),),
+        ]:
+            request = kv_pb2.PutRequest(key="k", value=b"x", request_id="r1")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stubs.kv.Put(request, metadata=metadata, timeout=5)
+            error = from_rpc_error(caught.value)
+            assert isinstance(error, BadIdentityError), error
+    assert etcd.kvs("accord/ns/", prefix=True) == before
+
+
+async def test_auth_off_mints_nothing(
+    replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
+    async with make_client([replicas[1].address], namespace) as c:
+        me = await c.auth.whoami()
+        assert not me.auth_required and me.agent_id == "tester" and not me.principal.name
+        with pytest.raises(ConditionFailedError) as caught:
+            await c.auth.create_token("intruder")
+        assert caught.value.metadata["auth"] == "off"
+    assert etcd.kvs("accord/auth/", prefix=True) == []
