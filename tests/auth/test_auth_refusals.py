@@ -84,6 +84,20 @@ async def test_no_valid_token_is_unauthenticated_everywhere(
     assert auth_cluster.stored() == before
 
 
+async def test_a_known_token_id_with_another_secret_is_refused(
+    auth_cluster: AuthCluster, mint: Mint, namespace: str
+) -> None:
+    token = await mint(unique("victim"), Role.WRITE)
+    forged = str(tokens.Token(token.split(".")[1], tokens.new().secret))
+    before = auth_cluster.stored()
+    for address in auth_cluster.addresses:
+        error = await raw_put(
+            address, (("accord-namespace", namespace), ("authorization", f"Bearer {forged}"))
+        )
+        assert isinstance(error, UnauthenticatedError) and error.code == UNAUTHENTICATED
+    assert auth_cluster.stored() == before
+
+
 async def test_a_revoked_token_is_refused_by_both_replicas_within_a_second(
     auth_cluster: AuthCluster, admin: AsyncClient, mint: Mint, namespace: str
 ) -> None:
