@@ -373,7 +373,10 @@ class LockStore:
             return grant_of(entry)
         compares, mark = self._mark(ns, entry)
         committed = await self._s.committer.commit(
-            txn(when=compares, then=[mark], otherwise=[get(entry.key)]), retry=True
+            txn(when=compares, then=[mark], otherwise=[get(entry.key)]),
+            retry=True,
+            # Written once, when the lease was granted, before any acquire with it.
+            stable=[self._s.keys.lease(ns, entry.lease_id)],
         )
         if not committed.response.succeeded:
             now = committed.response.responses[0].response_range.kvs

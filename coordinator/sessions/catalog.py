@@ -227,10 +227,15 @@ def info_of(
 
 
 def _deleted(prior: Prior) -> tuple[int, bool]:
-    """A retried delete's first answer: (revision, whether it deleted)."""
-    if prior.record.answer and not prior.record.applied:
-        raise StoredFailure(status_pb2.Status.FromString(prior.record.answer))
-    return prior.revision, prior.record.applied
+    """A retried delete's first answer: (revision, whether it deleted). Without a stored
+    answer (its replica died first) the record's own revision is the delete's."""
+    record = prior.record
+    if record.answer and not record.applied:
+        raise StoredFailure(status_pb2.Status.FromString(record.answer))
+    if record.answer:
+        first = sessions_pb2.SessionsDeleteResponse.FromString(record.answer)
+        return first.header.revision, first.deleted
+    return prior.revision, record.applied
 
 
 

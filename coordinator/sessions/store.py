@@ -285,6 +285,7 @@ class SessionStore:
             act=act,
             replay=replay,
             answer=lambda done: answer(done[0]),
+            stable=[alive],  # written only at create and delete: writes may share a batch
         )
 
     # --- presence -----------------------------------------------------------------

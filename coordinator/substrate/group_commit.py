@@ -11,7 +11,9 @@ key, and a compare must see the writes that came before it), nor is a write sent
 an earlier write touching one of its keys is in flight: per-key order is arrival order.
 What a write touches is read off the transaction itself (txn.touched): every key it
 writes, compares or reads, a range standing as its first key (a lock's queue prefix,
-say), since every compare in a batch is evaluated before any of the batch's writes.
+say), since every compare in a batch is evaluated before any of the batch's writes. The
+one exception is named by the writer: keys no batched write changes (`stable`), which
+many writes may read in one batch.
 etcd limits the operations along any path of nested transactions (128): a batch of n
 writes costs n plus its heaviest write's weight (txn.weight), and stays within that.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,14 +85,19 @@ class GroupCommitter:
         self.batches = 0
         self.writes = 0
 
-    async def commit(self, request: Txn, *, retry: bool) -> Committed:
+    async def commit(
+        self, request: Txn, *, retry: bool, stable: Iterable[bytes] = ()
+    ) -> Committed:
         """Commit one sub-transaction. retry: repeating it after an ambiguous failure is
-        safe (it is idempotent, or guarded by its request_id record)."""
+        safe (it is idempotent, or guarded by its request_id record). stable: keys it only
+        compares or reads that no batched write ever changes (a session's alive key, a
+        vote's record, a lease's record: written only by transactions sent straight to
+        etcd), so they need not keep it apart from other writes that read them too."""
         call = calls.current.get()
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         pending = _Pending(
             request,
-            frozenset(touched(request)),
+            frozenset(touched(request).difference(stable)),
             request.ByteSize(),
             weight(request),
             retry,

@@ -16,8 +16,9 @@ that lease is gone (revoked by hand, a reset cluster) the write goes once more o
 one. Layout: keyspace.idem (neither agent nor request_id may contain NUL).
 
 Error handling: a refusal the primitive raises from `act` (an AccordError) is recorded
-as the answer too, so a retry is refused the same way; anything else propagates
-unrecorded, and the retry rebuilds its answer through `replay`.
+as the answer too, so a retry is refused the same way; an outage or deadline met while
+wording it, and anything else, propagates unrecorded, and the retry rebuilds its answer
+through `replay`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,7 +34,14 @@ from google.protobuf.message import Message
 
 from accord.coordinator import logs
 from accord.coordinator.substrate import calls
-from accord.coordinator.substrate.errors import AccordError, LeaseNotFound, RequestIdReused
+from accord.coordinator.substrate.errors import (
+    AccordError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    Internal,
+    LeaseNotFound,
+    RequestIdReused,
+)
 from accord.coordinator.substrate.etcd import Etcd
 from accord.coordinator.substrate.group_commit import Committed, GroupCommitter
 from accord.coordinator.substrate.keyspace import Keyspace
@@ -131,6 +139,7 @@ class Writes:
         answer: Callable[[T], Message],
         retained: bool = False,
         batched: bool = True,
+        stable: Iterable[bytes] = (),
     ) -> T:
         """Commit build(retention lease) once; return act(its outcome), or on a retry
         replay(the first attempt's record).
@@ -140,16 +149,20 @@ class Writes:
         act: the answer to the first attempt (may raise a refusal, which is recorded).
         answer: what a retry should get back, given act's result.
         batched: through group commit (False: straight to etcd, for a transaction whose
-        compares must see every earlier write, such as a range compare)."""
+        compares must see every earlier write, such as a range compare).
+        stable: keys only read that no batched write changes (GroupCommitter.commit)."""
         call = calls.current.get()
         if not request_id:
-            return await act(await self.commit(build, retained=retained, batched=batched))
+            return await act(
+                await self.commit(build, retained=retained, batched=batched, stable=stable)
+            )
         key = self._keys.idem(call.namespace, call.agent_id, request_id)
         committed = await self.commit(
             lambda lease: wrap(build(lease), key, digest, lease),
             retained=True,
             batched=batched,
             retry=True,  # the record makes it safe to repeat
+            stable=stable,
         )
         if not committed.response.succeeded:
             raw = committed.response.responses[0].response_range.kvs[0]
@@ -158,7 +171,10 @@ class Writes:
         try:
             result = await act(first)
         except AccordError as refused:
-            self._remember(key, first.revision, digest, False, refused.to_status())
+            # A refusal is the answer; an outage while wording it is not: the retry then
+            # rebuilds the refusal through replay.
+            if not isinstance(refused, BackendUnavailable | DeadlineExceeded | Internal):
+                self._remember(key, first.revision, digest, False, refused.to_status())
             raise
         self._remember(key, first.revision, digest, True, answer(result))
         return result
@@ -170,6 +186,7 @@ class Writes:
         retained: bool = False,
         batched: bool = True,
         retry: bool = False,
+        stable: Iterable[bytes] = (),
     ) -> Committed:
         """Commit build(retention lease) (0 unless retained); if etcd no longer knows the
         retention lease, once more on a fresh one. retry: safe to repeat on failover."""
@@ -178,7 +195,7 @@ class Writes:
             request = build(lease)
             try:
                 if batched:
-                    return await self._committer.commit(request, retry=retry)
+                    return await self._committer.commit(request, retry=retry, stable=stable)
                 response = await self._etcd.txn(request, retry=retry)
                 return Committed(response, int(response.header.revision))
             except LeaseNotFound:

@@ -141,12 +141,16 @@ class Keyspace:
         tail = f"{due_ms:016x}\x00{kind}\x00{namespace}\x00{vote_id}"
         return self.vote_timers_prefix + tail.encode()
 
-    def parse_vote_timer(self, key: bytes) -> tuple[int, str, str, str]:
-        """(due in ms, kind, namespace, vote id) of a vote timer key."""
-        due, kind, namespace, vote_id = (
-            key[len(self.vote_timers_prefix) :].decode().split("\x00", 3)
-        )
-        return int(due, 16), kind, namespace, vote_id
+    def parse_vote_timer(self, key: bytes) -> tuple[int, str, str, str] | None:
+        """(due in ms, kind, namespace, vote id) of a vote timer key; None for a key that
+        is not one (written around Accord)."""
+        try:
+            due, kind, namespace, vote_id = (
+                key[len(self.vote_timers_prefix) :].decode().split("\x00", 3)
+            )
+            return int(due, 16), kind, namespace, vote_id
+        except ValueError:  # also a UnicodeDecodeError
+            return None
 
     # --- auth (cluster-wide, not per namespace) ------------------------------------------
 

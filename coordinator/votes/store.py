@@ -262,6 +262,8 @@ class VoteStore:
             answer=lambda done: votes_pb2.CastResponse(
                 header=common_pb2.ResponseHeader(revision=done[0]), ballot=done[1]
             ),
+            # The record changes only in direct txns: ballots on one vote share batches.
+            stable=[self._keys.vote(ns, vote_id)],
         )
         return revision, cast, await self.decisions.settle_quietly(ns, vote_id), replayed
 

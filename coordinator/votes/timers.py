@@ -52,8 +52,13 @@ class VoteTimers:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    def _due_of(self, key: bytes) -> float:
-        return self._keys.parse_vote_timer(key)[0] / 1000
+    def _track(self, key: bytes) -> None:
+        """Fire at the time the key names; a key that names none is not a timer."""
+        parsed = self._keys.parse_vote_timer(key)
+        if parsed is None:
+            _log.warning("ignoring a key that is not a vote timer", key=key[-64:].hex())
+            return
+        self._due[key] = parsed[0] / 1000
 
     @property
     def pending(self) -> int:
@@ -76,7 +81,9 @@ class VoteTimers:
     async def _follow(self) -> None:
         """Read every timer, then follow changes while firing those that come due."""
         found = await self._etcd.range(read(self._prefix, prefix=True))
-        self._due = {kv.key: self._due_of(kv.key) for kv in found.kvs}
+        self._due = {}
+        for kv in found.kvs:
+            self._track(kv.key)
         self._changed.set()
         firing = asyncio.create_task(self._fire())
         try:
@@ -84,7 +91,7 @@ class VoteTimers:
             async for response in self._etcd.watch(changes):
                 for event in response.events:
                     if event.type == event.PUT:
-                        self._due[event.kv.key] = self._due_of(event.kv.key)
+                        self._track(event.kv.key)
                     else:
                         self._due.pop(event.kv.key, None)
                 self._changed.set()
@@ -109,7 +116,9 @@ class VoteTimers:
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
     async def _act(self, key: bytes) -> None:
-        due_ms, kind, ns, vote_id = self._keys.parse_vote_timer(key)
+        parsed = self._keys.parse_vote_timer(key)
+        assert parsed is not None  # only parsed keys are tracked
+        due_ms, kind, ns, vote_id = parsed
         calls.current.set(
             calls.Call(
                 namespace=ns,

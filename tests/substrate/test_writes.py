@@ -12,6 +12,7 @@ import pytest
 
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import (
+    BackendUnavailable,
     ConditionFailed,
     EtcdRefused,
     RequestIdReused,
@@ -20,7 +21,16 @@ from accord.coordinator.substrate.etcd import Etcd
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import Limits
-from accord.coordinator.substrate.txn import absent, get, nested, put, read, txn, weight
+from accord.coordinator.substrate.txn import (
+    absent,
+    exists,
+    get,
+    nested,
+    put,
+    read,
+    txn,
+    weight,
+)
 from accord.v1 import common_pb2
 from tests.harness import EtcdMember
 
@@ -82,12 +92,42 @@ async def test_a_write_sees_every_earlier_write_to_a_key_it_touches(
     assert not (await substrate.etcd.range(read(other))).kvs
 
 
+async def test_keys_no_batched_write_changes_do_not_keep_readers_apart(
+    substrate: Substrate,
+) -> None:
+    """Two writes that both compare one stable key (a session's alive key, say) share a
+    batch when the writer names it stable, and are sent one after the other otherwise."""
+    alive = substrate.keys.kv("ns", "alive")
+    await substrate.committer.commit(txn(then=[put(alive, b"")]), retry=False)
+
+    async def two_readers(stable: list[bytes], tag: str) -> tuple[int, int]:
+        unrelated = substrate.keys.kv("ns", f"{tag}-unrelated")  # keeps the next two queued
+        writes = [
+            txn(when=[exists(alive)], then=[put(substrate.keys.kv("ns", f"{tag}{i}"), b"v")])
+            for i in range(2)
+        ]
+        _, first, second = await asyncio.gather(
+            substrate.committer.commit(txn(then=[put(unrelated, b"")]), retry=False),
+            *(substrate.committer.commit(w, retry=False, stable=stable) for w in writes),
+        )
+        assert first.response.succeeded and second.response.succeeded
+        return first.revision, second.revision
+
+    shared = await two_readers([alive], "s")
+    assert shared[0] == shared[1]
+    apart = await two_readers([], "a")
+    assert apart[0] != apart[1]
+
+
 class _Probe:
     """A mutation for Writes.apply that counts how it was answered."""
 
-    def __init__(self, s: Substrate, key: str, refuse: bool = False) -> None:
+    def __init__(
+        self, s: Substrate, key: str, refuse: bool = False, outage: bool = False
+    ) -> None:
         self.key = s.keys.kv("ns", key)
         self.refuse = refuse
+        self.outage = outage
         self.acted = 0
         self.replayed: list[Prior] = []
 
@@ -98,6 +138,8 @@ class _Probe:
         self.acted += 1
         if self.refuse:
             raise ConditionFailed("refused on purpose")
+        if self.outage:  # etcd went away while the refusal was being worded
+            raise BackendUnavailable("etcd is unavailable")
         return committed.revision
 
     async def replay(self, prior: Prior) -> int:
@@ -163,6 +205,19 @@ async def test_a_refusal_is_recorded_and_a_retry_gets_it_again(substrate: Substr
     assert not stored.record.applied and stored.record.answer
     await _apply(substrate, probe, "r3", fingerprint(b"probe"))
     assert probe.acted == 1 and len(probe.replayed) == 1
+
+
+async def test_an_outage_while_answering_is_not_recorded_as_the_answer(
+    substrate: Substrate,
+) -> None:
+    probe = _Probe(substrate, "outage", outage=True)
+    with pytest.raises(BackendUnavailable):
+        await _apply(substrate, probe, "r5", fingerprint(b"probe"))
+    await substrate.writes.drain(5)  # any answer being stored is stored by now
+    prior = await substrate.writes.prior("r5", fingerprint(b"probe"))
+    assert prior is not None and prior.record.applied and not prior.record.answer
+    await _apply(substrate, probe, "r5", fingerprint(b"probe"))
+    assert probe.acted == 1 and len(probe.replayed) == 1  # rebuilt through replay
 
 
 async def test_a_lost_retention_lease_costs_one_more_attempt_not_the_write(

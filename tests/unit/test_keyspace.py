@@ -51,6 +51,8 @@ def test_vote_keys() -> None:
     timer = K.vote_timer(0x123, "close", "team", "v1")
     assert timer == b"accord/vote-timers/0000000000000123\x00close\x00team\x00v1"
     assert K.parse_vote_timer(timer) == (0x123, "close", "team", "v1")
+    for foreign in (b"accord/vote-timers/not-hex\x00a\x00b\x00c", b"accord/vote-timers/\xff"):
+        assert K.parse_vote_timer(foreign) is None
 
 
 def test_auth_keys() -> None:
