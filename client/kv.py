@@ -33,6 +33,8 @@ class Provenance:
     agent_id: str
     written_at: datetime | None
     request_id: str
+    # The authenticated principal behind agent_id ("" when the service runs without auth).
+    principal: str = ""
 
     @staticmethod
     def _from(msg: common_pb2.Provenance) -> Provenance:
@@ -41,7 +43,7 @@ class Provenance:
             if msg.HasField("written_at")
             else None
         )
-        return Provenance(msg.agent_id, at, msg.request_id)
+        return Provenance(msg.agent_id, at, msg.request_id, msg.principal)
 
 
 @dataclass(frozen=True, slots=True)

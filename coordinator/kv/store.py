@@ -320,8 +320,12 @@ class KVStore:
             if prior is not None:
                 return await self._replay(ns, checks, ops, fences, prior, return_current)
             raise
+        call = calls.current.get()
         provenance = common_pb2.Provenance(
-            agent_id=calls.current.get().agent_id, written_at=now(), request_id=request_id
+            agent_id=call.agent_id,
+            written_at=now(),
+            request_id=request_id,
+            principal=call.principal,
         )
 
         def build(lease: int) -> Txn:

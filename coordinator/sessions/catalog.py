@@ -105,7 +105,9 @@ class SessionCatalog:
     ) -> tuple[int, sessions_pb2.SessionInfo, bool] | None:
         call = calls.current.get()
         record = records_pb2.SessionRecord(
-            created_by=common_pb2.Provenance(agent_id=call.agent_id, written_at=now()),
+            created_by=common_pb2.Provenance(
+                agent_id=call.agent_id, written_at=now(), principal=call.principal
+            ),
             roots=roots,
             incarnation=random.getrandbits(64),
         )

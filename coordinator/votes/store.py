@@ -120,7 +120,10 @@ class VoteStore:
             spec=normal,
             voters=sorted(voters, key=lambda v: v.agent_id),
             proposed_by=common_pb2.Provenance(
-                agent_id=call.agent_id, written_at=vote_spec.timestamp(now), request_id=request_id
+                agent_id=call.agent_id,
+                written_at=vote_spec.timestamp(now),
+                request_id=request_id,
+                principal=call.principal,
             ),
             status=votes_pb2.VOTE_STATUS_OPEN,
         )

@@ -19,7 +19,8 @@ async def test_writer_puts_and_gets_on_both_replicas(
             await c.kv.put(f"k{i}", b"v")
             found = await c.kv.get(f"k{i}")
             assert found is not None and found.value == b"v"
-            assert found.written_by.agent_id == writer  # the authenticated principal
+            assert found.written_by.agent_id == writer  # the principal itself, by default
+            assert found.written_by.principal == writer
 
 
 async def test_whoami_names_the_principal_its_roles_and_token(
@@ -63,6 +64,7 @@ async def test_a_service_principal_acts_as_the_agents_it_hosts(
         await c.kv.put("hosted", b"1")
         found = await c.kv.get("hosted")
         assert found is not None and found.written_by.agent_id == "agent-b"
+        assert found.written_by.principal == runtime  # who really wrote it
 
 
 def test_cli_whoami_with_a_token(auth_cluster: AuthCluster) -> None:

@@ -187,16 +187,23 @@ Global___ResponseHeader: _TypeAlias = ResponseHeader  # noqa: Y015
 
 @_typing.final
 class Provenance(_message.Message):
-    """Who wrote a value, and when. Recorded by the coordinator from the call identity."""
+    """Who wrote a value, and when. Recorded by the coordinator from the call identity: with
+    auth required, agent_id is one the principal's token allows.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     WRITTEN_AT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     request_id: _builtins.str
     """The idempotency key of the write, when the caller gave one."""
+    principal: _builtins.str
+    """The authenticated principal that made the write (empty when the replica ran with
+    auth off: agent_id is then the caller's own claim).
+    """
     @_builtins.property
     def written_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -205,10 +212,11 @@ class Provenance(_message.Message):
         agent_id: _builtins.str = ...,
         written_at: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["written_at", b"written_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "request_id", b"request_id", "written_at", b"written_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "principal", b"principal", "request_id", b"request_id", "written_at", b"written_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
