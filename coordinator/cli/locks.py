@@ -23,6 +23,7 @@ from accord.coordinator.cli.common import (
     NamespaceOpt,
     Output,
     OutputOpt,
+    TokenOpt,
     ago,
     as_dict,
     call,
@@ -75,9 +76,10 @@ def locks_ls(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """Every lock and semaphore: mode, holders (agent, token), number waiting."""
-    states = call(addr, namespace, agent, lambda c: c.locks.list(prefix))
+    states = call(addr, namespace, agent, lambda c: c.locks.list(prefix), token)
     rows = [
         (s.name, _kind(s), "\n".join(_holder(h) for h in s.holders), len(s.waiters)) for s in states
     ]
@@ -92,9 +94,10 @@ def locks_show(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """A lock's holders (lease, token, TTL left) and its waiters in queue order."""
-    state, _ = call(addr, namespace, agent, lambda c: c.locks.describe(name))
+    state, _ = call(addr, namespace, agent, lambda c: c.locks.describe(name), token)
     holders = table_of(
         f"{name}: {_kind(state)}, held by",
         ["AGENT", "LEASE", "TOKEN", "MODE", "SINCE", "LEASE TTL LEFT"],
@@ -156,6 +159,7 @@ def locks_graph(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """The wait-for graph: who waits for whom, on which lock.
 
@@ -163,7 +167,7 @@ def locks_graph(
     (dashed in DOT) marks one that is itself waiting, ahead in the queue. -o json is
     --format json.
     """
-    edges = call(addr, namespace, agent, lambda c: c.locks.wait_graph())
+    edges = call(addr, namespace, agent, lambda c: c.locks.wait_graph(), token)
     if output is Output.json or fmt is GraphFormat.json:
         typer.echo(json.dumps([as_dict(e) for e in edges], indent=2))
     elif edges or fmt is GraphFormat.dot:
@@ -178,6 +182,7 @@ def locks_break(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """Forced release of a lock's holders: their later fenced writes fail with FENCED."""
     if not yes:
@@ -185,11 +190,11 @@ def locks_break(
             fail(
                 f"refusing to break {name!r} without --yes (no terminal to confirm on)", EXIT_USAGE
             )
-        state, _ = call(addr, namespace, agent, lambda c: c.locks.describe(name))
+        state, _ = call(addr, namespace, agent, lambda c: c.locks.describe(name), token)
         if state.holders:
             who = ", ".join(_holder(h) for h in state.holders)
             typer.confirm(f"Break {name!r}, held by {who}?", abort=True, err=True)
-    broken = call(addr, namespace, agent, lambda c: c.locks.break_lock(name))
+    broken = call(addr, namespace, agent, lambda c: c.locks.break_lock(name), token)
     table = table_of(
         f"broke {name}" if broken else f"nobody held {name}: nothing broken",
         ["AGENT", "LEASE", "TOKEN", "MODE", "SINCE"],
@@ -221,9 +226,10 @@ def leases_ls(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """Every live lease: agent, TTL left of the granted TTL, labels, locks."""
-    leases = call(addr, namespace, agent, lambda c: c.leases.list())
+    leases = call(addr, namespace, agent, lambda c: c.leases.list(), token)
     rows = [
         (
             lease.id,
@@ -258,6 +264,7 @@ def deadlocks_ls(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """Recently resolved deadlocks, newest first: the victim, the cycle, why that victim.
 
@@ -273,7 +280,7 @@ def deadlocks_ls(
             found += page
         return DeadlockPage(found, page.next_page_token)
 
-    deadlocks = call(addr, namespace, agent, work)
+    deadlocks = call(addr, namespace, agent, work, token)
     token = deadlocks.next_page_token
     rows = [
         (

@@ -33,6 +33,7 @@ from accord.coordinator.cli.common import (
     NamespaceOpt,
     Output,
     OutputOpt,
+    TokenOpt,
     ago,
     as_dict,
     call,
@@ -270,13 +271,14 @@ def votes_ls(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """Votes, newest first: status or outcome, question, ballots cast, deadline."""
 
     async def work(client: AsyncClient) -> list[votes_pb2.Vote]:
         return [v async for v in client.votes.scan(_VOTE_STATUS[status], page_size=1000)]
 
-    votes = call(addr, namespace, agent, work)
+    votes = call(addr, namespace, agent, work, token)
     votes.sort(key=lambda v: v.created_revision, reverse=True)
     rows = [
         (
@@ -301,9 +303,10 @@ def votes_show(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """A vote: what it asks and how it decides, every ballot, the tally, the decision."""
-    vote = call(addr, namespace, agent, lambda c: c.votes.get(vote_id))
+    vote = call(addr, namespace, agent, lambda c: c.votes.get(vote_id), token)
     emit(output, as_dict(vote), _vote_tables(vote))
 
 
@@ -314,6 +317,7 @@ def votes_watch(
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
     agent: AgentOpt = AGENT,
+    token: TokenOpt = "",
 ) -> None:
     """Follow a vote: its state, each ballot as it is cast, then the decision (and exit).
 
@@ -327,6 +331,6 @@ def votes_watch(
             typer.echo(_event_json(event) if output is Output.json else _event_line(event))
 
     try:
-        call(addr, namespace, agent, work)
+        call(addr, namespace, agent, work, token)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -30,7 +30,8 @@ def accord_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, **(env or {})},
+        # Only the token a test passes: never one from the developer's environment.
+        env={**{k: v for k, v in os.environ.items() if k != "ACCORD_TOKEN"}, **(env or {})},
     )
 
 
