@@ -40,7 +40,7 @@ from accord.coordinator.substrate.errors import (
     LeaseNotFound,
 )
 from accord.coordinator.substrate.etcd import Etcd
-from accord.coordinator.substrate.txn import Txn, nested, touched, txn, weight
+from accord.coordinator.substrate.txn import Txn, nested, shape, txn
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +95,12 @@ class GroupCommitter:
         etcd), so they need not keep it apart from other writes that read them too."""
         call = calls.current.get()
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        keys, heaviest_path = shape(request)
         pending = _Pending(
             request,
-            frozenset(touched(request).difference(stable)),
+            frozenset(keys.difference(stable)),
             request.ByteSize(),
-            weight(request),
+            heaviest_path,
             retry,
             call.deadline,
             future,

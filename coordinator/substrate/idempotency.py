@@ -82,19 +82,17 @@ def fingerprint(*parts: bytes) -> bytes:
 
 
 def wrap(inner: Txn, key: bytes, digest: bytes, lease: int) -> Txn:
-    """inner, run only on the first attempt, with the record added to both its branches
-    (inner itself is left as it is: a retry on a fresh lease wraps it again)."""
+    """inner, run only on the first attempt, with the record added to both its branches.
+    inner is extended in place (copying it would cost every write): build a fresh one for
+    each attempt."""
     applied = records_pb2.IdempotencyRecord(fingerprint=digest, applied=True)
-    refused = records_pb2.IdempotencyRecord(fingerprint=digest, applied=False)
-    record_refusal = [put(key, refused.SerializeToString(), lease=lease)] if inner.compare else []
-    first = txn(
-        when=inner.compare,
-        then=[*inner.success, put(key, applied.SerializeToString(), lease=lease)],
-        otherwise=[*inner.failure, *record_refusal],
-    )
+    inner.success.append(put(key, applied.SerializeToString(), lease=lease))
+    if len(inner.compare):
+        refused = records_pb2.IdempotencyRecord(fingerprint=digest, applied=False)
+        inner.failure.append(put(key, refused.SerializeToString(), lease=lease))
     return txn(
         when=[version_is(key, 0)],  # no record yet: this is the first attempt
-        then=[nested(first)],
+        then=[nested(inner)],
         otherwise=[get(key)],  # the record: the retry learns what happened
     )
 
@@ -144,8 +142,9 @@ class Writes:
         """Commit build(retention lease) once; return act(its outcome), or on a retry
         replay(the first attempt's record).
 
-        build: the mutation as one etcd transaction; it gets the retention lease when it
-        asked for one (retained, for records that should expire) and 0 otherwise.
+        build: the mutation as one etcd transaction, made anew on each call; it gets the
+        retention lease when it asked for one (retained, for records that should expire)
+        and 0 otherwise.
         act: the answer to the first attempt (may raise a refusal, which is recorded).
         answer: what a retry should get back, given act's result.
         batched: through group commit (False: straight to etcd, for a transaction whose

@@ -229,27 +229,30 @@ def first_kv(response_op: Any) -> KeyValue | None:
 def weight(request: Txn) -> int:
     """The operations along the heaviest path of nesting, counted as etcd does: each level
     costs its largest of compares, success and failure; the limit is 128 per path."""
-    level = max(len(request.compare), len(request.success), len(request.failure))
-    inner = [
-        weight(op.request_txn)
-        for op in (*request.success, *request.failure)
-        if op.WhichOneof("request") == "request_txn"
-    ]
-    return level + max(inner, default=0)
+    return shape(request)[1]
 
 
 def touched(request: Txn) -> set[bytes]:
     """Every key the transaction compares, reads or writes (a range by its first key, so a
     prefix stands for its whole range when every writer names it the same way)."""
+    return shape(request)[0]
+
+
+def shape(request: Txn) -> tuple[set[bytes], int]:
+    """touched and weight in one walk (group commit asks both of every write)."""
     keys = {c.key for c in request.compare}
+    inner = 0
     for op in (*request.success, *request.failure):
         kind = op.WhichOneof("request")
         if kind == "request_txn":
-            keys |= touched(op.request_txn)
+            nested_keys, nested_weight = shape(op.request_txn)
+            keys |= nested_keys
+            inner = max(inner, nested_weight)
         elif kind == "request_put":
             keys.add(op.request_put.key)
         elif kind == "request_delete_range":
             keys.add(op.request_delete_range.key)
         elif kind == "request_range":
             keys.add(op.request_range.key)
-    return keys
+    level = max(len(request.compare), len(request.success), len(request.failure))
+    return keys, level + inner

@@ -21,7 +21,7 @@ success.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from google.rpc import status_pb2
 
@@ -242,7 +242,7 @@ class VoteStore:
             request_id=request_id,
         )
         key = self._keys.ballot(ns, vote_id, agent)
-        request, stored, expected_mod = await self._ballot_txn(ns, vote, ballot, key, fence)
+        build, stored, expected_mod = await self._ballot_txn(ns, vote, ballot, key, fence)
 
         async def act(committed: Committed) -> tuple[int, votes_pb2.Ballot, bool]:
             if committed.response.succeeded:
@@ -257,7 +257,7 @@ class VoteStore:
             return await self._replay_cast(vote_id, key, prior)
 
         revision, cast, replayed = await self._s.writes.apply(
-            lambda _: request,
+            build,
             request_id=request_id,
             digest=digest,
             act=act,
@@ -277,10 +277,11 @@ class VoteStore:
         ballot: votes_pb2.Ballot,
         key: bytes,
         fence: common_pb2.Fence | None,
-    ) -> tuple[Txn, votes_pb2.Ballot, int]:
-        """The Txn storing ballot while the vote is open, the voter's previous ballot is
-        the one seen (none, unless changes are allowed) and the fence holds; the ballot as
-        stored (with what it replaces) and the previous ballot's mod revision (0: none)."""
+    ) -> tuple[Callable[[int], Txn], votes_pb2.Ballot, int]:
+        """What builds the Txn storing ballot while the vote is open, the voter's previous
+        ballot is the one seen (none, unless changes are allowed) and the fence holds; the
+        ballot as stored (with what it replaces) and the previous ballot's mod revision
+        (0: none)."""
         record = self._keys.vote(ns, vote.id)
         stored = votes_pb2.Ballot()
         stored.CopyFrom(ballot)
@@ -297,16 +298,18 @@ class VoteStore:
                 expected_mod = found.kvs[0].mod_revision
                 previous_is = mod_is(key, expected_mod)
         guard = await self._fencing.guard([fence] if fence is not None else [], field="fence")
-        request = txn(
-            when=[
-                mod_is(record, vote.created_revision),  # still open: unchanged since proposed
-                previous_is,
-                *guard.compares,
-            ],
-            then=[put(key, stored.SerializeToString())],
-            otherwise=[get(record), get(key)],  # to say why not
-        )
-        return request, stored, expected_mod
+        when = [
+            mod_is(record, vote.created_revision),  # still open: unchanged since proposed
+            previous_is,
+            *guard.compares,
+        ]
+        then = [put(key, stored.SerializeToString())]
+        otherwise = [get(record), get(key)]  # to say why not
+
+        def build(_: int) -> Txn:  # a fresh Txn for each attempt: the record is added to it
+            return txn(when=when, then=then, otherwise=otherwise)
+
+        return build, stored, expected_mod
 
     async def _refused(
         self,
