@@ -84,11 +84,14 @@ def method_name(module: ModuleType, service: str, method: str) -> str:
 def _table(
     module: ModuleType, service: str, needs: Mapping[Need, Iterable[str]]
 ) -> dict[str, Need]:
-    return {
-        method_name(module, service, method): need
-        for need, methods in needs.items()
-        for method in methods
-    }
+    table: dict[str, Need] = {}
+    for need, methods in needs.items():
+        for method in methods:
+            name = method_name(module, service, method)
+            if name in table:
+                raise ValueError(f"{name} is given two rules: {table[name]} and {need}")
+            table[name] = need
+    return table
 
 
 R, W, P, A = Need.READ, Need.WRITE, Need.PROPOSE, Need.ADMIN
