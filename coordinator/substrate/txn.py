@@ -240,19 +240,23 @@ def touched(request: Txn) -> set[bytes]:
 
 def shape(request: Txn) -> tuple[set[bytes], int]:
     """touched and weight in one walk (group commit asks both of every write)."""
-    keys = {c.key for c in request.compare}
+    keys: set[bytes] = set()
+    return keys, _walk(request, keys)
+
+
+def _walk(request: Txn, keys: set[bytes]) -> int:
+    for compare in request.compare:
+        keys.add(compare.key)
     inner = 0
-    for op in (*request.success, *request.failure):
-        kind = op.WhichOneof("request")
-        if kind == "request_txn":
-            nested_keys, nested_weight = shape(op.request_txn)
-            keys |= nested_keys
-            inner = max(inner, nested_weight)
-        elif kind == "request_put":
-            keys.add(op.request_put.key)
-        elif kind == "request_delete_range":
-            keys.add(op.request_delete_range.key)
-        elif kind == "request_range":
-            keys.add(op.request_range.key)
-    level = max(len(request.compare), len(request.success), len(request.failure))
-    return keys, level + inner
+    for branch in (request.success, request.failure):
+        for op in branch:
+            kind = op.WhichOneof("request")
+            if kind == "request_put":
+                keys.add(op.request_put.key)
+            elif kind == "request_range":
+                keys.add(op.request_range.key)
+            elif kind == "request_delete_range":
+                keys.add(op.request_delete_range.key)
+            elif kind == "request_txn":
+                inner = max(inner, _walk(op.request_txn, keys))
+    return max(len(request.compare), len(request.success), len(request.failure)) + inner
