@@ -11,7 +11,8 @@ Error handling: identity metadata given twice, or in a -bin form, is BadIdentity
 (INVALID_ARGUMENT), with auth on or off. With auth required: no token, or a malformed,
 unknown, expired or revoked one is Unauthenticated; an agent id the principal may not
 use, or a missing role, is PermissionDenied. Each is raised before the method runs, so
-a refused call changes nothing.
+a refused call changes nothing. An open stream ends with Unauthenticated when its token
+is revoked or expires, and with PermissionDenied when its role is taken back.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import grpc
 from grpc_status import rpc_status
 
 from accord.coordinator import logs
-from accord.coordinator.auth import roles, tokens
-from accord.coordinator.auth.cache import AuthCache
+from accord.coordinator.auth import roles, streams, tokens
+from accord.coordinator.auth.cache import AuthCache, Verified
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import AccordError, Internal, Unauthenticated
+from accord.v1 import records_pb2
 
 _log = logs.get("accord.access")
 SLOW_CALL_SECONDS = 1.0
@@ -100,8 +102,11 @@ class _Gate:
         self.auth = auth
         self.need = roles.REQUIRED.get(method)
 
-    async def begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> calls.Call:
-        """The call, identified and (with auth required) authorized; sets calls.current."""
+    async def begin(
+        self, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[calls.Call, Verified | None]:
+        """The call, identified and (with auth required) authorized, and the credential
+        it was authorized by (None: auth off); sets calls.current."""
         metadata = calls.single_metadata(context.invocation_metadata() or ())
         namespace, agent = calls.identity_from_metadata(metadata)
         remaining = context.time_remaining()
@@ -110,7 +115,7 @@ class _Gate:
         call = calls.Call(namespace=namespace, agent_id=agent, trace_id=trace, deadline=deadline)
         calls.current.set(call)  # a token lookup in etcd is bounded by the caller's deadline
         if self.auth is None:
-            return call
+            return call, None
         verified = await self.auth.verify(tokens.parse(_bearer(metadata)))
         principal = verified.principal
         call = replace(
@@ -120,9 +125,28 @@ class _Gate:
             token_id=verified.token_id,
         )
         calls.current.set(call)
+        self.recheck(call, principal)
+        return call, verified
+
+    def recheck(self, call: calls.Call, principal: records_pb2.PrincipalRecord) -> None:
+        """Refuse unless principal may make this call (again: for an open stream, each
+        time the principal changes)."""
         roles.check_agent(principal, call.agent_id)
-        roles.authorize(principal, self.method, self.need, namespace)
-        return call
+        roles.authorize(principal, self.method, self.need, call.namespace)
+
+    async def guard(
+        self, responses: AsyncIterator[Any], call: calls.Call, verified: Verified
+    ) -> AsyncIterator[Any]:
+        """responses, ended as soon as the credential stops allowing the stream."""
+        assert self.auth is not None
+        revocation = self.auth.follow(verified.token_id, lambda p: self.recheck(call, p))
+        try:
+            async for response in streams.until_ended(
+                responses, revocation.ended, verified.expires_at
+            ):
+                yield response
+        finally:
+            self.auth.forget(revocation)
 
 
 def _bearer(metadata: dict[str, str]) -> str:
@@ -190,7 +214,7 @@ def _unary(gate: _Gate, behavior: Any) -> Any:
         try:
             token = calls.current.set(calls.BACKGROUND)
             try:
-                call = await gate.begin(context)
+                call, _ = await gate.begin(context)
                 return await behavior(request, context)
             finally:
                 calls.current.reset(token)
@@ -218,8 +242,11 @@ def _stream(gate: _Gate, behavior: Any) -> Any:
         try:
             token = calls.current.set(calls.BACKGROUND)
             try:
-                call = await gate.begin(context)
-                async for response in behavior(request, context):
+                call, verified = await gate.begin(context)
+                responses = behavior(request, context)
+                if verified is not None:  # ends when the credential no longer allows it
+                    responses = gate.guard(responses, call, verified)
+                async for response in responses:
                     yield response
             finally:
                 calls.current.reset(token)

@@ -2,8 +2,9 @@
 
 The replica reads the whole prefix once, then applies each change the watch reports,
 so a token revoked or a role changed through any replica takes effect on every replica
-as soon as etcd tells it (milliseconds; the tests hold it to a second). Verifying a
-call is a dict lookup, a SHA-256 and a constant-time compare: no etcd call.
+as soon as etcd tells it (milliseconds; the tests hold it to a second), for new calls
+and for open streams (auth.streams) alike. Verifying a call is a dict lookup, a SHA-256
+and a constant-time compare: no etcd call.
 
 A token id the copy does not know (made on another replica a moment ago, not yet seen
 here) is looked up in etcd once before it is refused, so a token works everywhere as
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 from accord.coordinator import logs
 from accord.coordinator.auth import tokens
+from accord.coordinator.auth.streams import Recheck, Revocation
 from accord.coordinator.substrate.errors import BackendUnavailable, Unauthenticated
 from accord.coordinator.substrate.etcd import Etcd
 from accord.coordinator.substrate.keyspace import Keyspace
@@ -38,10 +40,12 @@ MAX_RESYNC_DELAY = 2.0
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """Who a valid token says the caller is."""
+    """Who a valid token says the caller is, and until when (epoch seconds; None: no
+    expiry)."""
 
     token_id: str
     principal: records_pb2.PrincipalRecord
+    expires_at: float | None = None
 
 
 class AuthCache:
@@ -51,6 +55,8 @@ class AuthCache:
         self._tokens: dict[str, records_pb2.TokenRecord] = {}
         self._principals: dict[str, records_pb2.PrincipalRecord] = {}
         self._synced = asyncio.Event()
+        # Open streams by the token they were opened with (auth.streams).
+        self._streams: dict[str, set[Revocation]] = {}
         self._task: asyncio.Task[None] | None = None
         self.revision = 0  # the etcd revision the copy reflects
 
@@ -98,7 +104,43 @@ class AuthCache:
                     metadata={"token_id": token.id},
                 )
             principal = records_pb2.PrincipalRecord.FromString(found.kvs[0].value)
-        return Verified(token.id, principal)
+        expires = record.expires_at.seconds if record.HasField("expires_at") else None
+        return Verified(token.id, principal, expires)
+
+    # --- open streams ------------------------------------------------------------------------
+
+    def follow(self, token_id: str, recheck: Recheck) -> Revocation:
+        """Watch an open stream's credential until forget(): its Revocation ends when the
+        token is revoked or recheck refuses the principal as it changes."""
+        revocation = Revocation(token_id, recheck)
+        self._streams.setdefault(token_id, set()).add(revocation)
+        return revocation
+
+    def forget(self, revocation: Revocation) -> None:
+        streams = self._streams.get(revocation.token_id)
+        if streams is not None:
+            streams.discard(revocation)
+            if not streams:
+                del self._streams[revocation.token_id]
+
+    def _revoked(self, token_id: str) -> None:
+        for revocation in list(self._streams.get(token_id, ())):
+            revocation.end(
+                Unauthenticated(f"token {token_id} was revoked", metadata={"token_id": token_id})
+            )
+
+    def _recheck(self, name: str | None = None) -> None:
+        """Re-check open streams against the copy: those of principal name, or all."""
+        for token_id, streams in list(self._streams.items()):
+            record = self._tokens.get(token_id)
+            principal = self._principals.get(record.principal) if record is not None else None
+            if record is not None and name is not None and record.principal != name:
+                continue
+            if record is None or principal is None:
+                self._revoked(token_id)
+                continue
+            for revocation in list(streams):
+                revocation.check(principal)
 
     async def _read_token(self, token_id: str) -> records_pb2.TokenRecord | None:
         found = await self._etcd.range(read(self._keys.token(token_id)))
@@ -127,6 +169,7 @@ class AuthCache:
         for kv in found.kvs:
             self._put(kv.key, kv.value)
         self.revision = found.header.revision
+        self._recheck()  # what changed while the watch was down
         changes = watch(prefix, prefix=True, start_revision=found.header.revision + 1)
         stream = self._etcd.watch(changes)
         self._synced.set()
@@ -146,10 +189,16 @@ class AuthCache:
         elif key.startswith(keys.principals_prefix):
             record = records_pb2.PrincipalRecord.FromString(value)
             self._principals[record.name] = record
+            if self._streams:
+                self._recheck(record.name)
 
     def _delete(self, key: bytes) -> None:
         keys = self._keys
         if key.startswith(keys.tokens_prefix):
-            self._tokens.pop(key[len(keys.tokens_prefix) :].decode(), None)
+            token_id = key[len(keys.tokens_prefix) :].decode()
+            self._tokens.pop(token_id, None)
+            self._revoked(token_id)
         elif key.startswith(keys.principals_prefix):
-            self._principals.pop(key[len(keys.principals_prefix) :].decode(), None)
+            name = key[len(keys.principals_prefix) :].decode()
+            self._principals.pop(name, None)
+            self._recheck(name)
