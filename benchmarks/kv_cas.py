@@ -1,17 +1,21 @@
 """Conditional writes through Accord vs the same conditional write sent straight to etcd,
-and the floor (an empty grpc.aio call of the same size), side by side in one run.
+and the floor (an empty grpc.aio call of the same size), side by side in one run; and
+Accord with auth required (a bearer token on every call) beside Accord with auth off.
 
     python benchmarks/kv_cas.py [--seconds 5] [--clients 1,16,64]
 
 Every client owns one key and loops: compare-and-set it on its last mod_revision. The
 Accord side uses the public AsyncClient (which adds a request_id, so every write is also
 idempotent); the etcd side sends Txn(compare mod_revision, put) on a grpc.aio channel.
+The auth-required replica is a second coordinator over the same etcd (its own --root),
+whose cluster admin `accord auth bootstrap` made.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +40,18 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     coordinator = start_coordinator(
         base, "bench", [etcd.endpoint], extra_args=["--log-level", "warning"]
     )
+    made = subprocess.run(
+        [sys.executable, "-m", "accord.coordinator", "auth", "bootstrap", "--etcd",
+         etcd.endpoint, "--root", "bench-auth", "--principal", "bench", "-o", "json"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    secured = start_coordinator(
+        base,
+        "bench-auth",
+        [etcd.endpoint],
+        extra_args=["--log-level", "warning", "--auth", "required", "--root", "bench-auth"],
+        ws=False,
+    )
     echo_port = free_port()
     echo = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("echo_server.py")), str(echo_port)]
@@ -45,7 +61,10 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     kv = rpc_grpc.KVStub(etcd_channel)
     echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
     echo_call = echo_channel.unary_unary("/bench.Echo/Echo")
-    client = AsyncClient([coordinator.address], agent_id="bench", namespace="bench")
+    client = AsyncClient([coordinator.address], agent_id="bench", namespace="bench", token="")
+    secured_client = AsyncClient(
+        [secured.address], namespace="bench", token=json.loads(made.stdout)["secret"]
+    )
     results: list[Result] = []
     cpu: dict[tuple[str, int], dict[str, int]] = {}
     peak_rss = 0.0
@@ -79,17 +98,22 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
 
                 return op
 
-            async def accord_op(i: int, clients: int = clients) -> Callable[[], Awaitable[None]]:
-                key = f"cas/{clients}/{i}"
-                state = {"rev": (await client.kv.put(key, VALUE)).revision}
+            def accord_cas(
+                accord: AsyncClient, clients: int = clients
+            ) -> Callable[[int], Awaitable[Callable[[], Awaitable[None]]]]:
+                async def prepare(i: int) -> Callable[[], Awaitable[None]]:
+                    key = f"cas/{clients}/{i}"
+                    state = {"rev": (await accord.kv.put(key, VALUE)).revision}
 
-                async def op() -> None:
-                    written = await client.kv.put(
-                        key, VALUE, expect=Expect(mod_revision=state["rev"])
-                    )
-                    state["rev"] = written.revision
+                    async def op() -> None:
+                        written = await accord.kv.put(
+                            key, VALUE, expect=Expect(mod_revision=state["rev"])
+                        )
+                        state["rev"] = written.revision
 
-                return op
+                    return op
+
+                return prepare
 
             async def echo_op(i: int) -> Callable[[], Awaitable[None]]:
                 payload = b"k" * 12 + VALUE + b"r" * 32  # about an Accord Put request's size
@@ -102,28 +126,32 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
             pids = {
                 "bench client": os.getpid(),
                 "coordinator": coordinator.pid,
+                "coordinator, auth required": secured.pid,
                 "etcd": etcd.pid,
                 "echo server": echo.pid,
             }
             for name, make in (
                 ("etcd CAS, direct", etcd_op),
-                ("accord CAS (idempotent)", accord_op),
+                ("accord CAS (idempotent)", accord_cas(client)),
+                ("accord CAS, auth required", accord_cas(secured_client)),
                 ("floor: empty grpc.aio echo", echo_op),
             ):
                 with RssSampler(coordinator.pid) as rss, CpuMeter(pids) as meter:
                     result = await closed_loop(name, clients, seconds, make)
                 results.append(result)
-                if name.startswith("accord"):
+                if name == "accord CAS (idempotent)":
                     peak_rss = max(peak_rss, rss.peak)
                 cpu[(name, clients)] = {
                     n: us for n, us in meter.per_op_us(result.ops).items() if us
                 }
     finally:
         await client.close()
+        await secured_client.close()
         await etcd_channel.close()
         await echo_channel.close()
         echo.kill()
         coordinator.terminate()
+        secured.terminate()
         etcd.kill()
 
     by = {(r.name, r.clients): r for r in results}
@@ -134,6 +162,10 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
         floor = by[("floor: empty grpc.aio echo", clients)]
         summary[f"accord/etcd ratio @{clients}"] = round(accord.ops_per_s / direct.ops_per_s, 2)
         summary[f"accord/floor ratio @{clients}"] = round(accord.ops_per_s / floor.ops_per_s, 2)
+        secured_result = by[("accord CAS, auth required", clients)]
+        summary[f"auth required/off ratio @{clients}"] = round(
+            secured_result.ops_per_s / accord.ops_per_s, 2
+        )
     summary["coordinator peak RSS MB"] = round(peak_rss, 1)
     for (name, clients), per_op in cpu.items():
         summary[f"CPU us/op, {name} @{clients}"] = per_op
