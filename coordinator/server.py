@@ -170,7 +170,13 @@ class Replica:
         )
         await self.server.start()
         if settings.ws_listen:
-            self.ws = YWebsocketServer(catalog, self.sessions, leases)
+            self.ws = YWebsocketServer(
+                catalog,
+                self.sessions,
+                leases,
+                auth=self.auth,
+                allowed_origins=settings.ws_allowed_origins,
+            )
             self.ws_port = await self.ws.start(settings.ws_listen)
         self.vote_timers.start()
         self._health_task = asyncio.create_task(self._watch_health())

@@ -34,9 +34,11 @@ class Settings:
     vote_admins: tuple[str, ...] = ("admin",)
     # Every call must carry a bearer token (accord auth); False: identity is a claim.
     auth_required: bool = False
-    # Serve without auth on a non-loopback address anyway (and, with auth required, keep
-    # the y-websocket endpoint, which does not check tokens yet).
+    # Serve without auth on a non-loopback address anyway.
     insecure: bool = False
+    # Browser origins (scheme://host[:port]) whose pages may open y-websocket connections;
+    # clients that send no Origin header (agents, Node) are not browsers and need none.
+    ws_allowed_origins: tuple[str, ...] = ()
 
     def exposure_problem(self) -> str | None:
         """Why this replica must not start as configured (None: it may)."""
@@ -50,11 +52,6 @@ class Settings:
                     "agent: serve with --auth required (see `accord auth bootstrap`), listen "
                     "on 127.0.0.1, or pass --insecure to accept that"
                 )
-        elif self.ws_listen:
-            return (
-                "the y-websocket endpoint does not check tokens yet, so with --auth required "
-                "it must be off (--ws-listen '') unless --insecure is given"
-            )
         return None
 
 

@@ -128,10 +128,18 @@ def serve(
         bool,
         typer.Option(
             envvar="ACCORD_INSECURE",
-            help="with auth off, serve on a non-loopback address anyway; with auth "
-            "required, keep the y-websocket endpoint (it does not check tokens yet)",
+            help="with auth off, serve on a non-loopback address anyway",
         ),
     ] = False,
+    ws_allowed_origins: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_WS_ALLOWED_ORIGINS",
+            help="browser origins whose pages may use the y-websocket endpoint, e.g. "
+            "http://localhost:5173[,https://app.example.com]; none: no browser page "
+            "(clients that send no Origin, such as agents and Node apps, need none)",
+        ),
+    ] = "",
 ) -> None:
     """Run a coordinator replica until SIGTERM or SIGINT."""
     from accord.coordinator.server import serve as run
@@ -153,6 +161,7 @@ def serve(
         vote_admins=tuple(vote_admin) if vote_admin else ("admin",),
         auth_required=auth is AuthMode.required,
         insecure=insecure,
+        ws_allowed_origins=tuple(o.strip() for o in ws_allowed_origins.split(",") if o.strip()),
     )
     problem = settings.exposure_problem()
     if problem is not None:

@@ -22,10 +22,21 @@ app that reconnects (to any replica) with its client id takes that id over from 
 connection's lease, which a crashed replica leaves behind until it expires; only the same
 agent may (not another one, nor an anonymous connection).
 
+Credentials (auth required): the bearer token comes as ``?token=acc1....`` (browsers
+cannot set headers; y-websocket sends ``params``). It must allow the agent (``agent=``,
+default the token's principal) and READ in the namespace to connect; updates need
+WRITE (a read-only socket's awareness is not stored, and an update from it closes it
+with 4403), and so does creating a missing session. A socket ends when its token is
+revoked or expires (4401) or its role is taken back (4403), like a gRPC stream. Browser
+pages must come from an origin in ``--ws-allowed-origins`` (checked by the handshake: a
+request with any other Origin header gets HTTP 403); clients that send no Origin
+(agents, Node) are not browsers and are let through to the token check.
+
 Close codes: 4400 for bad input (URL, identity, session name, a malformed message, an
-update the store refuses) and 4404 when the session is deleted: y-websocket does not
-reconnect on 44xx. 1011 for a transient failure (etcd unavailable, presence lease lost),
-1001 when the replica stops: the client reconnects. Bad input closes only its own socket.
+update the store refuses), 4401 without a valid token, 4403 for a missing role or agent,
+and 4404 when the session is deleted: y-websocket does not reconnect on 44xx. 1011 for
+a transient failure (etcd unavailable, presence lease lost), 1001 when the replica
+stops: the client reconnects. Bad input closes only its own socket.
 """
 
 from __future__ import annotations
@@ -33,9 +44,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Coroutine
+from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -49,8 +62,12 @@ from pycrdt import (
 )
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
 
 from accord.coordinator import logs
+from accord.coordinator.auth import roles, tokens
+from accord.coordinator.auth.cache import AuthCache
+from accord.coordinator.auth.streams import Revocation
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.lib0 import Fault, Reader
@@ -63,8 +80,10 @@ from accord.coordinator.substrate.errors import (
     InvalidArgument,
     LeaseNotFound,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
 )
-from accord.v1 import sessions_pb2
+from accord.v1 import records_pb2, sessions_pb2
 
 _log = logs.get("accord.y_websocket")
 
@@ -77,7 +96,12 @@ HELLO_SECONDS = 1.0
 MAX_AWARENESS_ENTRIES = 256
 EMPTY_UPDATE = b"\x00\x00"
 BAD_INPUT = 4400
+UNAUTHENTICATED = 4401
+FORBIDDEN = 4403
 SESSION_GONE = 4404
+# How the authorization table names a socket's connect and its writes (ws is no RPC).
+WS_CONNECT = "y-websocket connect"
+WS_WRITE = "y-websocket update"
 TRY_AGAIN = 1011
 GOING_AWAY = 1001
 _MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 123 bytes
@@ -118,7 +142,7 @@ def parse_path(path: str) -> tuple[str, str, str]:
     namespace, _, session = parts.path.lstrip("/").partition("/")
     if not namespace or not session:
         raise _bad("connect to /{namespace}/{session}[?agent=NAME]")
-    agent = parse_qs(parts.query).get("agent", [""])[-1]
+    agent = _single(parse_qs(parts.query), "agent")
     try:
         namespace, agent = calls.identity_from_metadata(
             {calls.NAMESPACE_METADATA: namespace, calls.AGENT_METADATA: agent}
@@ -128,6 +152,22 @@ def parse_path(path: str) -> tuple[str, str, str]:
         message = message.replace(calls.NAMESPACE_METADATA, "namespace")
         raise _bad(message.replace(calls.AGENT_METADATA, "agent")) from None
     return namespace, unquote(session), agent
+
+
+def _single(query: dict[str, list[str]], name: str) -> str:
+    """A query parameter given at most once (twice: which one counts would be a guess)."""
+    values = query.get(name, [""])
+    if len(values) > 1:
+        raise _bad(f"the URL gives {name}= more than once")
+    return values[0]
+
+
+def parse_token(path: str) -> str:
+    """The bearer token of a request path's ?token=, or Unauthenticated."""
+    token = _single(parse_qs(urlsplit(path).query), "token")
+    if not token:
+        raise Unauthenticated("this endpoint requires a token: add ?token=<token> to the URL")
+    return token
 
 
 def sync_message(step: YSyncMessageType, payload: bytes) -> bytes:
@@ -145,10 +185,22 @@ def awareness_update(entries: list[tuple[int, int, str]]) -> bytes:
 class YWebsocketServer:
     """Serves y-websocket connections for one replica; owns its listening socket."""
 
-    def __init__(self, catalog: SessionCatalog, sessions: SessionStore, leases: LeaseStore) -> None:
+    def __init__(
+        self,
+        catalog: SessionCatalog,
+        sessions: SessionStore,
+        leases: LeaseStore,
+        *,
+        auth: AuthCache | None = None,
+        allowed_origins: tuple[str, ...] = (),
+    ) -> None:
+        """auth: the credentials every socket must present (None: auth off);
+        allowed_origins: the browser origins that may connect (none: no browser page)."""
         self._catalog = catalog
         self._sessions = sessions
         self._leases = leases
+        self._auth = auth
+        self._origins = allowed_origins
         self._server: Server | None = None
 
     async def start(self, listen: str) -> int:
@@ -159,6 +211,9 @@ class YWebsocketServer:
             host.strip("[]") or None,
             int(port),
             max_size=MAX_UPDATE_BYTES + 1024,
+            # No Origin: not a browser. A browser page only from an allowed origin, so a
+            # page the user happens to open cannot read or rewrite sessions.
+            origins=[None, *(Origin(o) for o in self._origins)],
             compression=None,  # small binary updates: deflate costs CPU and latency for little
         )
         bound: int = self._server.sockets[0].getsockname()[1]
@@ -172,7 +227,7 @@ class YWebsocketServer:
             await self._server.wait_closed()
 
     async def _serve(self, socket: ServerConnection) -> None:
-        await _Connection(socket, self._catalog, self._sessions, self._leases).run()
+        await _Connection(socket, self._catalog, self._sessions, self._leases, self._auth).run()
 
 
 class _Connection:
@@ -182,8 +237,13 @@ class _Connection:
         catalog: SessionCatalog,
         sessions: SessionStore,
         leases: LeaseStore,
+        auth: AuthCache | None = None,
     ) -> None:
         self.socket = socket
+        self.auth = auth
+        self.may_write = True  # auth off, or a principal with WRITE in the namespace
+        self.revocation: Revocation | None = None
+        self.ending: asyncio.Task[None] | None = None  # closes the socket on revocation
         self.catalog = catalog
         self.sessions = sessions
         self.leases = leases
@@ -204,15 +264,16 @@ class _Connection:
         try:
             assert self.socket.request is not None
             namespace, self.name, self.agent = parse_path(self.socket.request.path)
-            calls.current.set(
-                calls.Call(
-                    namespace=namespace,
-                    agent_id=self.agent,
-                    trace_id=f"ws-{uuid.uuid4().hex[:12]}",
-                    deadline=None,
-                )
+            call = calls.Call(
+                namespace=namespace,
+                agent_id=self.agent,
+                trace_id=f"ws-{uuid.uuid4().hex[:12]}",
+                deadline=None,
             )
-            await self.catalog.open(self.name, must_exist=False, roots={})
+            calls.current.set(call)
+            if self.auth is not None:
+                await self._admit(call, parse_token(self.socket.request.path))
+            await self.catalog.open(self.name, must_exist=not self.may_write, roots={})
             state_vector = await self._hello()
             relay = asyncio.create_task(self._guarded(self._relay(state_vector)))
             while True:
@@ -224,7 +285,41 @@ class _Connection:
                 relay.cancel()
                 with contextlib.suppress(BaseException):
                     await relay
+            if self.ending is not None:
+                self.ending.cancel()
+            if self.auth is not None and self.revocation is not None:
+                self.auth.forget(self.revocation)
             await self._release_lease()
+
+    async def _admit(self, call: calls.Call, token: str) -> None:
+        """Check the socket's token, agent and role as the interceptor does a call's, and
+        keep following them: the socket ends when they stop allowing it."""
+        assert self.auth is not None
+        verified = await self.auth.verify(tokens.parse(token))
+        principal = verified.principal
+        self.agent = self.agent or principal.name
+        call = replace(
+            call, agent_id=self.agent, principal=principal.name, token_id=verified.token_id
+        )
+        calls.current.set(call)
+
+        def recheck(now: records_pb2.PrincipalRecord) -> None:
+            roles.check_agent(now, call.agent_id)
+            roles.authorize(now, WS_CONNECT, roles.Need.READ, call.namespace)
+
+        recheck(principal)
+        self.may_write = roles.WRITE in roles.granted(principal, call.namespace)
+        self.revocation = self.auth.follow(verified.token_id, recheck)
+        self.ending = asyncio.create_task(self._end_when(self.revocation, verified.expires_at))
+
+    async def _end_when(self, revocation: Revocation, expires_at: float | None) -> None:
+        """Close the socket when its credential is revoked, refused or expired."""
+        left = None if expires_at is None else max(0.0, expires_at - time.time())
+        try:
+            error = await asyncio.wait_for(asyncio.shield(revocation.ended), left)
+        except TimeoutError:
+            error = Unauthenticated("the socket's token expired")
+        await self._end(error)
 
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -238,6 +333,10 @@ class _Connection:
             return
         if isinstance(exc, Refused):
             code, reason = exc.code, exc.reason
+        elif isinstance(exc, Unauthenticated):
+            code, reason = UNAUTHENTICATED, exc.message
+        elif isinstance(exc, PermissionDenied):
+            code, reason = FORBIDDEN, exc.message
         elif isinstance(exc, InvalidArgument | BadIdentity):
             code, reason = BAD_INPUT, exc.message
         elif isinstance(exc, NotFound):
@@ -312,6 +411,13 @@ class _Connection:
     async def _push(self, update: bytes) -> None:
         if update == EMPTY_UPDATE:
             return
+        if not self.may_write:
+            call = calls.current.get()
+            raise PermissionDenied(
+                f"this socket's principal {call.principal!r} may only read namespace "
+                f"{call.namespace!r}: updates need WRITE",
+                metadata={"role": "WRITE", "namespace": call.namespace},
+            )
         self.pushed.append(update)
         try:
             await self.sessions.push(self.name, update, request_id="", fence=None)
@@ -372,6 +478,8 @@ class _Connection:
                 await self._put_presence(client_id, state)
 
     async def _put_presence(self, client_id: int, state: str) -> None:
+        if not self.may_write:
+            return  # a reader's presence is not shown (y-websocket always sends one)
         if state and not self.lease_id:
             info = await self.leases.grant(PRESENCE_TTL_SECONDS, {"via": "y-websocket"})
             self.lease_id = info.id

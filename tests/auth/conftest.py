@@ -1,5 +1,6 @@
 """Fixtures for the auth tests: two replicas over the session's etcd that require a
-token (`--auth required`, under their own --root so nothing else's keys mix in), the
+token (`--auth required`, under their own --root so nothing else's keys mix in; their
+y-websocket endpoints accept browser pages from ALLOWED_ORIGIN only), the
 first cluster admin made by `accord auth bootstrap`, and principals each test mints
 with that admin's client."""
 
@@ -20,6 +21,7 @@ from accord.client import AsyncClient, Role
 from tests.harness import Coordinator, EtcdMember, StoredKey, make_client, start_coordinator
 
 ADMIN = "root-admin"
+ALLOWED_ORIGIN = "http://app.example"  # the one browser origin the replicas accept
 
 
 def accord_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,8 +68,14 @@ def auth_cluster(etcd: EtcdMember, workdir: Path) -> Iterator[AuthCluster]:
             workdir,
             f"auth-replica-{i}",
             [etcd.endpoint],
-            extra_args=["--auth", "required", "--root", root],
-            ws=False,
+            extra_args=[
+                "--auth",
+                "required",
+                "--root",
+                root,
+                "--ws-allowed-origins",
+                ALLOWED_ORIGIN,
+            ],
         )
         for i in range(2)
     ]
