@@ -123,6 +123,7 @@ class _Gate:
             agent_id=agent or principal.name,
             principal=principal.name,
             token_id=verified.token_id,
+            namespace_admin=roles.ADMIN in roles.granted(principal, namespace),
         )
         calls.current.set(call)
         self.recheck(call, principal)

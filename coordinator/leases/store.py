@@ -10,7 +10,17 @@ A keep-alive stream refreshes the etcd lease for each request the agent sends (s
 agent that stalls stops refreshing it), and ends with LEASE_NOT_FOUND as soon as the
 lease record disappears: expiry, revocation, or an admin breaking it.
 
+Ownership (auth required): a lease belongs to the principal that granted it. Only that
+principal, or an ADMIN of the namespace, may keep it alive, revoke it, or hang anything
+on it (keys, lock entries, presence); anyone with READ may look at it. The record is
+written once, with its lease, and never changed, and etcd never reuses a lease id, so
+the owner `owned` reads is still the owner when the effect's own transaction runs, which
+requires the lease to be alive.
+
 Layout: keyspace.lease, a LeaseRecord attached to the lease itself.
+
+Error handling: a lease that does not exist in the namespace is LeaseNotFound; one that
+another principal owns is PermissionDenied naming the owner (metadata "owner").
 """
 
 from __future__ import annotations
@@ -25,7 +35,12 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from accord.coordinator.substrate import Substrate, calls
-from accord.coordinator.substrate.errors import FieldViolation, InvalidArgument, LeaseNotFound
+from accord.coordinator.substrate.errors import (
+    FieldViolation,
+    InvalidArgument,
+    LeaseNotFound,
+    PermissionDenied,
+)
 from accord.coordinator.substrate.txn import put, read, txn, watch
 from accord.v1 import leases_pb2, records_pb2
 
@@ -39,6 +54,26 @@ MAX_LABEL_BYTES = 256
 class Lease:
     id: int
     record: records_pb2.LeaseRecord
+
+
+def check_owner(lease: Lease) -> None:
+    """Refuse unless the caller may use the lease: auth off, its own principal, or an
+    ADMIN of the namespace."""
+    call = calls.current.get()
+    owner = lease.record.principal
+    if not call.principal or call.namespace_admin or owner == call.principal:
+        return
+    raise PermissionDenied(
+        f"lease {lease.id} belongs to principal {owner or '(granted without auth)'!r} "
+        f"(agent {lease.record.agent_id!r}); only it or an ADMIN of namespace "
+        f"{call.namespace!r} may use it",
+        metadata={
+            "lease_id": str(lease.id),
+            "owner": owner,
+            "role": "ADMIN",
+            "namespace": call.namespace,
+        },
+    )
 
 
 class LeaseStore:
@@ -69,7 +104,11 @@ class LeaseStore:
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(time.time_ns())
         record = records_pb2.LeaseRecord(
-            agent_id=call.agent_id, granted_ttl_seconds=ttl, granted_at=now, labels=dict(labels)
+            agent_id=call.agent_id,
+            granted_ttl_seconds=ttl,
+            granted_at=now,
+            labels=dict(labels),
+            principal=call.principal,
         )
         key = self._s.keys.lease(call.namespace, granted.ID)
         try:  # the record lives exactly as long as the lease
@@ -83,7 +122,21 @@ class LeaseStore:
         return _info(granted.ID, record, granted.TTL)
 
     async def owned(self, lease_id: int) -> Lease:
-        """The caller's lease, or LEASE_NOT_FOUND (gone, or another namespace's)."""
+        """The caller's lease, or LEASE_NOT_FOUND (gone, or another namespace's), or
+        PERMISSION_DENIED (another principal's)."""
+        lease = await self.find(lease_id)
+        check_owner(lease)
+        return lease
+
+    async def check_owned(self, lease_id: int) -> None:
+        """Refuse if the lease exists and is another principal's; a lease that is gone
+        passes (whatever hung on it is gone too)."""
+        if calls.current.get().principal:
+            with contextlib.suppress(LeaseNotFound):
+                await self.owned(lease_id)
+
+    async def find(self, lease_id: int) -> Lease:
+        """A lease of the caller's namespace, whoever owns it, or LEASE_NOT_FOUND."""
         namespace = calls.current.get().namespace
         if lease_id <= 0:
             raise InvalidArgument([FieldViolation("lease_id", "must be a lease id (> 0)")])
@@ -158,7 +211,7 @@ class LeaseStore:
 
     async def info(self, lease_id: int) -> tuple[leases_pb2.LeaseInfo, list[bytes]]:
         """The lease and the etcd keys attached to it."""
-        lease = await self.owned(lease_id)
+        lease = await self.find(lease_id)
         ttl = await self._s.etcd.lease_time_to_live(lease_id)
         if ttl.TTL < 0:
             raise LeaseNotFound(

@@ -161,6 +161,9 @@ class LockStore:
         if violations:
             raise InvalidArgument(violations)
         mode = EXCLUSIVE if permits or mode == 0 else mode
+        # Auth required: only the lease's principal (or an admin) queues with it. Its
+        # record never changes and the enqueue requires it alive, so this holds there.
+        await self._leases.check_owned(lease_id)
         call = calls.current.get()
         ns = call.namespace
         # Stop waiting a little before the caller's deadline, so it hears LOCK_TIMEOUT
@@ -400,7 +403,7 @@ class LockStore:
                     metadata={"lock": entry.lock, "deadlock_id": verdict.id},
                 )
         try:
-            await self._leases.owned(entry.lease_id)
+            await self._leases.find(entry.lease_id)
         except LeaseNotFound as gone:
             return gone
         return NotHeld(
@@ -476,6 +479,7 @@ class LockStore:
             violations.append(FieldViolation("token", "must not be negative"))
         if violations:
             raise InvalidArgument(violations)
+        await self._leases.check_owned(lease_id)  # only the holder's principal releases
         ns = calls.current.get().namespace
         key = self._s.keys.lock_entry(ns, name, lease_id)
         same_grant = [created_at(key, token)] if token else []

@@ -39,6 +39,9 @@ class Call:
     # The authenticated principal and the id of the token it presented ("": auth off).
     principal: str = ""
     token_id: str = ""
+    # The principal holds ADMIN in this namespace (or is a cluster admin): it may act on
+    # what others own (their leases, their votes).
+    namespace_admin: bool = False
 
     def remaining(self) -> float | None:
         if self.deadline is None:

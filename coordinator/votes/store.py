@@ -466,7 +466,11 @@ class VoteStore:
                 ):
                     return snap.revision, decision
                 raise closed(vote)
-            if agent != vote.proposed_by.agent_id and agent not in self._admins:
+            if (
+                agent != vote.proposed_by.agent_id
+                and agent not in self._admins
+                and not call.namespace_admin
+            ):
                 raise NotPermitted(
                     f"only the proposer ({vote.proposed_by.agent_id!r}) or an admin agent may "
                     f"cancel vote {vote_id!r}",

@@ -27,7 +27,7 @@ from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x63\x63ord/v1/records.proto\x12\taccord.v1\x1a\x14\x61\x63\x63ord/v1/auth.proto\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0bStoredValue\x12\r\n\x05value\x18\x01 \x01(\x0c\x12)\n\nwritten_by\x18\x02 \x01(\x0b\x32\x15.accord.v1.Provenance\"I\n\x11IdempotencyRecord\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\x0c\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\x0c\"6\n\tTombstone\x12)\n\ndeleted_by\x18\x01 \x01(\x0b\x32\x15.accord.v1.Provenance\"\xcf\x01\n\x0bLeaseRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1b\n\x13granted_ttl_seconds\x18\x02 \x01(\x03\x12.\n\ngranted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".accord.v1.LeaseRecord.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x0fLockEntryRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\x05\x12\x0f\n\x07permits\x18\x03 \x01(\x05\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07granted\x18\x06 \x01(\x08\"\x96\x02\n\rSessionRecord\x12)\n\ncreated_by\x18\x01 \x01(\x0b\x32\x15.accord.v1.Provenance\x12\x32\n\x05roots\x18\x02 \x03(\x0b\x32#.accord.v1.SessionRecord.RootsEntry\x12\x19\n\x11snapshot_revision\x18\x03 \x01(\x03\x12\x17\n\x0fsnapshot_chunks\x18\x04 \x01(\x05\x12\x16\n\x0esnapshot_bytes\x18\x05 \x01(\x03\x12\x17\n\x0fsnapshot_sha256\x18\x06 \x01(\x0c\x12\x13\n\x0bincarnation\x18\x07 \x01(\x06\x1a,\n\nRootsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xee\x01\n\x0fPrincipalRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12\x34\n\x05roles\x18\x03 \x03(\x0b\x32%.accord.v1.PrincipalRecord.RolesEntry\x12\x15\n\rcluster_admin\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a@\n\nRolesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.accord.v1.RoleSet:\x02\x38\x01\"\xab\x01\n\x0bTokenRecord\x12\x15\n\rsecret_sha256\x18\x01 \x01(\x0c\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x63\x63ord/v1/records.proto\x12\taccord.v1\x1a\x14\x61\x63\x63ord/v1/auth.proto\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0bStoredValue\x12\r\n\x05value\x18\x01 \x01(\x0c\x12)\n\nwritten_by\x18\x02 \x01(\x0b\x32\x15.accord.v1.Provenance\"I\n\x11IdempotencyRecord\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\x0c\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\x0c\"6\n\tTombstone\x12)\n\ndeleted_by\x18\x01 \x01(\x0b\x32\x15.accord.v1.Provenance\"\xe2\x01\n\x0bLeaseRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1b\n\x13granted_ttl_seconds\x18\x02 \x01(\x03\x12.\n\ngranted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".accord.v1.LeaseRecord.LabelsEntry\x12\x11\n\tprincipal\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x0fLockEntryRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\x05\x12\x0f\n\x07permits\x18\x03 \x01(\x05\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07granted\x18\x06 \x01(\x08\"\x96\x02\n\rSessionRecord\x12)\n\ncreated_by\x18\x01 \x01(\x0b\x32\x15.accord.v1.Provenance\x12\x32\n\x05roots\x18\x02 \x03(\x0b\x32#.accord.v1.SessionRecord.RootsEntry\x12\x19\n\x11snapshot_revision\x18\x03 \x01(\x03\x12\x17\n\x0fsnapshot_chunks\x18\x04 \x01(\x05\x12\x16\n\x0esnapshot_bytes\x18\x05 \x01(\x03\x12\x17\n\x0fsnapshot_sha256\x18\x06 \x01(\x0c\x12\x13\n\x0bincarnation\x18\x07 \x01(\x06\x1a,\n\nRootsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xee\x01\n\x0fPrincipalRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12\x34\n\x05roles\x18\x03 \x03(\x0b\x32%.accord.v1.PrincipalRecord.RolesEntry\x12\x15\n\rcluster_admin\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a@\n\nRolesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.accord.v1.RoleSet:\x02\x38\x01\"\xab\x01\n\x0bTokenRecord\x12\x15\n\rsecret_sha256\x18\x01 \x01(\x0c\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,19 +47,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOMBSTONE']._serialized_start=265
   _globals['_TOMBSTONE']._serialized_end=319
   _globals['_LEASERECORD']._serialized_start=322
-  _globals['_LEASERECORD']._serialized_end=529
-  _globals['_LEASERECORD_LABELSENTRY']._serialized_start=484
-  _globals['_LEASERECORD_LABELSENTRY']._serialized_end=529
-  _globals['_LOCKENTRYRECORD']._serialized_start=532
-  _globals['_LOCKENTRYRECORD']._serialized_end=676
-  _globals['_SESSIONRECORD']._serialized_start=679
-  _globals['_SESSIONRECORD']._serialized_end=957
-  _globals['_SESSIONRECORD_ROOTSENTRY']._serialized_start=913
-  _globals['_SESSIONRECORD_ROOTSENTRY']._serialized_end=957
-  _globals['_PRINCIPALRECORD']._serialized_start=960
-  _globals['_PRINCIPALRECORD']._serialized_end=1198
-  _globals['_PRINCIPALRECORD_ROLESENTRY']._serialized_start=1134
-  _globals['_PRINCIPALRECORD_ROLESENTRY']._serialized_end=1198
-  _globals['_TOKENRECORD']._serialized_start=1201
-  _globals['_TOKENRECORD']._serialized_end=1372
+  _globals['_LEASERECORD']._serialized_end=548
+  _globals['_LEASERECORD_LABELSENTRY']._serialized_start=503
+  _globals['_LEASERECORD_LABELSENTRY']._serialized_end=548
+  _globals['_LOCKENTRYRECORD']._serialized_start=551
+  _globals['_LOCKENTRYRECORD']._serialized_end=695
+  _globals['_SESSIONRECORD']._serialized_start=698
+  _globals['_SESSIONRECORD']._serialized_end=976
+  _globals['_SESSIONRECORD_ROOTSENTRY']._serialized_start=932
+  _globals['_SESSIONRECORD_ROOTSENTRY']._serialized_end=976
+  _globals['_PRINCIPALRECORD']._serialized_start=979
+  _globals['_PRINCIPALRECORD']._serialized_end=1217
+  _globals['_PRINCIPALRECORD_ROLESENTRY']._serialized_start=1153
+  _globals['_PRINCIPALRECORD_ROLESENTRY']._serialized_end=1217
+  _globals['_TOKENRECORD']._serialized_start=1220
+  _globals['_TOKENRECORD']._serialized_end=1391
 # @@protoc_insertion_point(module_scope)

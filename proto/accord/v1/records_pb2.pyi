@@ -142,8 +142,13 @@ class LeaseRecord(_message.Message):
     GRANTED_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     GRANTED_AT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     granted_ttl_seconds: _builtins.int
+    principal: _builtins.str
+    """The authenticated principal that granted it (empty: granted with auth off). With auth
+    required only it, or an ADMIN of the namespace, may use the lease.
+    """
     @_builtins.property
     def granted_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -155,10 +160,11 @@ class LeaseRecord(_message.Message):
         granted_ttl_seconds: _builtins.int = ...,
         granted_at: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "granted_at", b"granted_at", "granted_ttl_seconds", b"granted_ttl_seconds", "labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "granted_at", b"granted_at", "granted_ttl_seconds", b"granted_ttl_seconds", "labels", b"labels", "principal", b"principal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
