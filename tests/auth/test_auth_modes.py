@@ -1,11 +1,15 @@
 """How a replica runs without auth: it refuses to listen beyond loopback unless told
 --insecure. With auth off, identity metadata given twice or in binary form is still
-refused, and the Auth service mints nothing."""
+refused, the Auth service mints nothing, and browser pages from unlisted origins cannot
+open y-websocket connections."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
 from accord.client import BadIdentityError, ConditionFailedError
 from accord.client.errors import from_rpc_error
@@ -66,3 +70,16 @@ async def test_auth_off_mints_nothing(
             await c.auth.create_token("intruder")
         assert caught.value.metadata["auth"] == "off"
     assert etcd.kvs("accord/auth/", prefix=True) == []
+
+
+async def test_auth_off_still_refuses_browser_pages_from_unlisted_origins(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    """The session replicas list no origin: a page anywhere (the user's browser on any
+    site) is refused at the handshake; a client without Origin (an agent) is served."""
+    url = f"{replicas[0].ws_url}/{namespace}/doc"
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, open_timeout=10, origin=Origin("http://evil.example"))
+    assert refused.value.response.status_code == 403
+    socket = await connect(url, open_timeout=10)
+    await socket.close()

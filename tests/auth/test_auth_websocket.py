@@ -16,6 +16,7 @@ import pytest
 from pycrdt import Doc, Text, create_update_message
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from accord.client import Role
 from accord.coordinator.auth import tokens
@@ -82,9 +83,9 @@ async def test_a_foreign_origin_is_refused_even_with_a_token(
     token = await mint(unique("app"), Role.WRITE)
     address = url(auth_cluster, 1, namespace, f"token={token}")
     with pytest.raises(InvalidStatus) as refused:
-        await connect(address, open_timeout=WAIT, origin="http://evil.example")  # type: ignore[arg-type]
+        await connect(address, open_timeout=WAIT, origin=Origin("http://evil.example"))
     assert refused.value.response.status_code == 403
-    socket = await greeted(address, origin=ALLOWED_ORIGIN)
+    socket = await greeted(address, origin=Origin(ALLOWED_ORIGIN))
     await socket.close()
 
 
