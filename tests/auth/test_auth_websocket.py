@@ -21,7 +21,7 @@ from websockets.typing import Origin
 from accord.client import Role
 from accord.coordinator.auth import tokens
 from tests.auth.conftest import ALLOWED_ORIGIN, AuthCluster, Mint, unique
-from tests.harness import make_client
+from tests.harness import make_client, until
 
 WAIT = 10.0
 SYNC_STEP1_EMPTY = b"\x00\x00\x01\x00"  # sync, step 1, a 1-byte empty state vector
@@ -104,10 +104,7 @@ async def test_a_reader_follows_but_cannot_write_and_a_writer_can(
         async def text() -> object:
             return (await c.sessions.read("doc")).json.get("notes")
 
-        deadline = time.monotonic() + WAIT
-        while await text() != "from the writer":
-            assert time.monotonic() < deadline, "the writer's update never arrived"
-            await asyncio.sleep(0.05)
+        await until(text, lambda t: t == "from the writer", "the writer's update", WAIT)
         before = auth_cluster.stored(namespace)
         reader = await greeted(url(auth_cluster, 1, namespace, f"token={reader_token}"))
         await reader.send(an_update("from the reader"))

@@ -1,6 +1,7 @@
 // Cross-language check of the accord.v1 KV contract from a Node gRPC client.
 //
-// Needs a running coordinator: ACCORD_ADDR=host:port[,host:port...] (the first is used).
+// Needs a running coordinator: ACCORD_ADDR=host:port[,host:port...] (the first is used);
+// ACCORD_TOKEN when it requires a token.
 // Run from the repo root:  ACCORD_ADDR=127.0.0.1:50051 node --test tests/node/
 
 import assert from 'node:assert/strict';
@@ -17,6 +18,8 @@ const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../../proto'
 const ADDR = (process.env.ACCORD_ADDR ?? '').split(',')[0].trim();
 const NAMESPACE = process.env.ACCORD_NAMESPACE || `node-${randomBytes(6).toString('hex')}`;
 const AGENT = 'node-agent';
+// With auth required: a token whose principal may act as AGENT, sent on every call.
+const TOKEN = process.env.ACCORD_TOKEN ?? '';
 
 // Every wait is bounded so that a broken service fails the test instead of hanging it.
 const CALL_TIMEOUT_MS = 5_000;
@@ -76,6 +79,7 @@ function identity() {
   const md = new grpc.Metadata();
   md.set('accord-namespace', NAMESPACE);
   md.set('accord-agent-id', AGENT);
+  if (TOKEN) md.set('authorization', `Bearer ${TOKEN}`);
   return md;
 }
 

@@ -2,7 +2,8 @@
 //
 //   node tests/node/ysession.mjs WS_BASE_URL SESSION AGENT
 //
-// WS_BASE_URL is ws://host:port/{namespace}; y-websocket appends /{session}?agent=AGENT.
+// WS_BASE_URL is ws://host:port/{namespace}; y-websocket appends /{session}?agent=AGENT
+// (and &token=ACCORD_TOKEN when that is set, for a replica with auth required).
 // Commands arrive as JSON lines on stdin, each answered by one JSON line on stdout with
 // the same "id"; events (connection status, close codes) are JSON lines without an id.
 //   {"id":1,"cmd":"insert","index":0,"text":"hi"}       insert into the Y.Text "text"
@@ -23,7 +24,8 @@ const [baseUrl, session, agent] = process.argv.slice(2);
 const doc = new Y.Doc();
 const text = doc.getText('text');
 const provider = new WebsocketProvider(baseUrl, session, doc, {
-  params: agent ? { agent } : {},
+  // With auth required: the token as a URL parameter (browsers cannot set headers).
+  params: { ...(agent ? { agent } : {}), ...(process.env.ACCORD_TOKEN ? { token: process.env.ACCORD_TOKEN } : {}) },
   WebSocketPolyfill: WebSocket, // Node 20 has no global WebSocket
   disableBc: true,
 });
