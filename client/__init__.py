@@ -4,7 +4,7 @@ from the async classes); every type their methods return is exported here."""
 from accord.client import ops
 from accord.client.auth import AsyncAuth, NewToken, Principal, Role, TokenInfo, WhoAmI
 from accord.client.blocking import BlockingContext, BlockingIterator
-from accord.client.client import AsyncClient
+from accord.client.client import AsyncClient, tls_credentials
 from accord.client.errors import (
     AccordError,
     AlreadyVotedError,
@@ -205,4 +205,5 @@ __all__ = [
     "WouldBlockError",
     "WriteResult",
     "ops",
+    "tls_credentials",
 ]

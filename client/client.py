@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +20,19 @@ from accord.client.retry import RetryPolicy
 from accord.client.sessions import AsyncSessions, RootKind
 from accord.client.transport import Transport
 from accord.client.votes import AsyncVotes
+
+
+def tls_credentials(
+    ca: str | Path, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """Channel credentials for replicas serving TLS: the CA that signed their certificate
+    and, for mutual TLS, this client's certificate and key (its CN names the principal
+    when the client sends no token). Pass as ``AsyncClient(..., credentials=...)``."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes(),
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )
 
 
 class AsyncClient:

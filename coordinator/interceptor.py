@@ -1,7 +1,8 @@
 """The one server interceptor: identity, deadline, error mapping and the access log.
 
 For every accord.* call it reads the namespace and agent from metadata and, with auth
-required, the bearer token: the token must name a principal (auth.cache), the agent id
+required, the bearer token (or, under mutual TLS and without a token, the verified
+client certificate's CN): the token must name a principal (auth.cache), the agent id
 must be one that principal may act as, and the principal must hold the role the method
 needs in the namespace (auth.roles). It records the caller's deadline for the etcd
 layer, turns domain errors into gRPC statuses with details, and logs the call. Health
@@ -42,9 +43,12 @@ _trace_counter = itertools.count()
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: AuthCache | None = None) -> None:
-        """auth: the credentials to check every call against; None: auth is off."""
+    def __init__(self, auth: AuthCache | None = None, *, client_certificates: bool = False) -> None:
+        """auth: the credentials to check every call against; None: auth is off.
+        client_certificates: the port requires them (mutual TLS), so a call without a
+        token may be identified by its certificate."""
         self._auth = auth
+        self._client_certificates = client_certificates
         # Wrapped once per method, not once per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -69,7 +73,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        gate = _Gate(method, self._auth)
+        gate = _Gate(method, self._auth, self._client_certificates)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _unary(gate, handler.unary_unary),
@@ -95,11 +99,12 @@ class _Gate:
     """Who may call one method: its name, what it needs, and the credentials (None: auth
     off)."""
 
-    __slots__ = ("auth", "method", "need")
+    __slots__ = ("auth", "certificates", "method", "need")
 
-    def __init__(self, method: str, auth: AuthCache | None) -> None:
+    def __init__(self, method: str, auth: AuthCache | None, certificates: bool) -> None:
         self.method = method
         self.auth = auth
+        self.certificates = certificates
         self.need = roles.REQUIRED.get(method)
 
     async def begin(
@@ -116,7 +121,11 @@ class _Gate:
         calls.current.set(call)  # a token lookup in etcd is bounded by the caller's deadline
         if self.auth is None:
             return call, None
-        verified = await self.auth.verify(tokens.parse(_bearer(metadata)))
+        certified = _certificate_name(context) if self.certificates else None
+        if certified is not None and calls.AUTHORIZATION_METADATA not in metadata:
+            verified = await self.auth.verify_certificate(certified)
+        else:
+            verified = await self.auth.verify(tokens.parse(_bearer(metadata)))
         principal = verified.principal
         call = replace(
             call,
@@ -140,7 +149,7 @@ class _Gate:
     ) -> AsyncIterator[Any]:
         """responses, ended as soon as the credential stops allowing the stream."""
         assert self.auth is not None
-        revocation = self.auth.follow(verified.token_id, lambda p: self.recheck(call, p))
+        revocation = self.auth.follow(verified, lambda p: self.recheck(call, p))
         try:
             async for response in streams.until_ended(
                 responses, revocation.ended, verified.expires_at
@@ -148,6 +157,14 @@ class _Gate:
                 yield response
         finally:
             self.auth.forget(revocation)
+
+
+def _certificate_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The CN of the client certificate the TLS handshake verified (mutual TLS only: the
+    replica requests certificates only when it has a client CA, and gRPC refuses an
+    unverified one before any call)."""
+    names = list(context.auth_context().get("x509_common_name", ()))
+    return names[0].decode() if names else None
 
 
 def _bearer(metadata: dict[str, str]) -> str:

@@ -36,7 +36,7 @@ from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.service import SessionsService
 from accord.coordinator.sessions.store import SessionStore
 from accord.coordinator.sessions.y_websocket import YWebsocketServer
-from accord.coordinator.settings import Settings
+from accord.coordinator.settings import ServerTls, Settings
 from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.embedded_etcd import EmbeddedEtcd
 from accord.coordinator.substrate.errors import AccordError
@@ -129,7 +129,13 @@ class Replica:
         await self._start_auth()
 
         self.server = grpc.aio.server(
-            interceptors=[CallInterceptor(self.auth)],
+            interceptors=[
+                CallInterceptor(
+                    self.auth,
+                    client_certificates=settings.tls is not None
+                    and settings.tls.client_ca is not None,
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -137,7 +143,10 @@ class Replica:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
         )
-        self.port = self.server.add_insecure_port(settings.listen)
+        if settings.tls is None:
+            self.port = self.server.add_insecure_port(settings.listen)
+        else:
+            self.port = self.server.add_secure_port(settings.listen, _credentials(settings.tls))
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {settings.listen}")
         host = settings.listen.rpartition(":")[0]
@@ -188,6 +197,11 @@ class Replica:
             else "off",
             replica=replica,
             auth="required" if self.auth else "off",
+            tls="mutual"
+            if settings.tls and settings.tls.client_ca
+            else "on"
+            if settings.tls
+            else "off",
             etcd=list(endpoints),
             embedded_etcd=self.embedded is not None,
         )
@@ -277,6 +291,17 @@ class Replica:
         if self.embedded:
             await self.embedded.stop()
         _log.info("coordinator stopped")
+
+
+def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """TLS with this replica's certificate; with a client CA, client certificates signed
+    by it are required (a handshake without one fails before any call)."""
+    client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -11,6 +11,17 @@ from accord.coordinator.substrate.limits import Limits
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS on the gRPC port: this replica's certificate and key, and, to require client
+    certificates (mutual TLS), the CA that signs them. A verified client certificate's
+    common name (CN) names the caller's principal when the call carries no token."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
     # host:port of the y-websocket endpoint for Yjs apps (port 0: any free one); empty: off.
@@ -36,6 +47,8 @@ class Settings:
     auth_required: bool = False
     # Serve without auth on a non-loopback address anyway.
     insecure: bool = False
+    # TLS (and, with a client CA, mutual TLS) on the gRPC port; None: plaintext.
+    tls: ServerTls | None = None
     # Browser origins (scheme://host[:port]) whose pages may open y-websocket connections;
     # clients that send no Origin header (agents, Node) are not browsers and need none.
     ws_allowed_origins: tuple[str, ...] = ()

@@ -109,10 +109,11 @@ class AuthCache:
 
     # --- open streams ------------------------------------------------------------------------
 
-    def follow(self, token_id: str, recheck: Recheck) -> Revocation:
-        """Watch an open stream's credential until forget(): its Revocation ends when the
-        token is revoked or recheck refuses the principal as it changes."""
-        revocation = Revocation(token_id, recheck)
+    def follow(self, verified: Verified, recheck: Recheck) -> Revocation:
+        """Watch an open stream's credential until forget(): its Revocation ends when its
+        token is revoked or recheck refuses its principal as that changes."""
+        token_id = verified.token_id
+        revocation = Revocation(token_id, verified.principal.name, recheck)
         self._streams.setdefault(token_id, set()).add(revocation)
         return revocation
 
@@ -131,16 +132,38 @@ class AuthCache:
 
     def _recheck(self, name: str | None = None) -> None:
         """Re-check open streams against the copy: those of principal name, or all."""
-        for token_id, streams in list(self._streams.items()):
-            record = self._tokens.get(token_id)
-            principal = self._principals.get(record.principal) if record is not None else None
-            if record is not None and name is not None and record.principal != name:
-                continue
-            if record is None or principal is None:
-                self._revoked(token_id)
-                continue
+        for streams in list(self._streams.values()):
             for revocation in list(streams):
+                if name is not None and revocation.principal != name:
+                    continue
+                if revocation.token_id and revocation.token_id not in self._tokens:
+                    self._revoked(revocation.token_id)
+                    continue
+                principal = self._principals.get(revocation.principal)
+                if principal is None:
+                    revocation.end(
+                        Unauthenticated(f"principal {revocation.principal!r} no longer exists")
+                    )
+                    continue
                 revocation.check(principal)
+
+    async def verify_certificate(self, name: str) -> Verified:
+        """The principal a verified client certificate's CN names (mutual TLS)."""
+        if not self._synced.is_set():
+            raise BackendUnavailable(
+                "this replica is (re)loading its copy of the credentials from etcd; retry"
+            )
+        principal = self._principals.get(name)
+        if principal is None:
+            found = await self._etcd.range(read(self._keys.principal(name)))
+            if not found.kvs:
+                raise Unauthenticated(
+                    f"the client certificate names {name!r}, which is no principal here (a "
+                    "cluster admin creates it with `accord auth token create` or a role grant)",
+                    metadata={"certificate": name},
+                )
+            principal = records_pb2.PrincipalRecord.FromString(found.kvs[0].value)
+        return Verified("", principal)
 
     async def _read_token(self, token_id: str) -> records_pb2.TokenRecord | None:
         found = await self._etcd.range(read(self._keys.token(token_id)))

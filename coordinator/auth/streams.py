@@ -32,12 +32,14 @@ Recheck = Callable[[records_pb2.PrincipalRecord], None]
 
 
 class Revocation:
-    """One open stream's credential: its token, and how to re-check its principal."""
+    """One open stream's credential: its token ("" for a client certificate), its
+    principal, and how to re-check the principal."""
 
-    __slots__ = ("ended", "recheck", "token_id")
+    __slots__ = ("ended", "principal", "recheck", "token_id")
 
-    def __init__(self, token_id: str, recheck: Recheck) -> None:
+    def __init__(self, token_id: str, principal: str, recheck: Recheck) -> None:
         self.token_id = token_id
+        self.principal = principal
         self.recheck = recheck  # raises the AccordError to end the stream with
         self.ended: asyncio.Future[AccordError] = asyncio.get_running_loop().create_future()
 

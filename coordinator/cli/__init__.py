@@ -15,7 +15,7 @@ import typer
 from accord.coordinator.cli.auth import auth_app
 from accord.coordinator.cli.locks import deadlocks_app, leases_app, locks_app
 from accord.coordinator.cli.votes import votes_app
-from accord.coordinator.settings import Settings
+from accord.coordinator.settings import ServerTls, Settings
 from accord.coordinator.substrate.embedded_etcd import EtcdNotInstalled
 from accord.coordinator.substrate.etcd import TlsFiles
 from accord.coordinator.substrate.limits import DEFAULT_MAX_VALUE_BYTES, Limits
@@ -131,6 +131,18 @@ def serve(
             help="with auth off, serve on a non-loopback address anyway",
         ),
     ] = False,
+    tls_cert: Annotated[
+        str, typer.Option(envvar="ACCORD_TLS_CERT", help="serve gRPC over TLS: certificate")
+    ] = "",
+    tls_key: Annotated[str, typer.Option(envvar="ACCORD_TLS_KEY", help="its private key")] = "",
+    tls_client_ca: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_TLS_CLIENT_CA",
+            help="require client certificates signed by this CA (mutual TLS); a verified "
+            "certificate's CN names the caller's principal when it sends no token",
+        ),
+    ] = "",
     ws_allowed_origins: Annotated[
         str,
         typer.Option(
@@ -162,7 +174,16 @@ def serve(
         auth_required=auth is AuthMode.required,
         insecure=insecure,
         ws_allowed_origins=tuple(o.strip() for o in ws_allowed_origins.split(",") if o.strip()),
+        tls=ServerTls(Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None)
+        if tls_cert
+        else None,
     )
+    if bool(tls_cert) != bool(tls_key) or (tls_client_ca and not tls_cert):
+        typer.echo(
+            "accord: --tls-cert and --tls-key go together (and --tls-client-ca needs them)",
+            err=True,
+        )
+        raise typer.Exit(2)
     problem = settings.exposure_problem()
     if problem is not None:
         typer.echo(f"accord: {problem}", err=True)

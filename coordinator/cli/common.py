@@ -2,7 +2,8 @@
 one way to print.
 
 With a token (`--token` or ACCORD_TOKEN) every call carries it, for a service that
-runs with auth required.
+runs with auth required. ACCORD_TLS_CA (and ACCORD_TLS_CERT, ACCORD_TLS_KEY for mutual
+TLS) make the commands talk TLS to replicas that serve it.
 
 Each command makes one or two calls with the async client under a short deadline and
 prints a table (`-o table`, the default) or JSON (`-o json`: proto messages in their
@@ -37,6 +38,7 @@ from accord.client import (
     DeadlineExceededError,
     RetryPolicy,
     UnavailableError,
+    tls_credentials,
 )
 
 T = TypeVar("T")
@@ -102,6 +104,7 @@ def call(
         fail("--addr names no coordinator address", EXIT_USAGE)
 
     async def main() -> T:
+        ca = os.environ.get("ACCORD_TLS_CA", "")
         async with AsyncClient(
             addresses,
             agent_id=agent,
@@ -109,6 +112,11 @@ def call(
             timeout=CALL_TIMEOUT_SECONDS,
             retry=_RETRY,
             token=token,
+            credentials=tls_credentials(
+                ca, os.environ.get("ACCORD_TLS_CERT"), os.environ.get("ACCORD_TLS_KEY")
+            )
+            if ca
+            else None,
         ) as client:
             return await work(client)
 

@@ -309,7 +309,7 @@ class _Connection:
 
         recheck(principal)
         self.may_write = roles.WRITE in roles.granted(principal, call.namespace)
-        self.revocation = self.auth.follow(verified.token_id, recheck)
+        self.revocation = self.auth.follow(verified, recheck)
         self.ending = asyncio.create_task(self._end_when(self.revocation, verified.expires_at))
 
     async def _end_when(self, revocation: Revocation, expires_at: float | None) -> None:

@@ -202,8 +202,11 @@ class Coordinator(Process):
     ws_port: int = 0
     # Extra environment for the process (e.g. ACCORD_FAILPOINTS).
     env: dict[str, str] = field(default_factory=dict)
-    # Serve the y-websocket endpoint (off: e.g. with --auth required, which needs it off).
+    # Serve the y-websocket endpoint.
     ws: bool = True
+    # For a replica serving TLS: (CA, client certificate, client key) to check its health
+    # with; the certificate may be None when the replica requires none.
+    tls_client: tuple[Path, Path | None, Path | None] | None = None
 
     @property
     def address(self) -> str:
@@ -240,7 +243,7 @@ class Coordinator(Process):
             },
         )
         wait_for_port(self.port, timeout, self.popen)
-        wait_serving(self.address, timeout)
+        wait_serving(self.address, timeout, self.tls_client)
         if self.ws:
             wait_for_port(self.ws_port, timeout, self.popen)
 
@@ -256,6 +259,7 @@ def start_coordinator(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     ws: bool = True,
+    tls_client: tuple[Path, Path | None, Path | None] | None = None,
 ) -> Coordinator:
     replica = Coordinator(
         name=name,
@@ -265,15 +269,29 @@ def start_coordinator(
         extra_args=extra_args or [],
         env=env or {},
         ws=ws,
+        tls_client=tls_client,
     )
     replica.start()
     return replica
 
 
-def wait_serving(address: str, timeout: float) -> None:
-    """Block until the replica's gRPC health check says SERVING."""
+def wait_serving(
+    address: str, timeout: float, tls: tuple[Path, Path | None, Path | None] | None = None
+) -> None:
+    """Block until the replica's gRPC health check says SERVING (over TLS with the given
+    CA, and client certificate and key, when it serves TLS)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    if tls is None:
+        opened = grpc.insecure_channel(address)
+    else:
+        ca, cert, key = tls
+        credentials = grpc.ssl_channel_credentials(
+            ca.read_bytes(),
+            key.read_bytes() if key else None,
+            cert.read_bytes() if cert else None,
+        )
+        opened = grpc.secure_channel(address, credentials)
+    with opened as channel:
         grpc.channel_ready_future(channel).result(timeout=timeout)
         stub = health_pb2_grpc.HealthStub(channel)
         for update in stub.Watch(

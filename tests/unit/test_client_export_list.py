@@ -76,6 +76,7 @@ EXPECTED_CLIENT_EXPORTS = {
     "TokenInfo",
     "UnauthenticatedError",
     "WhoAmI",
+    "tls_credentials",
     "Outcome",
     "Rule",
     "RuleKind",

@@ -1,0 +1,113 @@
+"""Mutual TLS on the gRPC port (`--tls-cert/--tls-key/--tls-client-ca`) with auth
+required, tried as an attacker would: plaintext, TLS without a client certificate, and a
+certificate from another CA are refused by the handshake (UNAVAILABLE: no call is ever
+served); a valid certificate whose CN names no principal is UNAUTHENTICATED; one whose CN
+names a principal acts as it, and a token on the call still wins over the certificate."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from accord.client import (
+    AsyncClient,
+    Role,
+    UnauthenticatedError,
+    UnavailableError,
+    tls_credentials,
+)
+from tests.auth.certs import Issued, issue, make_ca
+from tests.auth.conftest import accord_cli, unique
+from tests.harness import Coordinator, EtcdMember, make_client, start_coordinator
+
+WRITER = "cert-writer"
+
+
+@dataclass(frozen=True)
+class TlsReplica:
+    replica: Coordinator
+    ca: Issued
+    writer: Issued
+    stranger: Issued
+    impostor: Issued  # CN=WRITER, signed by another CA
+    admin_token: str
+
+
+@pytest.fixture(scope="module")
+def tls_replica(
+    etcd: EtcdMember, workdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TlsReplica]:
+    d = tmp_path_factory.mktemp("tls")
+    ca, other_ca = make_ca(d, "accord-ca"), make_ca(d, "other-ca")
+    server = issue(d, ca, "replica", server=True)
+    writer, stranger = issue(d, ca, WRITER), issue(d, ca, "stranger")
+    impostor = issue(d, other_ca, WRITER)
+    root = f"tls-{unique('r')}"
+    made = accord_cli(
+        "auth", "bootstrap", "--etcd", etcd.endpoint, "--root", root, "--principal", "ops",
+        "-o", "json",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    replica = start_coordinator(
+        workdir,
+        f"tls-replica-{root}",
+        [etcd.endpoint],
+        extra_args=[
+            *("--auth", "required", "--root", root),
+            *("--tls-cert", str(server.cert), "--tls-key", str(server.key)),
+            *("--tls-client-ca", str(ca.cert)),
+        ],
+        ws=False,
+        tls_client=(ca.cert, stranger.cert, stranger.key),
+    )
+    yield TlsReplica(replica, ca, writer, stranger, impostor, json.loads(made.stdout)["secret"])
+    replica.terminate()
+
+
+def client(tls: TlsReplica, namespace: str, cert: Issued | None, token: str = "") -> AsyncClient:
+    credentials = tls_credentials(
+        tls.ca.cert, cert.cert if cert else None, cert.key if cert else None
+    )
+    return AsyncClient(
+        [tls.replica.address], namespace=namespace, token=token, credentials=credentials
+    )
+
+
+async def test_a_certificate_names_its_principal(tls_replica: TlsReplica, namespace: str) -> None:
+    async with client(tls_replica, namespace, tls_replica.stranger, tls_replica.admin_token) as ops:
+        await ops.auth.create_token(WRITER)  # makes the principal; the token goes unused
+        await ops.auth.grant(WRITER, Role.WRITE)
+        assert (await ops.auth.whoami()).principal.name == "ops"  # the token wins
+    async with client(tls_replica, namespace, tls_replica.writer) as writer:
+        me = await writer.auth.whoami()
+        assert (me.principal.name, me.agent_id, me.token_id) == (WRITER, WRITER, "")
+        await writer.kv.put("k", b"by certificate")
+        found = await writer.kv.get("k")
+        assert found is not None and found.written_by.principal == WRITER
+
+
+async def test_no_valid_certificate_is_refused_before_any_call(
+    tls_replica: TlsReplica, namespace: str
+) -> None:
+    plaintext = make_client([tls_replica.replica.address], namespace, timeout=2)
+    certless = client(tls_replica, namespace, None, tls_replica.admin_token)
+    foreign = client(tls_replica, namespace, tls_replica.impostor)
+    for refused in (plaintext, certless, foreign):
+        async with refused as c:
+            with pytest.raises(UnavailableError):
+                await c.kv.get("k", timeout=2)
+
+
+async def test_a_certificate_that_names_no_principal_is_unauthenticated(
+    tls_replica: TlsReplica, namespace: str
+) -> None:
+    async with client(tls_replica, namespace, tls_replica.stranger) as c:
+        with pytest.raises(UnauthenticatedError) as refused:
+            await c.kv.get("k")
+    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "stranger" in refused.value.message
