@@ -8,6 +8,11 @@ once; etcd keeps only its hash) and grants roles in the client's namespace with
 
 CreateToken is not retried after an ambiguous failure (a retry would mint a second
 token); everything else is safe to repeat.
+
+Error handling: a call without a valid token raises UnauthenticatedError; one the token
+does not allow raises PermissionDeniedError, whose `role` and `namespace` say what was
+missing (minting tokens and granting ADMIN take a cluster admin). Against a replica with
+auth off, everything but whoami raises ConditionFailedError (metadata auth=off).
 """
 
 from __future__ import annotations
