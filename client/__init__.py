@@ -2,7 +2,16 @@
 from the async classes); every type their methods return is exported here."""
 
 from accord.client import ops
-from accord.client.auth import AsyncAuth, NewToken, Principal, Role, TokenInfo, WhoAmI
+from accord.client.auth import (
+    AsyncAuth,
+    AuditEntry,
+    AuditPage,
+    NewToken,
+    Principal,
+    Role,
+    TokenInfo,
+    WhoAmI,
+)
 from accord.client.blocking import BlockingContext, BlockingIterator
 from accord.client.client import AsyncClient, tls_credentials
 from accord.client.errors import (
@@ -117,6 +126,8 @@ __all__ = [
     "AsyncLocks",
     "AsyncSessions",
     "AsyncVotes",
+    "AuditEntry",
+    "AuditPage",
     "Auth",
     "BadIdentityError",
     "Ballot",

@@ -17,6 +17,8 @@ auth off, everything but whoami raises ConditionFailedError (metadata auth=off).
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -28,6 +30,16 @@ from accord.v1 import auth_pb2
 Principal = auth_pb2.Principal
 TokenInfo = auth_pb2.TokenInfo
 WhoAmI = auth_pb2.WhoAmIResponse
+AuditEntry = auth_pb2.AuditEntry
+
+
+class AuditPage(builtins.list[AuditEntry]):
+    """Audit entries, newest first, that also say where the next, older page starts:
+    pass next_page_token as page_token ("": this is the last page)."""
+
+    def __init__(self, entries: Iterable[AuditEntry], next_page_token: str) -> None:
+        super().__init__(entries)
+        self.next_page_token = next_page_token
 
 
 class Role(IntEnum):
@@ -116,3 +128,12 @@ class AsyncAuth:
         )
         response = await self._t.unary(calls.AUTH_REVOKE_ROLE, request, timeout=timeout)
         return response.principal
+
+    async def audit(
+        self, limit: int = 100, *, page_token: str = "", timeout: float | None = None
+    ) -> AuditPage:
+        """Administrative acts, newest first: who, what, when, from where. Needs a cluster
+        admin."""
+        request = auth_pb2.ListAuditRequest(limit=limit, page_token=page_token)
+        response = await self._t.unary(calls.AUTH_LIST_AUDIT, request, timeout=timeout)
+        return AuditPage(response.entries, response.next_page_token)

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from pycrdt import Doc
 
-from accord.client.auth import AsyncAuth, NewToken, Principal, Role, TokenInfo, WhoAmI
+from accord.client.auth import AsyncAuth, AuditPage, NewToken, Principal, Role, TokenInfo, WhoAmI
 from accord.client.blocking import Blocking, BlockingContext, BlockingIterator, LoopThread
 from accord.client.client import AsyncClient
 from accord.client.errors import AccordError
@@ -213,6 +213,13 @@ class Auth(Blocking[AsyncAuth]):
         return self._loop.run(
             self._async.revoke(principal, role, cluster_admin=cluster_admin, timeout=timeout)
         )
+
+    def audit(
+        self, limit: int = 100, *, page_token: str = "", timeout: float | None = None
+    ) -> AuditPage:
+        """Administrative acts, newest first: who, what, when, from where. Needs a cluster
+        admin."""
+        return self._loop.run(self._async.audit(limit, page_token=page_token, timeout=timeout))
 
 
 class KV(Blocking[AsyncKV]):

@@ -133,6 +133,7 @@ class _Gate:
             principal=principal.name,
             token_id=verified.token_id,
             namespace_admin=roles.ADMIN in roles.granted(principal, namespace),
+            peer=context.peer() or "",
         )
         calls.current.set(call)
         self.recheck(call, principal)

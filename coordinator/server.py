@@ -125,7 +125,7 @@ class Replica:
         votes = VoteStore(substrate, leases, fencing, admin_agents=settings.vote_admins)
         self.vote_feeds = VoteFeeds(substrate, votes.decisions)
         self.vote_timers = VoteTimers(substrate, votes.decisions)
-        auth_store = AuthStore(self.etcd, substrate.keys)
+        auth_store = AuthStore(substrate.writes, self.etcd, substrate.keys)
         await self._start_auth()
 
         self.server = grpc.aio.server(

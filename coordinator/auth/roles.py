@@ -135,7 +135,7 @@ REQUIRED: Mapping[str, Need] = MappingProxyType(
             "Auth",
             {
                 Need.AUTHENTICATED: ["WhoAmI"],
-                Need.CLUSTER_ADMIN: ["CreateToken", "RevokeToken", "ListPrincipals"],
+                Need.CLUSTER_ADMIN: ["CreateToken", "RevokeToken", "ListPrincipals", "ListAudit"],
                 # Granting ADMIN or cluster admin takes a cluster admin (auth.store).
                 A: ["GrantRole", "RevokeRole"],
             },

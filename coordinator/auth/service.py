@@ -17,7 +17,7 @@ import grpc
 
 from accord.coordinator.auth.cache import AuthCache
 from accord.coordinator.auth.store import AuthStore, principal_view
-from accord.coordinator.substrate import calls
+from accord.coordinator.substrate import audit, calls
 from accord.coordinator.substrate.errors import ConditionFailed
 from accord.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
@@ -28,6 +28,8 @@ class AuthService(auth_pb2_grpc.AuthServicer):
     def __init__(self, store: AuthStore, cache: AuthCache | None, replica: str) -> None:
         """cache: None when auth is off on this replica."""
         self._store = store
+        self._etcd = store.etcd
+        self._keys = store.keys
         self._cache = cache
         self._replica = replica
 
@@ -117,3 +119,14 @@ class AuthService(auth_pb2_grpc.AuthServicer):
             caller_is_cluster_admin=self._caller_is_cluster_admin(),
         )
         return auth_pb2.RevokeRoleResponse(header=self._header(revision), principal=principal)
+
+    async def ListAudit(
+        self, request: auth_pb2.ListAuditRequest, context: Context
+    ) -> auth_pb2.ListAuditResponse:
+        self._required()
+        entries, next_token, revision = await audit.page(
+            self._etcd, self._keys, request.limit, request.page_token
+        )
+        return auth_pb2.ListAuditResponse(
+            header=self._header(revision), entries=entries, next_page_token=next_token
+        )

@@ -7,7 +7,8 @@ conflict). A token is written with its principal in one transaction; only the SH
 of its secret is stored, and the secret is returned once.
 
 These are administrative writes, rare and small: they go straight to etcd rather than
-through group commit. CreateToken is not idempotent (a retry mints a second token; the
+through group commit, each with its audit entry (substrate.audit) in the same
+transaction. CreateToken is not idempotent (a retry mints a second token; the
 first one's secret was never seen, so it is harmless, and it can be revoked).
 
 Error handling: bad input is InvalidArgument naming the field; an unknown principal or
@@ -23,8 +24,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from accord.coordinator.auth import roles, tokens
+from accord.coordinator.substrate import audit
 from accord.coordinator.substrate.errors import (
     ConditionFailed,
     FieldViolation,
@@ -34,8 +37,10 @@ from accord.coordinator.substrate.errors import (
     require,
 )
 from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.idempotency import Writes
 from accord.coordinator.substrate.keyspace import Keyspace
 from accord.coordinator.substrate.txn import (
+    Txn,
     absent,
     delete,
     get_prefix,
@@ -92,9 +97,29 @@ def _check_name(field: str, name: str) -> FieldViolation | None:
 
 
 class AuthStore:
-    def __init__(self, etcd: Etcd, keys: Keyspace) -> None:
+    def __init__(self, writes: Writes, etcd: Etcd, keys: Keyspace) -> None:
+        self._writes = writes
         self._etcd = etcd
         self._keys = keys
+
+    @property
+    def etcd(self) -> Etcd:
+        return self._etcd
+
+    @property
+    def keys(self) -> Keyspace:
+        return self._keys
+
+    async def _commit(self, changes: Txn, logged: auth_pb2.AuditEntry) -> Any:
+        """changes, with the audit entry that logs them, in one etcd transaction (the
+        entry on the retention lease); etcd's TxnResponse."""
+        when, then = list(changes.compare), list(changes.success)
+
+        def build(lease: int) -> Txn:
+            return txn(when=when, then=[*then, audit.write(self._keys, logged, lease)])
+
+        committed = await self._writes.commit(build, retained=True, batched=False)
+        return committed.response
 
     # --- reading -----------------------------------------------------------------------
 
@@ -176,14 +201,15 @@ class AuthStore:
                     "(leave agents empty to create a token for it as it is)",
                     metadata={"principal": principal, "agents": ",".join(current.agents)},
                 )
-            done = await self._etcd.txn(
+            done = await self._commit(
                 txn(
                     when=[
                         mod_is(self._keys.principal(principal), revision),  # unchanged
                         absent(self._keys.token(token.id)),  # a fresh id
                     ],
                     then=writes,
-                )
+                ),
+                audit.entry("CreateToken", principal, f"token {token.id}, ttl {ttl_seconds}s"),
             )
             if done.succeeded:
                 return NewToken(token_info(token.id, record), str(token), done.header.revision)
@@ -199,11 +225,12 @@ class AuthStore:
                     metadata={"token_id": token_id},
                 )
             kv = found.kvs[0]
-            done = await self._etcd.txn(
-                txn(when=[mod_is(key, kv.mod_revision)], then=[delete(key)])
+            record = records_pb2.TokenRecord.FromString(kv.value)
+            done = await self._commit(
+                txn(when=[mod_is(key, kv.mod_revision)], then=[delete(key)]),
+                audit.entry("RevokeToken", record.principal, f"token {token_id}"),
             )
             if done.succeeded:
-                record = records_pb2.TokenRecord.FromString(kv.value)
                 return token_info(token_id, record), done.header.revision
         raise ConditionFailed(f"token {token_id!r} kept changing; try again")
 
@@ -247,12 +274,15 @@ class AuthStore:
             elif namespace in record.roles:
                 del record.roles[namespace]
 
-        return await self._update(principal, change, create=grant)
+        what = "cluster admin" if cluster_admin else f"{roles.role_name(role)} in {namespace}"
+        logged = audit.entry("GrantRole" if grant else "RevokeRole", principal, what)
+        return await self._update(principal, change, logged, create=grant)
 
     async def _update(
         self,
         principal: str,
         change: Callable[[records_pb2.PrincipalRecord], None],
+        logged: auth_pb2.AuditEntry,
         *,
         create: bool,
     ) -> tuple[auth_pb2.Principal, int]:
@@ -267,11 +297,12 @@ class AuthStore:
                 current = records_pb2.PrincipalRecord(name=principal)
                 current.created_at.GetCurrentTime()
             change(current)
-            done = await self._etcd.txn(
+            done = await self._commit(
                 txn(
                     when=[mod_is(key, revision)],  # nobody changed it since we read it
                     then=[put(key, current.SerializeToString())],
-                )
+                ),
+                logged,
             )
             if done.succeeded:
                 return principal_view(current), done.header.revision
@@ -315,7 +346,7 @@ class AuthStore:
             secret_sha256=token.digest, principal=principal, created_by=BOOTSTRAP
         )
         record.created_at.GetCurrentTime()
-        done = await self._etcd.txn(
+        done = await self._commit(
             txn(
                 # No principal changed since we looked for admins.
                 when=[none_changed_since(prefix, found.header.revision)],
@@ -323,7 +354,10 @@ class AuthStore:
                     put(self._keys.principal(principal), current.SerializeToString()),
                     put(self._keys.token(token.id), record.SerializeToString()),
                 ],
-            )
+            ),
+            audit.entry(
+                "Bootstrap", principal, f"cluster admin, token {token.id}", principal=BOOTSTRAP
+            ),
         )
         if not done.succeeded:
             raise ConditionFailed("principals changed while bootstrapping; run it again")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from accord.coordinator.cli.auth import auth_app
+from accord.coordinator.cli.auth import audit_app, auth_app
 from accord.coordinator.cli.locks import deadlocks_app, leases_app, locks_app
 from accord.coordinator.cli.votes import votes_app
 from accord.coordinator.settings import ServerTls, Settings
@@ -53,6 +53,7 @@ app.add_typer(leases_app, name="leases")
 app.add_typer(deadlocks_app, name="deadlocks")
 app.add_typer(votes_app, name="votes")
 app.add_typer(auth_app, name="auth")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()

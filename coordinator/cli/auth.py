@@ -1,6 +1,6 @@
 """Admin commands for credentials: `accord auth bootstrap`, `accord auth whoami`,
 `accord auth token create|revoke`, `accord auth role grant|revoke`,
-`accord auth principals ls`.
+`accord auth principals ls`, and `accord audit ls`.
 
 `bootstrap` is the one admin command that talks to etcd rather than to the service: it
 writes the first cluster admin and its token, so a new cluster never has to be served
@@ -37,12 +37,14 @@ from accord.coordinator.cli.common import (
     table_of,
     when,
 )
+from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, DeadlineExceeded
 from accord.coordinator.substrate.etcd import Etcd, TlsFiles
-from accord.coordinator.substrate.keyspace import Keyspace
+from accord.coordinator.substrate.limits import Limits
 from accord.v1 import auth_pb2
 
 auth_app = typer.Typer(help="Credentials: tokens, roles, principals.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log of administrative acts.", no_args_is_help=True)
 token_app = typer.Typer(help="Create and revoke tokens.", no_args_is_help=True)
 role_app = typer.Typer(help="Grant and revoke roles.", no_args_is_help=True)
 principals_app = typer.Typer(help="List principals.", no_args_is_help=True)
@@ -89,6 +91,14 @@ def bootstrap(
     root: Annotated[
         str, typer.Option(envvar="ACCORD_ROOT", help="prefix of every etcd key Accord writes")
     ] = "accord",
+    retention_ttl: Annotated[
+        int,
+        typer.Option(
+            "--idempotency-ttl",
+            envvar="ACCORD_IDEMPOTENCY_TTL",
+            help="seconds the audit entry of this bootstrap is kept (as `accord serve`)",
+        ),
+    ] = 24 * 3600,
     force: Annotated[bool, typer.Option(help="even if a cluster admin exists already")] = False,
     etcd_ca: Annotated[str, typer.Option(envvar="ACCORD_ETCD_CA")] = "",
     etcd_cert: Annotated[str, typer.Option(envvar="ACCORD_ETCD_CERT")] = "",
@@ -102,13 +112,15 @@ def bootstrap(
 
     async def main() -> NewToken:
         client = Etcd(endpoints, tls=tls)
+        substrate = Substrate.over(client, root=root, limits=Limits(), retention_ttl=retention_ttl)
         try:
-            store = AuthStore(client, Keyspace(root))
+            store = AuthStore(substrate.writes, client, substrate.keys)
             made = await asyncio.wait_for(
                 store.bootstrap(principal, force=force), BOOTSTRAP_TIMEOUT_SECONDS
             )
             return NewToken(made.info, made.secret)
         finally:
+            await substrate.close()
             await client.close()
 
     try:
@@ -257,4 +269,33 @@ def principals_ls(
         output,
         [as_dict(p) for p in found],
         table_of("principals", ["PRINCIPAL", "MAY ACT AS", "ROLES", "TOKENS"], rows),
+    )
+
+
+@audit_app.command("ls")
+def audit_ls(
+    limit: Annotated[int, typer.Option(help="at most this many entries, newest first")] = 50,
+    output: OutputOpt = Output.table,
+    addr: AddrOpt = ADDR,
+    agent: AgentOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """Administrative acts, newest first: when, who (principal/agent), from where, what."""
+    found = call(addr, NAMESPACE, agent, lambda c: c.auth.audit(limit), token)
+    rows = [
+        (
+            when(e.at),
+            f"{e.principal}/{e.agent_id}" if e.agent_id else e.principal,
+            e.peer or "-",
+            e.namespace,
+            e.action,
+            e.target,
+            e.detail,
+        )
+        for e in found
+    ]
+    emit(
+        output,
+        [as_dict(e) for e in found],
+        table_of("audit log", ["AT", "WHO", "FROM", "NAMESPACE", "ACT", "ON", "DETAIL"], rows),
     )

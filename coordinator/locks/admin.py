@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 from accord.coordinator import logs
 from accord.coordinator.locks.explain import lock_state
-from accord.coordinator.locks.queue import check_name, holders, is_granted
+from accord.coordinator.locks.queue import Entry, check_name, holders, is_granted
 from accord.coordinator.locks.store import LockStore
-from accord.coordinator.substrate import Substrate, calls
+from accord.coordinator.substrate import Substrate, audit, calls
 from accord.coordinator.substrate.errors import InvalidArgument, LockConflict
-from accord.coordinator.substrate.txn import created_at, delete, txn
+from accord.coordinator.substrate.txn import Txn, created_at, delete, txn
 from accord.v1 import locks_pb2
+from accord.v1.auth_pb2 import AuditEntry
 
 _log = logs.get("accord.locks")
 BREAK_ATTEMPTS = 5
@@ -64,13 +65,21 @@ class LockAdmin:
             if not held:
                 return 0, []
             state = await lock_state(self._s.etcd, name, queue)
-            response = await self._s.etcd.txn(
-                txn(
-                    when=[created_at(e.key, e.token) for e in held],  # still these holders
-                    then=[delete(e.key) for e in held],
-                ),
-                retry=True,
+            logged = audit.entry(
+                "Break", name, "holders: " + ", ".join(e.record.agent_id for e in held)
             )
+
+            def build(lease: int, held: list[Entry] = held, logged: AuditEntry = logged) -> Txn:
+                return txn(
+                    when=[created_at(e.key, e.token) for e in held],  # still these holders
+                    then=[
+                        *(delete(e.key) for e in held),
+                        audit.write(self._s.keys, logged, lease),  # who broke it, in the act
+                    ],
+                )
+
+            committed = await self._s.writes.commit(build, retained=True, batched=False, retry=True)
+            response = committed.response
             if response.succeeded:
                 _log.warning(
                     "lock broken",

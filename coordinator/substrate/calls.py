@@ -42,6 +42,8 @@ class Call:
     # The principal holds ADMIN in this namespace (or is a cluster admin): it may act on
     # what others own (their leases, their votes).
     namespace_admin: bool = False
+    # The caller's address as gRPC reports it (for the audit log).
+    peer: str = ""
 
     def remaining(self) -> float | None:
         if self.deadline is None:

@@ -19,6 +19,7 @@ characters), under a configurable root:
   {root}/vote-timers/{due_ms:016x}\\0{kind}\\0{ns}\\0{id}  empty: a deadline or expiry (votes)
   {root}/auth/principals/{name}                      PrincipalRecord                (auth)
   {root}/auth/tokens/{token id}                      TokenRecord                    (auth)
+  {root}/audit/{at_ns:016x}\\0{nonce}                 AuditEntry, retention lease    (audit)
 """
 
 from __future__ import annotations
@@ -172,3 +173,14 @@ class Keyspace:
 
     def token(self, token_id: str) -> bytes:
         return self.tokens_prefix + token_id.encode()
+
+    # --- the audit log -----------------------------------------------------------------
+
+    @property
+    def audit_prefix(self) -> bytes:
+        return f"{self.root}/audit/".encode()
+
+    def audit(self, at_ns: int, nonce: str) -> bytes:
+        """Ordered by wall-clock time in nanoseconds (then a random nonce): a range read
+        lists the log in order."""
+        return self.audit_prefix + f"{at_ns:016x}\x00{nonce}".encode()

@@ -150,12 +150,15 @@ def read(
     keys_only: bool = False,
     count_only: bool = False,
     min_mod_revision: int = 0,
+    last_first: int = 0,
+    below: bytes = b"",
 ) -> Range:
     """A read of key (or of every key under it when prefix), for Etcd.range or as an op:
-    at revision (0: now), oldest incarnation first when by_creation."""
+    at revision (0: now), oldest incarnation first when by_creation; with last_first, at
+    most that many keys, greatest first (and with below, only keys less than it)."""
     request = rpc.RangeRequest(
         key=key,
-        range_end=prefix_end(key) if prefix else b"",
+        range_end=below or (prefix_end(key) if prefix else b""),
         revision=revision,
         keys_only=keys_only,
         count_only=count_only,
@@ -164,6 +167,10 @@ def read(
     if by_creation:
         request.sort_order = rpc.RangeRequest.ASCEND
         request.sort_target = rpc.RangeRequest.CREATE
+    if last_first:
+        request.limit = last_first
+        request.sort_order = rpc.RangeRequest.DESCEND
+        request.sort_target = rpc.RangeRequest.KEY
     return request
 
 

@@ -48,6 +48,7 @@ EXPECTED: dict[str, str] = {
     "/accord.v1.Auth/CreateToken": CLUSTER_ADMIN,
     "/accord.v1.Auth/RevokeToken": CLUSTER_ADMIN,
     "/accord.v1.Auth/ListPrincipals": CLUSTER_ADMIN,
+    "/accord.v1.Auth/ListAudit": CLUSTER_ADMIN,
     "/accord.v1.Auth/GrantRole": ADMIN,
     "/accord.v1.Auth/RevokeRole": ADMIN,
 }

@@ -68,6 +68,8 @@ EXPECTED_CLIENT_EXPORTS = {
     "NotPermittedError",
     # Credentials (accord auth).
     "AsyncAuth",
+    "AuditEntry",
+    "AuditPage",
     "Auth",
     "NewToken",
     "PermissionDeniedError",

@@ -63,5 +63,10 @@ def test_auth_keys() -> None:
     assert K.token("AbCd_-0123456789") == b"accord/auth/tokens/AbCd_-0123456789"
 
 
+def test_audit_keys() -> None:
+    assert K.audit_prefix == b"accord/audit/"
+    assert K.audit(0x187A2B3C4D5E6F70, "ab12") == b"accord/audit/187a2b3c4d5e6f70\x00ab12"
+
+
 def test_root_is_configurable() -> None:
     assert Keyspace("other/root").kv("n", "k") == b"other/root/ns/n/kv/k"

@@ -32,8 +32,8 @@ class AuthStub:
     header is absent). Roles are granted per namespace; the namespace of a GrantRole or
     RevokeRole is the call's accord-namespace, like every other call's.
 
-    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken and
-    ListPrincipals, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
+    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
+    ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
     (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
@@ -74,6 +74,11 @@ class AuthStub:
                 request_serializer=accord_dot_v1_dot_auth__pb2.RevokeRoleRequest.SerializeToString,
                 response_deserializer=accord_dot_v1_dot_auth__pb2.RevokeRoleResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/accord.v1.Auth/ListAudit',
+                request_serializer=accord_dot_v1_dot_auth__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_auth__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -83,8 +88,8 @@ class AuthServicer:
     header is absent). Roles are granted per namespace; the namespace of a GrantRole or
     RevokeRole is the call's accord-namespace, like every other call's.
 
-    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken and
-    ListPrincipals, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
+    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
+    ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
     (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
@@ -132,6 +137,13 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit log, newest first: every administrative act, who made it, when, from where.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +177,11 @@ def add_AuthServicer_to_server(servicer, server):
                     request_deserializer=accord_dot_v1_dot_auth__pb2.RevokeRoleRequest.FromString,
                     response_serializer=accord_dot_v1_dot_auth__pb2.RevokeRoleResponse.SerializeToString,
             ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=accord_dot_v1_dot_auth__pb2.ListAuditRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_auth__pb2.ListAuditResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'accord.v1.Auth', rpc_method_handlers)
@@ -180,8 +197,8 @@ class Auth:
     header is absent). Roles are granted per namespace; the namespace of a GrantRole or
     RevokeRole is the call's accord-namespace, like every other call's.
 
-    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken and
-    ListPrincipals, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
+    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
+    ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
     (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
@@ -338,6 +355,33 @@ class Auth:
             '/accord.v1.Auth/RevokeRole',
             accord_dot_v1_dot_auth__pb2.RevokeRoleRequest.SerializeToString,
             accord_dot_v1_dot_auth__pb2.RevokeRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.Auth/ListAudit',
+            accord_dot_v1_dot_auth__pb2.ListAuditRequest.SerializeToString,
+            accord_dot_v1_dot_auth__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

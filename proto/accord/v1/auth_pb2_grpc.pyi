@@ -33,8 +33,8 @@ class AuthStub:
     header is absent). Roles are granted per namespace; the namespace of a GrantRole or
     RevokeRole is the call's accord-namespace, like every other call's.
 
-    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken and
-    ListPrincipals, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
+    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
+    ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
     (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
@@ -57,6 +57,8 @@ class AuthStub:
     """Grant a role in the call's namespace, or cluster admin."""
     RevokeRole: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeRoleRequest, _auth_pb2.RevokeRoleResponse]
     """Take back a role in the call's namespace, or cluster admin."""
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListAuditRequest, _auth_pb2.ListAuditResponse]
+    """The audit log, newest first: every administrative act, who made it, when, from where."""
 
 @_typing.type_check_only
 class AuthAsyncStub(AuthStub):
@@ -66,8 +68,8 @@ class AuthAsyncStub(AuthStub):
     header is absent). Roles are granted per namespace; the namespace of a GrantRole or
     RevokeRole is the call's accord-namespace, like every other call's.
 
-    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken and
-    ListPrincipals, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
+    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
+    ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
     (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
@@ -87,6 +89,8 @@ class AuthAsyncStub(AuthStub):
     """Grant a role in the call's namespace, or cluster admin."""
     RevokeRole: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeRoleRequest, _auth_pb2.RevokeRoleResponse]  # type: ignore[assignment]
     """Take back a role in the call's namespace, or cluster admin."""
+    ListAudit: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListAuditRequest, _auth_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """The audit log, newest first: every administrative act, who made it, when, from where."""
 
 class AuthServicer(metaclass=_abc_1.ABCMeta):
     """Authentication and authorization. With `accord serve --auth required` every call
@@ -95,8 +99,8 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
     header is absent). Roles are granted per namespace; the namespace of a GrantRole or
     RevokeRole is the call's accord-namespace, like every other call's.
 
-    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken and
-    ListPrincipals, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
+    Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
+    ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
     (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
@@ -150,5 +154,13 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RevokeRoleResponse, _abc.Awaitable[_auth_pb2.RevokeRoleResponse]]:
         """Take back a role in the call's namespace, or cluster admin."""
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _auth_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListAuditResponse, _abc.Awaitable[_auth_pb2.ListAuditResponse]]:
+        """The audit log, newest first: every administrative act, who made it, when, from where."""
 
 def add_AuthServicer_to_server(servicer: AuthServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
