@@ -137,3 +137,20 @@ class AsyncAuth:
         request = auth_pb2.ListAuditRequest(limit=limit, page_token=page_token)
         response = await self._t.unary(calls.AUTH_LIST_AUDIT, request, timeout=timeout)
         return AuditPage(response.entries, response.next_page_token)
+
+    async def grant_label(
+        self, principal: str, key: str, value: str, *, timeout: float | None = None
+    ) -> Principal:
+        """Let principal carry the lease label key=value in this client's namespace (with
+        auth required, a lease carries only labels granted this way)."""
+        request = auth_pb2.GrantLabelRequest(principal=principal, key=key, value=value)
+        response = await self._t.unary(calls.AUTH_GRANT_LABEL, request, timeout=timeout)
+        return response.principal
+
+    async def revoke_label(
+        self, principal: str, key: str, *, timeout: float | None = None
+    ) -> Principal:
+        """Take back a lease label in this client's namespace."""
+        request = auth_pb2.RevokeLabelRequest(principal=principal, key=key)
+        response = await self._t.unary(calls.AUTH_REVOKE_LABEL, request, timeout=timeout)
+        return response.principal

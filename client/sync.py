@@ -221,6 +221,17 @@ class Auth(Blocking[AsyncAuth]):
         admin."""
         return self._loop.run(self._async.audit(limit, page_token=page_token, timeout=timeout))
 
+    def grant_label(
+        self, principal: str, key: str, value: str, *, timeout: float | None = None
+    ) -> Principal:
+        """Let principal carry the lease label key=value in this client's namespace (with
+        auth required, a lease carries only labels granted this way)."""
+        return self._loop.run(self._async.grant_label(principal, key, value, timeout=timeout))
+
+    def revoke_label(self, principal: str, key: str, *, timeout: float | None = None) -> Principal:
+        """Take back a lease label in this client's namespace."""
+        return self._loop.run(self._async.revoke_label(principal, key, timeout=timeout))
+
 
 class KV(Blocking[AsyncKV]):
     """Blocking twin of `accord.client.kv.AsyncKV`."""

@@ -129,11 +129,12 @@ class _Gate:
         principal = verified.principal
         call = replace(
             call,
-            agent_id=agent or principal.name,
+            agent_id=agent or roles.default_agent(principal),
             principal=principal.name,
             token_id=verified.token_id,
             namespace_admin=roles.ADMIN in roles.granted(principal, namespace),
             peer=context.peer() or "",
+            labels=principal.labels[namespace].labels if namespace in principal.labels else {},
         )
         calls.current.set(call)
         self.recheck(call, principal)

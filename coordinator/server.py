@@ -111,6 +111,7 @@ class Replica:
             retention_ttl=settings.idempotency_ttl_seconds,
             group_commit_in_flight=settings.group_commit_in_flight,
         )
+        await self._start_auth()  # before the stores: votes read granted labels from it
         leases = LeaseStore(substrate)
         locks = LockStore(substrate, leases)
         lock_admin = LockAdmin(substrate, locks)
@@ -122,11 +123,16 @@ class Replica:
         self.sessions = SessionStore(
             substrate, leases, fencing, idle_seconds=settings.session_idle_seconds
         )
-        votes = VoteStore(substrate, leases, fencing, admin_agents=settings.vote_admins)
+        votes = VoteStore(
+            substrate,
+            leases,
+            fencing,
+            admin_agents=settings.vote_admins,
+            granted_labels=self.auth.labels_of if self.auth else None,
+        )
         self.vote_feeds = VoteFeeds(substrate, votes.decisions)
         self.vote_timers = VoteTimers(substrate, votes.decisions)
         auth_store = AuthStore(substrate.writes, self.etcd, substrate.keys)
-        await self._start_auth()
 
         self.server = grpc.aio.server(
             interceptors=[

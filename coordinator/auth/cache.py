@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from accord.coordinator import logs
@@ -75,6 +76,13 @@ class AuthCache:
 
     def principal(self, name: str) -> records_pb2.PrincipalRecord | None:
         return self._principals.get(name)
+
+    def labels_of(self, principal: str, namespace: str) -> Mapping[str, str]:
+        """The lease labels an admin granted principal in namespace (none: unknown)."""
+        record = self._principals.get(principal)
+        if record is None or namespace not in record.labels:
+            return {}
+        return record.labels[namespace].labels
 
     async def verify(self, token: tokens.Token) -> Verified:
         if not self._synced.is_set():

@@ -137,7 +137,7 @@ REQUIRED: Mapping[str, Need] = MappingProxyType(
                 Need.AUTHENTICATED: ["WhoAmI"],
                 Need.CLUSTER_ADMIN: ["CreateToken", "RevokeToken", "ListPrincipals", "ListAudit"],
                 # Granting ADMIN or cluster admin takes a cluster admin (auth.store).
-                A: ["GrantRole", "RevokeRole"],
+                A: ["GrantRole", "RevokeRole", "GrantLabel", "RevokeLabel"],
             },
         ),
     }
@@ -157,13 +157,18 @@ def agents_of(principal: records_pb2.PrincipalRecord) -> list[str]:
     return list(principal.agents) or [principal.name]
 
 
+def default_agent(principal: records_pb2.PrincipalRecord) -> str:
+    """The agent a call acts as when it names none: the principal itself, or the one
+    agent a service principal hosts (with several, the call must say which)."""
+    return principal.agents[0] if len(principal.agents) == 1 else principal.name
+
+
 def check_agent(principal: records_pb2.PrincipalRecord, agent: str) -> None:
     allowed = agents_of(principal)
     if agent not in allowed:
         raise PermissionDenied(
             f"principal {principal.name!r} may not act as agent {agent!r}; it may act as: "
-            f"{', '.join(allowed)} (set accord-agent-id to one of them, or leave it unset "
-            "to act as the principal itself)",
+            f"{', '.join(allowed)} (set accord-agent-id to one of them)",
             metadata={"principal": principal.name, "agent_id": agent, "agents": ",".join(allowed)},
         )
 

@@ -130,3 +130,24 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         return auth_pb2.ListAuditResponse(
             header=self._header(revision), entries=entries, next_page_token=next_token
         )
+
+    async def GrantLabel(
+        self, request: auth_pb2.GrantLabelRequest, context: Context
+    ) -> auth_pb2.GrantLabelResponse:
+        self._required()
+        principal, revision = await self._store.set_label(
+            request.principal,
+            namespace=calls.current.get().namespace,
+            key=request.key,
+            value=request.value,
+        )
+        return auth_pb2.GrantLabelResponse(header=self._header(revision), principal=principal)
+
+    async def RevokeLabel(
+        self, request: auth_pb2.RevokeLabelRequest, context: Context
+    ) -> auth_pb2.RevokeLabelResponse:
+        self._required()
+        principal, revision = await self._store.set_label(
+            request.principal, namespace=calls.current.get().namespace, key=request.key, value=None
+        )
+        return auth_pb2.RevokeLabelResponse(header=self._header(revision), principal=principal)

@@ -54,6 +54,7 @@ from accord.v1 import auth_pb2, records_pb2
 
 NAME_RE = re.compile(r"[\x21-\x7e]{1,128}")  # as an agent id
 MAX_AGENTS = 256
+MAX_LABEL_BYTES = 256  # as a lease label
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 CONFLICT_RETRIES = 5
 BOOTSTRAP = "bootstrap"  # created_by of what `accord auth bootstrap` writes
@@ -86,6 +87,8 @@ def principal_view(
     )
     for namespace, held in record.roles.items():
         view.roles[namespace].roles.extend(held.roles)
+    for namespace, granted in record.labels.items():
+        view.labels[namespace].labels.update(granted.labels)
     view.tokens.extend(tokens_of or [])
     return view
 
@@ -277,6 +280,30 @@ class AuthStore:
         what = "cluster admin" if cluster_admin else f"{roles.role_name(role)} in {namespace}"
         logged = audit.entry("GrantRole" if grant else "RevokeRole", principal, what)
         return await self._update(principal, change, logged, create=grant)
+
+    async def set_label(
+        self, principal: str, *, namespace: str, key: str, value: str | None
+    ) -> tuple[auth_pb2.Principal, int]:
+        """Grant the lease label key=value in namespace (value None: take key back).
+        Granting creates the principal if missing."""
+        violations = [v for v in [_check_name("principal", principal)] if v is not None]
+        if not key or len((key + (value or "")).encode()) > MAX_LABEL_BYTES:
+            violations.append(
+                FieldViolation("key", f"needs a key, and at most {MAX_LABEL_BYTES} bytes")
+            )
+        require(violations)
+
+        def change(record: records_pb2.PrincipalRecord) -> None:
+            if value is not None:
+                record.labels[namespace].labels[key] = value
+            elif namespace in record.labels:
+                record.labels[namespace].labels.pop(key, None)
+                if not record.labels[namespace].labels:
+                    del record.labels[namespace]
+
+        what = f"{key}={value} in {namespace}" if value is not None else f"{key} in {namespace}"
+        logged = audit.entry("GrantLabel" if value is not None else "RevokeLabel", principal, what)
+        return await self._update(principal, change, logged, create=value is not None)
 
     async def _update(
         self,

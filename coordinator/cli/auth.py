@@ -1,5 +1,6 @@
 """Admin commands for credentials: `accord auth bootstrap`, `accord auth whoami`,
 `accord auth token create|revoke`, `accord auth role grant|revoke`,
+`accord auth label grant|revoke`,
 `accord auth principals ls`, and `accord audit ls`.
 
 `bootstrap` is the one admin command that talks to etcd rather than to the service: it
@@ -23,6 +24,7 @@ from accord.coordinator.cli.common import (
     ADDR,
     EXIT_ERROR,
     EXIT_UNREACHABLE,
+    EXIT_USAGE,
     NAMESPACE,
     AddrOpt,
     AgentOpt,
@@ -48,9 +50,11 @@ audit_app = typer.Typer(help="The audit log of administrative acts.", no_args_is
 token_app = typer.Typer(help="Create and revoke tokens.", no_args_is_help=True)
 role_app = typer.Typer(help="Grant and revoke roles.", no_args_is_help=True)
 principals_app = typer.Typer(help="List principals.", no_args_is_help=True)
+label_app = typer.Typer(help="Grant and revoke lease labels.", no_args_is_help=True)
 auth_app.add_typer(token_app, name="token")
 auth_app.add_typer(role_app, name="role")
 auth_app.add_typer(principals_app, name="principals")
+auth_app.add_typer(label_app, name="label")
 BOOTSTRAP_TIMEOUT_SECONDS = 15.0
 
 
@@ -60,6 +64,14 @@ class RoleName(StrEnum):
     propose = "propose"
     admin = "admin"
     cluster_admin = "cluster-admin"
+
+
+def _labels(principal: Principal) -> str:
+    held = [
+        f"{ns}: {', '.join(f'{k}={v}' for k, v in sorted(ls.labels.items()))}"
+        for ns, ls in sorted(principal.labels.items())
+    ]
+    return "\n".join(held) or "-"
 
 
 def _roles(principal: Principal) -> str:
@@ -243,6 +255,42 @@ _role_command(grant=True)
 _role_command(grant=False)
 
 
+@label_app.command("grant")
+def label_grant(
+    principal: Annotated[str, typer.Argument(help="the principal")],
+    label: Annotated[str, typer.Argument(help="KEY=VALUE")],
+    output: OutputOpt = Output.table,
+    addr: AddrOpt = ADDR,
+    namespace: NamespaceOpt = NAMESPACE,
+    agent: AgentOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """Let a principal carry a lease label in --namespace (label electorates count only
+    principals granted their labels). Needs an ADMIN of the namespace."""
+    key, sep, value = label.partition("=")
+    if not sep:
+        fail("a label reads KEY=VALUE", EXIT_USAGE)
+    changed = call(
+        addr, namespace, agent, lambda c: c.auth.grant_label(principal, key, value), token
+    )
+    emit(output, as_dict(changed), table_of(changed.name, ["LABELS"], [(_labels(changed),)]))
+
+
+@label_app.command("revoke")
+def label_revoke(
+    principal: Annotated[str, typer.Argument(help="the principal")],
+    key: Annotated[str, typer.Argument(help="the label's key")],
+    output: OutputOpt = Output.table,
+    addr: AddrOpt = ADDR,
+    namespace: NamespaceOpt = NAMESPACE,
+    agent: AgentOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """Take back a lease label in --namespace."""
+    changed = call(addr, namespace, agent, lambda c: c.auth.revoke_label(principal, key), token)
+    emit(output, as_dict(changed), table_of(changed.name, ["LABELS"], [(_labels(changed),)]))
+
+
 @principals_app.command("ls")
 def principals_ls(
     output: OutputOpt = Output.table,
@@ -257,6 +305,7 @@ def principals_ls(
             p.name,
             ", ".join(p.agents) or p.name,
             _roles(p),
+            _labels(p),
             "\n".join(
                 f"{t.id} (expires {when(t.expires_at) if t.HasField('expires_at') else 'never'})"
                 for t in p.tokens
@@ -268,7 +317,7 @@ def principals_ls(
     emit(
         output,
         [as_dict(p) for p in found],
-        table_of("principals", ["PRINCIPAL", "MAY ACT AS", "ROLES", "TOKENS"], rows),
+        table_of("principals", ["PRINCIPAL", "MAY ACT AS", "ROLES", "LABELS", "TOKENS"], rows),
     )
 
 

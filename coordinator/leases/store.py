@@ -19,8 +19,13 @@ requires the lease to be alive.
 
 Layout: keyspace.lease, a LeaseRecord attached to the lease itself.
 
+Labels (auth required): a lease may carry only the labels an admin granted its
+principal in the namespace (`accord auth label grant`), so a label electorate cannot be
+packed with invented agents.
+
 Error handling: a lease that does not exist in the namespace is LeaseNotFound; one that
-another principal owns is PermissionDenied naming the owner (metadata "owner").
+another principal owns is PermissionDenied naming the owner (metadata "owner"); a label
+not granted is PermissionDenied naming it (metadata "labels").
 """
 
 from __future__ import annotations
@@ -54,6 +59,22 @@ MAX_LABEL_BYTES = 256
 class Lease:
     id: int
     record: records_pb2.LeaseRecord
+
+
+def _check_labels(call: calls.Call, labels: Mapping[str, str]) -> None:
+    """With auth required a lease carries only labels an admin granted its principal:
+    a label electorate must not count self-asserted members."""
+    if call.labels is None:
+        return
+    claimed = sorted(f"{k}={v}" for k, v in labels.items() if call.labels.get(k) != v)
+    if claimed:
+        granted = ", ".join(f"{k}={v}" for k, v in sorted(call.labels.items())) or "none"
+        raise PermissionDenied(
+            f"principal {call.principal!r} holds no grant for lease label(s) "
+            f"{', '.join(claimed)} in namespace {call.namespace!r} (granted: {granted}); "
+            f"an admin grants one with `accord auth label grant {call.principal} KEY=VALUE`",
+            metadata={"labels": ",".join(claimed), "namespace": call.namespace},
+        )
 
 
 def check_owner(lease: Lease) -> None:
@@ -100,6 +121,7 @@ class LeaseStore:
         if violations:
             raise InvalidArgument(violations)
         call = calls.current.get()
+        _check_labels(call, labels)
         granted = await self._s.etcd.lease_grant(ttl)
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(time.time_ns())
@@ -239,4 +261,5 @@ def _info(lease_id: int, record: records_pb2.LeaseRecord, ttl: int) -> leases_pb
         ttl_seconds=ttl,
         granted_at=record.granted_at,
         labels=dict(record.labels),
+        principal=record.principal,
     )

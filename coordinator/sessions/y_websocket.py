@@ -297,7 +297,7 @@ class _Connection:
         assert self.auth is not None
         verified = await self.auth.verify(tokens.parse(token))
         principal = verified.principal
-        self.agent = self.agent or principal.name
+        self.agent = self.agent or roles.default_agent(principal)
         call = replace(
             call, agent_id=self.agent, principal=principal.name, token_id=verified.token_id
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -44,6 +44,8 @@ class Call:
     namespace_admin: bool = False
     # The caller's address as gRPC reports it (for the audit log).
     peer: str = ""
+    # The lease labels an admin granted the principal here (None: auth off, any label).
+    labels: Mapping[str, str] | None = None
 
     def remaining(self) -> float | None:
         if self.deadline is None:

@@ -21,7 +21,7 @@ success.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from google.rpc import status_pb2
 
@@ -70,7 +70,10 @@ from accord.coordinator.votes.model import (
     parse_record,
     same_proposal,
 )
-from accord.v1 import common_pb2, votes_pb2
+from accord.v1 import common_pb2, leases_pb2, votes_pb2
+
+# (principal, namespace) -> the lease labels an admin granted it there.
+GrantedLabels = Callable[[str, str], Mapping[str, str]]
 
 _log = logs.get("accord.votes")
 DEFAULT_LIST_LIMIT = 100
@@ -85,7 +88,11 @@ class VoteStore:
         fencing: Fencing,
         *,
         admin_agents: Sequence[str] = ("admin",),
+        granted_labels: GrantedLabels | None = None,
     ) -> None:
+        """granted_labels: with auth required, the lease labels an admin granted a
+        principal in a namespace; a label electorate counts only principals holding them."""
+        self._granted_labels = granted_labels
         self._s = substrate
         self._etcd = substrate.etcd
         self._keys = substrate.keys
@@ -159,11 +166,23 @@ class VoteStore:
         return int(done.header.revision), existing, True
 
     async def _by_labels(self, selector: dict[str, str]) -> list[votes_pb2.Voter]:
+        namespace = calls.current.get().namespace
+
+        def carries(labels: Mapping[str, str]) -> bool:
+            return all(labels.get(k) == v for k, v in selector.items())
+
+        def legitimate(info: leases_pb2.LeaseInfo) -> bool:
+            """The lease's principal holds the labels by an admin's grant (auth required),
+            not merely by writing them on its lease."""
+            if self._granted_labels is None:
+                return True
+            return bool(info.principal) and carries(self._granted_labels(info.principal, namespace))
+
         agents = sorted(
             {
                 info.agent_id
                 for info, _ in await self._leases.list()
-                if info.agent_id and all(info.labels.get(k) == v for k, v in selector.items())
+                if info.agent_id and carries(info.labels) and legitimate(info)
             }
         )
         if not agents:

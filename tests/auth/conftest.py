@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from accord.client import AsyncClient, Role
-from tests.harness import Coordinator, EtcdMember, StoredKey, make_client, start_coordinator
+from tests.harness import (
+    Coordinator,
+    EtcdMember,
+    StoredKey,
+    make_client,
+    start_coordinator,
+    until,
+)
 
 ADMIN = "root-admin"
 ALLOWED_ORIGIN = "http://app.example"  # the one browser origin the replicas accept
@@ -98,17 +105,36 @@ Mint = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-def mint(admin: AsyncClient) -> Mint:
-    """mint(name, *roles, agents=(), ttl=0): a fresh principal (unique name) with roles
-    in the test's namespace; returns its token."""
+def mint(admin: AsyncClient, auth_cluster: AuthCluster, namespace: str) -> Mint:
+    """mint(name, *roles, agents=(), ttl=0): a principal with roles in the test's
+    namespace; returns its token once every replica's copy of the credentials has them
+    (each follows etcd by a watch, so a grant reaches them a moment after it is made)."""
 
     async def make(name: str, *roles: Role, agents: tuple[str, ...] = (), ttl: int = 0) -> str:
         made = await admin.auth.create_token(name, agents=list(agents), ttl=ttl)
         for role in roles:
             await admin.auth.grant(name, role)
+        as_agent = agents[0] if agents else ""
+        await seen_everywhere(auth_cluster, namespace, made.secret, set(roles), as_agent)
         return made.secret
 
     return make
+
+
+async def seen_everywhere(
+    cluster: AuthCluster, namespace: str, token: str, roles: set[Role], agent: str = ""
+) -> None:
+    """Until every replica's whoami for token shows its principal with exactly roles."""
+    for address in cluster.addresses:
+        async with make_client([address], namespace, agent=agent, token=token) as c:
+
+            async def held(c: AsyncClient = c) -> set[int] | None:
+                me = (await c.auth.whoami()).principal
+                if not me.name:
+                    return None  # the replica has not seen the principal yet
+                return set(me.roles[namespace].roles) if namespace in me.roles else set()
+
+            await until(held, lambda now: now == roles, f"{roles} on {address}")
 
 
 def unique(name: str) -> str:

@@ -51,4 +51,6 @@ EXPECTED: dict[str, str] = {
     "/accord.v1.Auth/ListAudit": CLUSTER_ADMIN,
     "/accord.v1.Auth/GrantRole": ADMIN,
     "/accord.v1.Auth/RevokeRole": ADMIN,
+    "/accord.v1.Auth/GrantLabel": ADMIN,
+    "/accord.v1.Auth/RevokeLabel": ADMIN,
 }

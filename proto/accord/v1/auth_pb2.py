@@ -26,55 +26,73 @@ from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61\x63\x63ord/v1/auth.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x07RoleSet\x12\x1e\n\x05roles\x18\x01 \x03(\x0e\x32\x0f.accord.v1.Role\"\x9e\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\t\"\xd8\x01\n\tPrincipal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12.\n\x05roles\x18\x03 \x03(\x0b\x32\x1f.accord.v1.Principal.RolesEntry\x12\x15\n\rcluster_admin\x18\x04 \x01(\x08\x12$\n\x06tokens\x18\x05 \x03(\x0b\x32\x14.accord.v1.TokenInfo\x1a@\n\nRolesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.accord.v1.RoleSet:\x02\x38\x01\"\x0f\n\rWhoAmIRequest\"\xb2\x01\n\x0eWhoAmIResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x15\n\rauth_required\x18\x02 \x01(\x08\x12\'\n\tprincipal\x18\x03 \x01(\x0b\x32\x14.accord.v1.Principal\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x11\n\tnamespace\x18\x05 \x01(\t\x12\x10\n\x08token_id\x18\x06 \x01(\t\"L\n\x12\x43reateTokenRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"u\n\x13\x43reateTokenResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05token\x18\x02 \x01(\x0b\x32\x14.accord.v1.TokenInfo\x12\x0e\n\x06secret\x18\x03 \x01(\t\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"e\n\x13RevokeTokenResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05token\x18\x02 \x01(\x0b\x32\x14.accord.v1.TokenInfo\"\x17\n\x15ListPrincipalsRequest\"m\n\x16ListPrincipalsResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\nprincipals\x18\x02 \x03(\x0b\x32\x14.accord.v1.Principal\"[\n\x10GrantRoleRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.accord.v1.Role\x12\x15\n\rcluster_admin\x18\x03 \x01(\x08\"g\n\x11GrantRoleResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\tprincipal\x18\x02 \x01(\x0b\x32\x14.accord.v1.Principal\"\\\n\x11RevokeRoleRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.accord.v1.Role\x12\x15\n\rcluster_admin\x18\x03 \x01(\x08\"h\n\x12RevokeRoleResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\tprincipal\x18\x02 \x01(\x0b\x32\x14.accord.v1.Principal\"\xbc\x01\n\nAuditEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x10\n\x08trace_id\x18\t \x01(\t\"5\n\x10ListAuditRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x7f\n\x11ListAuditResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12&\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x15.accord.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t*]\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_READ\x10\x01\x12\x0e\n\nROLE_WRITE\x10\x02\x12\x10\n\x0cROLE_PROPOSE\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x32\x93\x04\n\x04\x41uth\x12=\n\x06WhoAmI\x12\x18.accord.v1.WhoAmIRequest\x1a\x19.accord.v1.WhoAmIResponse\x12L\n\x0b\x43reateToken\x12\x1d.accord.v1.CreateTokenRequest\x1a\x1e.accord.v1.CreateTokenResponse\x12L\n\x0bRevokeToken\x12\x1d.accord.v1.RevokeTokenRequest\x1a\x1e.accord.v1.RevokeTokenResponse\x12U\n\x0eListPrincipals\x12 .accord.v1.ListPrincipalsRequest\x1a!.accord.v1.ListPrincipalsResponse\x12\x46\n\tGrantRole\x12\x1b.accord.v1.GrantRoleRequest\x1a\x1c.accord.v1.GrantRoleResponse\x12I\n\nRevokeRole\x12\x1c.accord.v1.RevokeRoleRequest\x1a\x1d.accord.v1.RevokeRoleResponse\x12\x46\n\tListAudit\x12\x1b.accord.v1.ListAuditRequest\x1a\x1c.accord.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61\x63\x63ord/v1/auth.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x07RoleSet\x12\x1e\n\x05roles\x18\x01 \x03(\x0e\x32\x0f.accord.v1.Role\"\x9e\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\t\"j\n\x08LabelSet\x12/\n\x06labels\x18\x01 \x03(\x0b\x32\x1f.accord.v1.LabelSet.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xce\x02\n\tPrincipal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12.\n\x05roles\x18\x03 \x03(\x0b\x32\x1f.accord.v1.Principal.RolesEntry\x12\x15\n\rcluster_admin\x18\x04 \x01(\x08\x12$\n\x06tokens\x18\x05 \x03(\x0b\x32\x14.accord.v1.TokenInfo\x12\x30\n\x06labels\x18\x06 \x03(\x0b\x32 .accord.v1.Principal.LabelsEntry\x1a@\n\nRolesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.accord.v1.RoleSet:\x02\x38\x01\x1a\x42\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.accord.v1.LabelSet:\x02\x38\x01\"\x0f\n\rWhoAmIRequest\"\xb2\x01\n\x0eWhoAmIResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x15\n\rauth_required\x18\x02 \x01(\x08\x12\'\n\tprincipal\x18\x03 \x01(\x0b\x32\x14.accord.v1.Principal\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x11\n\tnamespace\x18\x05 \x01(\t\x12\x10\n\x08token_id\x18\x06 \x01(\t\"L\n\x12\x43reateTokenRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0e\n\x06\x61gents\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"u\n\x13\x43reateTokenResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05token\x18\x02 \x01(\x0b\x32\x14.accord.v1.TokenInfo\x12\x0e\n\x06secret\x18\x03 \x01(\t\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"e\n\x13RevokeTokenResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05token\x18\x02 \x01(\x0b\x32\x14.accord.v1.TokenInfo\"\x17\n\x15ListPrincipalsRequest\"m\n\x16ListPrincipalsResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\nprincipals\x18\x02 \x03(\x0b\x32\x14.accord.v1.Principal\"[\n\x10GrantRoleRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.accord.v1.Role\x12\x15\n\rcluster_admin\x18\x03 \x01(\x08\"g\n\x11GrantRoleResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\tprincipal\x18\x02 \x01(\x0b\x32\x14.accord.v1.Principal\"\\\n\x11RevokeRoleRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.accord.v1.Role\x12\x15\n\rcluster_admin\x18\x03 \x01(\x08\"h\n\x12RevokeRoleResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\tprincipal\x18\x02 \x01(\x0b\x32\x14.accord.v1.Principal\"\xbc\x01\n\nAuditEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x10\n\x08trace_id\x18\t \x01(\t\"5\n\x10ListAuditRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x7f\n\x11ListAuditResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12&\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x15.accord.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"B\n\x11GrantLabelRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"h\n\x12GrantLabelResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\tprincipal\x18\x02 \x01(\x0b\x32\x14.accord.v1.Principal\"4\n\x12RevokeLabelRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"i\n\x13RevokeLabelResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\tprincipal\x18\x02 \x01(\x0b\x32\x14.accord.v1.Principal*]\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_READ\x10\x01\x12\x0e\n\nROLE_WRITE\x10\x02\x12\x10\n\x0cROLE_PROPOSE\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x32\xac\x05\n\x04\x41uth\x12=\n\x06WhoAmI\x12\x18.accord.v1.WhoAmIRequest\x1a\x19.accord.v1.WhoAmIResponse\x12L\n\x0b\x43reateToken\x12\x1d.accord.v1.CreateTokenRequest\x1a\x1e.accord.v1.CreateTokenResponse\x12L\n\x0bRevokeToken\x12\x1d.accord.v1.RevokeTokenRequest\x1a\x1e.accord.v1.RevokeTokenResponse\x12U\n\x0eListPrincipals\x12 .accord.v1.ListPrincipalsRequest\x1a!.accord.v1.ListPrincipalsResponse\x12\x46\n\tGrantRole\x12\x1b.accord.v1.GrantRoleRequest\x1a\x1c.accord.v1.GrantRoleResponse\x12I\n\nRevokeRole\x12\x1c.accord.v1.RevokeRoleRequest\x1a\x1d.accord.v1.RevokeRoleResponse\x12\x46\n\tListAudit\x12\x1b.accord.v1.ListAuditRequest\x1a\x1c.accord.v1.ListAuditResponse\x12I\n\nGrantLabel\x12\x1c.accord.v1.GrantLabelRequest\x1a\x1d.accord.v1.GrantLabelResponse\x12L\n\x0bRevokeLabel\x12\x1d.accord.v1.RevokeLabelRequest\x1a\x1e.accord.v1.RevokeLabelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'accord.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LABELSET_LABELSENTRY']._loaded_options = None
+  _globals['_LABELSET_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_PRINCIPAL_ROLESENTRY']._loaded_options = None
   _globals['_PRINCIPAL_ROLESENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1962
-  _globals['_ROLE']._serialized_end=2055
+  _globals['_PRINCIPAL_LABELSENTRY']._loaded_options = None
+  _globals['_PRINCIPAL_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_ROLE']._serialized_start=2523
+  _globals['_ROLE']._serialized_end=2616
   _globals['_ROLESET']._serialized_start=92
   _globals['_ROLESET']._serialized_end=133
   _globals['_TOKENINFO']._serialized_start=136
   _globals['_TOKENINFO']._serialized_end=294
-  _globals['_PRINCIPAL']._serialized_start=297
-  _globals['_PRINCIPAL']._serialized_end=513
-  _globals['_PRINCIPAL_ROLESENTRY']._serialized_start=449
-  _globals['_PRINCIPAL_ROLESENTRY']._serialized_end=513
-  _globals['_WHOAMIREQUEST']._serialized_start=515
-  _globals['_WHOAMIREQUEST']._serialized_end=530
-  _globals['_WHOAMIRESPONSE']._serialized_start=533
-  _globals['_WHOAMIRESPONSE']._serialized_end=711
-  _globals['_CREATETOKENREQUEST']._serialized_start=713
-  _globals['_CREATETOKENREQUEST']._serialized_end=789
-  _globals['_CREATETOKENRESPONSE']._serialized_start=791
-  _globals['_CREATETOKENRESPONSE']._serialized_end=908
-  _globals['_REVOKETOKENREQUEST']._serialized_start=910
-  _globals['_REVOKETOKENREQUEST']._serialized_end=948
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=950
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=1051
-  _globals['_LISTPRINCIPALSREQUEST']._serialized_start=1053
-  _globals['_LISTPRINCIPALSREQUEST']._serialized_end=1076
-  _globals['_LISTPRINCIPALSRESPONSE']._serialized_start=1078
-  _globals['_LISTPRINCIPALSRESPONSE']._serialized_end=1187
-  _globals['_GRANTROLEREQUEST']._serialized_start=1189
-  _globals['_GRANTROLEREQUEST']._serialized_end=1280
-  _globals['_GRANTROLERESPONSE']._serialized_start=1282
-  _globals['_GRANTROLERESPONSE']._serialized_end=1385
-  _globals['_REVOKEROLEREQUEST']._serialized_start=1387
-  _globals['_REVOKEROLEREQUEST']._serialized_end=1479
-  _globals['_REVOKEROLERESPONSE']._serialized_start=1481
-  _globals['_REVOKEROLERESPONSE']._serialized_end=1585
-  _globals['_AUDITENTRY']._serialized_start=1588
-  _globals['_AUDITENTRY']._serialized_end=1776
-  _globals['_LISTAUDITREQUEST']._serialized_start=1778
-  _globals['_LISTAUDITREQUEST']._serialized_end=1831
-  _globals['_LISTAUDITRESPONSE']._serialized_start=1833
-  _globals['_LISTAUDITRESPONSE']._serialized_end=1960
-  _globals['_AUTH']._serialized_start=2058
-  _globals['_AUTH']._serialized_end=2589
+  _globals['_LABELSET']._serialized_start=296
+  _globals['_LABELSET']._serialized_end=402
+  _globals['_LABELSET_LABELSENTRY']._serialized_start=357
+  _globals['_LABELSET_LABELSENTRY']._serialized_end=402
+  _globals['_PRINCIPAL']._serialized_start=405
+  _globals['_PRINCIPAL']._serialized_end=739
+  _globals['_PRINCIPAL_ROLESENTRY']._serialized_start=607
+  _globals['_PRINCIPAL_ROLESENTRY']._serialized_end=671
+  _globals['_PRINCIPAL_LABELSENTRY']._serialized_start=673
+  _globals['_PRINCIPAL_LABELSENTRY']._serialized_end=739
+  _globals['_WHOAMIREQUEST']._serialized_start=741
+  _globals['_WHOAMIREQUEST']._serialized_end=756
+  _globals['_WHOAMIRESPONSE']._serialized_start=759
+  _globals['_WHOAMIRESPONSE']._serialized_end=937
+  _globals['_CREATETOKENREQUEST']._serialized_start=939
+  _globals['_CREATETOKENREQUEST']._serialized_end=1015
+  _globals['_CREATETOKENRESPONSE']._serialized_start=1017
+  _globals['_CREATETOKENRESPONSE']._serialized_end=1134
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1136
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1174
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=1176
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1277
+  _globals['_LISTPRINCIPALSREQUEST']._serialized_start=1279
+  _globals['_LISTPRINCIPALSREQUEST']._serialized_end=1302
+  _globals['_LISTPRINCIPALSRESPONSE']._serialized_start=1304
+  _globals['_LISTPRINCIPALSRESPONSE']._serialized_end=1413
+  _globals['_GRANTROLEREQUEST']._serialized_start=1415
+  _globals['_GRANTROLEREQUEST']._serialized_end=1506
+  _globals['_GRANTROLERESPONSE']._serialized_start=1508
+  _globals['_GRANTROLERESPONSE']._serialized_end=1611
+  _globals['_REVOKEROLEREQUEST']._serialized_start=1613
+  _globals['_REVOKEROLEREQUEST']._serialized_end=1705
+  _globals['_REVOKEROLERESPONSE']._serialized_start=1707
+  _globals['_REVOKEROLERESPONSE']._serialized_end=1811
+  _globals['_AUDITENTRY']._serialized_start=1814
+  _globals['_AUDITENTRY']._serialized_end=2002
+  _globals['_LISTAUDITREQUEST']._serialized_start=2004
+  _globals['_LISTAUDITREQUEST']._serialized_end=2057
+  _globals['_LISTAUDITRESPONSE']._serialized_start=2059
+  _globals['_LISTAUDITRESPONSE']._serialized_end=2186
+  _globals['_GRANTLABELREQUEST']._serialized_start=2188
+  _globals['_GRANTLABELREQUEST']._serialized_end=2254
+  _globals['_GRANTLABELRESPONSE']._serialized_start=2256
+  _globals['_GRANTLABELRESPONSE']._serialized_end=2360
+  _globals['_REVOKELABELREQUEST']._serialized_start=2362
+  _globals['_REVOKELABELREQUEST']._serialized_end=2414
+  _globals['_REVOKELABELRESPONSE']._serialized_start=2416
+  _globals['_REVOKELABELRESPONSE']._serialized_end=2521
+  _globals['_AUTH']._serialized_start=2619
+  _globals['_AUTH']._serialized_end=3303
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,8 @@ class AuthStub:
 
     Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
     ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
-    (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
+    (granting ADMIN or cluster admin takes a cluster admin); GrantLabel and RevokeLabel,
+    an ADMIN of the namespace. With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
 
@@ -79,6 +80,16 @@ class AuthStub:
                 request_serializer=accord_dot_v1_dot_auth__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=accord_dot_v1_dot_auth__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.GrantLabel = channel.unary_unary(
+                '/accord.v1.Auth/GrantLabel',
+                request_serializer=accord_dot_v1_dot_auth__pb2.GrantLabelRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_auth__pb2.GrantLabelResponse.FromString,
+                _registered_method=True)
+        self.RevokeLabel = channel.unary_unary(
+                '/accord.v1.Auth/RevokeLabel',
+                request_serializer=accord_dot_v1_dot_auth__pb2.RevokeLabelRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_auth__pb2.RevokeLabelResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -90,7 +101,8 @@ class AuthServicer:
 
     Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
     ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
-    (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
+    (granting ADMIN or cluster admin takes a cluster admin); GrantLabel and RevokeLabel,
+    an ADMIN of the namespace. With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
 
@@ -144,6 +156,21 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantLabel(self, request, context):
+        """Let a principal carry a lease label in the call's namespace. With auth required a
+        lease may carry only labels granted to its principal, and a label electorate counts
+        only principals that hold the label: a label is an admin's grant, not a claim.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeLabel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +209,16 @@ def add_AuthServicer_to_server(servicer, server):
                     request_deserializer=accord_dot_v1_dot_auth__pb2.ListAuditRequest.FromString,
                     response_serializer=accord_dot_v1_dot_auth__pb2.ListAuditResponse.SerializeToString,
             ),
+            'GrantLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantLabel,
+                    request_deserializer=accord_dot_v1_dot_auth__pb2.GrantLabelRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_auth__pb2.GrantLabelResponse.SerializeToString,
+            ),
+            'RevokeLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeLabel,
+                    request_deserializer=accord_dot_v1_dot_auth__pb2.RevokeLabelRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_auth__pb2.RevokeLabelResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'accord.v1.Auth', rpc_method_handlers)
@@ -199,7 +236,8 @@ class Auth:
 
     Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
     ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
-    (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
+    (granting ADMIN or cluster admin takes a cluster admin); GrantLabel and RevokeLabel,
+    an ADMIN of the namespace. With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
 
@@ -382,6 +420,60 @@ class Auth:
             '/accord.v1.Auth/ListAudit',
             accord_dot_v1_dot_auth__pb2.ListAuditRequest.SerializeToString,
             accord_dot_v1_dot_auth__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.Auth/GrantLabel',
+            accord_dot_v1_dot_auth__pb2.GrantLabelRequest.SerializeToString,
+            accord_dot_v1_dot_auth__pb2.GrantLabelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.Auth/RevokeLabel',
+            accord_dot_v1_dot_auth__pb2.RevokeLabelRequest.SerializeToString,
+            accord_dot_v1_dot_auth__pb2.RevokeLabelResponse.FromString,
             options,
             channel_credentials,
             insecure,

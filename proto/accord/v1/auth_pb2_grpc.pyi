@@ -35,7 +35,8 @@ class AuthStub:
 
     Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
     ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
-    (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
+    (granting ADMIN or cluster admin takes a cluster admin); GrantLabel and RevokeLabel,
+    an ADMIN of the namespace. With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
 
@@ -59,6 +60,12 @@ class AuthStub:
     """Take back a role in the call's namespace, or cluster admin."""
     ListAudit: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListAuditRequest, _auth_pb2.ListAuditResponse]
     """The audit log, newest first: every administrative act, who made it, when, from where."""
+    GrantLabel: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GrantLabelRequest, _auth_pb2.GrantLabelResponse]
+    """Let a principal carry a lease label in the call's namespace. With auth required a
+    lease may carry only labels granted to its principal, and a label electorate counts
+    only principals that hold the label: a label is an admin's grant, not a claim.
+    """
+    RevokeLabel: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeLabelRequest, _auth_pb2.RevokeLabelResponse]
 
 @_typing.type_check_only
 class AuthAsyncStub(AuthStub):
@@ -70,7 +77,8 @@ class AuthAsyncStub(AuthStub):
 
     Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
     ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
-    (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
+    (granting ADMIN or cluster admin takes a cluster admin); GrantLabel and RevokeLabel,
+    an ADMIN of the namespace. With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
 
@@ -91,6 +99,12 @@ class AuthAsyncStub(AuthStub):
     """Take back a role in the call's namespace, or cluster admin."""
     ListAudit: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListAuditRequest, _auth_pb2.ListAuditResponse]  # type: ignore[assignment]
     """The audit log, newest first: every administrative act, who made it, when, from where."""
+    GrantLabel: _aio.UnaryUnaryMultiCallable[_auth_pb2.GrantLabelRequest, _auth_pb2.GrantLabelResponse]  # type: ignore[assignment]
+    """Let a principal carry a lease label in the call's namespace. With auth required a
+    lease may carry only labels granted to its principal, and a label electorate counts
+    only principals that hold the label: a label is an admin's grant, not a claim.
+    """
+    RevokeLabel: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeLabelRequest, _auth_pb2.RevokeLabelResponse]  # type: ignore[assignment]
 
 class AuthServicer(metaclass=_abc_1.ABCMeta):
     """Authentication and authorization. With `accord serve --auth required` every call
@@ -101,7 +115,8 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
 
     Who may call what: WhoAmI, any authenticated caller; CreateToken, RevokeToken,
     ListPrincipals and ListAudit, a cluster admin; GrantRole and RevokeRole, an ADMIN of the namespace
-    (granting ADMIN or cluster admin takes a cluster admin). With auth off, only WhoAmI
+    (granting ADMIN or cluster admin takes a cluster admin); GrantLabel and RevokeLabel,
+    an ADMIN of the namespace. With auth off, only WhoAmI
     answers: the others are refused, so nothing can mint credentials on an open replica.
     """
 
@@ -162,5 +177,23 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListAuditResponse, _abc.Awaitable[_auth_pb2.ListAuditResponse]]:
         """The audit log, newest first: every administrative act, who made it, when, from where."""
+
+    @_abc_1.abstractmethod
+    def GrantLabel(
+        self,
+        request: _auth_pb2.GrantLabelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.GrantLabelResponse, _abc.Awaitable[_auth_pb2.GrantLabelResponse]]:
+        """Let a principal carry a lease label in the call's namespace. With auth required a
+        lease may carry only labels granted to its principal, and a label electorate counts
+        only principals that hold the label: a label is an admin's grant, not a claim.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeLabel(
+        self,
+        request: _auth_pb2.RevokeLabelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RevokeLabelResponse, _abc.Awaitable[_auth_pb2.RevokeLabelResponse]]: ...
 
 def add_AuthServicer_to_server(servicer: AuthServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

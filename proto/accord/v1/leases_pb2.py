@@ -26,7 +26,7 @@ from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61\x63\x63ord/v1/leases.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x01\n\tLeaseInfo\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x1b\n\x13granted_ttl_seconds\x18\x03 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06labels\x18\x06 \x03(\x0b\x32 .accord.v1.LeaseInfo.LabelsEntry\x12\r\n\x05locks\x18\x07 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x0cGrantRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x03\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.accord.v1.GrantRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\rGrantResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.accord.v1.LeaseInfo\"$\n\x10KeepAliveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\"e\n\x11KeepAliveResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"(\n\x14KeepAliveOnceRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\"W\n\x15KeepAliveOnceResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"!\n\rRevokeRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\";\n\x0eRevokeResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\"%\n\x11TimeToLiveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\"d\n\x12TimeToLiveResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.accord.v1.LeaseInfo\"\x13\n\x11LeasesListRequest\"e\n\x12LeasesListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12$\n\x06leases\x18\x02 \x03(\x0b\x32\x14.accord.v1.LeaseInfo2\xb3\x03\n\x06Leases\x12:\n\x05Grant\x12\x17.accord.v1.GrantRequest\x1a\x18.accord.v1.GrantResponse\x12J\n\tKeepAlive\x12\x1b.accord.v1.KeepAliveRequest\x1a\x1c.accord.v1.KeepAliveResponse(\x01\x30\x01\x12R\n\rKeepAliveOnce\x12\x1f.accord.v1.KeepAliveOnceRequest\x1a .accord.v1.KeepAliveOnceResponse\x12=\n\x06Revoke\x12\x18.accord.v1.RevokeRequest\x1a\x19.accord.v1.RevokeResponse\x12I\n\nTimeToLive\x12\x1c.accord.v1.TimeToLiveRequest\x1a\x1d.accord.v1.TimeToLiveResponse\x12\x43\n\x04List\x12\x1c.accord.v1.LeasesListRequest\x1a\x1d.accord.v1.LeasesListResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61\x63\x63ord/v1/leases.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\tLeaseInfo\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x1b\n\x13granted_ttl_seconds\x18\x03 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06labels\x18\x06 \x03(\x0b\x32 .accord.v1.LeaseInfo.LabelsEntry\x12\r\n\x05locks\x18\x07 \x03(\t\x12\x11\n\tprincipal\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x0cGrantRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x03\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.accord.v1.GrantRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\rGrantResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.accord.v1.LeaseInfo\"$\n\x10KeepAliveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\"e\n\x11KeepAliveResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"(\n\x14KeepAliveOnceRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\"W\n\x15KeepAliveOnceResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"!\n\rRevokeRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\";\n\x0eRevokeResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\"%\n\x11TimeToLiveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\"d\n\x12TimeToLiveResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.accord.v1.LeaseInfo\"\x13\n\x11LeasesListRequest\"e\n\x12LeasesListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12$\n\x06leases\x18\x02 \x03(\x0b\x32\x14.accord.v1.LeaseInfo2\xb3\x03\n\x06Leases\x12:\n\x05Grant\x12\x17.accord.v1.GrantRequest\x1a\x18.accord.v1.GrantResponse\x12J\n\tKeepAlive\x12\x1b.accord.v1.KeepAliveRequest\x1a\x1c.accord.v1.KeepAliveResponse(\x01\x30\x01\x12R\n\rKeepAliveOnce\x12\x1f.accord.v1.KeepAliveOnceRequest\x1a .accord.v1.KeepAliveOnceResponse\x12=\n\x06Revoke\x12\x18.accord.v1.RevokeRequest\x1a\x19.accord.v1.RevokeResponse\x12I\n\nTimeToLive\x12\x1c.accord.v1.TimeToLiveRequest\x1a\x1d.accord.v1.TimeToLiveResponse\x12\x43\n\x04List\x12\x1c.accord.v1.LeasesListRequest\x1a\x1d.accord.v1.LeasesListResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,35 +38,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRANTREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_GRANTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LEASEINFO']._serialized_start=95
-  _globals['_LEASEINFO']._serialized_end=346
-  _globals['_LEASEINFO_LABELSENTRY']._serialized_start=301
-  _globals['_LEASEINFO_LABELSENTRY']._serialized_end=346
-  _globals['_GRANTREQUEST']._serialized_start=349
-  _globals['_GRANTREQUEST']._serialized_end=484
-  _globals['_GRANTREQUEST_LABELSENTRY']._serialized_start=301
-  _globals['_GRANTREQUEST_LABELSENTRY']._serialized_end=346
-  _globals['_GRANTRESPONSE']._serialized_start=486
-  _globals['_GRANTRESPONSE']._serialized_end=581
-  _globals['_KEEPALIVEREQUEST']._serialized_start=583
-  _globals['_KEEPALIVEREQUEST']._serialized_end=619
-  _globals['_KEEPALIVERESPONSE']._serialized_start=621
-  _globals['_KEEPALIVERESPONSE']._serialized_end=722
-  _globals['_KEEPALIVEONCEREQUEST']._serialized_start=724
-  _globals['_KEEPALIVEONCEREQUEST']._serialized_end=764
-  _globals['_KEEPALIVEONCERESPONSE']._serialized_start=766
-  _globals['_KEEPALIVEONCERESPONSE']._serialized_end=853
-  _globals['_REVOKEREQUEST']._serialized_start=855
-  _globals['_REVOKEREQUEST']._serialized_end=888
-  _globals['_REVOKERESPONSE']._serialized_start=890
-  _globals['_REVOKERESPONSE']._serialized_end=949
-  _globals['_TIMETOLIVEREQUEST']._serialized_start=951
-  _globals['_TIMETOLIVEREQUEST']._serialized_end=988
-  _globals['_TIMETOLIVERESPONSE']._serialized_start=990
-  _globals['_TIMETOLIVERESPONSE']._serialized_end=1090
-  _globals['_LEASESLISTREQUEST']._serialized_start=1092
-  _globals['_LEASESLISTREQUEST']._serialized_end=1111
-  _globals['_LEASESLISTRESPONSE']._serialized_start=1113
-  _globals['_LEASESLISTRESPONSE']._serialized_end=1214
-  _globals['_LEASES']._serialized_start=1217
-  _globals['_LEASES']._serialized_end=1652
+  _globals['_LEASEINFO']._serialized_end=365
+  _globals['_LEASEINFO_LABELSENTRY']._serialized_start=320
+  _globals['_LEASEINFO_LABELSENTRY']._serialized_end=365
+  _globals['_GRANTREQUEST']._serialized_start=368
+  _globals['_GRANTREQUEST']._serialized_end=503
+  _globals['_GRANTREQUEST_LABELSENTRY']._serialized_start=320
+  _globals['_GRANTREQUEST_LABELSENTRY']._serialized_end=365
+  _globals['_GRANTRESPONSE']._serialized_start=505
+  _globals['_GRANTRESPONSE']._serialized_end=600
+  _globals['_KEEPALIVEREQUEST']._serialized_start=602
+  _globals['_KEEPALIVEREQUEST']._serialized_end=638
+  _globals['_KEEPALIVERESPONSE']._serialized_start=640
+  _globals['_KEEPALIVERESPONSE']._serialized_end=741
+  _globals['_KEEPALIVEONCEREQUEST']._serialized_start=743
+  _globals['_KEEPALIVEONCEREQUEST']._serialized_end=783
+  _globals['_KEEPALIVEONCERESPONSE']._serialized_start=785
+  _globals['_KEEPALIVEONCERESPONSE']._serialized_end=872
+  _globals['_REVOKEREQUEST']._serialized_start=874
+  _globals['_REVOKEREQUEST']._serialized_end=907
+  _globals['_REVOKERESPONSE']._serialized_start=909
+  _globals['_REVOKERESPONSE']._serialized_end=968
+  _globals['_TIMETOLIVEREQUEST']._serialized_start=970
+  _globals['_TIMETOLIVEREQUEST']._serialized_end=1007
+  _globals['_TIMETOLIVERESPONSE']._serialized_start=1009
+  _globals['_TIMETOLIVERESPONSE']._serialized_end=1109
+  _globals['_LEASESLISTREQUEST']._serialized_start=1111
+  _globals['_LEASESLISTREQUEST']._serialized_end=1130
+  _globals['_LEASESLISTRESPONSE']._serialized_start=1132
+  _globals['_LEASESLISTRESPONSE']._serialized_end=1233
+  _globals['_LEASES']._serialized_start=1236
+  _globals['_LEASES']._serialized_end=1671
 # @@protoc_insertion_point(module_scope)

@@ -51,11 +51,14 @@ class LeaseInfo(_message.Message):
     GRANTED_AT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     LOCKS_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     agent_id: _builtins.str
     granted_ttl_seconds: _builtins.int
     ttl_seconds: _builtins.int
     """Seconds left (etcd's view; a minimum, not a deadline)."""
+    principal: _builtins.str
+    """The authenticated principal that granted it (empty: granted with auth off)."""
     @_builtins.property
     def granted_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -74,10 +77,11 @@ class LeaseInfo(_message.Message):
         granted_at: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         locks: _abc.Iterable[_builtins.str] | None = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "granted_at", b"granted_at", "granted_ttl_seconds", b"granted_ttl_seconds", "id", b"id", "labels", b"labels", "locks", b"locks", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "granted_at", b"granted_at", "granted_ttl_seconds", b"granted_ttl_seconds", "id", b"id", "labels", b"labels", "locks", b"locks", "principal", b"principal", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
