@@ -40,12 +40,13 @@ async def test_a_label_is_an_admins_grant_not_a_claim(
     before = auth_cluster.stored(namespace)
     async with make_client(auth_cluster.addresses, namespace, agent="", token=sybil_token) as s:
         try:
-            await s.leases.grant(ttl=30, labels=TEAM)
+            forged = await s.leases.grant(ttl=30, labels=TEAM)
         except PermissionDeniedError as refused:
             assert refused.code == grpc.StatusCode.PERMISSION_DENIED
             assert refused.metadata["labels"] == "team=triage"
         else:
-            raise AssertionError("a lease carried a label nobody granted")
+            async with forged:  # revoked on the way out
+                raise AssertionError("a lease carried a label nobody granted")
     assert auth_cluster.stored(namespace) == before
 
     async with (
