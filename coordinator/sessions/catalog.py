@@ -7,7 +7,9 @@ session and creating one of the same name never mixes their data.
 Error handling: bad names or root kinds are INVALID_ARGUMENT; opening a missing session
 with must_exist is NOT_FOUND; declaring a root with another kind than it has is
 CONDITION_FAILED; deleting another incarnation than expected is CONDITION_FAILED. A
-retried delete (same request_id) gets its first answer.
+retried delete (same request_id) gets its first answer. With auth required, deleting a
+session another principal created is PERMISSION_DENIED unless the caller is an ADMIN of
+the namespace.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from accord.coordinator.substrate.errors import (
     AccordError,
     ConditionFailed,
     FieldViolation,
+    PermissionDenied,
     StoredFailure,
     require,
 )
@@ -189,6 +192,7 @@ class SessionCatalog:
                 metadata={"session": name, "created_revision": str(raw.create_revision)},
             )
         record = records_pb2.SessionRecord.FromString(raw.value)
+        _check_owner(call, name, record)  # the record read is the one the txn requires
         data = self._s.keys.session_data(call.namespace, name, record.incarnation).prefix
         unchanged = mod_is(key, raw.mod_revision)
 
@@ -240,9 +244,20 @@ def _deleted(prior: Prior) -> tuple[int, bool]:
     return prior.revision, record.applied
 
 
-
-
 def now() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(time.time_ns())
     return stamp
+
+
+def _check_owner(call: calls.Call, name: str, record: records_pb2.SessionRecord) -> None:
+    """With auth required only the principal that created a session, or an ADMIN of
+    the namespace, deletes it."""
+    owner = record.created_by.principal
+    if not call.principal or call.namespace_admin or owner == call.principal:
+        return
+    raise PermissionDenied(
+        f"session {name!r} was created by principal {owner or '(created without auth)'!r}; "
+        f"only it or an ADMIN of namespace {call.namespace!r} may delete it",
+        metadata={"session": name, "owner": owner, "role": "ADMIN", "namespace": call.namespace},
+    )

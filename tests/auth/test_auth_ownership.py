@@ -1,8 +1,9 @@
-"""Ownership with auth required: a lease belongs to the principal that granted it. Another
-writer of the namespace, calling over raw stubs as an attacker would, cannot keep it
-alive, revoke it, hang keys, lock entries or presence on it, or release the lock it
-holds (PERMISSION_DENIED naming the owner; etcd unchanged); it may still look at it. An
-ADMIN of the namespace may revoke it, and may cancel a vote it did not propose."""
+"""Ownership with auth required: a lease belongs to the principal that granted it, a
+session to the one that created it. Another writer of the namespace, calling over raw
+stubs as an attacker would, cannot keep the lease alive, revoke it, hang keys, lock
+entries or presence on it, release the lock it holds, or delete the session
+(PERMISSION_DENIED naming the owner; etcd unchanged); it may still look. An ADMIN of the
+namespace may revoke the lease, and may cancel a vote it did not propose."""
 
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ async def test_another_writer_cannot_use_or_end_my_lease(
                 ),
                 "Put on the lease": lambda: stubs.kv.Put(
                     kv_pb2.PutRequest(key="k", value=b"x", lease_id=lease.id, request_id="r1"),
+                    metadata=theirs,
+                ),
+                "Delete session": lambda: stubs.sessions.Delete(
+                    sessions_pb2.SessionsDeleteRequest(name="board", request_id="d1"),
                     metadata=theirs,
                 ),
                 "SetPresence": lambda: stubs.sessions.SetPresence(
