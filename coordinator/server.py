@@ -11,6 +11,7 @@ import contextlib
 import gc
 import signal
 import socket
+import ssl
 from dataclasses import replace
 
 import grpc
@@ -192,7 +193,7 @@ class Replica:
                 auth=self.auth,
                 allowed_origins=settings.ws_allowed_origins,
             )
-            self.ws_port = await self.ws.start(settings.ws_listen)
+            self.ws_port = await self.ws.start(settings.ws_listen, _ws_tls(settings.tls))
         self.vote_timers.start()
         self._health_task = asyncio.create_task(self._watch_health())
         _log.info(
@@ -308,6 +309,16 @@ def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def _ws_tls(tls: ServerTls | None) -> ssl.SSLContext | None:
+    """wss:// for the y-websocket endpoint, with the gRPC port's certificate (browsers
+    present no client certificate: sockets authenticate with their token)."""
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
 
 
 async def serve(settings: Settings) -> None:

@@ -22,6 +22,9 @@ app that reconnects (to any replica) with its client id takes that id over from 
 connection's lease, which a crashed replica leaves behind until it expires; only the same
 agent may (not another one, nor an anonymous connection).
 
+With `--tls-cert` the endpoint serves wss:// with the gRPC port's certificate, so a
+token in the URL never crosses the network in clear.
+
 Credentials (auth required): the bearer token comes as ``?token=acc1....`` (browsers
 cannot set headers; y-websocket sends ``params``). It must allow the agent (``agent=``,
 default the token's principal) and READ in the namespace to connect; updates need
@@ -44,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 import uuid
 from collections import deque
@@ -203,13 +207,15 @@ class YWebsocketServer:
         self._origins = allowed_origins
         self._server: Server | None = None
 
-    async def start(self, listen: str) -> int:
-        """Listen on host:port (port 0: any free one); returns the bound port."""
+    async def start(self, listen: str, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (port 0: any free one), over TLS (wss://) with tls;
+        returns the bound port."""
         host, _, port = listen.rpartition(":")
         self._server = await serve(
             self._serve,
             host.strip("[]") or None,
             int(port),
+            ssl=tls,
             max_size=MAX_UPDATE_BYTES + 1024,
             # No Origin: not a browser. A browser page only from an allowed origin, so a
             # page the user happens to open cannot read or rewrite sessions.

@@ -6,13 +6,17 @@ names a principal acts as it, and a token on the call still wins over the certif
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidMessage
 
 from accord.client import (
     AsyncClient,
@@ -62,7 +66,6 @@ def tls_replica(
             *("--tls-cert", str(server.cert), "--tls-key", str(server.key)),
             *("--tls-client-ca", str(ca.cert)),
         ],
-        ws=False,
         tls_client=(ca.cert, stranger.cert, stranger.key),
     )
     yield TlsReplica(replica, ca, writer, stranger, impostor, json.loads(made.stdout)["secret"])
@@ -111,3 +114,19 @@ async def test_a_certificate_that_names_no_principal_is_unauthenticated(
             await c.kv.get("k")
     assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert "stranger" in refused.value.message
+
+
+async def test_the_y_websocket_port_speaks_tls_too(tls_replica: TlsReplica, namespace: str) -> None:
+    """A token in a y-websocket URL never crosses the network in clear: wss:// with the
+    replica's certificate works, plaintext ws:// does not."""
+    async with client(tls_replica, namespace, tls_replica.stranger, tls_replica.admin_token) as ops:
+        made = await ops.auth.create_token(unique("yjs"))
+        await ops.auth.grant(made.info.principal, Role.WRITE)
+    path = f"127.0.0.1:{tls_replica.replica.ws_port}/{namespace}/doc?token={made.secret}"
+    trust = ssl.create_default_context(cafile=str(tls_replica.ca.cert))
+    socket = await connect(f"wss://{path}", ssl=trust, open_timeout=10)
+    await socket.send(b"\x00\x00\x01\x00")  # sync step 1: answered with step 2
+    assert (await asyncio.wait_for(socket.recv(), 10))[:2] == b"\x00\x01"
+    await socket.close()
+    with pytest.raises((InvalidMessage, ConnectionError, OSError)):
+        await connect(f"ws://{path}", open_timeout=5)
