@@ -26,8 +26,9 @@ With `--tls-cert` the endpoint serves wss:// with the gRPC port's certificate, s
 token in the URL never crosses the network in clear.
 
 Credentials (auth required): the bearer token comes as ``?token=acc1....`` (browsers
-cannot set headers; y-websocket sends ``params``). It must allow the agent (``agent=``,
-default the token's principal) and READ in the namespace to connect; updates need
+cannot set headers; y-websocket sends ``params``) or as the WebSocket subprotocol
+(``new WebSocket(url, [token])``: kept out of URLs and their logs). It must allow the
+agent (``agent=``, default the token's principal) and READ in the namespace to connect; updates need
 WRITE (a read-only socket's awareness is not stored, and an update from it closes it
 with 4403), and so does creating a missing session. A socket ends when its token is
 revoked or expires (4401) or its role is taken back (4403), like a gRPC stream. Browser
@@ -51,7 +52,7 @@ import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -66,7 +67,7 @@ from pycrdt import (
 )
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.typing import Origin
+from websockets.typing import Origin, Subprotocol
 
 from accord.coordinator import logs
 from accord.coordinator.auth import roles, tokens
@@ -166,12 +167,26 @@ def _single(query: dict[str, list[str]], name: str) -> str:
     return values[0]
 
 
-def parse_token(path: str) -> str:
-    """The bearer token of a request path's ?token=, or Unauthenticated."""
+def parse_token(path: str, subprotocol: str | None = None) -> str:
+    """The bearer token of a request path's ?token=, or the WebSocket subprotocol the
+    handshake chose for it (a browser's `new WebSocket(url, [token])`), or
+    Unauthenticated."""
     token = _single(parse_qs(urlsplit(path).query), "token")
+    if token and subprotocol and token != subprotocol:
+        raise _bad("the URL and Sec-WebSocket-Protocol name different tokens")
+    token = token or subprotocol or ""
     if not token:
-        raise Unauthenticated("this endpoint requires a token: add ?token=<token> to the URL")
+        raise Unauthenticated(
+            "this endpoint requires a token: add ?token=<token> to the URL, or offer it as "
+            "the WebSocket subprotocol"
+        )
     return token
+
+
+def token_subprotocol(_: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Choose the offered subprotocol that is an Accord token (the handshake echoes it,
+    as browsers require), if any; a client that offers none is not asked for one."""
+    return next((p for p in offered if p.startswith(tokens.PREFIX + ".")), None)
 
 
 def sync_message(step: YSyncMessageType, payload: bytes) -> bytes:
@@ -216,6 +231,7 @@ class YWebsocketServer:
             host.strip("[]") or None,
             int(port),
             ssl=tls,
+            select_subprotocol=token_subprotocol,
             max_size=MAX_UPDATE_BYTES + 1024,
             # No Origin: not a browser. A browser page only from an allowed origin, so a
             # page the user happens to open cannot read or rewrite sessions.
@@ -278,7 +294,8 @@ class _Connection:
             )
             calls.current.set(call)
             if self.auth is not None:
-                await self._admit(call, parse_token(self.socket.request.path))
+                token = parse_token(self.socket.request.path, self.socket.subprotocol)
+                await self._admit(call, token)
             await self.catalog.open(self.name, must_exist=not self.may_write, roots={})
             state_vector = await self._hello()
             relay = asyncio.create_task(self._guarded(self._relay(state_vector)))

@@ -16,7 +16,7 @@ import pytest
 from pycrdt import Doc, Text, create_update_message
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.typing import Origin
+from websockets.typing import Origin, Subprotocol
 
 from accord.client import Role
 from accord.coordinator.auth import tokens
@@ -128,3 +128,17 @@ async def test_revoking_a_token_closes_its_sockets_on_both_replicas(
     closes = await asyncio.gather(*(closed_with(s) for s in sockets))
     assert time.monotonic() - revoked_at < 1.0
     assert all(code == 4401 and "revoked" in reason for code, reason in closes), closes
+
+
+async def test_the_token_may_come_as_the_websocket_subprotocol(
+    auth_cluster: AuthCluster, mint: Mint, namespace: str
+) -> None:
+    """As a browser sends it with `new WebSocket(url, [token])`, out of the URL: the
+    handshake echoes it (browsers require that), and it is checked like ?token=."""
+    token = await mint(unique("app"), Role.WRITE)
+    address = f"{auth_cluster.replicas[0].ws_url}/{namespace}/doc"
+    socket = await greeted(address, subprotocols=[Subprotocol(token)])
+    assert socket.subprotocol == token
+    await socket.close()
+    forged = await connect(address, subprotocols=[Subprotocol(str(tokens.new()))])
+    assert (await closed_with(forged))[0] == 4401
