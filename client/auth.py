@@ -139,11 +139,20 @@ class AsyncAuth:
         return AuditPage(response.entries, response.next_page_token)
 
     async def grant_label(
-        self, principal: str, key: str, value: str, *, timeout: float | None = None
+        self,
+        principal: str,
+        key: str,
+        value: str,
+        *,
+        weight: float | None = None,
+        timeout: float | None = None,
     ) -> Principal:
         """Let principal carry the lease label key=value in this client's namespace (with
-        auth required, a lease carries only labels granted this way)."""
+        auth required, a lease carries only labels granted this way). weight: what each of
+        its agents weighs in a label electorate selecting the label (None: 1)."""
         request = auth_pb2.GrantLabelRequest(principal=principal, key=key, value=value)
+        if weight is not None:
+            request.weight = weight
         response = await self._t.unary(calls.AUTH_GRANT_LABEL, request, timeout=timeout)
         return response.principal
 

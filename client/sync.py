@@ -222,11 +222,20 @@ class Auth(Blocking[AsyncAuth]):
         return self._loop.run(self._async.audit(limit, page_token=page_token, timeout=timeout))
 
     def grant_label(
-        self, principal: str, key: str, value: str, *, timeout: float | None = None
+        self,
+        principal: str,
+        key: str,
+        value: str,
+        *,
+        weight: float | None = None,
+        timeout: float | None = None,
     ) -> Principal:
         """Let principal carry the lease label key=value in this client's namespace (with
-        auth required, a lease carries only labels granted this way)."""
-        return self._loop.run(self._async.grant_label(principal, key, value, timeout=timeout))
+        auth required, a lease carries only labels granted this way). weight: what each of
+        its agents weighs in a label electorate selecting the label (None: 1)."""
+        return self._loop.run(
+            self._async.grant_label(principal, key, value, weight=weight, timeout=timeout)
+        )
 
     def revoke_label(self, principal: str, key: str, *, timeout: float | None = None) -> Principal:
         """Take back a lease label in this client's namespace."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from accord.coordinator import logs
@@ -33,7 +32,7 @@ from accord.coordinator.substrate.errors import BackendUnavailable, Unauthentica
 from accord.coordinator.substrate.etcd import Etcd
 from accord.coordinator.substrate.keyspace import Keyspace
 from accord.coordinator.substrate.txn import read, watch
-from accord.v1 import records_pb2
+from accord.v1 import auth_pb2, records_pb2
 
 _log = logs.get("accord.auth")
 MAX_RESYNC_DELAY = 2.0
@@ -77,12 +76,13 @@ class AuthCache:
     def principal(self, name: str) -> records_pb2.PrincipalRecord | None:
         return self._principals.get(name)
 
-    def labels_of(self, principal: str, namespace: str) -> Mapping[str, str]:
-        """The lease labels an admin granted principal in namespace (none: unknown)."""
+    def labels_of(self, principal: str, namespace: str) -> auth_pb2.LabelSet:
+        """The lease labels (and their voter weights) an admin granted principal in
+        namespace; empty for an unknown principal."""
         record = self._principals.get(principal)
         if record is None or namespace not in record.labels:
-            return {}
-        return record.labels[namespace].labels
+            return auth_pb2.LabelSet()
+        return record.labels[namespace]
 
     async def verify(self, token: tokens.Token) -> Verified:
         if not self._synced.is_set():

@@ -140,6 +140,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
             namespace=calls.current.get().namespace,
             key=request.key,
             value=request.value,
+            weight=request.weight if request.HasField("weight") else None,
         )
         return auth_pb2.GrantLabelResponse(header=self._header(revision), principal=principal)
 

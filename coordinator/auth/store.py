@@ -13,13 +13,15 @@ first one's secret was never seen, so it is harmless, and it can be revoked).
 
 Error handling: bad input is InvalidArgument naming the field; an unknown principal or
 token is NotFound; a principal that exists with other agents than asked is
-ConditionFailed with the agents it has; granting or revoking ADMIN or cluster admin
-without being a cluster admin is PermissionDenied; `bootstrap` refuses (ConditionFailed)
-when a cluster admin exists, unless forced.
+ConditionFailed with the agents it has; a label weight that is not finite, > 0 and at
+most MAX_WEIGHT is InvalidArgument (nothing written); granting or revoking ADMIN or
+cluster admin without being a cluster admin is PermissionDenied; `bootstrap` refuses
+(ConditionFailed) when a cluster admin exists, unless forced.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
@@ -50,6 +52,7 @@ from accord.coordinator.substrate.txn import (
     read,
     txn,
 )
+from accord.coordinator.votes.spec import MAX_WEIGHT
 from accord.v1 import auth_pb2, records_pb2
 
 NAME_RE = re.compile(r"[\x21-\x7e]{1,128}")  # as an agent id
@@ -88,7 +91,7 @@ def principal_view(
     for namespace, held in record.roles.items():
         view.roles[namespace].roles.extend(held.roles)
     for namespace, granted in record.labels.items():
-        view.labels[namespace].labels.update(granted.labels)
+        view.labels[namespace].CopyFrom(granted)
     view.tokens.extend(tokens_of or [])
     return view
 
@@ -282,26 +285,42 @@ class AuthStore:
         return await self._update(principal, change, logged, create=grant)
 
     async def set_label(
-        self, principal: str, *, namespace: str, key: str, value: str | None
+        self,
+        principal: str,
+        *,
+        namespace: str,
+        key: str,
+        value: str | None,
+        weight: float | None = None,
     ) -> tuple[auth_pb2.Principal, int]:
-        """Grant the lease label key=value in namespace (value None: take key back).
-        Granting creates the principal if missing."""
+        """Grant the lease label key=value in namespace (value None: take key back), with
+        the voter weight it carries in a label electorate (None: the default, 1). Granting
+        creates the principal if missing, and replaces an earlier grant of key."""
         violations = [v for v in [_check_name("principal", principal)] if v is not None]
         if not key or len((key + (value or "")).encode()) > MAX_LABEL_BYTES:
             violations.append(
                 FieldViolation("key", f"needs a key, and at most {MAX_LABEL_BYTES} bytes")
             )
+        if weight is not None and not (math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
+            violations.append(FieldViolation("weight", f"must be > 0 (and <= {MAX_WEIGHT:g})"))
         require(violations)
 
         def change(record: records_pb2.PrincipalRecord) -> None:
             if value is not None:
-                record.labels[namespace].labels[key] = value
+                granted = record.labels[namespace]
+                granted.labels[key] = value
+                granted.weights.pop(key, None)
+                if weight is not None:
+                    granted.weights[key] = weight
             elif namespace in record.labels:
                 record.labels[namespace].labels.pop(key, None)
+                record.labels[namespace].weights.pop(key, None)
                 if not record.labels[namespace].labels:
                     del record.labels[namespace]
 
         what = f"{key}={value} in {namespace}" if value is not None else f"{key} in {namespace}"
+        if weight is not None and value is not None:
+            what += f" with weight {weight:g}"
         logged = audit.entry("GrantLabel" if value is not None else "RevokeLabel", principal, what)
         return await self._update(principal, change, logged, create=value is not None)
 

@@ -13,6 +13,7 @@ again (etcd keeps only its SHA-256).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
 
@@ -66,9 +67,13 @@ class RoleName(StrEnum):
     cluster_admin = "cluster-admin"
 
 
+def _label(key: str, value: str, weights: Mapping[str, float]) -> str:
+    return f"{key}={value}" + (f" (weight {weights[key]:g})" if key in weights else "")
+
+
 def _labels(principal: Principal) -> str:
     held = [
-        f"{ns}: {', '.join(f'{k}={v}' for k, v in sorted(ls.labels.items()))}"
+        f"{ns}: {', '.join(_label(k, v, ls.weights) for k, v in sorted(ls.labels.items()))}"
         for ns, ls in sorted(principal.labels.items())
     ]
     return "\n".join(held) or "-"
@@ -259,6 +264,10 @@ _role_command(grant=False)
 def label_grant(
     principal: Annotated[str, typer.Argument(help="the principal")],
     label: Annotated[str, typer.Argument(help="KEY=VALUE")],
+    weight: Annotated[
+        float | None,
+        typer.Option(help="the principal's voter weight in label electorates (default 1)"),
+    ] = None,
     output: OutputOpt = Output.table,
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
@@ -271,7 +280,11 @@ def label_grant(
     if not sep:
         fail("a label reads KEY=VALUE", EXIT_USAGE)
     changed = call(
-        addr, namespace, agent, lambda c: c.auth.grant_label(principal, key, value), token
+        addr,
+        namespace,
+        agent,
+        lambda c: c.auth.grant_label(principal, key, value, weight=weight),
+        token,
     )
     emit(output, as_dict(changed), table_of(changed.name, ["LABELS"], [(_labels(changed),)]))
 

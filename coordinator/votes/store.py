@@ -21,7 +21,7 @@ success.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from google.rpc import status_pb2
 
@@ -60,6 +60,7 @@ from accord.coordinator.substrate.txn import (
 from accord.coordinator.votes import rules as vote_rules
 from accord.coordinator.votes import spec as vote_spec
 from accord.coordinator.votes.decisions import DECIDE_ATTEMPTS, Decisions
+from accord.coordinator.votes.electorate import GrantedLabels, label_voters
 from accord.coordinator.votes.model import (
     Snapshot,
     ballot_words,
@@ -70,10 +71,7 @@ from accord.coordinator.votes.model import (
     parse_record,
     same_proposal,
 )
-from accord.v1 import common_pb2, leases_pb2, votes_pb2
-
-# (principal, namespace) -> the lease labels an admin granted it there.
-GrantedLabels = Callable[[str, str], Mapping[str, str]]
+from accord.v1 import common_pb2, votes_pb2
 
 _log = logs.get("accord.votes")
 DEFAULT_LIST_LIMIT = 100
@@ -90,8 +88,9 @@ class VoteStore:
         admin_agents: Sequence[str] = ("admin",),
         granted_labels: GrantedLabels | None = None,
     ) -> None:
-        """granted_labels: with auth required, the lease labels an admin granted a
-        principal in a namespace; a label electorate counts only principals holding them."""
+        """granted_labels: with auth required, the lease labels (and weights) an admin
+        granted a principal in a namespace; a label electorate counts only principals
+        holding them, at the weight granted (electorate.py)."""
         self._granted_labels = granted_labels
         self._s = substrate
         self._etcd = substrate.etcd
@@ -167,25 +166,9 @@ class VoteStore:
 
     async def _by_labels(self, selector: dict[str, str]) -> list[votes_pb2.Voter]:
         namespace = calls.current.get().namespace
-
-        def carries(labels: Mapping[str, str]) -> bool:
-            return all(labels.get(k) == v for k, v in selector.items())
-
-        def legitimate(info: leases_pb2.LeaseInfo) -> bool:
-            """The lease's principal holds the labels by an admin's grant (auth required),
-            not merely by writing them on its lease."""
-            if self._granted_labels is None:
-                return True
-            return bool(info.principal) and carries(self._granted_labels(info.principal, namespace))
-
-        agents = sorted(
-            {
-                info.agent_id
-                for info, _ in await self._leases.list()
-                if info.agent_id and carries(info.labels) and legitimate(info)
-            }
-        )
-        if not agents:
+        leases = [info for info, _ in await self._leases.list()]
+        voters = label_voters(leases, selector, namespace, self._granted_labels)
+        if not voters:
             raise InvalidArgument(
                 [
                     FieldViolation(
@@ -195,7 +178,7 @@ class VoteStore:
                     )
                 ]
             )
-        return [votes_pb2.Voter(agent_id=a, weight=1.0) for a in agents]
+        return voters
 
     # --- cast ---------------------------------------------------------------------
 
