@@ -33,4 +33,5 @@ def test_the_smallest_granted_weight_counts_and_ungranted_labels_do_not() -> Non
 
 
 def test_an_agent_on_several_leases_weighs_the_smallest() -> None:
-    assert weights([lease("a", "heavy"), lease("a", "plain")], auth=True) == {"a": 1.0}
+    for order in (["heavy", "plain"], ["plain", "heavy"]):
+        assert weights([lease("a", p) for p in order], auth=True) == {"a": 1.0}
