@@ -11,8 +11,13 @@
 # BASE is ACCORD_BASE_PORT (default 23790).
 # `up` writes DIR/endpoints.env (ACCORD_ETCD=..., ACCORD_ADDR=...) once all is ready.
 #
-# Environment: ACCORD_BASE_PORT, ACCORD_PYTHON (default python3),
-# ETCD_BIN / ETCDCTL_BIN (default: found on PATH).
+# Auth: off by default (loopback only, with a loud warning). ACCORD_AUTH=required runs
+# the replicas with `--auth required`; the first `up` bootstraps a cluster admin
+# (deploy/bootstrap-admin.sh) and keeps its token in DIR/admin.token (mode 0600), and
+# endpoints.env then also names ACCORD_AUTH and ACCORD_ADMIN_TOKEN_FILE.
+#
+# Environment: ACCORD_BASE_PORT, ACCORD_AUTH (off|required), ACCORD_PYTHON (default
+# python3), ETCD_BIN / ETCDCTL_BIN (default: found on PATH).
 set -euo pipefail
 
 readonly MEMBERS=(0 1 2)
@@ -41,6 +46,12 @@ BASE=${ACCORD_BASE_PORT:-23790}
 [[ $BASE =~ ^[0-9]+$ ]] && ((BASE >= 1024 && BASE + 111 <= 65535)) \
   || die "ACCORD_BASE_PORT=$BASE: need an integer so that 1024 <= BASE and BASE+111 <= 65535"
 readonly BASE
+
+AUTH=${ACCORD_AUTH:-off}
+[[ $AUTH == off || $AUTH == required ]] || die "ACCORD_AUTH=$AUTH: need off or required"
+readonly AUTH
+readonly TOKEN_FILE="$DIR/admin.token"
+readonly HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 client_port() { echo $((BASE + 10 * $1)); }
 peer_port() { echo $((BASE + 10 * $1 + 1)); }
@@ -233,12 +244,20 @@ cmd_up() {
     sleep 0.5
   done
 
+  if [[ $AUTH == required ]]; then
+    bash "$HERE/bootstrap-admin.sh" "$PYTHON" "$(etcd_endpoints)" accord "$TOKEN_FILE"
+  else
+    echo "local-cluster: WARNING: auth is off, so any local process may act as any agent;" \
+      "to require tokens: ACCORD_AUTH=required $0 up DIR" >&2
+  fi
+
   for j in "${REPLICAS[@]}"; do
     spawn "coordinator-$j" "$PYTHON" -m accord.coordinator serve \
       --listen "127.0.0.1:$(coordinator_port "$j")" \
       --ws-listen "127.0.0.1:$(ws_port "$j")" \
       --etcd "$(etcd_endpoints)" \
-      --replica "coordinator-$j"
+      --replica "coordinator-$j" \
+      --auth "$AUTH"
   done
 
   echo "waiting for coordinators at $(coordinator_addrs) ..."
@@ -255,8 +274,12 @@ cmd_up() {
   done
 
   # Written last, atomically: its presence means the deployment is ready.
-  printf 'ACCORD_ETCD=%s\nACCORD_ADDR=%s\n' "$(etcd_endpoints)" "$(coordinator_addrs)" \
-    >"$DIR/endpoints.env.tmp"
+  {
+    printf 'ACCORD_ETCD=%s\nACCORD_ADDR=%s\n' "$(etcd_endpoints)" "$(coordinator_addrs)"
+    if [[ $AUTH == required ]]; then
+      printf 'ACCORD_AUTH=required\nACCORD_ADMIN_TOKEN_FILE=%s\n' "$TOKEN_FILE"
+    fi
+  } >"$DIR/endpoints.env.tmp"
   mv "$DIR/endpoints.env.tmp" "$DIR/endpoints.env"
   trap - ERR INT TERM
   echo "up: etcd $(etcd_endpoints); coordinators $(coordinator_addrs); env in $DIR/endpoints.env"
