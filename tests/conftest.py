@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from accord.client import AsyncClient
-from tests.harness import Coordinator, EtcdMember, make_client, start_coordinator, start_etcd
+from tests.harness import (
+    AUTH_REQUIRED,
+    Coordinator,
+    EtcdMember,
+    bootstrap_admin,
+    enable_auth,
+    make_client,
+    start_coordinator,
+    start_etcd,
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +37,12 @@ def etcd(workdir: Path) -> Iterator[EtcdMember]:
 
 @pytest.fixture(scope="session")
 def replicas(etcd: EtcdMember, workdir: Path) -> Iterator[list[Coordinator]]:
+    """Two replicas over the session etcd; with ACCORD_TEST_AUTH=required they need a
+    token, and a cluster admin bootstrapped first mints one per agent (tests.harness.auth)."""
+    admin_token = bootstrap_admin(etcd.endpoint) if AUTH_REQUIRED else ""
     started = [start_coordinator(workdir, f"replica-{i}", [etcd.endpoint]) for i in range(2)]
+    if AUTH_REQUIRED:
+        enable_auth([r.address for r in started], admin_token)
     yield started
     for replica in started:
         if replica.running():

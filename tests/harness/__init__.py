@@ -2,6 +2,16 @@
 conditions (waits), and clients and raw stubs (clients). Tests import from here, never
 from the modules directly."""
 
+from tests.harness.auth import (
+    AUTH_REQUIRED,
+    bootstrap_admin,
+    enable_auth,
+    grant_labels,
+    own_cluster_token,
+    token_args,
+    token_env,
+    token_for,
+)
 from tests.harness.clients import EtcdStubs, Metadata, Stubs, identity, make_client
 from tests.harness.processes import (
     ETCD,
@@ -20,6 +30,7 @@ from tests.harness.processes import (
 from tests.harness.waits import eventually, health, not_serving, queued, until, wall_clock_past
 
 __all__ = [
+    "AUTH_REQUIRED",
     "ETCD",
     "ETCDCTL",
     "REPO",
@@ -30,15 +41,22 @@ __all__ = [
     "Process",
     "StoredKey",
     "Stubs",
+    "bootstrap_admin",
+    "enable_auth",
     "eventually",
     "free_port",
+    "grant_labels",
     "health",
     "identity",
     "make_client",
     "not_serving",
+    "own_cluster_token",
     "queued",
     "start_coordinator",
     "start_etcd",
+    "token_args",
+    "token_env",
+    "token_for",
     "until",
     "wait_for_port",
     "wait_serving",

@@ -18,6 +18,7 @@ from accord.v1 import (
     sessions_pb2_grpc,
     votes_pb2_grpc,
 )
+from tests.harness.auth import token_for
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -27,10 +28,13 @@ def make_client(
     namespace: str,
     agent: str = "tester",
     timeout: float = 10.0,
-    token: str = "",
+    token: str | None = None,
 ) -> AsyncClient:
     """A client of the given replicas only, retrying briefly (tests fail fast); with a
-    token only when given one (never ACCORD_TOKEN from the environment)."""
+    token only when given one (never ACCORD_TOKEN from the environment), or under
+    ACCORD_TEST_AUTH=required the agent's own (see tests.harness.auth)."""
+    if token is None:
+        token = (token_for(namespace, agent) if agent else None) or ""
     return AsyncClient(
         addresses,
         agent_id=agent,
@@ -43,7 +47,9 @@ def make_client(
 
 def identity(namespace: str, agent: str | None = None, token: str | None = None) -> Metadata:
     """The metadata of an Accord call: its namespace and, unless None, its agent and its
-    bearer token."""
+    bearer token (under ACCORD_TEST_AUTH=required, by default the agent's own)."""
+    if token is None and agent:
+        token = token_for(namespace, agent)
     out: Metadata = (("accord-namespace", namespace),)
     out += (("accord-agent-id", agent),) if agent is not None else ()
     return out + ((("authorization", f"Bearer {token}"),) if token is not None else ())

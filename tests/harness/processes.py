@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.harness.auth import AUTH_REQUIRED
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 REPO = Path(__file__).resolve().parents[2]
@@ -261,12 +263,15 @@ def start_coordinator(
     ws: bool = True,
     tls_client: tuple[Path, Path | None, Path | None] | None = None,
 ) -> Coordinator:
+    extra_args = list(extra_args or [])
+    if AUTH_REQUIRED and etcd_endpoints and "--auth" not in extra_args:
+        extra_args += ["--auth", "required"]  # see tests.harness.auth
     replica = Coordinator(
         name=name,
         log=base / f"{name}.log",
         port=free_port(),
         etcd_endpoints=etcd_endpoints,
-        extra_args=extra_args or [],
+        extra_args=extra_args,
         env=env or {},
         ws=ws,
         tls_client=tls_client,

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from accord.client import AsyncClient, DeadlockError, FencedError, Grant, Lease
-from tests.harness import Coordinator, free_port, make_client, queued
+from tests.harness import (
+    Coordinator,
+    free_port,
+    grant_labels,
+    make_client,
+    queued,
+    token_args,
+    token_env,
+)
 
 WAIT = 20.0  # seconds any one wait in these tests may take
 
@@ -39,6 +47,7 @@ class Scene:
         )
 
     async def lease(self, agent: AsyncClient, **labels: str) -> Lease:
+        grant_labels(self.namespace, agent.agent_id, labels)
         return await self.stack.enter_async_context(await agent.leases.grant(10, labels=labels))
 
     def wait(self, agent: AsyncClient, name: str, lease: Lease) -> asyncio.Task[Grant]:
@@ -49,7 +58,7 @@ class Scene:
     async def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "accord.coordinator", *args]
         argv += ["--addr", self.addr, "--namespace", self.namespace]
-        return await run(argv)
+        return await run([*argv, *token_args(self.namespace)])
 
     async def json(self, *args: str) -> Any:
         done = await self.cli(*args, "-o", "json")
@@ -230,7 +239,7 @@ async def test_break_asks_on_a_terminal(scene: Scene) -> None:
     alice = await scene.agent("alice")
     grant = await alice.locks.acquire("asked", await scene.lease(alice))
     argv = [sys.executable, "-m", "accord.coordinator", "locks", "break", "asked"]
-    argv += ["--addr", scene.addr, "--namespace", scene.namespace]
+    argv += ["--addr", scene.addr, "--namespace", scene.namespace, *token_args(scene.namespace)]
 
     code, seen = await asyncio.to_thread(in_terminal, argv, b"n\r")
     assert code != 0
@@ -327,6 +336,7 @@ async def test_env_vars_and_a_dead_first_address(scene: Scene, replicas: list[Co
     await alice.locks.acquire("env", await scene.lease(alice))
     addr = f"127.0.0.1:{free_port()},{replicas[1].address}"  # the first one is down
     env = {**os.environ, "ACCORD_ADDR": addr, "ACCORD_NAMESPACE": scene.namespace}
+    env |= token_env(scene.namespace)
     argv = [sys.executable, "-m", "accord.coordinator", "locks", "ls", "-o", "json"]
     done = await asyncio.to_thread(
         subprocess.run, argv, capture_output=True, text=True, timeout=WAIT, env=env

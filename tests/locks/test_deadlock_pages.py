@@ -15,7 +15,7 @@ import pytest
 
 from accord.client import AsyncClient, DeadlockError, InvalidArgumentError, Lease
 from tests.conftest import make_client
-from tests.harness import Coordinator
+from tests.harness import Coordinator, token_args
 
 WAIT = 20.0  # seconds any one wait in these tests may take
 DEADLOCKS = 7
@@ -120,6 +120,7 @@ async def run(
 ) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "accord.coordinator", "deadlocks", "ls", *args]
     argv += ["--addr", ",".join(r.address for r in replicas), "--namespace", namespace]
+    argv += token_args(namespace)
     return await asyncio.to_thread(
         subprocess.run, argv, capture_output=True, text=True, timeout=WAIT
     )

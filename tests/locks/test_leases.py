@@ -13,10 +13,11 @@ from accord.client import (
     InvalidArgumentError,
     LeaseNotFoundError,
 )
-from tests.harness import Coordinator, make_client
+from tests.harness import Coordinator, grant_labels, make_client
 
 
-async def test_grant_keepalive_and_time_to_live(client: AsyncClient) -> None:
+async def test_grant_keepalive_and_time_to_live(client: AsyncClient, namespace: str) -> None:
+    grant_labels(namespace, client.agent_id, {"role": "reviewer"})
     lease = await client.leases.grant(ttl=3, labels={"role": "reviewer"})
     try:
         await asyncio.sleep(4)  # longer than the TTL: only the keep-alive keeps it

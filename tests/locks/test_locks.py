@@ -26,7 +26,15 @@ from accord.client import (
     Put,
 )
 from accord.v1.common_pb2 import Fence
-from tests.harness import REPO, Coordinator, EtcdMember, make_client, not_serving, queued
+from tests.harness import (
+    REPO,
+    Coordinator,
+    EtcdMember,
+    make_client,
+    not_serving,
+    queued,
+    token_env,
+)
 
 
 @pytest.fixture
@@ -135,7 +143,7 @@ async def test_paused_holder_is_fenced(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **token_env(namespace, "paused-agent")},
     )
     try:
         assert agent.stdout is not None and agent.stdin is not None
@@ -198,11 +206,14 @@ async def test_blocked_acquire_survives_its_replica(
             await lease.revoke()
 
 
-async def test_break_fences_the_old_holder(client: AsyncClient, leases: list[Lease]) -> None:
+async def test_break_fences_the_old_holder(
+    client: AsyncClient, leases: list[Lease], replicas: list[Coordinator], namespace: str
+) -> None:
     old = await client.locks.acquire("stuck", leases[0])
     waiter = asyncio.create_task(client.locks.acquire("stuck", leases[1], timeout=20))
     await queued(client, "stuck", 1)
-    broken = await client.locks.break_lock("stuck")
+    async with make_client([r.address for r in replicas], namespace, agent="admin") as admin:
+        broken = await admin.locks.break_lock("stuck")
     assert [b.lease_id for b in broken] == [leases[0].id]
     new = await asyncio.wait_for(waiter, 10)
     with pytest.raises(FencedError):

@@ -26,6 +26,7 @@ from tests.harness import (
     EtcdStubs,
     Stubs,
     identity,
+    own_cluster_token,
     start_coordinator,
     start_etcd,
 )
@@ -38,9 +39,9 @@ BIG_MESSAGES = 64 * 1024 * 1024  # snapshots are read whole
 class Sessions(Stubs):
     """The Sessions stub on one replica, as one agent of one namespace."""
 
-    def __init__(self, address: str, namespace: str) -> None:
+    def __init__(self, address: str, namespace: str, token: str | None = None) -> None:
         super().__init__(address, options=[("grpc.max_receive_message_length", BIG_MESSAGES)])
-        self.metadata = identity(namespace, "persistence")
+        self.metadata = identity(namespace, "persistence", token)
 
     async def open(self, name: str, roots: dict[str, int] | None = None) -> None:
         request = sessions_pb2.SessionsOpenRequest(name=name, roots=roots or {})
@@ -220,7 +221,9 @@ async def test_full_restart_brings_every_session_back_byte_identical(
 ) -> None:
     etcd = start_etcd(tmp_path, "restart-etcd")
     replicas = [start_coordinator(tmp_path, f"restart-{i}", [etcd.endpoint]) for i in range(2)]
-    clients = [Sessions(r.address, namespace) for r in replicas]
+    addresses = [r.address for r in replicas]
+    token = own_cluster_token(etcd.endpoint, addresses, namespace, "persistence")
+    clients = [Sessions(r.address, namespace, token) for r in replicas]
     rng = random.Random(1)
     names = ["plan", "notes", "board"]
     try:

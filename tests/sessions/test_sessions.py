@@ -20,7 +20,7 @@ from accord.client import (
     UpdateEvent,
     ops,
 )
-from tests.harness import Coordinator, make_client
+from tests.harness import Coordinator, make_client, token_for
 
 
 def text_update(content: str, *, doc: Doc[Any] | None = None, root: str = "notes") -> bytes:
@@ -354,7 +354,8 @@ async def test_ten_agents_converge_through_two_replicas(
 
 def test_blocking_client_mirrors_sessions(replicas: list[Coordinator], namespace: str) -> None:
     addresses = [r.address for r in replicas]
-    with Client(addresses, agent_id="blocking", namespace=namespace) as accord:
+    token = token_for(namespace, "blocking")  # None (ACCORD_TOKEN) unless ACCORD_TEST_AUTH
+    with Client(addresses, agent_id="blocking", namespace=namespace, token=token) as accord:
         info = accord.sessions.open("plain", roots={"notes": "text"})
         assert info.created and accord.sessions.list() == [dataclasses.replace(info, created=False)]
         events = accord.sessions.subscribe("plain")

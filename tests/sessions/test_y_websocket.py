@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -23,9 +24,10 @@ from pycrdt import (
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from accord.v1 import leases_pb2, sessions_pb2
-from tests.harness import REPO, Coordinator, Stubs, eventually, identity
+from tests.harness import REPO, Coordinator, Stubs, eventually, identity, token_env, token_for
 
 NODE_DIR = REPO / "tests" / "node"
 WAIT = 15.0  # seconds any single expected change may take before the test fails
@@ -98,6 +100,7 @@ async def node_doc(
         agent,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **token_env(namespace, agent)},  # ysession.mjs sends ACCORD_TOKEN
     )
     node = NodeDoc(proc)
     try:
@@ -280,7 +283,8 @@ async def test_socket_presence_ends_with_the_socket_and_no_echo(
 ) -> None:
     """Presence goes with the connection's lease (no goodbye message needed), and a socket
     is not sent back its own updates."""
-    socket = await _greeted(f"{replicas[1].ws_url}/{namespace}/raw?agent=raw-app")
+    url = f"{replicas[1].ws_url}/{namespace}/raw?agent=raw-app"
+    socket = await _greeted(url, **ws_auth(namespace, "raw-app"))
     await socket.send(awareness_message(4242, 1, '{"user": "raw"}'))
     read = await eventually(
         lambda: agents[0].read("raw"), lambda r: any(p.client_id == 4242 for p in r.presence)
@@ -341,9 +345,17 @@ async def test_replica_crash_expires_presence_and_the_app_reconnects(
 SYNC_STEP1_EMPTY = b"\x00\x00\x01\x00"  # sync, step 1, a 1-byte empty state vector
 
 
-async def _greeted(url: str) -> ClientConnection:
+def ws_auth(namespace: str, agent: str = "") -> dict[str, Any]:
+    """connect() keywords: under ACCORD_TEST_AUTH=required, the token of agent (the one
+    in the URL; without one, the default test agent) offered as the WebSocket
+    subprotocol; otherwise none."""
+    token = token_for(namespace, agent or "tester")
+    return {} if token is None else {"subprotocols": [Subprotocol(token)]}
+
+
+async def _greeted(url: str, **auth: Any) -> ClientConnection:
     """A raw socket past the greeting: our sync step 1, answered by step 2 and step 1."""
-    socket = await connect(url, open_timeout=WAIT)
+    socket = await connect(url, open_timeout=WAIT, **auth)
     await socket.send(SYNC_STEP1_EMPTY)
     for step in (1, 0):
         message = await asyncio.wait_for(socket.recv(), WAIT)
@@ -381,11 +393,16 @@ async def test_bad_socket_input_closes_only_that_socket(
         }
         for (what, payload), first in itertools.product(bad_messages.items(), (True, False)):
             # As the very first message, and after a proper greeting.
-            socket = await connect(url, open_timeout=WAIT) if first else await _greeted(url)
+            auth = ws_auth(namespace)
+            socket = (
+                await connect(url, open_timeout=WAIT, **auth)
+                if first
+                else await _greeted(url, **auth)
+            )
             await socket.send(payload)
             code, reason = await _closed_with(socket)
             assert code == 4400 and reason, (what, first, code, reason)
-        socket = await _greeted(url)
+        socket = await _greeted(url, **ws_auth(namespace))
         await socket.send("a text frame")
         assert (await _closed_with(socket))[0] == 4400
 
@@ -396,7 +413,8 @@ async def test_bad_socket_input_closes_only_that_socket(
             (f"/{namespace}", "/{namespace}/{session}"),
             (f"/{namespace}/%01ctrl", "name"),
         ]:
-            socket = await connect(f"{replicas[0].ws_url}{path}", open_timeout=WAIT)
+            url = f"{replicas[0].ws_url}{path}"
+            socket = await connect(url, open_timeout=WAIT, **ws_auth(namespace))
             code, reason = await _closed_with(socket)
             assert code == 4400 and expected in reason, (path, code, reason)
 

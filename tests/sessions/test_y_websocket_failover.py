@@ -11,11 +11,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import pytest
 from websockets.asyncio.client import ClientConnection
 
 from accord.v1 import leases_pb2, sessions_pb2
-from tests.harness import Coordinator, until
-from tests.sessions.test_y_websocket import WAIT, Agent, _greeted, awareness_message
+from tests.harness import AUTH_REQUIRED, Coordinator, until
+from tests.sessions.test_y_websocket import WAIT, Agent, _greeted, awareness_message, ws_auth
 
 CLIENT_ID = 5151
 # Well under the presence lease's TTL (10 s), which bounded the wait before.
@@ -56,8 +57,9 @@ async def test_presence_follows_its_agent_to_another_replica_after_a_crash(
 ) -> None:
     doomed, survivor = live_replicas[1], live_replicas[0]
     watcher = Agent(survivor, namespace, "watcher")
+    as_ada = ws_auth(namespace, "ada")
     try:
-        ada = await _greeted(f"{doomed.ws_url}/{namespace}/room?agent=ada")
+        ada = await _greeted(f"{doomed.ws_url}/{namespace}/room?agent=ada", **as_ada)
         await announce(ada, CLIENT_ID, 1, '{"user": "ada", "on": "A"}')
         read = await until(
             lambda: watcher.read("room"), lambda r: state_of(r, CLIENT_ID) is not None, "presence"
@@ -67,7 +69,8 @@ async def test_presence_follows_its_agent_to_another_replica_after_a_crash(
 
         # While the dead replica's lease still holds the client id, another agent claims
         # it: refused, the presence stays ada's.
-        mallory = await _greeted(f"{survivor.ws_url}/{namespace}/room?agent=mallory")
+        as_mallory = ws_auth(namespace, "mallory")
+        mallory = await _greeted(f"{survivor.ws_url}/{namespace}/room?agent=mallory", **as_mallory)
         await announce(mallory, CLIENT_ID, 2, '{"user": "mallory"}')
         (kept,) = (await watcher.read("room")).presence
         assert kept == old, "another agent took over ada's awareness client id"
@@ -75,7 +78,7 @@ async def test_presence_follows_its_agent_to_another_replica_after_a_crash(
         # Ada's app reconnects to the surviving replica with its client id and a new state.
         events = presence_events(watcher, "room")
         assert (await anext(events)).presence == old  # the current set comes first
-        ada = await _greeted(f"{survivor.ws_url}/{namespace}/room?agent=ada")
+        ada = await _greeted(f"{survivor.ws_url}/{namespace}/room?agent=ada", **as_ada)
         await announce(ada, CLIENT_ID, 3, '{"user": "ada", "on": "B"}')
         async with asyncio.timeout(TAKEOVER_SECONDS):
             moved = (await anext(events)).presence
@@ -98,22 +101,39 @@ async def test_presence_follows_its_agent_to_another_replica_after_a_crash(
         await watcher.channel.close()
 
 
+@pytest.mark.parametrize(
+    ("holder", "claimant"),
+    [
+        ("ada", "mallory"),
+        pytest.param(
+            "",
+            "",
+            marks=pytest.mark.skipif(AUTH_REQUIRED, reason="anonymous sockets need auth off"),
+        ),
+    ],
+    ids=["agents", "anonymous"],
+)
 async def test_other_agents_cannot_take_a_client_id(
-    replicas: list[Coordinator], namespace: str
+    replicas: list[Coordinator], namespace: str, holder: str, claimant: str
 ) -> None:
     """Only the agent that holds a client id may move it to a new connection, and a
     connection without an agent id can never take one (anyone could be that)."""
     watcher = Agent(replicas[0], namespace, "watcher")
     try:
-        for holder, claimant in [("ada", "mallory"), ("", "")]:
-            session = f"room-{holder or 'anonymous'}"
-            first = await _greeted(f"{replicas[0].ws_url}/{namespace}/{session}?agent={holder}")
-            await announce(first, CLIENT_ID, 1, '{"user": "first"}')
-            second = await _greeted(f"{replicas[1].ws_url}/{namespace}/{session}?agent={claimant}")
-            await announce(second, CLIENT_ID, 2, '{"user": "second"}')
-            read = await watcher.read(session)
-            assert state_of(read, CLIENT_ID) == {"user": "first"}, (holder, claimant)
-            await first.close()
-            await second.close()
+        session = f"room-{holder or 'anonymous'}"
+        first = await _greeted(
+            f"{replicas[0].ws_url}/{namespace}/{session}?agent={holder}",
+            **ws_auth(namespace, holder),
+        )
+        await announce(first, CLIENT_ID, 1, '{"user": "first"}')
+        second = await _greeted(
+            f"{replicas[1].ws_url}/{namespace}/{session}?agent={claimant}",
+            **ws_auth(namespace, claimant),
+        )
+        await announce(second, CLIENT_ID, 2, '{"user": "second"}')
+        read = await watcher.read(session)
+        assert state_of(read, CLIENT_ID) == {"user": "first"}, (holder, claimant)
+        await first.close()
+        await second.close()
     finally:
         await watcher.channel.close()

@@ -23,6 +23,7 @@ from tests.harness import (
     EtcdStubs,
     Metadata,
     Stubs,
+    grant_labels,
     identity,
     start_coordinator,
     wall_clock_past,
@@ -331,6 +332,7 @@ async def test_a_fenced_ballot_needs_its_lock(agents: Agents) -> None:
 
 async def test_electorate_from_lease_labels(agents: Agents) -> None:
     for agent, team in [("r1", "review"), ("r2", "review"), ("x1", "ops")]:
+        grant_labels(agents.namespace, agent, {"team": team})
         await agents.leases[0].Grant(
             leases_pb2.GrantRequest(ttl_seconds=30, labels={"team": team}),
             metadata=agents.md(agent),

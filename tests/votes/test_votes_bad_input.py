@@ -37,7 +37,15 @@ from accord.v1.votes_pb2 import (
     VoteSpec,
     VotesWatchRequest,
 )
-from tests.harness import Coordinator, EtcdMember, Metadata, Stubs, identity
+from tests.harness import (
+    AUTH_REQUIRED,
+    Coordinator,
+    EtcdMember,
+    Metadata,
+    Stubs,
+    grant_labels,
+    identity,
+)
 
 HOUR_MS = 3_600_000  # long enough that no deadline timer fires during a test
 YEAR_SECONDS = 365 * 24 * 3600
@@ -538,6 +546,7 @@ async def test_a_threshold_up_to_the_whole_electorate_weight_is_accepted(api: Ap
 
 
 async def grant(api: Api, agent: str, labels: dict[str, str]) -> int:
+    grant_labels(api.namespace, agent, labels)
     answer = await api.leases[0].Grant(
         leases_pb2.GrantRequest(ttl_seconds=3600, labels=labels),
         metadata=api.metadata(agent),
@@ -715,7 +724,13 @@ async def test_ineligible_ballots(api: Api, ballots: list[str]) -> None:
         )
         assert (failure.code, failure.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_ELIGIBLE")
         assert "veto" in failure.message
-        # No agent id at all.
+    assert await api.observe(*ballots) == before
+
+
+@pytest.mark.skipif(AUTH_REQUIRED, reason="a ballot without an agent id needs auth off")
+async def test_a_ballot_without_an_agent_id_is_not_eligible(api: Api, ballots: list[str]) -> None:
+    before = await api.observe(*ballots)
+    for replica in (0, 1):
         failure = await api.fails(
             "Cast", CastRequest(vote_id="strict", choice="yes"), agent=None, replica=replica
         )

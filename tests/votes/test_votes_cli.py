@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from accord.client import AsyncClient, Rule
-from tests.harness import Coordinator, free_port, make_client
+from tests.harness import Coordinator, free_port, make_client, token_args
 
 WAIT = 20.0  # seconds any one wait in these tests may take
 
@@ -55,6 +55,7 @@ class Votes:
             self.addr,
             "--namespace",
             self.namespace,
+            *token_args(self.namespace),
         ]
 
     async def json(self, *args: str) -> Any:

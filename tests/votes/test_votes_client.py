@@ -37,7 +37,14 @@ from accord.client import (
     VoteStateEvent,
     VoteStatus,
 )
-from tests.harness import Coordinator, EtcdMember, make_client, start_coordinator
+from tests.harness import (
+    Coordinator,
+    EtcdMember,
+    grant_labels,
+    make_client,
+    start_coordinator,
+    token_for,
+)
 
 WAIT = 20.0  # seconds any one wait in these tests may take
 Agent = Callable[..., Awaitable[AsyncClient]]
@@ -128,7 +135,7 @@ async def test_propose_cast_get_until_decided(agents: Agent) -> None:
     assert len((await lead.votes.get(vote.id)).ballots) == 2  # carol's was not stored
 
 
-async def test_rules_and_electorates(agents: Agent) -> None:
+async def test_rules_and_electorates(agents: Agent, namespace: str) -> None:
     lead = await agents("lead")
     alice, bob, carol = [await agents(n) for n in ("alice", "bob", "carol")]
     k = await lead.votes.propose(
@@ -173,6 +180,9 @@ async def test_rules_and_electorates(agents: Agent) -> None:
     assert last.decision is not None and last.decision.decided_by == DecidedBy.ALL_CAST
     assert (last.decision.outcome, last.decision.option) == (Outcome.APPROVED, "tabs")
 
+    grant_labels(namespace, "alice", {"team": "infra"})
+    grant_labels(namespace, "bob", {"team": "infra", "role": "oncall"})
+    grant_labels(namespace, "carol", {"team": "web"})
     async with (
         await alice.leases.grant(10, labels={"team": "infra"}),
         await bob.leases.grant(10, labels={"team": "infra", "role": "oncall"}),
@@ -496,11 +506,12 @@ async def test_watch_continues_on_another_replica(
 
 def test_sync_client_votes(replicas: list[Coordinator], namespace: str) -> None:
     addresses = [r.address for r in replicas]
-    with (
-        Client(addresses, agent_id="lead", namespace=namespace) as lead,
-        Client(addresses, agent_id="alice", namespace=namespace) as alice,
-        Client(addresses, agent_id="bob", namespace=namespace) as bob,
-    ):
+
+    def client(agent: str) -> Client:
+        token = token_for(namespace, agent)  # None (ACCORD_TOKEN) unless ACCORD_TEST_AUTH
+        return Client(addresses, agent_id=agent, namespace=namespace, token=token)
+
+    with client("lead") as lead, client("alice") as alice, client("bob") as bob:
         vote = lead.votes.propose(
             "Sync?", ["yes", "no"], voters=["alice", "bob"], rule=Rule.majority(), voting_period=60
         )
