@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from accord.coordinator.substrate import preconditions
 from accord.coordinator.substrate.errors import ConditionFailed, FieldViolation
 from accord.coordinator.substrate.txn import Event, KeyValue
-from accord.v1 import common_pb2, kv_pb2, records_pb2
+from accord.v1 import kv_pb2, records_pb2
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +175,6 @@ def now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(time.time_ns())
     return ts
-
-
-def fence_bytes(fences: Sequence[common_pb2.Fence]) -> list[bytes]:
-    return [f.SerializeToString(deterministic=True) for f in fences]
 
 
 def single_check(key: str, precondition: kv_pb2.Precondition | None) -> list[Check]:

@@ -35,14 +35,13 @@ from accord.coordinator.kv.model import (
     WatchBatch,
     check_revision,
     condition_failed,
-    fence_bytes,
     now,
     precondition_bytes,
     single_check,
     to_kv,
 )
 from accord.coordinator.leases.store import LeaseStore
-from accord.coordinator.locks.fencing import FenceGuard, Fencing
+from accord.coordinator.locks.fencing import FenceGuard, Fencing, fence_bytes
 from accord.coordinator.substrate import Substrate, calls, preconditions
 from accord.coordinator.substrate.errors import (
     Compacted,

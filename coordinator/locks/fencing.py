@@ -43,6 +43,11 @@ class FenceGuard:
         return None
 
 
+def fence_bytes(fences: Sequence[common_pb2.Fence]) -> list[bytes]:
+    """The fences as parts of a request's fingerprint (idempotency.fingerprint)."""
+    return [f.SerializeToString(deterministic=True) for f in fences]
+
+
 class Fencing:
     def __init__(self, substrate: Substrate) -> None:
         self._s = substrate

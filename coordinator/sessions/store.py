@@ -23,15 +23,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
-from accord.coordinator.locks.fencing import Fencing
+from accord.coordinator.locks.fencing import Fencing, fence_bytes
 from accord.coordinator.sessions import ops as session_ops
-from accord.coordinator.sessions.catalog import check_name, info_of
+from accord.coordinator.sessions.catalog import check_name, info_of, now
 from accord.coordinator.sessions.doc import SessionDoc
 from accord.coordinator.sessions.loaded import LoadedSessions
 from accord.coordinator.sessions.subscribers import Event
@@ -158,7 +157,8 @@ class SessionStore:
         else:
             violations += session_ops.check_update("update", update)
         require(violations)
-        digest = fingerprint(b"session-push", name.encode(), update, *_fence_bytes(fence))
+        fences = [fence] if fence is not None else []
+        digest = fingerprint(b"session-push", name.encode(), update, *fence_bytes(fences))
         async with self._loaded.use(name) as session:
             revision, replayed = await self._write(
                 session,
@@ -192,7 +192,7 @@ class SessionStore:
             b"session-apply",
             name.encode(),
             *(op.SerializeToString(deterministic=True) for op in operations),
-            *_fence_bytes(fence),
+            *fence_bytes([fence] if fence is not None else []),
         )
         # One at a time per session here: each runs as this replica's Yjs client and must
         # see the previous one's items, or two would reuse the same clocks.
@@ -327,7 +327,7 @@ class SessionStore:
                 state_json=state_json,
                 agent_id=agent_id,
                 lease_id=lease_id,
-                updated_at=_now(),
+                updated_at=now(),
             )
             for _ in range(PRESENCE_ATTEMPTS):
                 found = await self._etcd.range(read(key))
@@ -427,13 +427,3 @@ def _replay(prior: Prior, answer_type: type[M]) -> M:
     if record.answer:
         return answer_type.FromString(record.answer)
     return answer_type(header=common_pb2.ResponseHeader(revision=prior.revision))
-
-
-def _fence_bytes(fence: common_pb2.Fence | None) -> list[bytes]:
-    return [fence.SerializeToString(deterministic=True)] if fence is not None else []
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
