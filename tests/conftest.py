@@ -20,6 +20,7 @@ from tests.harness import (
     make_client,
     start_coordinator,
     start_etcd,
+    wait_auth_ready,
 )
 
 
@@ -58,6 +59,7 @@ def live_replicas(replicas: list[Coordinator], etcd: EtcdMember) -> Iterator[lis
     for replica in replicas:
         if not replica.running():
             replica.start()
+    wait_auth_ready()  # under auth: the next test's calls find the credentials loaded
 
 
 @pytest.fixture

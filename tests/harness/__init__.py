@@ -11,6 +11,7 @@ from tests.harness.auth import (
     token_args,
     token_env,
     token_for,
+    wait_auth_ready,
 )
 from tests.harness.clients import EtcdStubs, Metadata, Stubs, identity, make_client
 from tests.harness.processes import (
@@ -58,6 +59,7 @@ __all__ = [
     "token_env",
     "token_for",
     "until",
+    "wait_auth_ready",
     "wait_for_port",
     "wait_serving",
     "wall_clock_past",

@@ -140,6 +140,27 @@ def enable_auth(addresses: list[str], admin_token: str) -> None:
     _session[""] = _Credentials(list(addresses), admin_token)
 
 
+def wait_auth_ready(timeout: float = 30.0) -> None:
+    """Under auth, until every replica has its copy of the credentials loaded again (after
+    a test restarted etcd or a replica, calls are UNAVAILABLE meanwhile); otherwise
+    nothing."""
+    if not AUTH_REQUIRED or "" not in _session:
+        return
+    credentials = _session[""]
+    md = (("authorization", f"Bearer {credentials.admin_token}"),)
+    for address in credentials.addresses:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                credentials.stub(address).WhoAmI(auth_pb2.WhoAmIRequest(), metadata=md, timeout=2)
+                break
+            except grpc.RpcError as e:
+                retriable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if e.code() not in retriable or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+
 def token_for(namespace: str, agent: str) -> str | None:
     """The token agent uses in namespace under ACCORD_TEST_AUTH=required; otherwise None."""
     if not AUTH_REQUIRED:
