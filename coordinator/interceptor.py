@@ -6,7 +6,8 @@ client certificate's CN): the token must name a principal (auth.cache), the agen
 must be one that principal may act as, and the principal must hold the role the method
 needs in the namespace (auth.roles). It records the caller's deadline for the etcd
 layer, turns domain errors into gRPC statuses with details, and logs the call. Health
-and reflection calls pass through untouched.
+and reflection calls pass through untouched. Requests are decoded by decoding.tolerant,
+so undecodable bytes reach the method as InvalidArgument, not as gRPC's UNKNOWN.
 
 Error handling: identity metadata given twice, or in a -bin form, is BadIdentity
 (INVALID_ARGUMENT), with auth on or off. With auth required: no token, or a malformed,
@@ -28,7 +29,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from accord.coordinator import logs
+from accord.coordinator import decoding, logs
 from accord.coordinator.auth import roles, streams, tokens
 from accord.coordinator.auth.cache import AuthCache, Verified
 from accord.coordinator.substrate import calls
@@ -74,22 +75,23 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         gate = _Gate(method, self._auth, self._client_certificates)
+        decode = decoding.tolerant(method, handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(gate, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                _unary(gate, decoding.checked(handler.unary_unary)),
+                request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(gate, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                _stream(gate, decoding.checked_stream(handler.unary_stream)),
+                request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _stream(gate, handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
+                _stream(gate, decoding.checked_requests(handler.stream_stream)),
+                request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         return handler
