@@ -32,6 +32,7 @@ from grpc_status import rpc_status
 from accord.coordinator import decoding, logs
 from accord.coordinator.auth import roles, streams, tokens
 from accord.coordinator.auth.cache import AuthCache, Verified
+from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import AccordError, Internal, Unauthenticated
 from accord.v1 import records_pb2
@@ -41,15 +42,24 @@ SLOW_CALL_SECONDS = 1.0
 # Trace ids for calls that bring none: unique per process, cheap to make.
 _TRACE_PREFIX = f"{os.getpid():x}-{int(time.time()):x}-"
 _trace_counter = itertools.count()
+_AUTHORIZATION_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: AuthCache | None = None, *, client_certificates: bool = False) -> None:
+    def __init__(
+        self,
+        auth: AuthCache | None = None,
+        *,
+        client_certificates: bool = False,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         """auth: the credentials to check every call against; None: auth is off.
         client_certificates: the port requires them (mutual TLS), so a call without a
-        token may be identified by its certificate."""
+        token may be identified by its certificate. refusals: where calls refused on
+        authorization grounds are logged (the audit log)."""
         self._auth = auth
         self._client_certificates = client_certificates
+        self._refusals = refusals
         # Wrapped once per method, not once per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -74,7 +84,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        gate = _Gate(method, self._auth, self._client_certificates)
+        gate = _Gate(method, self._auth, self._client_certificates, self._refusals)
         decode = decoding.tolerant(method, handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -101,13 +111,25 @@ class _Gate:
     """Who may call one method: its name, what it needs, and the credentials (None: auth
     off)."""
 
-    __slots__ = ("auth", "certificates", "method", "need")
+    __slots__ = ("auth", "certificates", "method", "need", "refusals")
 
-    def __init__(self, method: str, auth: AuthCache | None, certificates: bool) -> None:
+    def __init__(
+        self,
+        method: str,
+        auth: AuthCache | None,
+        certificates: bool,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         self.method = method
         self.auth = auth
         self.certificates = certificates
+        self.refusals = refusals
         self.need = roles.REQUIRED.get(method)
+
+    def refused(self, call: calls.Call, error: AccordError) -> None:
+        """Log a refusal on authorization grounds in the audit log (rate-limited)."""
+        if self.refusals is not None and error.code in _AUTHORIZATION_CODES:
+            self.refusals.note(call, self.method, error)
 
     async def begin(
         self, context: grpc.aio.ServicerContext[Any, Any]
@@ -123,6 +145,8 @@ class _Gate:
         calls.current.set(call)  # a token lookup in etcd is bounded by the caller's deadline
         if self.auth is None:
             return call, None
+        call = replace(call, peer=context.peer() or "")
+        calls.current.set(call)  # a refusal below is audited with the caller's address
         certified = _certificate_name(context) if self.certificates else None
         if certified is not None and calls.AUTHORIZATION_METADATA not in metadata:
             verified = await self.auth.verify_certificate(certified)
@@ -135,7 +159,6 @@ class _Gate:
             principal=principal.name,
             token_id=verified.token_id,
             namespace_admin=roles.ADMIN in roles.granted(principal, namespace),
-            peer=context.peer() or "",
             labels=principal.labels[namespace].labels if namespace in principal.labels else {},
         )
         calls.current.set(call)
@@ -238,6 +261,9 @@ def _unary(gate: _Gate, behavior: Any) -> Any:
             try:
                 call, _ = await gate.begin(context)
                 return await behavior(request, context)
+            except AccordError as exc:
+                gate.refused(calls.current.get(), exc)
+                raise
             finally:
                 calls.current.reset(token)
         except AccordError as exc:
@@ -270,6 +296,9 @@ def _stream(gate: _Gate, behavior: Any) -> Any:
                     responses = gate.guard(responses, call, verified)
                 async for response in responses:
                     yield response
+            except AccordError as exc:
+                gate.refused(calls.current.get(), exc)
+                raise
             finally:
                 calls.current.reset(token)
         except AccordError as exc:

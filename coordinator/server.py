@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from accord.coordinator import logs
 from accord.coordinator.auth.cache import AuthCache
+from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.auth.service import AuthService
 from accord.coordinator.auth.store import AuthStore
 from accord.coordinator.interceptor import CallInterceptor
@@ -87,6 +88,7 @@ class Replica:
         self.vote_feeds: VoteFeeds | None = None
         self.vote_timers: VoteTimers | None = None
         self.auth: AuthCache | None = None
+        self.refusals: RefusalLog | None = None
         self.port = 0
         self.ws: YWebsocketServer | None = None
         self.ws_port = 0  # the y-websocket endpoint's bound port (0: not serving it)
@@ -141,6 +143,7 @@ class Replica:
                     self.auth,
                     client_certificates=settings.tls is not None
                     and settings.tls.client_ca is not None,
+                    refusals=self.refusals,
                 )
             ],
             options=[
@@ -219,6 +222,8 @@ class Replica:
         if self.settings.auth_required:
             self.auth = AuthCache(self.etcd, self.substrate.keys)
             await self.auth.start()
+            self.refusals = RefusalLog(self.substrate.writes, self.substrate.keys)
+            self.refusals.start()
             return
         _log.warning(
             "AUTH IS OFF: every caller can act as any agent in any namespace; serve "
@@ -289,6 +294,8 @@ class Replica:
             await self.vote_timers.close()
         if self.auth:
             await self.auth.close()
+        if self.refusals:
+            await self.refusals.close()
         if self.substrate:
             committer = self.substrate.committer
             _log.info("group commit totals", batches=committer.batches, writes=committer.writes)

@@ -14,8 +14,9 @@ small etcd read; garbage is refused before it.
 Error handling: an unknown, revoked or expired token, or one whose secret does not
 match, is Unauthenticated (without saying which of unknown/wrong secret, and never
 echoing the secret). Until the copy is loaded, and while the watch is broken and being
-re-established, calls get BackendUnavailable (retryable): authorization fails closed
-rather than trusting a copy that may miss a revocation.
+re-established, a call waits for it (at most READY_WAIT seconds, within its deadline) and
+then gets BackendUnavailable (retryable): authorization fails closed rather than
+trusting a copy that may miss a revocation.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from accord.coordinator import logs
 from accord.coordinator.auth import tokens
 from accord.coordinator.auth.streams import Recheck, Revocation
+from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import BackendUnavailable, Unauthenticated
 from accord.coordinator.substrate.etcd import Etcd
 from accord.coordinator.substrate.keyspace import Keyspace
@@ -36,6 +38,8 @@ from accord.v1 import auth_pb2, records_pb2
 
 _log = logs.get("accord.auth")
 MAX_RESYNC_DELAY = 2.0
+READY_WAIT = 5.0  # how long a call waits for the copy to be (re)loaded
+READY_MARGIN = 0.1  # seconds left of a call's deadline for answering UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +88,25 @@ class AuthCache:
             return auth_pb2.LabelSet()
         return record.labels[namespace]
 
-    async def verify(self, token: tokens.Token) -> Verified:
+    async def _ready(self) -> None:
+        """Wait (within the call's deadline, at most READY_WAIT seconds) for the copy to be
+        loaded; then, if it still is not, fail closed with a retryable error."""
+        if self._synced.is_set():
+            return
+        wait = READY_WAIT
+        deadline = calls.current.get().deadline
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic() - READY_MARGIN)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._synced.wait(), wait)
         if not self._synced.is_set():
             raise BackendUnavailable(
                 "this replica is (re)loading its copy of the credentials from etcd; retry"
             )
+
+    async def verify(self, token: tokens.Token) -> Verified:
+        await self._ready()
         record = self._tokens.get(token.id)
         if record is None:
             record = await self._read_token(token.id)
@@ -157,10 +175,7 @@ class AuthCache:
 
     async def verify_certificate(self, name: str) -> Verified:
         """The principal a verified client certificate's CN names (mutual TLS)."""
-        if not self._synced.is_set():
-            raise BackendUnavailable(
-                "this replica is (re)loading its copy of the credentials from etcd; retry"
-            )
+        await self._ready()
         principal = self._principals.get(name)
         if principal is None:
             found = await self._etcd.range(read(self._keys.principal(name)))

@@ -7,8 +7,10 @@ the writing replicas' clocks) on the retention lease, by the very transaction th
 makes the act, so an act is logged exactly when it happens, and etcd deletes old
 entries on schedule.
 
-Refusals are not written to etcd: a refused call must change nothing (and an attacker
-must not be able to fill etcd by being refused); they are logged by the interceptor.
+Refusals on authorization grounds are logged here too, but not by the refused call:
+auth.refusals writes them later, in batches, rate-limited per replica and outside every
+namespace's keys, so a refused call changes nothing of what it asked to change and an
+attacker cannot fill etcd by being refused.
 
 Error handling: listing checks its bounds (InvalidArgument); writing adds one put to a
 transaction and fails with it.

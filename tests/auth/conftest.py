@@ -56,9 +56,11 @@ class AuthCluster:
         return [r.address for r in self.replicas]
 
     def stored(self, namespace: str | None = None) -> list[StoredKey]:
-        """Everything under this cluster's root (or one namespace of it), straight from etcd."""
+        """Everything under this cluster's root (or one namespace of it), straight from etcd,
+        but the audit log: refusals are logged there, after the fact, by design."""
         prefix = f"{self.root}/ns/{namespace}/" if namespace else f"{self.root}/"
-        return self.etcd.kvs(prefix, prefix=True)
+        audit = f"{self.root}/audit/".encode()
+        return [kv for kv in self.etcd.kvs(prefix, prefix=True) if not kv.key.startswith(audit)]
 
 
 @pytest.fixture(scope="session")

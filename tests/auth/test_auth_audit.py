@@ -1,8 +1,9 @@
 """The audit log: every administrative act (bootstrap, tokens minted and revoked, roles
 granted and taken back, locks broken) is logged in the act's own etcd transaction, with
 who, what, when and from where; only a cluster admin reads it, newest first, a page at a
-time (`accord audit ls`). Refused calls log nothing (tests/auth/test_auth_refusals.py
-shows etcd unchanged)."""
+time (`accord audit ls`). Calls refused on authorization grounds are logged as well, a
+moment later and at a bounded rate per replica, outside every namespace's keys (what
+they asked to change stays unchanged: tests/auth/test_auth_refusals.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ async def test_admin_acts_are_logged_with_who_what_when_and_where(
     made = await admin.auth.create_token(name)
     await admin.auth.grant(name, Role.WRITE)
     await admin.auth.revoke_token(made.info.id)
-    newest = list(await admin.auth.audit(3))
+    newest = [e for e in await admin.auth.audit(100) if e.action != "Refused"][:3]
     assert [(e.action, e.target) for e in newest] == [
         ("RevokeToken", name),
         ("GrantRole", name),
