@@ -101,7 +101,7 @@ async def test_a_flood_of_refusals_writes_a_bounded_number_of_entries(
         10,
     )
     ours = [e for e in entries if e.namespace == namespace]
-    bound = refusals.BURST + refusals.RATE * (elapsed + 1)
+    bound = 100 + 20 * (elapsed + 1)  # the documented burst and rate per replica
     assert len(ours) <= bound, (len(ours), bound)
     assert any(e.target == "*" for e in entries)  # the rest were counted, not dropped
     assert all(e.agent_id == "mallory" and "bad" not in e.detail for e in ours)

@@ -590,7 +590,10 @@ class AuditEntry(_message.Message):
     """Where: the call's namespace, and the caller's address as gRPC saw it."""
     peer: _builtins.str
     action: _builtins.str
-    """What: the act (e.g. "CreateToken", "GrantRole", "Break") and what it acted on."""
+    """What: the act (e.g. "CreateToken", "GrantRole", "Break") and what it acted on; for
+    "Refused" (a call refused on authorization grounds), the method, and in detail the
+    reason. A "Refused" entry with target "*" counts refusals not logged one by one.
+    """
     target: _builtins.str
     detail: _builtins.str
     trace_id: _builtins.str
