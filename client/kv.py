@@ -19,6 +19,7 @@ from typing import Protocol
 
 from accord.client import calls
 from accord.client.errors import (
+    AccordError,
     ConditionFailedError,
     DeadlineExceededError,
     UnavailableError,
@@ -280,7 +281,12 @@ class AsyncKV:
             request.precondition.CopyFrom(expect._to_proto())
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary(calls.KV_PUT, request, timeout=timeout)
+        try:
+            response = await self._t.unary(calls.KV_PUT, request, timeout=timeout)
+        except ConditionFailedError as error:
+            if return_current_on_failure:
+                await self._fill_current(error, timeout)
+            raise
         return WriteResult(response.header.revision, KeyValue._from(response.kv), response.replayed)
 
     async def delete(
@@ -302,7 +308,12 @@ class AsyncKV:
             request.precondition.CopyFrom(expect._to_proto())
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary(calls.KV_DELETE, request, timeout=timeout)
+        try:
+            response = await self._t.unary(calls.KV_DELETE, request, timeout=timeout)
+        except ConditionFailedError as error:
+            if return_current_on_failure:
+                await self._fill_current(error, timeout)
+            raise
         prev = KeyValue._from(response.prev_kv) if response.HasField("prev_kv") else None
         return DeleteResult(response.header.revision, response.deleted, prev, response.replayed)
 
@@ -331,9 +342,30 @@ class AsyncKV:
                 )
             else:
                 request.ops.add(delete=kv_pb2.TxnDelete(key=op.key))
-        response = await self._t.unary(calls.KV_TXN, request, timeout=timeout)
+        try:
+            response = await self._t.unary(calls.KV_TXN, request, timeout=timeout)
+        except ConditionFailedError as error:
+            if return_current_on_failure:
+                await self._fill_current(error, timeout)
+            raise
         kvs = [KeyValue._from(r.kv) if r.HasField("kv") else None for r in response.results]
         return TxnResult(response.revision, kvs, response.replayed)
+
+    async def _fill_current(self, error: ConditionFailedError, timeout: float | None) -> None:
+        """Fill in the current values the service left out of a CONDITION_FAILED (too
+        large for an error's trailers): each read as of the revision its check was
+        evaluated at. One that etcd has compacted since stays out (current unset,
+        current_value_omitted still says why)."""
+        for failure in error.failures:
+            if not failure.current_value_omitted or failure.HasField("current"):
+                continue
+            request = kv_pb2.GetRequest(key=failure.key, revision=failure.revision)
+            try:
+                response = await self._t.unary(calls.KV_GET, request, timeout=timeout)
+            except AccordError:
+                continue
+            if response.found and response.kv.mod_revision == failure.current_mod_revision:
+                failure.current.CopyFrom(response.kv)
 
     async def update(
         self,

@@ -8,6 +8,9 @@ delete wrote (who and when). Both end where etcd's compaction has erased history
 Error handling: a start revision etcd has compacted is COMPACTED (with the oldest
 revision left); a before_revision in the future is INVALID_ARGUMENT; a history walk that
 reaches compacted revisions stops there and says so (truncated_by_compaction).
+
+Pages: a history page stops at `limit` entries or before it would exceed
+pages.MAX_PAGE_BYTES (large values), whichever comes first; next_before_revision resumes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from accord.coordinator.kv.model import History, WatchBatch, to_event, to_kv
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import Compacted, invalid
 from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.pages import PageBudget
 from accord.coordinator.substrate.txn import KeyValue, read
 from accord.coordinator.substrate.txn import watch as watch_from
 from accord.v1 import kv_pb2, records_pb2
@@ -58,6 +62,7 @@ async def walk(s: Substrate, key: str, *, limit: int, before_revision: int) -> H
         )
     cursor = before_revision - 1 if before_revision else now
     entries: list[kv_pb2.HistoryEntry] = []
+    budget = PageBudget()  # a deletion entry is tiny: only puts can fill a page
     truncated = False
     # Walk back one change at a time: the value at `cursor`, then just before it; at a
     # gap, the tombstone says when and by whom the previous incarnation was deleted.
@@ -66,14 +71,16 @@ async def walk(s: Substrate, key: str, *, limit: int, before_revision: int) -> H
             raw = await raw_at(s.etcd, data_key, cursor)
             if raw is not None:
                 kv = to_kv(s.keys.kv_prefix(ns), raw)
-                entries.append(
-                    kv_pb2.HistoryEntry(
-                        kind=kv_pb2.HistoryEntry.KIND_PUT,
-                        revision=raw.mod_revision,
-                        kv=kv,
-                        changed_by=kv.written_by,
-                    )
+                entry = kv_pb2.HistoryEntry(
+                    kind=kv_pb2.HistoryEntry.KIND_PUT,
+                    revision=raw.mod_revision,
+                    kv=kv,
+                    changed_by=kv.written_by,
                 )
+                if not budget.take(entry):
+                    cursor = raw.mod_revision  # the next page starts with this entry
+                    break
+                entries.append(entry)
                 cursor = raw.mod_revision - 1
                 continue
             tomb = await raw_at(s.etcd, tomb_key, cursor)

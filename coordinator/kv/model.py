@@ -20,6 +20,11 @@ from accord.coordinator.substrate.errors import ConditionFailed, FieldViolation
 from accord.coordinator.substrate.txn import Event, KeyValue
 from accord.v1 import kv_pb2, records_pb2
 
+INT64_MAX = 2**63 - 1
+# CONDITION_FAILED details travel in trailers (standard clients: 8 KiB soft limit, and
+# base64 adds a third): the failures listed, values included, stay within this.
+FAILURE_DETAILS_BYTES = 3 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -82,9 +87,12 @@ class ListCursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             revision, total, after_key = raw.split(":", 2)
-            return ListCursor(int(revision), int(total), after_key)
+            cursor = ListCursor(int(revision), int(total), after_key)
         except (ValueError, UnicodeDecodeError):
             return None
+        if not (0 < cursor.revision <= INT64_MAX and 0 <= cursor.total <= INT64_MAX):
+            return None  # etcd takes int64 revisions; anything else is not ours
+        return cursor
 
 
 def to_kv(prefix: bytes, raw: KeyValue) -> kv_pb2.KeyValue:
@@ -125,8 +133,15 @@ def condition_failed(
     return_current: bool,
 ) -> ConditionFailed:
     """CONDITION_FAILED for the checks that do not hold against currents (the checked
-    keys as they were at revision), with each key's current state."""
-    failures: list[kv_pb2.ConditionFailure] = []
+    keys as they were at revision), with each key's current state.
+
+    Errors travel in trailers, which standard clients cap at 8 KiB (soft) / 16 KiB: the
+    failures' details stay within FAILURE_DETAILS_BYTES. A current value that does not fit
+    is left out (current_value_omitted, with its size and the revision to Get it at), and
+    failures past the budget are counted in the metadata, not listed."""
+    failed: list[kv_pb2.ConditionFailure] = []
+    listed: list[kv_pb2.ConditionFailure] = []
+    budget = FAILURE_DETAILS_BYTES
     for check, raw in zip(checks, currents, strict=True):
         if preconditions.holds(check.precondition, raw):
             continue
@@ -137,16 +152,31 @@ def condition_failed(
             revision=revision,
             check_index=check.index,
         )
+        current = None
         if raw is not None:
             failure.current_mod_revision = raw.mod_revision
             failure.current_version = raw.version
             failure.current_create_revision = raw.create_revision
-            if return_current:
-                failure.current.CopyFrom(to_kv(prefix, raw))
-        failures.append(failure)
-    if not failures:  # every check holds now: the state moved between attempt and replay
-        failures.append(kv_pb2.ConditionFailure(key=checks[0].key, revision=revision))
-    first = failures[0]
+            current = to_kv(prefix, raw)
+            failure.current_value_size = len(current.value)
+        failed.append(failure)
+        size = failure.ByteSize()
+        if listed and size > budget:
+            continue  # counted, not listed
+        if return_current and current is not None:
+            with_value = size + current.ByteSize() + 4
+            if with_value <= budget:
+                failure.current.CopyFrom(current)
+                size = with_value
+            else:
+                failure.current_value_omitted = True
+                size = failure.ByteSize()
+        budget -= size
+        listed.append(failure)
+    if not failed:  # every check holds now: the state moved between attempt and replay
+        failed.append(kv_pb2.ConditionFailure(key=checks[0].key, revision=revision))
+        listed = failed
+    first = failed[0]
     state = (
         f"it is at mod_revision {first.current_mod_revision} (version {first.current_version})"
         if first.exists
@@ -157,18 +187,24 @@ def condition_failed(
         f"{preconditions.describe(first.expected)}, but "
         f"{state} at revision {revision}; read it again and retry with the new revision"
     )
-    if len(failures) > 1:
-        message += f" ({len(failures)} checks failed)"
-    return ConditionFailed(
-        message,
-        details=failures,
-        metadata={
-            "key": first.key,
-            "exists": str(first.exists).lower(),
-            "current_mod_revision": str(first.current_mod_revision),
-            "current_version": str(first.current_version),
-        },
-    )
+    if len(failed) > 1:
+        message += f" ({len(failed)} checks failed"
+        message += ")" if len(listed) == len(failed) else f"; {len(listed)} listed)"
+    if any(f.current_value_omitted for f in listed):
+        message += (
+            "; current values too large for an error were left out: Get them at "
+            f"revision {revision}"
+        )
+    metadata = {
+        "key": first.key,
+        "exists": str(first.exists).lower(),
+        "current_mod_revision": str(first.current_mod_revision),
+        "current_version": str(first.current_version),
+    }
+    if len(listed) < len(failed):
+        metadata["failed_checks"] = str(len(failed))
+        metadata["listed_checks"] = str(len(listed))
+    return ConditionFailed(message, details=listed, metadata=metadata)
 
 
 def now() -> timestamp_pb2.Timestamp:

@@ -54,13 +54,15 @@ from accord.coordinator.substrate.errors import (
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import check_key, check_request_id, check_value
+from accord.coordinator.substrate.pages import PageBudget
 from accord.coordinator.substrate.txn import KeyValue, Txn, delete, get, put, read, txn
 from accord.v1 import common_pb2, kv_pb2, records_pb2
 
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
-# A List page stays under this many bytes of values however large they are.
-MAX_PAGE_BYTES = 32 * 1024 * 1024
+# One etcd read of a List page holds at most this many bytes of the largest values
+# (a page itself stays under pages.MAX_PAGE_BYTES).
+ETCD_CHUNK_BYTES = 8 * 1024 * 1024
 MAX_FENCES = 8
 
 
@@ -131,22 +133,40 @@ class KVStore:
             violations.append(FieldViolation("page_token", "is not a token this service issued"))
         _require(violations)
         ns = calls.current.get().namespace
+        wanted = limit or DEFAULT_LIST_LIMIT
+        # Each etcd read is bounded too: at most ETCD_CHUNK_BYTES of the largest values.
+        per_entry = self.limits.max_value_bytes + self.limits.max_key_bytes + 256
+        chunk = wanted if keys_only else max(1, ETCD_CHUNK_BYTES // per_entry)
         base = self._s.keys.kv(ns, prefix)
         request = read(base, prefix=True, revision=cursor.revision if cursor else revision)
         if cursor is not None:
             request.key = self._s.keys.kv(ns, cursor.after_key) + b"\x00"
-        per_entry = self.limits.max_value_bytes + self.limits.max_key_bytes + 256
-        request.limit = min(limit or DEFAULT_LIST_LIMIT, max(1, MAX_PAGE_BYTES // per_entry))
         request.keys_only = keys_only
         request.serializable = consistency == kv_pb2.CONSISTENCY_SERIALIZABLE
-        response = await self._s.etcd.range(request)
-        kvs = [to_kv(self._prefix(ns), kv) for kv in response.kvs]
-        read_revision = cursor.revision if cursor else response.header.revision
-        total = cursor.total if cursor else response.count
+        budget = PageBudget()
+        kvs: list[kv_pb2.KeyValue] = []
+        full = False
+        total = cursor.total if cursor else -1
+        while True:
+            request.limit = min(wanted - len(kvs), chunk)
+            response = await self._s.etcd.range(request)
+            if total < 0:  # the first read counts every key under the prefix
+                total = response.count
+            if request.revision == 0:  # later chunks read the first one's revision
+                request.revision = response.header.revision
+            for raw in response.kvs:
+                kv = to_kv(self._prefix(ns), raw)
+                if not budget.take(kv):
+                    full = True
+                    break
+                kvs.append(kv)
+            if full or not response.more or len(kvs) >= wanted:
+                break
+            request.key = response.kvs[-1].key + b"\x00"
         token = ""
-        if response.more and kvs:
-            token = ListCursor(read_revision, total, kvs[-1].key).encode()
-        return Page(read_revision, kvs, token, total)
+        if (full or response.more) and kvs:
+            token = ListCursor(request.revision, total, kvs[-1].key).encode()
+        return Page(request.revision, kvs, token, total)
 
     # --- writes -------------------------------------------------------------------
 

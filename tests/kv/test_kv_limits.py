@@ -35,16 +35,6 @@ async def test_heavy_transactions_mixed_with_small_writes(client: AsyncClient) -
     assert len(await client.kv.list_all("h")) == 6 * 64
 
 
-async def test_pages_are_capped_by_bytes(client: AsyncClient) -> None:
-    for i in range(130):
-        await client.kv.put(f"v{i:03d}", b"x")
-    page = await client.kv.list("v", limit=1000)
-    # 256 KiB values allowed: a page holds at most 32 MiB of them, and says where to go on.
-    assert len(page.kvs) < 130 and page.next_page_token
-    rest = await client.kv.list("v", limit=1000, page_token=page.next_page_token)
-    assert len(page.kvs) + len(rest.kvs) == 130
-
-
 async def test_future_history_cursor_names_its_field(client: AsyncClient) -> None:
     await client.kv.put("k", b"x")
     with pytest.raises(InvalidArgumentError) as err:

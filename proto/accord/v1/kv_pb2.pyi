@@ -132,6 +132,8 @@ class ConditionFailure(_message.Message):
     CURRENT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     CHECK_INDEX_FIELD_NUMBER: _builtins.int
+    CURRENT_VALUE_OMITTED_FIELD_NUMBER: _builtins.int
+    CURRENT_VALUE_SIZE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     exists: _builtins.bool
     current_mod_revision: _builtins.int
@@ -141,11 +143,19 @@ class ConditionFailure(_message.Message):
     """The store revision at which the check was evaluated."""
     check_index: _builtins.int
     """For Txn: the index of the failed check in TxnRequest.checks."""
+    current_value_omitted: _builtins.bool
+    """The current value was asked for but left out, being too large for the error: read it
+    with Get(key, revision=revision) (Accord's client does, and fills in current).
+    """
+    current_value_size: _builtins.int
+    """The current value's size in bytes, when it exists."""
     @_builtins.property
     def expected(self) -> Global___Precondition: ...
     @_builtins.property
     def current(self) -> Global___KeyValue:
-        """The current value, only when the request asked for it."""
+        """The current value, only when the request asked for it and it fits the error's
+        budget (errors travel in trailers, which standard clients cap at 8-16 KiB).
+        """
 
     def __init__(
         self,
@@ -159,10 +169,12 @@ class ConditionFailure(_message.Message):
         current: Global___KeyValue | None = ...,
         revision: _builtins.int = ...,
         check_index: _builtins.int = ...,
+        current_value_omitted: _builtins.bool = ...,
+        current_value_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "expected", b"expected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_index", b"check_index", "current", b"current", "current_create_revision", b"current_create_revision", "current_mod_revision", b"current_mod_revision", "current_version", b"current_version", "exists", b"exists", "expected", b"expected", "key", b"key", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_index", b"check_index", "current", b"current", "current_create_revision", b"current_create_revision", "current_mod_revision", b"current_mod_revision", "current_value_omitted", b"current_value_omitted", "current_value_size", b"current_value_size", "current_version", b"current_version", "exists", b"exists", "expected", b"expected", "key", b"key", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -236,7 +248,9 @@ class ListRequest(_message.Message):
     prefix: _builtins.str
     """Keys starting with this; empty lists the whole namespace."""
     limit: _builtins.int
-    """Page size; 0 means 100, at most 1000."""
+    """Page size; 0 means 100, at most 1000. A page also stops before it would exceed
+    3 MiB (so it fits a standard client's 4 MiB), with a next_page_token.
+    """
     page_token: _builtins.str
     """From a previous ListResponse.next_page_token; pins that listing's revision."""
     keys_only: _builtins.bool
@@ -743,7 +757,9 @@ class HistoryRequest(_message.Message):
     BEFORE_REVISION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     limit: _builtins.int
-    """Entries per page; 0 means 50, at most 500."""
+    """Entries per page; 0 means 50, at most 500. A page also stops before it would exceed
+    3 MiB, with next_before_revision set.
+    """
     before_revision: _builtins.int
     """Only entries before this revision (from a previous next_before_revision); 0: from now."""
     def __init__(
