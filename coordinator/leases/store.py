@@ -39,7 +39,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from accord.coordinator.substrate import Substrate, calls
+from accord.coordinator.substrate import Substrate, audit, calls
 from accord.coordinator.substrate.errors import (
     FieldViolation,
     InvalidArgument,
@@ -228,8 +228,12 @@ class LeaseStore:
                 task.cancel()
 
     async def revoke(self, lease_id: int) -> None:
-        await self.owned(lease_id)
+        lease = await self.owned(lease_id)
         await self._s.etcd.lease_revoke(lease_id)
+        if audit.on_behalf(lease.record.principal):  # an ADMIN ended another's lease
+            what = f"agent {lease.record.agent_id}, principal {lease.record.principal}"
+            logged = audit.entry("RevokeLease", str(lease_id), what)
+            await audit.record(self._s.writes, self._s.keys, logged)
 
     async def info(self, lease_id: int) -> tuple[leases_pb2.LeaseInfo, list[bytes]]:
         """The lease and the etcd keys attached to it."""

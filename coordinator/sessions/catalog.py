@@ -23,7 +23,7 @@ from google.rpc import status_pb2
 
 from accord.coordinator.sessions import ops as session_ops
 from accord.coordinator.sessions.loaded import not_found
-from accord.coordinator.substrate import Substrate, calls
+from accord.coordinator.substrate import Substrate, audit, calls
 from accord.coordinator.substrate.errors import (
     AccordError,
     ConditionFailed,
@@ -35,7 +35,16 @@ from accord.coordinator.substrate.errors import (
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import Limits, check_key, check_request_id
-from accord.coordinator.substrate.txn import KeyValue, absent, delete, mod_is, put, read, txn
+from accord.coordinator.substrate.txn import (
+    KeyValue,
+    Txn,
+    absent,
+    delete,
+    mod_is,
+    put,
+    read,
+    txn,
+)
 from accord.v1 import common_pb2, records_pb2, sessions_pb2
 
 MAX_NAME_BYTES = 256
@@ -207,8 +216,18 @@ class SessionCatalog:
         async def replay(prior: Prior) -> tuple[int, bool]:
             return _deleted(prior)
 
+        owner = record.created_by.principal
+        logged = audit.entry("DeleteSession", name, f"created by {owner}")
+        on_behalf = audit.on_behalf(owner)  # an ADMIN deletes another's: logged in the act
+
+        def build(lease: int) -> Txn:
+            then = [delete(key), delete(data, prefix=True)]
+            if on_behalf:
+                then.append(audit.write(self._s.keys, logged, lease))
+            return txn(when=[unchanged], then=then)
+
         return await self._s.writes.apply(
-            lambda _: txn(when=[unchanged], then=[delete(key), delete(data, prefix=True)]),
+            build,
             request_id=request_id,
             digest=digest,
             act=act,

@@ -1,11 +1,13 @@
-"""The audit log: every administrative act, in the same etcd transaction as the act.
+"""The audit log: every administrative act, in the same etcd transaction as the act
+where etcd allows it.
 
 An entry (accord.v1.AuditEntry) says who (the authenticated principal and agent), what
 (the act and its target), when, and from where (the caller's address), taken from the
 call being served. It is written under {root}/audit/ (keyspace.audit, in the order of
 the writing replicas' clocks) on the retention lease, by the very transaction that
 makes the act, so an act is logged exactly when it happens, and etcd deletes old
-entries on schedule.
+entries on schedule. Two acts are not transactions of Accord's (revoking a lease, a
+vote's decision): record() logs them right after.
 
 Refusals on authorization grounds are logged here too, but not by the refused call:
 auth.refusals writes them later, in batches, rate-limited per replica and outside every
@@ -24,8 +26,9 @@ import time
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import invalid
 from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.idempotency import Writes
 from accord.coordinator.substrate.keyspace import Keyspace
-from accord.coordinator.substrate.txn import Op, put, read
+from accord.coordinator.substrate.txn import Op, put, read, txn
 from accord.v1 import auth_pb2
 
 MAX_PAGE = 1000
@@ -56,6 +59,20 @@ def write(keys: Keyspace, logged: auth_pb2.AuditEntry, lease: int) -> Op:
     """The op that logs an entry, for the act's own transaction (lease: retention)."""
     key = keys.audit(logged.at.ToNanoseconds(), secrets.token_hex(4))
     return put(key, logged.SerializeToString(), lease=lease)
+
+
+def on_behalf(owner: str) -> bool:
+    """Whether the call being served acts, as an ADMIN, on what principal owner owns (an
+    act the audit log records); False with auth off."""
+    call = calls.current.get()
+    return bool(call.principal) and owner != call.principal
+
+
+async def record(writes: Writes, keys: Keyspace, logged: auth_pb2.AuditEntry) -> None:
+    """Log an act that etcd cannot make in a transaction with its entry (revoking a lease,
+    a decision written by the votes' own transaction): written right after the act, so a
+    replica dying between the two loses the entry, never the act."""
+    await writes.commit(lambda lease: txn(then=[write(keys, logged, lease)]), retained=True)
 
 
 async def page(

@@ -28,7 +28,7 @@ from google.rpc import status_pb2
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.fencing import Fencing
-from accord.coordinator.substrate import Substrate, calls, failpoints
+from accord.coordinator.substrate import Substrate, audit, calls, failpoints
 from accord.coordinator.substrate.errors import (
     AlreadyVoted,
     BackendUnavailable,
@@ -492,5 +492,10 @@ class VoteStore:
                 ns, snap, verdict, cancelled_by=agent, reason=reason
             )
             if decided is not None:
+                proposer = vote.proposed_by
+                if audit.on_behalf(proposer.principal) and agent != proposer.agent_id:
+                    what = f"proposed by {proposer.agent_id}" + (f": {reason}" if reason else "")
+                    logged = audit.entry("CancelVote", vote_id, what)
+                    await audit.record(self._s.writes, self._s.keys, logged)
                 return decided.revision, decided.vote.decision
         raise BackendUnavailable(f"vote {vote_id!r} kept changing while being cancelled")

@@ -3,7 +3,8 @@ session to the one that created it. Another writer of the namespace, calling ove
 stubs as an attacker would, cannot keep the lease alive, revoke it, hang keys, lock
 entries or presence on it, release the lock it holds, or delete the session
 (PERMISSION_DENIED naming the owner; etcd unchanged); it may still look. An ADMIN of the
-namespace may revoke the lease, and may cancel a vote it did not propose."""
+namespace may revoke the lease, cancel a vote it did not propose and delete the session,
+and each such act is in the audit log."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from accord.client import AccordError, PermissionDeniedError, Role
+from accord.client import AccordError, AsyncClient, PermissionDeniedError, Role
 from accord.client.errors import from_rpc_error
 from accord.v1 import kv_pb2, leases_pb2, locks_pb2, sessions_pb2, votes_pb2
-from tests.auth.conftest import AuthCluster, Mint, unique
+from tests.auth.conftest import ADMIN, AuthCluster, Mint, unique
 from tests.harness import Stubs, make_client
 
 
@@ -97,20 +98,34 @@ async def test_another_writer_cannot_use_or_end_my_lease(
         assert [h.agent_id for h in state.holders] == [alice]
 
 
-async def test_a_namespace_admin_may_revoke_a_lease_and_cancel_a_vote(
-    auth_cluster: AuthCluster, mint: Mint, namespace: str
+async def test_a_namespace_admin_may_revoke_a_lease_cancel_a_vote_and_delete_a_session(
+    auth_cluster: AuthCluster, mint: Mint, namespace: str, admin: AsyncClient
 ) -> None:
     alice, nadia = unique("alice"), unique("nadia")
     alice_token = await mint(alice, Role.WRITE, Role.PROPOSE)
     nadia_token = await mint(nadia, Role.ADMIN)
     async with make_client(auth_cluster.addresses, namespace, agent="", token=alice_token) as a:
-        lease = await a.leases.grant(ttl=30)
+        lease, own = await a.leases.grant(ttl=30), await a.leases.grant(ttl=30)
         vote = await a.votes.propose("ship?", ["yes", "no"], voters=[alice], voting_period=600)
+        await a.sessions.open("board")
         async with Stubs(auth_cluster.addresses[0]) as stubs:
-            admin = bearer(namespace, nadia_token)
-            await stubs.leases.Revoke(leases_pb2.RevokeRequest(lease_id=lease.id), metadata=admin)
+            theirs = bearer(namespace, nadia_token)
+            await stubs.leases.Revoke(leases_pb2.RevokeRequest(lease_id=lease.id), metadata=theirs)
             cancelled = await stubs.votes.Cancel(
-                votes_pb2.VotesCancelRequest(vote_id=vote.id, request_id="c1"), metadata=admin
+                votes_pb2.VotesCancelRequest(vote_id=vote.id, request_id="c1"), metadata=theirs
             )
             assert cancelled.decision.outcome == votes_pb2.OUTCOME_CANCELLED
+            deleted = await stubs.sessions.Delete(
+                sessions_pb2.SessionsDeleteRequest(name="board", request_id="d1"), metadata=theirs
+            )
+            assert deleted.deleted
         await lease.lost.wait()
+        await own.revoke()  # alice ending her own lease is no administrative act
+    # An ADMIN's acts on what others own are in the audit log; the owner's own are not.
+    logged = [e for e in await admin.auth.audit(200) if e.namespace == namespace]
+    acts = {(e.action, e.target, e.principal) for e in logged if e.principal != ADMIN}
+    assert acts == {
+        ("RevokeLease", str(lease.id), nadia),
+        ("CancelVote", vote.id, nadia),
+        ("DeleteSession", "board", nadia),
+    }
