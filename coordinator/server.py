@@ -195,6 +195,7 @@ class Replica:
                 leases,
                 auth=self.auth,
                 allowed_origins=settings.ws_allowed_origins,
+                refusals=self.refusals,
             )
             self.ws_port = await self.ws.start(settings.ws_listen, _ws_tls(settings.tls))
         self.vote_timers.start()
@@ -319,12 +320,17 @@ def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
 
 
 def _ws_tls(tls: ServerTls | None) -> ssl.SSLContext | None:
-    """wss:// for the y-websocket endpoint, with the gRPC port's certificate (browsers
-    present no client certificate: sockets authenticate with their token)."""
+    """wss:// for the y-websocket endpoint, with the gRPC port's certificate. With a client
+    CA, a client certificate it signed identifies a socket that brings no token; it is
+    optional there (browsers present none and authenticate with their token), and one
+    from another CA fails the handshake."""
     if tls is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert, tls.key)
+    if tls.client_ca is not None:
+        context.load_verify_locations(cafile=tls.client_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 

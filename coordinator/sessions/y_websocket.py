@@ -72,6 +72,7 @@ from websockets.typing import Origin, Subprotocol
 from accord.coordinator import logs
 from accord.coordinator.auth import roles, tokens
 from accord.coordinator.auth.cache import AuthCache
+from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.auth.streams import Revocation
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.sessions.catalog import SessionCatalog
@@ -183,6 +184,27 @@ def parse_token(path: str, subprotocol: str | None = None) -> str:
     return token
 
 
+def has_token(path: str, subprotocol: str | None) -> bool:
+    return bool(subprotocol) or "token" in parse_qs(urlsplit(path).query)
+
+
+def _certificate_name(socket: ServerConnection) -> str | None:
+    """The CN of the client certificate the TLS handshake verified (wss:// with a client
+    CA: certificates are optional there, since browsers present none)."""
+    cert = socket.transport.get_extra_info("peercert")
+    for rdn in (cert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
+
+
+def _peer(socket: ServerConnection) -> str:
+    """The socket's address, written as gRPC writes a peer's."""
+    host, port = socket.remote_address[:2]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
 def token_subprotocol(_: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     """Choose the offered subprotocol that is an Accord token (the handshake echoes it,
     as browsers require), if any; a client that offers none is not asked for one."""
@@ -212,14 +234,17 @@ class YWebsocketServer:
         *,
         auth: AuthCache | None = None,
         allowed_origins: tuple[str, ...] = (),
+        refusals: RefusalLog | None = None,
     ) -> None:
         """auth: the credentials every socket must present (None: auth off);
-        allowed_origins: the browser origins that may connect (none: no browser page)."""
+        allowed_origins: the browser origins that may connect (none: no browser page);
+        refusals: where sockets refused on authorization grounds are logged."""
         self._catalog = catalog
         self._sessions = sessions
         self._leases = leases
         self._auth = auth
         self._origins = allowed_origins
+        self._refusals = refusals
         self._server: Server | None = None
 
     async def start(self, listen: str, tls: ssl.SSLContext | None = None) -> int:
@@ -249,7 +274,9 @@ class YWebsocketServer:
             await self._server.wait_closed()
 
     async def _serve(self, socket: ServerConnection) -> None:
-        await _Connection(socket, self._catalog, self._sessions, self._leases, self._auth).run()
+        await _Connection(
+            socket, self._catalog, self._sessions, self._leases, self._auth, self._refusals
+        ).run()
 
 
 class _Connection:
@@ -260,9 +287,11 @@ class _Connection:
         sessions: SessionStore,
         leases: LeaseStore,
         auth: AuthCache | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self.socket = socket
         self.auth = auth
+        self.refusals = refusals
         self.may_write = True  # auth off, or a principal with WRITE in the namespace
         self.revocation: Revocation | None = None
         self.ending: asyncio.Task[None] | None = None  # closes the socket on revocation
@@ -294,8 +323,9 @@ class _Connection:
             )
             calls.current.set(call)
             if self.auth is not None:
-                token = parse_token(self.socket.request.path, self.socket.subprotocol)
-                await self._admit(call, token)
+                call = replace(call, peer=_peer(self.socket))
+                calls.current.set(call)  # a refusal is audited with the socket's address
+                await self._admit(call)
             await self.catalog.open(self.name, must_exist=not self.may_write, roots={})
             state_vector = await self._hello()
             relay = asyncio.create_task(self._guarded(self._relay(state_vector)))
@@ -314,11 +344,17 @@ class _Connection:
                 self.auth.forget(self.revocation)
             await self._release_lease()
 
-    async def _admit(self, call: calls.Call, token: str) -> None:
-        """Check the socket's token, agent and role as the interceptor does a call's, and
-        keep following them: the socket ends when they stop allowing it."""
-        assert self.auth is not None
-        verified = await self.auth.verify(tokens.parse(token))
+    async def _admit(self, call: calls.Call) -> None:
+        """Check the socket's token (or, without one, its verified client certificate),
+        agent and role as the interceptor does a call's, and keep following them: the
+        socket ends when they stop allowing it."""
+        assert self.auth is not None and self.socket.request is not None
+        certified = _certificate_name(self.socket)
+        path, offered = self.socket.request.path, self.socket.subprotocol
+        if certified is not None and not has_token(path, offered):
+            verified = await self.auth.verify_certificate(certified)
+        else:
+            verified = await self.auth.verify(tokens.parse(parse_token(path, offered)))
         principal = verified.principal
         self.agent = self.agent or roles.default_agent(principal)
         call = replace(
@@ -354,6 +390,8 @@ class _Connection:
         """Close the socket with the code and reason that fit why it ends."""
         if isinstance(exc, ConnectionClosed):
             return
+        if self.refusals is not None and isinstance(exc, Unauthenticated | PermissionDenied):
+            self.refusals.note(calls.current.get(), WS_CONNECT, exc)
         if isinstance(exc, Refused):
             code, reason = exc.code, exc.reason
         elif isinstance(exc, Unauthenticated):

@@ -1,12 +1,17 @@
 """Calls refused on authorization grounds are in the audit log (who they claimed to be,
 from where, which method, why), written a moment after the refusal by the replica that
 refused; a flood of refusals costs a bounded number of entries, the rest counted in a
-summary entry. Nothing of what the refused calls asked for is written."""
+summary entry. Sockets refused by the y-websocket port are logged the same way. Nothing
+of what the refused calls asked for is written."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from accord.client import (
     AsyncClient,
@@ -106,3 +111,23 @@ async def test_a_flood_of_refusals_writes_a_bounded_number_of_entries(
     assert any(e.target == "*" for e in entries)  # the rest were counted, not dropped
     assert all(e.agent_id == "mallory" and "bad" not in e.detail for e in ours)
     assert auth_cluster.stored(namespace) == before
+
+
+async def test_a_refused_y_websocket_socket_is_audited(
+    auth_cluster: AuthCluster, admin: AsyncClient, namespace: str
+) -> None:
+    started = time.time_ns()
+    address = f"{auth_cluster.replicas[1].ws_url}/{namespace}/doc?agent=mallory&token=garbage"
+    socket = await connect(address, open_timeout=10)
+    with pytest.raises(ConnectionClosed):
+        async with asyncio.timeout(10):
+            while True:
+                await socket.recv()
+
+    async def logged() -> list[AuditEntry]:
+        return [e for e in await refusals_since(admin, started) if e.namespace == namespace]
+
+    [entry] = await until(logged, lambda found: len(found) == 1, "the socket's refusal", 10)
+    assert (entry.target, entry.agent_id) == ("y-websocket connect", "mallory")
+    assert entry.detail.startswith("UNAUTHENTICATED") and "garbage" not in entry.detail
+    assert entry.peer.startswith("ipv4:127.0.0.1:")

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidMessage
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 
 from accord.client import (
     AsyncClient,
@@ -130,3 +130,41 @@ async def test_the_y_websocket_port_speaks_tls_too(tls_replica: TlsReplica, name
     await socket.close()
     with pytest.raises((InvalidMessage, ConnectionError, OSError)):
         await connect(f"ws://{path}", open_timeout=5)
+
+
+def wss_trusting(tls: TlsReplica, cert: Issued | None) -> ssl.SSLContext:
+    """A wss:// client context that trusts the replica, presenting cert if given."""
+    context = ssl.create_default_context(cafile=str(tls.ca.cert))
+    if cert is not None:
+        context.load_cert_chain(cert.cert, cert.key)
+    return context
+
+
+async def test_a_client_certificate_identifies_a_y_websocket_socket(
+    tls_replica: TlsReplica, namespace: str
+) -> None:
+    """On wss:// a client certificate the client CA signed names the socket's principal
+    when it brings no token; without a principal behind it the socket is closed 4401, and
+    a certificate from another CA fails the handshake."""
+    async with client(tls_replica, namespace, tls_replica.stranger, tls_replica.admin_token) as ops:
+        await ops.auth.create_token(WRITER)  # makes the principal; the token goes unused
+        await ops.auth.grant(WRITER, Role.WRITE)
+    address = f"wss://127.0.0.1:{tls_replica.replica.ws_port}/{namespace}/doc"
+    socket = await connect(address, ssl=wss_trusting(tls_replica, tls_replica.writer))
+    await socket.send(b"\x00\x00\x01\x00")  # sync step 1: answered with step 2
+    assert (await asyncio.wait_for(socket.recv(), 10))[:2] == b"\x00\x01"
+    await socket.close()
+
+    nobody = await connect(address, ssl=wss_trusting(tls_replica, tls_replica.stranger))
+    with pytest.raises(ConnectionClosed) as closed:
+        async with asyncio.timeout(10):
+            while True:
+                await nobody.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert "stranger" in closed.value.rcvd.reason
+
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError, InvalidMessage)):
+        foreign = await connect(
+            address, ssl=wss_trusting(tls_replica, tls_replica.impostor), open_timeout=5
+        )
+        await foreign.recv()  # TLS 1.3: the server's refusal may arrive after the handshake
