@@ -16,8 +16,12 @@
 # (deploy/bootstrap-admin.sh) and keeps its token in DIR/admin.token (mode 0600), and
 # endpoints.env then also names ACCORD_AUTH and ACCORD_ADMIN_TOKEN_FILE.
 #
-# Environment: ACCORD_BASE_PORT, ACCORD_AUTH (off|required), ACCORD_PYTHON (default
-# python3), ETCD_BIN / ETCDCTL_BIN (default: found on PATH).
+# TLS: ACCORD_TLS=on serves gRPC and y-websocket (wss://) over TLS with a certificate
+# for 127.0.0.1 signed by a CA made once in DIR/tls (openssl); endpoints.env then names
+# ACCORD_TLS_CA, which clients and the admin commands trust.
+#
+# Environment: ACCORD_BASE_PORT, ACCORD_AUTH (off|required), ACCORD_TLS (off|on),
+# ACCORD_PYTHON (default python3), ETCD_BIN / ETCDCTL_BIN (default: found on PATH).
 set -euo pipefail
 
 readonly MEMBERS=(0 1 2)
@@ -51,6 +55,9 @@ AUTH=${ACCORD_AUTH:-off}
 [[ $AUTH == off || $AUTH == required ]] || die "ACCORD_AUTH=$AUTH: need off or required"
 readonly AUTH
 readonly TOKEN_FILE="$DIR/admin.token"
+TLS=${ACCORD_TLS:-off}
+[[ $TLS == off || $TLS == on ]] || die "ACCORD_TLS=$TLS: need off or on"
+readonly TLS TLS_DIR="$DIR/tls"
 readonly HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 client_port() { echo $((BASE + 10 * $1)); }
@@ -251,13 +258,18 @@ cmd_up() {
       "to require tokens: ACCORD_AUTH=required $0 up DIR" >&2
   fi
 
+  local tls_args=()
+  if [[ $TLS == on ]]; then
+    make_certificates
+    tls_args=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key")
+  fi
   for j in "${REPLICAS[@]}"; do
     spawn "coordinator-$j" "$PYTHON" -m accord.coordinator serve \
       --listen "127.0.0.1:$(coordinator_port "$j")" \
       --ws-listen "127.0.0.1:$(ws_port "$j")" \
       --etcd "$(etcd_endpoints)" \
       --replica "coordinator-$j" \
-      --auth "$AUTH"
+      --auth "$AUTH" "${tls_args[@]}"
   done
 
   echo "waiting for coordinators at $(coordinator_addrs) ..."
@@ -279,10 +291,31 @@ cmd_up() {
     if [[ $AUTH == required ]]; then
       printf 'ACCORD_AUTH=required\nACCORD_ADMIN_TOKEN_FILE=%s\n' "$TOKEN_FILE"
     fi
+    if [[ $TLS == on ]]; then
+      printf 'ACCORD_TLS_CA=%s\n' "$TLS_DIR/ca.pem"
+    fi
   } >"$DIR/endpoints.env.tmp"
   mv "$DIR/endpoints.env.tmp" "$DIR/endpoints.env"
   trap - ERR INT TERM
   echo "up: etcd $(etcd_endpoints); coordinators $(coordinator_addrs); env in $DIR/endpoints.env"
+}
+
+# A CA and a server certificate for 127.0.0.1/localhost, made once (kept across `up`).
+make_certificates() {
+  [[ -f $TLS_DIR/server.pem ]] && return 0
+  command -v openssl >/dev/null || die "ACCORD_TLS=on needs openssl"
+  mkdir -p "$TLS_DIR" && chmod 700 "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=accord-local-ca" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 365 \
+      -extfile server.ext -out server.pem 2>/dev/null
+    rm -f server.csr server.ext
+  )
 }
 
 cmd_down() {
