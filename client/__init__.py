@@ -56,7 +56,7 @@ from accord.client.kv import (
     WatchEvent,
     WriteResult,
 )
-from accord.client.leases import AsyncLeases, Lease, LeaseInfo
+from accord.client.leases import AsyncLeases, Lease, LeaseInfo, LeasesPage
 from accord.client.locks import (
     AsyncLocks,
     Deadlock,
@@ -163,6 +163,7 @@ __all__ = [
     "LeaseInfo",
     "LeaseNotFoundError",
     "Leases",
+    "LeasesPage",
     "LockConflictError",
     "LockEntry",
     "LockMode",

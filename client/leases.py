@@ -51,6 +51,15 @@ class LeaseInfo:
         )
 
 
+@dataclass(frozen=True)
+class LeasesPage:
+    leases: list[LeaseInfo]
+    # Empty on the last page.
+    next_page_token: str
+    # True when the namespace had too many lock entries to report each lease's locks.
+    locks_omitted: bool
+
+
 class Lease:
     """A granted lease, kept alive in the background until revoked or lost."""
 
@@ -185,6 +194,26 @@ class AsyncLeases:
         return LeaseInfo._from(response.lease)
 
     async def list(self, *, timeout: float | None = None) -> list[LeaseInfo]:
-        request = leases_pb2.LeasesListRequest()
+        """Every live lease in the namespace, one page after another (timeout: per page);
+        `ttl` is 0 (time_to_live reports it)."""
+        out: list[LeaseInfo] = []
+        token = ""
+        while True:
+            page = await self.list_page(limit=250, page_token=token, timeout=timeout)
+            out.extend(page.leases)
+            if not page.next_page_token:
+                return out
+            token = page.next_page_token
+
+    async def list_page(
+        self, *, limit: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> LeasesPage:
+        """One page of leases in id order (limit 0: 100, at most 1000); pass
+        next_page_token for the next. Pages of one listing read the same revision."""
+        request = leases_pb2.LeasesListRequest(limit=limit, page_token=page_token)
         response = await self._t.unary(calls.LEASES_LIST, request, timeout=timeout)
-        return [LeaseInfo._from(lease) for lease in response.leases]
+        return LeasesPage(
+            [LeaseInfo._from(lease) for lease in response.leases],
+            response.next_page_token,
+            response.locks_omitted,
+        )

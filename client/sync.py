@@ -38,7 +38,7 @@ from accord.client.kv import (
     _Fencing,
     _HasId,
 )
-from accord.client.leases import AsyncLeases, Lease, LeaseInfo
+from accord.client.leases import AsyncLeases, Lease, LeaseInfo, LeasesPage
 from accord.client.locks import (
     DEFAULT_WAIT_SECONDS,
     AsyncLocks,
@@ -427,7 +427,18 @@ class Leases(Blocking[AsyncLeases]):
         return self._loop.run(self._async.time_to_live(lease_id, timeout=timeout))
 
     def list(self, *, timeout: float | None = None) -> list[LeaseInfo]:
+        """Every live lease in the namespace, one page after another (timeout: per page);
+        `ttl` is 0 (time_to_live reports it)."""
         return self._loop.run(self._async.list(timeout=timeout))
+
+    def list_page(
+        self, *, limit: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> LeasesPage:
+        """One page of leases in id order (limit 0: 100, at most 1000); pass
+        next_page_token for the next. Pages of one listing read the same revision."""
+        return self._loop.run(
+            self._async.list_page(limit=limit, page_token=page_token, timeout=timeout)
+        )
 
 
 class Locks(Blocking[AsyncLocks]):

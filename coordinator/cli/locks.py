@@ -228,19 +228,22 @@ def leases_ls(
     agent: AgentOpt = AGENT,
     token: TokenOpt = "",
 ) -> None:
-    """Every live lease: agent, TTL left of the granted TTL, labels, locks."""
+    """Every live lease: agent, granted TTL, labels, locks (TTL left: `accord locks show`
+    or Leases.TimeToLive; listing does not ask etcd per lease)."""
     leases = call(addr, namespace, agent, lambda c: c.leases.list(), token)
     rows = [
         (
             lease.id,
             lease.agent_id,
-            f"{lease.ttl}s / {lease.granted_ttl}s",
+            f"{lease.granted_ttl}s",
             ",".join(f"{k}={v}" for k, v in sorted(lease.labels.items())),
             "\n".join(lease.locks),
         )
         for lease in leases
     ]
-    table = table_of(f"leases in {namespace}", ["ID", "AGENT", "TTL", "LABELS", "LOCKS"], rows)
+    table = table_of(
+        f"leases in {namespace}", ["ID", "AGENT", "GRANTED TTL", "LABELS", "LOCKS"], rows
+    )
     emit(output, [as_dict(_lease_proto(lease)) for lease in leases], table)
 
 

@@ -61,8 +61,10 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
     async def List(
         self, request: leases_pb2.LeasesListRequest, context: Context
     ) -> leases_pb2.LeasesListResponse:
-        leases = []
-        for info, keys in await self._leases.list():
-            info.locks.extend(self._locks.names_from_keys(calls.current.get().namespace, keys))
-            leases.append(info)
-        return leases_pb2.LeasesListResponse(header=self._header(), leases=leases)
+        page = await self._leases.list_page(request.limit, request.page_token)
+        return leases_pb2.LeasesListResponse(
+            header=self._header(page.revision),
+            leases=page.leases,
+            next_page_token=page.next_page_token,
+            locks_omitted=page.locks_omitted,
+        )

@@ -23,17 +23,25 @@ Labels (auth required): a lease may carry only the labels an admin granted its
 principal in the namespace (`accord auth label grant`), so a label electorate cannot be
 packed with invented agents.
 
+Listing: List pages through the lease records in id order (at most 1,000 a page), each
+page one etcd range plus one keys-only range of the namespace's lock entries (at most
+MAX_LOCK_ENTRIES_SCANNED; past that a page says locks_omitted), every page at the first
+page's revision. It never asks etcd per lease, so it reports the granted TTL, not the
+TTL left (TimeToLive does, with one LeaseTimeToLive call).
+
 Error handling: a lease that does not exist in the namespace is LeaseNotFound; one that
 another principal owns is PermissionDenied naming the owner (metadata "owner"); a label
-not granted is PermissionDenied naming it (metadata "labels").
+not granted is PermissionDenied naming it (metadata "labels"); a List limit out of range
+or a page token this service did not issue is InvalidArgument.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +61,11 @@ MIN_TTL_SECONDS = 2
 MAX_TTL_SECONDS = 3600
 MAX_LABELS = 16
 MAX_LABEL_BYTES = 256
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+# A List page reports locks from one keys-only read of this many lock entries at most.
+MAX_LOCK_ENTRIES_SCANNED = 10_000
+INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,16 +258,103 @@ class LeaseStore:
             )
         return _info(lease_id, lease.record, ttl.TTL), list(ttl.keys)
 
-    async def list(self) -> list[tuple[leases_pb2.LeaseInfo, list[bytes]]]:
+    async def records(self) -> list[leases_pb2.LeaseInfo]:
+        """Every live lease of the namespace from its record (ttl_seconds 0, no locks):
+        one etcd range, for label electorates."""
         prefix = self._s.keys.leases_prefix(calls.current.get().namespace)
         response = await self._s.etcd.range(read(prefix, prefix=True))
-        leases = [(kv.lease, records_pb2.LeaseRecord.FromString(kv.value)) for kv in response.kvs]
-        ttls = await asyncio.gather(*(self._s.etcd.lease_time_to_live(lid) for lid, _ in leases))
         return [
-            (_info(lid, record, ttl.TTL), list(ttl.keys))
-            for (lid, record), ttl in zip(leases, ttls, strict=True)
-            if ttl.TTL >= 0
+            _info(kv.lease, records_pb2.LeaseRecord.FromString(kv.value), 0) for kv in response.kvs
         ]
+
+    async def list_page(self, limit: int, page_token: str) -> LeasePage:
+        """A page of the namespace's leases in id order, from their records: one etcd range
+        for the page and one keys-only range of the namespace's lock entries (at most
+        MAX_LOCK_ENTRIES_SCANNED), both at the listing's first revision. No etcd call per
+        lease: the remaining TTL is left 0 (TimeToLive reports it)."""
+        violations = []
+        if not 0 <= limit <= MAX_LIST_LIMIT:
+            violations.append(FieldViolation("limit", f"must be between 0 and {MAX_LIST_LIMIT}"))
+        cursor = LeaseCursor.decode(page_token) if page_token else None
+        if page_token and cursor is None:
+            violations.append(FieldViolation("page_token", "is not a token this service issued"))
+        if violations:
+            raise InvalidArgument(violations)
+        ns = calls.current.get().namespace
+        request = read(self._s.keys.leases_prefix(ns), prefix=True)
+        if cursor is not None:
+            request.key = self._s.keys.lease(ns, cursor.after_id) + b"\x00"
+            request.revision = cursor.revision
+        request.limit = limit or DEFAULT_LIST_LIMIT
+        response = await self._s.etcd.range(request)
+        revision = cursor.revision if cursor else response.header.revision
+        leases = [
+            _info(kv.lease, records_pb2.LeaseRecord.FromString(kv.value), 0) for kv in response.kvs
+        ]
+        locks_omitted = False
+        if leases:
+            entries = read(self._s.keys.locks_prefix(ns), prefix=True, keys_only=True)
+            entries.revision = revision
+            entries.limit = MAX_LOCK_ENTRIES_SCANNED
+            scanned = await self._s.etcd.range(entries)
+            locks_omitted = scanned.more
+            if not locks_omitted:
+                _add_locks(leases, self._s.keys.parse_lock_entry, ns, scanned.kvs)
+        token = ""
+        if response.more and leases:
+            token = LeaseCursor(revision, leases[-1].id).encode()
+        return LeasePage(revision, leases, token, locks_omitted)
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePage:
+    revision: int
+    leases: list[leases_pb2.LeaseInfo]
+    next_page_token: str
+    locks_omitted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCursor:
+    """Where a List page ended: the revision every page reads, the last lease id."""
+
+    revision: int
+    after_id: int
+
+    def encode(self) -> str:
+        raw = f"{self.revision}:{self.after_id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @staticmethod
+    def decode(token: str) -> LeaseCursor | None:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            revision, after_id = raw.split(":")
+            cursor = LeaseCursor(int(revision), int(after_id))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not (0 < cursor.revision <= INT64_MAX and 0 < cursor.after_id <= INT64_MAX):
+            return None  # etcd's revisions and lease ids are int64
+        return cursor
+
+
+def _add_locks(
+    leases: list[leases_pb2.LeaseInfo],
+    parse: Callable[[str, bytes], tuple[str, int] | None],
+    namespace: str,
+    entries: Sequence[Any],
+) -> None:
+    """Each lease's locks, from the lock entries' keys (an entry ends with its lease id)."""
+    by_id = {info.id: set[str]() for info in leases}
+    for entry in entries:
+        try:
+            parsed = parse(namespace, entry.key)
+        except ValueError:
+            continue  # not a lock entry
+        if parsed is not None and parsed[1] in by_id:
+            by_id[parsed[1]].add(parsed[0])
+    for info in leases:
+        info.locks.extend(sorted(by_id[info.id]))
 
 
 def _info(lease_id: int, record: records_pb2.LeaseRecord, ttl: int) -> leases_pb2.LeaseInfo:

@@ -166,7 +166,7 @@ class VoteStore:
 
     async def _by_labels(self, selector: dict[str, str]) -> list[votes_pb2.Voter]:
         namespace = calls.current.get().namespace
-        leases = [info for info, _ in await self._leases.list()]
+        leases = await self._leases.records()
         voters = label_voters(leases, selector, namespace, self._granted_labels)
         if not voters:
             raise InvalidArgument(

@@ -264,11 +264,11 @@ async def test_leases_ls(scene: Scene) -> None:
     assert info["labels"] == {"role": "reviewer"}
     assert info["locks"] == ["review/42"]
     assert int(info["granted_ttl_seconds"]) == 10
-    assert 0 < int(info["ttl_seconds"]) <= 10
+    assert int(info.get("ttl_seconds", 0)) == 0  # listing asks etcd nothing per lease
 
     table = await scene.table("leases", "ls")
     row = next(line for line in table.splitlines() if str(lease.id) in line)
-    for text in ("alice", "/ 10s", "role=reviewer", "review/42"):
+    for text in ("alice", "10s", "role=reviewer", "review/42"):
         assert text in row, table
 
 

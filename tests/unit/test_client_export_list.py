@@ -10,6 +10,7 @@ EXPECTED_CLIENT_EXPORTS = {
     "Grant",
     "Lease",
     "LeaseInfo",
+    "LeasesPage",
     "LeaseNotFoundError",
     "LockConflictError",
     "LockMode",

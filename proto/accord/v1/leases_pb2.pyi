@@ -56,7 +56,9 @@ class LeaseInfo(_message.Message):
     agent_id: _builtins.str
     granted_ttl_seconds: _builtins.int
     ttl_seconds: _builtins.int
-    """Seconds left (etcd's view; a minimum, not a deadline)."""
+    """Seconds left (etcd's view; a minimum, not a deadline). 0 in List, which does not ask
+    etcd per lease: TimeToLive reports it.
+    """
     principal: _builtins.str
     """The authenticated principal that granted it (empty: granted with auth off)."""
     @_builtins.property
@@ -330,12 +332,21 @@ Global___TimeToLiveResponse: _TypeAlias = TimeToLiveResponse  # noqa: Y015
 class LeasesListRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Page size; 0 means 100, at most 1000."""
+    page_token: _builtins.str
+    """From a previous LeasesListResponse.next_page_token; pins that listing's revision."""
     def __init__(
         self,
+        *,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -347,6 +358,14 @@ class LeasesListResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     LEASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LOCKS_OMITTED_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    locks_omitted: _builtins.bool
+    """The namespace has more lock entries than one page may scan (10,000): LeaseInfo.locks
+    is left empty on this page; TimeToLive reports a lease's locks.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
@@ -356,10 +375,12 @@ class LeasesListResponse(_message.Message):
         *,
         header: _common_pb2.ResponseHeader | None = ...,
         leases: _abc.Iterable[Global___LeaseInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+        locks_omitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "leases", b"leases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "leases", b"leases", "locks_omitted", b"locks_omitted", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

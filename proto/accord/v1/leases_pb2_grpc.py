@@ -113,7 +113,10 @@ class LeasesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Every live lease in the namespace.
+        """The live leases in the namespace, in id order, a page at a time, from the lease
+        records alone: one etcd range per page plus one keys-only range of the namespace's
+        lock entries, never one etcd call per lease. ttl_seconds is left 0 here (TimeToLive
+        reports it); every page of one listing reads the same revision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,7 +50,11 @@ class LeasesStub:
     TimeToLive: _grpc.UnaryUnaryMultiCallable[_leases_pb2.TimeToLiveRequest, _leases_pb2.TimeToLiveResponse]
     """Time left, and what is attached."""
     List: _grpc.UnaryUnaryMultiCallable[_leases_pb2.LeasesListRequest, _leases_pb2.LeasesListResponse]
-    """Every live lease in the namespace."""
+    """The live leases in the namespace, in id order, a page at a time, from the lease
+    records alone: one etcd range per page plus one keys-only range of the namespace's
+    lock entries, never one etcd call per lease. ttl_seconds is left 0 here (TimeToLive
+    reports it); every page of one listing reads the same revision.
+    """
 
 @_typing.type_check_only
 class LeasesAsyncStub(LeasesStub):
@@ -74,7 +78,11 @@ class LeasesAsyncStub(LeasesStub):
     TimeToLive: _aio.UnaryUnaryMultiCallable[_leases_pb2.TimeToLiveRequest, _leases_pb2.TimeToLiveResponse]  # type: ignore[assignment]
     """Time left, and what is attached."""
     List: _aio.UnaryUnaryMultiCallable[_leases_pb2.LeasesListRequest, _leases_pb2.LeasesListResponse]  # type: ignore[assignment]
-    """Every live lease in the namespace."""
+    """The live leases in the namespace, in id order, a page at a time, from the lease
+    records alone: one etcd range per page plus one keys-only range of the namespace's
+    lock entries, never one etcd call per lease. ttl_seconds is left 0 here (TimeToLive
+    reports it); every page of one listing reads the same revision.
+    """
 
 class LeasesServicer(metaclass=_abc_1.ABCMeta):
     """An agent's liveness. Everything an agent holds (locks, semaphore permits, ephemeral
@@ -131,6 +139,10 @@ class LeasesServicer(metaclass=_abc_1.ABCMeta):
         request: _leases_pb2.LeasesListRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leases_pb2.LeasesListResponse, _abc.Awaitable[_leases_pb2.LeasesListResponse]]:
-        """Every live lease in the namespace."""
+        """The live leases in the namespace, in id order, a page at a time, from the lease
+        records alone: one etcd range per page plus one keys-only range of the namespace's
+        lock entries, never one etcd call per lease. ttl_seconds is left 0 here (TimeToLive
+        reports it); every page of one listing reads the same revision.
+        """
 
 def add_LeasesServicer_to_server(servicer: LeasesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
