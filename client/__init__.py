@@ -33,6 +33,7 @@ from accord.client.errors import (
     NotHeldError,
     NotPermittedError,
     PermissionDeniedError,
+    QuotaExceededError,
     RequestIdReusedError,
     UnauthenticatedError,
     UnavailableError,
@@ -68,6 +69,7 @@ from accord.client.locks import (
     LockState,
     WaitEdge,
 )
+from accord.client.quotas import AsyncQuotas, QuotaLimits, QuotaStatus, QuotaUsage
 from accord.client.retry import RetryPolicy
 from accord.client.sessions import (
     ApplyResult,
@@ -92,6 +94,7 @@ from accord.client.sync import (
     Client,
     Leases,
     Locks,
+    Quotas,
     Sessions,
     Votes,
 )
@@ -124,6 +127,7 @@ __all__ = [
     "AsyncKV",
     "AsyncLeases",
     "AsyncLocks",
+    "AsyncQuotas",
     "AsyncSessions",
     "AsyncVotes",
     "AuditEntry",
@@ -185,6 +189,11 @@ __all__ = [
     "Principal",
     "Provenance",
     "Put",
+    "QuotaExceededError",
+    "QuotaLimits",
+    "QuotaStatus",
+    "QuotaUsage",
+    "Quotas",
     "RequestIdReusedError",
     "RetryPolicy",
     "Role",

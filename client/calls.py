@@ -21,6 +21,7 @@ from accord.v1 import (
     kv_pb2_grpc,
     leases_pb2_grpc,
     locks_pb2_grpc,
+    quotas_pb2_grpc,
     sessions_pb2_grpc,
     votes_pb2_grpc,
 )
@@ -39,6 +40,7 @@ class Stubs:
         self.sessions = sessions_pb2_grpc.SessionsStub(channel)
         self.votes = votes_pb2_grpc.VotesStub(channel)
         self.auth = auth_pb2_grpc.AuthStub(channel)
+        self.quotas = quotas_pb2_grpc.QuotasStub(channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +116,7 @@ AUTH_REVOKE_ROLE = Unary(lambda s: s.auth.RevokeRole)
 AUTH_LIST_AUDIT = Unary(lambda s: s.auth.ListAudit)
 AUTH_GRANT_LABEL = Unary(lambda s: s.auth.GrantLabel)
 AUTH_REVOKE_LABEL = Unary(lambda s: s.auth.RevokeLabel)
+
+# accord.v1.Quotas
+QUOTAS_GET = Unary(lambda s: s.quotas.Get)
+QUOTAS_SET = Unary(lambda s: s.quotas.Set)

@@ -16,6 +16,7 @@ from accord.client.auth import AsyncAuth
 from accord.client.kv import AsyncKV
 from accord.client.leases import AsyncLeases
 from accord.client.locks import AsyncLocks
+from accord.client.quotas import AsyncQuotas
 from accord.client.retry import RetryPolicy
 from accord.client.sessions import AsyncSessions, RootKind
 from accord.client.transport import Transport
@@ -50,6 +51,7 @@ class AsyncClient:
     kv: AsyncKV
     leases: AsyncLeases
     locks: AsyncLocks
+    quotas: AsyncQuotas
     sessions: AsyncSessions
     votes: AsyncVotes
 
@@ -81,6 +83,7 @@ class AsyncClient:
         self.kv = AsyncKV(self._transport)
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)
+        self.quotas = AsyncQuotas(self._transport)
         self.sessions = AsyncSessions(self._transport)
         self.votes = AsyncVotes(self._transport)
 

@@ -227,6 +227,37 @@ class PermissionDeniedError(AccordError):
         return listed.split(",") if listed else []
 
 
+class QuotaExceededError(AccordError):
+    """A namespace quota or request rate refused the call before it ran: nothing was
+    written. `limit` names the quota (e.g. "keys", "requests_per_second"), `subject`
+    what it applies to ("namespace:NS" or "agent:NS/ID"), and `retry_after` says when to
+    come back (seconds; the client already waited that long when it could retry)."""
+
+    REASON = common_pb2.ERROR_REASON_QUOTA_EXCEEDED
+
+    @property
+    def limit(self) -> str:
+        return self.metadata.get("limit", "")
+
+    @property
+    def subject(self) -> str:
+        return self.metadata.get("subject", "")
+
+    @property
+    def retry_after(self) -> float | None:
+        return retry_after(self)
+
+
+def retry_after(error: AccordError) -> float | None:
+    """The server's google.rpc.RetryInfo on an error: seconds to wait before trying
+    again (None: the server said nothing)."""
+    for d in error.details:
+        if isinstance(d, error_details_pb2.RetryInfo):
+            nanoseconds: int = d.retry_delay.ToNanoseconds()
+            return nanoseconds / 1e9
+    return None
+
+
 def _with_reasons(cls: type[AccordError]) -> list[type[AccordError]]:
     below = [c for sub in cls.__subclasses__() for c in _with_reasons(sub)]
     return [cls, *below] if cls.REASON is not None else below
@@ -250,6 +281,8 @@ _BY_CODE: dict[grpc.StatusCode, type[AccordError]] = {
 _DETAIL_TYPES = [
     error_details_pb2.ErrorInfo,
     error_details_pb2.BadRequest,
+    error_details_pb2.RetryInfo,
+    error_details_pb2.QuotaFailure,
     kv_pb2.ConditionFailure,
     common_pb2.CompactedFailure,
     common_pb2.FenceFailure,

@@ -50,6 +50,7 @@ from accord.client.locks import (
     LockState,
     WaitEdge,
 )
+from accord.client.quotas import AsyncQuotas, QuotaLimits, QuotaStatus
 from accord.client.retry import RetryPolicy
 from accord.client.sessions import (
     ApplyResult,
@@ -83,6 +84,7 @@ class Client(Blocking[AsyncClient]):
     kv: KV
     leases: Leases
     locks: Locks
+    quotas: Quotas
     sessions: Sessions
     votes: Votes
 
@@ -118,6 +120,7 @@ class Client(Blocking[AsyncClient]):
         self.kv = KV(self._loop, self._async.kv)
         self.leases = Leases(self._loop, self._async.leases)
         self.locks = Locks(self._loop, self._async.locks)
+        self.quotas = Quotas(self._loop, self._async.quotas)
         self.sessions = Sessions(self._loop, self._async.sessions)
         self.votes = Votes(self._loop, self._async.votes)
 
@@ -576,6 +579,56 @@ class Locks(Blocking[AsyncLocks]):
         """Resolved deadlocks, newest first: up to limit of them, after the page whose
         next_page_token is page_token."""
         return self._loop.run(self._async.deadlocks(limit, page_token=page_token, timeout=timeout))
+
+
+class Quotas(Blocking[AsyncQuotas]):
+    """Blocking twin of `accord.client.quotas.AsyncQuotas`."""
+
+    def get(self, *, timeout: float | None = None) -> QuotaStatus:
+        """The namespace's limits in force, its stored overrides, and its usage."""
+        return self._loop.run(self._async.get(timeout=timeout))
+
+    def set(
+        self,
+        *,
+        keys: int | None = None,
+        bytes: int | None = None,
+        leases: int | None = None,
+        sessions: int | None = None,
+        session_bytes: int | None = None,
+        votes_open: int | None = None,
+        streams: int | None = None,
+        requests_per_second: float | None = None,
+        agent_requests_per_second: float | None = None,
+        burst_seconds: float | None = None,
+        clear: bool = False,
+        timeout: float | None = None,
+    ) -> QuotaLimits:
+        """Override the given limits for the namespace (None: keep); the overrides now
+        stored. Needs a cluster admin."""
+        return self._loop.run(
+            self._async.set(
+                keys=keys,
+                bytes=bytes,
+                leases=leases,
+                sessions=sessions,
+                session_bytes=session_bytes,
+                votes_open=votes_open,
+                streams=streams,
+                requests_per_second=requests_per_second,
+                agent_requests_per_second=agent_requests_per_second,
+                burst_seconds=burst_seconds,
+                clear=clear,
+                timeout=timeout,
+            )
+        )
+
+    def set_limits(
+        self, limits: QuotaLimits, *, clear: bool = False, timeout: float | None = None
+    ) -> QuotaLimits:
+        """Override the limits set in limits (a QuotaLimits message); the overrides now
+        stored. Needs a cluster admin."""
+        return self._loop.run(self._async.set_limits(limits, clear=clear, timeout=timeout))
 
 
 class Sessions(Blocking[AsyncSessions]):

@@ -4,18 +4,30 @@ One channel per replica address, used in turn: when a replica stops answering, c
 move on to the next. Only calls declared safe to repeat (`accord.client.calls`) are
 retried; every call has a deadline and carries the agent's identity metadata and, when
 the client has one, its token (`authorization: Bearer <token>`).
+
+Pushback: a refusal carrying google.rpc.RetryInfo (a quota or rate refused the call before
+it ran, so any call may be sent again) is retried after at least the delay the server
+asked for, plus up to a tenth more to spread a fleet, spending the retry budget like any
+retry; when the caller's deadline would pass before then, or the budget or attempts are
+spent, the typed error (QuotaExceededError) is raised at once instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import grpc
 
 from accord.client.calls import BidiStream, Req, Resp, ServerStream, Stubs, Unary
-from accord.client.errors import DeadlineExceededError, from_rpc_error
+from accord.client.errors import (
+    DeadlineExceededError,
+    QuotaExceededError,
+    from_rpc_error,
+    retry_after,
+)
 from accord.client.retry import RetryBudget, RetryPolicy
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
@@ -100,10 +112,17 @@ class Transport:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     self.failover(index)
                 error = from_rpc_error(exc)
-                if not (call.safe and exc.code() in _RETRYABLE):
+                pushback = retry_after(error)
+                # A quota refused the call before it ran: any call may go again.
+                refused = isinstance(error, QuotaExceededError)
+                if not (refused or (call.safe and (exc.code() in _RETRYABLE or pushback))):
                     raise error from exc
                 attempt += 1
-                pause = self.retry.backoff(attempt)
+                pause = (
+                    self.retry.backoff(attempt)
+                    if pushback is None
+                    else pushback * random.uniform(1.0, 1.1)  # at least what was asked
+                )
                 if (
                     attempt >= self.retry.max_attempts
                     or deadline - time.monotonic() <= pause

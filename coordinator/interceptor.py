@@ -33,6 +33,7 @@ from accord.coordinator import decoding, logs
 from accord.coordinator.auth import roles, streams, tokens
 from accord.coordinator.auth.cache import AuthCache, Verified
 from accord.coordinator.auth.refusals import RefusalLog
+from accord.coordinator.quotas.admission import Admission
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import AccordError, Internal, Unauthenticated
 from accord.v1 import records_pb2
@@ -52,14 +53,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         *,
         client_certificates: bool = False,
         refusals: RefusalLog | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """auth: the credentials to check every call against; None: auth is off.
         client_certificates: the port requires them (mutual TLS), so a call without a
         token may be identified by its certificate. refusals: where calls refused on
-        authorization grounds are logged (the audit log)."""
+        authorization grounds are logged (the audit log). admission: the namespace
+        quotas (None: no quotas)."""
         self._auth = auth
         self._client_certificates = client_certificates
         self._refusals = refusals
+        self._admission = admission
         # Wrapped once per method, not once per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -84,7 +88,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        gate = _Gate(method, self._auth, self._client_certificates, self._refusals)
+        gate = _Gate(method, self._auth, self._client_certificates, self._refusals, self._admission)
         decode = decoding.tolerant(method, handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -111,7 +115,7 @@ class _Gate:
     """Who may call one method: its name, what it needs, and the credentials (None: auth
     off)."""
 
-    __slots__ = ("auth", "certificates", "method", "need", "refusals")
+    __slots__ = ("admission", "auth", "certificates", "method", "need", "refusals", "rule")
 
     def __init__(
         self,
@@ -119,12 +123,15 @@ class _Gate:
         auth: AuthCache | None,
         certificates: bool,
         refusals: RefusalLog | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.method = method
         self.auth = auth
         self.certificates = certificates
         self.refusals = refusals
         self.need = roles.REQUIRED.get(method)
+        self.admission = admission
+        self.rule = admission.rule(method) if admission is not None else None
 
     def refused(self, call: calls.Call, error: AccordError) -> None:
         """Log a refusal on authorization grounds in the audit log (rate-limited)."""
@@ -184,6 +191,17 @@ class _Gate:
                 yield response
         finally:
             self.auth.forget(revocation)
+
+    async def counted(self, responses: AsyncIterator[Any], call: calls.Call) -> AsyncIterator[Any]:
+        """responses, once the namespace's stream quota and rate admit the stream, counted
+        as open until it ends."""
+        assert self.admission is not None and self.rule is not None
+        self.admission.open_stream(self.rule, call)
+        try:
+            async for response in responses:
+                yield response
+        finally:
+            self.admission.close_stream(self.rule, call)
 
 
 def _certificate_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -260,6 +278,8 @@ def _unary(gate: _Gate, behavior: Any) -> Any:
             token = calls.current.set(calls.BACKGROUND)
             try:
                 call, _ = await gate.begin(context)
+                if gate.admission is not None and gate.rule is not None:  # quotas, rate
+                    gate.admission.admit(gate.rule, call, request)
                 return await behavior(request, context)
             except AccordError as exc:
                 gate.refused(calls.current.get(), exc)
@@ -294,6 +314,8 @@ def _stream(gate: _Gate, behavior: Any) -> Any:
                 responses = behavior(request, context)
                 if verified is not None:  # ends when the credential no longer allows it
                     responses = gate.guard(responses, call, verified)
+                if gate.admission is not None:  # admitted, and counted while open
+                    responses = gate.counted(responses, call)
                 async for response in responses:
                     yield response
             except AccordError as exc:

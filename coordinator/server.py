@@ -34,6 +34,9 @@ from accord.coordinator.locks.deadlocks import DeadlockDetector
 from accord.coordinator.locks.fencing import Fencing
 from accord.coordinator.locks.service import LocksService
 from accord.coordinator.locks.store import LockStore
+from accord.coordinator.quotas import Admission, QuotaLimits, QuotaStore, UsageBook
+from accord.coordinator.quotas.service import QuotasService
+from accord.coordinator.quotas.sockets import SocketCounts
 from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.service import SessionsService
 from accord.coordinator.sessions.store import SessionStore
@@ -56,6 +59,8 @@ from accord.v1 import (
     leases_pb2_grpc,
     locks_pb2,
     locks_pb2_grpc,
+    quotas_pb2,
+    quotas_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
     votes_pb2,
@@ -70,6 +75,7 @@ SERVICES = [
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
     votes_pb2.DESCRIPTOR.services_by_name["Votes"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
+    quotas_pb2.DESCRIPTOR.services_by_name["Quotas"].full_name,
 ]
 HEALTH_INTERVAL_SECONDS = 2.0
 GC_YOUNG_THRESHOLD = 50_000
@@ -89,6 +95,8 @@ class Replica:
         self.vote_timers: VoteTimers | None = None
         self.auth: AuthCache | None = None
         self.refusals: RefusalLog | None = None
+        self.usage: UsageBook | None = None
+        self.admission: Admission | None = None
         self.port = 0
         self.ws: YWebsocketServer | None = None
         self.ws_port = 0  # the y-websocket endpoint's bound port (0: not serving it)
@@ -135,7 +143,7 @@ class Replica:
         )
         self.vote_feeds = VoteFeeds(substrate, votes.decisions)
         self.vote_timers = VoteTimers(substrate, votes.decisions)
-        auth_store = AuthStore(substrate.writes, self.etcd, substrate.keys)
+        await self._start_quotas()
 
         self.server = grpc.aio.server(
             interceptors=[
@@ -144,14 +152,25 @@ class Replica:
                     client_certificates=settings.tls is not None
                     and settings.tls.client_ca is not None,
                     refusals=self.refusals,
+                    admission=self.admission if settings.quotas is not None else None,
                 )
             ],
             options=[
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # Keepalive enforcement: a client pinging more often than this is sent
+                # GOAWAY (too_many_pings) after a couple of strikes.
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.http2.max_ping_strikes", 2),
+                ("grpc.max_concurrent_streams", settings.connections.max_streams_per_connection),
+                (
+                    "grpc.max_connection_idle_ms",
+                    int(settings.connections.idle_connection_seconds * 1000),
+                ),
             ],
+            # Beyond this many calls in progress, gRPC refuses at once (RESOURCE_EXHAUSTED).
+            maximum_concurrent_rpcs=settings.connections.max_concurrent_rpcs,
         )
         if settings.tls is None:
             self.port = self.server.add_insecure_port(settings.listen)
@@ -175,9 +194,7 @@ class Replica:
         votes_pb2_grpc.add_VotesServicer_to_server(
             VotesService(votes, self.vote_feeds, replica), self.server
         )
-        auth_pb2_grpc.add_AuthServicer_to_server(
-            AuthService(auth_store, self.auth, replica), self.server
-        )
+        self._add_admin_services(replica)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
             [
@@ -196,6 +213,10 @@ class Replica:
                 auth=self.auth,
                 allowed_origins=settings.ws_allowed_origins,
                 refusals=self.refusals,
+                sockets=SocketCounts(
+                    settings.connections.ws_sockets_per_session,
+                    settings.connections.ws_sockets_per_address,
+                ),
             )
             self.ws_port = await self.ws.start(settings.ws_listen, _ws_tls(settings.tls))
         self.vote_timers.start()
@@ -216,6 +237,28 @@ class Replica:
             etcd=list(endpoints),
             embedded_etcd=self.embedded is not None,
         )
+
+    def _add_admin_services(self, replica: str) -> None:
+        """Auth and Quotas: administrative writes, straight to etcd with their audit."""
+        assert self.server is not None and self.etcd is not None
+        assert self.substrate is not None and self.admission is not None
+        writes, keys = self.substrate.writes, self.substrate.keys
+        auth_pb2_grpc.add_AuthServicer_to_server(
+            AuthService(AuthStore(writes, self.etcd, keys), self.auth, replica), self.server
+        )
+        quotas_pb2_grpc.add_QuotasServicer_to_server(
+            QuotasService(QuotaStore(writes, self.etcd, keys), self.admission), self.server
+        )
+
+    async def _start_quotas(self) -> None:
+        """Count every namespace's usage from etcd before serving, so the first calls are
+        checked; then follow it."""
+        assert self.etcd is not None and self.substrate is not None
+        self.usage = UsageBook(
+            self.etcd, self.substrate.keys, self.settings.quotas or QuotaLimits()
+        )
+        await self.usage.start()
+        self.admission = Admission(self.usage, by_principal=self.auth is not None)
 
     async def _start_auth(self) -> None:
         """Load the credentials (auth required), or say loudly that there are none."""
@@ -297,6 +340,8 @@ class Replica:
             await self.auth.close()
         if self.refusals:
             await self.refusals.close()
+        if self.usage:
+            await self.usage.close()
         if self.substrate:
             committer = self.substrate.committer
             _log.info("group commit totals", batches=committer.batches, writes=committer.writes)

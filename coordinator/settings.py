@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accord.coordinator.quotas.limits import QuotaLimits
 from accord.coordinator.substrate.etcd import TlsFiles
 from accord.coordinator.substrate.limits import Limits
 
@@ -19,6 +20,22 @@ class ServerTls:
     cert: Path
     key: Path
     client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one connection (and the whole replica) may hold open at once."""
+
+    # RPCs in progress on the replica (gRPC's maximum_concurrent_rpcs): beyond it a call is
+    # refused at once with RESOURCE_EXHAUSTED instead of queueing without bound.
+    max_concurrent_rpcs: int = 10_000
+    # Concurrent streams (calls) on one HTTP/2 connection.
+    max_streams_per_connection: int = 4_096
+    # A connection with no call for this long is closed (the client reconnects on need).
+    idle_connection_seconds: float = 600.0
+    # y-websocket sockets open at once on one session, and from one remote address.
+    ws_sockets_per_session: int = 500
+    ws_sockets_per_address: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +69,9 @@ class Settings:
     # Browser origins (scheme://host[:port]) whose pages may open y-websocket connections;
     # clients that send no Origin header (agents, Node) are not browsers and need none.
     ws_allowed_origins: tuple[str, ...] = ()
+    # Every namespace's quotas unless overridden in etcd (`accord quota set`); None: off.
+    quotas: QuotaLimits | None = field(default_factory=QuotaLimits)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     def exposure_problem(self) -> str | None:
         """Why this replica must not start as configured (None: it may)."""

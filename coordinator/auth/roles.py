@@ -28,6 +28,7 @@ from accord.v1 import (
     kv_pb2,
     leases_pb2,
     locks_pb2,
+    quotas_pb2,
     records_pb2,
     sessions_pb2,
     votes_pb2,
@@ -56,6 +57,7 @@ SERVICES: tuple[tuple[ModuleType, str], ...] = (
     (sessions_pb2, "Sessions"),
     (votes_pb2, "Votes"),
     (auth_pb2, "Auth"),
+    (quotas_pb2, "Quotas"),
 )
 
 
@@ -140,6 +142,8 @@ REQUIRED: Mapping[str, Need] = MappingProxyType(
                 A: ["GrantRole", "RevokeRole", "GrantLabel", "RevokeLabel"],
             },
         ),
+        # A namespace's own admin raising its quota would defeat it.
+        **_table(quotas_pb2, "Quotas", {R: ["Get"], Need.CLUSTER_ADMIN: ["Set"]}),
     }
 )
 

@@ -14,8 +14,9 @@ import typer
 
 from accord.coordinator.cli.auth import audit_app, auth_app
 from accord.coordinator.cli.locks import deadlocks_app, leases_app, locks_app
+from accord.coordinator.cli.quotas import QUOTA_NAMES, parse_quotas, quota_app
 from accord.coordinator.cli.votes import votes_app
-from accord.coordinator.settings import ServerTls, Settings
+from accord.coordinator.settings import ConnectionLimits, ServerTls, Settings
 from accord.coordinator.substrate.embedded_etcd import EtcdNotInstalled
 from accord.coordinator.substrate.etcd import TlsFiles
 from accord.coordinator.substrate.limits import DEFAULT_MAX_VALUE_BYTES, Limits
@@ -29,6 +30,9 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+_CONNECTIONS = ConnectionLimits()  # the defaults the flags show
 
 
 class AuthMode(StrEnum):
@@ -54,6 +58,7 @@ app.add_typer(deadlocks_app, name="deadlocks")
 app.add_typer(votes_app, name="votes")
 app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")
+app.add_typer(quota_app, name="quota")
 
 
 @app.command()
@@ -153,6 +158,41 @@ def serve(
             "(clients that send no Origin, such as agents and Node apps, need none)",
         ),
     ] = "",
+    quota: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="ACCORD_QUOTAS",
+            help="a default quota of every namespace, NAME=VALUE (repeatable; names: "
+            f"{', '.join(QUOTA_NAMES)}); `accord quota set` overrides per namespace",
+        ),
+    ] = None,
+    quotas: Annotated[
+        bool,
+        typer.Option(envvar="ACCORD_QUOTAS_ON", help="enforce namespace quotas and rates"),
+    ] = True,
+    max_concurrent_rpcs: Annotated[
+        int,
+        typer.Option(
+            envvar="ACCORD_MAX_CONCURRENT_RPCS",
+            help="calls in progress on this replica beyond which gRPC refuses at once",
+        ),
+    ] = _CONNECTIONS.max_concurrent_rpcs,
+    max_streams_per_connection: Annotated[
+        int, typer.Option(envvar="ACCORD_MAX_STREAMS_PER_CONNECTION")
+    ] = _CONNECTIONS.max_streams_per_connection,
+    idle_connection_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="ACCORD_IDLE_CONNECTION_TIMEOUT",
+            help="seconds without a call before a connection is closed",
+        ),
+    ] = _CONNECTIONS.idle_connection_seconds,
+    ws_sockets_per_session: Annotated[
+        int, typer.Option(envvar="ACCORD_WS_SOCKETS_PER_SESSION")
+    ] = _CONNECTIONS.ws_sockets_per_session,
+    ws_sockets_per_address: Annotated[
+        int, typer.Option(envvar="ACCORD_WS_SOCKETS_PER_ADDRESS")
+    ] = _CONNECTIONS.ws_sockets_per_address,
 ) -> None:
     """Run a coordinator replica until SIGTERM or SIGINT."""
     from accord.coordinator.server import serve as run
@@ -178,6 +218,14 @@ def serve(
         tls=ServerTls(Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None)
         if tls_cert
         else None,
+        quotas=parse_quotas(quota or []) if quotas else None,
+        connections=ConnectionLimits(
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            max_streams_per_connection=max_streams_per_connection,
+            idle_connection_seconds=idle_connection_timeout,
+            ws_sockets_per_session=ws_sockets_per_session,
+            ws_sockets_per_address=ws_sockets_per_address,
+        ),
     )
     if bool(tls_cert) != bool(tls_key) or (tls_client_ca and not tls_cert):
         typer.echo(

@@ -40,7 +40,9 @@ Close codes: 4400 for bad input (URL, identity, session name, a malformed messag
 update the store refuses), 4401 without a valid token, 4403 for a missing role or agent,
 and 4404 when the session is deleted: y-websocket does not reconnect on 44xx. 1011 for
 a transient failure (etcd unavailable, presence lease lost), 1001 when the replica
-stops: the client reconnects. Bad input closes only its own socket.
+stops, 1013 at once when the session or the remote address already has as many sockets
+on this replica as `--ws-sockets-per-session` / `--ws-sockets-per-address` allow
+(quotas.sockets): the client reconnects. Bad input closes only its own socket.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ from accord.coordinator.auth.cache import AuthCache
 from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.auth.streams import Revocation
 from accord.coordinator.leases.store import LeaseStore
+from accord.coordinator.quotas.sockets import TRY_AGAIN_LATER, SocketCounts
 from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.lib0 import Fault, Reader
 from accord.coordinator.sessions.store import MAX_PRESENCE_BYTES, MAX_UPDATE_BYTES, SessionStore
@@ -235,10 +238,12 @@ class YWebsocketServer:
         auth: AuthCache | None = None,
         allowed_origins: tuple[str, ...] = (),
         refusals: RefusalLog | None = None,
+        sockets: SocketCounts | None = None,
     ) -> None:
         """auth: the credentials every socket must present (None: auth off);
         allowed_origins: the browser origins that may connect (none: no browser page);
-        refusals: where sockets refused on authorization grounds are logged."""
+        refusals: where sockets refused on authorization grounds are logged;
+        sockets: the limits on sockets per session and per address (None: none)."""
         self._catalog = catalog
         self._sessions = sessions
         self._leases = leases
@@ -246,6 +251,7 @@ class YWebsocketServer:
         self._origins = allowed_origins
         self._refusals = refusals
         self._server: Server | None = None
+        self._sockets = sockets
 
     async def start(self, listen: str, tls: ssl.SSLContext | None = None) -> int:
         """Listen on host:port (port 0: any free one), over TLS (wss://) with tls;
@@ -274,9 +280,30 @@ class YWebsocketServer:
             await self._server.wait_closed()
 
     async def _serve(self, socket: ServerConnection) -> None:
-        await _Connection(
-            socket, self._catalog, self._sessions, self._leases, self._auth, self._refusals
-        ).run()
+        counted, refused = self._count_in(socket)
+        if refused is not None:  # over a socket limit: come back later
+            await socket.close(TRY_AGAIN_LATER, refused[:_MAX_REASON_BYTES])
+            return
+        try:
+            await _Connection(
+                socket, self._catalog, self._sessions, self._leases, self._auth, self._refusals
+            ).run()
+        finally:
+            if counted is not None and self._sockets is not None:
+                self._sockets.leave(*counted)
+
+    def _count_in(self, socket: ServerConnection) -> tuple[tuple[str, str] | None, str | None]:
+        """The (session, address) the socket is counted under (None: not counted: no
+        limits, or a bad path its connection refuses), or the reason it is refused."""
+        if self._sockets is None or socket.request is None:
+            return None, None
+        try:
+            namespace, name, _ = parse_path(socket.request.path)
+        except Exception:
+            return None, None
+        counted = f"{namespace}/{name}", str(socket.remote_address[0])
+        refused = self._sockets.enter(*counted)
+        return (None, refused) if refused is not None else (counted, None)
 
 
 class _Connection:

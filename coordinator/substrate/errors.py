@@ -210,6 +210,34 @@ class PermissionDenied(AccordError):
     reason = _reason(common_pb2.ERROR_REASON_PERMISSION_DENIED)
 
 
+class QuotaExceeded(AccordError):
+    """A namespace quota or request rate refused the call before it ran (RESOURCE_EXHAUSTED):
+    a google.rpc.QuotaFailure names the limit, a google.rpc.RetryInfo says when to come
+    back."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = _reason(common_pb2.ERROR_REASON_QUOTA_EXCEEDED)
+
+    def __init__(
+        self, message: str, *, subject: str, limit: str, retry_after: float, **metadata: str
+    ) -> None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(1_000_000, int(retry_after * 1e9)))
+        failure = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=subject, description=clip(limit, 200)
+                )
+            ]
+        )
+        super().__init__(
+            message,
+            details=[failure, retry],
+            metadata={"limit": limit, "subject": subject, **metadata},
+        )
+        self.retry_after = retry_after
+
+
 class StoredFailure(AccordError):
     """A failure answered before, replayed verbatim from its stored google.rpc.Status."""
 

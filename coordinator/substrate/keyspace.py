@@ -20,6 +20,7 @@ characters), under a configurable root:
   {root}/auth/principals/{name}                      PrincipalRecord                (auth)
   {root}/auth/tokens/{token id}                      TokenRecord                    (auth)
   {root}/audit/{at_ns:016x}\\0{nonce}                 AuditEntry, retention lease    (audit)
+  {root}/quotas/{ns}                                 QuotaLimits overrides          (quotas)
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class Keyspace:
 
     def _ns(self, namespace: str, kind: str) -> str:
         return f"{self.root}/ns/{namespace}/{kind}/"
+
+    @property
+    def namespaces_prefix(self) -> bytes:
+        """Everything every namespace holds (quotas count it from one watch)."""
+        return f"{self.root}/ns/".encode()
 
     # --- kv ------------------------------------------------------------------------
 
@@ -184,3 +190,13 @@ class Keyspace:
         """Ordered by wall-clock time in nanoseconds (then a random nonce): a range read
         lists the log in order."""
         return self.audit_prefix + f"{at_ns:016x}\x00{nonce}".encode()
+
+    # --- quotas --------------------------------------------------------------------------
+
+    @property
+    def quotas_prefix(self) -> bytes:
+        return f"{self.root}/quotas/".encode()
+
+    def quota(self, namespace: str) -> bytes:
+        """A namespace's quota overrides (absent: the replicas' defaults)."""
+        return self.quotas_prefix + namespace.encode()

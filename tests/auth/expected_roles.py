@@ -53,4 +53,6 @@ EXPECTED: dict[str, str] = {
     "/accord.v1.Auth/RevokeRole": ADMIN,
     "/accord.v1.Auth/GrantLabel": ADMIN,
     "/accord.v1.Auth/RevokeLabel": ADMIN,
+    "/accord.v1.Quotas/Get": READ,
+    "/accord.v1.Quotas/Set": CLUSTER_ADMIN,
 }

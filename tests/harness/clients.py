@@ -15,6 +15,7 @@ from accord.v1 import (
     kv_pb2_grpc,
     leases_pb2_grpc,
     locks_pb2_grpc,
+    quotas_pb2_grpc,
     sessions_pb2_grpc,
     votes_pb2_grpc,
 )
@@ -82,6 +83,7 @@ class Stubs(_Channel):
         self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
         self.votes = votes_pb2_grpc.VotesStub(self.channel)
         self.auth = auth_pb2_grpc.AuthStub(self.channel)
+        self.quotas = quotas_pb2_grpc.QuotasStub(self.channel)
 
 
 class EtcdStubs(_Channel):

@@ -5,6 +5,12 @@ from __future__ import annotations
 import accord.client
 
 EXPECTED_CLIENT_EXPORTS = {
+    "AsyncQuotas",
+    "QuotaExceededError",
+    "QuotaLimits",
+    "QuotaStatus",
+    "QuotaUsage",
+    "Quotas",
     "DeadlockError",
     "FencedError",
     "Grant",

@@ -82,6 +82,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     namespace (metadata "role" and "namespace" say which), or an agent id the principal
     may not act as (metadata "agents" lists those it may).
     """
+    ERROR_REASON_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 23
+    """RESOURCE_EXHAUSTED: a namespace quota or request rate was exceeded. A
+    google.rpc.QuotaFailure names the limit (subject "namespace:NS" or "agent:NS/ID",
+    description the limit's name, e.g. "keys" or "requests_per_second") and a
+    google.rpc.RetryInfo says when to come back. Nothing was written.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons Accord puts in google.rpc.ErrorInfo.reason (domain "accord.v1"),
@@ -144,6 +150,12 @@ ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 22
 """The credential is valid but does not allow this call: a role missing in the
 namespace (metadata "role" and "namespace" say which), or an agent id the principal
 may not act as (metadata "agents" lists those it may).
+"""
+ERROR_REASON_QUOTA_EXCEEDED: ErrorReason.ValueType  # 23
+"""RESOURCE_EXHAUSTED: a namespace quota or request rate was exceeded. A
+google.rpc.QuotaFailure names the limit (subject "namespace:NS" or "agent:NS/ID",
+description the limit's name, e.g. "keys" or "requests_per_second") and a
+google.rpc.RetryInfo says when to come back. Nothing was written.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -1,0 +1,48 @@
+"""gRPC servicer for accord.v1.Quotas: unpack, call the quota store or the usage book, pack.
+
+The interceptor has authenticated the caller and checked its role (Get: READ in the
+namespace; Set: cluster admin); admission never refuses these calls.
+
+Error handling: store errors pass through unchanged (InvalidArgument for a bad limit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from accord.coordinator.quotas.admission import Admission
+from accord.coordinator.quotas.store import QuotaStore
+from accord.coordinator.substrate import calls
+from accord.v1 import quotas_pb2, quotas_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class QuotasService(quotas_pb2_grpc.QuotasServicer):
+    def __init__(self, store: QuotaStore, admission: Admission) -> None:
+        self._store = store
+        self._admission = admission
+
+    async def Get(
+        self, request: quotas_pb2.GetQuotaRequest, context: Context
+    ) -> quotas_pb2.GetQuotaResponse:
+        namespace = calls.current.get().namespace
+        book = self._admission.book
+        usage = book.usage(namespace).to_proto()
+        usage.streams = self._admission.streams(namespace)
+        usage.revision = book.revision
+        return quotas_pb2.GetQuotaResponse(
+            namespace=namespace,
+            limits=book.limits(namespace).to_proto(),
+            overrides=book.overrides(namespace),
+            usage=usage,
+        )
+
+    async def Set(
+        self, request: quotas_pb2.SetQuotaRequest, context: Context
+    ) -> quotas_pb2.SetQuotaResponse:
+        namespace = calls.current.get().namespace
+        stored, _ = await self._store.set(namespace, request.limits, clear=request.clear)
+        return quotas_pb2.SetQuotaResponse(overrides=stored)

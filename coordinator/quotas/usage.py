@@ -1,0 +1,218 @@
+"""What each namespace holds, counted from etcd's own event stream, and its quota overrides.
+
+Every replica reads `{root}/ns/` and `{root}/quotas/` once, in pages at one revision,
+then follows both with one etcd watch (with prev_kv) from the next revision. Each event
+moves the counts of the namespace its key is under: keys and bytes under kv/ (key plus
+value), lease records, session records, session data bytes (sdata/: updates, snapshots,
+presence), and votes whose record says OPEN. Deletions by lease expiry are events like
+any other, so a namespace's usage falls when its leases end, on every replica.
+
+Admission reads these counts (a dict lookup), so the bound on overshoot is what all
+replicas admit between a write's admission and its event reaching this copy (the watch
+lag, milliseconds on loopback): at most the namespace's writes in flight, each adding at
+most one key (a Txn: its ops, at most the Txn limit) and at most the request size limit.
+
+Error handling: a lost watch is re-established with a fresh scan (counts rebuilt, not
+patched). Until the first scan is done, and while resyncing, `synced` is False and
+admission does not refuse for counts (quotas protect capacity, not data; failing open
+for a second beats refusing every write). A stored override that does not parse is
+logged and ignored. A deletion whose previous value etcd did not send (compacted) is
+counted with its key size only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aetcd.rpc import rpc_pb2 as rpc
+
+from accord.coordinator import logs
+from accord.coordinator.quotas.limits import QuotaLimits
+from accord.coordinator.substrate.etcd import Etcd
+from accord.coordinator.substrate.keyspace import Keyspace
+from accord.coordinator.substrate.txn import prefix_end, watch
+from accord.v1 import quotas_pb2, votes_pb2
+
+_log = logs.get("accord.quotas")
+SCAN_PAGE = 100  # values are at most 512 KiB: a page stays well under gRPC's receive limit
+MAX_RESYNC_DELAY = 2.0
+
+
+class Usage:
+    """One namespace's counts."""
+
+    __slots__ = ("bytes", "keys", "leases", "session_bytes", "sessions", "votes_open")
+
+    def __init__(self) -> None:
+        self.keys = self.bytes = self.leases = 0
+        self.sessions = self.session_bytes = self.votes_open = 0
+
+    def to_proto(self) -> quotas_pb2.QuotaUsage:
+        return quotas_pb2.QuotaUsage(
+            keys=self.keys,
+            bytes=self.bytes,
+            leases=self.leases,
+            sessions=self.sessions,
+            session_bytes=self.session_bytes,
+            votes_open=self.votes_open,
+        )
+
+
+_EMPTY = Usage()
+
+
+def _vote_open(value: bytes | None) -> int:
+    if value is None:
+        return 0
+    try:
+        return int(votes_pb2.Vote.FromString(value).status == votes_pb2.VOTE_STATUS_OPEN)
+    except Exception:  # a record written around Accord: not a vote
+        return 0
+
+
+class UsageBook:
+    def __init__(self, etcd: Etcd, keys: Keyspace, defaults: QuotaLimits) -> None:
+        self._etcd = etcd
+        self._ns_prefix = keys.namespaces_prefix
+        self._quotas_prefix = keys.quotas_prefix
+        self.defaults = defaults
+        self._usage: dict[str, Usage] = {}
+        self._overrides: dict[str, quotas_pb2.QuotaLimits] = {}
+        self._limits: dict[str, QuotaLimits] = {}  # merged, for namespaces with overrides
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
+        self.synced = False
+        self.revision = 0
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Count everything and keep following; return once counted."""
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._loaded.wait(), timeout)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # --- reading --------------------------------------------------------------------------
+
+    def usage(self, namespace: str) -> Usage:
+        return self._usage.get(namespace, _EMPTY)
+
+    def limits(self, namespace: str) -> QuotaLimits:
+        return self._limits.get(namespace, self.defaults)
+
+    def overrides(self, namespace: str) -> quotas_pb2.QuotaLimits:
+        return self._overrides.get(namespace) or quotas_pb2.QuotaLimits()
+
+    # --- following etcd -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the counts must outlive any etcd trouble
+                _log.warning("quota usage lost its etcd watch; recounting", error=str(exc))
+            self.synced = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RESYNC_DELAY)
+
+    async def _follow(self) -> None:
+        usage: dict[str, Usage] = {}
+        overrides: dict[str, quotas_pb2.QuotaLimits] = {}
+        revision = 0
+        for prefix in (self._ns_prefix, self._quotas_prefix):
+            async for kvs, read_at in self._scan(prefix, revision):
+                revision = read_at
+                for kv in kvs:
+                    self._apply(usage, overrides, kv.key, None, kv.value)
+        self._usage, self._overrides = usage, overrides
+        self._remerge()
+        self.revision = revision
+        creates = [
+            watch(self._ns_prefix, prefix=True, start_revision=revision + 1, prev_kv=True),
+            watch(self._quotas_prefix, prefix=True, start_revision=revision + 1),
+        ]
+        stream = self._etcd.watch(creates)
+        self.synced = True
+        self._loaded.set()
+        async for response in stream:
+            for event in response.events:
+                old = event.prev_kv.value if event.HasField("prev_kv") else None
+                if event.type == event.PUT:
+                    self._apply(usage, overrides, event.kv.key, old, event.kv.value)
+                else:
+                    missing = old is None  # compacted: count the key, not its value
+                    self._apply(usage, overrides, event.kv.key, b"" if missing else old, None)
+            self.revision = max(self.revision, response.header.revision)
+
+    async def _scan(self, prefix: bytes, revision: int) -> AsyncIterator[tuple[Any, int]]:
+        """Pages of every key under prefix at one revision (0: now, then that one), each
+        with the revision read at."""
+        start, end = prefix, prefix_end(prefix)
+        while True:
+            page = await self._etcd.range(
+                rpc.RangeRequest(key=start, range_end=end, revision=revision, limit=SCAN_PAGE)
+            )
+            revision = revision or page.header.revision
+            yield page.kvs, revision
+            if not page.more or not page.kvs:
+                return
+            start = page.kvs[-1].key + b"\x00"
+
+    def _apply(
+        self,
+        usage: dict[str, Usage],
+        overrides: dict[str, quotas_pb2.QuotaLimits],
+        key: bytes,
+        old: bytes | None,
+        new: bytes | None,
+    ) -> None:
+        """Move the counts by one key going from old to new (None: absent)."""
+        if key.startswith(self._ns_prefix):
+            namespace, _, tail = key[len(self._ns_prefix) :].partition(b"/")
+            kind = tail.partition(b"/")[0]
+            name = namespace.decode("utf-8", "replace")
+            counts = usage.get(name)
+            if counts is None:
+                counts = usage[name] = Usage()
+            present = (new is not None) - (old is not None)
+            if kind == b"kv":
+                counts.keys += present
+                counts.bytes += _size(key, new) - _size(key, old)
+            elif kind == b"sdata":
+                counts.session_bytes += _size(key, new) - _size(key, old)
+            elif kind == b"leases":
+                counts.leases += present
+            elif kind == b"sessions":
+                counts.sessions += present
+            elif kind == b"votes":
+                counts.votes_open += _vote_open(new) - _vote_open(old)
+        elif key.startswith(self._quotas_prefix):
+            name = key[len(self._quotas_prefix) :].decode("utf-8", "replace")
+            if new is None:
+                overrides.pop(name, None)
+            else:
+                try:
+                    overrides[name] = quotas_pb2.QuotaLimits.FromString(new)
+                except Exception as exc:
+                    _log.warning(
+                        "unreadable quota override ignored", namespace=name, error=str(exc)
+                    )
+                    overrides.pop(name, None)
+            if overrides is self._overrides:
+                self._remerge()
+
+    def _remerge(self) -> None:
+        self._limits = {ns: self.defaults.merged(o) for ns, o in self._overrides.items()}
+
+
+def _size(key: bytes, value: bytes | None) -> int:
+    return 0 if value is None else len(key) + len(value)
