@@ -8,7 +8,7 @@ raises: it returns an Undecodable, and
 - a unary or server-streaming method is refused before it runs;
 - a client stream's requests are read through checked_requests, which refuses a garbage
   first message before the method runs, and on a later one raises InvalidArgument to the
-  reader and ends the method's response stream with the same error.
+  reader and ends the method (cancelled wherever it waits) with the same error.
 
 Error handling: every decode failure (DecodeError, or anything else the generated
 parser raises) is INVALID_ARGUMENT on the field "request", naming the expected message
@@ -89,8 +89,7 @@ def checked_requests(behavior: Any) -> Any:
         first = await anext(aiter(requests), None)
         if isinstance(first, Undecodable):
             raise first.error()
-        handler = asyncio.current_task()
-        refused: list[InvalidArgument] = []
+        refused: asyncio.Future[InvalidArgument] = asyncio.get_running_loop().create_future()
 
         async def reading() -> AsyncIterator[Any]:
             if first is None:
@@ -98,20 +97,30 @@ def checked_requests(behavior: Any) -> Any:
             yield first
             async for request in requests:
                 if isinstance(request, Undecodable):
-                    refused.append(request.error())
-                    if asyncio.current_task() is not handler and handler is not None:
-                        handler.cancel()  # the reader is a helper task: end the stream
-                    raise refused[-1]
+                    error = request.error()
+                    if not refused.done():
+                        refused.set_result(error)
+                    raise error
                 yield request
 
-        try:
-            async for response in behavior(reading(), context):
-                yield response
-        except asyncio.CancelledError:
-            if refused and handler is not None:
-                handler.uncancel()  # the cancellation was ours, not the caller's
-                raise refused[0] from None
-            raise
+        # The method may read its requests in a task of its own, where an error would
+        # never reach the caller: each response is awaited alongside the refusal.
+        responses = aiter(behavior(reading(), context))
+        while True:
+            step = asyncio.ensure_future(anext(responses))
+            try:
+                await asyncio.wait((step, refused), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not step.done():
+                    step.cancel()
+                    await asyncio.gather(step, return_exceptions=True)
+            if refused.done():
+                raise refused.result()
+            try:
+                response = step.result()
+            except StopAsyncIteration:
+                return
+            yield response
 
     return run
 

@@ -53,7 +53,12 @@ from accord.coordinator.substrate.errors import (
 )
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
-from accord.coordinator.substrate.limits import check_key, check_request_id, check_value
+from accord.coordinator.substrate.limits import (
+    check_key,
+    check_request_id,
+    check_value,
+    require_counts,
+)
 from accord.coordinator.substrate.pages import PageBudget
 from accord.coordinator.substrate.txn import KeyValue, Txn, delete, get, put, read, txn
 from accord.v1 import common_pb2, kv_pb2, records_pb2
@@ -239,17 +244,14 @@ class KVStore:
         return_current: bool,
         fences: Sequence[common_pb2.Fence] = (),
     ) -> Mutation:
+        require_counts(
+            ("checks", len(checks), self.limits.max_txn_ops),
+            ("ops", len(ops), self.limits.max_txn_ops),
+            ("fences", len(fences), MAX_FENCES),
+        )
         violations = check_request_id("request_id", request_id)
         if not ops and not checks:
             violations.append(FieldViolation("ops", "a transaction needs at least one check or op"))
-        if len(checks) > self.limits.max_txn_ops:
-            violations.append(
-                FieldViolation(
-                    "checks", f"{len(checks)} checks exceed the limit of {self.limits.max_txn_ops}"
-                )
-            )
-        if len(fences) > MAX_FENCES:
-            violations.append(FieldViolation("fences", f"at most {MAX_FENCES} fences"))
         weight = sum(2 if op.WhichOneof("op") == "delete" else 1 for op in ops)
         if weight > self.limits.max_txn_ops:
             violations.append(

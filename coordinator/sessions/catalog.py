@@ -34,7 +34,13 @@ from accord.coordinator.substrate.errors import (
 )
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
-from accord.coordinator.substrate.limits import Limits, check_key, check_request_id
+from accord.coordinator.substrate.limits import (
+    MAX_SESSION_ROOTS,
+    Limits,
+    check_key,
+    check_request_id,
+    require_counts,
+)
 from accord.coordinator.substrate.txn import (
     KeyValue,
     Txn,
@@ -69,6 +75,7 @@ class SessionCatalog:
     async def open(
         self, name: str, *, must_exist: bool, roots: Mapping[str, int]
     ) -> tuple[int, sessions_pb2.SessionInfo, bool]:
+        require_counts(("roots", len(roots), MAX_SESSION_ROOTS))
         violations = check_name("name", name)
         for root, kind in roots.items():
             if not root:
@@ -102,6 +109,7 @@ class SessionCatalog:
                     missing[root] = kind
             if not missing:
                 return found.header.revision, info_of(name, raw, record), False
+            require_counts(("roots", len(record.roots) + len(missing), MAX_SESSION_ROOTS))
             record.roots.update(missing)
             unchanged = mod_is(key, raw.mod_revision)
             done = await self._s.etcd.txn(

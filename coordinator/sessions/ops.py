@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
 from accord.coordinator.sessions.yjs_format import Malformed, update_length
+from accord.coordinator.substrate import strict_json
 from accord.coordinator.substrate.errors import FieldViolation, InvalidArgument
 from accord.v1 import sessions_pb2
 
@@ -292,8 +293,8 @@ def _kind_of(node: Any) -> str:
 def _from_json(field: str, raw: str) -> Any:
     """A JSON value as a Yjs value: objects and arrays become nested maps and arrays."""
     try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+        value = strict_json.loads(raw)
+    except ValueError as exc:
         raise _violation(field, f"is not JSON: {exc}") from exc
     return _to_shared(field, value, 0)
 

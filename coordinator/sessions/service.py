@@ -27,7 +27,7 @@ class SessionsService(sessions_pb2_grpc.SessionsServicer):
         self, request: sessions_pb2.SessionsOpenRequest, context: Context
     ) -> sessions_pb2.SessionsOpenResponse:
         revision, info, created = await self._catalog.open(
-            request.name, must_exist=request.must_exist, roots=dict(request.roots)
+            request.name, must_exist=request.must_exist, roots=request.roots
         )
         return sessions_pb2.SessionsOpenResponse(
             header=self._header(revision), session=info, created=created

@@ -16,7 +16,6 @@ changing. A retry gets the first answer.
 
 from __future__ import annotations
 
-import json
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,7 +33,7 @@ from accord.coordinator.sessions.catalog import check_name, info_of, now
 from accord.coordinator.sessions.doc import SessionDoc
 from accord.coordinator.sessions.loaded import LoadedSessions
 from accord.coordinator.sessions.subscribers import Event
-from accord.coordinator.substrate import Substrate, calls
+from accord.coordinator.substrate import Substrate, calls, strict_json
 from accord.coordinator.substrate.errors import (
     ConditionFailed,
     FieldViolation,
@@ -387,8 +386,8 @@ def _check_presence_state(field: str, state_json: str) -> list[FieldViolation]:
     if len(state_json.encode()) > MAX_PRESENCE_BYTES:
         return [FieldViolation(field, f"exceeds {MAX_PRESENCE_BYTES} bytes")]
     try:
-        value = json.loads(state_json)
-    except (ValueError, RecursionError) as exc:
+        value = strict_json.loads(state_json)
+    except ValueError as exc:
         return [FieldViolation(field, f"is not JSON: {exc}")]
     if not isinstance(value, dict):
         return [FieldViolation(field, "must be a JSON object")]

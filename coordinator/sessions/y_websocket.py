@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import ssl
 import time
 import uuid
@@ -81,7 +80,7 @@ from accord.coordinator.quotas.sockets import TRY_AGAIN_LATER, SocketCounts
 from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.lib0 import Fault, Reader
 from accord.coordinator.sessions.store import MAX_PRESENCE_BYTES, MAX_UPDATE_BYTES, SessionStore
-from accord.coordinator.substrate import calls
+from accord.coordinator.substrate import calls, strict_json
 from accord.coordinator.substrate.errors import (
     AccordError,
     BadIdentity,
@@ -607,9 +606,9 @@ def _check_state(state: str) -> str:
     if len(state.encode()) > MAX_PRESENCE_BYTES:
         raise _bad(f"an awareness state exceeds {MAX_PRESENCE_BYTES} bytes")
     try:
-        value = json.loads(state)
-    except (ValueError, RecursionError):
-        raise _bad("an awareness state is not JSON") from None
+        value = strict_json.loads(state)
+    except ValueError as exc:
+        raise _bad(f"an awareness state is not JSON: {exc}") from None
     if value is None:
         return ""
     if not isinstance(value, dict):

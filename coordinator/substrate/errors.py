@@ -77,11 +77,13 @@ class InvalidArgument(AccordError):
     reason = _reason(common_pb2.ERROR_REASON_INVALID_ARGUMENT)
 
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
-        shown = [FieldViolation(clip(v.field, 200), clip(v.description)) for v in violations]
-        if len(shown) > MAX_VIOLATIONS:
-            rest = len(shown) - MAX_VIOLATIONS + 1
-            shown = [*shown[: MAX_VIOLATIONS - 1], FieldViolation("...", f"and {rest} more")]
-        violations = shown
+        if len(violations) > MAX_VIOLATIONS:  # capped before anything is built per entry
+            rest = len(violations) - MAX_VIOLATIONS + 1
+            violations = [
+                *violations[: MAX_VIOLATIONS - 1],
+                FieldViolation("...", f"and {rest} more"),
+            ]
+        violations = [FieldViolation(clip(v.field, 200), clip(v.description)) for v in violations]
         text = "; ".join(f"{v.field}: {v.description}" for v in violations)
         bad = error_details_pb2.BadRequest(
             field_violations=[

@@ -2,6 +2,14 @@
 
 Limits sit well under etcd's own (1.5 MiB per request, 128 ops per Txn) so a request
 that passes them always fits in one etcd transaction, including inside a group commit.
+
+Repeated fields are counted before any element is looked at: require_counts refuses a
+request whose lists are over their caps at once, so a refusal costs the same whether a
+list holds a hundred entries or a million, and reports one violation per list, not one
+per element.
+
+Error handling: every check returns FieldViolations; require_counts raises
+InvalidArgument itself, since nothing after it may run on an oversized list.
 """
 
 from __future__ import annotations
@@ -9,9 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from accord.coordinator.substrate.errors import FieldViolation
+from accord.coordinator.substrate.errors import FieldViolation, require
 
 DEFAULT_MAX_VALUE_BYTES = 256 * 1024
+# Caps on repeated fields that have no configurable limit of their own.
+MAX_SESSION_ROOTS = 128
+MAX_PATH_STEPS = 64  # an operation's path into a session's nested maps and arrays
+MAX_ARRAY_VALUES = 1024  # values one ArrayInsert adds
 _REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
 
 
@@ -54,3 +66,15 @@ def check_request_id(field: str, request_id: str) -> list[FieldViolation]:
     if request_id and not _REQUEST_ID_RE.fullmatch(request_id):
         return [FieldViolation(field, "must be 1-128 printable ASCII characters without spaces")]
     return []
+
+
+def check_count(field: str, count: int, limit: int) -> list[FieldViolation]:
+    """A repeated (or map) field's size against its cap."""
+    if count > limit:
+        return [FieldViolation(field, f"has {count} entries; the limit is {limit}")]
+    return []
+
+
+def require_counts(*counts: tuple[str, int, int]) -> None:
+    """Refuse at once if any (field, count, limit) is over: before per-element work."""
+    require([v for field, count, limit in counts for v in check_count(field, count, limit)])

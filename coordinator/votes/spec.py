@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 
 from accord.coordinator.leases.store import MAX_LABEL_BYTES, MAX_LABELS
 from accord.coordinator.substrate.errors import FieldViolation, clip
+from accord.coordinator.substrate.limits import require_counts
 from accord.v1 import votes_pb2
 
 MAX_QUESTION_BYTES = 4096
@@ -79,6 +80,16 @@ def normalise(spec: votes_pb2.VoteSpec, now: float | None = None) -> votes_pb2.V
 def check_spec(spec: votes_pb2.VoteSpec, now: float | None = None) -> list[FieldViolation]:
     """Everything that can be checked without knowing who holds a lease now."""
     now = time.time() if now is None else now
+    require_counts(  # before anything looks at the lists' entries
+        ("spec.options", len(spec.options), MAX_OPTIONS),
+        ("spec.veto_holders", len(spec.veto_holders), MAX_VETO_HOLDERS),
+        ("spec.electorate.voters.voters", len(spec.electorate.voters.voters), MAX_VOTERS),
+        (
+            "spec.electorate.lease_labels.labels",
+            len(spec.electorate.lease_labels.labels),
+            MAX_LABELS,
+        ),
+    )
     out = _text("spec.question", spec.question, MAX_QUESTION_BYTES, required=True)
     options = list(spec.options)
     if not options:
