@@ -41,6 +41,7 @@ from accord.coordinator.substrate.errors import (
 from accord.coordinator.substrate.etcd import Etcd
 from accord.coordinator.substrate.idempotency import Writes
 from accord.coordinator.substrate.keyspace import Keyspace
+from accord.coordinator.substrate.limits import require_counts
 from accord.coordinator.substrate.txn import (
     Txn,
     absent,
@@ -166,6 +167,7 @@ class AuthStore:
         self, principal: str, agents: list[str], ttl_seconds: int, created_by: str
     ) -> NewToken:
         """A new token for principal, creating the principal (with agents) if missing."""
+        require_counts(("agents", len(agents), MAX_AGENTS))
         require(
             [
                 v

@@ -50,10 +50,12 @@ from accord.coordinator.substrate.errors import (
     InvalidArgument,
     LeaseNotFound,
     StoredFailure,
+    invalid,
 )
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import (
+    check_enum,
     check_key,
     check_request_id,
     check_value,
@@ -90,6 +92,15 @@ class KVStore:
             check_key("key", key, self.limits, allow_empty=prefix)
             + check_revision("start_revision", start_revision)
         )
+        if start_revision > 1:  # a resume point is at most one past the newest revision
+            ns = calls.current.get().namespace
+            now = await self._s.etcd.range(read(self._s.keys.kv(ns, key), count_only=True))
+            if start_revision > now.header.revision + 1:
+                raise invalid(
+                    "start_revision",
+                    f"{start_revision} is in the future: etcd is at revision "
+                    f"{now.header.revision} (watch from at most {now.header.revision + 1})",
+                )
         async for batch in changes.watch(
             self._s, key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv
         ):
@@ -111,7 +122,8 @@ class KVStore:
     async def get(
         self, key: str, consistency: int, revision: int
     ) -> tuple[int, kv_pb2.KeyValue | None]:
-        _require(check_key("key", key, self.limits) + check_revision("revision", revision))
+        violations = check_key("key", key, self.limits) + check_revision("revision", revision)
+        _require(violations + check_enum("consistency", consistency, kv_pb2.Consistency.DESCRIPTOR))
         ns = calls.current.get().namespace
         request = read(self._s.keys.kv(ns, key), revision=revision)
         request.serializable = consistency == kv_pb2.CONSISTENCY_SERIALIZABLE
@@ -131,6 +143,7 @@ class KVStore:
     ) -> Page:
         violations = check_key("prefix", prefix, self.limits, allow_empty=True)
         violations += check_revision("revision", revision)
+        violations += check_enum("consistency", consistency, kv_pb2.Consistency.DESCRIPTOR)
         if limit < 0 or limit > MAX_LIST_LIMIT:
             violations.append(FieldViolation("limit", f"must be between 0 and {MAX_LIST_LIMIT}"))
         cursor = ListCursor.decode(page_token) if page_token else None

@@ -54,6 +54,7 @@ from accord.coordinator.substrate.errors import (
     LeaseNotFound,
     PermissionDenied,
 )
+from accord.coordinator.substrate.limits import require_counts
 from accord.coordinator.substrate.txn import put, read, txn, watch
 from accord.v1 import leases_pb2, records_pb2
 
@@ -115,6 +116,7 @@ class LeaseStore:
         self._s = substrate
 
     async def grant(self, ttl: int, labels: Mapping[str, str]) -> leases_pb2.LeaseInfo:
+        require_counts(("labels", len(labels), MAX_LABELS))
         violations: list[FieldViolation] = []
         if not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
             violations.append(

@@ -65,6 +65,7 @@ from accord.coordinator.substrate.errors import (
     NotHeld,
     WouldBlock,
 )
+from accord.coordinator.substrate.limits import MAX_LOCKS_PER_CALL, require_counts
 from accord.coordinator.substrate.txn import (
     Compare,
     Op,
@@ -437,6 +438,7 @@ class LockStore:
         timeout_ms: int,
         priority: int,
     ) -> list[locks_pb2.Grant]:
+        require_counts(("locks", len(specs), MAX_LOCKS_PER_CALL))
         names = [s.name for s in specs]
         if not specs:
             raise InvalidArgument([FieldViolation("locks", "name at least one lock")])

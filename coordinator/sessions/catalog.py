@@ -158,6 +158,8 @@ class SessionCatalog:
             violations.append(FieldViolation("limit", f"must be between 0 and {MAX_LIST_LIMIT}"))
         if page_token and not page_token.startswith(prefix):
             violations.append(FieldViolation("page_token", "does not belong to this prefix"))
+        elif page_token:  # the last name of the page before
+            violations += check_name("page_token", page_token)
         require(violations)
         ns = calls.current.get().namespace
         base = self._s.keys.sessions_prefix(ns)

@@ -43,7 +43,12 @@ from accord.coordinator.substrate.errors import (
 )
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
-from accord.coordinator.substrate.limits import check_request_id
+from accord.coordinator.substrate.limits import (
+    MAX_ARRAY_VALUES,
+    MAX_PATH_STEPS,
+    check_request_id,
+    require_counts,
+)
 from accord.coordinator.substrate.txn import (
     KeyValue,
     Op,
@@ -187,6 +192,20 @@ class SessionStore:
         if len(operations) > MAX_OPERATIONS:
             violations.append(FieldViolation("operations", f"at most {MAX_OPERATIONS}"))
         require(violations)
+        require_counts(
+            *(
+                (f"operations[{i}].path", len(op.path), MAX_PATH_STEPS)
+                for i, op in enumerate(operations)
+            ),
+            *(
+                (
+                    f"operations[{i}].array_insert.values_json",
+                    len(op.array_insert.values_json),
+                    MAX_ARRAY_VALUES,
+                )
+                for i, op in enumerate(operations)
+            ),
+        )
         digest = fingerprint(
             b"session-apply",
             name.encode(),

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from google.protobuf.descriptor import EnumDescriptor
+
 from accord.coordinator.substrate.errors import FieldViolation, require
 
 DEFAULT_MAX_VALUE_BYTES = 256 * 1024
@@ -24,6 +26,7 @@ DEFAULT_MAX_VALUE_BYTES = 256 * 1024
 MAX_SESSION_ROOTS = 128
 MAX_PATH_STEPS = 64  # an operation's path into a session's nested maps and arrays
 MAX_ARRAY_VALUES = 1024  # values one ArrayInsert adds
+MAX_LOCKS_PER_CALL = 64  # locks one AcquireMany takes (each is an etcd write)
 _REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
 
 
@@ -78,3 +81,11 @@ def check_count(field: str, count: int, limit: int) -> list[FieldViolation]:
 def require_counts(*counts: tuple[str, int, int]) -> None:
     """Refuse at once if any (field, count, limit) is over: before per-element work."""
     require([v for field, count, limit in counts for v in check_count(field, count, limit)])
+
+
+def check_enum(field: str, value: int, enum: EnumDescriptor) -> list[FieldViolation]:
+    """value is one the API defines (proto3 keeps unknown enum numbers as they came)."""
+    if value in enum.values_by_number:
+        return []
+    names = ", ".join(v.name for v in enum.values)
+    return [FieldViolation(field, f"{value} is not one of {names}")]

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from accord.v1 import kv_pb2, sessions_pb2, votes_pb2
+from accord.v1 import common_pb2, kv_pb2, leases_pb2, locks_pb2, sessions_pb2, votes_pb2
 from tests.harness import Coordinator, EtcdMember, Stubs, identity, start_coordinator
 
 ROUNDS = 12
@@ -114,4 +114,76 @@ async def test_refusal_storm_is_cheap_and_gives_memory_back(
     )
     assert all(s < PER_CALL_SECONDS for s in slowest.values()), slowest
     assert end_rss - start_rss < RSS_SLACK_BYTES, (start_rss, end_rss)
+    assert etcd.revision() == before
+
+
+def _path(steps: int) -> sessions_pb2.SessionsApplyRequest:
+    op = sessions_pb2.Operation(root="board", map_set=sessions_pb2.MapSet(key="k", value_json="1"))
+    op.path.extend(sessions_pb2.PathStep(key=f"k{i}") for i in range(steps))
+    return sessions_pb2.SessionsApplyRequest(name="caps", operations=[op])
+
+
+def _array_values(values: int) -> sessions_pb2.SessionsApplyRequest:
+    insert = sessions_pb2.ArrayInsert(index=0, values_json=["1"] * values)
+    op = sessions_pb2.Operation(root="list", array_insert=insert)
+    return sessions_pb2.SessionsApplyRequest(name="caps", operations=[op])
+
+
+def _voters(count: int) -> votes_pb2.ProposeRequest:
+    request = _propose(2)
+    del request.spec.electorate.voters.voters[:]
+    request.spec.electorate.voters.voters.extend(
+        votes_pb2.Voter(agent_id=f"a{i}") for i in range(count)
+    )
+    return request
+
+
+def _vetoes(count: int) -> votes_pb2.ProposeRequest:
+    request = _propose(2)
+    request.spec.veto_holders.extend(f"a{i}" for i in range(count))
+    return request
+
+
+def _fences(count: int) -> kv_pb2.TxnRequest:
+    request = _txn(0)
+    request.fences.extend(common_pb2.Fence(lock="l", token=1) for _ in range(count))
+    return request
+
+
+# One past each cap: (path, request, the only field the refusal names)
+OVER_CAPS: dict[str, tuple[str, Message, str]] = {
+    "Txn ops": ("/accord.v1.KV/Txn", kv_pb2.TxnRequest(ops=[kv_pb2.TxnOp()] * 65), "ops"),
+    "Txn fences": ("/accord.v1.KV/Txn", _fences(9), "fences"),
+    "Propose voters": ("/accord.v1.Votes/Propose", _voters(5001), "spec.electorate.voters.voters"),
+    "Propose veto holders": ("/accord.v1.Votes/Propose", _vetoes(65), "spec.veto_holders"),
+    "Grant labels": (
+        "/accord.v1.Leases/Grant",
+        leases_pb2.GrantRequest(ttl_seconds=10, labels={f"l{i}": "v" for i in range(1000)}),
+        "labels",
+    ),
+    "AcquireMany locks": (
+        "/accord.v1.Locks/AcquireMany",
+        locks_pb2.AcquireManyRequest(
+            lease_id=1, locks=[locks_pb2.LockSpec(name=f"l{i}") for i in range(65)]
+        ),
+        "locks",
+    ),
+    "Apply path": ("/accord.v1.Sessions/Apply", _path(65), "operations[0].path"),
+    "Apply array values": (
+        "/accord.v1.Sessions/Apply",
+        _array_values(1025),
+        "operations[0].array_insert.values_json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVER_CAPS))
+async def test_a_list_over_its_cap_is_one_violation(
+    case: str, replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
+    path, request, field = OVER_CAPS[case]
+    before = etcd.revision()
+    async with Stubs(replicas[0].address) as stubs:
+        _, fields = await _refused(stubs, path, request.SerializeToString(), namespace)
+    assert fields == [field]
     assert etcd.revision() == before
