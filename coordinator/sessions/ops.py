@@ -1,5 +1,6 @@
-"""What the coordinator does with Yjs documents itself: check updates, infer root kinds,
-render the JSON view, and run server-side operations.
+"""What the coordinator does with Yjs documents itself: check updates (including how
+deep their types nest: sessions.nesting), infer root kinds, render the JSON view, and
+run server-side operations.
 
 pycrdt (yrs) can panic on some inputs, and its panic is a BaseException; everything here
 checks bounds and types first and still turns any failure of the library into
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
+from accord.coordinator.sessions import nesting
 from accord.coordinator.sessions.yjs_format import Malformed, update_length
 from accord.coordinator.substrate import strict_json
 from accord.coordinator.substrate.errors import FieldViolation, InvalidArgument
@@ -60,6 +62,13 @@ def check_update(field: str, update: bytes) -> list[FieldViolation]:
     if length != len(update):
         extra = len(update) - length
         return [FieldViolation(field, f"has {extra} bytes after the end of the Yjs update")]
+    levels = nesting.depth(lambda: scratch(update))
+    if levels > nesting.MAX_NESTING:
+        return [
+            FieldViolation(
+                field, f"nests maps and arrays more than {nesting.MAX_NESTING} levels deep"
+            )
+        ]
     return []
 
 
@@ -101,10 +110,14 @@ def kinds_of(state: bytes, declared: dict[str, int]) -> dict[str, int]:
 
 def json_view(state: bytes, kinds: dict[str, int]) -> str:
     doc = scratch(state)
-    view = {
-        root: _plain(guarded(lambda r=root, k=kind: doc.get(r, type=_TYPES[k]).to_py()))  # type: ignore[misc]
-        for root, kind in sorted(kinds.items())
-    }
+    view = {}
+    for root, kind in sorted(kinds.items()):
+        shared = guarded(lambda r=root, k=kind: doc.get(r, type=_TYPES[k]))  # type: ignore[misc]
+        try:
+            view[root] = _plain(guarded(shared.to_py))
+        except (LibraryFailure, RecursionError):  # nested past what recursion follows
+            assert isinstance(shared, Map | Array)  # text does not nest
+            view[root] = _plain(nesting.clipped(shared))
     return json.dumps(view, ensure_ascii=False, separators=(",", ":"))
 
 

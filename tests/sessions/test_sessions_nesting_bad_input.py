@@ -1,0 +1,117 @@
+"""Deeply nested Yjs content: a valid update nesting maps 1,000 deep is refused at Push
+(gRPC and y-websocket) with INVALID_ARGUMENT, nothing is stored, and the session reads
+as before. A document that gets deep anyway, one shallow update at a time, still reads
+(the JSON view is clipped below 64 levels) instead of failing with INTERNAL forever."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+import pytest
+from pycrdt import Doc, Map, create_update_message
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from accord.coordinator.sessions.nesting import CLIPPED, MAX_NESTING
+from accord.v1 import sessions_pb2
+from tests.harness import Coordinator, EtcdMember, Stubs, identity, token_for
+
+WAIT = 10.0
+SYNC_STEP1_EMPTY = b"\x00\x00\x01\x00"
+
+
+def _nest(node: Map[Any], levels: int) -> Map[Any]:
+    """levels maps, each inside the one before, under node; the innermost."""
+    for _ in range(levels):
+        node["c"] = Map()
+        node = node["c"]
+    return node
+
+
+def deep_update(levels: int) -> bytes:
+    doc: Doc[Any] = Doc()
+    _nest(doc.get("board", type=Map), levels)
+    return doc.get_update()
+
+
+async def _read(stubs: Stubs, metadata: Any) -> sessions_pb2.SessionsReadResponse:
+    request = sessions_pb2.SessionsReadRequest(name="deep")
+    answer: sessions_pb2.SessionsReadResponse = await stubs.sessions.Read(
+        request, metadata=metadata, timeout=WAIT
+    )
+    return answer
+
+
+async def test_a_thousand_deep_update_is_refused_and_the_session_still_reads(
+    replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
+    metadata = identity(namespace, "tester")
+    async with Stubs(replicas[0].address) as stubs:
+        await stubs.sessions.Open(sessions_pb2.SessionsOpenRequest(name="deep"), metadata=metadata)
+        shallow = deep_update(3)
+        await stubs.sessions.Push(
+            sessions_pb2.SessionsPushRequest(name="deep", update=shallow), metadata=metadata
+        )
+        before_read = await _read(stubs, metadata)
+        before = etcd.revision()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.sessions.Push(
+                sessions_pb2.SessionsPushRequest(name="deep", update=deep_update(1000)),
+                metadata=metadata,
+                timeout=WAIT,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert "update" in (err.value.details() or "")
+        assert str(MAX_NESTING) in (err.value.details() or "")
+
+        # Over y-websocket: the socket is closed with 4400 and a reason.
+        token = token_for(namespace, "tester")
+        auth = {} if token is None else {"subprotocols": [Subprotocol(token)]}
+        socket = await connect(f"{replicas[1].ws_url}/{namespace}/deep", open_timeout=WAIT, **auth)
+        await socket.send(SYNC_STEP1_EMPTY)
+        await socket.send(create_update_message(deep_update(1000)))
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(WAIT):
+                while True:
+                    await socket.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+        assert "deep" in closed.value.rcvd.reason, closed.value.rcvd.reason
+
+        assert etcd.revision() == before, "a refused update was stored"
+        after = await _read(stubs, metadata)
+        assert (after.json, after.header.revision) == (
+            before_read.json,
+            before_read.header.revision,
+        )
+
+
+async def test_a_document_deepened_update_by_update_still_reads(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    """Each update nests 50 more levels below the last: each is shallow, the whole is
+    1,000 deep. Read keeps working, showing the first 64 levels."""
+    metadata = identity(namespace, "tester")
+    doc: Doc[Any] = Doc()
+    node = doc.get("board", type=Map)
+    async with Stubs(replicas[0].address) as stubs:
+        await stubs.sessions.Open(sessions_pb2.SessionsOpenRequest(name="deep"), metadata=metadata)
+        for _ in range(20):
+            seen = doc.get_state()
+            node = _nest(node, 50)
+            update = doc.get_update(seen)
+            await stubs.sessions.Push(
+                sessions_pb2.SessionsPushRequest(name="deep", update=update),
+                metadata=metadata,
+                timeout=WAIT,
+            )
+        for replica in replicas:  # every replica renders it
+            async with Stubs(replica.address) as other:
+                view = json.loads((await _read(other, metadata)).json)
+            level, value = 1, view["board"]
+            while isinstance(value, dict):
+                level, value = level + 1, value["c"]
+            assert value == CLIPPED and level == MAX_NESTING + 1, (level, value)
