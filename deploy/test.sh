@@ -43,4 +43,5 @@ python -m benchmarks.votes --quick --out "$view/votes.json" \
   >/dev/null 2>"$view/votes.err" || { cat "$view/votes.err" >&2; exit 1; }
 python -m benchmarks.leases_list --leases 300 --listers 2 --seconds 1 \
   --out "$view/leases_list.json" >/dev/null
+python -m benchmarks.overload --smoke --out "$view/overload.json" >/dev/null
 echo "benchmark smoke run ok"

@@ -2,7 +2,8 @@
 
 The interceptor asks once per call, after identity and before the method runs:
 - every call takes a token from its namespace's bucket and from its principal's (auth
-  required) or agent id's (auth off) bucket (buckets.py);
+  required) or agent id's (auth off) bucket (buckets.py); a write that can add takes one
+  more per started TOKEN_BYTES of its size;
 - a call that can only add to what the namespace holds is checked against the counts of
   usage.py (dict lookups, no etcd call): KV.Put and a Txn with a put (keys, and bytes by
   the request's size), Leases.Grant (leases), Sessions.Open (sessions), Sessions.Push,
@@ -42,6 +43,9 @@ from accord.coordinator.substrate.errors import QuotaExceeded
 from accord.v1 import kv_pb2, leases_pb2, quotas_pb2, sessions_pb2, votes_pb2
 
 COUNT_RETRY_SECONDS = 30.0
+# A write takes one more rate token per started TOKEN_BYTES of its size (a 512 KiB Txn
+# takes 9): the rate paces the bytes a namespace pushes through etcd, not only its calls.
+TOKEN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +115,17 @@ class Admission:
             return
         namespace = call.namespace
         limits = self.book.limits(namespace)
-        self._take(namespace, call, limits)
         grows = rule.grows
-        if (
-            grows is not None
-            and isinstance(request, Message)  # not an undecodable request (refused later)
-            and self.book.synced
-            and grows.adds(request)
-        ):
+        # Not an undecodable request (refused later) nor one that adds nothing.
+        adds = grows is not None and isinstance(request, Message) and grows.adds(request)
+        size = request.ByteSize() if adds else 0
+        self._take(namespace, call, limits, 1.0 + size // TOKEN_BYTES)
+        if grows is not None and adds and self.book.synced:
             usage = self.book.usage(namespace)
             for limit in grows.limits:
                 allowed = limits.of(limit)
                 held = _held(usage, limit)
-                wanted = held + (request.ByteSize() if limit in _BY_SIZE else 1)
+                wanted = held + (size if limit in _BY_SIZE else 1)
                 if wanted > allowed:
                     self._refuse_count(namespace, limit, held, allowed)
 
@@ -148,10 +150,12 @@ class Admission:
         else:
             self._streams.pop(call.namespace, None)
 
-    def _take(self, namespace: str, call: calls.Call, limits: QuotaLimits) -> None:
+    def _take(
+        self, namespace: str, call: calls.Call, limits: QuotaLimits, cost: float = 1.0
+    ) -> None:
         now = time.monotonic()
         burst = limits.burst_seconds
-        wait = self._buckets.take(namespace, limits.requests_per_second, burst, now)
+        wait = self._buckets.take(namespace, limits.requests_per_second, burst, now, cost)
         if wait:
             self.refused += 1
             raise QuotaExceeded(
@@ -164,7 +168,7 @@ class Admission:
             )
         who = (call.principal if self._by_principal else "") or call.agent_id
         wait = self._buckets.take(
-            f"{namespace}\x00{who}", limits.agent_requests_per_second, burst, now
+            f"{namespace}\x00{who}", limits.agent_requests_per_second, burst, now, cost
         )
         if wait:
             self.refused += 1

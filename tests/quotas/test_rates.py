@@ -130,3 +130,22 @@ async def test_open_streams_are_limited_per_namespace(
         third = stubs.kv.Watch(kv_pb2.WatchRequest(key="k"), metadata=meta)
         await usage_reaches(client, "streams", 1)
         third.cancel()
+
+
+async def test_large_writes_take_more_of_the_rate(
+    replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+) -> None:
+    # A bucket of 10 tokens refilled at 2/s: a 200 KiB write takes 4 (1 + one per 64 KiB).
+    await set_quota(replicas, namespace, requests_per_second=2.0, burst_seconds=5.0)
+    client = no_retries(replicas[0].address, namespace)
+    try:
+        await client.kv.put("a", b"x" * 200 * 1024)
+        await client.kv.put("b", b"x" * 200 * 1024)
+        before = namespace_keys(etcd, namespace)
+        with pytest.raises(QuotaExceededError) as refused:
+            await client.kv.put("c", b"x" * 200 * 1024)  # 4 tokens wanted, 2 left
+        assert_pushback(refused.value, "requests_per_second", f"namespace:{namespace}")
+        assert namespace_keys(etcd, namespace) == before
+        await client.kv.get("a")  # a small call still fits
+    finally:
+        await client.close()

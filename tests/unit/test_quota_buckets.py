@@ -15,8 +15,16 @@ def test_a_bucket_allows_its_burst_then_says_when_to_come_back() -> None:
     bucket = TokenBucket(4.0, now=100.0)
     assert [bucket.take(2.0, 2.0, now=100.0) for _ in range(4)] == [0.0] * 4
     assert bucket.take(2.0, 2.0, now=100.0) == pytest.approx(0.5)  # one token at 2/s
-    assert bucket.take(2.0, 2.0, now=100.25) == pytest.approx(0.25)
     assert bucket.take(2.0, 2.0, now=100.5) == 0.0
+
+
+def test_callers_refused_together_are_told_to_come_back_spread_out() -> None:
+    bucket = TokenBucket(1.0, now=0.0)
+    assert bucket.take(10.0, 0.1, now=0.0) == 0.0
+    waits = [bucket.take(10.0, 0.1, now=0.0) for _ in range(5)]
+    assert waits == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])  # one slot each, at 10/s
+    # Coming back as told, each finds its token.
+    assert [bucket.take(10.0, 0.1, now=w) for w in waits] == [0.0] * 5
 
 
 def test_a_bucket_refills_only_to_its_capacity() -> None:
