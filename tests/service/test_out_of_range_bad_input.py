@@ -131,9 +131,10 @@ async def test_out_of_range_values_are_refused(
     case: str, replicas: list[Coordinator], etcd: EtcdMember, namespace: str
 ) -> None:
     method, request, field = CASES[case]
+    metadata = identity(namespace, "admin")  # under auth, the token is minted here
     before = etcd.revision()
     async with Stubs(replicas[0].address) as stubs:
-        call = method(stubs)(request, metadata=identity(namespace, "admin"), timeout=10)
+        call = method(stubs)(request, metadata=metadata, timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(call, 10)
     error = err.value
@@ -149,11 +150,12 @@ async def test_out_of_range_values_are_refused(
 async def test_watch_from_a_far_future_revision_is_refused(
     replicas: list[Coordinator], etcd: EtcdMember, namespace: str
 ) -> None:
+    metadata = identity(namespace, "admin")
     before = etcd.revision()
     async with Stubs(replicas[0].address) as stubs:
         stream = stubs.kv.Watch(
             kv_pb2.WatchRequest(key="k", start_revision=FAR),
-            metadata=identity(namespace, "admin"),
+            metadata=metadata,
             timeout=10,
         )
         with pytest.raises(grpc.aio.AioRpcError) as err:

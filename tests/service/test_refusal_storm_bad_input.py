@@ -90,6 +90,7 @@ async def _refused(stubs: Stubs, path: str, raw: bytes, namespace: str) -> tuple
 async def test_refusal_storm_is_cheap_and_gives_memory_back(
     replica: Coordinator, etcd: EtcdMember, namespace: str
 ) -> None:
+    identity(namespace, "admin")  # under auth, the token is minted now, not mid-test
     before = etcd.revision()
     async with Stubs(replica.address) as stubs:
         for path, _, small, _ in STORM.values():  # warm the code paths: not garbage
@@ -182,6 +183,7 @@ async def test_a_list_over_its_cap_is_one_violation(
     case: str, replicas: list[Coordinator], etcd: EtcdMember, namespace: str
 ) -> None:
     path, request, field = OVER_CAPS[case]
+    identity(namespace, "admin")  # under auth, the token is minted now, not mid-test
     before = etcd.revision()
     async with Stubs(replicas[0].address) as stubs:
         _, fields = await _refused(stubs, path, request.SerializeToString(), namespace)

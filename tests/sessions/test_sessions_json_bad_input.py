@@ -104,6 +104,8 @@ async def test_awareness_with_nan_never_reaches_other_peers(
     await stubs.sessions.Open(sessions_pb2.SessionsOpenRequest(name="room"), metadata=metadata)
     url = f"{replicas[0].ws_url}/{namespace}/room"
     peer = await _greeted(f"{replicas[1].ws_url}/{namespace}/room", namespace, "peer")
+    for agent in ("bad", "good"):  # under ACCORD_TEST_AUTH=required: minted before, not during
+        token_for(namespace, agent)
     before = etcd.revision()
     for case, state in NOT_JSON.items():
         bad = await _greeted(url, namespace, "bad")
