@@ -11,7 +11,12 @@ the lease that started it. So the replica that starts a wait checks, reading eve
 of the namespace at one etcd revision and searching only what that lease reaches: with
 no path back to it there is no new cycle, and only the leases it reaches can be in one.
 Two waits closing a cycle at once on two replicas are found by whichever reads second
-(the cycle runs through its lease, and it reads after both waits began).
+(the cycle runs through its lease, and it reads after both waits began). The wait that
+closes a cycle is the last of its waits to begin, and the cycle's edge into its lease
+comes from an entry behind another of that lease's entries (one behind the new wait
+would have begun later): so a lease with no other entry than the wait it begins closes
+no cycle, and is checked with one read of the keys attached to it, not of the
+namespace's queues. That keeps a long queue of single-lock waiters linear.
 
 For each cycle exactly one wait is ended: among the waits of the cycle's strongly
 connected tangle, the first in policy order (lowest priority, then the youngest wait,
@@ -84,6 +89,8 @@ class DeadlockDetector:
         """Find every cycle among the namespace's waits (with lease_id: every cycle among
         what that lease, which just began to wait, reaches) and end one wait in each;
         returns how many waits were ended."""
+        if lease_id is not None and not await self._in_other_queues(namespace, lease_id):
+            return 0
         revision, queues = await self._locks.all_entries(namespace)
         if lease_id is None:
             edges = wait_edges(queues)
@@ -107,6 +114,13 @@ class DeadlockDetector:
             ended += await self._resolve(namespace, explained, victim, revision)
             edges = [e for e in edges if e.waiter.key != victim.key]
         return ended
+
+    async def _in_other_queues(self, namespace: str, lease_id: int) -> bool:
+        """Whether the lease has more than the one queue entry whose wait just began: the
+        keys attached to it, read from etcd (as many as the lease's own keys)."""
+        attached = (await self._s.etcd.lease_time_to_live(lease_id)).keys
+        entries = (self._s.keys.parse_lock_entry(namespace, key) for key in attached)
+        return sum(1 for parsed in entries if parsed is not None) > 1
 
     async def _end_knots(
         self, namespace: str, region: dict[str, list[Entry]], revision: int

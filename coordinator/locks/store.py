@@ -17,14 +17,17 @@ entry, so every later fenced write with its token fails with FENCED.
 
 A waiter watches only what it waits behind (its predecessor, or for a shared entry the
 last exclusive one ahead) and its own entry; semaphore waiters watch the queue's
-deletions. Acquire is idempotent per (lock, lease): a retry on another replica finds
+deletions. Neither joining nor waking reads the whole queue (looks.py reads its head
+and the entry or few just ahead), and only a lease queued for another lock too has the
+namespace's wait-for graph searched, so a waiter's cost does not grow with the queue.
+Acquire is idempotent per (lock, lease): a retry on another replica finds
 the same entry and keeps its place in the queue.
 
 Layout: keyspace.lock_entry, a LockEntryRecord attached to the entry's lease.
 
 Error handling: bad input is INVALID_ARGUMENT; a lease that is gone is LEASE_NOT_FOUND; no_wait
 on a taken lock is WOULD_BLOCK, and a wait that runs out is LOCK_TIMEOUT, both with the
-holders and the queue; a wait chosen to end a deadlock is DEADLOCK, with the cycle; an
+holders, the head of the queue and its length (explain.refusal_status); a wait chosen to end a deadlock is DEADLOCK, with the cycle; an
 entry that vanished otherwise (released, broken) is NOT_HELD; asking for a lock in
 another mode than its queue uses is LOCK_CONFLICT.
 """
@@ -39,18 +42,15 @@ from google.protobuf import timestamp_pb2
 
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
-from accord.coordinator.locks.explain import wait_status
+from accord.coordinator.locks.explain import refusal_status
+from accord.coordinator.locks.looks import FirstLook, Look, Looker, ahead_ops, head_op
 from accord.coordinator.locks.queue import (
     EXCLUSIVE,
     SHARED,
     Entry,
-    blockers,
     check_name,
     entry_of,
     grant_of,
-    holders,
-    holders_text,
-    is_granted,
     mode_name,
 )
 from accord.coordinator.substrate import Substrate, calls
@@ -76,7 +76,6 @@ from accord.coordinator.substrate.txn import (
     created_at,
     delete,
     get,
-    get_prefix,
     mod_is,
     nested,
     prefix_empty,
@@ -197,10 +196,10 @@ class LockStore:
 
     async def _enqueue(
         self, ns: str, name: str, lease_id: int, mode: int, permits: int, priority: int
-    ) -> tuple[Entry, bool, tuple[int, list[Entry]] | None]:
+    ) -> tuple[Entry, bool, FirstLook | None]:
         """Join the queue in one etcd transaction: already holding if the queue was empty,
         waiting otherwise, or the entry this lease already has (a retried acquire). Returns
-        the entry, whether this call made it, and the queue as joined when it waits."""
+        the entry, whether this call made it, and what it read of the queue when it waits."""
         key = self._s.keys.lock_entry(ns, name, lease_id)
         queue = self._s.keys.lock_queue(ns, name)
         lease = self._s.keys.lease(ns, lease_id)
@@ -218,9 +217,10 @@ class LockStore:
         holding.granted = True
         wait_in_line = txn(
             when=[alive(lease), absent(key)],
-            then=[
+            then=[  # the first look: the queue's head and what is ahead, before the put
+                head_op(queue),
+                *ahead_ops(queue, mode, permits),
                 put(key, record.SerializeToString(), lease=lease_id),
-                get_prefix(queue, by_creation=True),  # the queue as joined: the first look
             ],
             otherwise=[get(lease, keys_only=True), get(key)],
         )
@@ -238,12 +238,12 @@ class LockStore:
             return Entry(name, lease_id, key, committed.revision, holding), True, None
         inner = response.responses[0].response_txn
         if inner.succeeded:
-            found = inner.responses[1].response_range.kvs
-            joined = [entry_of(self._s.keys, ns, kv) for kv in found]
+            found = inner.responses[0].response_range.kvs
+            head = [entry_of(self._s.keys, ns, kv) for kv in found]
             return (
                 Entry(name, lease_id, key, committed.revision, record),
                 True,
-                (committed.revision, joined),
+                (committed.revision, head, list(inner.responses[1:-1])),
             )
         if not inner.responses[0].response_range.kvs:
             raise LeaseNotFound(
@@ -267,65 +267,67 @@ class LockStore:
         *,
         no_wait: bool,
         give_up: float | None,
-        first_look: tuple[int, list[Entry]] | None,
+        first_look: FirstLook | None,
     ) -> locks_pb2.Grant:
+        looker = Looker(self._s, ns, entry)
+        look = None if first_look is None else await looker.first(*first_look)
         checked_deadlocks = False
         # An exclusive lock is held by the first entry, which etcd can test by itself: a
         # woken exclusive waiter claims the lock in one transaction instead of reading
         # the queue and then marking its entry.
         claims = entry.mode == EXCLUSIVE and not entry.record.permits
         while True:
-            if first_look is not None:
-                revision, queue = first_look
-                first_look = None
-            elif claims:
-                claimed, revision, queue = await self._claim_if_first(ns, entry)
+            if look is None and claims:
+                claimed, look = await self._claim_if_first(ns, entry, looker)
                 if claimed is not None:
                     return claimed
-            else:
-                revision, queue = await self.queue(ns, entry.lock)
-            index = next((i for i, e in enumerate(queue) if e.token == entry.token), None)
-            if index is None:
+            elif look is None:
+                look = await looker.look()
+            if look.entry is None:
                 raise await self._why_gone(ns, entry)
-            head = queue[0].record
+            head = look.head.record if look.head is not None else entry.record
             if head.permits != entry.record.permits:
                 raise LockConflict(
                     f"{entry.lock!r} is used as {mode_name(head.mode, head.permits)}; this "
                     f"request asked for {mode_name(entry.mode, entry.record.permits)}",
                     metadata={"lock": entry.lock},
                 )
-            if is_granted(queue, index):
-                return await self._mark_granted(ns, queue[index])
+            if look.holds:
+                return await self._mark_granted(ns, look.entry)
             if no_wait:
+                status, held = await refusal_status(self._s, ns, entry)
                 raise WouldBlock(
-                    f"{entry.lock!r} is taken: {holders_text(queue)}",
-                    details=[await wait_status(self._s.etcd, entry.lock, queue, index)],
+                    f"{entry.lock!r} is taken: {held}",
+                    details=[status],
                     metadata={"lock": entry.lock},
                 )
             if not checked_deadlocks and self.deadlocks is not None:
                 checked_deadlocks = True
                 if await self.deadlocks.check(ns, entry.lease_id):
+                    look = None
                     continue  # waits were ended, perhaps this very one: look again
-            watched = self._watch_targets(queue, index)
             remaining = None if give_up is None else give_up - time.monotonic()
             if remaining is not None and remaining <= 0:
+                status, held = await refusal_status(self._s, ns, entry)
                 raise LockTimeout(
-                    f"gave up waiting for {entry.lock!r} at position {index - len(holders(queue))} "
-                    f"of the queue: {holders_text(queue)}",
-                    details=[await wait_status(self._s.etcd, entry.lock, queue, index)],
+                    f"gave up waiting for {entry.lock!r} at position {status.position} "
+                    f"of the queue: {held}",
+                    details=[status],
                     metadata={"lock": entry.lock},
                 )
-            await self._wait_for_change(watched, revision + 1, remaining)
+            await self._wait_for_change(self._watch_targets(look), look.revision + 1, remaining)
+            look = None
 
-    def _watch_targets(self, queue: list[Entry], index: int) -> list[WatchCreate]:
-        """Watches of the deletions this waiter cares about: its own entry's, and the
-        last blocker's (for a semaphore, any in its queue)."""
-        entry = queue[index]
-        own = watch(entry.key, deletions_only=True)
-        if entry.record.permits:
-            queue_key = entry.key[: entry.key.rindex(b"\x00") + 1]
+    def _watch_targets(self, look: Look) -> list[WatchCreate]:
+        """Watches of the deletions this waiter cares about: its own entry's, and its
+        blocker's (for a semaphore, any in its queue)."""
+        assert look.entry is not None
+        key = look.entry.key
+        own = watch(key, deletions_only=True)
+        if look.blocker is None:
+            queue_key = key[: key.rindex(b"\x00") + 1]
             return [own, watch(queue_key, prefix=True, deletions_only=True)]
-        return [own, watch(blockers(queue, index)[-1].key, deletions_only=True)]
+        return [own, watch(look.blocker.key, deletions_only=True)]
 
     async def _wait_for_change(
         self, creates: list[WatchCreate], start: int, remaining: float | None
@@ -337,25 +339,25 @@ class LockStore:
         await self._s.etcd.watch_hub.first_change(creates, remaining)
 
     async def _claim_if_first(
-        self, ns: str, entry: Entry
-    ) -> tuple[locks_pb2.Grant | None, int, list[Entry]]:
+        self, ns: str, entry: Entry, looker: Looker
+    ) -> tuple[locks_pb2.Grant | None, Look]:
         """Mark the exclusive entry as holding if it is first in its queue (every entry
-        there was created at or after its token) and its lease lives. Otherwise the queue
-        as it is now, for the caller to look at."""
+        there was created at or after its token) and its lease lives. Otherwise a look at
+        the queue as it is now."""
         queue = self._s.keys.lock_queue(ns, entry.lock)
         compares, mark = self._mark(ns, entry)
         claim = txn(
             when=[*compares, created_after(queue, entry.token - 1)],  # nobody ahead
             then=[mark],
-            otherwise=[get_prefix(queue, by_creation=True)],
+            otherwise=looker.look_ops(),
         )
-        # Sent at once, not batched: a hand-off waits on it, and the queue read in the
-        # failure branch must not share a revision with another write to this queue.
+        # Sent at once, not batched: a hand-off waits on it, and the reads in the failure
+        # branch must not share a revision with another write to this queue.
         response = await self._s.etcd.txn(claim, retry=True)
+        revision = response.header.revision
         if response.succeeded:
-            return grant_of(entry), response.header.revision, []
-        kvs = response.responses[0].response_range.kvs
-        return None, response.header.revision, [entry_of(self._s.keys, ns, kv) for kv in kvs]
+            return grant_of(entry), Look(revision, entry, None, True, None)
+        return None, await looker.parse(revision, list(response.responses))
 
     def _mark(self, ns: str, entry: Entry) -> tuple[list[Compare], Op]:
         """The compares under which a waiting entry may be marked as holding, and the put
@@ -421,9 +423,7 @@ class LockStore:
         )
         try:
             never_granted = [created_at(entry.key, entry.token), mod_is(entry.key, entry.token)]
-            await self._s.etcd.txn(
-                txn(when=never_granted, then=[delete(entry.key)]), retry=True
-            )
+            await self._s.etcd.txn(txn(when=never_granted, then=[delete(entry.key)]), retry=True)
         except AccordError as exc:
             _log.info("could not leave a lock queue; the lease's end will", error=exc.message)
         finally:

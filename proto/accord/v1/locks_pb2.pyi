@@ -298,7 +298,9 @@ class LockEntry(_message.Message):
     """The entry's etcd create revision: its place in the queue, and its fencing token."""
     holding: _builtins.bool
     lease_ttl_seconds: _builtins.int
-    """Seconds left on the entry's lease."""
+    """Seconds left on the entry's lease. In the LockWaitStatus of a WOULD_BLOCK or
+    LOCK_TIMEOUT error, given for holders only (0 for waiters); Describe gives it for all.
+    """
     priority: _builtins.int
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
@@ -508,14 +510,32 @@ Global___WaitEdge: _TypeAlias = WaitEdge  # noqa: Y015
 
 @_typing.final
 class WaitGraphRequest(_message.Message):
+    """The graph comes a page at a time (one exclusive queue of n waiters alone has
+    n(n-1)/2 edges), every page read at the first page's revision.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many edges (0: 1000; more than 10000 is read as 10000). A page also
+    ends before it would pass 1 MiB.
+    """
+    page_token: _builtins.str
+    """From a previous response's next_page_token: the edges after that page, in the same
+    snapshot. Opaque; a token this service did not issue is INVALID_ARGUMENT, and one
+    whose revision etcd has compacted is COMPACTED (start again without a token).
+    """
     def __init__(
         self,
+        *,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -527,8 +547,16 @@ class WaitGraphResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     EDGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_EDGES_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; "" on the last page."""
+    total_edges: _builtins.int
+    """How many edges the whole graph has at that revision, over every page."""
     @_builtins.property
-    def header(self) -> _common_pb2.ResponseHeader: ...
+    def header(self) -> _common_pb2.ResponseHeader:
+        """revision: the snapshot every page of this listing is read at."""
+
     @_builtins.property
     def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___WaitEdge]: ...
     def __init__(
@@ -536,10 +564,12 @@ class WaitGraphResponse(_message.Message):
         *,
         header: _common_pb2.ResponseHeader | None = ...,
         edges: _abc.Iterable[Global___WaitEdge] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_edges: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "header", b"header", "next_page_token", b"next_page_token", "total_edges", b"total_edges"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -698,8 +728,15 @@ class LockWaitStatus(_message.Message):
 
     STATE_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    HOLDERS_TOTAL_FIELD_NUMBER: _builtins.int
+    WAITERS_TOTAL_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """The caller's position among waiters when it gave up."""
+    holders_total: _builtins.int
+    """How many hold and wait in all. state lists at most the first few of each (an error
+    travels in trailers, which clients cap): Locks.Describe lists every one.
+    """
+    waiters_total: _builtins.int
     @_builtins.property
     def state(self) -> Global___LockState: ...
     def __init__(
@@ -707,10 +744,12 @@ class LockWaitStatus(_message.Message):
         *,
         state: Global___LockState | None = ...,
         position: _builtins.int = ...,
+        holders_total: _builtins.int = ...,
+        waiters_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders_total", b"holders_total", "position", b"position", "state", b"state", "waiters_total", b"waiters_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
