@@ -68,6 +68,7 @@ from accord.client.locks import (
     LockSpec,
     LockState,
     WaitEdge,
+    WaitGraphPage,
 )
 from accord.client.quotas import AsyncQuotas, QuotaLimits, QuotaStatus, QuotaUsage
 from accord.client.retry import RetryPolicy
@@ -220,6 +221,7 @@ __all__ = [
     "VoteStatus",
     "Votes",
     "WaitEdge",
+    "WaitGraphPage",
     "Watch",
     "WatchEvent",
     "WhoAmI",

@@ -85,6 +85,17 @@ class DeadlockPage(builtins.list[Deadlock]):
         self.next_page_token = next_page_token
 
 
+class WaitGraphPage(builtins.list[WaitEdge]):
+    """A page of the wait-for graph's edges, as wait_graph() returned them all before
+    graphs outgrew one message: next_page_token ("" on the last page) continues it in
+    the same snapshot, and total_edges says how many the whole graph has."""
+
+    def __init__(self, edges: Iterable[WaitEdge], next_page_token: str, total_edges: int) -> None:
+        super().__init__(edges)
+        self.next_page_token = next_page_token
+        self.total_edges = total_edges
+
+
 @dataclass(frozen=True, slots=True)
 class LockSpec:
     name: str
@@ -246,10 +257,15 @@ class AsyncLocks:
         response = await self._t.unary(calls.LOCKS_LIST, request, timeout=timeout)
         return list(response.locks)
 
-    async def wait_graph(self, *, timeout: float | None = None) -> builtins.list[WaitEdge]:
-        request = locks_pb2.WaitGraphRequest()
+    async def wait_graph(
+        self, limit: int = 0, *, page_token: str = "", timeout: float | None = None
+    ) -> WaitGraphPage:
+        """Who waits for whom: a page of up to limit edges (0: the server's default, 1000;
+        at most 10000, and under 1 MiB), after the page whose next_page_token is
+        page_token, every page from one snapshot."""
+        request = locks_pb2.WaitGraphRequest(limit=limit, page_token=page_token)
         response = await self._t.unary(calls.LOCKS_WAIT_GRAPH, request, timeout=timeout)
-        return list(response.edges)
+        return WaitGraphPage(response.edges, response.next_page_token, response.total_edges)
 
     async def break_lock(
         self, name: str, *, timeout: float | None = None

@@ -48,7 +48,7 @@ from accord.client.locks import (
     LockMode,
     LockSpec,
     LockState,
-    WaitEdge,
+    WaitGraphPage,
 )
 from accord.client.quotas import AsyncQuotas, QuotaLimits, QuotaStatus
 from accord.client.retry import RetryPolicy
@@ -566,8 +566,13 @@ class Locks(Blocking[AsyncLocks]):
     def list(self, prefix: str = "", *, timeout: float | None = None) -> builtins.list[LockState]:
         return self._loop.run(self._async.list(prefix, timeout=timeout))
 
-    def wait_graph(self, *, timeout: float | None = None) -> builtins.list[WaitEdge]:
-        return self._loop.run(self._async.wait_graph(timeout=timeout))
+    def wait_graph(
+        self, limit: int = 0, *, page_token: str = "", timeout: float | None = None
+    ) -> WaitGraphPage:
+        """Who waits for whom: a page of up to limit edges (0: the server's default, 1000;
+        at most 10000, and under 1 MiB), after the page whose next_page_token is
+        page_token, every page from one snapshot."""
+        return self._loop.run(self._async.wait_graph(limit, page_token=page_token, timeout=timeout))
 
     def break_lock(self, name: str, *, timeout: float | None = None) -> builtins.list[LockEntry]:
         """Forced release of the current holders (admin)."""

@@ -44,7 +44,11 @@ from accord.coordinator.sessions.y_websocket import YWebsocketServer
 from accord.coordinator.settings import ServerTls, Settings
 from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.embedded_etcd import EmbeddedEtcd
-from accord.coordinator.substrate.errors import AccordError
+from accord.coordinator.substrate.errors import (
+    AccordError,
+    DeadlineExceeded,
+    set_trailer_budget,
+)
 from accord.coordinator.substrate.etcd import Etcd
 from accord.coordinator.votes.feeds import VoteFeeds
 from accord.coordinator.votes.service import VotesService
@@ -79,6 +83,7 @@ SERVICES = [
 ]
 HEALTH_INTERVAL_SECONDS = 2.0
 GC_THRESHOLDS = (10_000, 10, 10)
+HEALTH_PROBE_SECONDS = 5.0
 
 
 class Replica:
@@ -297,15 +302,15 @@ class Replica:
                 delay = min(delay * 2, 1.0)
 
     async def _watch_health(self) -> None:
-        """Report SERVING while etcd answers; load balancers and clients can steer away."""
+        """Report SERVING while etcd is reachable; load balancers and clients can steer
+        away from a replica that cannot serve. Never from load: a probe answered late
+        (this replica's event loop or etcd busy) counts as reachable while the connection
+        to etcd is up; only an etcd that refuses or is unreachable, or a connection gRPC's
+        keepalive found dead, is NOT_SERVING. Shutting down is NOT_SERVING (stop())."""
         assert self.etcd is not None
         serving: bool | None = None
         while True:
-            try:
-                await asyncio.wait_for(self.etcd.status(), HEALTH_INTERVAL_SECONDS)
-                ok = True
-            except (AccordError, TimeoutError):
-                ok = False
+            ok = await self._etcd_reachable()
             if ok != serving:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
@@ -317,6 +322,16 @@ class Replica:
                 _log.info("health changed", serving=ok)
                 serving = ok
             await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+
+    async def _etcd_reachable(self) -> bool:
+        assert self.etcd is not None
+        try:
+            await asyncio.wait_for(self.etcd.status(), HEALTH_PROBE_SECONDS)
+        except (DeadlineExceeded, TimeoutError):
+            return self.etcd.connected()  # slow, not gone, while the connection is up
+        except AccordError:
+            return False
+        return True
 
     async def stop(self) -> None:
         if self._health_task:
@@ -382,6 +397,7 @@ def _ws_tls(tls: ServerTls | None) -> ssl.SSLContext | None:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and stop."""
     logs.configure(settings.log_level)
+    set_trailer_budget(settings.error_details_budget)  # every error of this process
     replica = Replica(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -72,6 +72,8 @@ class Settings:
     # Every namespace's quotas unless overridden in etcd (`accord quota set`); None: off.
     quotas: QuotaLimits | None = field(default_factory=QuotaLimits)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # Bytes an error may take in trailers (details cut to fit; clients refuse over 8 KiB).
+    error_details_budget: int = 8 * 1024
 
     def exposure_problem(self) -> str | None:
         """Why this replica must not start as configured (None: it may)."""

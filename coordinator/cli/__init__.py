@@ -193,10 +193,22 @@ def serve(
     ws_sockets_per_address: Annotated[
         int, typer.Option(envvar="ACCORD_WS_SOCKETS_PER_ADDRESS")
     ] = _CONNECTIONS.ws_sockets_per_address,
+    error_details_budget: Annotated[
+        int,
+        typer.Option(
+            envvar="ACCORD_ERROR_DETAILS_BUDGET",
+            help="bytes an error may take in gRPC trailers (standard clients refuse more "
+            "than 8 KiB): longer details are cut, saying what was cut and where to read it",
+        ),
+    ] = 8 * 1024,
 ) -> None:
     """Run a coordinator replica until SIGTERM or SIGINT."""
     from accord.coordinator.server import serve as run
 
+    if not 2048 <= error_details_budget <= 1024 * 1024:
+        raise typer.BadParameter(
+            "must be between 2048 and 1048576", param_hint="--error-details-budget"
+        )
     if not 0 < max_value_bytes <= 1024 * 1024:
         raise typer.BadParameter("must be between 1 and 1048576", param_hint="--max-value-bytes")
     settings = Settings(
@@ -215,6 +227,7 @@ def serve(
         auth_required=auth is AuthMode.required,
         insecure=insecure,
         ws_allowed_origins=tuple(o.strip() for o in ws_allowed_origins.split(",") if o.strip()),
+        error_details_budget=error_details_budget,
         tls=ServerTls(Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None)
         if tls_cert
         else None,

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Group
 
-from accord.client import AsyncClient, DeadlockPage, LeaseInfo
+from accord.client import AsyncClient, DeadlockPage, LeaseInfo, WaitGraphPage
 from accord.coordinator.cli.common import (
     ADDR,
     AGENT,
@@ -45,6 +45,7 @@ locks_app = typer.Typer(help="Inspect and break locks.", no_args_is_help=True)
 leases_app = typer.Typer(help="Inspect leases.", no_args_is_help=True)
 deadlocks_app = typer.Typer(help="Inspect resolved deadlocks.", no_args_is_help=True)
 MAX_PAGE = 100  # the most deadlocks the service returns per call
+MAX_EDGES = 10_000  # the most wait-for edges it returns per call
 
 
 def _mode(mode: int) -> str:
@@ -155,6 +156,15 @@ def locks_graph(
     fmt: Annotated[
         GraphFormat, typer.Option("--format", help="text, dot (Graphviz) or json")
     ] = GraphFormat.text,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_EDGES, help="at most this many edges (a page)")
+    ] = 1000,
+    page_token: Annotated[
+        str, typer.Option(help="start after the page that printed this token")
+    ] = "",
+    every: Annotated[
+        bool, typer.Option("--all", help="every edge, read --limit at a time")
+    ] = False,
     output: OutputOpt = Output.table,
     addr: AddrOpt = ADDR,
     namespace: NamespaceOpt = NAMESPACE,
@@ -165,13 +175,30 @@ def locks_graph(
 
     An edge goes from each waiting agent to each agent it waits for; "queued ahead"
     (dashed in DOT) marks one that is itself waiting, ahead in the queue. -o json is
-    --format json.
+    --format json. A long queue has many edges (n waiters for one lock: n(n-1)/2), so
+    they come a page at a time, all from one snapshot; when more exist than were shown,
+    a line on stderr says how many and how to see them.
     """
-    edges = call(addr, namespace, agent, lambda c: c.locks.wait_graph(), token)
+
+    async def work(client: AsyncClient) -> WaitGraphPage:
+        page = await client.locks.wait_graph(limit, page_token=page_token)
+        found = list(page)
+        while every and page.next_page_token:
+            page = await client.locks.wait_graph(limit, page_token=page.next_page_token)
+            found += page
+        return WaitGraphPage(found, page.next_page_token, page.total_edges)
+
+    edges = call(addr, namespace, agent, work, token)
     if output is Output.json or fmt is GraphFormat.json:
         typer.echo(json.dumps([as_dict(e) for e in edges], indent=2))
     elif edges or fmt is GraphFormat.dot:
         typer.echo(_graph_text(edges, fmt))
+    if edges.next_page_token:
+        typer.echo(
+            f"showing {len(edges)} of {edges.total_edges} edges: --page-token "
+            f"{edges.next_page_token} for the next {limit}, --all for all",
+            err=True,
+        )
 
 
 @locks_app.command("break")

@@ -63,6 +63,7 @@ from accord.coordinator.locks.graph import (
 )
 from accord.coordinator.locks.queue import Entry
 from accord.coordinator.locks.store import LockStore
+from accord.coordinator.locks.wait_pages import Page, edge_page, page_limit, parse_token
 from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.errors import FieldViolation, require
 from accord.coordinator.substrate.txn import Txn, created_at, delete, put, read, txn
@@ -81,9 +82,12 @@ class DeadlockDetector:
     def _verdict_key(self, namespace: str, entry: Entry) -> bytes:
         return self._s.keys.deadlock(namespace, entry.key, entry.token)
 
-    async def graph(self, namespace: str) -> tuple[int, list[locks_pb2.WaitEdge]]:
-        revision, queues = await self._locks.all_entries(namespace)
-        return revision, [to_wait_edge(e) for e in wait_edges(queues, with_semaphores=True)]
+    async def graph(self, namespace: str, limit: int, page_token: str) -> tuple[int, Page]:
+        """A page of the wait-for graph, every page read at the first one's revision."""
+        at, offset = parse_token(page_token)
+        edges = page_limit(limit)
+        revision, queues = await self._locks.all_entries(namespace, revision=at)
+        return revision, edge_page(queues, offset, edges)
 
     async def check(self, namespace: str, lease_id: int | None = None) -> int:
         """Find every cycle among the namespace's waits (with lease_id: every cycle among

@@ -9,6 +9,7 @@ import grpc
 from accord.coordinator.locks.admin import LockAdmin
 from accord.coordinator.locks.deadlocks import DeadlockDetector
 from accord.coordinator.locks.store import LockStore
+from accord.coordinator.locks.wait_pages import make_token
 from accord.coordinator.substrate import calls
 from accord.v1 import common_pb2, locks_pb2, locks_pb2_grpc
 
@@ -76,8 +77,15 @@ class LocksService(locks_pb2_grpc.LocksServicer):
     async def WaitGraph(
         self, request: locks_pb2.WaitGraphRequest, context: Context
     ) -> locks_pb2.WaitGraphResponse:
-        revision, edges = await self._deadlocks.graph(calls.current.get().namespace)
-        return locks_pb2.WaitGraphResponse(header=self._header(revision), edges=edges)
+        revision, page = await self._deadlocks.graph(
+            calls.current.get().namespace, request.limit, request.page_token
+        )
+        return locks_pb2.WaitGraphResponse(
+            header=self._header(revision),
+            edges=page.edges,
+            next_page_token=make_token(revision, page.next_offset),
+            total_edges=page.total,
+        )
 
     async def Break(
         self, request: locks_pb2.BreakRequest, context: Context

@@ -25,11 +25,12 @@ the same entry and keeps its place in the queue.
 
 Layout: keyspace.lock_entry, a LockEntryRecord attached to the entry's lease.
 
-Error handling: bad input is INVALID_ARGUMENT; a lease that is gone is LEASE_NOT_FOUND; no_wait
-on a taken lock is WOULD_BLOCK, and a wait that runs out is LOCK_TIMEOUT, both with the
-holders, the head of the queue and its length (explain.refusal_status); a wait chosen to end a deadlock is DEADLOCK, with the cycle; an
-entry that vanished otherwise (released, broken) is NOT_HELD; asking for a lock in
-another mode than its queue uses is LOCK_CONFLICT.
+Error handling: bad input is INVALID_ARGUMENT; a lease that is gone is LEASE_NOT_FOUND;
+no_wait on a taken lock is WOULD_BLOCK, and a wait that runs out is LOCK_TIMEOUT, both
+with the holders, the head of the queue and its length (explain.refusal_status); a wait
+chosen to end a deadlock is DEADLOCK, with the cycle; an entry that vanished otherwise
+(released, broken) is NOT_HELD; asking for a lock in another mode than its queue uses is
+LOCK_CONFLICT.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ from accord.v1 import locks_pb2, records_pb2
 
 _log = logs.get("accord.locks")
 MAX_PERMITS = 10_000
-DEADLINE_MARGIN_SECONDS = 0.1
+MAX_DEADLINE_MARGIN = 2.0  # seconds; a fifth of the call's time when that is less
 
 
 class DeadlockChecker(Protocol):
@@ -113,20 +114,25 @@ class LockStore:
         return await self._entries(namespace, self._s.keys.lock_queue(namespace, name))
 
     async def all_entries(
-        self, namespace: str, name_prefix: str = ""
+        self, namespace: str, name_prefix: str = "", *, revision: int = 0
     ) -> tuple[int, dict[str, list[Entry]]]:
-        """(revision, queues by lock name), every queue in token order."""
+        """(revision, queues by lock name), every queue in token order; at revision (0:
+        now)."""
         prefix = self._s.keys.locks_prefix(namespace) + name_prefix.encode()
-        revision, entries = await self._entries(namespace, prefix)
+        revision, entries = await self._entries(namespace, prefix, revision)
         queues: dict[str, list[Entry]] = {}
         for entry in entries:
             queues.setdefault(entry.lock, []).append(entry)
         return revision, queues
 
-    async def _entries(self, namespace: str, prefix: bytes) -> tuple[int, list[Entry]]:
-        """Every entry under prefix, at one revision, oldest token first."""
-        response = await self._s.etcd.range(read(prefix, prefix=True, by_creation=True))
-        return response.header.revision, [
+    async def _entries(
+        self, namespace: str, prefix: bytes, revision: int = 0
+    ) -> tuple[int, list[Entry]]:
+        """Every entry under prefix, at one revision (0: now), oldest token first."""
+        response = await self._s.etcd.range(
+            read(prefix, prefix=True, by_creation=True, revision=revision)
+        )
+        return revision or response.header.revision, [
             entry_of(self._s.keys, namespace, kv) for kv in response.kvs
         ]
 
@@ -166,9 +172,13 @@ class LockStore:
         await self._leases.check_owned(lease_id)
         call = calls.current.get()
         ns = call.namespace
-        # Stop waiting a little before the caller's deadline, so it hears LOCK_TIMEOUT
-        # (with who holds the lock) rather than a bare DEADLINE_EXCEEDED.
-        give_up = None if call.deadline is None else call.deadline - DEADLINE_MARGIN_SECONDS
+        # Stop waiting before the caller's deadline, by enough to answer even when many
+        # waits time out at once, so it hears LOCK_TIMEOUT (with who holds the lock)
+        # rather than a bare DEADLINE_EXCEEDED.
+        give_up = None
+        if call.deadline is not None:
+            left = call.deadline - time.monotonic()
+            give_up = call.deadline - min(MAX_DEADLINE_MARGIN, max(0.1, left * 0.2))
         if timeout_ms:
             mine = time.monotonic() + timeout_ms / 1000
             give_up = mine if give_up is None else min(give_up, mine)

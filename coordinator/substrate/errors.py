@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -50,11 +51,20 @@ class AccordError(Exception):
         self.details = list(details)
         self.metadata = dict(metadata or {})
 
+    # Where the rest of details cut to fit the trailer budget can be read (e.g. an RPC).
+    rest_of_details = ""
+
     def to_status(self) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
         info.metadata.update(self.metadata)
-        packed = [info, *self.details]
-        status = status_pb2.Status(code=_CODE_NUMBERS[self.code], message=clip(self.message, 2000))
+        message = clip(self.message, 2000)
+        details = fit_trailer(message, self.details)
+        if details.notes:
+            info.metadata["details_truncated"] = clip("; ".join(details.notes), 600)
+            if self.rest_of_details:
+                info.metadata["details_rest"] = self.rest_of_details
+        packed = [info, *details.messages]
+        status = status_pb2.Status(code=_CODE_NUMBERS[self.code], message=message)
         for detail in packed:
             any_msg = any_pb2.Any()
             any_msg.Pack(detail)
@@ -70,6 +80,98 @@ MAX_DESCRIPTION_CHARS = 300
 
 def clip(text: str, limit: int = MAX_DESCRIPTION_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- the trailer budget -----------------------------------------------------------------
+# An error's message travels twice in trailers (grpc-message, percent-encoded, and inside
+# grpc-status-details-bin, base64), and standard clients refuse trailers over 8 KiB (soft)
+# or 16 KiB (hard): so every error's details are cut to fit a budget (set by `accord serve
+# --error-details-budget`). The cut is generic: the largest repeated field of a detail is
+# halved, a long string clipped, a long bytes value emptied, until the whole fits; what
+# was cut is said in ErrorInfo.metadata["details_truncated"] (field: kept of total), and
+# where to read the rest in ["details_rest"] when the error knows.
+
+DEFAULT_TRAILER_BUDGET = 8 * 1024
+_budget = {"bytes": DEFAULT_TRAILER_BUDGET}  # this process's, set once at start
+_TRAILER_RESERVE = 1024  # the notes above, status code, header names and framing
+_LONG_SCALAR = 256  # strings and bytes shorter than this are never cut
+
+
+def set_trailer_budget(budget: int) -> None:
+    """The byte budget of every error's trailers, for this process (at least 2 KiB)."""
+    _budget["bytes"] = max(budget, 2 * 1024)
+
+
+@dataclass(frozen=True)
+class FittedDetails:
+    messages: list[Message]
+    notes: list[str]
+
+
+def trailer_bytes(message: str, details: Sequence[Message]) -> int:
+    """What an error takes in trailers: the message percent-encoded, and the Status
+    (message and packed details) base64-encoded."""
+    encoded = message.encode()
+    text = sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in encoded)
+    status = (
+        len(encoded) + 8 + sum(d.ByteSize() + len(d.DESCRIPTOR.full_name) + 40 for d in details)
+    )
+    return text + 4 * ((status + 2) // 3)
+
+
+def fit_trailer(message: str, details: Sequence[Message]) -> FittedDetails:
+    """Copies of details cut until the error fits the trailer budget, and what was cut."""
+    copies: list[Message] = []
+    for detail in details:
+        copy = type(detail)()
+        copy.CopyFrom(detail)
+        copies.append(copy)
+    notes: dict[str, tuple[int, int]] = {}
+    target = _budget["bytes"] - _TRAILER_RESERVE
+    while trailer_bytes(message, copies) > target:
+        cut = max(
+            (c for d in copies for c in _cuts(d, d.DESCRIPTOR.name)),
+            key=lambda c: c[0],
+            default=None,
+        )
+        if cut is None:  # nothing left to cut: drop the details whole
+            notes["details"] = (0, len(copies))
+            copies = []
+            break
+        _, path, owner, field, total = cut
+        if field.is_repeated:
+            items = getattr(owner, field.name)
+            keep = len(items) // 2
+            del items[keep:]
+        elif field.type == field.TYPE_BYTES:
+            keep = 0
+            setattr(owner, field.name, b"")
+        else:
+            keep = len(getattr(owner, field.name)) // 2
+            setattr(owner, field.name, clip(getattr(owner, field.name), keep))
+        notes[path] = (keep, notes.get(path, (0, total))[1])
+    return FittedDetails(
+        copies, [f"{path}: kept {kept} of {total}" for path, (kept, total) in notes.items()]
+    )
+
+
+def _cuts(message: Message, path: str) -> list[tuple[int, str, Message, FieldDescriptor, int]]:
+    """Every field of message (and of its singular message fields) that could be cut:
+    (its bytes, its path, its owner, the field, its length now)."""
+    found: list[tuple[int, str, Message, FieldDescriptor, int]] = []
+    for field, value in message.ListFields():
+        name = f"{path}.{field.name}"
+        if field.is_repeated:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                continue
+            if len(value) > 0:
+                size = sum(v.ByteSize() + 3 if field.message_type else 8 for v in value)
+                found.append((size, name, message, field, len(value)))
+        elif field.message_type is not None:
+            found += _cuts(value, name)
+        elif field.type in (field.TYPE_STRING, field.TYPE_BYTES) and len(value) > _LONG_SCALAR:
+            found.append((len(value), name, message, field, len(value)))
+    return found
 
 
 class InvalidArgument(AccordError):
@@ -155,11 +257,13 @@ class Fenced(AccordError):
 class WouldBlock(AccordError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = _reason(common_pb2.ERROR_REASON_WOULD_BLOCK)
+    rest_of_details = "accord.v1.Locks/Describe lists the whole queue"
 
 
 class LockTimeout(AccordError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = _reason(common_pb2.ERROR_REASON_LOCK_TIMEOUT)
+    rest_of_details = "accord.v1.Locks/Describe lists the whole queue"
 
 
 class NotHeld(AccordError):

@@ -203,6 +203,11 @@ class Etcd:
     async def status(self) -> Any:
         return await self._unary(_STATUS, rpc.StatusRequest(), retry=False)
 
+    def connected(self) -> bool:
+        """Whether a connection to some etcd member is up now (gRPC's own view, kept by
+        its keepalive pings): a slow answer on an open connection is load, not loss."""
+        return any(m.channel.get_state() == grpc.ChannelConnectivity.READY for m in self._members)
+
     async def watch(self, create: Any | list[Any]) -> AsyncIterator[Any]:
         """One etcd watch stream, with one watcher per create request. Yields
         WatchResponses; raises Compacted when a start revision is gone. The stream lives as
