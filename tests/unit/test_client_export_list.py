@@ -117,6 +117,7 @@ EXPECTED_CLIENT_EXPORTS = {
     "Sessions",
     "Votes",
     "WaitEdge",
+    "WaitGraphPage",
 }
 
 
