@@ -141,7 +141,9 @@ async def test_out_of_range_values_are_refused(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
     status = rpc_status.from_call(error)
     assert status is not None
-    bad = error_details_pb2.BadRequest()
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert any(d.Unpack(info) for d in status.details), status
+    assert (info.reason, info.domain) == ("INVALID_ARGUMENT", "accord.v1")
     assert any(d.Unpack(bad) for d in status.details), status
     assert field in [v.field for v in bad.field_violations], bad
     assert etcd.revision() == before

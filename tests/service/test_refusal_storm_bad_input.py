@@ -82,7 +82,8 @@ async def _refused(stubs: Stubs, path: str, raw: bytes, namespace: str) -> tuple
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     status = rpc_status.from_call(err.value)
     assert status is not None
-    bad = error_details_pb2.BadRequest()
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert any(d.Unpack(info) for d in status.details) and info.reason == "INVALID_ARGUMENT"
     assert any(d.Unpack(bad) for d in status.details)
     return elapsed, [v.field for v in bad.field_violations]
 

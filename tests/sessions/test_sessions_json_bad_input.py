@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from pycrdt import create_awareness_message, write_message, write_var_uint
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -34,7 +36,13 @@ async def stubs(replicas: list[Coordinator]) -> AsyncIterator[Stubs]:
 
 
 def _invalid(error: grpc.aio.AioRpcError) -> str:
+    """The refusal's message, once it is known to be INVALID_ARGUMENT with that reason."""
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
+    status = rpc_status.from_call(error)
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert any(d.Unpack(info) for d in status.details), status
+    assert info.reason == "INVALID_ARGUMENT"
     return error.details() or ""
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from pycrdt import Doc, Map, create_update_message
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -65,6 +67,10 @@ async def test_a_thousand_deep_update_is_refused_and_the_session_still_reads(
                 timeout=WAIT,
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        status = rpc_status.from_call(err.value)
+        info = error_details_pb2.ErrorInfo()
+        assert status is not None and any(d.Unpack(info) for d in status.details)
+        assert info.reason == "INVALID_ARGUMENT"
         assert "update" in (err.value.details() or "")
         assert str(MAX_NESTING) in (err.value.details() or "")
 
