@@ -174,6 +174,27 @@ async def test_locks_graph(scene: Scene, client: AsyncClient) -> None:
         assert edge["waiter_mode"] == "LOCK_MODE_EXCLUSIVE"
 
 
+async def test_locks_graph_pages(scene: Scene, client: AsyncClient) -> None:
+    await held_with_waiters(scene, client, "db")
+    dave = await scene.agent("dave")
+    scene.wait(dave, "db", await scene.lease(dave))
+    await queued(client, "db", 3, WAIT)  # 1 + 2 + 3 edges
+
+    first = await scene.cli("locks", "graph", "--limit", "4")
+    assert first.returncode == 0, first.stderr
+    assert len(first.stdout.strip().splitlines()) == 4
+    assert "showing 4 of 6 edges: --page-token " in first.stderr  # stdout stays the graph
+    token = first.stderr.split("--page-token ")[1].split()[0]
+    rest = await scene.cli("locks", "graph", "--limit", "4", "--page-token", token)
+    assert rest.returncode == 0 and rest.stderr == ""
+    assert len(rest.stdout.strip().splitlines()) == 2
+
+    every = await scene.cli("locks", "graph", "--limit", "4", "--all", "-o", "json")
+    assert every.returncode == 0 and every.stderr == ""
+    edges = json.loads(every.stdout)
+    assert sorted(e["waiter_agent"] for e in edges) == ["bob", "carol", "carol", *["dave"] * 3]
+
+
 async def test_break_with_yes_fences_the_old_holder(scene: Scene) -> None:
     alice, bob = await scene.agent("alice"), await scene.agent("bob")
     grant = await alice.locks.acquire("deploy", await scene.lease(alice))
