@@ -37,6 +37,7 @@ echo "== benchmark smoke run (numbers from a 1 s run mean nothing; it only must 
 python -m benchmarks.kv_cas --seconds 1 --clients 1,8 --out "$view/kv_cas.json" >/dev/null
 python -m benchmarks.locks --seconds 1 --waiters 10 --agents 50 --out "$view/locks.json" \
   >/dev/null 2>"$view/locks.err" || { cat "$view/locks.err" >&2; exit 1; }
+python -m benchmarks.lock_queue --waiters 5,20 --out "$view/lock_queue.json" >/dev/null
 python -m benchmarks.sessions --quick --out "$view/sessions.json" \
   >/dev/null 2>"$view/sessions.err" || { cat "$view/sessions.err" >&2; exit 1; }
 python -m benchmarks.votes --quick --out "$view/votes.json" \
