@@ -44,11 +44,7 @@ from accord.coordinator.sessions.y_websocket import YWebsocketServer
 from accord.coordinator.settings import ServerTls, Settings
 from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.embedded_etcd import EmbeddedEtcd
-from accord.coordinator.substrate.errors import (
-    AccordError,
-    DeadlineExceeded,
-    set_trailer_budget,
-)
+from accord.coordinator.substrate.errors import AccordError, set_trailer_budget
 from accord.coordinator.substrate.etcd import Etcd
 from accord.coordinator.votes.feeds import VoteFeeds
 from accord.coordinator.votes.service import VotesService
@@ -303,14 +299,15 @@ class Replica:
 
     async def _watch_health(self) -> None:
         """Report SERVING while etcd is reachable; load balancers and clients can steer
-        away from a replica that cannot serve. Never from load: a probe answered late
-        (this replica's event loop or etcd busy) counts as reachable while the connection
-        to etcd is up; only an etcd that refuses or is unreachable, or a connection gRPC's
-        keepalive found dead, is NOT_SERVING. Shutting down is NOT_SERVING (stop())."""
+        away from a replica that cannot serve. Never from load: etcd is probed from a
+        thread, over connections of its own (Etcd.answers), so a replica whose event loop
+        is busy with a storm of calls still sees etcd answer and stays SERVING (its callers
+        get answers late, or pushback). NOT_SERVING when etcd refuses, is unreachable or
+        does not answer within HEALTH_PROBE_SECONDS, and while shutting down (stop())."""
         assert self.etcd is not None
         serving: bool | None = None
         while True:
-            ok = await self._etcd_reachable()
+            ok = await asyncio.to_thread(self.etcd.answers, HEALTH_PROBE_SECONDS)
             if ok != serving:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
@@ -322,16 +319,6 @@ class Replica:
                 _log.info("health changed", serving=ok)
                 serving = ok
             await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
-
-    async def _etcd_reachable(self) -> bool:
-        assert self.etcd is not None
-        try:
-            await asyncio.wait_for(self.etcd.status(), HEALTH_PROBE_SECONDS)
-        except (DeadlineExceeded, TimeoutError):
-            return self.etcd.connected()  # slow, not gone, while the connection is up
-        except AccordError:
-            return False
-        return True
 
     async def stop(self) -> None:
         if self._health_task:

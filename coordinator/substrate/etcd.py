@@ -109,6 +109,9 @@ class Etcd:
             for t in _grpc_targets(self.endpoints)
         ]
         self._current = 0
+        # answers(): blocking channels of its own, made on first use.
+        self._probe_setup = (_grpc_targets(self.endpoints), creds, options)
+        self._probes: list[grpc.Channel] = []
         self._keepalives: _KeepAlives | None = None
         # One-shot waits ("wake me when one of these keys changes") share one stream.
         self.watch_hub = WatchHub(lambda: self._watch, self.txn)
@@ -134,6 +137,8 @@ class Etcd:
         await self.watch_hub.close()
         for member in self._members:
             await member.channel.close()
+        for probe in self._probes:
+            probe.close()
 
     async def oldest_revision(self) -> int:
         """The compaction point, after a read has reported one. etcd tells it only to a
@@ -203,10 +208,26 @@ class Etcd:
     async def status(self) -> Any:
         return await self._unary(_STATUS, rpc.StatusRequest(), retry=False)
 
-    def connected(self) -> bool:
-        """Whether a connection to some etcd member is up now (gRPC's own view, kept by
-        its keepalive pings): a slow answer on an open connection is load, not loss."""
-        return any(m.channel.get_state() == grpc.ChannelConnectivity.READY for m in self._members)
+    def answers(self, timeout: float) -> bool:
+        """Whether some member answers a Status within timeout. Blocking, for a thread of
+        its own, over connections of its own: so whether etcd answers is measured apart
+        from the event loop, which a storm of calls may keep busy (health must not take a
+        busy replica for an unreachable etcd)."""
+        if not self._probes:
+            targets, creds, options = self._probe_setup
+            self._probes = [
+                grpc.insecure_channel(t, options=options)
+                if creds is None
+                else grpc.secure_channel(t, creds, options=options)
+                for t in targets
+            ]
+        for channel in self._probes:
+            try:
+                rpc_grpc.MaintenanceStub(channel).Status(rpc.StatusRequest(), timeout=timeout)
+                return True
+            except grpc.RpcError:
+                continue
+        return False
 
     async def watch(self, create: Any | list[Any]) -> AsyncIterator[Any]:
         """One etcd watch stream, with one watcher per create request. Yields

@@ -14,7 +14,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from accord.client import AsyncClient, DeadlineExceededError, UnavailableError
-from tests.harness import Coordinator, EtcdMember, free_port, make_client, wait_serving
+from tests.harness import (
+    Coordinator,
+    EtcdMember,
+    free_port,
+    health,
+    make_client,
+    not_serving,
+    until,
+    wait_serving,
+)
 
 
 def test_health_and_reflection(replicas: list[Coordinator]) -> None:
@@ -27,6 +36,25 @@ def test_health_and_reflection(replicas: list[Coordinator]) -> None:
         responses = list(reflection.ServerReflectionInfo(iter([request]), timeout=5))
         names = {s.name for s in responses[0].list_services_response.service}
         assert {"accord.v1.KV", "grpc.health.v1.Health"} <= names
+
+
+async def test_health_says_not_serving_while_etcd_is_frozen(
+    live_replicas: list[Coordinator], etcd: EtcdMember
+) -> None:
+    """A frozen etcd answers nothing though its port accepts: the replica's connection to
+    it is found dead by gRPC's keepalive, and health goes NOT_SERVING (a probe that is
+    merely slow on a live connection does not), then SERVING once etcd is back."""
+    replica = live_replicas[0]
+    etcd.pause()
+    try:
+        await not_serving(replica.address, timeout=60)
+    finally:
+        etcd.resume()
+
+    async def status() -> int:
+        return await health(replica.address)
+
+    await until(status, lambda s: s == health_pb2.HealthCheckResponse.SERVING, "SERVING", 30)
 
 
 async def test_caller_deadline_bounds_the_etcd_wait(
