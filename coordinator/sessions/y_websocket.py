@@ -481,10 +481,13 @@ class _Connection:
         elif kind == YMessageType.AWARENESS:
             payload = reader.blob()
             reader.end()
-            await self._awareness(payload)
-            # Echoed unchanged (a no-op for the client), as y-websocket servers do: the
-            # client counts it as a sign of life and reconnects after 30 s without one.
-            await self.socket.send(data)
+            if await self._awareness(payload):
+                # Echoed unchanged (a no-op for the client), as y-websocket servers do: the
+                # client counts it as a sign of life and reconnects after 30 s without one
+                # (it renews its own state every 15 s). A message carrying only states we
+                # relayed (a y-websocket client sends back every change it learns) is not:
+                # that would double the messages each presence change costs.
+                await self.socket.send(data)
         elif kind == QUERY_AWARENESS:
             reader.end()
             states = [
@@ -544,7 +547,8 @@ class _Connection:
         self.relayed.update(client_id for client_id, _, _ in entries)
         return create_awareness_message(awareness_update(entries))
 
-    async def _awareness(self, payload: bytes) -> None:
+    async def _awareness(self, payload: bytes) -> bool:
+        """Store the states this socket speaks for; whether there were any."""
         reader = _reader(payload)
         count = reader.uint()
         if count > MAX_AWARENESS_ENTRIES:
@@ -557,12 +561,15 @@ class _Connection:
             entries.append((client_id, _check_state(state)))
         reader.end()
         first, self.awareness_seen = not self.awareness_seen, True
+        own = False
         for client_id, state in entries:
             # The client's first awareness message is its own state; later, ids we relayed
             # to it are echoes of other participants and not its to change.
             if first or client_id in self.owned or client_id not in self.relayed:
                 self.owned.add(client_id)
+                own = True
                 await self._put_presence(client_id, state)
+        return own or not entries
 
     async def _put_presence(self, client_id: int, state: str) -> None:
         if not self.may_write:

@@ -1,0 +1,65 @@
+"""A subscriber's queue when its reader is slow: nothing is lost (the latest state of every
+presence client, every update merged), and the queue stays within twice what it must hold."""
+
+from __future__ import annotations
+
+from pycrdt import Doc, Text
+
+from accord.coordinator.sessions.subscribers import MAX_PENDING_EVENTS, Event, Subscriber
+from accord.v1 import sessions_pb2
+
+
+def presence(client_id: int, step: int) -> Event:
+    state = f'{{"step": {step}}}'
+    return Event(
+        revision=step, presence=sessions_pb2.Presence(client_id=client_id, state_json=state)
+    )
+
+
+async def drain(subscriber: Subscriber) -> list[Event]:
+    subscriber.end(None)
+    return [event async for event in subscriber.events()]
+
+
+async def test_a_slow_reader_gets_every_clients_latest_presence_and_every_update() -> None:
+    clients = 3 * MAX_PENDING_EVENTS  # more distinct clients than the queue's limit
+    doc: Doc = Doc()
+    text = doc.get("text", type=Text)
+    subscriber = Subscriber(presence=True)
+    for step in range(3):
+        for client_id in range(clients):
+            subscriber.offer(presence(client_id, step))
+            assert len(subscriber._events) <= 2 * (clients + 1)  # bounded by what it holds
+        before = doc.get_state()
+        text += f"{step};"
+        subscriber.offer(Event(revision=10 + step, update=doc.get_update(before)))
+    events = await drain(subscriber)
+    latest = {
+        e.presence.client_id: e.presence.state_json
+        for e in events
+        if e.WhichOneof("event") == "presence"
+    }
+    assert latest == {c: '{"step": 2}' for c in range(clients)}
+    replica: Doc = Doc()
+    for event in events:
+        if event.WhichOneof("event") == "update":
+            replica.apply_update(event.update)
+    assert str(replica.get("text", type=Text)) == "0;1;2;"
+
+
+def test_offering_stays_linear_in_presence_clients() -> None:
+    """With many clients queued, coalescing runs O(log n) times for n offers, not once per
+    offer (counted by the queue's length at each coalescing: their sum stays O(n))."""
+    subscriber = Subscriber(presence=True)
+    coalesced: list[int] = []
+    coalesce = subscriber._coalesce
+
+    def counting() -> None:
+        coalesced.append(len(subscriber._events))
+        coalesce()
+
+    subscriber._coalesce = counting  # type: ignore[method-assign]
+    offers = 20_000
+    for i in range(offers):
+        subscriber.offer(presence(i % 5_000, i))
+    assert sum(coalesced) < 4 * offers
