@@ -112,10 +112,11 @@ async def test_bad_list_requests_are_refused(
     field: str,
     bad: leases_pb2.LeasesListRequest,
 ) -> None:
+    metadata = identity(namespace, "tester")  # under auth, minting its token writes
     before = etcd.revision()
     async with Stubs(replicas[0].address) as raw:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await raw.leases.List(bad, metadata=identity(namespace, "tester"))
+            await raw.leases.List(bad, metadata=metadata)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"{field}:" in (refused.value.details() or "")
     status = rpc_status.from_call(refused.value)
