@@ -41,6 +41,7 @@ from accord.coordinator.substrate.limits import (
     check_request_id,
     require_counts,
 )
+from accord.coordinator.substrate.pages import PageBudget
 from accord.coordinator.substrate.txn import (
     KeyValue,
     Txn,
@@ -168,15 +169,17 @@ class SessionCatalog:
             request.key = base + page_token.encode() + b"\x00"
         request.limit = limit or DEFAULT_LIST_LIMIT
         found = await self._s.etcd.range(request)
-        infos = [
-            info_of(
-                kv.key[len(base) :].decode(),
-                kv,
-                records_pb2.SessionRecord.FromString(kv.value),
+        budget = PageBudget()  # a page fits a standard client, whatever limit says
+        infos: list[sessions_pb2.SessionInfo] = []
+        for kv in found.kvs:
+            info = info_of(
+                kv.key[len(base) :].decode(), kv, records_pb2.SessionRecord.FromString(kv.value)
             )
-            for kv in found.kvs
-        ]
-        token = infos[-1].name if found.more and infos else ""
+            if not budget.take(info):
+                break
+            infos.append(info)
+        more = found.more or len(infos) < len(found.kvs)
+        token = infos[-1].name if more and infos else ""
         return int(found.header.revision), infos, token
 
     async def delete(

@@ -45,6 +45,7 @@ from accord.coordinator.substrate.errors import (
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import check_request_id
+from accord.coordinator.substrate.pages import PageBudget
 from accord.coordinator.substrate.txn import (
     Op,
     Response,
@@ -400,6 +401,7 @@ class VoteStore:
             request.key = prefix + after.encode() + b"\x00"
         request.limit = MAX_LIST_LIMIT
         out: list[votes_pb2.Vote] = []
+        budget = PageBudget()  # a page fits a standard client, whatever limit says
         while True:
             found = await self._etcd.range(request)
             revision = request.revision = request.revision or int(found.header.revision)
@@ -408,7 +410,7 @@ class VoteStore:
                 vote = parse_record(raw)
                 if status and vote.status != status:
                     continue
-                if len(out) == limit:
+                if len(out) == limit or not budget.take(vote):
                     more = True
                     break
                 out.append(vote)
