@@ -26,4 +26,4 @@ def test_node_client_conditional_write_and_watch(
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "# pass 2" in result.stdout and "# fail 0" in result.stdout
+    assert "# pass 4" in result.stdout and "# fail 0" in result.stdout

@@ -203,6 +203,51 @@ describe('accord.v1.KV from Node', { timeout: TEST_TIMEOUT_MS * 3 }, () => {
     assert.equal(second.kv.create_revision, first.kv.create_revision);
   });
 
+  test('a large current value is left out of CONDITION_FAILED, with where to read it', { timeout: TEST_TIMEOUT_MS }, async () => {
+    // Details travel in trailers, which grpc-js (like every standard client) caps at 8-16 KiB.
+    const key = uniqueKey('big');
+    const value = Buffer.alloc(64 * 1024, 'v');
+    const first = await unary(client, 'Put', { key, value });
+    const err = await unary(client, 'Put', {
+      key,
+      value: Buffer.from('mine'),
+      precondition: { must_not_exist: true },
+      return_current_on_failure: true,
+    }).then(
+      () => assert.fail('must_not_exist on an existing key should fail'),
+      (e) => e,
+    );
+    assert.equal(err.code, 9 /* FAILED_PRECONDITION */, `got ${err.code}: ${err.details}`);
+    const status = statusDetails(err, detailTypes);
+    const failure = status.details.find((d) => d.typeName === 'accord.v1.ConditionFailure');
+    assert.ok(failure, `ConditionFailure among details: ${status.details.map((d) => d.typeName)}`);
+    assert.equal(failure.value.current_mod_revision, first.kv.mod_revision);
+    assert.equal(failure.value.current_value_omitted, true);
+    assert.equal(failure.value.current_value_size, String(value.length));
+    // The value as it was when the check failed.
+    const read = await unary(client, 'Get', { key, revision: failure.value.revision });
+    assert.equal(read.kv.mod_revision, first.kv.mod_revision);
+    assert.ok(read.kv.value.equals(value), 'the value read back is the one written');
+  });
+
+  test('List pages of large values fit a default client', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const prefix = uniqueKey('pages') + '/';
+    const keys = [];
+    for (let i = 0; i < 20; i++) {
+      keys.push(`${prefix}${String(i).padStart(2, '0')}`);
+      await unary(client, 'Put', { key: keys[i], value: Buffer.alloc(256 * 1024, i) });
+    }
+    const listed = [];
+    let page_token = '';
+    do {
+      const page = await unary(client, 'List', { prefix, limit: 20, page_token });
+      assert.ok(page.kvs.length < 20, 'twenty 256 KiB values take more than one page');
+      listed.push(...page.kvs.map((kv) => kv.key));
+      page_token = page.next_page_token;
+    } while (page_token);
+    assert.deepEqual(listed, keys);
+  });
+
   test('watch delivers puts in order', { timeout: TEST_TIMEOUT_MS }, async () => {
     const key = uniqueKey('watch');
     const stream = client.Watch({ key, start_revision: 0 }, identity(), {
