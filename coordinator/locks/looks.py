@@ -20,7 +20,17 @@ from dataclasses import dataclass
 
 from accord.coordinator.locks.queue import EXCLUSIVE, Entry, entry_of
 from accord.coordinator.substrate import Substrate
-from accord.coordinator.substrate.txn import KeyValue, Op, Response, get, get_prefix, read, txn
+from accord.coordinator.substrate.txn import (
+    KeyValue,
+    Op,
+    Response,
+    WatchCreate,
+    get,
+    get_prefix,
+    read,
+    txn,
+    watch,
+)
 
 PAGE = 64  # entries read at a time when a shared waiter looks for an exclusive one ahead
 
@@ -67,6 +77,17 @@ class Look:
     # The entry whose deletion may let ours hold (None for a semaphore: any may, so its
     # waiter watches the queue's deletions).
     blocker: Entry | None
+
+    def watches(self) -> list[WatchCreate]:
+        """Watches of the deletions the waiter cares about: its own entry's, and its
+        blocker's (for a semaphore, any in its queue)."""
+        assert self.entry is not None
+        key = self.entry.key
+        own = watch(key, deletions_only=True)
+        if self.blocker is None:
+            queue = key[: key.rindex(b"\x00") + 1]
+            return [own, watch(queue, prefix=True, deletions_only=True)]
+        return [own, watch(self.blocker.key, deletions_only=True)]
 
 
 class Looker:

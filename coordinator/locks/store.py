@@ -83,7 +83,6 @@ from accord.coordinator.substrate.txn import (
     put,
     read,
     txn,
-    watch,
 )
 from accord.v1 import locks_pb2, records_pb2
 
@@ -325,19 +324,8 @@ class LockStore:
                     details=[status],
                     metadata={"lock": entry.lock},
                 )
-            await self._wait_for_change(self._watch_targets(look), look.revision + 1, remaining)
+            await self._wait_for_change(look.watches(), look.revision + 1, remaining)
             look = None
-
-    def _watch_targets(self, look: Look) -> list[WatchCreate]:
-        """Watches of the deletions this waiter cares about: its own entry's, and its
-        blocker's (for a semaphore, any in its queue)."""
-        assert look.entry is not None
-        key = look.entry.key
-        own = watch(key, deletions_only=True)
-        if look.blocker is None:
-            queue_key = key[: key.rindex(b"\x00") + 1]
-            return [own, watch(queue_key, prefix=True, deletions_only=True)]
-        return [own, watch(look.blocker.key, deletions_only=True)]
 
     async def _wait_for_change(
         self, creates: list[WatchCreate], start: int, remaining: float | None
