@@ -348,8 +348,29 @@ class AsyncKV:
             if return_current_on_failure:
                 await self._fill_current(error, timeout)
             raise
+        await self._fill_omitted(request, response, timeout)
         kvs = [KeyValue._from(r.kv) if r.HasField("kv") else None for r in response.results]
         return TxnResult(response.revision, kvs, response.replayed)
+
+    async def _fill_omitted(
+        self, request: kv_pb2.TxnRequest, response: kv_pb2.TxnResponse, timeout: float | None
+    ) -> None:
+        """Fill in the values the service left out of a Txn's results (to stay under a
+        standard client's 4 MiB): a put's is the value sent, a deleted key's is read as of
+        just before the transaction. One that etcd has compacted since stays out."""
+        for op, result in zip(request.ops, response.results, strict=True):
+            if not result.value_omitted:
+                continue
+            if op.WhichOneof("op") == "put":
+                result.kv.value = op.put.value
+                continue
+            get = kv_pb2.GetRequest(key=result.kv.key, revision=response.revision - 1)
+            try:
+                found = await self._t.unary(calls.KV_GET, get, timeout=timeout)
+            except AccordError:
+                continue
+            if found.found and found.kv.mod_revision == result.kv.mod_revision:
+                result.kv.value = found.kv.value
 
     async def _fill_current(self, error: ConditionFailedError, timeout: float | None) -> None:
         """Fill in the current values the service left out of a CONDITION_FAILED (too

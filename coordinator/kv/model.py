@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from accord.coordinator.substrate import preconditions
 from accord.coordinator.substrate.errors import ConditionFailed, FieldViolation
+from accord.coordinator.substrate.pages import PageBudget
 from accord.coordinator.substrate.txn import Event, KeyValue
 from accord.v1 import kv_pb2, records_pb2
 
@@ -205,6 +206,18 @@ def condition_failed(
         metadata["failed_checks"] = str(len(failed))
         metadata["listed_checks"] = str(len(listed))
     return ConditionFailed(message, details=listed, metadata=metadata)
+
+
+def fit_results(results: Sequence[kv_pb2.TxnOpResult]) -> None:
+    """Leave values out of a Txn's results past the page budget (value_omitted): deleting
+    32 keys of 256 KiB would otherwise answer 8 MiB, which a standard client refuses
+    after the transaction applied."""
+    budget = PageBudget()
+    for result in results:
+        if result.HasField("kv") and not budget.take(result):
+            result.kv.value = b""
+            result.value_omitted = True
+            budget.take(result)
 
 
 def now() -> timestamp_pb2.Timestamp:

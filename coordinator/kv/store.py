@@ -35,6 +35,7 @@ from accord.coordinator.kv.model import (
     WatchBatch,
     check_revision,
     condition_failed,
+    fit_results,
     now,
     precondition_bytes,
     single_check,
@@ -459,6 +460,7 @@ class KVStore:
                     results.append(kv_pb2.TxnOpResult(kv=to_kv(prefix, prevs[0]), deleted=True))
                 else:
                     results.append(kv_pb2.TxnOpResult(deleted=False))
+        fit_results(results)
         return Mutation(revision, results, replayed=False)
 
     async def _replay(
@@ -508,6 +510,7 @@ class KVStore:
                     results.append(kv_pb2.TxnOpResult(deleted=False))
                 else:
                     results.append(kv_pb2.TxnOpResult(kv=to_kv(prefix, before), deleted=True))
+        fit_results(results)
         return Mutation(revision, results, replayed=True)
 
     async def _raw_at(self, key: bytes, revision: int) -> KeyValue | None:

@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from accord.client import AsyncClient, ConditionFailedError, Expect, Put
+from accord.client import AsyncClient, ConditionFailedError, Delete, Expect, Put
 from accord.v1 import kv_pb2
 from tests.harness import Coordinator, Stubs, identity
 
@@ -189,3 +189,33 @@ def _failure(detail: Any) -> kv_pb2.ConditionFailure:
     out = kv_pb2.ConditionFailure()
     detail.Unpack(out)
     return out
+
+
+async def test_a_txn_deleting_large_values_answers_a_default_client(
+    client: AsyncClient, replicas: list[Coordinator], namespace: str
+) -> None:
+    """32 deletes (the most one Txn takes) of 256 KiB values: their previous values would
+    make an 8 MiB answer, refused by a standard client after the deletes applied."""
+    values = {f"d{i:02d}": big_value(i) for i in range(32)}
+    for key, value in values.items():
+        await client.kv.put(key, value)
+    request = kv_pb2.TxnRequest(
+        ops=[kv_pb2.TxnOp(delete=kv_pb2.TxnDelete(key=key)) for key in values],
+        request_id="delete-them-all",
+    )
+    async with Stubs(replicas[0].address) as raw:
+        first = await raw.kv.Txn(request, metadata=identity(namespace))
+        again = await raw.kv.Txn(request, metadata=identity(namespace))  # a retry
+    for answer in (first, again):
+        assert answer.ByteSize() < DEFAULT_MAX_MESSAGE
+        assert all(r.deleted and r.kv.key in values for r in answer.results)
+        omitted = [r for r in answer.results if r.value_omitted]
+        assert omitted and all(not r.kv.value for r in omitted)
+        assert all(r.kv.value == values[r.kv.key] for r in answer.results if not r.value_omitted)
+    assert again.replayed and again.revision == first.revision
+    assert await client.kv.list_all("d") == []
+    # Accord's client reads what was left out, as of just before the transaction.
+    for key, value in values.items():
+        await client.kv.put(key, value)
+    done = await client.kv.txn({}, [Delete(key) for key in values])
+    assert [kv.value if kv else None for kv in done.kvs] == list(values.values())

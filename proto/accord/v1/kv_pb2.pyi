@@ -590,8 +590,14 @@ class TxnOpResult(_message.Message):
 
     KV_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
+    VALUE_OMITTED_FIELD_NUMBER: _builtins.int
     deleted: _builtins.bool
     """For a delete: whether the key existed."""
+    value_omitted: _builtins.bool
+    """kv.value was left out to keep the response under 3 MiB (a transaction may delete 32
+    keys of 256 KiB): for a put it is the value sent; for a delete, Get(key, revision =
+    TxnResponse.revision - 1) reads it. Accord's client fills it in.
+    """
     @_builtins.property
     def kv(self) -> Global___KeyValue:
         """For a put: the key as written. For a delete: the key before deletion, if it existed."""
@@ -601,10 +607,11 @@ class TxnOpResult(_message.Message):
         *,
         kv: Global___KeyValue | None = ...,
         deleted: _builtins.bool = ...,
+        value_omitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "kv", b"kv"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "kv", b"kv", "value_omitted", b"value_omitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
