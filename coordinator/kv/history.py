@@ -11,6 +11,8 @@ reaches compacted revisions stops there and says so (truncated_by_compaction).
 
 Pages: a history page stops at `limit` entries or before it would exceed
 pages.MAX_PAGE_BYTES (large values), whichever comes first; next_before_revision resumes.
+A watch response holds at most that many bytes of events too: one etcd response (which
+catching up fills with up to 1,000 revisions) may become several.
 """
 
 from __future__ import annotations
@@ -46,7 +48,27 @@ async def watch(
         if not response.events:
             continue  # a progress notice: not proof that history was delivered (etcd 3.4)
         events = [to_event(data_prefix, event) for event in response.events]
-        yield WatchBatch(response.header.revision, events, response.events[-1].kv.mod_revision + 1)
+        for batch in _fitting(response.header.revision, events):
+            yield batch
+
+
+def _fitting(revision: int, events: list[kv_pb2.WatchEvent]) -> list[WatchBatch]:
+    """events (one etcd response: up to 1,000 revisions when catching up) as batches that
+    each fit a standard client. A batch ending between revisions resumes at the next; one
+    that ends inside a revision (its events alone exceed the budget: a Txn of large values
+    with prev_kv) resumes at that revision, so resuming there repeats its earlier events."""
+    batches: list[WatchBatch] = []
+    chunk: list[kv_pb2.WatchEvent] = []
+    budget = PageBudget()
+    for event in events:
+        if not budget.take(event):
+            last, next_at = chunk[-1].kv.mod_revision, event.kv.mod_revision
+            batches.append(WatchBatch(revision, chunk, last if next_at == last else last + 1))
+            chunk, budget = [], PageBudget()
+            budget.take(event)
+        chunk.append(event)
+    batches.append(WatchBatch(revision, chunk, chunk[-1].kv.mod_revision + 1))
+    return batches
 
 
 async def walk(s: Substrate, key: str, *, limit: int, before_revision: int) -> History:

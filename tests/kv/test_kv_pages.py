@@ -5,6 +5,7 @@ raw stubs on a channel with no options, and Accord's own client."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -219,3 +220,65 @@ async def test_a_txn_deleting_large_values_answers_a_default_client(
         await client.kv.put(key, value)
     done = await client.kv.txn({}, [Delete(key) for key in values])
     assert [kv.value if kv else None for kv in done.kvs] == list(values.values())
+
+
+async def test_a_watch_catching_up_on_large_values_fits_a_default_client(
+    client: AsyncClient, replicas: list[Coordinator], namespace: str
+) -> None:
+    """Catching up, etcd sends up to 1,000 revisions in one response: 20 values of 256 KiB
+    become several messages, each resuming where the next begins."""
+    written = [(await client.kv.put(f"w/{i:02d}", big_value(i))).revision for i in range(20)]
+    events: list[kv_pb2.WatchEvent] = []
+    async with Stubs(replicas[0].address) as raw:
+        stream = raw.kv.Watch(
+            kv_pb2.WatchRequest(key="w/", prefix=True, start_revision=written[0]),
+            metadata=identity(namespace),
+        )
+        responses = 0
+        async with asyncio.timeout(30):
+            async for response in stream:
+                assert response.ByteSize() < DEFAULT_MAX_MESSAGE
+                if response.events:
+                    responses += 1
+                    events += response.events
+                    assert response.resume_revision == response.events[-1].kv.mod_revision + 1
+                if len(events) >= len(written):
+                    break
+        stream.cancel()
+    assert [e.kv.mod_revision for e in events] == written  # each once, in order
+    assert all(e.kv.value == big_value(i) for i, e in enumerate(events))
+    assert responses > 1
+
+
+async def test_one_revisions_large_events_span_watch_responses(
+    client: AsyncClient, replicas: list[Coordinator], namespace: str
+) -> None:
+    """A Txn deleting 32 keys of 256 KiB, watched with prev_kv: one revision, 8 MiB of
+    events. They span responses, and one that ends inside the revision resumes at it (so a
+    resumed watch gets the whole revision again rather than lose part of it)."""
+    keys = [f"t/{i:02d}" for i in range(32)]
+    for i, key in enumerate(keys):
+        await client.kv.put(key, big_value(i))
+    events: list[kv_pb2.WatchEvent] = []
+    resumes: list[int] = []
+    async with Stubs(replicas[1].address) as raw:
+        stream = raw.kv.Watch(
+            kv_pb2.WatchRequest(key="t/", prefix=True, prev_kv=True),
+            metadata=identity(namespace),
+        )
+        async with asyncio.timeout(30):
+            async for response in stream:
+                if not response.events:  # registered: now delete them all at once
+                    done = await client.kv.txn({}, [Delete(key) for key in keys])
+                    continue
+                assert response.ByteSize() < DEFAULT_MAX_MESSAGE
+                events += response.events
+                resumes.append(response.resume_revision)
+                if len(events) >= len(keys):
+                    break
+        stream.cancel()
+    assert [e.kv.key for e in events] == keys
+    assert all(e.kv.mod_revision == done.revision for e in events)
+    assert all(e.prev_kv.value == big_value(i) for i, e in enumerate(events))
+    assert len(resumes) > 1
+    assert resumes[:-1] == [done.revision] * (len(resumes) - 1) and resumes[-1] == done.revision + 1

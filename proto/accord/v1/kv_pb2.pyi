@@ -735,7 +735,11 @@ class WatchResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     RESUME_REVISION_FIELD_NUMBER: _builtins.int
     resume_revision: _builtins.int
-    """Resume a broken stream from here: every event before it was delivered, none after."""
+    """Resume a broken stream from here: every event before it was delivered, none after.
+    A response holds at most 3 MiB of events; when one revision's events alone exceed
+    that (a Txn of large values, with prev_kv), they span responses, and resuming from
+    the first's resume_revision (that revision) repeats the part already delivered.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
