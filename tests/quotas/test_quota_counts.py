@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from pycrdt import Doc, Text
 
-from accord.client import AsyncClient, Delete, Put, QuotaExceededError, ops
-from tests.harness import Coordinator, EtcdMember, make_client
+from accord.client import AsyncClient, Delete, InvalidArgumentError, Put, QuotaExceededError, ops
+from tests.harness import Coordinator, EtcdMember, make_client, until
 from tests.quotas.helpers import assert_pushback, namespace_keys, set_quota, usage_reaches
 
 
@@ -136,3 +136,37 @@ async def test_usage_falls_when_a_lease_expires(
     # etcd deletes the key and the lease record when the lease ends: the counts follow.
     await usage_reaches(on_one, "keys", 1)
     await usage_reaches(on_one, "leases", 0)
+
+
+async def test_overwrites_and_deletes_move_usage_exactly(on_one: AsyncClient) -> None:
+    await on_one.kv.put("k", b"x" * 100)
+    await on_one.kv.put("k", b"x" * 3_000)
+    await on_one.kv.put("k", b"x" * 2_000)
+    await on_one.kv.put("gone", b"x" * 5_000)
+    last = await on_one.kv.delete("gone")
+    status = await until(
+        on_one.quotas.get,
+        lambda s: s.usage.revision >= last.revision,
+        "the replica's counts reach the last write",
+    )
+    # One key of ~2,000 bytes: an overwrite replaces its old size, a delete frees it.
+    assert status.usage.keys == 1
+    assert 2_000 < status.usage.bytes < 2_300
+
+
+@pytest.mark.parametrize(
+    ("limits", "field"),
+    [
+        ({"keys": -1}, "limits.keys"),
+        ({"requests_per_second": float("nan")}, "limits.requests_per_second"),
+        ({"agent_requests_per_second": float("inf")}, "limits.agent_requests_per_second"),
+        ({"burst_seconds": 0.0}, "limits.burst_seconds"),
+    ],
+)
+async def test_bad_limits_are_refused_and_nothing_is_stored(
+    on_one: AsyncClient, namespace: str, etcd: EtcdMember, limits: dict[str, float], field: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as refused:
+        await on_one.quotas.set(**limits)  # type: ignore[arg-type]
+    assert [f for f, _ in refused.value.field_violations] == [field]
+    assert etcd.kvs(f"accord/quotas/{namespace}") == []

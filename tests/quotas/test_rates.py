@@ -5,6 +5,7 @@ deadline cannot be met. Open streams are counted per namespace."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -46,10 +47,15 @@ async def test_namespace_rate_refuses_with_retry_info(
         assert failure.violations[0].subject == f"namespace:{namespace}"
         assert failure.violations[0].description == "requests_per_second"
         assert namespace_keys(etcd, namespace) == before
-    # Another namespace on the same replica is not limited.
-    async with make_client([replicas[0].address], f"{namespace}-b") as neighbour:
-        for i in range(20):
-            await neighbour.kv.put(f"k{i}", b"v")
+    # Another namespace on the same replica, with the same limit, has its own bucket.
+    neighbour_namespace = f"{namespace}-b"
+    await set_quota(replicas, neighbour_namespace, requests_per_second=1.0, burst_seconds=2.0)
+    neighbour = no_retries(replicas[0].address, neighbour_namespace)
+    try:
+        await neighbour.kv.put("k1", b"v")
+        await neighbour.kv.put("k2", b"v")
+    finally:
+        await neighbour.close()
 
 
 async def test_agent_rate_is_per_agent(replicas: list[Coordinator], namespace: str) -> None:
@@ -123,7 +129,7 @@ async def test_open_streams_are_limited_per_namespace(
         await usage_reaches(client, "streams", 1)
         second = stubs.kv.Watch(kv_pb2.WatchRequest(key="k"), metadata=meta)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await second.read()
+            await asyncio.wait_for(second.read(), 10)  # refused at once, not left open
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         first.cancel()
         await usage_reaches(client, "streams", 0)
