@@ -1,10 +1,11 @@
 """Leases as an agent uses them: grant one, and a background task keeps it alive.
 
 ``async with await accord.leases.grant(ttl=10) as lease:`` keeps the lease alive over
-one stream (moving to another replica if one dies) and revokes it on exit. When the
-lease is lost anyway (expired during a long stall, revoked by an admin), `lease.lost`
-is set and `on_lost` callbacks run: whatever the agent held under it is gone, and
-fenced writes made with its grants will fail.
+one stream (moving to another replica if one dies; refreshing it with one call at a
+time while the namespace's stream quota has no stream to spare) and revokes it on exit.
+When the lease is lost anyway (expired during a long stall, revoked by an admin),
+`lease.lost` is set and `on_lost` callbacks run: whatever the agent held under it is
+gone, and fenced writes made with its grants will fail.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 from accord.client import calls, deprecation
-from accord.client.errors import AccordError, LeaseNotFoundError, UnavailableError, reason_name
+from accord.client.errors import (
+    AccordError,
+    LeaseNotFoundError,
+    QuotaExceededError,
+    UnavailableError,
+    reason_name,
+)
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, leases_pb2
 
@@ -125,6 +132,15 @@ class Lease:
             except LeaseNotFoundError as gone:
                 self._lose(gone)
                 return
+            except QuotaExceededError:
+                # No stream to spare in the namespace: refresh with one call, and ask for
+                # a stream again at the next refresh.
+                if await self._refresh_once():
+                    failures = 0
+                    await asyncio.sleep(self.ttl / 3)
+                    continue
+                if self.lost_reason is not None:
+                    return
             except AccordError as exc:
                 if time.monotonic() >= self._expires_at:
                     self._lose(
@@ -137,6 +153,19 @@ class Lease:
                     return
             failures += 1
             await asyncio.sleep(min(self._t.retry.backoff(failures), self.ttl / 6))
+
+    async def _refresh_once(self) -> bool:
+        """One KeepAliveOnce call; whether it kept the lease (a lost lease is reported)."""
+        request = leases_pb2.KeepAliveOnceRequest(lease_id=self.id)
+        try:
+            response = await self._t.unary(calls.LEASES_KEEP_ALIVE_ONCE, request)
+        except LeaseNotFoundError as gone:
+            self._lose(gone)
+            return False
+        except AccordError:
+            return False
+        self._expires_at = time.monotonic() + response.ttl_seconds
+        return True
 
     async def __aenter__(self) -> Lease:
         return self

@@ -28,9 +28,9 @@ class ConnectionLimits:
 
     # RPCs in progress on the replica (gRPC's maximum_concurrent_rpcs): beyond it a call is
     # refused at once with RESOURCE_EXHAUSTED instead of queueing without bound.
-    max_concurrent_rpcs: int = 10_000
+    max_concurrent_rpcs: int = 20_000
     # Concurrent streams (calls) on one HTTP/2 connection.
-    max_streams_per_connection: int = 4_096
+    max_streams_per_connection: int = 10_000
     # A connection with no call for this long is closed (the client reconnects on need).
     idle_connection_seconds: float = 600.0
     # y-websocket sockets open at once on one session, and from one remote address.

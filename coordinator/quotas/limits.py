@@ -2,7 +2,8 @@
 
 Defaults are sized to stop a runaway agent without bothering a normal fleet: a namespace
 may hold 100,000 keys in 512 MiB, 10,000 leases, 1,000 sessions in 512 MiB, 1,000 open
-votes, 1,000 open streams per replica, and make 3,000 requests per second per replica
+votes, 10,000 open streams per replica (the Python client keeps each lease alive on a
+stream of its own, so as many as leases), and make 3,000 requests per second per replica
 (as many for any one principal or agent), with bursts of two seconds' worth. A batch
 request counts once (batching is how an agent goes fast); a large write counts once more
 per started 64 KiB. The default rates sit above what one replica serves of small calls
@@ -44,7 +45,7 @@ class QuotaLimits:
     sessions: int = 1_000
     session_bytes: int = 512 * 1024 * 1024
     votes_open: int = 1_000
-    streams: int = 1_000
+    streams: int = 10_000
     requests_per_second: float = 3_000.0
     agent_requests_per_second: float = 3_000.0
     burst_seconds: float = 2.0

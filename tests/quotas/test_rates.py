@@ -155,3 +155,17 @@ async def test_large_writes_take_more_of_the_rate(
         await client.kv.get("a")  # a small call still fits
     finally:
         await client.close()
+
+
+async def test_a_lease_is_kept_alive_when_no_stream_is_left(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    await set_quota(replicas, namespace, streams=0)
+    async with make_client([replicas[0].address], namespace) as client:
+        lease = await client.leases.grant(ttl=2)  # kept alive in the background
+        try:
+            await asyncio.sleep(5)  # past two TTLs: only refreshes kept it
+            assert lease.lost_reason is None
+            assert await client.leases.keepalive_once(lease.id) > 0
+        finally:
+            await lease.revoke()
