@@ -35,7 +35,12 @@ from accord.coordinator.auth.cache import AuthCache, Verified
 from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.quotas.admission import Admission
 from accord.coordinator.substrate import calls
-from accord.coordinator.substrate.errors import AccordError, Internal, Unauthenticated
+from accord.coordinator.substrate.errors import (
+    AccordError,
+    Internal,
+    QuotaExceeded,
+    Unauthenticated,
+)
 from accord.v1 import records_pb2
 
 _log = logs.get("accord.access")
@@ -256,6 +261,8 @@ def _finish(
     slow = latency_ms >= SLOW_CALL_SECONDS * 1000 and not streaming  # streams live long
     if error is None and not slow and not _log.is_enabled_for(10):
         return  # the common case: a quick success with debug logging off
+    if isinstance(error, QuotaExceeded) and not _log.is_enabled_for(10):
+        return  # pushback is routine under load: a line per refusal would add to it
     fields = {
         "method": method,
         "namespace": call.namespace if call else None,

@@ -87,10 +87,15 @@ class UsageBook:
         self.synced = False
         self.revision = 0
 
-    async def start(self, timeout: float = 30.0) -> None:
-        """Count everything and keep following; return once counted."""
+    async def start(self, timeout: float = 5.0) -> None:
+        """Count everything and keep following; return once counted, or after timeout
+        (a large etcd takes longer to count: admission does not refuse for counts until
+        then, and the replica need not wait to serve)."""
         self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._loaded.wait(), timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._loaded.wait()), timeout)
+        except TimeoutError:
+            _log.info("quota usage still being counted; serving meanwhile", seconds=timeout)
 
     async def close(self) -> None:
         if self._task is not None:
