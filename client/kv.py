@@ -22,9 +22,11 @@ from accord.client.errors import (
     AccordError,
     ConditionFailedError,
     DeadlineExceededError,
+    QuotaExceededError,
     UnavailableError,
     reason_name,
 )
+from accord.client.retry import pushback
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, kv_pb2
 
@@ -554,6 +556,13 @@ class Watch:
                 if failures > self._max_reconnects:
                     raise
                 await asyncio.sleep(self._t.retry.backoff(min(failures, 5)))
+                continue
+            except QuotaExceededError as refused:  # open again when the server says
+                failures += 1
+                wait = pushback(refused, self._t.timeout)
+                if wait is None or failures > self._max_reconnects:
+                    raise
+                await asyncio.sleep(wait)
                 continue
             # The server ended the stream (a replica shutting down): resume elsewhere.
             failures += 1

@@ -1,9 +1,12 @@
-"""When and how the client retries: backoff with jitter, bounded by a retry budget."""
+"""When and how the client retries: backoff with jitter, bounded by a retry budget, and
+the server's pushback (RetryInfo) honoured."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+
+from accord.client.errors import AccordError, QuotaExceededError, retry_after
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,3 +44,16 @@ class RetryBudget:
         self.tokens = min(
             self.policy.budget_tokens, self.tokens + self.policy.budget_refill_per_success
         )
+
+
+def pushback(error: AccordError, bound: float) -> float | None:
+    """How long to wait before opening a stream again (or resending a push) that a quota
+    or rate refused: its RetryInfo, with up to a tenth more to spread a fleet. None when
+    the error is not such a refusal, or asks for longer than bound (a count quota frees
+    only when something is deleted: the caller should hear of it)."""
+    if not isinstance(error, QuotaExceededError):
+        return None
+    delay = retry_after(error)
+    if delay is None or delay > bound:
+        return None
+    return delay * random.uniform(1.0, 1.1)

@@ -34,9 +34,11 @@ from accord.client.errors import (
     AccordError,
     DeadlineExceededError,
     InternalError,
+    QuotaExceededError,
     UnavailableError,
 )
 from accord.client.kv import Provenance, _fence, _Fencing, _HasId, _lease
+from accord.client.retry import pushback
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, sessions_pb2
 
@@ -538,6 +540,14 @@ class SyncedSession:
                 if failures > _MAX_QUIET_FAILURES:
                     self._fail(exc)
                     return
+            except QuotaExceededError as exc:  # subscribe again when the server says
+                failures += 1
+                wait = pushback(exc, self._t.timeout)
+                if wait is None or failures > _MAX_QUIET_FAILURES:
+                    self._fail(exc)
+                    return
+                await asyncio.sleep(wait)
+                continue
             except AccordError as exc:  # deleted, or refused for good
                 self._fail(exc)
                 return
@@ -610,6 +620,14 @@ class SyncedSession:
                 if failures > _MAX_QUIET_FAILURES:
                     self._fail(exc)
                     return None
+            except QuotaExceededError as exc:  # the same request id, when the server says
+                failures += 1
+                wait = pushback(exc, self._t.timeout)
+                if wait is None or failures > _MAX_QUIET_FAILURES:
+                    self._fail(exc)
+                    return None
+                await asyncio.sleep(wait)
+                continue
             except AccordError as exc:
                 self._fail(exc)
                 return None

@@ -28,8 +28,9 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 
 from accord.client import calls, deprecation
-from accord.client.errors import DeadlineExceededError, UnavailableError
+from accord.client.errors import DeadlineExceededError, QuotaExceededError, UnavailableError
 from accord.client.kv import _fence, _Fencing
+from accord.client.retry import pushback
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, votes_pb2
 
@@ -422,6 +423,13 @@ class AsyncVotes:
                 failures += 1
                 if failures > max_reconnects:
                     raise
+            except QuotaExceededError as refused:  # open again when the server says
+                failures += 1
+                wait = pushback(refused, self._t.timeout)
+                if wait is None or failures > max_reconnects:
+                    raise
+                await asyncio.sleep(wait)
+                continue
             else:  # the replica ended the stream before the decision (shutting down)
                 failures += 1
                 if failures > max_reconnects:

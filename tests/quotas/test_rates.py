@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from accord.client import AsyncClient, QuotaExceededError, RetryPolicy
+from accord.client import AsyncClient, QuotaExceededError, RetryPolicy, VoteStateEvent
 from accord.v1 import kv_pb2
 from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client
 from tests.quotas.helpers import assert_pushback, namespace_keys, set_quota, usage_reaches
@@ -169,3 +169,31 @@ async def test_a_lease_is_kept_alive_when_no_stream_is_left(
             assert await client.leases.keepalive_once(lease.id) > 0
         finally:
             await lease.revoke()
+
+
+async def test_streams_refused_for_rate_open_when_the_server_says(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    await set_quota(replicas, namespace, requests_per_second=1.0, burst_seconds=1.0)
+    async with make_client([replicas[0].address], namespace) as client:
+        await client.kv.get("k")  # the bucket's one token: the watch is refused at first
+        watch = client.kv.watch("k")
+        try:
+            await asyncio.wait_for(watch.start(), 10)  # opened after the pushback
+            await client.kv.put("k", b"v")  # waits for its own token, as told
+            event = await asyncio.wait_for(watch.__anext__(), 10)
+            assert event.kv.value == b"v"
+        finally:
+            await watch.aclose()
+        await client.kv.get("k")  # the bucket's next token, for the session's subscription
+        async with client.sessions.synced("doc") as live:  # refused at first too
+            await asyncio.wait_for(live.flush(), 10)
+            assert live.error is None
+        vote = await client.votes.propose("go?", ["yes", "no"], voters=["a"], voting_period=60)
+        await client.kv.get("k")  # and once more, for the vote's watch
+        events = client.votes.watch(vote.id)
+        try:
+            first = await asyncio.wait_for(events.__anext__(), 10)
+            assert isinstance(first, VoteStateEvent)
+        finally:
+            await events.aclose()
