@@ -1,7 +1,8 @@
 """Per-connection limits, on a replica of their own started with low ones: y-websocket
 sockets per session and per address are closed at once with 1013 (try again later),
 and a socket that closes frees its place; gRPC's maximum_concurrent_rpcs refuses calls
-beyond it with RESOURCE_EXHAUSTED; the admin CLI shows and sets quotas."""
+beyond it with RESOURCE_EXHAUSTED; an idle connection is closed (and the client
+reconnects); the admin CLI shows and sets quotas."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def limited(etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
             "--ws-sockets-per-session", "2",
             "--ws-sockets-per-address", "3",
             "--max-concurrent-rpcs", "4",
+            "--idle-connection-timeout", "1",
         ],
     )  # fmt: skip
     yield replica
@@ -110,6 +112,21 @@ async def test_calls_beyond_max_concurrent_rpcs_are_refused(
         assert more.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         for watch in watches:
             watch.cancel()
+
+
+async def test_an_idle_connection_is_closed(limited: Coordinator, namespace: str) -> None:
+    async with Stubs(limited.address) as stubs:
+        await stubs.kv.Get(kv_pb2.GetRequest(key="k"), metadata=identity(namespace, "idle"))
+        assert stubs.channel.get_state() == grpc.ChannelConnectivity.READY
+        state = stubs.channel.get_state()
+        for _ in range(100):  # the server closes it after 1 s without a call
+            state = stubs.channel.get_state()
+            if state != grpc.ChannelConnectivity.READY:
+                break
+            await asyncio.sleep(0.1)
+        assert state == grpc.ChannelConnectivity.IDLE
+        # The client reconnects on its next call.
+        await stubs.kv.Get(kv_pb2.GetRequest(key="k"), metadata=identity(namespace, "idle"))
 
 
 def accord(*args: str) -> subprocess.CompletedProcess[str]:
