@@ -12,7 +12,8 @@ The interceptor asks once per call, after identity and before the method runs:
   can always clean up;
 - a server stream counts against the namespace's open streams on this replica while it
   is open.
-Calls of the Quotas service are exempt, so an admin can always raise a limit.
+Calls of the Quotas and Auth services are exempt: an admin can always raise a limit, mint
+a token or take a role back in a namespace that is being flooded.
 
 Rates and streams are per replica: across N replicas a namespace may reach N times its
 limit (a client talks to one replica at a time, so an agent normally sees its limit).
@@ -40,7 +41,7 @@ from accord.coordinator.quotas.limits import Limit, QuotaLimits
 from accord.coordinator.quotas.usage import Usage, UsageBook
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import QuotaExceeded
-from accord.v1 import kv_pb2, leases_pb2, quotas_pb2, sessions_pb2, votes_pb2
+from accord.v1 import auth_pb2, kv_pb2, leases_pb2, quotas_pb2, sessions_pb2, votes_pb2
 
 COUNT_RETRY_SECONDS = 30.0
 # A write takes one more rate token per started TOKEN_BYTES of its size (a 512 KiB Txn
@@ -74,7 +75,10 @@ GROWS: MappingProxyType[str, Grows] = MappingProxyType(
         method_name(votes_pb2, "Votes", "Propose"): Grows((Limit.VOTES_OPEN,)),
     }
 )
-_EXEMPT_PREFIX = "/" + quotas_pb2.DESCRIPTOR.services_by_name["Quotas"].full_name + "/"
+_EXEMPT_PREFIXES = tuple(
+    f"/{module.DESCRIPTOR.services_by_name[name].full_name}/"
+    for module, name in ((quotas_pb2, "Quotas"), (auth_pb2, "Auth"))
+)
 # The size-bounded limits: the request's own bytes are added before comparing.
 _BY_SIZE = frozenset({Limit.BYTES, Limit.SESSION_BYTES})
 
@@ -91,7 +95,7 @@ class Rule:
 
     def __init__(self, method: str) -> None:
         self.method = method
-        self.exempt = method.startswith(_EXEMPT_PREFIX)
+        self.exempt = method.startswith(_EXEMPT_PREFIXES)
         self.grows = GROWS.get(method)
 
 

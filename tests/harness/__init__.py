@@ -5,6 +5,7 @@ from the modules directly."""
 from tests.harness.auth import (
     AUTH_REQUIRED,
     bootstrap_admin,
+    cluster_admin_token,
     enable_auth,
     grant_labels,
     own_cluster_token,
@@ -43,6 +44,7 @@ __all__ = [
     "StoredKey",
     "Stubs",
     "bootstrap_admin",
+    "cluster_admin_token",
     "enable_auth",
     "eventually",
     "free_port",

@@ -169,6 +169,15 @@ def token_for(namespace: str, agent: str) -> str | None:
     return _session[""].token(namespace, agent)
 
 
+def cluster_admin_token() -> str | None:
+    """Under auth, the session cluster admin's token (for what only a cluster admin may
+    do, such as setting quotas); otherwise None."""
+    if not AUTH_REQUIRED:
+        return None
+    assert "" in _session, "the session `replicas` fixture enables auth first"
+    return _session[""].admin_token
+
+
 def own_cluster_token(
     etcd_endpoint: str, addresses: list[str], namespace: str, agent: str
 ) -> str | None:

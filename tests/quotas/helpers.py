@@ -6,22 +6,31 @@ from __future__ import annotations
 from google.rpc import error_details_pb2
 
 from accord.client import AsyncClient, QuotaExceededError, QuotaStatus
-from tests.harness import Coordinator, EtcdMember, make_client, until
+from tests.harness import Coordinator, EtcdMember, cluster_admin_token, make_client, until
 
 ROOT = "accord"
 
 
+def quota_admin(replicas: list[Coordinator], namespace: str) -> AsyncClient:
+    """A client that may set quotas: under auth, the session's cluster admin."""
+    token = cluster_admin_token()
+    agent = "" if token else "quota-admin"
+    return make_client([replicas[0].address], namespace, agent=agent, token=token)
+
+
 async def set_quota(replicas: list[Coordinator], namespace: str, **limits: float) -> None:
     """Override the namespace's limits and wait until every replica has them in force."""
-    async with make_client([replicas[0].address], namespace, agent="quota-admin") as admin:
+    async with quota_admin(replicas, namespace) as admin:
         await admin.quotas.set(**limits)  # type: ignore[arg-type]
-    for replica in replicas:
-        async with make_client([replica.address], namespace, agent="quota-admin") as reader:
-            await until(
-                reader.quotas.get,
-                lambda s: all(getattr(s.limits, k) == v for k, v in limits.items()),
-                f"{replica.name} applies {limits}",
-            )
+        for replica in replicas:
+            async with make_client(
+                [replica.address], namespace, agent="", token=cluster_admin_token()
+            ) as c:
+                await until(
+                    c.quotas.get,
+                    lambda s: all(getattr(s.limits, k) == v for k, v in limits.items()),
+                    f"{replica.name} applies {limits}",
+                )
 
 
 async def usage_reaches(client: AsyncClient, name: str, value: int) -> QuotaStatus:

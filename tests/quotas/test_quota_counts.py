@@ -12,7 +12,13 @@ from pycrdt import Doc, Text
 
 from accord.client import AsyncClient, Delete, InvalidArgumentError, Put, QuotaExceededError, ops
 from tests.harness import Coordinator, EtcdMember, make_client, until
-from tests.quotas.helpers import assert_pushback, namespace_keys, set_quota, usage_reaches
+from tests.quotas.helpers import (
+    assert_pushback,
+    namespace_keys,
+    quota_admin,
+    set_quota,
+    usage_reaches,
+)
 
 
 @pytest.fixture
@@ -164,9 +170,14 @@ async def test_overwrites_and_deletes_move_usage_exactly(on_one: AsyncClient) ->
     ],
 )
 async def test_bad_limits_are_refused_and_nothing_is_stored(
-    on_one: AsyncClient, namespace: str, etcd: EtcdMember, limits: dict[str, float], field: str
+    replicas: list[Coordinator],
+    namespace: str,
+    etcd: EtcdMember,
+    limits: dict[str, float],
+    field: str,
 ) -> None:
-    with pytest.raises(InvalidArgumentError) as refused:
-        await on_one.quotas.set(**limits)  # type: ignore[arg-type]
+    async with quota_admin(replicas, namespace) as admin:
+        with pytest.raises(InvalidArgumentError) as refused:
+            await admin.quotas.set(**limits)  # type: ignore[arg-type]
     assert [f for f, _ in refused.value.field_violations] == [field]
     assert etcd.kvs(f"accord/quotas/{namespace}") == []

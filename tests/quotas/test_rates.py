@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from accord.client import AsyncClient, QuotaExceededError, RetryPolicy, VoteStateEvent
 from accord.v1 import kv_pb2
-from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client
+from tests.harness import AUTH_REQUIRED, Coordinator, EtcdMember, Stubs, identity, make_client
 from tests.quotas.helpers import assert_pushback, namespace_keys, set_quota, usage_reaches
 
 
@@ -66,7 +66,8 @@ async def test_agent_rate_is_per_agent(replicas: list[Coordinator], namespace: s
         await hasty.kv.get("k")
         with pytest.raises(QuotaExceededError) as refused:
             await hasty.kv.get("k")
-        assert_pushback(refused.value, "agent_requests_per_second", f"agent:{namespace}/hasty")
+        kind = "principal" if AUTH_REQUIRED else "agent"  # under auth: its own principal
+        assert_pushback(refused.value, "agent_requests_per_second", f"{kind}:{namespace}/hasty")
         assert refused.value.retry_after is not None and refused.value.retry_after > 1.0
         await calm.kv.get("k")
     finally:

@@ -35,8 +35,8 @@ class QuotasStub:
     Every replica starts from its flags' defaults (`accord serve --quota-*`); a cluster
     admin overrides them per namespace with Set, kept in etcd and followed by every
     replica. Get needs READ in the namespace; Set needs a cluster admin (with auth off,
-    identity is a claim and anyone may, as with every call). Quota calls are never refused
-    for rate or streams, so an admin can always raise a limit.
+    identity is a claim and anyone may, as with every call). Quotas and Auth calls are
+    never refused by quotas, so an admin can always raise a limit.
     """
 
     def __init__(self, channel):
@@ -67,8 +67,8 @@ class QuotasServicer:
     Every replica starts from its flags' defaults (`accord serve --quota-*`); a cluster
     admin overrides them per namespace with Set, kept in etcd and followed by every
     replica. Get needs READ in the namespace; Set needs a cluster admin (with auth off,
-    identity is a claim and anyone may, as with every call). Quota calls are never refused
-    for rate or streams, so an admin can always raise a limit.
+    identity is a claim and anyone may, as with every call). Quotas and Auth calls are
+    never refused by quotas, so an admin can always raise a limit.
     """
 
     def Get(self, request, context):
@@ -116,8 +116,8 @@ class Quotas:
     Every replica starts from its flags' defaults (`accord serve --quota-*`); a cluster
     admin overrides them per namespace with Set, kept in etcd and followed by every
     replica. Get needs READ in the namespace; Set needs a cluster admin (with auth off,
-    identity is a claim and anyone may, as with every call). Quota calls are never refused
-    for rate or streams, so an admin can always raise a limit.
+    identity is a claim and anyone may, as with every call). Quotas and Auth calls are
+    never refused by quotas, so an admin can always raise a limit.
     """
 
     @staticmethod

@@ -36,8 +36,8 @@ class QuotasStub:
     Every replica starts from its flags' defaults (`accord serve --quota-*`); a cluster
     admin overrides them per namespace with Set, kept in etcd and followed by every
     replica. Get needs READ in the namespace; Set needs a cluster admin (with auth off,
-    identity is a claim and anyone may, as with every call). Quota calls are never refused
-    for rate or streams, so an admin can always raise a limit.
+    identity is a claim and anyone may, as with every call). Quotas and Auth calls are
+    never refused by quotas, so an admin can always raise a limit.
     """
 
     @_typing.overload
@@ -60,8 +60,8 @@ class QuotasAsyncStub(QuotasStub):
     Every replica starts from its flags' defaults (`accord serve --quota-*`); a cluster
     admin overrides them per namespace with Set, kept in etcd and followed by every
     replica. Get needs READ in the namespace; Set needs a cluster admin (with auth off,
-    identity is a claim and anyone may, as with every call). Quota calls are never refused
-    for rate or streams, so an admin can always raise a limit.
+    identity is a claim and anyone may, as with every call). Quotas and Auth calls are
+    never refused by quotas, so an admin can always raise a limit.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -80,8 +80,8 @@ class QuotasServicer(metaclass=_abc_1.ABCMeta):
     Every replica starts from its flags' defaults (`accord serve --quota-*`); a cluster
     admin overrides them per namespace with Set, kept in etcd and followed by every
     replica. Get needs READ in the namespace; Set needs a cluster admin (with auth off,
-    identity is a claim and anyone may, as with every call). Quota calls are never refused
-    for rate or streams, so an admin can always raise a limit.
+    identity is a claim and anyone may, as with every call). Quotas and Auth calls are
+    never refused by quotas, so an admin can always raise a limit.
     """
 
     @_abc_1.abstractmethod
