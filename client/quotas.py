@@ -20,7 +20,7 @@ from accord.v1 import quotas_pb2
 # The contract's own messages (typed through their .pyi stubs).
 QuotaLimits = quotas_pb2.QuotaLimits
 QuotaUsage = quotas_pb2.QuotaUsage
-QuotaStatus = quotas_pb2.GetQuotaResponse
+QuotaStatus = quotas_pb2.QuotasGetResponse
 
 
 class AsyncQuotas:
@@ -29,7 +29,7 @@ class AsyncQuotas:
 
     async def get(self, *, timeout: float | None = None) -> QuotaStatus:
         """The namespace's limits in force, its stored overrides, and its usage."""
-        request = quotas_pb2.GetQuotaRequest()
+        request = quotas_pb2.QuotasGetRequest()
         return await self._t.unary(calls.QUOTAS_GET, request, timeout=timeout)
 
     async def set(
@@ -69,6 +69,6 @@ class AsyncQuotas:
     ) -> QuotaLimits:
         """Override the limits set in limits (a QuotaLimits message); the overrides now
         stored. Needs a cluster admin."""
-        request = quotas_pb2.SetQuotaRequest(limits=limits, clear=clear)
+        request = quotas_pb2.QuotasSetRequest(limits=limits, clear=clear)
         response = await self._t.unary(calls.QUOTAS_SET, request, timeout=timeout)
         return response.overrides

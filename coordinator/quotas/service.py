@@ -26,14 +26,14 @@ class QuotasService(quotas_pb2_grpc.QuotasServicer):
         self._admission = admission
 
     async def Get(
-        self, request: quotas_pb2.GetQuotaRequest, context: Context
-    ) -> quotas_pb2.GetQuotaResponse:
+        self, request: quotas_pb2.QuotasGetRequest, context: Context
+    ) -> quotas_pb2.QuotasGetResponse:
         namespace = calls.current.get().namespace
         book = self._admission.book
         usage = book.usage(namespace).to_proto()
         usage.streams = self._admission.streams(namespace)
         usage.revision = book.revision
-        return quotas_pb2.GetQuotaResponse(
+        return quotas_pb2.QuotasGetResponse(
             namespace=namespace,
             limits=book.limits(namespace).to_proto(),
             overrides=book.overrides(namespace),
@@ -41,8 +41,8 @@ class QuotasService(quotas_pb2_grpc.QuotasServicer):
         )
 
     async def Set(
-        self, request: quotas_pb2.SetQuotaRequest, context: Context
-    ) -> quotas_pb2.SetQuotaResponse:
+        self, request: quotas_pb2.QuotasSetRequest, context: Context
+    ) -> quotas_pb2.QuotasSetResponse:
         namespace = calls.current.get().namespace
         stored, _ = await self._store.set(namespace, request.limits, clear=request.clear)
-        return quotas_pb2.SetQuotaResponse(overrides=stored)
+        return quotas_pb2.QuotasSetResponse(overrides=stored)

@@ -154,7 +154,7 @@ class QuotaUsage(_message.Message):
 Global___QuotaUsage: _TypeAlias = QuotaUsage  # noqa: Y015
 
 @_typing.final
-class GetQuotaRequest(_message.Message):
+class QuotasGetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -166,10 +166,10 @@ class GetQuotaRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetQuotaRequest: _TypeAlias = GetQuotaRequest  # noqa: Y015
+Global___QuotasGetRequest: _TypeAlias = QuotasGetRequest  # noqa: Y015
 
 @_typing.final
-class GetQuotaResponse(_message.Message):
+class QuotasGetResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -201,10 +201,10 @@ class GetQuotaResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetQuotaResponse: _TypeAlias = GetQuotaResponse  # noqa: Y015
+Global___QuotasGetResponse: _TypeAlias = QuotasGetResponse  # noqa: Y015
 
 @_typing.final
-class SetQuotaRequest(_message.Message):
+class QuotasSetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LIMITS_FIELD_NUMBER: _builtins.int
@@ -226,10 +226,10 @@ class SetQuotaRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SetQuotaRequest: _TypeAlias = SetQuotaRequest  # noqa: Y015
+Global___QuotasSetRequest: _TypeAlias = QuotasSetRequest  # noqa: Y015
 
 @_typing.final
-class SetQuotaResponse(_message.Message):
+class QuotasSetResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OVERRIDES_FIELD_NUMBER: _builtins.int
@@ -246,4 +246,4 @@ class SetQuotaResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SetQuotaResponse: _TypeAlias = SetQuotaResponse  # noqa: Y015
+Global___QuotasSetResponse: _TypeAlias = QuotasSetResponse  # noqa: Y015

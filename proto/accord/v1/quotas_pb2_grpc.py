@@ -47,13 +47,13 @@ class QuotasStub:
         """
         self.Get = channel.unary_unary(
                 '/accord.v1.Quotas/Get',
-                request_serializer=accord_dot_v1_dot_quotas__pb2.GetQuotaRequest.SerializeToString,
-                response_deserializer=accord_dot_v1_dot_quotas__pb2.GetQuotaResponse.FromString,
+                request_serializer=accord_dot_v1_dot_quotas__pb2.QuotasGetRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_quotas__pb2.QuotasGetResponse.FromString,
                 _registered_method=True)
         self.Set = channel.unary_unary(
                 '/accord.v1.Quotas/Set',
-                request_serializer=accord_dot_v1_dot_quotas__pb2.SetQuotaRequest.SerializeToString,
-                response_deserializer=accord_dot_v1_dot_quotas__pb2.SetQuotaResponse.FromString,
+                request_serializer=accord_dot_v1_dot_quotas__pb2.QuotasSetRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_quotas__pb2.QuotasSetResponse.FromString,
                 _registered_method=True)
 
 
@@ -90,13 +90,13 @@ def add_QuotasServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=accord_dot_v1_dot_quotas__pb2.GetQuotaRequest.FromString,
-                    response_serializer=accord_dot_v1_dot_quotas__pb2.GetQuotaResponse.SerializeToString,
+                    request_deserializer=accord_dot_v1_dot_quotas__pb2.QuotasGetRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_quotas__pb2.QuotasGetResponse.SerializeToString,
             ),
             'Set': grpc.unary_unary_rpc_method_handler(
                     servicer.Set,
-                    request_deserializer=accord_dot_v1_dot_quotas__pb2.SetQuotaRequest.FromString,
-                    response_serializer=accord_dot_v1_dot_quotas__pb2.SetQuotaResponse.SerializeToString,
+                    request_deserializer=accord_dot_v1_dot_quotas__pb2.QuotasSetRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_quotas__pb2.QuotasSetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,8 +135,8 @@ class Quotas:
             request,
             target,
             '/accord.v1.Quotas/Get',
-            accord_dot_v1_dot_quotas__pb2.GetQuotaRequest.SerializeToString,
-            accord_dot_v1_dot_quotas__pb2.GetQuotaResponse.FromString,
+            accord_dot_v1_dot_quotas__pb2.QuotasGetRequest.SerializeToString,
+            accord_dot_v1_dot_quotas__pb2.QuotasGetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -162,8 +162,8 @@ class Quotas:
             request,
             target,
             '/accord.v1.Quotas/Set',
-            accord_dot_v1_dot_quotas__pb2.SetQuotaRequest.SerializeToString,
-            accord_dot_v1_dot_quotas__pb2.SetQuotaResponse.FromString,
+            accord_dot_v1_dot_quotas__pb2.QuotasSetRequest.SerializeToString,
+            accord_dot_v1_dot_quotas__pb2.QuotasSetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,9 +44,9 @@ class QuotasStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> QuotasAsyncStub: ...
-    Get: _grpc.UnaryUnaryMultiCallable[_quotas_pb2.GetQuotaRequest, _quotas_pb2.GetQuotaResponse]
+    Get: _grpc.UnaryUnaryMultiCallable[_quotas_pb2.QuotasGetRequest, _quotas_pb2.QuotasGetResponse]
     """The namespace's limits (defaults merged with its overrides) and its usage."""
-    Set: _grpc.UnaryUnaryMultiCallable[_quotas_pb2.SetQuotaRequest, _quotas_pb2.SetQuotaResponse]
+    Set: _grpc.UnaryUnaryMultiCallable[_quotas_pb2.QuotasSetRequest, _quotas_pb2.QuotasSetResponse]
     """Override some of the namespace's limits; unset fields keep what they were."""
 
 @_typing.type_check_only
@@ -65,9 +65,9 @@ class QuotasAsyncStub(QuotasStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Get: _aio.UnaryUnaryMultiCallable[_quotas_pb2.GetQuotaRequest, _quotas_pb2.GetQuotaResponse]  # type: ignore[assignment]
+    Get: _aio.UnaryUnaryMultiCallable[_quotas_pb2.QuotasGetRequest, _quotas_pb2.QuotasGetResponse]  # type: ignore[assignment]
     """The namespace's limits (defaults merged with its overrides) and its usage."""
-    Set: _aio.UnaryUnaryMultiCallable[_quotas_pb2.SetQuotaRequest, _quotas_pb2.SetQuotaResponse]  # type: ignore[assignment]
+    Set: _aio.UnaryUnaryMultiCallable[_quotas_pb2.QuotasSetRequest, _quotas_pb2.QuotasSetResponse]  # type: ignore[assignment]
     """Override some of the namespace's limits; unset fields keep what they were."""
 
 class QuotasServicer(metaclass=_abc_1.ABCMeta):
@@ -87,17 +87,17 @@ class QuotasServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Get(
         self,
-        request: _quotas_pb2.GetQuotaRequest,
+        request: _quotas_pb2.QuotasGetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotas_pb2.GetQuotaResponse, _abc.Awaitable[_quotas_pb2.GetQuotaResponse]]:
+    ) -> _typing.Union[_quotas_pb2.QuotasGetResponse, _abc.Awaitable[_quotas_pb2.QuotasGetResponse]]:
         """The namespace's limits (defaults merged with its overrides) and its usage."""
 
     @_abc_1.abstractmethod
     def Set(
         self,
-        request: _quotas_pb2.SetQuotaRequest,
+        request: _quotas_pb2.QuotasSetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotas_pb2.SetQuotaResponse, _abc.Awaitable[_quotas_pb2.SetQuotaResponse]]:
+    ) -> _typing.Union[_quotas_pb2.QuotasSetResponse, _abc.Awaitable[_quotas_pb2.QuotasSetResponse]]:
         """Override some of the namespace's limits; unset fields keep what they were."""
 
 def add_QuotasServicer_to_server(servicer: QuotasServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
