@@ -864,7 +864,9 @@ class Votes(Blocking[AsyncVotes]):
         )
 
     def get(self, vote_id: str, *, timeout: float | None = None) -> Vote:
-        """The vote with every ballot, the running tally and, once decided, the decision."""
+        """The vote with every ballot, the running tally and, once decided, the decision.
+        A vote whose ballots outgrow one message comes in pages, all read at the first
+        one's revision; this fetches them all (timeout applies to each)."""
         return self._loop.run(self._async.get(vote_id, timeout=timeout))
 
     def list(
@@ -902,7 +904,8 @@ class Votes(Blocking[AsyncVotes]):
         """The vote's state, then each ballot as it is cast, then the decision; then it
         ends. When the replica goes away it resumes on another: ballots cast meanwhile
         come as BallotEvents, none twice (the server starts over from the state, which
-        is not handed out again)."""
+        is not handed out again). A state too large for one message arrives with its
+        ballots following it; the VoteStateEvent holds them all."""
         return BlockingIterator(
             self._loop, self._async.watch(vote_id, max_reconnects=max_reconnects)
         )

@@ -213,6 +213,22 @@ class DecisionEvent:
 VoteEvent = VoteStateEvent | BallotEvent | DecisionEvent
 
 
+def _unfold(vote: Vote, first: bool, seen: set[tuple[str, int]]) -> builtins.list[VoteEvent]:
+    """The events a watch's whole state stands for: the state itself on the first stream;
+    on a later one (after a reconnect), the ballots not handed out yet; then the decision,
+    if any. seen: (voter, revision) of the ballots handed out."""
+    vote.ballots_omitted = 0
+    events: builtins.list[VoteEvent] = []
+    if first:
+        events.append(VoteStateEvent(vote))
+    else:
+        events += [BallotEvent(b) for b in vote.ballots if (b.voter, b.revision) not in seen]
+    seen.update((b.voter, b.revision) for b in vote.ballots)
+    if vote.HasField("decision"):
+        events.append(DecisionEvent(vote.decision))
+    return events
+
+
 def _request_id() -> str:
     return uuid.uuid4().hex
 
@@ -331,10 +347,18 @@ class AsyncVotes:
         return CastResult(response.ballot, status, decision, response.replayed)
 
     async def get(self, vote_id: str, *, timeout: float | None = None) -> Vote:
-        """The vote with every ballot, the running tally and, once decided, the decision."""
+        """The vote with every ballot, the running tally and, once decided, the decision.
+        A vote whose ballots outgrow one message comes in pages, all read at the first
+        one's revision; this fetches them all (timeout applies to each)."""
         request = votes_pb2.VotesGetRequest(vote_id=vote_id)
         response = await self._t.unary(calls.VOTES_GET, request, timeout=timeout)
-        return response.vote
+        vote = response.vote
+        while response.next_page_token:
+            request.page_token = response.next_page_token
+            response = await self._t.unary(calls.VOTES_GET, request, timeout=timeout)
+            vote.ballots.extend(response.vote.ballots)
+        vote.ballots_omitted = 0
+        return vote
 
     async def list(
         self,
@@ -386,12 +410,14 @@ class AsyncVotes:
         """The vote's state, then each ballot as it is cast, then the decision; then it
         ends. When the replica goes away it resumes on another: ballots cast meanwhile
         come as BallotEvents, none twice (the server starts over from the state, which
-        is not handed out again)."""
-        seen: set[int] = set()  # revisions of the ballots handed out (or in the state)
+        is not handed out again). A state too large for one message arrives with its
+        ballots following it; the VoteStateEvent holds them all."""
+        seen: set[tuple[str, int]] = set()  # (voter, revision) of the ballots handed out
         started = False
         failures = 0
         request = votes_pb2.VotesWatchRequest(vote_id=vote_id)
         while True:
+            state: Vote | None = None  # a state still gathering the ballots following it
             try:
                 stream = self._t.stream(calls.VOTES_WATCH, request)
                 async with contextlib.aclosing(stream):
@@ -399,26 +425,24 @@ class AsyncVotes:
                         failures = 0
                         kind = response.WhichOneof("event")
                         if kind == "state":
-                            vote = response.state
-                            if not started:
-                                started = True
-                                seen.update(b.revision for b in vote.ballots)
-                                yield VoteStateEvent(vote)
-                            else:
-                                for ballot in sorted(vote.ballots, key=lambda b: b.revision):
-                                    if ballot.revision not in seen:
-                                        seen.add(ballot.revision)
-                                        yield BallotEvent(ballot)
-                            if vote.HasField("decision"):
-                                yield DecisionEvent(vote.decision)
-                                return
+                            state = response.state
+                        elif kind == "ballot" and state is not None:  # part of the state
+                            state.ballots.append(response.ballot)
+                            state.ballots_omitted -= 1
                         elif kind == "ballot":
-                            if response.ballot.revision not in seen:
-                                seen.add(response.ballot.revision)
+                            if (response.ballot.voter, response.ballot.revision) not in seen:
+                                seen.add((response.ballot.voter, response.ballot.revision))
                                 yield BallotEvent(response.ballot)
                         elif kind == "decision":
                             yield DecisionEvent(response.decision)
                             return
+                        if state is not None and state.ballots_omitted <= 0:
+                            events = _unfold(state, not started, seen)
+                            started, state = True, None
+                            for event in events:
+                                yield event
+                            if events and isinstance(events[-1], DecisionEvent):
+                                return
             except UnavailableError:
                 failures += 1
                 if failures > max_reconnects:

@@ -148,6 +148,23 @@ class Decisions:
             weights,
         )
 
+    async def snapshot_at(self, ns: str, vote_id: str, revision: int) -> Snapshot:
+        """The record and every ballot as etcd held them at revision (a later page of a
+        Get). Compacted when etcd no longer has it; NOT_FOUND when the vote did not
+        exist then."""
+        record = await self._etcd.range(read(self._keys.vote(ns, vote_id), revision=revision))
+        if not record.kvs:
+            raise not_found(vote_id)
+        prefix = self._keys.ballots_prefix(ns, vote_id)
+        found = await self._etcd.range(read(prefix, prefix=True, revision=revision))
+        ballots = []
+        for raw in found.kvs:
+            ballot = votes_pb2.Ballot.FromString(raw.value)
+            ballot.revision = raw.mod_revision
+            ballots.append(ballot)
+        vote = parse_record(record.kvs[0])
+        return Snapshot(revision, vote, record.kvs[0].mod_revision, ballots)
+
     async def settle(self, ns: str, vote_id: str) -> Snapshot:
         """The vote as it stands, decided first if it is due or its outcome certain.
         Concurrent calls for one vote share reads: a run that started after a call was

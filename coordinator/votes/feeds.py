@@ -6,7 +6,9 @@ as of the feed's latest event and then every later event, in revision order per 
 The decision ends every watcher's stream; the decision message carries the final tally,
 and before it the feed sends any ballot the (possibly lagging) ballots' watcher has not
 delivered yet, read at the decision's revision: every ballot the decision counts is seen.
-A watcher that reconnects elsewhere starts again from the state, losing nothing.
+A watcher that reconnects elsewhere starts again from the state, losing nothing. A state
+too large for a standard client (pages.py) carries the ballots that fit and says how many
+it leaves out (ballots_omitted); exactly that many ballot messages follow it at once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from accord.coordinator import logs
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, NotFound, require
 from accord.coordinator.substrate.txn import KeyValue, read, watch
+from accord.coordinator.votes import pages as vote_pages
 from accord.coordinator.votes.decisions import Decisions
 from accord.coordinator.votes.model import Snapshot, parse_record
 from accord.coordinator.votes.spec import check_vote_id
@@ -90,7 +93,11 @@ class VoteFeeds:
             state = feed.state()
             while not queue.empty():  # already part of the state
                 queue.get_nowait()
-            yield state
+            # The state fits a standard client: the ballots left out follow it at once.
+            first, _ = vote_pages.page(state.state)
+            yield votes_pb2.VotesWatchResponse(header=state.header, state=first)
+            for ballot in state.state.ballots[len(first.ballots) :]:
+                yield votes_pb2.VotesWatchResponse(header=state.header, ballot=ballot)
             if state.state.status == votes_pb2.VOTE_STATUS_DECIDED:
                 return
             while True:

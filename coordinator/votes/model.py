@@ -12,6 +12,7 @@ from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import NotFound, VoteClosed, clip
 from accord.coordinator.substrate.txn import KeyValue
 from accord.coordinator.votes import rules as vote_rules
+from accord.coordinator.votes.pages import in_order
 from accord.v1 import votes_pb2
 
 
@@ -26,10 +27,11 @@ class Snapshot:
     weights: vote_rules.Weights | None = None  # of vote.voters, when already computed
 
     def full(self) -> votes_pb2.Vote:
-        """The vote with its ballots and tally, as Get and Watch show it."""
+        """The vote with every ballot (in page order) and its tally, as Get and Watch
+        show it before paging its ballots (pages.py)."""
         out = votes_pb2.Vote()
         out.CopyFrom(self.vote)
-        out.ballots.extend(self.ballots)
+        out.ballots.extend(in_order(self.ballots))
         if out.status == votes_pb2.VOTE_STATUS_DECIDED:
             out.tally.CopyFrom(out.decision.tally)
         else:

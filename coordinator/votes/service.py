@@ -61,13 +61,15 @@ class VotesService(votes_pb2_grpc.VotesServicer):
     async def Get(
         self, request: votes_pb2.VotesGetRequest, context: Context
     ) -> votes_pb2.VotesGetResponse:
-        snap = await self._votes.get(request.vote_id)
-        return votes_pb2.VotesGetResponse(header=self._header(snap.revision), vote=snap.full())
+        revision, vote, token = await self._votes.get(request.vote_id, request.page_token)
+        return votes_pb2.VotesGetResponse(
+            header=self._header(revision), vote=vote, next_page_token=token
+        )
 
     async def List(
         self, request: votes_pb2.VotesListRequest, context: Context
     ) -> votes_pb2.VotesListResponse:
-        revision, votes, more = await self._votes.list_votes(
+        revision, votes, more = await self._votes.listing.list_votes(
             request.status, request.limit, request.after
         )
         return votes_pb2.VotesListResponse(header=self._header(revision), votes=votes, more=more)

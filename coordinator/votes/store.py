@@ -40,28 +40,28 @@ from accord.coordinator.substrate.errors import (
     RequestIdReused,
     StoredFailure,
     clip,
+    invalid,
     require,
 )
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import check_request_id
-from accord.coordinator.substrate.pages import PageBudget
 from accord.coordinator.substrate.txn import (
-    Op,
     Response,
     Txn,
     absent,
-    count,
     get,
     mod_is,
     put,
     read,
     txn,
 )
+from accord.coordinator.votes import pages as vote_pages
 from accord.coordinator.votes import rules as vote_rules
 from accord.coordinator.votes import spec as vote_spec
 from accord.coordinator.votes.decisions import DECIDE_ATTEMPTS, Decisions
 from accord.coordinator.votes.electorate import GrantedLabels, label_voters
+from accord.coordinator.votes.listing import VoteListing
 from accord.coordinator.votes.model import (
     Snapshot,
     ballot_words,
@@ -75,8 +75,6 @@ from accord.coordinator.votes.model import (
 from accord.v1 import common_pb2, votes_pb2
 
 _log = logs.get("accord.votes")
-DEFAULT_LIST_LIMIT = 100
-MAX_LIST_LIMIT = 1000
 
 
 class VoteStore:
@@ -100,6 +98,7 @@ class VoteStore:
         self._fencing = fencing
         self._admins = frozenset(admin_agents)
         self.decisions = Decisions(substrate)
+        self.listing = VoteListing(substrate)
 
     # --- propose ------------------------------------------------------------------
 
@@ -379,71 +378,23 @@ class VoteStore:
             metadata={"vote_id": vote_id},
         )
 
-    # --- get, list, cancel --------------------------------------------------------
+    # --- get, cancel ------------------------------------------------------------
 
-    async def get(self, vote_id: str) -> Snapshot:
+    async def get(self, vote_id: str, page_token: str) -> tuple[int, votes_pb2.Vote, str]:
+        """The vote at one revision (settled first on a first page) with one page of its
+        ballots, and the next page's token ("" on the last)."""
         require(vote_spec.check_vote_id("vote_id", vote_id))
-        return await self.decisions.settle(calls.current.get().namespace, vote_id)
-
-    async def list_votes(
-        self, status: votes_pb2.VoteStatus.ValueType, limit: int, after: str
-    ) -> tuple[int, list[votes_pb2.Vote], bool]:
-        violations = vote_spec.check_vote_id("after", after, allow_empty=True)
-        if not 0 <= limit <= MAX_LIST_LIMIT:
-            violations.append(FieldViolation("limit", f"must be 0-{MAX_LIST_LIMIT}"))
-        if status not in votes_pb2.VoteStatus.values():
-            violations.append(FieldViolation("status", f"unknown status {status}"))
-        require(violations)
-        limit = limit or DEFAULT_LIST_LIMIT
-        prefix = self._keys.votes_prefix(calls.current.get().namespace)
-        request = read(prefix, prefix=True)
-        if after:
-            request.key = prefix + after.encode() + b"\x00"
-        request.limit = MAX_LIST_LIMIT
-        out: list[votes_pb2.Vote] = []
-        budget = PageBudget()  # a page fits a standard client, whatever limit says
-        while True:
-            found = await self._etcd.range(request)
-            revision = request.revision = request.revision or int(found.header.revision)
-            more = False
-            for raw in found.kvs:
-                vote = parse_record(raw)
-                if status and vote.status != status:
-                    continue
-                if len(out) == limit or not budget.take(vote):
-                    more = True
-                    break
-                out.append(vote)
-            if more or not found.more:
-                break
-            request.key = found.kvs[-1].key + b"\x00"
-        await self._count_ballots(out, revision)
-        return revision, out, more
-
-    async def _count_ballots(self, votes: Sequence[votes_pb2.Vote], revision: int) -> None:
-        """Set ballots_cast on the open votes listed: etcd counts each one's ballots at the
-        listing's revision, less those of veto holders outside its electorate, and sends
-        only the numbers (a page costs a few read-only Txns, never its ballots)."""
+        revision, offset = vote_pages.parse_token(page_token)
         ns = calls.current.get().namespace
-        reads: list[tuple[votes_pb2.Vote, int, Op]] = []  # (vote, +1 or -1, count op)
-        for vote in votes:
-            if vote.status != votes_pb2.VOTE_STATUS_OPEN:
-                continue
-            vote.ballots_cast = 0
-            ballots = self._keys.ballots_prefix(ns, vote.id)
-            voters = {v.agent_id for v in vote.voters}
-            reads.append((vote, 1, count(ballots, prefix=True, revision=revision)))
-            reads += [
-                (vote, -1, count(ballots + holder.encode(), revision=revision))
-                for holder in vote.spec.veto_holders
-                if holder not in voters
-            ]
-        step = self._s.limits.max_txn_ops
-        for start in range(0, len(reads), step):
-            chunk = reads[start : start + step]
-            found = await self._etcd.txn(txn(then=[op for _, _, op in chunk]), retry=True)
-            for (vote, sign, _), answer in zip(chunk, found.responses, strict=True):
-                vote.ballots_cast += sign * answer.response_range.count
+        if revision:
+            try:
+                snap = await self.decisions.snapshot_at(ns, vote_id, revision)
+            except InvalidArgument:  # a revision etcd has not reached: never issued
+                raise invalid("page_token", "is not a token this service issued") from None
+        else:
+            snap = await self.decisions.settle(ns, vote_id)
+        vote, end = vote_pages.page(snap.full(), offset)
+        return snap.revision, vote, vote_pages.make_token(snap.revision, end)
 
     async def cancel(
         self, vote_id: str, reason: str, request_id: str

@@ -646,6 +646,7 @@ class Vote(_message.Message):
     BALLOTS_FIELD_NUMBER: _builtins.int
     TALLY_FIELD_NUMBER: _builtins.int
     BALLOTS_CAST_FIELD_NUMBER: _builtins.int
+    BALLOTS_OMITTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     created_revision: _builtins.int
     """The etcd revision the vote was created at."""
@@ -654,6 +655,11 @@ class Vote(_message.Message):
     """List only, on an open vote: how many of its voters have cast a ballot so far
     (a veto without a choice counts here, not in tally.participated). Counted by etcd
     without reading the ballots; Get and Watch give the whole tally instead.
+    """
+    ballots_omitted: _builtins.int
+    """Get and Watch only: how many of the vote's ballots (at the header's revision) are not
+    in `ballots`. Get: those of the other pages (see next_page_token). Watch: the state
+    is followed by exactly this many ballot messages completing it.
     """
     @_builtins.property
     def spec(self) -> Global___VoteSpec: ...
@@ -669,7 +675,10 @@ class Vote(_message.Message):
 
     @_builtins.property
     def ballots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ballot]:
-        """Get and Watch only: every ballot, in the order cast."""
+        """Get and Watch only: the ballots in the order cast (by revision, then voter), as many
+        as fit a standard client's 4 MiB message (pages stop before 3 MiB); see
+        ballots_omitted.
+        """
 
     @_builtins.property
     def tally(self) -> Global___Tally:
@@ -688,10 +697,11 @@ class Vote(_message.Message):
         ballots: _abc.Iterable[Global___Ballot] | None = ...,
         tally: Global___Tally | None = ...,
         ballots_cast: _builtins.int | None = ...,
+        ballots_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ballots_cast", b"_ballots_cast", "ballots_cast", b"ballots_cast", "decision", b"decision", "proposed_by", b"proposed_by", "spec", b"spec", "tally", b"tally"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ballots_cast", b"_ballots_cast", "ballots", b"ballots", "ballots_cast", b"ballots_cast", "created_revision", b"created_revision", "decision", b"decision", "id", b"id", "proposed_by", b"proposed_by", "spec", b"spec", "status", b"status", "tally", b"tally", "voters", b"voters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ballots_cast", b"_ballots_cast", "ballots", b"ballots", "ballots_cast", b"ballots_cast", "ballots_omitted", b"ballots_omitted", "created_revision", b"created_revision", "decision", b"decision", "id", b"id", "proposed_by", b"proposed_by", "spec", b"spec", "status", b"status", "tally", b"tally", "voters", b"voters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ballots_cast: _TypeAlias = _typing.Literal["ballots_cast"]  # noqa: Y015
     _WhichOneofArgType__ballots_cast: _TypeAlias = _typing.Literal["_ballots_cast", b"_ballots_cast"]  # noqa: Y015
@@ -844,15 +854,23 @@ class VotesGetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VOTE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     vote_id: _builtins.str
+    page_token: _builtins.str
+    """From a previous response's next_page_token: the vote as it was at that response's
+    revision, with the ballots after that page. Opaque; a token this service did not
+    issue is INVALID_ARGUMENT, and one whose revision etcd has compacted is COMPACTED
+    (start again without a token).
+    """
     def __init__(
         self,
         *,
         vote_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["vote_id", b"vote_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "vote_id", b"vote_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -864,19 +882,27 @@ class VotesGetResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     VOTE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page of ballots; "" on the last page."""
     @_builtins.property
-    def header(self) -> _common_pb2.ResponseHeader: ...
+    def header(self) -> _common_pb2.ResponseHeader:
+        """revision: the snapshot every page of this vote's ballots is read at."""
+
     @_builtins.property
-    def vote(self) -> Global___Vote: ...
+    def vote(self) -> Global___Vote:
+        """Whole (record, tally, decision) on every page; ballots: this page's."""
+
     def __init__(
         self,
         *,
         header: _common_pb2.ResponseHeader | None = ...,
         vote: Global___Vote | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "vote", b"vote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "vote", b"vote"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "next_page_token", b"next_page_token", "vote", b"vote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -97,7 +97,8 @@ class VotesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """The vote with every ballot, the tally and, once decided, the decision.
+        """The vote with its ballots, the tally and, once decided, the decision. The ballots
+        come in pages that fit a standard client (next_page_token); the rest is whole.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,8 +111,9 @@ class VotesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """The vote's state first, then each ballot as it is cast, then the decision; the stream
-        ends after the decision. Reconnecting (on any replica) starts again from the state.
+        """The vote's state first (with ballots_omitted of its ballots following it as ballot
+        messages), then each ballot as it is cast, then the decision; the stream ends after
+        the decision. Reconnecting (on any replica) starts again from the state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,11 +46,14 @@ class VotesStub:
     Cast: _grpc.UnaryUnaryMultiCallable[_votes_pb2.CastRequest, _votes_pb2.CastResponse]
     """Cast (or, when the vote allows it, change) the calling agent's ballot."""
     Get: _grpc.UnaryUnaryMultiCallable[_votes_pb2.VotesGetRequest, _votes_pb2.VotesGetResponse]
-    """The vote with every ballot, the tally and, once decided, the decision."""
+    """The vote with its ballots, the tally and, once decided, the decision. The ballots
+    come in pages that fit a standard client (next_page_token); the rest is whole.
+    """
     List: _grpc.UnaryUnaryMultiCallable[_votes_pb2.VotesListRequest, _votes_pb2.VotesListResponse]
     Watch: _grpc.UnaryStreamMultiCallable[_votes_pb2.VotesWatchRequest, _votes_pb2.VotesWatchResponse]
-    """The vote's state first, then each ballot as it is cast, then the decision; the stream
-    ends after the decision. Reconnecting (on any replica) starts again from the state.
+    """The vote's state first (with ballots_omitted of its ballots following it as ballot
+    messages), then each ballot as it is cast, then the decision; the stream ends after
+    the decision. Reconnecting (on any replica) starts again from the state.
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_votes_pb2.VotesCancelRequest, _votes_pb2.VotesCancelResponse]
     """Close a vote without a decision (outcome CANCELLED). The proposer or an admin agent."""
@@ -73,11 +76,14 @@ class VotesAsyncStub(VotesStub):
     Cast: _aio.UnaryUnaryMultiCallable[_votes_pb2.CastRequest, _votes_pb2.CastResponse]  # type: ignore[assignment]
     """Cast (or, when the vote allows it, change) the calling agent's ballot."""
     Get: _aio.UnaryUnaryMultiCallable[_votes_pb2.VotesGetRequest, _votes_pb2.VotesGetResponse]  # type: ignore[assignment]
-    """The vote with every ballot, the tally and, once decided, the decision."""
+    """The vote with its ballots, the tally and, once decided, the decision. The ballots
+    come in pages that fit a standard client (next_page_token); the rest is whole.
+    """
     List: _aio.UnaryUnaryMultiCallable[_votes_pb2.VotesListRequest, _votes_pb2.VotesListResponse]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_votes_pb2.VotesWatchRequest, _votes_pb2.VotesWatchResponse]  # type: ignore[assignment]
-    """The vote's state first, then each ballot as it is cast, then the decision; the stream
-    ends after the decision. Reconnecting (on any replica) starts again from the state.
+    """The vote's state first (with ballots_omitted of its ballots following it as ballot
+    messages), then each ballot as it is cast, then the decision; the stream ends after
+    the decision. Reconnecting (on any replica) starts again from the state.
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_votes_pb2.VotesCancelRequest, _votes_pb2.VotesCancelResponse]  # type: ignore[assignment]
     """Close a vote without a decision (outcome CANCELLED). The proposer or an admin agent."""
@@ -115,7 +121,9 @@ class VotesServicer(metaclass=_abc_1.ABCMeta):
         request: _votes_pb2.VotesGetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_votes_pb2.VotesGetResponse, _abc.Awaitable[_votes_pb2.VotesGetResponse]]:
-        """The vote with every ballot, the tally and, once decided, the decision."""
+        """The vote with its ballots, the tally and, once decided, the decision. The ballots
+        come in pages that fit a standard client (next_page_token); the rest is whole.
+        """
 
     @_abc_1.abstractmethod
     def List(
@@ -130,8 +138,9 @@ class VotesServicer(metaclass=_abc_1.ABCMeta):
         request: _votes_pb2.VotesWatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_votes_pb2.VotesWatchResponse], _abc.AsyncIterator[_votes_pb2.VotesWatchResponse]]:
-        """The vote's state first, then each ballot as it is cast, then the decision; the stream
-        ends after the decision. Reconnecting (on any replica) starts again from the state.
+        """The vote's state first (with ballots_omitted of its ballots following it as ballot
+        messages), then each ballot as it is cast, then the decision; the stream ends after
+        the decision. Reconnecting (on any replica) starts again from the state.
         """
 
     @_abc_1.abstractmethod
