@@ -129,6 +129,9 @@ class SessionState:
     # One member per root type: maps as dicts, text as str, arrays as lists.
     json: dict[str, Any]
     presence: list[Presence]
+    # True when the snapshot did not fit beside the JSON in one message (snapshot is
+    # then empty): sync() gives the state as an update.
+    snapshot_omitted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +298,7 @@ class AsyncSessions:
             response.state_vector,
             json.loads(response.json) if response.json else {},
             [Presence._from(p) for p in response.presence],
+            response.snapshot_omitted,
         )
 
     async def apply(

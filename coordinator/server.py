@@ -133,7 +133,11 @@ class Replica:
         store = KVStore(substrate, leases, fencing)
         catalog = SessionCatalog(substrate)
         self.sessions = SessionStore(
-            substrate, leases, fencing, idle_seconds=settings.session_idle_seconds
+            substrate,
+            leases,
+            fencing,
+            idle_seconds=settings.session_idle_seconds,
+            max_bytes=settings.session_max_bytes,
         )
         votes = VoteStore(
             substrate,

@@ -58,6 +58,9 @@ class Settings:
     shutdown_grace_seconds: float = 5.0
     # A session nobody used for this long is unloaded from memory (it stays in etcd).
     session_idle_seconds: float = 30.0
+    # A session's document may hold this many bytes of encoded Yjs state (0: no limit), so
+    # a Sync or Read of all of it fits a standard client's 4 MiB message.
+    session_max_bytes: int = 3 * 1024 * 1024
     # Agents that may cancel any vote (besides its proposer).
     vote_admins: tuple[str, ...] = ("admin",)
     # Every call must carry a bearer token (accord auth); False: identity is a claim.

@@ -115,6 +115,13 @@ def serve(
             help="seconds before an unused session is unloaded from memory",
         ),
     ] = 30.0,
+    session_max_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="ACCORD_SESSION_MAX_BYTES",
+            help="bytes of encoded Yjs state one session may hold (0: no limit)",
+        ),
+    ] = 3 * 1024 * 1024,
     vote_admin: Annotated[
         list[str] | None,
         typer.Option(
@@ -223,6 +230,7 @@ def serve(
         limits=Limits(max_value_bytes=max_value_bytes),
         idempotency_ttl_seconds=idempotency_ttl,
         session_idle_seconds=session_idle,
+        session_max_bytes=session_max_bytes,
         vote_admins=tuple(vote_admin) if vote_admin else ("admin",),
         auth_required=auth is AuthMode.required,
         insecure=insecure,

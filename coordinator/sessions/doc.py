@@ -28,7 +28,7 @@ from typing import Any
 from pycrdt import Decoder, Doc, get_state, merge_updates
 
 from accord.coordinator import logs
-from accord.coordinator.sessions import compaction
+from accord.coordinator.sessions import compaction, sizes
 from accord.coordinator.sessions.ops import LibraryFailure, guarded, kinds_of
 from accord.coordinator.sessions.subscribers import Event, Subscriber
 from accord.coordinator.substrate import calls
@@ -77,6 +77,11 @@ class SessionDoc:
     snapshot_bytes: int = 0
     # Snapshot chunks by key; those not of the current snapshot are garbage to delete.
     snapshot_keys: dict[bytes, int] = field(default_factory=dict)
+    # An upper bound of the document's encoded size (sizes.py): exact when measured, then
+    # grown by each applied update's size; and the bytes of this replica's writes in flight.
+    size_bound: int = 0
+    reserved: int = 0
+    _size_exact: bool = False
     presence: dict[int, sessions_pb2.Presence] = field(default_factory=dict)
     subscribers: set[Subscriber] = field(default_factory=set)
     last_used: float = field(default_factory=time.monotonic)
@@ -131,6 +136,8 @@ class SessionDoc:
         self.log.clear()
         self._pending.clear()
         self.log_bytes = 0
+        self.size_bound = 0
+        self._size_exact = False
         self.snapshot_keys.clear()
         self.presence.clear()
         self.snapshot_revision = record.snapshot_revision
@@ -159,6 +166,7 @@ class SessionDoc:
                 )
             self._apply(state)
             self.snapshot_bytes = len(state)
+            self.size_bound = len(state)
         for kv in sorted(log_kvs, key=lambda kv: kv.mod_revision):
             # Entries the snapshot covers are applied too (a no-op): one that was pending
             # when the snapshot was taken is not in it.
@@ -172,6 +180,8 @@ class SessionDoc:
         self.log_bytes += entry.size
         if not self._apply(kv.value):
             return False
+        self.size_bound += len(kv.value)
+        self._size_exact = False
         if not self._integrated(kv.value):
             entry.pending = kv.value
             self._pending.add(kv.key)
@@ -183,6 +193,13 @@ class SessionDoc:
             have.get(client, 0) >= clock
             for client, clock in _state_vector(get_state(update)).items()
         )
+
+    def encoded_size(self) -> int:
+        """The document's encoded size (one encoding, then cached until it changes)."""
+        if not self._size_exact:
+            self.size_bound = len(self.state_update())
+            self._size_exact = True
+        return self.size_bound
 
     def root_kinds(self, state: bytes, declared: dict[str, int]) -> dict[str, int]:
         """Every root's kind: declared, else inferred once (a root keeps the kind its first
@@ -265,6 +282,8 @@ class SessionDoc:
             return
         diff = self.doc.get_update(before)
         self.applied_revision = revision
+        if len(diff) > sizes.MAX_MERGED_BYTES:  # too big for one message: start over
+            self.end_streams("the session changed too much at once to send; resubscribe")
         self._broadcast(Event(revision=revision, update=diff))
         for client_id, presence in self.presence.items():
             if known.get(client_id) != presence:
@@ -383,10 +402,10 @@ class SessionDoc:
 
     def subscribe(self, state_vector: bytes, presence: bool) -> Subscriber:
         """The first event brings what state_vector lacks; nothing can slip in between."""
+        update = self.state_update(state_vector)
+        sizes.require_fits(self.name, len(update), "the update a subscription starts with")
         subscriber = Subscriber(presence)
-        subscriber.offer(
-            Event(revision=self.applied_revision, update=self.state_update(state_vector))
-        )
+        subscriber.offer(Event(revision=self.applied_revision, update=update))
         for item in self.presence.values():
             subscriber.offer(Event(revision=item.clock, presence=item))
         self.subscribers.add(subscriber)
@@ -442,12 +461,13 @@ class SessionDoc:
                 future.set_result(None)
         self._waiters.clear()
 
-    def end_streams(self) -> None:
-        """This replica is going away: subscribers should resubscribe elsewhere."""
+    def end_streams(
+        self, why: str = "this coordinator replica is shutting down; resubscribe"
+    ) -> None:
+        """End every subscription with UNAVAILABLE: its client resubscribes (elsewhere, or
+        from its own state vector)."""
         for subscriber in list(self.subscribers):
-            subscriber.end(
-                BackendUnavailable("this coordinator replica is shutting down; resubscribe")
-            )
+            subscriber.end(BackendUnavailable(why))
         self.subscribers.clear()
 
 

@@ -93,6 +93,7 @@ class SessionsService(sessions_pb2_grpc.SessionsServicer):
             state_vector=snap.state_vector,
             json=snap.json,
             presence=snap.presence,
+            snapshot_omitted=snap.snapshot_omitted,
         )
 
     async def Apply(

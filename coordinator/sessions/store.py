@@ -11,7 +11,9 @@ Error handling: bad input, including updates that are not valid Yjs, is INVALID_
 and stores nothing; a missing session is NOT_FOUND; a lost fence is FENCED; a presence
 client id held by another lease is CONDITION_FAILED (except for its own agent's
 y-websocket connections, which take it over), and so is one that another writer keeps
-changing. A retry gets the first answer.
+changing. A retry gets the first answer. A write that would take the document past its
+per-session limit is RESOURCE_EXHAUSTED with a QuotaFailure (sizes.py) and stores
+nothing; so is a read whose answer would not fit one message to a standard client.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.fencing import Fencing, fence_bytes
 from accord.coordinator.sessions import ops as session_ops
+from accord.coordinator.sessions import sizes
 from accord.coordinator.sessions.catalog import check_name, info_of, now
 from accord.coordinator.sessions.doc import SessionDoc
 from accord.coordinator.sessions.loaded import LoadedSessions
@@ -82,6 +85,7 @@ class Snapshot:
     state_vector: bytes
     json: str
     presence: list[sessions_pb2.Presence]
+    snapshot_omitted: bool
 
 
 class SessionStore:
@@ -92,8 +96,11 @@ class SessionStore:
         fencing: Fencing,
         *,
         idle_seconds: float = 30.0,
+        max_bytes: int = sizes.DEFAULT_SESSION_MAX_BYTES,
     ) -> None:
+        """max_bytes: the per-session limit on encoded state (0: none)."""
         self._s = substrate
+        self._max_bytes = max_bytes
         self._etcd = substrate.etcd
         self._leases = leases
         self._fencing = fencing
@@ -114,7 +121,9 @@ class SessionStore:
         async with self._loaded.use(name) as session:
             await session.fresh()
             update = session.state_update(state_vector)
-            return session.applied_revision, update, session.doc.get_state()
+            vector = session.doc.get_state()
+            sizes.require_fits(name, len(update) + len(vector), "this Sync's answer")
+            return session.applied_revision, update, vector
 
     async def read(self, name: str) -> Snapshot:
         require(check_name("name", name))
@@ -124,6 +133,8 @@ class SessionStore:
             state = session.state_update()
             state_vector = session.doc.get_state()
             presence = list(session.presence.values())
+            fixed = len(state_vector) + sum(p.ByteSize() + 6 for p in presence)
+            sizes.require_fits(name, fixed + len(state), "this Read's snapshot")  # before JSON
             found = await self._etcd.range(read(session.meta_key))
             if not found.kvs or found.kvs[0].create_revision != session.created_revision:
                 raise session.not_found()
@@ -131,7 +142,12 @@ class SessionStore:
             kinds = session.root_kinds(state, dict(record.roots))
             view = session_ops.json_view(state, kinds)
             info = info_of(name, found.kvs[0], record)
-            return Snapshot(revision, info, state, state_vector, view, presence)
+            fixed += len(view.encode()) + info.ByteSize() + 64  # 64: tags, header
+            # Both if they fit; else the JSON alone (Sync gives the state as an update).
+            omitted = fixed + len(state) > sizes.MAX_RESPONSE_BYTES
+            sizes.require_fits(name, fixed, "this Read's JSON view")
+            snapshot = b"" if omitted else state
+            return Snapshot(revision, info, snapshot, state_vector, view, presence, omitted)
 
     async def subscribe(
         self, name: str, state_vector: bytes, presence: bool
@@ -164,19 +180,24 @@ class SessionStore:
         fences = [fence] if fence is not None else []
         digest = fingerprint(b"session-push", name.encode(), update, *fence_bytes(fences))
         async with self._loaded.use(name) as session:
-            revision, replayed = await self._write(
-                session,
-                [put(session.keys.log(uuid.uuid4().hex), update)],
-                request_id=request_id,
-                fence=fence,
-                digest=digest,
-                answer=lambda revision: sessions_pb2.SessionsPushResponse(
-                    header=common_pb2.ResponseHeader(revision=revision)
-                ),
-            )
-            if replayed is None:
-                await session.caught_up(revision, CATCH_UP_SECONDS)
-            return revision
+            if not sizes.fits(session, update, self._max_bytes) and (
+                not request_id or await self._s.writes.prior(request_id, digest) is None
+            ):  # a retry of an accepted push is answered as the first time
+                raise sizes.too_large(session, update, self._max_bytes)
+            with sizes.reserved(session, update):
+                revision, replayed = await self._write(
+                    session,
+                    [put(session.keys.log(uuid.uuid4().hex), update)],
+                    request_id=request_id,
+                    fence=fence,
+                    digest=digest,
+                    answer=lambda revision: sessions_pb2.SessionsPushResponse(
+                        header=common_pb2.ResponseHeader(revision=revision)
+                    ),
+                )
+                if replayed is None:
+                    await session.caught_up(revision, CATCH_UP_SECONDS)
+                return revision
 
     async def apply(
         self,
@@ -244,21 +265,24 @@ class SessionStore:
                 "operations",
                 f"make a {len(update)}-byte update; the limit is {MAX_UPDATE_BYTES}",
             )
-        revision, replayed = await self._write(
-            session,
-            [put(session.keys.log(uuid.uuid4().hex), update)],
-            request_id=request_id,
-            fence=fence,
-            digest=digest,
-            answer=lambda revision: sessions_pb2.SessionsApplyResponse(
-                header=common_pb2.ResponseHeader(revision=revision), update=update
-            ),
-        )
-        if replayed is not None:
-            replay = sessions_pb2.SessionsApplyResponse.FromString(replayed)
-            return replay.header.revision, replay.update
-        await session.caught_up(revision, CATCH_UP_SECONDS)
-        return revision, update
+        if not sizes.fits(session, update, self._max_bytes):
+            raise sizes.too_large(session, update, self._max_bytes)
+        with sizes.reserved(session, update):
+            revision, replayed = await self._write(
+                session,
+                [put(session.keys.log(uuid.uuid4().hex), update)],
+                request_id=request_id,
+                fence=fence,
+                digest=digest,
+                answer=lambda revision: sessions_pb2.SessionsApplyResponse(
+                    header=common_pb2.ResponseHeader(revision=revision), update=update
+                ),
+            )
+            if replayed is not None:
+                replay = sessions_pb2.SessionsApplyResponse.FromString(replayed)
+                return replay.header.revision, replay.update
+            await session.caught_up(revision, CATCH_UP_SECONDS)
+            return revision, update
 
     async def _write(
         self,

@@ -5,6 +5,9 @@ presence clients, so a presence change costs O(subscribers) and a new subscriber
 initial presence O(presences): fan-out is linear. A queue never holds more than about
 twice MAX_PENDING_EVENTS or twice the session's presence clients, whichever is larger.
 
+A merged message holds at most sizes.MAX_MERGED_BYTES of queued updates (a merge is no
+larger than its parts), so every message fits a standard client.
+
 Error handling: a subscriber ended with an error raises it from events() once its
 queue is drained; a merge of queued updates that pycrdt refuses keeps them unmerged.
 """
@@ -14,10 +17,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from functools import partial
 
 from pycrdt import merge_updates
 
 from accord.coordinator.sessions.ops import LibraryFailure, guarded
+from accord.coordinator.sessions.sizes import MAX_MERGED_BYTES
 from accord.coordinator.substrate.errors import AccordError
 from accord.v1 import sessions_pb2
 
@@ -64,11 +69,11 @@ class Subscriber:
                 latest[e.presence_gone.client_id] = e
         revision = self._events[-1].revision
         self._events.clear()
-        if updates:
+        for run in _runs(updates):
             try:
-                merged = [guarded(lambda: merge_updates(*updates))]
+                merged = [guarded(partial(merge_updates, *run))] if len(run) > 1 else run
             except LibraryFailure:  # stored updates all decoded once; keep them as they are
-                merged = updates
+                merged = run
             self._events.extend(Event(revision=revision, update=u) for u in merged)
         self._events.extend(latest.values())
 
@@ -85,8 +90,14 @@ class Subscriber:
             return event
         run = [event.update]
         revision = event.revision
-        while self._events and self._events[0].WhichOneof("event") == "update":
+        size = len(event.update)
+        while (
+            self._events
+            and self._events[0].WhichOneof("event") == "update"
+            and size + len(self._events[0].update) <= MAX_MERGED_BYTES
+        ):
             later = self._events.popleft()
+            size += len(later.update)
             run.append(later.update)
             revision = later.revision
         if len(run) == 1:
@@ -110,3 +121,16 @@ class Subscriber:
                 return
             self._wake.clear()
             await self._wake.wait()
+
+
+def _runs(updates: list[bytes]) -> list[list[bytes]]:
+    """updates in order, cut into runs of at most MAX_MERGED_BYTES (or one update)."""
+    runs: list[list[bytes]] = []
+    size = MAX_MERGED_BYTES + 1
+    for update in updates:
+        if size + len(update) > MAX_MERGED_BYTES:
+            runs.append([])
+            size = 0
+        runs[-1].append(update)
+        size += len(update)
+    return runs

@@ -38,7 +38,9 @@ request with any other Origin header gets HTTP 403); clients that send no Origin
 
 Close codes: 4400 for bad input (URL, identity, session name, a malformed message, an
 update the store refuses), 4401 without a valid token, 4403 for a missing role or agent,
-and 4404 when the session is deleted: y-websocket does not reconnect on 44xx. 1011 for
+4404 when the session is deleted, and 4413 when an update would take the document past
+`--session-max-bytes` (or the document is already too large to send, sizes.py):
+y-websocket does not reconnect on 44xx. 1011 for
 a transient failure (etcd unavailable, presence lease lost), 1001 when the replica
 stops, 1013 at once when the session or the remote address already has as many sockets
 on this replica as `--ws-sockets-per-session` / `--ws-sockets-per-address` allow
@@ -89,6 +91,7 @@ from accord.coordinator.substrate.errors import (
     LeaseNotFound,
     NotFound,
     PermissionDenied,
+    SessionTooLarge,
     Unauthenticated,
 )
 from accord.v1 import records_pb2, sessions_pb2
@@ -107,6 +110,7 @@ BAD_INPUT = 4400
 UNAUTHENTICATED = 4401
 FORBIDDEN = 4403
 SESSION_GONE = 4404
+SESSION_TOO_LARGE = 4413  # the document is over its size limit: reconnecting cannot help
 # How the authorization table names a socket's connect and its writes (ws is no RPC).
 WS_CONNECT = "y-websocket connect"
 WS_WRITE = "y-websocket update"
@@ -428,6 +432,8 @@ class _Connection:
             code, reason = BAD_INPUT, exc.message
         elif isinstance(exc, NotFound):
             code, reason = SESSION_GONE, exc.message
+        elif isinstance(exc, SessionTooLarge):
+            code, reason = SESSION_TOO_LARGE, exc.message
         elif isinstance(exc, AccordError):
             code, reason = TRY_AGAIN, exc.message
         else:  # a bug: end this socket only, and say so in the log

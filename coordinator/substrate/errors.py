@@ -344,6 +344,12 @@ class QuotaExceeded(AccordError):
         self.retry_after = retry_after
 
 
+class SessionTooLarge(QuotaExceeded):
+    """A session's document would outgrow its per-session limit, or a read of it would
+    not fit one message to a standard client (RESOURCE_EXHAUSTED, QuotaFailure naming the
+    limit). Waiting alone does not help: only deletions shrink a document."""
+
+
 class StoredFailure(AccordError):
     """A failure answered before, replayed verbatim from its stored google.rpc.Status."""
 

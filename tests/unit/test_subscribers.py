@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pycrdt import Doc, Text
 
+from accord.coordinator.sessions.sizes import MAX_MERGED_BYTES
 from accord.coordinator.sessions.subscribers import MAX_PENDING_EVENTS, Event, Subscriber
 from accord.v1 import sessions_pb2
 
@@ -63,3 +64,23 @@ def test_offering_stays_linear_in_presence_clients() -> None:
     for i in range(offers):
         subscriber.offer(presence(i % 5_000, i))
     assert sum(coalesced) < 4 * offers
+
+
+async def test_a_slow_readers_merged_updates_each_fit_a_default_client() -> None:
+    """300 queued updates of 16 KiB (4.7 MiB): merged into messages of at most
+    MAX_MERGED_BYTES each (a standard client takes 4 MiB), and nothing lost."""
+    doc: Doc = Doc()
+    text = doc.get("text", type=Text)
+    subscriber = Subscriber(presence=False)
+    piece = "x" * (16 * 1024)
+    for step in range(300):
+        before = doc.get_state()
+        text += piece
+        subscriber.offer(Event(revision=step + 1, update=doc.get_update(before)))
+    events = await drain(subscriber)
+    assert len(events) > 1
+    assert all(len(e.update) <= MAX_MERGED_BYTES + 1024 for e in events)
+    replica: Doc = Doc()
+    for event in events:
+        replica.apply_update(event.update)
+    assert len(str(replica.get("text", type=Text))) == 300 * len(piece)

@@ -545,12 +545,17 @@ class SessionsReadResponse(_message.Message):
     STATE_VECTOR_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
     PRESENCE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_OMITTED_FIELD_NUMBER: _builtins.int
     snapshot: _builtins.bytes
     """The whole state as one update (Y.encodeStateAsUpdate)."""
     state_vector: _builtins.bytes
     json: _builtins.str
     """A JSON object with one member per root type: maps as objects, text as strings,
     arrays as arrays.
+    """
+    snapshot_omitted: _builtins.bool
+    """The snapshot is left out (empty) when it and the JSON together would not fit one
+    message to a standard client (4 MiB); Sync carries the state as an update.
     """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
@@ -567,10 +572,11 @@ class SessionsReadResponse(_message.Message):
         state_vector: _builtins.bytes = ...,
         json: _builtins.str = ...,
         presence: _abc.Iterable[Global___Presence] | None = ...,
+        snapshot_omitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "json", b"json", "presence", b"presence", "session", b"session", "snapshot", b"snapshot", "state_vector", b"state_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "json", b"json", "presence", b"presence", "session", b"session", "snapshot", b"snapshot", "snapshot_omitted", b"snapshot_omitted", "state_vector", b"state_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
