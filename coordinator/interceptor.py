@@ -13,8 +13,11 @@ Error handling: identity metadata given twice, or in a -bin form, is BadIdentity
 (INVALID_ARGUMENT), with auth on or off. With auth required: no token, or a malformed,
 unknown, expired or revoked one is Unauthenticated; an agent id the principal may not
 use, or a missing role, is PermissionDenied. Each is raised before the method runs, so
-a refused call changes nothing. An open stream ends with Unauthenticated when its token
-is revoked or expires, and with PermissionDenied when its role is taken back.
+a refused call changes nothing. A refusal for a request rate is answered when the caller
+may come back (at most a second later, and before its deadline: quotas/tarpit.py), so a
+caller ignoring RetryInfo is paced by the replica. An open stream ends with Unauthenticated
+when its token is revoked or expires, and with PermissionDenied when its role is taken
+back.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from accord.coordinator.substrate.errors import (
     AccordError,
     Internal,
     QuotaExceeded,
+    RateExceeded,
     Unauthenticated,
 )
 from accord.v1 import records_pb2
@@ -249,6 +253,14 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: AccordError
     context.set_trailing_metadata(status.trailing_metadata)
 
 
+async def _held(gate: _Gate, refusal: RateExceeded, call: calls.Call | None) -> RateExceeded:
+    """A rate refusal, answered after the tarpit held it (quotas/tarpit.py): a caller
+    retrying at once is paced by the replica instead of costing it a call per retry."""
+    if gate.admission is None or call is None:
+        return refusal
+    return await gate.admission.tarpit.answer(refusal, call.namespace, call.deadline)
+
+
 def _finish(
     method: str,
     call: calls.Call | None,
@@ -309,6 +321,9 @@ def _unary(gate: _Gate, behavior: Any) -> Any:
             error = Internal(f"unexpected coordinator error: {type(exc).__name__}")
         finally:
             _finish(method, call, request, started, error)
+        if isinstance(error, RateExceeded):
+            del request  # held, the refusal keeps nothing of the request
+            error = await _held(gate, error, call)
         await _abort(context, error)
 
     return wrapped
@@ -346,6 +361,9 @@ def _stream(gate: _Gate, behavior: Any) -> Any:
             error = Internal(f"unexpected coordinator error: {type(exc).__name__}")
         finally:
             _finish(method, call, request, started, error, streaming=True)
+        if isinstance(error, RateExceeded):
+            del request
+            error = await _held(gate, error, call)
         if error is not None:
             await _abort(context, error)
 

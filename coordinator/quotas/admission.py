@@ -21,7 +21,8 @@ Counts are cluster-wide, from etcd; their overshoot bound is in usage.py.
 
 Error handling: a refusal is QuotaExceeded (RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED)
 with a QuotaFailure (subject "namespace:NS" or "agent:NS/ID", the limit's name) and a
-RetryInfo: for a rate, when the bucket has a token again; for a count, COUNT_RETRY_SECONDS
+RetryInfo: for a rate, when the bucket has a token again (a RateExceeded, which the
+interceptor answers only then, within bounds: tarpit.py); for a count, COUNT_RETRY_SECONDS
 (it frees only when something is deleted). Nothing has run, so nothing was written.
 """
 
@@ -38,9 +39,10 @@ from google.protobuf.message import Message
 from accord.coordinator.auth.roles import method_name
 from accord.coordinator.quotas.buckets import Buckets
 from accord.coordinator.quotas.limits import Limit, QuotaLimits
+from accord.coordinator.quotas.tarpit import Tarpit
 from accord.coordinator.quotas.usage import Usage, UsageBook
 from accord.coordinator.substrate import calls
-from accord.coordinator.substrate.errors import QuotaExceeded
+from accord.coordinator.substrate.errors import QuotaExceeded, RateExceeded
 from accord.v1 import auth_pb2, kv_pb2, leases_pb2, quotas_pb2, sessions_pb2, votes_pb2
 
 COUNT_RETRY_SECONDS = 30.0
@@ -105,6 +107,7 @@ class Admission:
         self._by_principal = by_principal
         self._buckets = Buckets()
         self._streams: dict[str, int] = {}
+        self.tarpit = Tarpit()  # where the interceptor holds rate refusals
         self.refused = 0  # refusals since start (benchmarks read it)
 
     def rule(self, method: str) -> Rule:
@@ -123,7 +126,7 @@ class Admission:
         # Not an undecodable request (refused later) nor one that adds nothing.
         adds = grows is not None and isinstance(request, Message) and grows.adds(request)
         size = request.ByteSize() if adds else 0
-        self._take(namespace, call, limits, 1.0 + size // TOKEN_BYTES)
+        self._take(namespace, call, limits, size)
         if grows is not None and adds and self.book.synced:
             usage = self.book.usage(namespace)
             for limit in grows.limits:
@@ -155,19 +158,22 @@ class Admission:
             self._streams.pop(call.namespace, None)
 
     def _take(
-        self, namespace: str, call: calls.Call, limits: QuotaLimits, cost: float = 1.0
+        self, namespace: str, call: calls.Call, limits: QuotaLimits, size: int = 0
     ) -> None:
+        """Take the call's tokens (one, and one more per started TOKEN_BYTES of size)."""
+        cost = 1.0 + size // TOKEN_BYTES
         now = time.monotonic()
         burst = limits.burst_seconds
         wait = self._buckets.take(namespace, limits.requests_per_second, burst, now, cost)
         if wait:
             self.refused += 1
-            raise QuotaExceeded(
+            raise RateExceeded(
                 f"namespace {namespace!r} is over its rate of {limits.requests_per_second:g} "
-                f"requests/s on this replica; retry in {wait:.3f}s",
+                "requests/s on this replica",
                 subject=f"namespace:{namespace}",
                 limit=Limit.REQUESTS_PER_SECOND.value,
                 retry_after=wait,
+                request_bytes=size,
                 namespace=namespace,
             )
         who = (call.principal if self._by_principal else "") or call.agent_id
@@ -177,12 +183,13 @@ class Admission:
         if wait:
             self.refused += 1
             kind = "principal" if self._by_principal and call.principal else "agent"
-            raise QuotaExceeded(
+            raise RateExceeded(
                 f"{kind} {who!r} is over its rate of {limits.agent_requests_per_second:g} "
-                f"requests/s in namespace {namespace!r} on this replica; retry in {wait:.3f}s",
+                f"requests/s in namespace {namespace!r} on this replica",
                 subject=f"{kind}:{namespace}/{who}",
                 limit=Limit.AGENT_REQUESTS_PER_SECOND.value,
                 retry_after=wait,
+                request_bytes=size,
                 namespace=namespace,
             )
 

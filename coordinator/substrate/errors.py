@@ -344,6 +344,43 @@ class QuotaExceeded(AccordError):
         self.retry_after = retry_after
 
 
+class RateExceeded(QuotaExceeded):
+    """A request rate refused the call (QuotaExceeded): `what` says which rate, and
+    request_bytes is the refused request's size as admission measured it (0 when it did
+    not). The refusal may be answered later (quotas/tarpit.py): `after` is the same
+    refusal with its RetryInfo shortened by the time it was held."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        subject: str,
+        limit: str,
+        retry_after: float,
+        namespace: str,
+        request_bytes: int = 0,
+    ) -> None:
+        super().__init__(
+            f"{what}; retry in {retry_after:.3f}s",
+            subject=subject,
+            limit=limit,
+            retry_after=retry_after,
+            namespace=namespace,
+        )
+        self.what = what
+        self.request_bytes = request_bytes
+        self._subject, self._limit, self._namespace = subject, limit, namespace
+
+    def after(self, held: float) -> RateExceeded:
+        return RateExceeded(
+            self.what,
+            subject=self._subject,
+            limit=self._limit,
+            retry_after=max(0.001, self.retry_after - held),
+            namespace=self._namespace,
+        )
+
+
 class SessionTooLarge(QuotaExceeded):
     """A session's document would outgrow its per-session limit, or a read of it would
     not fit one message to a standard client (RESOURCE_EXHAUSTED, QuotaFailure naming the
