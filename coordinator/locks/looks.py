@@ -11,12 +11,27 @@ whole wait it reads each entry ahead at most once. So the coordinator handles O(
 entries per look (O(permits) keys for a semaphore), whatever the queue's length; etcd
 still visits the queue's keys to sort them (in etcd, without sending them).
 
+A semaphore waiter has no single blocker: any entry ahead leaving brings it closer. It
+counts instead. Entries are only ever added behind it, so the number ahead only falls,
+one per deletion of an entry created before its own. It learns that number when it joins
+(a count in the enqueue transaction, before its put), then follows the queue's deletions
+(a watch with prev_kv, so each deletion says when its entry was created) from the
+revision it has counted to, and looks at etcd again only when the count says it may
+hold or its own entry went. So a release costs each waiter it does not concern one
+watch event and no etcd read (it was O(waiters) reads per release, O(n^2) to drain).
+The count is kept across waits: a wait resumes the watch at the revision after the last
+event counted, so nothing between two waits is missed. When events may have been lost
+(compaction, a stream reset, a deletion without prev_kv) or a look disagrees with the
+count, it counts again: the keys ahead of it (keys only, O(position), rare).
+
 Error handling: etcd failures propagate as AccordErrors from substrate.etcd.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from accord.coordinator.locks.queue import EXCLUSIVE, Entry, entry_of
 from accord.coordinator.substrate import Substrate
@@ -25,6 +40,7 @@ from accord.coordinator.substrate.txn import (
     Op,
     Response,
     WatchCreate,
+    count,
     get,
     get_prefix,
     read,
@@ -57,8 +73,8 @@ def ahead_op(queue: bytes, below: int, limit: int, *, newest_first: bool = True)
 def ahead_ops(queue: bytes, mode: int, permits: int) -> list[Op]:
     """The reads of what is ahead of a new entry, for the transaction that enqueues it
     (run before its put, so they see only the entries ahead)."""
-    if permits:
-        return [head_op(queue, permits)]
+    if permits:  # the first `permits` entries, and how many there are in all
+        return [head_op(queue, permits), count(queue, prefix=True)]
     return [ahead_op(queue, 0, 1 if mode == EXCLUSIVE else PAGE)]
 
 
@@ -74,20 +90,18 @@ class Look:
     entry: Entry | None  # ours as it is now; None once it is gone
     head: Entry | None
     holds: bool
-    # The entry whose deletion may let ours hold (None for a semaphore: any may, so its
-    # waiter watches the queue's deletions).
+    # The entry whose deletion may let ours hold (None for a semaphore: any may).
     blocker: Entry | None
 
-    def watches(self) -> list[WatchCreate]:
-        """Watches of the deletions the waiter cares about: its own entry's, and its
-        blocker's (for a semaphore, any in its queue)."""
-        assert self.entry is not None
-        key = self.entry.key
-        own = watch(key, deletions_only=True)
-        if self.blocker is None:
-            queue = key[: key.rindex(b"\x00") + 1]
-            return [own, watch(queue, prefix=True, deletions_only=True)]
-        return [own, watch(self.blocker.key, deletions_only=True)]
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What a waiter watches until it looks again: from `start`, and with `wants` (a
+    semaphore's count) deciding which events end the wait."""
+
+    creates: list[WatchCreate]
+    start: int
+    wants: Callable[[Sequence[Any]], bool] | None
 
 
 class Looker:
@@ -101,12 +115,18 @@ class Looker:
         self._queue = entry.key[: entry.key.rindex(b"\x00") + 1]
         # A shared wait: nothing between this revision and our token is exclusive.
         self._scan_below = entry.token
+        # A semaphore wait: how many entries are ahead (None: to be counted), as of the
+        # revision its count has followed the queue's deletions to.
+        self._ahead: int | None = None
+        self._counted_to = 0
 
     def _entries(self, response: Response) -> list[Entry]:
         return [entry_of(self._s.keys, self._ns, kv) for kv in response.response_range.kvs]
 
     async def first(self, revision: int, head: list[Entry], responses: list[Response]) -> Look:
         """The look from the enqueue transaction's reads (ahead_ops)."""
+        if self._entry.record.permits:  # everything in the queue before our put is ahead
+            self._ahead, self._counted_to = responses[1].response_range.count, revision
         return await self._decide(revision, self._entry, head[0] if head else None, responses)
 
     def look_ops(self) -> list[Op]:
@@ -140,11 +160,55 @@ class Looker:
             return Look(revision, mine, head, True, None)
         page = self._entries(ahead[0])
         if mine.record.permits:
-            first = [e for e in page if e.token < mine.token]
-            return Look(revision, mine, head, len(first) < mine.record.permits, None)
+            return await self._semaphore(revision, mine, head, page)
         if mine.mode == EXCLUSIVE:
             return Look(revision, mine, head, not page, page[0] if page else None)
         return await self._shared(revision, mine, head, page)
+
+    async def _semaphore(
+        self, revision: int, mine: Entry, head: Entry | None, page: list[Entry]
+    ) -> Look:
+        """Holds when fewer than permits entries are ahead; else makes sure of its count."""
+        permits = mine.record.permits
+        if len([e for e in page if e.token < mine.token]) < permits:
+            return Look(revision, mine, head, True, None)
+        if self._ahead is None or self._ahead < permits:  # unknown, or wrong: count again
+            request = read(self._queue, prefix=True, keys_only=True, revision=revision)
+            request.max_create_revision = mine.token - 1
+            response = await self._s.etcd.range(request)
+            self._ahead, self._counted_to = len(response.kvs), revision
+        return Look(revision, mine, head, False, None)
+
+    def wait(self, look: Look) -> Wait:
+        """What to watch after a look that does not hold."""
+        assert look.entry is not None
+        if not self._entry.record.permits:  # our entry's deletion and our blocker's
+            assert look.blocker is not None
+            own = watch(look.entry.key, deletions_only=True)
+            blocker = watch(look.blocker.key, deletions_only=True)
+            return Wait([own, blocker], look.revision + 1, None)
+        # The queue's deletions (ours among them) from where the count stands.
+        deletions = watch(self._queue, prefix=True, deletions_only=True, prev_kv=True)
+        return Wait([deletions], self._counted_to + 1, self._count)
+
+    def lost_track(self) -> None:
+        """The last wait may have missed events: count again at the next look."""
+        self._ahead = None
+
+    def _count(self, events: Sequence[Any]) -> bool:
+        """Counts deletions of entries ahead; True when ours may hold or is gone."""
+        token = self._entry.token
+        gone = False
+        for event in events:
+            self._counted_to = max(self._counted_to, event.kv.mod_revision)
+            created = event.prev_kv.create_revision if event.HasField("prev_kv") else 0
+            if event.kv.key == self._entry.key or not created:
+                gone = True  # ours went, or a deletion we cannot place: look
+                if not created:
+                    self._ahead = None
+            elif created < token and self._ahead is not None:
+                self._ahead -= 1
+        return gone or self._ahead is None or self._ahead < self._entry.record.permits
 
     async def _shared(
         self, revision: int, mine: Entry, head: Entry | None, page: list[Entry]

@@ -16,12 +16,12 @@ Losing the lock (lease expiry, release, `locks break`, deadlock victim) deletes 
 entry, so every later fenced write with its token fails with FENCED.
 
 A waiter watches only what it waits behind (its predecessor, or for a shared entry the
-last exclusive one ahead) and its own entry; semaphore waiters watch the queue's
-deletions. Neither joining nor waking reads the whole queue (looks.py reads its head
-and the entry or few just ahead), and only a lease queued for another lock too has the
-namespace's wait-for graph searched, so a waiter's cost does not grow with the queue.
-Acquire is idempotent per (lock, lease): a retry on another replica finds
-the same entry and keeps its place in the queue.
+last exclusive one ahead) and its own entry; a semaphore waiter counts the deletions of
+entries ahead of it and looks again only when it may hold. Neither joining nor waking
+reads the whole queue (looks.py reads its head and the entry or few just ahead), and
+only a lease queued for another lock too has the namespace's wait-for graph searched, so
+a waiter's cost does not grow with the queue. Acquire is idempotent per (lock, lease): a
+retry on another replica finds the same entry and keeps its place in the queue.
 
 Layout: keyspace.lock_entry, a LockEntryRecord attached to the entry's lease.
 
@@ -44,7 +44,7 @@ from google.protobuf import timestamp_pb2
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.explain import refusal_status
-from accord.coordinator.locks.looks import FirstLook, Look, Looker, ahead_ops, head_op
+from accord.coordinator.locks.looks import FirstLook, Look, Looker, Wait, ahead_ops, head_op
 from accord.coordinator.locks.queue import (
     EXCLUSIVE,
     SHARED,
@@ -70,7 +70,6 @@ from accord.coordinator.substrate.limits import MAX_LOCKS_PER_CALL, require_coun
 from accord.coordinator.substrate.txn import (
     Compare,
     Op,
-    WatchCreate,
     absent,
     alive,
     created_after,
@@ -324,17 +323,17 @@ class LockStore:
                     details=[status],
                     metadata={"lock": entry.lock},
                 )
-            await self._wait_for_change(look.watches(), look.revision + 1, remaining)
+            if not await self._wait_for_change(looker.wait(look), remaining):
+                looker.lost_track()
             look = None
 
-    async def _wait_for_change(
-        self, creates: list[WatchCreate], start: int, remaining: float | None
-    ) -> None:
-        """Until one of the watched deletions happens (or may have) or time's up. The
-        watchers ride the replica's shared etcd watch stream."""
-        for create in creates:
-            create.start_revision = start
-        await self._s.etcd.watch_hub.first_change(creates, remaining)
+    async def _wait_for_change(self, wait: Wait, remaining: float | None) -> bool:
+        """Until one of the watched deletions happens (or may have) or time's up; False
+        when events may have been missed. The watchers ride the replica's shared etcd
+        watch stream."""
+        for create in wait.creates:
+            create.start_revision = wait.start
+        return await self._s.etcd.watch_hub.first_change(wait.creates, remaining, wait.wants)
 
     async def _claim_if_first(
         self, ns: str, entry: Entry, looker: Looker

@@ -16,6 +16,11 @@ that late. A wait on single keys therefore watches them from "now" instead, and 
 revision moved past the caller's start meanwhile, reads those keys once (one etcd call for
 the wait): unchanged since the start, the watchers (which cover everything after their
 creation) miss nothing; changed, the wait wakes at once.
+
+A wait may pass `wants`: it sees each batch of events as it comes (in revision order)
+and says whether they end the wait, so a waiter can follow a queue without being woken
+by what does not concern it. `first_change` says whether the wait saw everything up to
+its end (events or timeout) or was woken by something that may have hidden events.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -35,11 +40,17 @@ from accord.coordinator.substrate import calls
 _log = logs.get("accord.watch_hub")
 
 
-class _Wait:
-    __slots__ = ("gaps", "ids", "unanswered", "woken")
+# Sees a batch of events of a wait's watchers; True ends the wait.
+Wants = Callable[[Sequence[Any]], bool]
 
-    def __init__(self, creates: int) -> None:
+
+class _Wait:
+    __slots__ = ("gaps", "ids", "reset", "unanswered", "wants", "woken")
+
+    def __init__(self, creates: int, wants: Wants | None = None) -> None:
         self.woken = asyncio.Event()
+        self.wants = wants
+        self.reset = False  # woken by what may have hidden events
         self.ids: list[int] = []
         self.unanswered = creates
         # Keys watched from "now" whose revision moved past the caller's start meanwhile.
@@ -66,11 +77,15 @@ class WatchHub:
         self._task: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[None]] = set()
 
-    async def first_change(self, creates: list[Any], timeout: float | None) -> None:
-        """Return when any watched key changes (or may have), or after timeout."""
+    async def first_change(
+        self, creates: list[Any], timeout: float | None, wants: Wants | None = None
+    ) -> bool:
+        """Return when any watched key changes (with wants: when it says so) or may have,
+        or after timeout: False when events may have been missed (compaction, a broken
+        stream), True otherwise."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
-        wait = _Wait(len(creates))
+        wait = _Wait(len(creates), wants)
         for asked in creates:
             since, create = asked.start_revision, asked
             if since and not asked.range_end and self._txn is not None:
@@ -88,6 +103,7 @@ class WatchHub:
             wait.woken.set()  # ids still to come are cancelled as they arrive
             for watch_id in wait.ids:
                 self._forget(watch_id)
+        return not wait.reset
 
     def _forget(self, watch_id: int) -> None:
         if self._by_id.pop(watch_id, None) is not None:
@@ -129,7 +145,7 @@ class WatchHub:
             self._by_id[response.watch_id] = wait
             wait.unanswered -= 1
             if response.canceled:  # refused at creation (compacted start): look again
-                wait.woken.set()
+                _reset(wait)
             elif pending.since and response.header.revision >= pending.since:
                 wait.gaps.append(pending)
             if not wait.unanswered and wait.gaps and not wait.woken.is_set():
@@ -138,9 +154,11 @@ class WatchHub:
                 check.add_done_callback(self._checks.discard)
             return
         watched = self._by_id.get(response.watch_id)
-        if watched is not None and (
-            response.events or response.canceled or response.compact_revision
-        ):
+        if watched is None or watched.woken.is_set():
+            return
+        if response.canceled or response.compact_revision:
+            _reset(watched)
+        elif response.events and (watched.wants is None or watched.wants(response.events)):
             watched.woken.set()
 
     async def _check_gaps(self, wait: _Wait) -> None:
@@ -158,12 +176,12 @@ class WatchHub:
                 return
         except Exception as exc:  # cannot tell: let the waiter look for itself
             _log.info("watch start check failed", error=str(exc))
-        wait.woken.set()
+        _reset(wait)
 
     def _wake_everyone(self) -> None:
         waits = list(self._by_id.values()) + [p.wait for p in self._awaiting_ids]
         for wait in waits:
-            wait.woken.set()
+            _reset(wait)
         self._by_id.clear()
         self._awaiting_ids.clear()
         self._outbox = asyncio.Queue()  # requests for the dead stream are void
@@ -175,3 +193,9 @@ class WatchHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _reset(wait: _Wait) -> None:
+    if not wait.woken.is_set():
+        wait.reset = True
+    wait.woken.set()

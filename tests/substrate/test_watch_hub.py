@@ -100,3 +100,53 @@ async def test_a_key_that_never_existed_wakes_at_once(etcd_client: Etcd, namespa
     read_at = await _put(etcd_client, f"hub/{namespace}/e".encode())
     await _put(etcd_client, f"hub/{namespace}/f".encode())
     assert await _wait(etcd_client, [key], read_at + 1, LONG) < LONG / 2
+
+
+async def test_wants_sees_each_event_and_decides_when_the_wait_ends(
+    etcd_client: Etcd, namespace: str
+) -> None:
+    prefix = f"hub/{namespace}/q/".encode()
+    keys = [prefix + bytes([ord("a") + i]) for i in range(3)]
+    for key in keys:
+        start = await _put(etcd_client, key)
+    for key in keys:
+        await _delete(etcd_client, key)
+    seen: list[bytes] = []
+
+    def two_deletions(events: object) -> bool:
+        seen.extend(e.prev_kv.key for e in events)  # type: ignore[attr-defined]
+        return len(seen) >= 2
+
+    deletions = rpc.WatchCreateRequest(
+        key=prefix,
+        range_end=prefix[:-1] + b"0",
+        filters=[NOPUT],
+        prev_kv=True,
+        start_revision=start + 1,
+    )
+    assert await etcd_client.watch_hub.first_change([deletions], LONG, two_deletions)
+    assert seen[:2] == keys[:2]  # in order, with what each deletion removed
+    # A wait that wants only the last sees every one before it, none missed.
+    seen.clear()
+
+    def all_three(events: object) -> bool:
+        seen.extend(e.prev_kv.key for e in events)  # type: ignore[attr-defined]
+        return len(seen) >= 3
+
+    deletions.start_revision = start + 1
+    assert await etcd_client.watch_hub.first_change([deletions], LONG, all_three) is True
+    assert seen == keys
+
+
+async def test_a_compacted_start_says_events_may_have_been_missed(
+    etcd_client: Etcd, etcd: EtcdMember, namespace: str
+) -> None:
+    prefix = f"hub/{namespace}/gone/".encode()
+    start = await _put(etcd_client, prefix + b"x")
+    await _delete(etcd_client, prefix + b"x")
+    await _put(etcd_client, prefix + b"y")
+    etcd.compact()  # past the deletion the wait would start from
+    deletions = rpc.WatchCreateRequest(
+        key=prefix, range_end=prefix[:-1] + b"0", filters=[NOPUT], start_revision=start + 1
+    )
+    assert await etcd_client.watch_hub.first_change([deletions], LONG, lambda e: False) is False
