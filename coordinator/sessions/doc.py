@@ -421,9 +421,11 @@ class SessionDoc:
         )
 
     def worth_compacting(self) -> bool:
-        """On unload: fold a log of several entries (or stale chunks) into one snapshot."""
+        """On unload: fold the log into one snapshot, unless it is a lone entry and there is
+        no snapshot yet (that entry already is the whole document)."""
         busy = self._compacting is not None and not self._compacting.done()
-        return not busy and self._covered() > 1
+        covered = self._covered()
+        return not busy and (covered > 1 or (covered == 1 and bool(self.snapshot_keys)))
 
     async def compact_now(self) -> bool:
         """Compact as the session's one compaction in flight (on unload), so the watch

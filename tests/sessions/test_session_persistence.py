@@ -447,3 +447,37 @@ async def test_idle_unload_folds_the_log_into_exactly_one_snapshot(
         await store.close()
         await client.close()
         replica.kill()
+
+
+async def test_idle_unload_folds_a_lone_entry_into_the_snapshot(
+    etcd: EtcdMember, namespace: str, tmp_path: Path
+) -> None:
+    """A session with a snapshot and one log entry behind it, unloaded when idle, is
+    folded too: what a later load reads is one snapshot and no log, however the writes
+    before fell between compactions."""
+    name = "lone"
+    replica = start_coordinator(
+        tmp_path, "idle-lone", [etcd.endpoint], extra_args=["--session-idle", "1"]
+    )
+    client = Sessions(replica.address, namespace)
+    store = Store(etcd, namespace, name)
+    try:
+        await client.open(name)
+        writer = Doc(client_id=11)
+        first = [appended(writer, random_text(random.Random(i), 400)) for i in range(60)]
+        for update in first:  # 24 KiB of log: compacted into a snapshot, then unloaded
+            await client.push(name, update)
+        await store.until(lambda s: compacted(s) and not s.log, "the first snapshot, no log")
+        last = appended(writer, "the last word")
+        await client.push(name, last)  # loads the session again: one entry behind it
+        stored = await store.until(
+            lambda s: compacted(s) and not s.log, "the lone entry folded on the idle unload"
+        )
+        expected = union(*first, last)
+        assert b"".join(v for _, v in sorted(stored.snapshot_chunks.items())) == (
+            expected.get_update()
+        )
+    finally:
+        await store.close()
+        await client.close()
+        replica.terminate()
