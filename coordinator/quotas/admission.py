@@ -198,7 +198,7 @@ class Admission:
         raise QuotaExceeded(
             f"namespace {namespace!r} holds {held:g} of its {allowed:g} {limit.value} quota "
             f"and this call would exceed it; free some, or ask a cluster admin "
-            f"(`accord quota set --{limit.value.replace('_', '-')} N`)",
+            f"(`accord quota set --namespace {namespace} {limit.value}=N`)",
             subject=f"namespace:{namespace}",
             limit=limit.value,
             retry_after=COUNT_RETRY_SECONDS,
