@@ -1,7 +1,7 @@
 """The cost of a long lock queue: enqueue and hand-off per waiter, at two queue lengths
 side by side in one run.
 
-    python -m benchmarks.lock_queue [--waiters 100,1000]
+    python -m benchmarks.lock_queue [--waiters 100,1000] [--permits P]
 
 For each N: one lease holds the lock; N other leases each start an acquire (one client,
 N concurrent calls); "enqueue" is the time until all N entries are in etcd. Then the
@@ -9,7 +9,10 @@ holder releases and every waiter releases as soon as it is granted: "hand-off" i
 time until the last one is granted. Reported per waiter, and as the ratio of the
 per-waiter times at the largest and smallest N: about 1 when each waiter costs O(1)
 (or O(log n)), about N_max/N_min when each costs O(n) (the whole queue read per
-enqueue or wake).
+enqueue or wake). With --permits, the queue is a semaphore's: P leases hold it, and a
+release lets one waiter in. Also reported: etcd's Range and Txn calls per waiter (from
+its metrics), about constant when a release costs the waiters it does not concern
+nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from accord.client import AsyncClient, Grant, Lease
@@ -38,17 +43,32 @@ def queued(etcd: EtcdMember, lock: str) -> int:
     return int(json.loads(out).get("count", 0))
 
 
-async def one_queue(client: AsyncClient, etcd: EtcdMember, waiters: int) -> tuple[float, float]:
-    """(enqueue seconds, hand-off seconds) for waiters behind one holder."""
+def etcd_reads(etcd: EtcdMember) -> int:
+    """Range and Txn calls etcd has answered, from its Prometheus metrics."""
+    with urllib.request.urlopen(f"http://{etcd.endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(
+        r'^grpc_server_handled_total\{[^}]*grpc_method="(?:Range|Txn)"[^}]*\} (\S+)$', text, re.M
+    )
+    return sum(int(float(n)) for n in found)
+
+
+async def one_queue(
+    client: AsyncClient, etcd: EtcdMember, waiters: int, permits: int
+) -> tuple[float, float]:
+    """(enqueue seconds, hand-off seconds) for waiters behind one holder (a semaphore's
+    `permits` holders)."""
     lock = f"queue-{waiters}."
-    holder = await client.leases.grant(ttl=600)
+    holders = list(
+        await asyncio.gather(*(client.leases.grant(ttl=600) for _ in range(max(1, permits))))
+    )
     leases: list[Lease] = list(
         await asyncio.gather(*(client.leases.grant(ttl=600) for _ in range(waiters)))
     )
-    grant = await client.locks.acquire(lock, holder)
+    grants = [await client.locks.acquire(lock, h, permits=permits) for h in holders]
 
     async def wait_then_release(lease: Lease) -> float:
-        got: Grant = await client.locks.acquire(lock, lease, wait=600)
+        got: Grant = await client.locks.acquire(lock, lease, permits=permits, wait=600)
         at = time.perf_counter()
         await client.locks.release(got)
         return at
@@ -59,18 +79,19 @@ async def one_queue(client: AsyncClient, etcd: EtcdMember, waiters: int) -> tupl
     async def count() -> int:
         return queued(etcd, lock)
 
-    await until(count, lambda n: n >= waiters + 1, f"{waiters} waiters queued", 600)
+    await until(count, lambda n: n >= waiters + len(holders), f"{waiters} waiters queued", 600)
     enqueue = time.perf_counter() - started
     released = time.perf_counter()
-    await client.locks.release(grant)
+    for grant in grants:
+        await client.locks.release(grant)
     granted_at = await asyncio.gather(*tasks)
     hand_off = max(granted_at) - released
-    for lease in [holder, *leases]:
+    for lease in [*holders, *leases]:
         await lease.revoke()
     return enqueue, hand_off
 
 
-async def run(counts: list[int], out: Path) -> None:
+async def run(counts: list[int], permits: int, out: Path) -> None:
     base = Path(tempfile.mkdtemp(prefix="accord-bench-queue-"))
     etcd = start_etcd(base)
     coordinator = start_coordinator(
@@ -82,8 +103,11 @@ async def run(counts: list[int], out: Path) -> None:
     per_waiter: dict[int, tuple[float, float]] = {}
     try:
         for n in counts:
+            reads = etcd_reads(etcd)
             with CpuMeter({"coordinator": coordinator.pid, "etcd": etcd.pid}) as meter:
-                enqueue, hand_off = await one_queue(client, etcd, n)
+                enqueue, hand_off = await one_queue(client, etcd, n, permits)
+            reads = etcd_reads(etcd) - reads
+            summary[f"{n} waiters: etcd Range+Txn calls per waiter"] = round(reads / n, 1)
             per_waiter[n] = (enqueue / n, hand_off / n)
             summary[f"{n} waiters: enqueue s"] = round(enqueue, 2)
             summary[f"{n} waiters: hand-off s"] = round(hand_off, 2)
@@ -111,15 +135,19 @@ async def run(counts: list[int], out: Path) -> None:
         await client.close()
         coordinator.terminate()
         etcd.kill()
-    report("Accord lock queue cost (benchmarks/lock_queue.py)", results, summary, out)
+    what = f"semaphore of {permits} permits" if permits else "lock"
+    report(f"Accord {what} queue cost (benchmarks/lock_queue.py)", results, summary, out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--waiters", default="100,1000")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lock_queue.json"))
+    parser.add_argument("--permits", type=int, default=0, help="0: a lock; else a semaphore")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    asyncio.run(run([int(n) for n in args.waiters.split(",")], args.out))
+    name = f"lock_queue_semaphore{args.permits}" if args.permits else "lock_queue"
+    out = args.out or Path(f"benchmarks/results/{name}.json")
+    asyncio.run(run([int(n) for n in args.waiters.split(",")], args.permits, out))
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ class WatchHub:
             return
         if response.canceled or response.compact_revision:
             _reset(watched)
-        elif response.events and (watched.wants is None or watched.wants(response.events)):
+        elif response.events and _wanted(watched, response.events):
             watched.woken.set()
 
     async def _check_gaps(self, wait: _Wait) -> None:
@@ -193,6 +193,17 @@ class WatchHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _wanted(wait: _Wait, events: Sequence[Any]) -> bool:
+    if wait.wants is None:
+        return True
+    try:
+        return wait.wants(events)
+    except Exception as exc:  # a waiter's bug must not break the stream for the others
+        _log.warning("a wait's event filter failed", error=str(exc))
+        _reset(wait)
+        return True
 
 
 def _reset(wait: _Wait) -> None:

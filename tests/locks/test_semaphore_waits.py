@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from accord.client import AsyncClient, Grant, Lease
+import pytest
+
+from accord.client import AsyncClient, Grant, Lease, LockTimeoutError
 from accord.client import calls as client_calls
 from accord.v1 import locks_pb2
 from tests.harness import EtcdMember, queued
@@ -131,3 +133,21 @@ async def test_waiters_ahead_that_leave_count_and_a_resumed_wait_counts_again(
                 if call is not None:
                     call.cancel()
                     await asyncio.gather(call, return_exceptions=True)
+
+
+async def test_a_counting_wait_still_times_out_and_leaves(client: AsyncClient) -> None:
+    async with granted(client, 3) as (holder, first, second):
+        held = await client.locks.acquire("slots", holder, permits=1)
+        [waiting] = await line_up(client, "slots", [first], permits=1)
+        try:
+            # Nothing it counts happens: it gives up at its own time, and leaves the queue.
+            with pytest.raises(LockTimeoutError):
+                await asyncio.wait_for(
+                    client.locks.acquire("slots", second, permits=1, wait=1.5), 30
+                )
+            state, _ = await client.locks.describe("slots")
+            assert [w.lease_id for w in state.waiters] == [first.id]
+            await client.locks.release(held)
+            assert (await asyncio.wait_for(waiting, 30)).lease_id == first.id
+        finally:
+            await settle([waiting])

@@ -150,3 +150,22 @@ async def test_a_compacted_start_says_events_may_have_been_missed(
         key=prefix, range_end=prefix[:-1] + b"0", filters=[NOPUT], start_revision=start + 1
     )
     assert await etcd_client.watch_hub.first_change([deletions], LONG, lambda e: False) is False
+
+
+async def test_a_failing_filter_ends_its_wait_and_spares_the_others(
+    etcd_client: Etcd, namespace: str
+) -> None:
+    prefix = f"hub/{namespace}/bad/".encode()
+    start = await _put(etcd_client, prefix + b"x")
+    await _delete(etcd_client, prefix + b"x")
+
+    def broken(events: object) -> bool:
+        raise ValueError("a bug in a waiter")
+
+    deletions = rpc.WatchCreateRequest(
+        key=prefix, range_end=prefix[:-1] + b"0", filters=[NOPUT], start_revision=start + 1
+    )
+    # It ends at once, as one that may have missed events (its waiter looks again).
+    assert await etcd_client.watch_hub.first_change([deletions], 10, broken) is False
+    # The shared stream still serves the next wait.
+    assert await _wait(etcd_client, [prefix + b"x"], start + 1, LONG) < LONG / 2
