@@ -10,10 +10,13 @@ large Txn of 16 puts of 32 KiB) on the replica with quotas (the flooding namespa
 limited to --flood-rate requests/s). Phase "flood, no quotas": the same on a second
 replica over the same etcd, started with --no-quotas. Phase "hostile flood": on the
 replica with quotas, flooding agents that ignore the pushback and call again at once (a
-broken or hostile fleet). The flood runs in its own process, so its client work does not
-delay the victim's event loop. Each flooding agent makes one attempt per call and, when
-refused, waits the RetryInfo it got before its next one (what Accord's client does
-between its retries, made visible here), except in the hostile flood.
+broken or hostile fleet); the replica holds each rate refusal until the caller may come
+back (the tarpit), which paces them. Phase "hostile flood, no tarpit": the same on a third
+replica started with --rate-refusal-hold 0 (refusals answered at once). The flood runs
+in its own process, so its client work does not delay the victim's event loop. Each
+flooding agent makes one attempt per call and, when refused, waits the RetryInfo it got
+before its next one (what Accord's client does between its retries, made visible here),
+except in the hostile floods.
 
 Targets (issue 13): the victim's p99 with the flood stays under 2x its p99 alone, and the
 flooder gets pushback (RESOURCE_EXHAUSTED with RetryInfo), not timeouts. Reported: each
@@ -198,6 +201,13 @@ async def run(seconds: float, flooders: int, flood_rate: float, out: Path) -> No
     open_replica = start_coordinator(
         base, "quotas-off", [etcd.endpoint], extra_args=[*common, "--no-quotas"], ws=False
     )
+    no_tarpit = start_coordinator(
+        base,
+        "tarpit-off",
+        [etcd.endpoint],
+        extra_args=[*common, "--rate-refusal-hold", "0"],
+        ws=False,
+    )
     results: list[Result] = []
     summary: dict[str, object] = {}
     try:
@@ -209,6 +219,7 @@ async def run(seconds: float, flooders: int, flood_rate: float, out: Path) -> No
             ("alone", limited, 0, True),
             ("flood", limited, flooders, True),
             ("flood, no quotas", open_replica, flooders, True),
+            ("hostile flood, no tarpit", no_tarpit, flooders, False),
             ("hostile flood", limited, flooders, False),
         ):
             phase, facts = await _phase(name, replica, flooding, seconds, honour)
@@ -218,11 +229,12 @@ async def run(seconds: float, flooders: int, flood_rate: float, out: Path) -> No
     finally:
         limited.terminate()
         open_replica.terminate()
+        no_tarpit.terminate()
         etcd.kill()
 
     alone = results[0].p99_ms or 1.0
     by_name = {r.name: r for r in results}
-    for name in ("flood", "flood, no quotas", "hostile flood"):
+    for name in ("flood", "flood, no quotas", "hostile flood, no tarpit", "hostile flood"):
         victim = by_name[f"victim, {name}"]
         summary[f"victim p99 ratio {name} / alone (target < 2)"] = round(victim.p99_ms / alone, 2)
     report(

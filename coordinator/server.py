@@ -263,7 +263,11 @@ class Replica:
             self.etcd, self.substrate.keys, self.settings.quotas or QuotaLimits()
         )
         await self.usage.start()
-        self.admission = Admission(self.usage, by_principal=self.auth is not None)
+        self.admission = Admission(
+            self.usage,
+            by_principal=self.auth is not None,
+            hold=self.settings.rate_refusal_hold_seconds,
+        )
 
     async def _start_auth(self) -> None:
         """Load the credentials (auth required), or say loudly that there are none."""

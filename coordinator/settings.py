@@ -74,6 +74,9 @@ class Settings:
     ws_allowed_origins: tuple[str, ...] = ()
     # Every namespace's quotas unless overridden in etcd (`accord quota set`); None: off.
     quotas: QuotaLimits | None = field(default_factory=QuotaLimits)
+    # A rate refusal is answered when the caller may come back, held at most this long
+    # (quotas/tarpit.py), so a caller ignoring RetryInfo is paced; 0: answered at once.
+    rate_refusal_hold_seconds: float = 1.0
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     # Bytes an error may take in trailers (details cut to fit; clients refuse over 8 KiB).
     error_details_budget: int = 8 * 1024

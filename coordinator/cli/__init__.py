@@ -177,6 +177,14 @@ def serve(
         bool,
         typer.Option(envvar="ACCORD_QUOTAS_ON", help="enforce namespace quotas and rates"),
     ] = True,
+    rate_refusal_hold: Annotated[
+        float,
+        typer.Option(
+            envvar="ACCORD_RATE_REFUSAL_HOLD",
+            help="seconds a rate refusal may be held before it is answered, so a caller "
+            "that ignores RetryInfo is paced by the replica (0: answer at once)",
+        ),
+    ] = 1.0,
     max_concurrent_rpcs: Annotated[
         int,
         typer.Option(
@@ -216,6 +224,8 @@ def serve(
         raise typer.BadParameter(
             "must be between 2048 and 1048576", param_hint="--error-details-budget"
         )
+    if not 0 <= rate_refusal_hold <= 10:
+        raise typer.BadParameter("must be between 0 and 10", param_hint="--rate-refusal-hold")
     if not 0 < max_value_bytes <= 1024 * 1024:
         raise typer.BadParameter("must be between 1 and 1048576", param_hint="--max-value-bytes")
     settings = Settings(
@@ -240,6 +250,7 @@ def serve(
         if tls_cert
         else None,
         quotas=parse_quotas(quota or []) if quotas else None,
+        rate_refusal_hold_seconds=rate_refusal_hold,
         connections=ConnectionLimits(
             max_concurrent_rpcs=max_concurrent_rpcs,
             max_streams_per_connection=max_streams_per_connection,

@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 from accord.coordinator.auth.roles import method_name
 from accord.coordinator.quotas.buckets import Buckets
 from accord.coordinator.quotas.limits import Limit, QuotaLimits
-from accord.coordinator.quotas.tarpit import Tarpit
+from accord.coordinator.quotas.tarpit import MAX_HOLD_SECONDS, Tarpit
 from accord.coordinator.quotas.usage import Usage, UsageBook
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import QuotaExceeded, RateExceeded
@@ -102,12 +102,15 @@ class Rule:
 
 
 class Admission:
-    def __init__(self, book: UsageBook, *, by_principal: bool) -> None:
+    def __init__(
+        self, book: UsageBook, *, by_principal: bool, hold: float = MAX_HOLD_SECONDS
+    ) -> None:
+        """hold: the longest a rate refusal is held before it is answered (tarpit.py)."""
         self.book = book
         self._by_principal = by_principal
         self._buckets = Buckets()
         self._streams: dict[str, int] = {}
-        self.tarpit = Tarpit()  # where the interceptor holds rate refusals
+        self.tarpit = Tarpit(max_hold=hold)  # where the interceptor holds rate refusals
         self.refused = 0  # refusals since start (benchmarks read it)
 
     def rule(self, method: str) -> Rule:

@@ -4,7 +4,8 @@ A caller that ignores RetryInfo and calls again as soon as it is refused (a brok
 hostile fleet) would otherwise cost the replica a whole gRPC call per refusal, as fast
 as it can send them: thousands a second, taken from every other namespace on the
 replica. So a refusal for a request rate (RateExceeded) is held for the time its
-RetryInfo asks, at most MAX_HOLD_SECONDS, and answered then with the RetryInfo left
+RetryInfo asks, at most MAX_HOLD_SECONDS (`accord serve --rate-refusal-hold`; 0 answers
+at once), and answered then with the RetryInfo left
 (1 ms when the whole wait was held): a retry loop, however naive, is paced by the
 replica at about the rate it was given, and a caller honouring RetryInfo loses nothing
 (it comes back when it would have). Count refusals (a quota of keys, leases, ...) are

@@ -1,18 +1,29 @@
 """The tarpit, against a real replica: a caller that ignores RetryInfo (a raw stub
 calling again the moment it is refused) gets each rate refusal only when it may come
 back, as RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo, so the replica paces its loop;
-a refusal is never held past the caller's deadline, and nothing is written."""
+a refusal is never held past the caller's deadline, and nothing is written. A replica
+started with --rate-refusal-hold 0 answers at once."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from accord.v1 import kv_pb2
-from tests.harness import Coordinator, EtcdMember, Stubs, identity
+from tests.harness import (
+    AUTH_REQUIRED,
+    Coordinator,
+    EtcdMember,
+    Stubs,
+    identity,
+    start_coordinator,
+)
 from tests.quotas.helpers import namespace_keys, set_quota
 
 
@@ -101,3 +112,29 @@ async def test_a_stream_refused_for_rate_is_held_too(
             limit, retry = _pushback(refused)
         assert limit == "requests_per_second" and retry > 5.0
         assert time.monotonic() - sent >= 0.5  # held (1 s), not answered at once
+
+
+@pytest.fixture(scope="module")
+def untarpitted(etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
+    replica = start_coordinator(
+        workdir, "no-tarpit", [etcd.endpoint], extra_args=["--rate-refusal-hold", "0"]
+    )
+    yield replica
+    replica.terminate()
+
+
+@pytest.mark.skipif(AUTH_REQUIRED, reason="a replica of its own, auth off")
+async def test_no_hold_answers_rate_refusals_at_once(
+    untarpitted: Coordinator, namespace: str
+) -> None:
+    await set_quota([untarpitted], namespace, requests_per_second=0.5, burst_seconds=2.0)
+    async with Stubs(untarpitted.address) as stubs:
+        meta = identity(namespace, "hasty")
+        await stubs.kv.Get(kv_pb2.GetRequest(key="k"), metadata=meta)  # the one token
+        try:
+            await stubs.kv.Get(kv_pb2.GetRequest(key="k"), metadata=meta, timeout=10.0)
+            raise AssertionError("a Get past the rate was admitted")
+        except grpc.aio.AioRpcError as refused:
+            limit, retry = _pushback(refused)
+        # Told the whole ~2 s wait: nothing was held (held, it would be the last ~1 s).
+        assert limit == "requests_per_second" and retry > 1.5

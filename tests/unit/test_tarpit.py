@@ -77,3 +77,10 @@ async def test_a_cancelled_hold_frees_its_place() -> None:
     with pytest.raises(asyncio.CancelledError):
         await held
     assert tarpit.held == 0 and tarpit.held_bytes == 0
+
+
+async def test_no_hold_answers_at_once() -> None:
+    tarpit = Tarpit(max_hold=0.0)  # accord serve --rate-refusal-hold 0
+    assert tarpit.hold_seconds(refusal(0.5), None, now=0.0) == 0.0
+    told = refusal(0.5)
+    assert await tarpit.answer(told, "n", None) is told and tarpit.held == 0
