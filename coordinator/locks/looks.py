@@ -15,25 +15,30 @@ A semaphore waiter has no single blocker: any entry ahead leaving brings it clos
 counts instead. Entries are only ever added behind it, so the number ahead only falls,
 one per deletion of an entry created before its own. It learns that number when it joins
 (a count in the enqueue transaction, before its put), then follows the queue's deletions
-(a watch with prev_kv, so each deletion says when its entry was created) from the
-revision it has counted to, and looks at etcd again only when the count says it may
-hold or its own entry went. So a release costs each waiter it does not concern one
-watch event and no etcd read (it was O(waiters) reads per release, O(n^2) to drain).
-The count is kept across waits: a wait resumes the watch at the revision after the last
-event counted, so nothing between two waits is missed. When events may have been lost
-(compaction, a stream reset, a deletion without prev_kv) or a look disagrees with the
-count, it counts again: the keys ahead of it (keys only, O(position), rare).
+(with prev_kv, so each deletion says when its entry was created) from the revision it
+has counted to, and looks at etcd again only when the count says it may hold or its own
+entry went. It follows them on the queue's feed (queue_feeds.py: one watch per queue on
+the replica, shared by its waiters), staying on it while it looks, or on a watch of its
+own from the revision after the last event counted when no feed can replay from there.
+So a release costs each waiter it does not concern no etcd read and no etcd event of
+its own (it was a look each: O(waiters) reads per release, O(n^2) to drain). When
+events may have been lost (compaction, a stream reset, a deletion without prev_kv) or a
+look disagrees with the count, it counts again: the keys ahead of it (keys only,
+O(position), rare).
 
 Error handling: etcd failures propagate as AccordErrors from substrate.etcd.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from accord.coordinator.locks.queue import EXCLUSIVE, Entry, entry_of
+from accord.coordinator.locks.queue_feeds import QueueFeeds
 from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.txn import (
     KeyValue,
@@ -108,8 +113,11 @@ class Looker:
     """Looks at a queue for one waiting entry; remembers how far a shared wait's search
     for an exclusive entry ahead has gone."""
 
-    def __init__(self, substrate: Substrate, namespace: str, entry: Entry) -> None:
+    def __init__(
+        self, substrate: Substrate, namespace: str, entry: Entry, feeds: QueueFeeds | None = None
+    ) -> None:
         self._s = substrate
+        self._feeds = feeds
         self._ns = namespace
         self._entry = entry
         self._queue = entry.key[: entry.key.rindex(b"\x00") + 1]
@@ -119,6 +127,11 @@ class Looker:
         # revision its count has followed the queue's deletions to.
         self._ahead: int | None = None
         self._counted_to = 0
+        # Following its queue's shared feed (queue_feeds.py): how to leave it, and what
+        # ends a wait on it.
+        self._leave: Callable[[], None] | None = None
+        self._gone = False
+        self._woken = asyncio.Event()
 
     def _entries(self, response: Response) -> list[Entry]:
         return [entry_of(self._s.keys, self._ns, kv) for kv in response.response_range.kvs]
@@ -173,6 +186,7 @@ class Looker:
         if len([e for e in page if e.token < mine.token]) < permits:
             return Look(revision, mine, head, True, None)
         if self._ahead is None or self._ahead < permits:  # unknown, or wrong: count again
+            self.close()  # (a feed must not count on while this count is read)
             request = read(self._queue, prefix=True, keys_only=True, revision=revision)
             request.max_create_revision = mine.token - 1
             response = await self._s.etcd.range(request)
@@ -195,15 +209,61 @@ class Looker:
         """The last wait may have missed events: count again at the next look."""
         self._ahead = None
 
+    async def follow(self, look: Look, remaining: float | None) -> None:
+        """Wait after a look that does not hold, until what it watches changes (or may
+        have) or time's up; the watchers ride the replica's shared etcd watch stream. A
+        semaphore waits on its queue's shared feed (joined at the revision its count has
+        reached) until the count says it may hold, its entry went, or the feed lost track;
+        without a feed that can replay from there, on a watch of its own."""
+        permits = self._entry.record.permits
+        if permits and self._leave is None and self._feeds is not None and self._ahead is not None:
+            self._leave = self._feeds.join(
+                self._queue, self._counted_to, self._feed_events, self._feed_lost
+            )
+        if self._leave is None:
+            wait = self.wait(look)
+            for create in wait.creates:
+                create.start_revision = wait.start
+            complete = await self._s.etcd.watch_hub.first_change(
+                wait.creates, remaining, wait.wants
+            )
+            if not complete:
+                self.lost_track()
+            return
+        self._woken.clear()
+        if self._gone or self._ahead is None or self._ahead < permits:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), remaining)
+
+    def close(self) -> None:
+        """Leave the queue's feed (when the wait ends, or to count again)."""
+        if self._leave is not None:
+            leave, self._leave = self._leave, None
+            leave()
+
+    def _feed_events(self, events: Sequence[Any]) -> None:
+        if self._count(events):
+            self._woken.set()
+
+    def _feed_lost(self) -> None:
+        self._leave = None
+        self.lost_track()
+        self._woken.set()
+
     def _count(self, events: Sequence[Any]) -> bool:
         """Counts deletions of entries ahead; True when ours may hold or is gone."""
         token = self._entry.token
         gone = False
+        floor = self._counted_to
         for event in events:
+            if event.kv.mod_revision <= floor:
+                continue  # counted already (a feed replaying what it holds)
             self._counted_to = max(self._counted_to, event.kv.mod_revision)
             created = event.prev_kv.create_revision if event.HasField("prev_kv") else 0
             if event.kv.key == self._entry.key or not created:
                 gone = True  # ours went, or a deletion we cannot place: look
+                self._gone = self._gone or event.kv.key == self._entry.key
                 if not created:
                     self._ahead = None
             elif created < token and self._ahead is not None:

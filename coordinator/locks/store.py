@@ -35,6 +35,7 @@ LOCK_CONFLICT.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -44,7 +45,7 @@ from google.protobuf import timestamp_pb2
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.explain import refusal_status
-from accord.coordinator.locks.looks import FirstLook, Look, Looker, Wait, ahead_ops, head_op
+from accord.coordinator.locks.looks import FirstLook, Look, Looker, ahead_ops, head_op
 from accord.coordinator.locks.queue import (
     EXCLUSIVE,
     SHARED,
@@ -54,6 +55,7 @@ from accord.coordinator.locks.queue import (
     grant_of,
     mode_name,
 )
+from accord.coordinator.locks.queue_feeds import QueueFeeds
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import (
     AccordError,
@@ -102,6 +104,7 @@ class LockStore:
     def __init__(self, substrate: Substrate, leases: LeaseStore) -> None:
         self._s = substrate
         self._leases = leases
+        self._feeds = QueueFeeds(substrate.etcd.watch_hub)
         # Set by the server once the detector (which reads these queues) exists.
         self.deadlocks: DeadlockChecker | None = None
 
@@ -277,7 +280,18 @@ class LockStore:
         give_up: float | None,
         first_look: FirstLook | None,
     ) -> locks_pb2.Grant:
-        looker = Looker(self._s, ns, entry)
+        with contextlib.closing(Looker(self._s, ns, entry, self._feeds)) as looker:
+            return await self._wait_in_line(ns, entry, looker, no_wait, give_up, first_look)
+
+    async def _wait_in_line(
+        self,
+        ns: str,
+        entry: Entry,
+        looker: Looker,
+        no_wait: bool,
+        give_up: float | None,
+        first_look: FirstLook | None,
+    ) -> locks_pb2.Grant:
         look = None if first_look is None else await looker.first(*first_look)
         checked_deadlocks = False
         # An exclusive lock is held by the first entry, which etcd can test by itself: a
@@ -323,17 +337,8 @@ class LockStore:
                     details=[status],
                     metadata={"lock": entry.lock},
                 )
-            if not await self._wait_for_change(looker.wait(look), remaining):
-                looker.lost_track()
+            await looker.follow(look, remaining)
             look = None
-
-    async def _wait_for_change(self, wait: Wait, remaining: float | None) -> bool:
-        """Until one of the watched deletions happens (or may have) or time's up; False
-        when events may have been missed. The watchers ride the replica's shared etcd
-        watch stream."""
-        for create in wait.creates:
-            create.start_revision = wait.start
-        return await self._s.etcd.watch_hub.first_change(wait.creates, remaining, wait.wants)
 
     async def _claim_if_first(
         self, ns: str, entry: Entry, looker: Looker

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,7 +23,9 @@ WAITERS = 40
 
 @contextlib.asynccontextmanager
 async def granted(client: AsyncClient, count: int) -> AsyncIterator[list[Lease]]:
-    leases = list(await asyncio.gather(*(client.leases.grant(ttl=120) for _ in range(count))))
+    leases = list(
+        await asyncio.gather(*(client.leases.grant(ttl=120, keepalive=False) for _ in range(count)))
+    )
     try:
         yield leases
     finally:
@@ -45,6 +49,15 @@ async def settle(tasks: list[asyncio.Task[Grant]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def etcd_watchers(etcd: EtcdMember) -> int:
+    """The watchers etcd holds now (every client's), from its Prometheus metrics."""
+    with urllib.request.urlopen(f"http://{etcd.endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r"^etcd_debugging_mvcc_watcher_total (\S+)$", text, re.M)
+    assert found is not None
+    return int(float(found.group(1)))
 
 
 def etcd_reads(etcd: EtcdMember) -> int:
@@ -88,6 +101,25 @@ def raw_acquire(client: AsyncClient, lock: str, lease: Lease) -> asyncio.Task[ob
     return asyncio.create_task(
         client.locks._t.unary(client_calls.LOCKS_ACQUIRE, request, timeout=130)
     )
+
+
+async def test_the_waiters_of_a_queue_share_one_watch_of_it(
+    client: AsyncClient, etcd: EtcdMember
+) -> None:
+    async with granted(client, 1 + WAITERS) as leases:
+        held = await client.locks.acquire("shared-watch", leases[0], permits=1)
+        before = etcd_watchers(etcd)
+        tasks = await line_up(client, "shared-watch", leases[1:], permits=1)
+        try:
+            # One feed per replica the waiters' calls went to (and any other client's
+            # watchers meanwhile), not one watcher per waiter.
+            assert etcd_watchers(etcd) - before < WAITERS // 4
+            await client.locks.release(held)
+            first = await asyncio.wait_for(tasks[0], 30)
+            await client.locks.release(first)
+            assert (await asyncio.wait_for(tasks[1], 30)).lease_id == leases[2].id
+        finally:
+            await settle(tasks)
 
 
 async def test_waiters_ahead_that_leave_count_and_a_resumed_wait_counts_again(
