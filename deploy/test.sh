@@ -30,8 +30,9 @@ echo "== tests against real etcd and coordinator processes"
 python -m pytest -q -p no:cacheprovider --durations=10 --ignore=tests/unit "$@"
 
 echo "== fencing, votes and sessions again, against replicas with auth required"
-# tests/harness/auth.py: a token per agent, minted by a bootstrapped cluster admin (~3 min)
-ACCORD_TEST_AUTH=required python -m pytest -q -p no:cacheprovider --durations=5 tests/locks tests/votes tests/sessions
+# tests/harness/auth.py: a token per agent, minted by a bootstrapped cluster admin (~5 min);
+# tests of behaviour under load (marker "load") ran in the pass above and are not repeated
+ACCORD_TEST_AUTH=required python -m pytest -q -p no:cacheprovider --durations=5 -m "not load" tests/locks tests/votes tests/sessions
 
 echo "== benchmark smoke run (numbers from a 1 s run mean nothing; it only must work)"
 python -m benchmarks.kv_cas --seconds 1 --clients 1,8 --out "$view/kv_cas.json" >/dev/null

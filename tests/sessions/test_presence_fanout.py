@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -75,6 +76,7 @@ async def read_presence(socket: ClientConnection, seen: set[int]) -> None:
         pass
 
 
+@pytest.mark.load
 async def test_presence_of_many_sockets_reaches_every_peer_while_grpc_answers(
     client: AsyncClient, replicas: list[Coordinator], namespace: str
 ) -> None:

@@ -96,6 +96,7 @@ async def _raw_watch(raw: Stubs, namespace: str, vote_id: str) -> list[votes_pb2
         stream.cancel()
 
 
+@pytest.mark.load
 @pytest.mark.timeout(600)
 async def test_a_vote_of_5000_ballots_reaches_default_clients(
     client: AsyncClient, replicas: list[Coordinator], namespace: str
