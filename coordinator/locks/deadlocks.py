@@ -63,9 +63,10 @@ from accord.coordinator.locks.graph import (
 )
 from accord.coordinator.locks.queue import Entry
 from accord.coordinator.locks.store import LockStore
-from accord.coordinator.locks.wait_pages import Page, edge_page, page_limit, parse_token
+from accord.coordinator.locks.wait_pages import Page, edge_page, page_limit
 from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.errors import FieldViolation, require
+from accord.coordinator.substrate.pages import parse_snapshot_token
 from accord.coordinator.substrate.txn import Txn, created_at, delete, put, read, txn
 from accord.v1 import locks_pb2
 
@@ -84,7 +85,7 @@ class DeadlockDetector:
 
     async def graph(self, namespace: str, limit: int, page_token: str) -> tuple[int, Page]:
         """A page of the wait-for graph, every page read at the first one's revision."""
-        at, offset = parse_token(page_token)
+        at, offset = parse_snapshot_token(page_token)
         edges = page_limit(limit)
         revision, queues = await self._locks.all_entries(namespace, revision=at)
         return revision, edge_page(queues, offset, edges)

@@ -9,8 +9,8 @@ import grpc
 from accord.coordinator.locks.admin import LockAdmin
 from accord.coordinator.locks.deadlocks import DeadlockDetector
 from accord.coordinator.locks.store import LockStore
-from accord.coordinator.locks.wait_pages import make_token
 from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.pages import snapshot_token
 from accord.v1 import common_pb2, locks_pb2, locks_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -83,7 +83,7 @@ class LocksService(locks_pb2_grpc.LocksServicer):
         return locks_pb2.WaitGraphResponse(
             header=self._header(revision),
             edges=page.edges,
-            next_page_token=make_token(revision, page.next_offset),
+            next_page_token=snapshot_token(revision, page.next_offset),
             total_edges=page.total,
         )
 

@@ -12,7 +12,6 @@ Error handling: a page token this module did not make is INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from accord.coordinator.locks.graph import Edge, to_wait_edge
@@ -31,18 +30,6 @@ class Page:
     next_offset: int  # 0: this was the last page
 
 
-def parse_token(token: str) -> tuple[int, int]:
-    """(revision, offset) of a page token; (0, 0) for none."""
-    if not token:
-        return 0, 0
-    found = re.fullmatch(r"([0-9]{1,19})\.([0-9]{1,19})", token)
-    if found is None or not 2 <= int(found[1]) < 2**63 or not 0 < int(found[2]) < 2**63:
-        raise invalid("page_token", "is not a token this service issued")
-    return int(found[1]), int(found[2])
-
-
-def make_token(revision: int, offset: int) -> str:
-    return f"{revision}.{offset}" if offset else ""
 
 
 def page_limit(limit: int) -> int:

@@ -13,27 +13,11 @@ Error handling: a page token this module did not make is INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from accord.coordinator.substrate.errors import invalid
 from accord.coordinator.substrate.pages import MAX_PAGE_BYTES, PageBudget
 from accord.v1 import votes_pb2
-
-
-def parse_token(token: str) -> tuple[int, int]:
-    """(revision, offset) of a page token; (0, 0) for none."""
-    if not token:
-        return 0, 0
-    found = re.fullmatch(r"([0-9]{1,19})\.([0-9]{1,19})", token)
-    if found is None or not 2 <= int(found[1]) < 2**63 or not 0 < int(found[2]) < 2**63:
-        raise invalid("page_token", "is not a token this service issued")
-    return int(found[1]), int(found[2])
-
-
-def make_token(revision: int, offset: int) -> str:
-    """The token of the page starting after `offset` ballots; "" when there is none."""
-    return f"{revision}.{offset}" if offset else ""
 
 
 def in_order(ballots: Sequence[votes_pb2.Ballot]) -> list[votes_pb2.Ballot]:

@@ -46,6 +46,7 @@ from accord.coordinator.substrate.errors import (
 from accord.coordinator.substrate.group_commit import Committed
 from accord.coordinator.substrate.idempotency import Prior, fingerprint
 from accord.coordinator.substrate.limits import check_request_id
+from accord.coordinator.substrate.pages import parse_snapshot_token, snapshot_token
 from accord.coordinator.substrate.txn import (
     Response,
     Txn,
@@ -384,7 +385,7 @@ class VoteStore:
         """The vote at one revision (settled first on a first page) with one page of its
         ballots, and the next page's token ("" on the last)."""
         require(vote_spec.check_vote_id("vote_id", vote_id))
-        revision, offset = vote_pages.parse_token(page_token)
+        revision, offset = parse_snapshot_token(page_token)
         ns = calls.current.get().namespace
         if revision:
             try:
@@ -394,7 +395,7 @@ class VoteStore:
         else:
             snap = await self.decisions.settle(ns, vote_id)
         vote, end = vote_pages.page(snap.full(), offset)
-        return snap.revision, vote, vote_pages.make_token(snap.revision, end)
+        return snap.revision, vote, snapshot_token(snap.revision, end)
 
     async def cancel(
         self, vote_id: str, reason: str, request_id: str

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from accord.coordinator.locks.graph import to_wait_edge, wait_edges
 from accord.coordinator.locks.queue import Entry
-from accord.coordinator.locks.wait_pages import MAX_PAGE_BYTES, edge_page, make_token, parse_token
+from accord.coordinator.locks.wait_pages import MAX_PAGE_BYTES, edge_page
 from accord.coordinator.substrate.errors import InvalidArgument
+from accord.coordinator.substrate.pages import parse_snapshot_token as parse_token
+from accord.coordinator.substrate.pages import snapshot_token as make_token
 from tests.unit.test_wait_graph_model import (
     build_with_semaphore,
     knot_queues_strategy,
