@@ -72,6 +72,7 @@ class RefusalLog:
         self._filled_at = now
         if self._tokens < 1 or len(self._queue) >= MAX_QUEUED:
             self._suppressed += 1
+            self._wake.set()  # its count is written with the next batch, even if none follows
             return
         self._tokens -= 1
         self._queue.append(refusal(call, method, error))
