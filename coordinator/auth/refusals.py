@@ -88,7 +88,7 @@ class RefusalLog:
                 raise
             except Exception as exc:  # a lost entry must never hurt the replica
                 _log.warning("refusals not written to the audit log", error=str(exc))
-            await asyncio.sleep(1.0 / self._rate)  # batches, not one write per refusal
+            await asyncio.sleep(min(1.0 / self._rate, 1.0))  # batches, not a write each
 
     async def _flush(self) -> None:
         while self._queue or self._suppressed:
