@@ -175,6 +175,12 @@ class EtcdMember(Process):
         found = json.loads(self.ctl("get", key, "-w", "json", *(["--prefix"] if prefix else [])))
         return [StoredKey.from_json(kv) for kv in found.get("kvs", [])]
 
+    def stored(self, namespace: str, root: str = "accord") -> list[StoredKey]:
+        """Every key of one namespace (under the replicas' root), to check that a refused
+        call wrote nothing there: unlike etcd's revision, it does not move with other
+        tests' background writes (leases expiring, answers stored, retention leases)."""
+        return self.kvs(f"{root}/ns/{namespace}/", prefix=True)
+
     def compact(self) -> int:
         """Compact etcd's history up to now; returns the compaction revision."""
         revision = self.revision()

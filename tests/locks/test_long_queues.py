@@ -152,7 +152,7 @@ async def test_wait_graph_comes_in_pages(long_client: AsyncClient, etcd: EtcdMem
 
 
 async def refuses_bad_tokens(client: AsyncClient, etcd: EtcdMember) -> None:
-    before = etcd.revision()
+    before = etcd.stored(client.namespace)
     for token in ("garbage", "1.5", f"{2**64}.1", "12.0", "12.-3", "12.5.1"):
         with pytest.raises(InvalidArgumentError) as refused:
             await client.locks.wait_graph(page_token=token)
@@ -160,7 +160,7 @@ async def refuses_bad_tokens(client: AsyncClient, etcd: EtcdMember) -> None:
         assert [field for field, _ in refused.value.field_violations] == ["page_token"]
     with pytest.raises(InvalidArgumentError):
         await client.locks.wait_graph(-1)
-    assert etcd.revision() == before  # a refusal writes nothing
+    assert etcd.stored(client.namespace) == before  # a refusal writes nothing
 
 
 async def test_many_waits_time_out_together_each_with_lock_timeout(

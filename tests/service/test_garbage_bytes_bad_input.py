@@ -83,14 +83,14 @@ async def test_garbage_bytes_are_invalid_argument(
     if AUTH_REQUIRED and roles.REQUIRED.get(f"/{name}") == roles.Need.CLUSTER_ADMIN:
         pytest.skip("under auth this needs a cluster admin, and is refused before decoding")
     metadata = identity(namespace, "admin")  # under auth, the token is minted here
-    before = etcd.revision()
+    before = etcd.stored(namespace)
     async with Stubs(replicas[0].address) as stubs:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(_garbage_call(stubs.channel, name, metadata), PROMPT)
     info = _refusal(err.value)
     assert (info.reason, info.domain) == ("INVALID_ARGUMENT", "accord.v1")
     assert METHODS[name].input_type.full_name in (err.value.details() or "")
-    assert etcd.revision() == before
+    assert etcd.stored(namespace) == before
 
 
 async def test_keepalive_stream_with_a_later_garbage_message_ends_with_the_error(

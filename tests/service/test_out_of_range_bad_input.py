@@ -132,7 +132,7 @@ async def test_out_of_range_values_are_refused(
 ) -> None:
     method, request, field = CASES[case]
     metadata = identity(namespace, "admin")  # under auth, the token is minted here
-    before = etcd.revision()
+    before = etcd.stored(namespace)
     async with Stubs(replicas[0].address) as stubs:
         call = method(stubs)(request, metadata=metadata, timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -146,14 +146,14 @@ async def test_out_of_range_values_are_refused(
     assert (info.reason, info.domain) == ("INVALID_ARGUMENT", "accord.v1")
     assert any(d.Unpack(bad) for d in status.details), status
     assert field in [v.field for v in bad.field_violations], bad
-    assert etcd.revision() == before
+    assert etcd.stored(namespace) == before
 
 
 async def test_watch_from_a_far_future_revision_is_refused(
     replicas: list[Coordinator], etcd: EtcdMember, namespace: str
 ) -> None:
     metadata = identity(namespace, "admin")
-    before = etcd.revision()
+    before = etcd.stored(namespace)
     async with Stubs(replicas[0].address) as stubs:
         stream = stubs.kv.Watch(
             kv_pb2.WatchRequest(key="k", start_revision=FAR),
@@ -164,4 +164,4 @@ async def test_watch_from_a_far_future_revision_is_refused(
             await asyncio.wait_for(stream.read(), 10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert "start_revision" in (err.value.details() or "")
-    assert etcd.revision() == before
+    assert etcd.stored(namespace) == before

@@ -92,7 +92,7 @@ async def test_refusal_storm_is_cheap_and_gives_memory_back(
     replica: Coordinator, etcd: EtcdMember, namespace: str
 ) -> None:
     identity(namespace, "admin")  # under auth, the token is minted now, not mid-test
-    before = etcd.revision()
+    before = etcd.stored(namespace)
     async with Stubs(replica.address) as stubs:
         for path, _, small, _ in STORM.values():  # warm the code paths: not garbage
             await _refused(stubs, path, small.SerializeToString(), namespace)
@@ -116,7 +116,7 @@ async def test_refusal_storm_is_cheap_and_gives_memory_back(
     )
     assert all(s < PER_CALL_SECONDS for s in slowest.values()), slowest
     assert end_rss - start_rss < RSS_SLACK_BYTES, (start_rss, end_rss)
-    assert etcd.revision() == before
+    assert etcd.stored(namespace) == before
 
 
 def _path(steps: int) -> sessions_pb2.SessionsApplyRequest:
@@ -185,8 +185,8 @@ async def test_a_list_over_its_cap_is_one_violation(
 ) -> None:
     path, request, field = OVER_CAPS[case]
     identity(namespace, "admin")  # under auth, the token is minted now, not mid-test
-    before = etcd.revision()
+    before = etcd.stored(namespace)
     async with Stubs(replicas[0].address) as stubs:
         _, fields = await _refused(stubs, path, request.SerializeToString(), namespace)
     assert fields == [field]
-    assert etcd.revision() == before
+    assert etcd.stored(namespace) == before

@@ -53,14 +53,14 @@ async def test_presence_with_non_finite_numbers_is_refused_over_grpc(
     metadata = identity(namespace, "tester")
     await stubs.sessions.Open(sessions_pb2.SessionsOpenRequest(name="room"), metadata=metadata)
     lease = await stubs.leases.Grant(leases_pb2.GrantRequest(ttl_seconds=30), metadata=metadata)
-    before = etcd.revision()
+    before = etcd.stored(namespace)
     request = sessions_pb2.SetPresenceRequest(
         name="room", lease_id=lease.lease.id, state_json=NOT_JSON[case]
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.sessions.SetPresence(request, metadata=metadata, timeout=WAIT)
     assert "state_json" in _invalid(err.value) and "finite" in (err.value.details() or "")
-    assert etcd.revision() == before
+    assert etcd.stored(namespace) == before
     read = await stubs.sessions.Read(
         sessions_pb2.SessionsReadRequest(name="room"), metadata=metadata
     )
@@ -74,7 +74,7 @@ async def test_operation_values_with_non_finite_numbers_are_refused(
 ) -> None:
     metadata = identity(namespace, "tester")
     await stubs.sessions.Open(sessions_pb2.SessionsOpenRequest(name="doc"), metadata=metadata)
-    before = etcd.revision()
+    before = etcd.stored(namespace)
     op = sessions_pb2.Operation(
         root="board", map_set=sessions_pb2.MapSet(key="k", value_json=NOT_JSON[case])
     )
@@ -85,7 +85,7 @@ async def test_operation_values_with_non_finite_numbers_are_refused(
             timeout=WAIT,
         )
     assert "operations[0]" in _invalid(err.value)
-    assert etcd.revision() == before
+    assert etcd.stored(namespace) == before
 
 
 def _awareness(client_id: int, clock: int, state: str) -> bytes:
@@ -114,7 +114,7 @@ async def test_awareness_with_nan_never_reaches_other_peers(
     peer = await _greeted(f"{replicas[1].ws_url}/{namespace}/room", namespace, "peer")
     for agent in ("bad", "good"):  # under ACCORD_TEST_AUTH=required: minted before, not during
         token_for(namespace, agent)
-    before = etcd.revision()
+    before = etcd.stored(namespace)
     for case, state in NOT_JSON.items():
         bad = await _greeted(url, namespace, "bad")
         await bad.send(_awareness(5000, 1, state))
@@ -124,7 +124,7 @@ async def test_awareness_with_nan_never_reaches_other_peers(
                     await bad.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400, case
         assert "finite" in closed.value.rcvd.reason, closed.value.rcvd.reason
-    assert etcd.revision() == before, "a refused awareness state was stored"
+    assert etcd.stored(namespace) == before, "a refused awareness state was stored"
     read = await stubs.sessions.Read(
         sessions_pb2.SessionsReadRequest(name="room"), metadata=metadata
     )
