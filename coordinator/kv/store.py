@@ -384,7 +384,7 @@ class KVStore:
             digest=digest,
             act=act,
             replay=replay,
-            answer=lambda done: kv_pb2.TxnResponse(revision=done.revision, results=done.results),
+            answer=lambda done: _stored_answer(ops, done),
             retained=any(op.value is None for op in ops),  # tombstones expire
         )
 
@@ -497,7 +497,7 @@ class KVStore:
         for op in ops:
             data_key = self._s.keys.kv(ns, op.key)
             if op.value is not None:
-                raw = await self._raw_at(data_key, revision)
+                raw = await self._put_at(data_key, revision)
                 kv = (
                     to_kv(prefix, raw)
                     if raw
@@ -518,6 +518,25 @@ class KVStore:
             return await raw_at(self._s.etcd, key, revision)
         except Compacted:
             return None
+
+    async def _put_at(self, key: bytes, revision: int) -> KeyValue | None:
+        """What a put committed at revision wrote: from history, or once etcd compacted
+        it, the key as it is now if nothing changed it since (else None: unknown)."""
+        try:
+            return await raw_at(self._s.etcd, key, revision)
+        except Compacted:
+            current = (await self._s.etcd.range(read(key))).kvs
+            return current[0] if current and current[0].mod_revision == revision else None
+
+
+def _stored_answer(ops: Sequence[Op], done: Mutation) -> kv_pb2.TxnResponse | None:
+    """What the idempotency record must hold for a retry: nothing when every op is a put,
+    whose result _replay rebuilds from the record's revision (history at it, or the key
+    itself while unchanged); a delete's result (what it removed) is kept, since history
+    before the revision may be compacted."""
+    if all(op.value is not None for op in ops):
+        return None
+    return kv_pb2.TxnResponse(revision=done.revision, results=done.results)
 
 
 def _require(violations: list[FieldViolation]) -> None:

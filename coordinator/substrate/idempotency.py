@@ -6,10 +6,13 @@ A mutation that carries a request_id runs inside an outer etcd transaction guard
 both outcomes, so the record exists exactly when the mutation took effect (or was
 refused by its preconditions). A retry, on any replica, finds the record instead.
 
-Right after the commit, the answer given to the caller is added to the record (batched,
-in the background), so a retry gets that exact answer even after etcd compacted the
-history it was computed from. Should the replica die in between, the primitive rebuilds
-the answer from etcd at the record's revision (its `replay`).
+The record's mod_revision is the commit's revision, and a primitive whose answer follows
+from that revision and etcd's history at it (a KV put, say) says so (`answer` gives
+None): the write is then one etcd write, and a retry rebuilds the answer (its `replay`).
+Any other answer (a refusal, a delete's, which history may lose to compaction) is added
+to the record right after the commit, batched, in the background, so a retry gets that
+exact answer even after etcd compacted the history; should the replica die in between,
+`replay` rebuilds it from etcd at the record's revision, as far as etcd still has it.
 
 Records hang on a retention lease, so etcd forgets them after the configured time; if
 that lease is gone (revoked by hand, a reset cluster) the write goes once more on a fresh
@@ -134,7 +137,7 @@ class Writes:
         digest: bytes,
         act: Callable[[Committed], Awaitable[T]],
         replay: Callable[[Prior], Awaitable[T]],
-        answer: Callable[[T], Message],
+        answer: Callable[[T], Message | None],
         retained: bool = False,
         batched: bool = True,
         stable: Iterable[bytes] = (),
@@ -146,7 +149,8 @@ class Writes:
         retention lease when it asked for one (retained, for records that should expire)
         and 0 otherwise.
         act: the answer to the first attempt (may raise a refusal, which is recorded).
-        answer: what a retry should get back, given act's result.
+        answer: what a retry should get back, given act's result; None when replay
+        rebuilds it from the record's revision alone (nothing more is written).
         batched: through group commit (False: straight to etcd, for a transaction whose
         compares must see every earlier write, such as a range compare).
         stable: keys only read that no batched write changes (GroupCommitter.commit)."""
@@ -175,7 +179,9 @@ class Writes:
             if not isinstance(refused, BackendUnavailable | DeadlineExceeded | Internal):
                 self._remember(key, first.revision, digest, False, refused.to_status())
             raise
-        self._remember(key, first.revision, digest, True, answer(result))
+        stored = answer(result)
+        if stored is not None:
+            self._remember(key, first.revision, digest, True, stored)
         return result
 
     async def commit(

@@ -15,7 +15,7 @@ from accord.client import (
     RequestIdReusedError,
 )
 from accord.v1.records_pb2 import IdempotencyRecord
-from tests.harness import Coordinator, EtcdMember, make_client, until
+from tests.harness import Coordinator, EtcdMember, StoredKey, make_client, until
 
 
 async def test_retry_on_other_replica_returns_first_result(pinned: list[AsyncClient]) -> None:
@@ -106,16 +106,46 @@ async def test_agent_ids_with_slashes_do_not_collide(
         assert b is not None and b.value == b"from x"
 
 
+def idem_records(etcd: EtcdMember, namespace: str, agent: str) -> dict[str, StoredKey]:
+    """The agent's idempotency records in etcd, by request_id."""
+    prefix = f"accord/ns/{namespace}/idem/{agent}"  # etcdctl's argv cannot carry the NUL
+    return {
+        kv.key.removeprefix(prefix.encode() + b"\x00").decode(): kv
+        for kv in etcd.kvs(prefix, prefix=True)
+        if kv.key.startswith(prefix.encode() + b"\x00")
+    }
+
+
 async def stored_answers(etcd: EtcdMember, namespace: str, agent: str) -> set[str]:
     """The agent's request_ids whose idempotency record holds its answer (added to the
     record in the background, just after the commit)."""
-    prefix = f"accord/ns/{namespace}/idem/{agent}"  # etcdctl's argv cannot carry the NUL
     return {
-        kv.key.removeprefix(prefix.encode() + b"\x00").decode()
-        for kv in etcd.kvs(prefix, prefix=True)
-        if kv.key.startswith(prefix.encode() + b"\x00")
-        and IdempotencyRecord.FromString(kv.value).answer
+        request_id
+        for request_id, kv in idem_records(etcd, namespace, agent).items()
+        if IdempotencyRecord.FromString(kv.value).answer
     }
+
+
+async def test_a_cas_with_request_id_is_one_etcd_write(
+    client: AsyncClient, etcd: EtcdMember, namespace: str
+) -> None:
+    """A put's answer follows from its record's revision, so the record is written once,
+    with the effect, and nothing is added to it afterwards."""
+    created = await client.kv.put("k", b"1", expect=Expect(absent=True), request_id="create")
+    swapped = await client.kv.put(
+        "k", b"2", expect=Expect(mod_revision=created.revision), request_id="swap"
+    )
+    # A background write of an answer would be queued before this one is sent.
+    await client.kv.put("after", b"x")
+    records = idem_records(etcd, namespace, "tester")
+    for request_id, first in (("create", created), ("swap", swapped)):
+        record = records[request_id]
+        assert (record.version, record.mod_revision) == (1, first.revision), request_id
+        assert not IdempotencyRecord.FromString(record.value).answer
+    retry = await client.kv.put(
+        "k", b"2", expect=Expect(mod_revision=created.revision), request_id="swap"
+    )
+    assert retry.replayed and retry.kv == swapped.kv
 
 
 async def test_replay_after_compaction_gives_the_first_answer(
@@ -124,21 +154,29 @@ async def test_replay_after_compaction_gives_the_first_answer(
     await client.kv.put("gone", b"old value")
     deleted = await client.kv.delete("gone", request_id="del-1")
     written = await client.kv.put("k", b"v", request_id="put-1")
+    kept = await client.kv.put("kept", b"v", request_id="put-2")  # unchanged since
     await client.kv.put("k", b"later")
     with pytest.raises(ConditionFailedError) as refused:
         await client.kv.put("k", b"x", expect=Expect(absent=True), request_id="cas-1")
     await client.kv.delete("k")
     await until(  # the answers are stored just after the commits
         lambda: stored_answers(etcd, namespace, "tester"),
-        lambda stored: {"del-1", "put-1", "cas-1"} <= stored,
-        "the three answers in their records",
+        lambda stored: {"del-1", "cas-1"} <= stored,
+        "the two answers in their records",
     )
     etcd.compact()
     again = await client.kv.delete("gone", request_id="del-1")
     assert again.replayed and again.deleted and again.prev == deleted.prev
     assert again.revision == deleted.revision
+    # A put's answer is rebuilt: exactly while the key is unchanged; once it changed and
+    # history is compacted, less detailed (no version) but never wrong.
+    replayed = await client.kv.put("kept", b"v", request_id="put-2")
+    assert replayed.replayed and replayed.kv == kept.kv
     replayed = await client.kv.put("k", b"v", request_id="put-1")
-    assert replayed.replayed and replayed.kv == written.kv
+    assert replayed.replayed and replayed.revision == written.revision
+    assert replayed.kv is not None and written.kv is not None
+    assert (replayed.kv.key, replayed.kv.value) == (written.kv.key, written.kv.value)
+    assert replayed.kv.mod_revision == written.kv.mod_revision
     with pytest.raises(ConditionFailedError) as refused_again:
         await client.kv.put("k", b"x", expect=Expect(absent=True), request_id="cas-1")
     assert refused_again.value.failures == refused.value.failures
