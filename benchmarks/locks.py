@@ -2,6 +2,7 @@
 latency, and coordinator memory with many waiting agents, in one run.
 
     python -m benchmarks.locks [--seconds 5] [--waiters 10,100,1000]
+        [--parts throughput,deadlocks,memory]
 
 - uncontended: 16 clients, each its own lock, acquire then release in a loop;
 - hand-offs: 8 and 32 clients looping acquire/release on one lock (grants per second);
@@ -9,7 +10,8 @@ latency, and coordinator memory with many waiting agents, in one run.
   as a user of that recipe would run it. The recipe is not fair: a releasing client
   often takes the lock straight back, so its "hand-offs" are mostly not hand-offs; the
   share of grants that went to the previous holder is reported for both. The etcd
-  leases the recipe leaves behind are revoked after each of its runs;
+  leases the recipe leaves behind are revoked after each of its runs. Also reported:
+  etcd's writes (raft proposals committed, from its metrics) per Accord grant;
 - deadlock latency: with N other agents waiting on locks, two agents close a cycle; time
   from the closing acquire's call to the victim's DeadlockError (20 rounds);
 - memory: coordinator RSS with 1000 agents each keeping a lease alive and waiting on or
@@ -22,11 +24,13 @@ import argparse
 import asyncio
 import itertools
 import os
+import re
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import etcd3
@@ -96,6 +100,14 @@ def revoke_every_lease(endpoint: str) -> int:
         return len(listed)
     finally:
         client.close()
+
+
+def etcd_writes(endpoint: str) -> int:
+    """Raft proposals etcd has committed (its writes), from its Prometheus metrics."""
+    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r"^etcd_server_proposals_committed_total (\S+)$", text, re.M)
+    return int(float(found.group(1))) if found else 0
 
 
 async def accord_loop(
@@ -194,7 +206,12 @@ async def memory_with_waiting_agents(
     return before, during
 
 
-async def run(seconds: float, waiter_counts: list[int], agents: int, out: Path) -> None:
+PARTS = ("throughput", "deadlocks", "memory")
+
+
+async def run(
+    seconds: float, waiter_counts: list[int], agents: int, out: Path, parts: set[str]
+) -> None:
     base = Path(tempfile.mkdtemp(prefix="accord-bench-locks-"))
     etcd = start_etcd(base)
     coordinator = start_coordinator(
@@ -204,7 +221,8 @@ async def run(seconds: float, waiter_counts: list[int], agents: int, out: Path) 
     summary: dict[str, object] = {}
     client = AsyncClient([coordinator.address], agent_id="bench", namespace="bench", timeout=30)
     try:
-        for clients, shared in ((16, False), (8, True), (32, True)):
+        throughput = ((16, False), (8, True), (32, True)) if "throughput" in parts else ()
+        for clients, shared in throughput:
             label = f"{'hand-offs' if shared else 'uncontended'} @{clients}"
             peer_order: list[int] = []
             accord_order: list[int] = []
@@ -213,28 +231,32 @@ async def run(seconds: float, waiter_counts: list[int], agents: int, out: Path) 
                 etcd.endpoint
             )
             leases = [await client.leases.grant(ttl=60) for _ in range(clients)]
+            writes = etcd_writes(etcd.endpoint)
             with CpuMeter({"coordinator": coordinator.pid, "etcd": etcd.pid}) as meter:
                 ours = await accord_loop(client, leases, seconds, shared, accord_order)
+            writes = etcd_writes(etcd.endpoint) - writes
             for lease in leases:
                 await lease.revoke()
             results += [peer, ours]
             summary[f"accord/etcd3.Lock, {label}"] = round(ours.ops_per_s / peer.ops_per_s, 2)
             summary[f"CPU us/op accord, {label}"] = meter.per_op_us(ours.ops)
+            summary[f"etcd writes per grant, accord, {label}"] = round(writes / ours.ops, 2)
             if shared:
                 summary[f"grants to the previous holder again, {label}"] = {
                     "etcd3.Lock": repeat_share(peer_order),
                     "accord": repeat_share(accord_order),
                 }
-        for others in waiter_counts:
+        for others in waiter_counts if "deadlocks" in parts else ():
             samples = sorted(await deadlock_latency(client, others, 20))
             summary[f"deadlock detection ms @{others} other waiters"] = {
                 "p50": round(statistics.median(samples) * 1000, 1),
                 "p99": round(samples[max(0, int(len(samples) * 0.99) - 1)] * 1000, 1),
                 "rounds": len(samples),
             }
-        before, during = await memory_with_waiting_agents(client, coordinator.pid, agents)
-        summary["coordinator RSS MB, before"] = round(before, 1)
-        summary[f"coordinator RSS MB, {agents} agents leased and waiting"] = round(during, 1)
+        if "memory" in parts:
+            before, during = await memory_with_waiting_agents(client, coordinator.pid, agents)
+            summary["coordinator RSS MB, before"] = round(before, 1)
+            summary[f"coordinator RSS MB, {agents} agents leased and waiting"] = round(during, 1)
     finally:
         await client.close()
         coordinator.terminate()
@@ -248,8 +270,15 @@ def main() -> None:
     parser.add_argument("--waiters", default="10,100,1000")
     parser.add_argument("--agents", type=int, default=1000, help="agents for the memory step")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/locks.json"))
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"which to run, of {','.join(PARTS)}"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.seconds, [int(w) for w in args.waiters.split(",")], args.agents, args.out))
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; known: {','.join(PARTS)}")
+    waiters = [int(w) for w in args.waiters.split(",")]
+    asyncio.run(run(args.seconds, waiters, args.agents, args.out, parts))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Fencing: a write protected by a lock carries its grant (lock name and token), and the
 write's own etcd transaction checks that the grant still holds.
 
-A granted entry never changes until it is deleted, and losing the lock (lease expiry,
-release, `locks break`, deadlock victim) deletes it. So "the entry created at the token
-still exists" holds exactly while the grant holds, and etcd tests it in the same
-transaction as the write. kv, sessions and votes fence their writes through Fencing.
+An entry holds while it is first in its queue or marked granted (store.py), and each of
+these, once true, stays true until the entry is deleted: entries only ever join a queue
+behind it, and a mark is never taken back. Losing the lock (lease expiry, release,
+`locks break`, deadlock victim) deletes the entry. So once a read has shown the entry
+holding, "the entry created at the token still exists" holds exactly while the grant
+holds, and etcd tests that in the same transaction as the write. kv, sessions and votes
+fence their writes through Fencing.
 
 Error handling: a fence whose grant is already gone is refused with FENCED before any
 write is built; one lost between that check and the commit makes the write's
@@ -17,10 +20,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from accord.coordinator.locks.looks import head_op
 from accord.coordinator.locks.queue import check_name, entry_of, holders
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import Fenced, FieldViolation, InvalidArgument
-from accord.coordinator.substrate.txn import Compare, Op, Range, Response, created_at, get, read
+from accord.coordinator.substrate.txn import (
+    Compare,
+    KeyValue,
+    Op,
+    Response,
+    created_at,
+    get,
+    get_prefix,
+    read,
+    txn,
+)
 from accord.v1 import common_pb2, records_pb2
 
 
@@ -68,9 +82,8 @@ class Fencing:
                 violations.append(FieldViolation(f"{name}.token", "must be a grant's token"))
             if violations:
                 raise InvalidArgument(violations)
-            found = await self._s.etcd.range(self._entry_at(ns, fence))
-            raw = found.kvs[0] if found.kvs else None
-            if raw is None or not records_pb2.LockEntryRecord.FromString(raw.value).granted:
+            raw = await self._holding(ns, fence)
+            if raw is None:
                 raise await self.fenced(fence)
             guard.fences.append(fence)
             guard.compares.append(created_at(raw.key, fence.token))  # that grant still holds
@@ -94,10 +107,18 @@ class Fencing:
             metadata={"lock": fence.lock, "token": str(fence.token)},
         )
 
-    def _entry_at(self, ns: str, fence: common_pb2.Fence) -> Range:
-        """A read of the entry of fence's lock created at its token, if any."""
-        request = read(self._s.keys.lock_queue(ns, fence.lock), prefix=True)
-        request.min_create_revision = fence.token
-        request.max_create_revision = fence.token
-        request.limit = 1
-        return request
+    async def _holding(self, ns: str, fence: common_pb2.Fence) -> KeyValue | None:
+        """The entry of fence's lock created at its token, if it holds now: it is first
+        in its queue or marked granted. One read-only etcd transaction."""
+        queue = self._s.keys.lock_queue(ns, fence.lock)
+        entry = get_prefix(queue)
+        entry.request_range.min_create_revision = fence.token
+        entry.request_range.max_create_revision = fence.token
+        entry.request_range.limit = 1
+        found = await self._s.etcd.txn(txn(then=[entry, head_op(queue)]), retry=True)
+        kvs, head = (r.response_range.kvs for r in found.responses)
+        if not kvs:
+            return None
+        if head and head[0].create_revision == fence.token:
+            return kvs[0]
+        return kvs[0] if records_pb2.LockEntryRecord.FromString(kvs[0].value).granted else None

@@ -120,7 +120,7 @@ class Looker:
         self._feeds = feeds
         self._ns = namespace
         self._entry = entry
-        self._queue = entry.key[: entry.key.rindex(b"\x00") + 1]
+        self._queue = entry.queue
         # A shared wait: nothing between this revision and our token is exclusive.
         self._scan_below = entry.token
         # A semaphore wait: how many entries are ahead (None: to be counted), as of the

@@ -37,6 +37,11 @@ class Entry:
     def mode(self) -> locks_pb2.LockMode.ValueType:
         return locks_pb2.LockMode.ValueType(self.record.mode or EXCLUSIVE)
 
+    @property
+    def queue(self) -> bytes:
+        """Its queue's prefix (keyspace.lock_queue)."""
+        return self.key[: self.key.rindex(b"\x00") + 1]
+
 
 def entry_of(keys: Keyspace, namespace: str, raw: KeyValue) -> Entry:
     parsed = keys.parse_lock_entry(namespace, raw.key)

@@ -7,13 +7,18 @@ entry when no exclusive entry is ahead of it; a semaphore entry when fewer than
 `permits` entries are ahead. Entries hang on their lease, so a lease that ends leaves
 every queue, and a dead lease is never granted anything.
 
-An entry is marked `granted` before its grant is answered: created so when the queue was
-empty (one etcd transaction for an uncontended acquire), else rewritten once when it
-comes to hold. A granted entry never changes again until it is deleted, so a fenced
-write reads the entry, requires the mark, and checks in its own etcd transaction that
-the entry with that create revision still exists.
-Losing the lock (lease expiry, release, `locks break`, deadlock victim) deletes the
-entry, so every later fenced write with its token fails with FENCED.
+An entry holds while it is first in its queue or marked `granted`; both, once true, stay
+true until the entry is deleted (entries only ever join behind it; a mark is never taken
+back). An entry created on an empty queue is created marked (one etcd transaction for
+an uncontended acquire). An exclusive entry holds exactly when it is first, so one that
+waited is never rewritten: a woken exclusive waiter only reads, in one transaction, that
+its entry is first, and a hand-off costs one etcd write (the release). A shared or
+semaphore entry may hold behind others, so it is rewritten once, marked, when it comes
+to hold. A grant is answered only after etcd showed the entry holding, and so its lease
+alive (the entry hangs on it). A fenced write requires that of the entry (fencing.py)
+and checks in its own etcd transaction that the entry with that create revision still
+exists. Losing the lock (lease expiry, release, `locks break`, deadlock victim) deletes
+the entry, so every later fenced write with its token fails with FENCED.
 
 A waiter watches only what it waits behind (its predecessor, or for a shared entry the
 last exclusive one ahead) and its own entry; a semaphore waiter counts the deletions of
@@ -195,14 +200,16 @@ class LockStore:
             )
             return grant, created
         except WouldBlock:
-            if created:  # an entry found, not made, belongs to another call still waiting
-                await self._leave(entry)
+            # An entry found, not made, belongs to another call still waiting.
+            if created and await self._leave(entry):
+                return grant_of(entry), created
             raise
         except (LockTimeout, LockConflict):
             # The caller's own decision to stop waiting: leave the queue. Cancellation is
             # not one (it may be a failover: the client resumes elsewhere, keeping its
             # place); a client that gives up releases, and a dead one's lease ends.
-            await self._leave(entry)
+            if await self._leave(entry):
+                return grant_of(entry), created
             raise
 
     async def _enqueue(
@@ -295,14 +302,14 @@ class LockStore:
         look = None if first_look is None else await looker.first(*first_look)
         checked_deadlocks = False
         # An exclusive lock is held by the first entry, which etcd can test by itself: a
-        # woken exclusive waiter claims the lock in one transaction instead of reading
-        # the queue and then marking its entry.
-        claims = entry.mode == EXCLUSIVE and not entry.record.permits
+        # woken exclusive waiter asks it in one read-only transaction, which also reads
+        # the queue in case it does not hold yet.
+        exclusive = _holds_when_first(entry)
         while True:
-            if look is None and claims:
-                claimed, look = await self._claim_if_first(ns, entry, looker)
-                if claimed is not None:
-                    return claimed
+            if look is None and exclusive:
+                grant, look = await self._holds_if_first(ns, entry, looker)
+                if grant is not None:
+                    return grant
             elif look is None:
                 look = await looker.look()
             if look.entry is None:
@@ -315,7 +322,7 @@ class LockStore:
                     metadata={"lock": entry.lock},
                 )
             if look.holds:
-                return await self._mark_granted(ns, look.entry)
+                return await self._granted(ns, look.entry)
             if no_wait:
                 status, held = await refusal_status(self._s, ns, entry)
                 raise WouldBlock(
@@ -340,22 +347,20 @@ class LockStore:
             await looker.follow(look, remaining)
             look = None
 
-    async def _claim_if_first(
+    async def _holds_if_first(
         self, ns: str, entry: Entry, looker: Looker
     ) -> tuple[locks_pb2.Grant | None, Look]:
-        """Mark the exclusive entry as holding if it is first in its queue (every entry
-        there was created at or after its token) and its lease lives. Otherwise a look at
-        the queue as it is now."""
+        """The grant, if the exclusive entry is first in its queue (every entry there was
+        created at or after its token): it then holds, and is not rewritten. Otherwise a
+        look at the queue as it is now. One read-only etcd transaction either way."""
         queue = self._s.keys.lock_queue(ns, entry.lock)
-        compares, mark = self._mark(ns, entry)
-        claim = txn(
-            when=[*compares, created_after(queue, entry.token - 1)],  # nobody ahead
-            then=[mark],
+        first = txn(
+            when=[created_at(entry.key, entry.token), created_after(queue, entry.token - 1)],
             otherwise=looker.look_ops(),
         )
-        # Sent at once, not batched: a hand-off waits on it, and the reads in the failure
-        # branch must not share a revision with another write to this queue.
-        response = await self._s.etcd.txn(claim, retry=True)
+        # Sent at once, not batched: a hand-off waits on it. It writes nothing, so etcd
+        # answers it without a log entry of its own.
+        response = await self._s.etcd.txn(first, retry=True)
         revision = response.header.revision
         if response.succeeded:
             return grant_of(entry), Look(revision, entry, None, True, None)
@@ -374,10 +379,13 @@ class LockStore:
         ]
         return compares, put(entry.key, granted.SerializeToString(), keep_lease=True)
 
-    async def _mark_granted(self, ns: str, entry: Entry) -> locks_pb2.Grant:
-        """Mark the entry as holding, unless its lease died meanwhile: a lock never goes
-        to a dead lease (its record is attached to the lease and gone with it)."""
-        if entry.record.granted:
+    async def _granted(self, ns: str, entry: Entry) -> locks_pb2.Grant:
+        """The grant of an entry a look found holding. An exclusive one holds by being
+        first, which stays so (the look read it existing, so its lease alive). A shared
+        or semaphore one is marked as holding, unless its lease died meanwhile: a lock
+        never goes to a dead lease (its record is attached to the lease and gone with
+        it)."""
+        if entry.record.granted or _holds_when_first(entry):
             return grant_of(entry)
         compares, mark = self._mark(ns, entry)
         committed = await self._s.committer.commit(
@@ -417,17 +425,28 @@ class LockStore:
             metadata={"lock": entry.lock},
         )
 
-    async def _leave(self, entry: Entry) -> None:
-        """Remove our entry if it is still the one we made and never held (best effort,
-        own deadline): a granted entry is only ever removed by a release."""
+    async def _leave(self, entry: Entry) -> bool:
+        """Remove our entry if it is still the one we made and neither first nor marked
+        (best effort, own deadline): a holding entry is only ever removed by a release.
+        True when it is first: it came to hold since the wait last looked, and the
+        caller takes the grant instead of its error."""
         token = calls.current.set(
             calls.Call(namespace="", agent_id="", trace_id="leave", deadline=time.monotonic() + 5)
         )
         try:
+            first = [
+                created_at(entry.key, entry.token),
+                created_after(entry.queue, entry.token - 1),
+            ]
             never_granted = [created_at(entry.key, entry.token), mod_is(entry.key, entry.token)]
-            await self._s.etcd.txn(txn(when=never_granted, then=[delete(entry.key)]), retry=True)
+            leave = txn(when=never_granted, then=[delete(entry.key)])
+            response = await self._s.etcd.txn(
+                txn(when=first, otherwise=[nested(leave)]), retry=True
+            )
+            return bool(response.succeeded)
         except AccordError as exc:
             _log.info("could not leave a lock queue; the lease's end will", error=exc.message)
+            return False
         finally:
             calls.current.reset(token)
 
@@ -487,10 +506,10 @@ class LockStore:
         ns = calls.current.get().namespace
         key = self._s.keys.lock_entry(ns, name, lease_id)
         same_grant = [created_at(key, token)] if token else []
-        response = await self._s.etcd.txn(
-            txn(when=same_grant, then=[delete(key, prev_kv=True)]), retry=True
-        )
-        prev = response.responses[0].response_delete_range.prev_kvs if response.succeeded else []
+        # The queue's head before the delete: an entry that was first held the lock.
+        release = [head_op(self._s.keys.lock_queue(ns, name)), delete(key, prev_kv=True)]
+        response = await self._s.etcd.txn(txn(when=same_grant, then=release), retry=True)
+        prev = response.responses[1].response_delete_range.prev_kvs if response.succeeded else []
         if not prev:
             if missing_ok:
                 return False
@@ -499,4 +518,12 @@ class LockStore:
                 f"lease {lease_id} neither holds nor waits for {which}{name!r}",
                 metadata={"lock": name},
             )
-        return bool(records_pb2.LockEntryRecord.FromString(prev[0].value).granted)
+        head = response.responses[0].response_range.kvs
+        was_first = bool(head) and head[0].create_revision == prev[0].create_revision
+        return was_first or records_pb2.LockEntryRecord.FromString(prev[0].value).granted
+
+
+def _holds_when_first(entry: Entry) -> bool:
+    """Whether the entry holds exactly when it is first in its queue (an exclusive lock):
+    then nothing marks it."""
+    return entry.mode == EXCLUSIVE and not entry.record.permits

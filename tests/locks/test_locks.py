@@ -354,15 +354,18 @@ async def test_release_with_an_old_grant_cannot_drop_a_newer_one(
 
 
 async def test_a_waiting_entrys_token_fences_nothing(
-    client: AsyncClient, leases: list[Lease]
+    client: AsyncClient, etcd: EtcdMember, namespace: str, leases: list[Lease]
 ) -> None:
     await client.locks.acquire("L", leases[0])
     waiting = asyncio.create_task(client.locks.acquire("L", leases[1], timeout=20))
     await queued(client, "L", 1)
     state, _ = await client.locks.describe("L")
     waiter_token = state.waiters[0].token  # visible to anyone, but never granted
-    with pytest.raises(FencedError):
+    before = etcd.stored(namespace)
+    with pytest.raises(FencedError) as err:
         await client.kv.put("k", b"v", fence=Fence(lock="L", token=waiter_token))
+    assert err.value.reason == "FENCED" and err.value.current_tokens == [state.holders[0].token]
+    assert etcd.stored(namespace) == before  # nothing written
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting

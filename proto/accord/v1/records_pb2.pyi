@@ -174,8 +174,10 @@ Global___LeaseRecord: _TypeAlias = LeaseRecord  # noqa: Y015
 class LockEntryRecord(_message.Message):
     """One entry in a lock's queue: {root}/ns/{namespace}/locks/{name}\\0{lease as 16 hex},
     attached to the lease. Its create_revision orders the queue and is the fencing token.
-    The coordinator rewrites it once, with granted set, when the entry first holds the
-    lock; fenced writes check for that (mod_revision > create_revision).
+    It holds while it is first in its queue, or once granted is set: an entry created on an
+    empty queue is created so, and a shared or semaphore entry that comes to hold behind
+    others is rewritten once, with granted set. An exclusive entry holds exactly when it is
+    first and is never rewritten. Fenced writes require one of the two.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
