@@ -2,7 +2,7 @@
 and the floor (an empty grpc.aio call of the same size), side by side in one run; and
 Accord with auth required (a bearer token on every call) beside Accord with auth off.
 
-    python benchmarks/kv_cas.py [--seconds 5] [--clients 1,16,64]
+    python -m benchmarks.kv_cas [--seconds 5] [--clients 1,16,64]
 
 Every client owns one key and loops: compare-and-set it on its last mod_revision. The
 Accord side uses the public AsyncClient (which adds a request_id, so every write is also
@@ -28,10 +28,20 @@ from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
 from accord.client import AsyncClient, Expect
-from benchmarks.common import CpuMeter, Result, RssSampler, closed_loop, report
+from benchmarks.common import (
+    CpuMeter,
+    Result,
+    RssSampler,
+    closed_loop,
+    ratios_vs_peer,
+    report,
+)
 from tests.harness import free_port, start_coordinator, start_etcd, wait_for_port
 
 VALUE = b"x" * 64
+DIRECT = "etcd CAS, direct"
+ACCORD = "accord CAS (idempotent)"
+FLOOR = "floor: empty grpc.aio echo"
 
 
 async def run(seconds: float, concurrency: list[int], out: Path) -> None:
@@ -131,17 +141,18 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
                 "echo server": echo.pid,
             }
             for name, make in (
-                ("etcd CAS, direct", etcd_op),
-                ("accord CAS (idempotent)", accord_cas(client)),
+                (DIRECT, etcd_op),
+                (ACCORD, accord_cas(client)),
                 ("accord CAS, auth required", accord_cas(secured_client)),
-                ("floor: empty grpc.aio echo", echo_op),
+                (FLOOR, echo_op),
             ):
                 with RssSampler(coordinator.pid) as rss, CpuMeter(pids) as meter:
                     result = await closed_loop(name, clients, seconds, make)
+                result.workload = "CAS"
                 results.append(result)
-                if name == "accord CAS (idempotent)":
+                if name == ACCORD:
                     peak_rss = max(peak_rss, rss.peak)
-                cpu[(name, clients)] = {
+                cpu[(name, clients)] = result.cpu_us_per_op = {
                     n: us for n, us in meter.per_op_us(result.ops).items() if us
                 }
     finally:
@@ -157,9 +168,9 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     by = {(r.name, r.clients): r for r in results}
     summary: dict[str, object] = {}
     for clients in concurrency:
-        direct = by[("etcd CAS, direct", clients)]
-        accord = by[("accord CAS (idempotent)", clients)]
-        floor = by[("floor: empty grpc.aio echo", clients)]
+        direct = by[(DIRECT, clients)]
+        accord = by[(ACCORD, clients)]
+        floor = by[(FLOOR, clients)]
         summary[f"accord/etcd ratio @{clients}"] = round(accord.ops_per_s / direct.ops_per_s, 2)
         summary[f"accord/floor ratio @{clients}"] = round(accord.ops_per_s / floor.ops_per_s, 2)
         secured_result = by[("accord CAS, auth required", clients)]
@@ -169,7 +180,18 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     summary["coordinator peak RSS MB"] = round(peak_rss, 1)
     for (name, clients), per_op in cpu.items():
         summary[f"CPU us/op, {name} @{clients}"] = per_op
-    report("Accord conditional writes vs etcd (benchmarks/kv_cas.py)", results, summary, out)
+    # Every Accord mode vs direct etcd (the targets: >= 2x at 64 callers, p50
+    # <= 2x at 1), and vs the floor a Python gRPC call sets.
+    accord_modes = [r.name for r in results if r.name not in (DIRECT, FLOOR)]
+    ratios = ratios_vs_peer(results, DIRECT, accord_modes, targets={64: 2.0})
+    ratios += [
+        r
+        for r in ratios_vs_peer(results, DIRECT, [ACCORD], "p50 ms", targets={1: 2.0})
+        if r.clients == 1
+    ]
+    ratios += ratios_vs_peer(results, FLOOR, [ACCORD])
+    title = "Accord conditional writes vs etcd (benchmarks/kv_cas.py)"
+    report(title, results, summary, out, ratios)
 
 
 def main() -> None:

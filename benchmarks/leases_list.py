@@ -14,27 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from accord.client import AsyncClient
-from benchmarks.common import Result, report
+from benchmarks.common import measured, ratios_vs_peer, report
 from tests.harness import start_coordinator, start_etcd
 
-
-def _result(name: str, clients: int, seconds: float, latencies: list[float]) -> Result:
-    latencies.sort()
-    return Result(
-        name=name,
-        clients=clients,
-        ops=len(latencies),
-        seconds=round(seconds, 3),
-        ops_per_s=round(len(latencies) / seconds, 1),
-        p50_ms=round(statistics.median(latencies) * 1000, 3),
-        p99_ms=round(latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000, 3),
-    )
+GETS = "Get beside listings"
 
 
 async def _gets(client: AsyncClient, until: float, out: list[float]) -> None:
@@ -67,7 +55,7 @@ async def run(leases: int, listers: int, seconds: float, out: Path) -> None:
         idle: list[float] = []
         started = time.perf_counter()
         await _gets(reader, started + seconds, idle)
-        idle_result = _result("Get, idle replica", 1, time.perf_counter() - started, idle)
+        idle_result = measured("Get, idle replica", 1, time.perf_counter() - started, idle, GETS)
 
         loaded: list[float] = []
         list_times: list[float] = []
@@ -83,8 +71,8 @@ async def run(leases: int, listers: int, seconds: float, out: Path) -> None:
         started = time.perf_counter()
         await asyncio.gather(_gets(reader, stop, loaded), *(lister(c) for c in listing))
         elapsed = time.perf_counter() - started
-        loaded_result = _result(f"Get, {listers} clients listing", 1, elapsed, loaded)
-        list_result = _result(f"List of {leases} leases", listers, elapsed, list_times)
+        loaded_result = measured(f"Get, {listers} clients listing", 1, elapsed, loaded, GETS)
+        list_result = measured(f"List of {leases} leases", listers, elapsed, list_times, "List")
     finally:
         for client in (owner, reader, *listing):
             await client.close()
@@ -96,11 +84,13 @@ async def run(leases: int, listers: int, seconds: float, out: Path) -> None:
         "full listing p99 s (target < 1.5)": round(list_result.p99_ms / 1000, 3),
         "Get p99 ms while listing (target < 200)": loaded_result.p99_ms,
     }
+    results = [idle_result, loaded_result, list_result]
     report(
         "Leases.List beside another client's Get (benchmarks/leases_list.py)",
-        [idle_result, loaded_result, list_result],
+        results,
         summary,
         out,
+        ratios_vs_peer(results, idle_result.name, metric="p99 ms"),
     )
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +44,14 @@ from accord.client import (
     QuotaExceededError,
     RetryPolicy,
 )
-from benchmarks.common import Result, RssSampler, report, rss_mb
+from benchmarks.common import (
+    Result,
+    RssSampler,
+    measured,
+    ratios_vs_peer,
+    report,
+    rss_mb,
+)
 from tests.harness import Coordinator, start_coordinator, start_etcd
 
 VICTIM_AGENTS = 4
@@ -55,16 +61,7 @@ SMALL_VALUE = b"y" * 64
 
 
 def _result(name: str, clients: int, seconds: float, latencies: list[float]) -> Result:
-    latencies = sorted(latencies) or [0.0]
-    return Result(
-        name=name,
-        clients=clients,
-        ops=len(latencies),
-        seconds=round(seconds, 3),
-        ops_per_s=round(len(latencies) / seconds, 1),
-        p50_ms=round(statistics.median(latencies) * 1000, 3),
-        p99_ms=round(latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000, 3),
-    )
+    return measured(name, clients, seconds, latencies, name.split(", ", maxsplit=1)[0])
 
 
 async def _victim(client: AsyncClient, agent: int, until: float, out: list[float]) -> None:
@@ -237,11 +234,13 @@ async def run(seconds: float, flooders: int, flood_rate: float, out: Path) -> No
     for name in ("flood", "flood, no quotas", "hostile flood, no tarpit", "hostile flood"):
         victim = by_name[f"victim, {name}"]
         summary[f"victim p99 ratio {name} / alone (target < 2)"] = round(victim.p99_ms / alone, 2)
+    ratios = ratios_vs_peer(results, results[0].name, metric="p99 ms", targets={VICTIM_AGENTS: 2})
     report(
         "Overload isolation between two namespaces on one replica (benchmarks/overload.py)",
         results,
         summary,
         out,
+        ratios,
     )
 
 

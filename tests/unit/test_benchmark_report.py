@@ -1,0 +1,127 @@
+"""The benchmark runner's report (benchmarks/report.py, plots.py): from a small synthetic
+results.json it writes report.md with the median of the per-round ratios and their
+min-max, the load averages and failed rounds, and the PNG plots it links to. Not timed:
+nothing here measures anything."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.__main__ import run_suite
+from benchmarks.common import Result, measured, ratios_vs_peer
+from benchmarks.suites import Suite
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def cas_round(round_no: int, scale: float) -> dict[str, Any]:
+    """One round of a CAS suite: two Accord modes and a ceiling vs one peer, at 1 and 8."""
+    results: list[Result] = []
+    for clients in (1, 8):
+        for name, speed in (
+            ("etcd-direct", 1.0),
+            ("accord-unary", 0.5),
+            ("accord-batched", 2.0 * scale),
+            ("etcd-nested-txn ceiling", 10.0),
+        ):
+            ops = round(100 * clients * speed)
+            latencies = [(i + 1) / (ops * 10) for i in range(ops)]
+            r = measured(name, clients, 1.0, latencies, "CAS")
+            r.cpu_us_per_op = {"bench client": 100, "coordinator": 300, "etcd": 200}
+            results.append(r)
+    ratios = ratios_vs_peer(results, "etcd-direct", targets={8: 2.0})
+    return {
+        "round": round_no,
+        "ok": True,
+        "error": "",
+        "seconds": 3.0,
+        "load_before": [1.5, 1.0, 0.5],
+        "load_after": [2.5, 1.2, 0.6],
+        "title": "CAS vs etcd",
+        "results": [asdict(r) for r in results],
+        "ratios": [asdict(r) for r in ratios],
+        "raw": {},
+    }
+
+
+def synthetic() -> dict[str, Any]:
+    failed = {
+        "round": 3,
+        "ok": False,
+        "error": "exit status 1: etcd did not start",
+        "seconds": 0.5,
+        "load_before": [3.0, 1.0, 0.5],
+        "load_after": [3.0, 1.0, 0.5],
+    }
+    return {
+        "started": "2026-12-01T20:00:00+00:00",
+        "finished": "2026-12-01T20:01:00+00:00",
+        "args": {"quick": True, "rounds": 4, "only": ["kv_cas"]},
+        "machine": {
+            "cpus": 2,
+            "memory_gib": 24.0,
+            "platform": "Linux",
+            "python": "3.11.7",
+            "commit": "abc1234",
+            "modified_files": [],
+        },
+        # accord-batched / etcd-direct per round: 1.0, 3.0, (failed), 0.5 -> median 1.0
+        "suites": {
+            "kv_cas": {
+                "rounds": [cas_round(1, 0.5), cas_round(2, 1.5), failed, cas_round(4, 0.25)]
+            }
+        },
+    }
+
+
+def test_report_has_the_median_of_per_round_ratios_and_the_plots(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(synthetic()))  # as read back from results.json
+    path = report.write(data, tmp_path)
+    text = path.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| CAS | accord-batched |")]
+    ratio_row = next(r for r in rows if "etcd-direct" in r and "| 8 |" in r)
+    assert "**1.00**" in ratio_row
+    assert "0.50-3.00" in ratio_row
+    assert ">= 2 (missed)" in ratio_row
+    assert ratio_row.rstrip().endswith("| 3 |")  # the failed round is not counted
+    unary = next(r for r in text.splitlines() if r.startswith("| CAS | accord-unary | etcd"))
+    assert "**0.50**" in unary
+    assert "FAILED: exit status 1: etcd did not start" in text
+    assert "1.5 / 1 / 0.5" in text and "2.5 / 1.2 / 0.6" in text  # load before / after
+    for kind in ("throughput", "latency", "cpu"):
+        png = tmp_path / f"kv_cas-{kind}.png"
+        assert png.read_bytes()[:8] == PNG, kind
+        assert f"](kv_cas-{kind}.png)" in text
+
+
+def test_a_suite_without_a_good_round_gets_its_failures_and_no_plots(tmp_path: Path) -> None:
+    data = synthetic()
+    data["suites"]["kv_cas"]["rounds"] = [data["suites"]["kv_cas"]["rounds"][2]]
+    text = report.write(data, tmp_path).read_text()
+    assert "etcd did not start" in text
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_several_modes_are_each_compared_with_one_peer() -> None:
+    results = [Result.from_dict(r) for r in cas_round(1, 1.0)["results"]]
+    ratios = {(r.mode, r.clients): r.value for r in ratios_vs_peer(results, "etcd-direct")}
+    assert ratios == {
+        (mode, clients): value
+        for clients in (1, 8)
+        for mode, value in (
+            ("accord-unary", 0.5),
+            ("accord-batched", 2.0),
+            ("etcd-nested-txn ceiling", 10.0),
+        )
+    }
+
+
+def test_a_suite_that_fails_is_a_failed_round_not_a_crash(tmp_path: Path) -> None:
+    found = run_suite(Suite("no_such_suite", (), ()), True, tmp_path, 1)
+    assert not found["ok"]
+    assert "exit status 1" in found["error"]
+    assert "No module named benchmarks.no_such_suite" in found["error"]
