@@ -12,6 +12,7 @@ from accord.client.auth import (
     TokenInfo,
     WhoAmI,
 )
+from accord.client.batching import BatchPolicy
 from accord.client.blocking import BlockingContext, BlockingIterator
 from accord.client.client import AsyncClient, tls_credentials
 from accord.client.errors import (
@@ -137,6 +138,7 @@ __all__ = [
     "BadIdentityError",
     "Ballot",
     "BallotEvent",
+    "BatchPolicy",
     "BlockingContext",
     "BlockingIterator",
     "BlockingLease",

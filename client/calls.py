@@ -68,6 +68,8 @@ KV_DELETE = Unary(lambda s: s.kv.Delete)
 KV_TXN = Unary(lambda s: s.kv.Txn)
 KV_HISTORY = Unary(lambda s: s.kv.History)
 KV_WATCH = ServerStream(lambda s: s.kv.Watch)
+# Safe to repeat: the client sends no write without a request_id (client/batching.py).
+KV_BATCH = Unary(lambda s: s.kv.Batch)
 
 # accord.v1.Leases. Grant has no request_id: a repeat would make a second lease.
 LEASES_GRANT = Unary(lambda s: s.leases.Grant, safe=False)

@@ -13,6 +13,7 @@ import grpc
 from pycrdt import Doc
 
 from accord.client.auth import AsyncAuth
+from accord.client.batching import BatchPolicy, Coalescer
 from accord.client.kv import AsyncKV
 from accord.client.leases import AsyncLeases
 from accord.client.locks import AsyncLocks
@@ -65,7 +66,11 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        batching: BatchPolicy | bool = True,
     ) -> None:
+        """batching: how KV operations made while others are in flight share KV.Batch
+        calls (client/batching.py): True for the default BatchPolicy; False sends every
+        operation as its own call."""
         if isinstance(addresses, str):
             addresses = [a.strip() for a in addresses.split(",") if a.strip()]
         self.agent_id = agent_id
@@ -80,7 +85,9 @@ class AsyncClient:
             token=os.environ.get("ACCORD_TOKEN", "") if token is None else token,
         )
         self.auth = AsyncAuth(self._transport)
-        self.kv = AsyncKV(self._transport)
+        policy = BatchPolicy() if batching is True else batching or None
+        self._coalescer = Coalescer(self._transport, policy)
+        self.kv = AsyncKV(self._transport, self._coalescer)
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)
         self.quotas = AsyncQuotas(self._transport)
@@ -102,6 +109,7 @@ class AsyncClient:
             yield live.doc
 
     async def close(self) -> None:
+        await self._coalescer.close()
         await self._transport.close()
 
     async def __aenter__(self) -> AsyncClient:

@@ -13,7 +13,7 @@ from typing import ClassVar, TypeAlias
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from accord.v1 import common_pb2, kv_pb2, locks_pb2, votes_pb2
@@ -299,18 +299,32 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> AccordError:
         status = rpc_status.from_call(exc)
     except ValueError:  # the details disagree with the call's own status: not Accord's
         status = None
-    details = [_unpack(packed) for packed in status.details] if status is not None else []
-    found = [d for d in details if d is not None]
+    details = list(status.details) if status is not None else []
+    return _typed(exc.code(), exc.details() or exc.code().name, details)
+
+
+def from_status(status: status_pb2.Status) -> AccordError:
+    """The typed error for one operation of a batch that failed, from its google.rpc
+    Status (the same error its unary call would have raised)."""
+    code = _CODES_BY_VALUE.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _typed(code, status.message or code.name, list(status.details))
+
+
+def _typed(code: grpc.StatusCode, message: str, packed: list[any_pb2.Any]) -> AccordError:
+    found = [d for d in (_unpack(p) for p in packed) if d is not None]
     info = next((d for d in found if isinstance(d, error_details_pb2.ErrorInfo)), None)
     reason = info.reason if info is not None else ""
-    cls = BY_REASON.get(reason) or _BY_CODE.get(exc.code(), AccordError)
+    cls = BY_REASON.get(reason) or _BY_CODE.get(code, AccordError)
     return cls(
-        exc.details() or exc.code().name,
-        code=exc.code(),
+        message,
+        code=code,
         reason=reason,
         metadata=dict(info.metadata) if info is not None else {},
         details=found,
     )
+
+
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _unpack(packed: any_pb2.Any) -> Message | None:

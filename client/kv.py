@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Protocol
 
 from accord.client import calls
+from accord.client.batching import Coalescer
 from accord.client.errors import (
     AccordError,
     ConditionFailedError,
@@ -196,8 +197,10 @@ def _lease(lease: _HasId | int | None) -> int:
 
 
 class AsyncKV:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, coalescer: Coalescer | None = None) -> None:
         self._t = transport
+        # Get, Put, Delete and Txn share messages with concurrent callers (batching.py).
+        self._c = coalescer or Coalescer(transport, None)
 
     async def get(
         self,
@@ -214,7 +217,7 @@ class AsyncKV:
             if serializable
             else kv_pb2.CONSISTENCY_LINEARIZABLE,
         )
-        response = await self._t.unary(calls.KV_GET, request, timeout=timeout)
+        response = await self._c.get(request, timeout)
         return KeyValue._from(response.kv) if response.found else None
 
     async def list(
@@ -284,7 +287,7 @@ class AsyncKV:
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
         try:
-            response = await self._t.unary(calls.KV_PUT, request, timeout=timeout)
+            response = await self._c.put(request, timeout)
         except ConditionFailedError as error:
             if return_current_on_failure:
                 await self._fill_current(error, timeout)
@@ -311,7 +314,7 @@ class AsyncKV:
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
         try:
-            response = await self._t.unary(calls.KV_DELETE, request, timeout=timeout)
+            response = await self._c.delete(request, timeout)
         except ConditionFailedError as error:
             if return_current_on_failure:
                 await self._fill_current(error, timeout)
@@ -345,7 +348,7 @@ class AsyncKV:
             else:
                 request.ops.add(delete=kv_pb2.TxnDelete(key=op.key))
         try:
-            response = await self._t.unary(calls.KV_TXN, request, timeout=timeout)
+            response = await self._c.txn(request, timeout)
         except ConditionFailedError as error:
             if return_current_on_failure:
                 await self._fill_current(error, timeout)

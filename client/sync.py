@@ -19,6 +19,7 @@ import grpc
 from pycrdt import Doc
 
 from accord.client.auth import AsyncAuth, AuditPage, NewToken, Principal, Role, TokenInfo, WhoAmI
+from accord.client.batching import BatchPolicy
 from accord.client.blocking import Blocking, BlockingContext, BlockingIterator, LoopThread
 from accord.client.client import AsyncClient
 from accord.client.errors import AccordError
@@ -98,6 +99,7 @@ class Client(Blocking[AsyncClient]):
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        batching: BatchPolicy | bool = True,
     ) -> None:
         loop = LoopThread()
         try:
@@ -110,6 +112,7 @@ class Client(Blocking[AsyncClient]):
                     retry=retry,
                     credentials=credentials,
                     token=token,
+                    batching=batching,
                 )
             )
         except BaseException:

@@ -169,12 +169,14 @@ class _Gate:
         else:
             verified = await self.auth.verify(tokens.parse(_bearer(metadata)))
         principal = verified.principal
+        held = roles.granted(principal, namespace)
         call = replace(
             call,
             agent_id=agent or roles.default_agent(principal),
             principal=principal.name,
             token_id=verified.token_id,
-            namespace_admin=roles.ADMIN in roles.granted(principal, namespace),
+            namespace_admin=roles.ADMIN in held,
+            roles=held,
             labels=principal.labels[namespace].labels if namespace in principal.labels else {},
         )
         calls.current.set(call)

@@ -24,6 +24,7 @@ from accord.coordinator.auth.cache import AuthCache
 from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.auth.service import AuthService
 from accord.coordinator.auth.store import AuthStore
+from accord.coordinator.batch_gate import OpGate
 from accord.coordinator.interceptor import CallInterceptor
 from accord.coordinator.kv.service import KVService
 from accord.coordinator.kv.store import KVStore
@@ -148,7 +149,7 @@ class Replica:
         )
         self.vote_feeds = VoteFeeds(substrate, votes.decisions)
         self.vote_timers = VoteTimers(substrate, votes.decisions)
-        await self._start_quotas()
+        admitted = await self._start_quotas()
 
         self.server = grpc.aio.server(
             interceptors=[
@@ -157,7 +158,7 @@ class Replica:
                     client_certificates=settings.tls is not None
                     and settings.tls.client_ca is not None,
                     refusals=self.refusals,
-                    admission=self.admission if settings.quotas is not None else None,
+                    admission=admitted,
                 )
             ],
             options=[
@@ -186,7 +187,9 @@ class Replica:
         host = settings.listen.rpartition(":")[0]
         replica = settings.replica or f"{socket.gethostname()}:{self.port}"
         self.settings = replace(settings, replica=replica)
-        kv_pb2_grpc.add_KVServicer_to_server(KVService(store, replica), self.server)
+        kv_pb2_grpc.add_KVServicer_to_server(
+            KVService(store, replica, OpGate(admitted, self.refusals)), self.server
+        )
         leases_pb2_grpc.add_LeasesServicer_to_server(
             LeasesService(leases, lock_admin, replica), self.server
         )
@@ -255,9 +258,10 @@ class Replica:
             QuotasService(QuotaStore(writes, self.etcd, keys), self.admission), self.server
         )
 
-    async def _start_quotas(self) -> None:
+    async def _start_quotas(self) -> Admission | None:
         """Count every namespace's usage from etcd before serving, so the first calls are
-        checked; then follow it."""
+        checked; then follow it. Returns the admission calls go through (None: quotas
+        off)."""
         assert self.etcd is not None and self.substrate is not None
         self.usage = UsageBook(
             self.etcd, self.substrate.keys, self.settings.quotas or QuotaLimits()
@@ -268,6 +272,7 @@ class Replica:
             by_principal=self.auth is not None,
             hold=self.settings.rate_refusal_hold_seconds,
         )
+        return self.admission if self.settings.quotas is not None else None
 
     async def _start_auth(self) -> None:
         """Load the credentials (auth required), or say loudly that there are none."""

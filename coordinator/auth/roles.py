@@ -100,7 +100,9 @@ R, W, P, A = Need.READ, Need.WRITE, Need.PROPOSE, Need.ADMIN
 REQUIRED: Mapping[str, Need] = MappingProxyType(
     {
         **_table(
-            kv_pb2, "KV", {R: ["Get", "List", "Watch", "History"], W: ["Put", "Delete", "Txn"]}
+            kv_pb2,
+            "KV",
+            {R: ["Get", "List", "Watch", "History", "Batch"], W: ["Put", "Delete", "Txn"]},
         ),
         # Revoking another agent's lease will need ADMIN once ownership is checked.
         **_table(
@@ -207,6 +209,25 @@ def authorize(
                 "role": role_name(role),
                 "namespace": namespace,
             },
+        )
+
+
+def authorize_held(call_roles: frozenset[int], principal: str, method: str, namespace: str) -> None:
+    """Refuse unless roles held in namespace allow method (one operation of a batch, whose
+    call was authorized already: only the role differs between operations)."""
+    need = REQUIRED.get(method)
+    if need is None or not isinstance(need.value, int):
+        raise PermissionDenied(
+            f"{method} cannot be part of a batch",
+            metadata={"principal": principal, "method": method},
+        )
+    if need.value not in call_roles:
+        role = auth_pb2.Role.ValueType(need.value)
+        raise PermissionDenied(
+            f"{method} needs role {role_name(role)} in namespace {namespace!r}; principal "
+            f"{principal!r} does not hold it there (an admin grants it with `accord auth "
+            f"role grant {principal} {role_name(role).lower()} --namespace {namespace}`)",
+            metadata={"principal": principal, "role": role_name(role), "namespace": namespace},
         )
 
 

@@ -1,4 +1,6 @@
-"""gRPC servicer for accord.v1.KV: unpack the request, call the KV primitive, pack."""
+"""gRPC servicer for accord.v1.KV: unpack the request, call the KV primitive, pack.
+Get, Put, Delete and Txn are answered by one method each, whether they come alone or as
+operations of a Batch (batch.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from typing import Any
 
 import grpc
 
+from accord.coordinator.batch_gate import OpGate
+from accord.coordinator.kv import batch
 from accord.coordinator.kv.store import KVStore
 from accord.v1 import common_pb2, kv_pb2, kv_pb2_grpc
 
@@ -14,14 +18,33 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class KVService(kv_pb2_grpc.KVServicer):
-    def __init__(self, store: KVStore, replica: str) -> None:
+    def __init__(self, store: KVStore, replica: str, gate: OpGate) -> None:
         self._store = store
         self._replica = replica
+        self._gate = gate
 
     def _header(self, revision: int) -> common_pb2.ResponseHeader:
         return common_pb2.ResponseHeader(revision=revision, replica=self._replica)
 
     async def Get(self, request: kv_pb2.GetRequest, context: Context) -> kv_pb2.GetResponse:
+        return await self.get(request)
+
+    async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
+        return await self.put(request)
+
+    async def Delete(
+        self, request: kv_pb2.DeleteRequest, context: Context
+    ) -> kv_pb2.DeleteResponse:
+        return await self.delete(request)
+
+    async def Txn(self, request: kv_pb2.TxnRequest, context: Context) -> kv_pb2.TxnResponse:
+        return await self.txn(request)
+
+    async def Batch(self, request: kv_pb2.BatchRequest, context: Context) -> kv_pb2.BatchResponse:
+        outcomes, revision = await batch.run(request, self, self._gate)
+        return kv_pb2.BatchResponse(header=self._header(revision), outcomes=outcomes)
+
+    async def get(self, request: kv_pb2.GetRequest) -> kv_pb2.GetResponse:
         revision, kv = await self._store.get(request.key, request.consistency, request.revision)
         return kv_pb2.GetResponse(header=self._header(revision), found=kv is not None, kv=kv)
 
@@ -41,7 +64,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             total=page.total,
         )
 
-    async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
+    async def put(self, request: kv_pb2.PutRequest) -> kv_pb2.PutResponse:
         done = await self._store.put(
             request.key,
             request.value,
@@ -55,9 +78,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             header=self._header(done.revision), kv=done.results[0].kv, replayed=done.replayed
         )
 
-    async def Delete(
-        self, request: kv_pb2.DeleteRequest, context: Context
-    ) -> kv_pb2.DeleteResponse:
+    async def delete(self, request: kv_pb2.DeleteRequest) -> kv_pb2.DeleteResponse:
         done = await self._store.delete(
             request.key,
             request.precondition if request.HasField("precondition") else None,
@@ -73,7 +94,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             replayed=done.replayed,
         )
 
-    async def Txn(self, request: kv_pb2.TxnRequest, context: Context) -> kv_pb2.TxnResponse:
+    async def txn(self, request: kv_pb2.TxnRequest) -> kv_pb2.TxnResponse:
         done = await self._store.txn(
             request.checks,
             request.ops,
@@ -91,16 +112,16 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Watch(
         self, request: kv_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[kv_pb2.WatchResponse]:
-        async for batch in self._store.watch(
+        async for changes in self._store.watch(
             request.key,
             prefix=request.prefix,
             start_revision=request.start_revision,
             prev_kv=request.prev_kv,
         ):
             yield kv_pb2.WatchResponse(
-                header=self._header(batch.revision),
-                events=batch.events,
-                resume_revision=batch.resume_revision,
+                header=self._header(changes.revision),
+                events=changes.events,
+                resume_revision=changes.resume_revision,
             )
 
     async def History(

@@ -46,6 +46,9 @@ class Call:
     peer: str = ""
     # The lease labels an admin granted the principal here (None: auth off, any label).
     labels: Mapping[str, str] | None = None
+    # The roles (auth_pb2.Role values) the principal holds here, with what each includes
+    # (None: auth off): what each operation of a batch is authorized against.
+    roles: frozenset[int] | None = None
 
     def remaining(self) -> float | None:
         if self.deadline is None:

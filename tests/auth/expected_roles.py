@@ -9,6 +9,7 @@ CLUSTER_ADMIN, ANYONE = "CLUSTER_ADMIN", "AUTHENTICATED"
 
 EXPECTED: dict[str, str] = {
     "/accord.v1.KV/Get": READ,
+    "/accord.v1.KV/Batch": READ,
     "/accord.v1.KV/List": READ,
     "/accord.v1.KV/Watch": READ,
     "/accord.v1.KV/History": READ,

@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import grpc
 
-from accord.client import AsyncClient, RetryPolicy
+from accord.client import AsyncClient, BatchPolicy, RetryPolicy
 from accord.v1 import (
     auth_pb2_grpc,
     kv_pb2_grpc,
@@ -30,6 +30,7 @@ def make_client(
     agent: str = "tester",
     timeout: float = 10.0,
     token: str | None = None,
+    batching: BatchPolicy | bool = True,
 ) -> AsyncClient:
     """A client of the given replicas only, retrying briefly (tests fail fast); with a
     token only when given one (never ACCORD_TOKEN from the environment), or under
@@ -43,6 +44,7 @@ def make_client(
         timeout=timeout,
         retry=RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5),
         token=token,
+        batching=batching,
     )
 
 

@@ -35,21 +35,16 @@ const LOADER_OPTIONS = {
   oneofs: true,
 };
 
-// google/rpc/*.proto are not in this repo: declare the fields of the two messages we read.
-const GOOGLE_RPC = `
-  syntax = "proto3";
-  package google.rpc;
-  message Status { int32 code = 1; string message = 2; repeated google.protobuf.Any details = 3; }
-  message ErrorInfo { string reason = 1; string domain = 2; map<string, string> metadata = 3; }
-`;
-
-// The error payload types as protobufjs types, to decode the status trailer and its Anys.
+// The error payload types as protobufjs types, to decode the status trailer and its Anys:
+// google.rpc's published files, shipped in proto/google/rpc for other languages.
 function loadDetailTypes() {
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) => resolve(PROTO_DIR, target);
   // google/protobuf/*.proto come bundled with protobufjs.
-  root.loadSync(['google/protobuf/any.proto', 'accord/v1/kv.proto'], { keepCase: true });
-  protobuf.parse(GOOGLE_RPC, root, { keepCase: true });
+  root.loadSync(
+    ['google/protobuf/any.proto', 'google/rpc/error_details.proto', 'accord/v1/kv.proto'],
+    { keepCase: true },
+  );
   return root.resolveAll();
 }
 

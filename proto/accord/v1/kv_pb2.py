@@ -23,69 +23,78 @@ _sym_db = _symbol_database.Default()
 
 
 from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61\x63\x63ord/v1/kv.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\"\x91\x01\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12)\n\nwritten_by\x18\x06 \x01(\x0b\x32\x15.accord.v1.Provenance\"s\n\x0cPrecondition\x12\x16\n\x0cmod_revision\x18\x01 \x01(\x03H\x00\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x18\n\x0emust_not_exist\x18\x03 \x01(\x08H\x00\x12\x14\n\nmust_exist\x18\x04 \x01(\x08H\x00\x42\x08\n\x06\x65xpect\"\xba\x02\n\x10\x43onditionFailure\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x08\x65xpected\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x0e\n\x06\x65xists\x18\x03 \x01(\x08\x12\x1c\n\x14\x63urrent_mod_revision\x18\x04 \x01(\x03\x12\x17\n\x0f\x63urrent_version\x18\x05 \x01(\x03\x12\x1f\n\x17\x63urrent_create_revision\x18\x06 \x01(\x03\x12$\n\x07\x63urrent\x18\x07 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x13\n\x0b\x63heck_index\x18\t \x01(\x05\x12\x1d\n\x15\x63urrent_value_omitted\x18\n \x01(\x08\x12\x1a\n\x12\x63urrent_value_size\x18\x0b \x01(\x03\"X\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x16.accord.v1.Consistency\x12\x10\n\x08revision\x18\x03 \x01(\x03\"h\n\x0bGetResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\"\x92\x01\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tkeys_only\x18\x04 \x01(\x08\x12+\n\x0b\x63onsistency\x18\x05 \x01(\x0e\x32\x16.accord.v1.Consistency\x12\x10\n\x08revision\x18\x06 \x01(\x03\"\x83\x01\n\x0cListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12 \n\x03kvs\x18\x02 \x03(\x0b\x32\x13.accord.v1.KeyValue\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x03\"\xc1\x01\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12-\n\x0cprecondition\x18\x03 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12!\n\x19return_current_on_failure\x18\x05 \x01(\x08\x12\x1f\n\x05\x66\x65nce\x18\x06 \x01(\x0b\x32\x10.accord.v1.Fence\x12\x10\n\x08lease_id\x18\x07 \x01(\x03\"k\n\x0bPutResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1f\n\x02kv\x18\x02 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xa3\x01\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x19return_current_on_failure\x18\x04 \x01(\x08\x12\x1f\n\x05\x66\x65nce\x18\x05 \x01(\x0b\x32\x10.accord.v1.Fence\"\x84\x01\n\x0e\x44\x65leteResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12$\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"F\n\x08TxnCheck\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\"6\n\x06TxnPut\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\"\x18\n\tTxnDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\"W\n\x05TxnOp\x12 \n\x03put\x18\x01 \x01(\x0b\x32\x11.accord.v1.TxnPutH\x00\x12&\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x14.accord.v1.TxnDeleteH\x00\x42\x04\n\x02op\"\xa9\x01\n\nTxnRequest\x12#\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x13.accord.v1.TxnCheck\x12\x1d\n\x03ops\x18\x02 \x03(\x0b\x32\x10.accord.v1.TxnOp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x19return_current_on_failure\x18\x04 \x01(\x08\x12 \n\x06\x66\x65nces\x18\x05 \x03(\x0b\x32\x10.accord.v1.Fence\"V\n\x0bTxnOpResult\x12\x1f\n\x02kv\x18\x01 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12\x15\n\rvalue_omitted\x18\x03 \x01(\x08\"\x85\x01\n\x0bTxnResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.accord.v1.TxnOpResult\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"T\n\x0cWatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\"\xba\x01\n\nWatchEvent\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.accord.v1.WatchEvent.Type\x12\x1f\n\x02kv\x18\x02 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12$\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\";\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TYPE_PUT\x10\x01\x12\x0f\n\x0bTYPE_DELETE\x10\x02\"z\n\rWatchResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.accord.v1.WatchEvent\x12\x17\n\x0fresume_revision\x18\x03 \x01(\x03\"E\n\x0eHistoryRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x17\n\x0f\x62\x65\x66ore_revision\x18\x03 \x01(\x03\"\xd5\x01\n\x0cHistoryEntry\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.accord.v1.HistoryEntry.Kind\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12)\n\nchanged_by\x18\x04 \x01(\x0b\x32\x15.accord.v1.Provenance\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_PUT\x10\x01\x12\x0f\n\x0bKIND_DELETE\x10\x02\"\xa5\x01\n\x0fHistoryResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x17.accord.v1.HistoryEntry\x12\x1c\n\x14next_before_revision\x18\x03 \x01(\x03\x12\x1f\n\x17truncated_by_compaction\x18\x04 \x01(\x08*f\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x01\x12\x1c\n\x18\x43ONSISTENCY_SERIALIZABLE\x10\x02\x32\x9e\x03\n\x02KV\x12\x34\n\x03Get\x12\x15.accord.v1.GetRequest\x1a\x16.accord.v1.GetResponse\x12\x37\n\x04List\x12\x16.accord.v1.ListRequest\x1a\x17.accord.v1.ListResponse\x12\x34\n\x03Put\x12\x15.accord.v1.PutRequest\x1a\x16.accord.v1.PutResponse\x12=\n\x06\x44\x65lete\x12\x18.accord.v1.DeleteRequest\x1a\x19.accord.v1.DeleteResponse\x12\x34\n\x03Txn\x12\x15.accord.v1.TxnRequest\x1a\x16.accord.v1.TxnResponse\x12<\n\x05Watch\x12\x17.accord.v1.WatchRequest\x1a\x18.accord.v1.WatchResponse0\x01\x12@\n\x07History\x12\x19.accord.v1.HistoryRequest\x1a\x1a.accord.v1.HistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61\x63\x63ord/v1/kv.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x17google/rpc/status.proto\"\x91\x01\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12)\n\nwritten_by\x18\x06 \x01(\x0b\x32\x15.accord.v1.Provenance\"s\n\x0cPrecondition\x12\x16\n\x0cmod_revision\x18\x01 \x01(\x03H\x00\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x18\n\x0emust_not_exist\x18\x03 \x01(\x08H\x00\x12\x14\n\nmust_exist\x18\x04 \x01(\x08H\x00\x42\x08\n\x06\x65xpect\"\xba\x02\n\x10\x43onditionFailure\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x08\x65xpected\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x0e\n\x06\x65xists\x18\x03 \x01(\x08\x12\x1c\n\x14\x63urrent_mod_revision\x18\x04 \x01(\x03\x12\x17\n\x0f\x63urrent_version\x18\x05 \x01(\x03\x12\x1f\n\x17\x63urrent_create_revision\x18\x06 \x01(\x03\x12$\n\x07\x63urrent\x18\x07 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x13\n\x0b\x63heck_index\x18\t \x01(\x05\x12\x1d\n\x15\x63urrent_value_omitted\x18\n \x01(\x08\x12\x1a\n\x12\x63urrent_value_size\x18\x0b \x01(\x03\"X\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x16.accord.v1.Consistency\x12\x10\n\x08revision\x18\x03 \x01(\x03\"h\n\x0bGetResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\"\x92\x01\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tkeys_only\x18\x04 \x01(\x08\x12+\n\x0b\x63onsistency\x18\x05 \x01(\x0e\x32\x16.accord.v1.Consistency\x12\x10\n\x08revision\x18\x06 \x01(\x03\"\x83\x01\n\x0cListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12 \n\x03kvs\x18\x02 \x03(\x0b\x32\x13.accord.v1.KeyValue\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x03\"\xc1\x01\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12-\n\x0cprecondition\x18\x03 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12!\n\x19return_current_on_failure\x18\x05 \x01(\x08\x12\x1f\n\x05\x66\x65nce\x18\x06 \x01(\x0b\x32\x10.accord.v1.Fence\x12\x10\n\x08lease_id\x18\x07 \x01(\x03\"k\n\x0bPutResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1f\n\x02kv\x18\x02 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xa3\x01\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x19return_current_on_failure\x18\x04 \x01(\x08\x12\x1f\n\x05\x66\x65nce\x18\x05 \x01(\x0b\x32\x10.accord.v1.Fence\"\x84\x01\n\x0e\x44\x65leteResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12$\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"F\n\x08TxnCheck\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x0cprecondition\x18\x02 \x01(\x0b\x32\x17.accord.v1.Precondition\"6\n\x06TxnPut\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\"\x18\n\tTxnDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\"W\n\x05TxnOp\x12 \n\x03put\x18\x01 \x01(\x0b\x32\x11.accord.v1.TxnPutH\x00\x12&\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x14.accord.v1.TxnDeleteH\x00\x42\x04\n\x02op\"\xa9\x01\n\nTxnRequest\x12#\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x13.accord.v1.TxnCheck\x12\x1d\n\x03ops\x18\x02 \x03(\x0b\x32\x10.accord.v1.TxnOp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x19return_current_on_failure\x18\x04 \x01(\x08\x12 \n\x06\x66\x65nces\x18\x05 \x03(\x0b\x32\x10.accord.v1.Fence\"V\n\x0bTxnOpResult\x12\x1f\n\x02kv\x18\x01 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12\x15\n\rvalue_omitted\x18\x03 \x01(\x08\"\x85\x01\n\x0bTxnResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.accord.v1.TxnOpResult\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"T\n\x0cWatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\"\xba\x01\n\nWatchEvent\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.accord.v1.WatchEvent.Type\x12\x1f\n\x02kv\x18\x02 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12$\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\";\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TYPE_PUT\x10\x01\x12\x0f\n\x0bTYPE_DELETE\x10\x02\"z\n\rWatchResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.accord.v1.WatchEvent\x12\x17\n\x0fresume_revision\x18\x03 \x01(\x03\"E\n\x0eHistoryRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x17\n\x0f\x62\x65\x66ore_revision\x18\x03 \x01(\x03\"\xd5\x01\n\x0cHistoryEntry\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.accord.v1.HistoryEntry.Kind\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.accord.v1.KeyValue\x12)\n\nchanged_by\x18\x04 \x01(\x0b\x32\x15.accord.v1.Provenance\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_PUT\x10\x01\x12\x0f\n\x0bKIND_DELETE\x10\x02\"\xa5\x01\n\x0fHistoryResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x17.accord.v1.HistoryEntry\x12\x1c\n\x14next_before_revision\x18\x03 \x01(\x03\x12\x1f\n\x17truncated_by_compaction\x18\x04 \x01(\x08\"\xc1\x01\n\x07\x42\x61tchOp\x12$\n\x03get\x18\x01 \x01(\x0b\x32\x15.accord.v1.GetRequestH\x00\x12$\n\x03put\x18\x02 \x01(\x0b\x32\x15.accord.v1.PutRequestH\x00\x12*\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x18.accord.v1.DeleteRequestH\x00\x12$\n\x03txn\x18\x04 \x01(\x0b\x32\x15.accord.v1.TxnRequestH\x00\x12\x12\n\ntimeout_ms\x18\x05 \x01(\x03\x42\x04\n\x02op\"/\n\x0c\x42\x61tchRequest\x12\x1f\n\x03ops\x18\x01 \x03(\x0b\x32\x12.accord.v1.BatchOp\"\xf7\x01\n\x0c\x42\x61tchOutcome\x12%\n\x03get\x18\x01 \x01(\x0b\x32\x16.accord.v1.GetResponseH\x00\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x16.accord.v1.PutResponseH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.accord.v1.DeleteResponseH\x00\x12%\n\x03txn\x18\x04 \x01(\x0b\x32\x16.accord.v1.TxnResponseH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x15\n\rvalue_omitted\x18\x06 \x01(\x08\x42\t\n\x07outcome\"e\n\rBatchResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12)\n\x08outcomes\x18\x02 \x03(\x0b\x32\x17.accord.v1.BatchOutcome*f\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x01\x12\x1c\n\x18\x43ONSISTENCY_SERIALIZABLE\x10\x02\x32\xda\x03\n\x02KV\x12\x34\n\x03Get\x12\x15.accord.v1.GetRequest\x1a\x16.accord.v1.GetResponse\x12\x37\n\x04List\x12\x16.accord.v1.ListRequest\x1a\x17.accord.v1.ListResponse\x12\x34\n\x03Put\x12\x15.accord.v1.PutRequest\x1a\x16.accord.v1.PutResponse\x12=\n\x06\x44\x65lete\x12\x18.accord.v1.DeleteRequest\x1a\x19.accord.v1.DeleteResponse\x12\x34\n\x03Txn\x12\x15.accord.v1.TxnRequest\x1a\x16.accord.v1.TxnResponse\x12<\n\x05Watch\x12\x17.accord.v1.WatchRequest\x1a\x18.accord.v1.WatchResponse0\x01\x12@\n\x07History\x12\x19.accord.v1.HistoryRequest\x1a\x1a.accord.v1.HistoryResponse\x12:\n\x05\x42\x61tch\x12\x17.accord.v1.BatchRequest\x1a\x18.accord.v1.BatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'accord.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=3217
-  _globals['_CONSISTENCY']._serialized_end=3319
-  _globals['_KEYVALUE']._serialized_start=58
-  _globals['_KEYVALUE']._serialized_end=203
-  _globals['_PRECONDITION']._serialized_start=205
-  _globals['_PRECONDITION']._serialized_end=320
-  _globals['_CONDITIONFAILURE']._serialized_start=323
-  _globals['_CONDITIONFAILURE']._serialized_end=637
-  _globals['_GETREQUEST']._serialized_start=639
-  _globals['_GETREQUEST']._serialized_end=727
-  _globals['_GETRESPONSE']._serialized_start=729
-  _globals['_GETRESPONSE']._serialized_end=833
-  _globals['_LISTREQUEST']._serialized_start=836
-  _globals['_LISTREQUEST']._serialized_end=982
-  _globals['_LISTRESPONSE']._serialized_start=985
-  _globals['_LISTRESPONSE']._serialized_end=1116
-  _globals['_PUTREQUEST']._serialized_start=1119
-  _globals['_PUTREQUEST']._serialized_end=1312
-  _globals['_PUTRESPONSE']._serialized_start=1314
-  _globals['_PUTRESPONSE']._serialized_end=1421
-  _globals['_DELETEREQUEST']._serialized_start=1424
-  _globals['_DELETEREQUEST']._serialized_end=1587
-  _globals['_DELETERESPONSE']._serialized_start=1590
-  _globals['_DELETERESPONSE']._serialized_end=1722
-  _globals['_TXNCHECK']._serialized_start=1724
-  _globals['_TXNCHECK']._serialized_end=1794
-  _globals['_TXNPUT']._serialized_start=1796
-  _globals['_TXNPUT']._serialized_end=1850
-  _globals['_TXNDELETE']._serialized_start=1852
-  _globals['_TXNDELETE']._serialized_end=1876
-  _globals['_TXNOP']._serialized_start=1878
-  _globals['_TXNOP']._serialized_end=1965
-  _globals['_TXNREQUEST']._serialized_start=1968
-  _globals['_TXNREQUEST']._serialized_end=2137
-  _globals['_TXNOPRESULT']._serialized_start=2139
-  _globals['_TXNOPRESULT']._serialized_end=2225
-  _globals['_TXNRESPONSE']._serialized_start=2228
-  _globals['_TXNRESPONSE']._serialized_end=2361
-  _globals['_WATCHREQUEST']._serialized_start=2363
-  _globals['_WATCHREQUEST']._serialized_end=2447
-  _globals['_WATCHEVENT']._serialized_start=2450
-  _globals['_WATCHEVENT']._serialized_end=2636
-  _globals['_WATCHEVENT_TYPE']._serialized_start=2577
-  _globals['_WATCHEVENT_TYPE']._serialized_end=2636
-  _globals['_WATCHRESPONSE']._serialized_start=2638
-  _globals['_WATCHRESPONSE']._serialized_end=2760
-  _globals['_HISTORYREQUEST']._serialized_start=2762
-  _globals['_HISTORYREQUEST']._serialized_end=2831
-  _globals['_HISTORYENTRY']._serialized_start=2834
-  _globals['_HISTORYENTRY']._serialized_end=3047
-  _globals['_HISTORYENTRY_KIND']._serialized_start=2988
-  _globals['_HISTORYENTRY_KIND']._serialized_end=3047
-  _globals['_HISTORYRESPONSE']._serialized_start=3050
-  _globals['_HISTORYRESPONSE']._serialized_end=3215
-  _globals['_KV']._serialized_start=3322
-  _globals['_KV']._serialized_end=3736
+  _globals['_CONSISTENCY']._serialized_start=3840
+  _globals['_CONSISTENCY']._serialized_end=3942
+  _globals['_KEYVALUE']._serialized_start=83
+  _globals['_KEYVALUE']._serialized_end=228
+  _globals['_PRECONDITION']._serialized_start=230
+  _globals['_PRECONDITION']._serialized_end=345
+  _globals['_CONDITIONFAILURE']._serialized_start=348
+  _globals['_CONDITIONFAILURE']._serialized_end=662
+  _globals['_GETREQUEST']._serialized_start=664
+  _globals['_GETREQUEST']._serialized_end=752
+  _globals['_GETRESPONSE']._serialized_start=754
+  _globals['_GETRESPONSE']._serialized_end=858
+  _globals['_LISTREQUEST']._serialized_start=861
+  _globals['_LISTREQUEST']._serialized_end=1007
+  _globals['_LISTRESPONSE']._serialized_start=1010
+  _globals['_LISTRESPONSE']._serialized_end=1141
+  _globals['_PUTREQUEST']._serialized_start=1144
+  _globals['_PUTREQUEST']._serialized_end=1337
+  _globals['_PUTRESPONSE']._serialized_start=1339
+  _globals['_PUTRESPONSE']._serialized_end=1446
+  _globals['_DELETEREQUEST']._serialized_start=1449
+  _globals['_DELETEREQUEST']._serialized_end=1612
+  _globals['_DELETERESPONSE']._serialized_start=1615
+  _globals['_DELETERESPONSE']._serialized_end=1747
+  _globals['_TXNCHECK']._serialized_start=1749
+  _globals['_TXNCHECK']._serialized_end=1819
+  _globals['_TXNPUT']._serialized_start=1821
+  _globals['_TXNPUT']._serialized_end=1875
+  _globals['_TXNDELETE']._serialized_start=1877
+  _globals['_TXNDELETE']._serialized_end=1901
+  _globals['_TXNOP']._serialized_start=1903
+  _globals['_TXNOP']._serialized_end=1990
+  _globals['_TXNREQUEST']._serialized_start=1993
+  _globals['_TXNREQUEST']._serialized_end=2162
+  _globals['_TXNOPRESULT']._serialized_start=2164
+  _globals['_TXNOPRESULT']._serialized_end=2250
+  _globals['_TXNRESPONSE']._serialized_start=2253
+  _globals['_TXNRESPONSE']._serialized_end=2386
+  _globals['_WATCHREQUEST']._serialized_start=2388
+  _globals['_WATCHREQUEST']._serialized_end=2472
+  _globals['_WATCHEVENT']._serialized_start=2475
+  _globals['_WATCHEVENT']._serialized_end=2661
+  _globals['_WATCHEVENT_TYPE']._serialized_start=2602
+  _globals['_WATCHEVENT_TYPE']._serialized_end=2661
+  _globals['_WATCHRESPONSE']._serialized_start=2663
+  _globals['_WATCHRESPONSE']._serialized_end=2785
+  _globals['_HISTORYREQUEST']._serialized_start=2787
+  _globals['_HISTORYREQUEST']._serialized_end=2856
+  _globals['_HISTORYENTRY']._serialized_start=2859
+  _globals['_HISTORYENTRY']._serialized_end=3072
+  _globals['_HISTORYENTRY_KIND']._serialized_start=3013
+  _globals['_HISTORYENTRY_KIND']._serialized_end=3072
+  _globals['_HISTORYRESPONSE']._serialized_start=3075
+  _globals['_HISTORYRESPONSE']._serialized_end=3240
+  _globals['_BATCHOP']._serialized_start=3243
+  _globals['_BATCHOP']._serialized_end=3436
+  _globals['_BATCHREQUEST']._serialized_start=3438
+  _globals['_BATCHREQUEST']._serialized_end=3485
+  _globals['_BATCHOUTCOME']._serialized_start=3488
+  _globals['_BATCHOUTCOME']._serialized_end=3735
+  _globals['_BATCHRESPONSE']._serialized_start=3737
+  _globals['_BATCHRESPONSE']._serialized_end=3838
+  _globals['_KV']._serialized_start=3945
+  _globals['_KV']._serialized_end=4419
 # @@protoc_insertion_point(module_scope)

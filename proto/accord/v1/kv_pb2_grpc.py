@@ -72,6 +72,11 @@ class KVStub:
                 request_serializer=accord_dot_v1_dot_kv__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=accord_dot_v1_dot_kv__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/accord.v1.KV/Batch',
+                request_serializer=accord_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -131,6 +136,17 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Many independent Gets, Puts, Deletes and Txns in one message, each with its own
+        outcome: one call's cost paid for all of them. Each operation is authorized, admitted
+        by the quotas, fenced, deadlined and made idempotent exactly as its unary call would
+        be; operations of one batch run concurrently, so a batch promises no order between
+        them (send dependent writes in one Txn instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +184,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=accord_dot_v1_dot_kv__pb2.HistoryRequest.FromString,
                     response_serializer=accord_dot_v1_dot_kv__pb2.HistoryResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=accord_dot_v1_dot_kv__pb2.BatchRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_kv__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +383,33 @@ class KV:
             '/accord.v1.KV/History',
             accord_dot_v1_dot_kv__pb2.HistoryRequest.SerializeToString,
             accord_dot_v1_dot_kv__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.KV/Batch',
+            accord_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
+            accord_dot_v1_dot_kv__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

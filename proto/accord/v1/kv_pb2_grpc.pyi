@@ -54,6 +54,13 @@ class KVStub:
     """
     History: _grpc.UnaryUnaryMultiCallable[_kv_pb2.HistoryRequest, _kv_pb2.HistoryResponse]
     """The earlier versions of a key that etcd still holds, newest first."""
+    Batch: _grpc.UnaryUnaryMultiCallable[_kv_pb2.BatchRequest, _kv_pb2.BatchResponse]
+    """Many independent Gets, Puts, Deletes and Txns in one message, each with its own
+    outcome: one call's cost paid for all of them. Each operation is authorized, admitted
+    by the quotas, fenced, deadlined and made idempotent exactly as its unary call would
+    be; operations of one batch run concurrently, so a batch promises no order between
+    them (send dependent writes in one Txn instead).
+    """
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -81,6 +88,13 @@ class KVAsyncStub(KVStub):
     """
     History: _aio.UnaryUnaryMultiCallable[_kv_pb2.HistoryRequest, _kv_pb2.HistoryResponse]  # type: ignore[assignment]
     """The earlier versions of a key that etcd still holds, newest first."""
+    Batch: _aio.UnaryUnaryMultiCallable[_kv_pb2.BatchRequest, _kv_pb2.BatchResponse]  # type: ignore[assignment]
+    """Many independent Gets, Puts, Deletes and Txns in one message, each with its own
+    outcome: one call's cost paid for all of them. Each operation is authorized, admitted
+    by the quotas, fenced, deadlined and made idempotent exactly as its unary call would
+    be; operations of one batch run concurrently, so a batch promises no order between
+    them (send dependent writes in one Txn instead).
+    """
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
     """Versioned shared memory. Every key lives in the caller's namespace; every write
@@ -147,5 +161,18 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.HistoryResponse, _abc.Awaitable[_kv_pb2.HistoryResponse]]:
         """The earlier versions of a key that etcd still holds, newest first."""
+
+    @_abc_1.abstractmethod
+    def Batch(
+        self,
+        request: _kv_pb2.BatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.BatchResponse, _abc.Awaitable[_kv_pb2.BatchResponse]]:
+        """Many independent Gets, Puts, Deletes and Txns in one message, each with its own
+        outcome: one call's cost paid for all of them. Each operation is authorized, admitted
+        by the quotas, fenced, deadlined and made idempotent exactly as its unary call would
+        be; operations of one batch run concurrently, so a batch promises no order between
+        them (send dependent writes in one Txn instead).
+        """
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,152 @@
+"""KV.Batch: many independent Gets, Puts, Deletes and Txns in one message.
+
+The per-message cost of a gRPC call is most of what a small KV operation costs here
+(facts.md); a batch pays it once for all of its operations. The operations run
+concurrently, each under its own copy of the call (its own deadline), through the same
+method its unary call uses, after the same per-operation gate (batch_gate.py: role,
+quota, audit). Their writes meet in group commit, so a batch of n CASes is typically one
+etcd transaction.
+
+An operation's outcome is what its unary call would have answered, or that call's error
+as a google.rpc.Status with the same details. The response stays under 3 MiB, so a
+standard client can always read it: past that, values are left out (value_omitted),
+last operations first; each is one the caller can read back (the client does).
+
+Error handling: more than MAX_OPS operations is InvalidArgument for the whole batch, and
+none runs; anything else is one operation's outcome, never the batch's: an unset or
+unknown operation, a negative timeout, a refusal, an unexpected failure (Internal,
+logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import Protocol
+
+from accord.coordinator import logs
+from accord.coordinator.auth.roles import method_name
+from accord.coordinator.batch_gate import OpGate
+from accord.coordinator.substrate import calls
+from accord.coordinator.substrate.errors import AccordError, Internal, invalid
+from accord.coordinator.substrate.limits import require_counts
+from accord.coordinator.substrate.pages import MAX_PAGE_BYTES
+from accord.v1 import kv_pb2
+
+_log = logs.get("accord.kv.batch")
+MAX_OPS = 256
+GET, PUT, DELETE, TXN = (method_name(kv_pb2, "KV", m) for m in ("Get", "Put", "Delete", "Txn"))
+
+
+class Answers(Protocol):
+    """The unary answers a batch reuses (KVService)."""
+
+    async def get(self, request: kv_pb2.GetRequest) -> kv_pb2.GetResponse: ...
+    async def put(self, request: kv_pb2.PutRequest) -> kv_pb2.PutResponse: ...
+    async def delete(self, request: kv_pb2.DeleteRequest) -> kv_pb2.DeleteResponse: ...
+    async def txn(self, request: kv_pb2.TxnRequest) -> kv_pb2.TxnResponse: ...
+
+
+async def run(
+    request: kv_pb2.BatchRequest, answers: Answers, gate: OpGate
+) -> tuple[list[kv_pb2.BatchOutcome], int]:
+    """Every operation's outcome, in order, and the highest revision any of them saw."""
+    require_counts(("ops", len(request.ops), MAX_OPS))
+    call = calls.current.get()
+    arrived = time.monotonic()
+    outcomes = list(
+        await asyncio.gather(
+            *(_one(i, op, answers, gate, call, arrived) for i, op in enumerate(request.ops))
+        )
+    )
+    fit(outcomes)
+    return outcomes, max((_revision(o) for o in outcomes), default=0)
+
+
+async def _one(
+    index: int,
+    op: kv_pb2.BatchOp,
+    answers: Answers,
+    gate: OpGate,
+    call: calls.Call,
+    arrived: float,
+) -> kv_pb2.BatchOutcome:
+    try:
+        if op.timeout_ms < 0:
+            raise invalid(f"ops[{index}].timeout_ms", "must not be negative")
+        if op.timeout_ms:
+            own = arrived + op.timeout_ms / 1000
+            call = replace(call, deadline=own if call.deadline is None else min(own, call.deadline))
+        calls.current.set(call)  # this task's own copy of the context
+        kind = op.WhichOneof("op")
+        if kind == "get":
+            gate.check(GET, op.get)
+            return kv_pb2.BatchOutcome(get=await answers.get(op.get))
+        if kind == "put":
+            gate.check(PUT, op.put)
+            return kv_pb2.BatchOutcome(put=await answers.put(op.put))
+        if kind == "delete":
+            gate.check(DELETE, op.delete)
+            return kv_pb2.BatchOutcome(delete=await answers.delete(op.delete))
+        if kind == "txn":
+            gate.check(TXN, op.txn)
+            return kv_pb2.BatchOutcome(txn=await answers.txn(op.txn))
+        raise invalid(f"ops[{index}]", "must be one of get, put, delete, txn")
+    except AccordError as refused:
+        return kv_pb2.BatchOutcome(error=refused.to_status())
+    except Exception as exc:
+        _log.exception("unexpected error in a batch operation", index=index)
+        failed = Internal(f"unexpected coordinator error: {type(exc).__name__}")
+        return kv_pb2.BatchOutcome(error=failed.to_status())
+
+
+def _revision(outcome: kv_pb2.BatchOutcome) -> int:
+    kind = outcome.WhichOneof("outcome")
+    if kind == "get":
+        return outcome.get.header.revision
+    if kind == "put":
+        return outcome.put.header.revision
+    if kind == "delete":
+        return outcome.delete.header.revision
+    if kind == "txn":
+        return outcome.txn.header.revision
+    return 0
+
+
+def fit(outcomes: list[kv_pb2.BatchOutcome], limit: int = MAX_PAGE_BYTES) -> None:
+    """Leave values out, last operations first, until the outcomes fit limit bytes (errors
+    and everything but values always stay: at most 256 of each, far below the limit)."""
+    total = sum(o.ByteSize() for o in outcomes)
+    for outcome in reversed(outcomes):
+        if total <= limit:
+            return
+        before = outcome.ByteSize()
+        if _leave_values_out(outcome):
+            outcome.value_omitted = True
+            total -= before - outcome.ByteSize()
+
+
+def _leave_values_out(outcome: kv_pb2.BatchOutcome) -> bool:
+    """Empty the outcome's values; whether there was any."""
+    kind = outcome.WhichOneof("outcome")
+    if kind == "txn":
+        emptied = False
+        for result in outcome.txn.results:
+            if result.kv.value:
+                result.kv.value = b""
+                result.value_omitted = emptied = True
+        return emptied
+    kv = (
+        outcome.get.kv
+        if kind == "get"
+        else outcome.put.kv
+        if kind == "put"
+        else outcome.delete.prev_kv
+        if kind == "delete"
+        else None
+    )
+    if kv is None or not kv.value:
+        return False
+    kv.value = b""
+    return True

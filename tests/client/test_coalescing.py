@@ -1,0 +1,124 @@
+"""One AsyncClient shared by many coroutines: KV operations made while others are in
+flight go out together in KV.Batch calls, and each keeps its unary semantics (its result,
+its typed error, its deadline, its cancellation)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from accord.client import (
+    AsyncClient,
+    BatchPolicy,
+    ConditionFailedError,
+    DeadlineExceededError,
+    Expect,
+    Put,
+)
+from tests.harness import Coordinator, EtcdMember, make_client
+
+BIG = 256 * 1024
+
+
+def shared_client(replicas: list[Coordinator], namespace: str, **policy: int) -> AsyncClient:
+    return make_client([replicas[0].address], namespace, batching=BatchPolicy(**policy))
+
+
+async def test_many_coroutines_share_batches_and_each_gets_its_own_answer(
+    replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+) -> None:
+    async with shared_client(replicas, namespace) as accord:
+
+        async def agent(i: int) -> None:
+            key = f"agent/{i}"
+            written = await accord.kv.put(key, b"0", expect=Expect(absent=True))
+            for n in range(1, 6):
+                written = await accord.kv.put(
+                    key, str(n).encode(), expect=Expect(mod_revision=written.revision)
+                )
+                assert written.kv is not None and written.kv.value == str(n).encode()
+                assert written.kv.version == n + 1
+            found = await accord.kv.get(key)
+            assert found is not None and found.value == b"5"
+
+        await asyncio.gather(*(agent(i) for i in range(64)))
+        assert accord._coalescer.batches > 0  # they did share messages
+    values = {k.key: k for k in etcd.stored(namespace) if b"/kv/agent/" in k.key}
+    assert len(values) == 64
+
+
+async def test_a_conflict_inside_a_batch_is_that_callers_typed_error(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    async with shared_client(replicas, namespace, max_in_flight=1) as accord:
+        first = await accord.kv.put("contested", b"v0")
+        # All at once: one goes out alone, the rest queue into one batch.
+        results = await asyncio.gather(
+            *(
+                accord.kv.put(
+                    "contested",
+                    f"v{i}".encode(),
+                    expect=Expect(mod_revision=first.revision),
+                    return_current_on_failure=True,
+                )
+                for i in range(1, 9)
+            ),
+            return_exceptions=True,
+        )
+        assert accord._coalescer.batches >= 1
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 7
+    for error in lost:
+        assert isinstance(error, ConditionFailedError)
+        assert error.failures[0].current_mod_revision == won[0].revision
+
+
+async def test_a_cancelled_queued_operation_is_never_sent(
+    replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+) -> None:
+    async with shared_client(replicas, namespace, max_in_flight=1) as accord:
+        ahead = asyncio.create_task(accord.kv.put("ahead", b"x"))
+        await asyncio.sleep(0)  # `ahead` is out: what follows queues
+        queued = asyncio.create_task(accord.kv.put("cancelled", b"x"))
+        await asyncio.sleep(0)
+        queued.cancel()
+        await ahead
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await accord.kv.put("after", b"x")  # flushes whatever was queued
+    keys = {k.key.rsplit(b"/", 1)[-1] for k in etcd.stored(namespace) if b"/kv/" in k.key}
+    assert keys == {b"ahead", b"after"}
+
+
+async def test_a_queued_operation_past_its_deadline_fails_and_is_not_sent(
+    replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+) -> None:
+    async with shared_client(replicas, namespace, max_in_flight=1) as accord:
+        ahead = asyncio.create_task(accord.kv.put("ahead", b"x"))
+        await asyncio.sleep(0)
+        with pytest.raises(DeadlineExceededError):
+            await accord.kv.put("late", b"x", timeout=0.0005)
+        await ahead
+        await accord.kv.put("after", b"x")
+    keys = {k.key.rsplit(b"/", 1)[-1] for k in etcd.stored(namespace) if b"/kv/" in k.key}
+    assert b"late" not in keys and b"ahead" in keys
+
+
+async def test_values_left_out_of_a_full_batch_are_filled_in(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    async with shared_client(replicas, namespace, max_in_flight=1) as accord:
+        values = {f"big/{i:02d}": bytes([i]) * BIG for i in range(20)}
+        await asyncio.gather(*(accord.kv.put(k, v) for k, v in values.items()))
+        batches = accord._coalescer.batches
+        found = await asyncio.gather(*(accord.kv.get(k) for k in values))
+        assert accord._coalescer.batches > batches
+        assert [kv.value if kv else None for kv in found] == list(values.values())
+        # A Txn deleting them all, batched beside puts: the deleted values come back too.
+        deleted = await asyncio.gather(
+            accord.kv.txn({}, [Put("marker", b"m")]),
+            *(accord.kv.delete(k) for k in values),
+        )
+        assert [d.prev.value if d.prev else None for d in deleted[1:]] == list(values.values())
