@@ -93,13 +93,23 @@ async def test_a_cancelled_queued_operation_is_never_sent(
 
 
 async def test_a_queued_operation_past_its_deadline_fails_and_is_not_sent(
-    replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+    live_replicas: list[Coordinator], namespace: str, etcd: EtcdMember
 ) -> None:
-    async with shared_client(replicas, namespace, max_in_flight=1) as accord:
-        ahead = asyncio.create_task(accord.kv.put("ahead", b"x"))
-        await asyncio.sleep(0)
-        with pytest.raises(DeadlineExceededError):
-            await accord.kv.put("late", b"x", timeout=0.0005)
+    replica = live_replicas[0]
+    async with shared_client(live_replicas, namespace, max_in_flight=1) as accord:
+        await accord.kv.put("warm", b"x")  # the channel is up
+        replica.pause()  # what is sent now hangs, so what follows stays queued
+        try:
+            ahead = asyncio.create_task(accord.kv.put("ahead", b"x", timeout=30))
+            await asyncio.sleep(0)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(DeadlineExceededError):
+                await accord.kv.put("late", b"x", timeout=0.3)
+            # Answered at its own deadline, not when the call ahead of it came back.
+            assert asyncio.get_running_loop().time() - started < 10
+            assert not ahead.done()
+        finally:
+            replica.resume()
         await ahead
         await accord.kv.put("after", b"x")
     keys = {k.key.rsplit(b"/", 1)[-1] for k in etcd.stored(namespace) if b"/kv/" in k.key}
