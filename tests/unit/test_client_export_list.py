@@ -26,6 +26,7 @@ EXPECTED_CLIENT_EXPORTS = {
     "WouldBlockError",
     "AccordError",
     "AsyncClient",
+    "BatchPolicy",
     "BadIdentityError",
     "Client",
     "CompactedError",
