@@ -6,7 +6,11 @@ Accord with auth required (a bearer token on every call) beside Accord with auth
 
 Every client owns one key and loops: compare-and-set it on its last mod_revision. The
 Accord side uses the public AsyncClient (which adds a request_id, so every write is also
-idempotent); the etcd side sends Txn(compare mod_revision, put) on a grpc.aio channel.
+idempotent), one client shared by every caller as in an agent runtime: batched (the
+default: calls made while others are in flight share KV.Batch messages) and unbatched
+(one call per operation). The etcd side sends Txn(compare mod_revision, put) on a grpc.aio
+channel; its physical ceiling is the same CAS hand-batched into nested Txns (one etcd
+call carrying up to 100 callers' CASes, two calls in flight).
 The auth-required replica is a second coordinator over the same etcd (its own --root),
 whose cluster admin `accord auth bootstrap` made.
 """
@@ -40,7 +44,9 @@ from tests.harness import free_port, start_coordinator, start_etcd, wait_for_por
 
 VALUE = b"x" * 64
 DIRECT = "etcd CAS, direct"
-ACCORD = "accord CAS (idempotent)"
+ACCORD = "accord CAS, batched (shared client)"
+UNBATCHED = "accord CAS, unbatched"
+CEILING = "etcd CAS, hand-batched nested Txns (ceiling)"
 FLOOR = "floor: empty grpc.aio echo"
 
 
@@ -72,6 +78,10 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
     echo_call = echo_channel.unary_unary("/bench.Echo/Echo")
     client = AsyncClient([coordinator.address], agent_id="bench", namespace="bench", token="")
+    unbatched = AsyncClient(
+        [coordinator.address], agent_id="bench", namespace="bench", token="", batching=False
+    )
+    ceiling = NestedTxns(kv)
     secured_client = AsyncClient(
         [secured.address], namespace="bench", token=json.loads(made.stdout)["secret"]
     )
@@ -125,6 +135,17 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
 
                 return prepare
 
+            async def ceiling_op(i: int, clients: int = clients) -> Callable[[], Awaitable[None]]:
+                key = f"nested/{clients}/{i}".encode()
+                state = {
+                    "rev": (await kv.Put(rpc.PutRequest(key=key, value=VALUE))).header.revision
+                }
+
+                async def op() -> None:
+                    state["rev"] = await ceiling.cas(key, state["rev"])
+
+                return op
+
             async def echo_op(i: int) -> Callable[[], Awaitable[None]]:
                 payload = b"k" * 12 + VALUE + b"r" * 32  # about an Accord Put request's size
 
@@ -142,7 +163,9 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
             }
             for name, make in (
                 (DIRECT, etcd_op),
+                (CEILING, ceiling_op),
                 (ACCORD, accord_cas(client)),
+                (UNBATCHED, accord_cas(unbatched)),
                 ("accord CAS, auth required", accord_cas(secured_client)),
                 (FLOOR, echo_op),
             ):
@@ -157,6 +180,7 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
                 }
     finally:
         await client.close()
+        await unbatched.close()
         await secured_client.close()
         await etcd_channel.close()
         await echo_channel.close()
@@ -177,6 +201,18 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
         summary[f"auth required/off ratio @{clients}"] = round(
             secured_result.ops_per_s / accord.ops_per_s, 2
         )
+        # The unary path's targets: the coordinator's CPU per unbatched write near an
+        # empty grpc.aio server call's; etcd's per write well below a direct CAS's.
+        alone = cpu.get((UNBATCHED, clients), {})
+        if alone.get("coordinator") and cpu.get((FLOOR, clients), {}).get("echo server"):
+            summary[f"unbatched coordinator CPU / echo server CPU @{clients}"] = round(
+                alone["coordinator"] / cpu[(FLOOR, clients)]["echo server"], 2
+            )
+        for mode in (UNBATCHED, ACCORD):
+            mine = cpu.get((mode, clients), {}).get("etcd")
+            theirs = cpu.get((DIRECT, clients), {}).get("etcd")
+            if mine and theirs:
+                summary[f"etcd CPU per op, {mode} / direct @{clients}"] = round(mine / theirs, 2)
     summary["coordinator peak RSS MB"] = round(peak_rss, 1)
     for (name, clients), per_op in cpu.items():
         summary[f"CPU us/op, {name} @{clients}"] = per_op
@@ -189,9 +225,76 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
         for r in ratios_vs_peer(results, DIRECT, [ACCORD], "p50 ms", targets={1: 2.0})
         if r.clients == 1
     ]
+    ratios += [
+        r
+        for r in ratios_vs_peer(results, DIRECT, [UNBATCHED], "p50 ms", targets={1: 2.0})
+        if r.clients == 1
+    ]
     ratios += ratios_vs_peer(results, FLOOR, [ACCORD])
     title = "Accord conditional writes vs etcd (benchmarks/kv_cas.py)"
     report(title, results, summary, out, ratios)
+
+
+class NestedTxns:
+    """CASes sent straight to etcd, coalesced by hand: while two etcd calls are out, new
+    CASes queue, and each call carries up to 100 of them as nested Txns (etcd's limit is
+    128 operations per transaction). What no coordinator can beat on the same machine."""
+
+    def __init__(self, kv: rpc_grpc.KVStub, max_in_flight: int = 2, max_batch: int = 100) -> None:
+        self._kv = kv
+        self._max_in_flight = max_in_flight
+        self._max_batch = max_batch
+        self._queue: list[tuple[bytes, int, asyncio.Future[int]]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def cas(self, key: bytes, revision: int) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((key, revision, future))
+        self._kick()
+        return await future
+
+    def _kick(self) -> None:
+        while self._queue and self._in_flight < self._max_in_flight:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[bytes, int, asyncio.Future[int]]]) -> None:
+        try:
+            outer = rpc.TxnRequest(
+                success=[
+                    rpc.RequestOp(
+                        request_txn=rpc.TxnRequest(
+                            compare=[
+                                rpc.Compare(
+                                    key=key,
+                                    target=rpc.Compare.MOD,
+                                    result=rpc.Compare.EQUAL,
+                                    mod_revision=revision,
+                                )
+                            ],
+                            success=[
+                                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=VALUE))
+                            ],
+                        )
+                    )
+                    for key, revision, _ in batch
+                ]
+            )
+            response = await self._kv.Txn(outer, timeout=10)
+            for (_, _, future), inner in zip(batch, response.responses, strict=True):
+                assert inner.response_txn.succeeded
+                future.set_result(response.header.revision)
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self._in_flight -= 1
+            self._kick()
 
 
 def main() -> None:
