@@ -109,6 +109,7 @@ def ratios_vs_peer(
     results: list[Result],
     peer: str,
     modes: list[str] | None = None,
+    *,
     metric: str = "ops/s",
     targets: dict[int, float] | None = None,
 ) -> list[Ratio]:

@@ -222,7 +222,7 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     ratios = ratios_vs_peer(results, DIRECT, accord_modes, targets={64: 2.0})
     ratios += [
         r
-        for r in ratios_vs_peer(results, DIRECT, [ACCORD], "p50 ms", targets={1: 2.0})
+        for r in ratios_vs_peer(results, DIRECT, [ACCORD], metric="p50 ms", targets={1: 2.0})
         if r.clients == 1
     ]
     ratios += [

@@ -53,6 +53,35 @@ def ratio_table(suite: dict[str, Any]) -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+def target_table(data: dict[str, Any]) -> list[str]:
+    """Every ratio the issue sets a target for, across suites: the run at a glance."""
+    rows = [
+        "| suite | workload | mode / peer | figure | clients | median ratio | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, suite in data["suites"].items():
+        for (workload, mode, peer, metric, clients), ratios in ratios_by_key(suite).items():
+            if ratios[0].target is None:
+                continue
+            median = statistics.median(r.value for r in ratios)
+            rows.append(
+                f"| {name} | {workload} | {mode} / {peer} | {metric} | {clients or ''} | "
+                f"**{_number(median)}** | {_verdict(ratios[0], median)} |"
+            )
+    return rows if len(rows) > 2 else []
+
+
+def summary_list(suite: dict[str, Any]) -> list[str]:
+    """The suite's own summary of its last successful round, folded."""
+    good = ok_rounds(suite)
+    summary = good[-1].get("raw", {}).get("summary", {}) if good else {}
+    if not summary:
+        return []
+    lines = [f"<details><summary>The suite's own summary (round {good[-1]['round']})</summary>"]
+    lines += ["", *(f"- {key}: {value}" for key, value in summary.items()), "", "</details>", ""]
+    return lines
+
+
 def result_table(suite: dict[str, Any]) -> list[str]:
     rows = [
         "| workload | mode | clients | ops/s | p50 ms | p99 ms | CPU us/op by process |",
@@ -85,6 +114,7 @@ def suite_section(name: str, suite: dict[str, Any], images: list[str]) -> list[s
         before, after = (" / ".join(f"{x:g}" for x in r[k]) for k in ("load_before", "load_after"))
         lines.append(f"| {r['round']} | {r['seconds']} | {before} | {after} | {outcome} |")
     lines.append("")
+    lines += summary_list(suite)
     for r in suite["rounds"]:
         if not r.get("ok"):
             lines += [f"Round {r['round']} failed:", "", "```", r["error"], "```", ""]
@@ -113,6 +143,9 @@ def write(data: dict[str, Any], out: Path) -> Path:
         "the load average (given per round); the ratios less so.",
         "",
     ]
+    targets = target_table(data)
+    if targets:
+        lines += ["## Targets", "", *targets, ""]
     for name, suite in data["suites"].items():
         lines += suite_section(name, suite, images.get(name, []))
     path = out / "report.md"

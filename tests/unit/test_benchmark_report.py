@@ -13,7 +13,13 @@ from typing import Any
 from benchmarks import report
 from benchmarks.__main__ import run_suite
 from benchmarks.common import Result, measured, ratios_vs_peer
-from benchmarks.suites import Suite
+from benchmarks.suites import (
+    Suite,
+    lock_queue_readout,
+    locks_readout,
+    sessions_readout,
+    votes_readout,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -71,9 +77,7 @@ def synthetic() -> dict[str, Any]:
         },
         # accord-batched / etcd-direct per round: 1.0, 3.0, (failed), 0.5 -> median 1.0
         "suites": {
-            "kv_cas": {
-                "rounds": [cas_round(1, 0.5), cas_round(2, 1.5), failed, cas_round(4, 0.25)]
-            }
+            "kv_cas": {"rounds": [cas_round(1, 0.5), cas_round(2, 1.5), failed, cas_round(4, 0.25)]}
         },
     }
 
@@ -90,6 +94,8 @@ def test_report_has_the_median_of_per_round_ratios_and_the_plots(tmp_path: Path)
     assert ratio_row.rstrip().endswith("| 3 |")  # the failed round is not counted
     unary = next(r for r in text.splitlines() if r.startswith("| CAS | accord-unary | etcd"))
     assert "**0.50**" in unary
+    targets = text.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    assert "| kv_cas | CAS | accord-batched / etcd-direct | ops/s | 8 | **1.00** |" in targets
     assert "FAILED: exit status 1: etcd did not start" in text
     assert "1.5 / 1 / 0.5" in text and "2.5 / 1.2 / 0.6" in text  # load before / after
     for kind in ("throughput", "latency", "cpu"):
@@ -125,3 +131,89 @@ def test_a_suite_that_fails_is_a_failed_round_not_a_crash(tmp_path: Path) -> Non
     assert not found["ok"]
     assert "exit status 1" in found["error"]
     assert "No module named benchmarks.no_such_suite" in found["error"]
+
+
+def row(name: str, clients: int, ops_per_s: float) -> dict[str, Any]:
+    return asdict(Result(name, clients, 100, 1.0, ops_per_s, 1.0, 2.0))
+
+
+def test_the_suites_json_is_read_as_modes_vs_their_peer() -> None:
+    """The readouts of suites whose JSON has its own shape (benchmarks/suites.py)."""
+    peer = "etcd3.Lock (python3-etcd3)"
+    locks = locks_readout(
+        {
+            "title": "Accord locks (benchmarks/locks.py)",
+            "results": [
+                *(row(peer, 16, 100), row("accord Locks", 16, 150)),
+                *(row(peer, 8, 100), row("accord Locks", 8, 50)),
+            ],
+            "summary": {
+                "accord/etcd3.Lock, uncontended @16": 1.5,
+                "CPU us/op accord, uncontended @16": {"coordinator": 900, "etcd": 500},
+                "accord/etcd3.Lock, hand-offs @8": 0.5,
+                "deadlock detection ms @10 other waiters": {"p50": 6.0, "p99": 7.0, "rounds": 20},
+            },
+        }
+    )
+    assert {(r.workload, r.clients, r.value, r.target) for r in locks.ratios} == {
+        ("uncontended", 16, 1.5, 2.0),
+        ("hand-offs", 8, 0.5, 1.0),
+    }
+    accord = next(r for r in locks.results if r.name == "accord Locks" and r.clients == 16)
+    assert accord.cpu_us_per_op == {"coordinator": 900, "etcd": 500}
+    assert any(r.workload.startswith("deadlock") and r.p99_ms == 7.0 for r in locks.results)
+
+    queue = lock_queue_readout(
+        {
+            "title": "Accord lock queue cost (benchmarks/lock_queue.py)",
+            "results": [
+                row("hand-off, 100 waiters", 100, 200),
+                row("hand-off, 1000 waiters", 1000, 50),
+            ],
+            "summary": {},
+        }
+    )
+    (ratio,) = queue.ratios
+    assert (ratio.mode, ratio.peer, ratio.value) == ("1000 waiters", "100 waiters", 4.0)
+
+    ballots = {
+        "electorate": 50,
+        "results": [
+            row("etcd Txn per ballot, direct", 64, 1000),
+            row("accord Cast (request_id)", 64, 250),
+        ],
+        "cpu_us_per_ballot": {"accord Cast (request_id) @64": {"replica A": 1400}},
+    }
+    fan = {
+        side: {"deliveries": 100, "p50_ms": p99 / 2, "p99_ms": p99}
+        for side, p99 in (("accord", 40.0), ("etcd", 10.0))
+    }
+    votes = votes_readout({"throughput": {"50": ballots}, "fan_out": fan})
+    assert {(r.metric, r.value, r.target) for r in votes.ratios} == {
+        ("ops/s", 0.25, 1.0),
+        ("p99 ms", 4.0, None),
+    }
+
+    rung = {
+        "updates": 200,
+        "missing_deliveries": 0,
+        "achieved_rate": 50.0,
+        "p50_ms": 5.0,
+        "server_cpu_us_per_update": 900,
+        "subscribers_cpu_us_per_delivery": 40,
+    }
+    sessions = sessions_readout(
+        {
+            "fan_out": {
+                "at_50_per_s": {
+                    "pycrdt-websocket 0.16.5": {**rung, "p99_ms": 20.0},
+                    "accord (gRPC Subscribe)": {**rung, "p99_ms": 30.0},
+                },
+                "sustained": {"pycrdt-websocket 0.16.5": 150, "accord (gRPC Subscribe)": 400},
+            }
+        }
+    )
+    assert {(r.metric, r.value, r.target) for r in sessions.ratios} == {
+        ("p99 ms", 1.5, None),
+        ("sustained updates/s", 2.667, 2.0),
+    }
