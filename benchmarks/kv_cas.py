@@ -227,7 +227,7 @@ async def run(seconds: float, concurrency: list[int], out: Path) -> None:
     ]
     ratios += [
         r
-        for r in ratios_vs_peer(results, DIRECT, [UNBATCHED], "p50 ms", targets={1: 2.0})
+        for r in ratios_vs_peer(results, DIRECT, [UNBATCHED], metric="p50 ms", targets={1: 2.0})
         if r.clients == 1
     ]
     ratios += ratios_vs_peer(results, FLOOR, [ACCORD])
