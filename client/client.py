@@ -38,7 +38,8 @@ def tls_credentials(
 
 
 class AsyncClient:
-    """Talks to any of the given coordinator replicas, failing over between them.
+    """Talks to the given coordinator replicas, spreading calls over those that are up
+    and retrying safe calls on another one (or the same one back) until their deadline.
 
     ``async with AsyncClient(["127.0.0.1:50051"], agent_id="planner-1") as accord:``
     then ``await accord.kv.put("plan", b"...")``. Against a replica with auth required,

@@ -1,15 +1,23 @@
-"""Channels to the coordinator replicas: failover, retries, deadlines, identity.
+"""Calls to the coordinator replicas: spreading, failover, retries, deadlines, identity.
 
-One channel per replica address, used in turn: when a replica stops answering, calls
-move on to the next. Only calls declared safe to repeat (`accord.client.calls`) are
-retried; every call has a deadline and carries the agent's identity metadata and, when
-the client has one, its token (`authorization: Bearer <token>`).
+Each call goes to a replica chosen by `accord.client.replicas` (in turn among those up,
+the less loaded of two; a replica that failed is down for a backoff, probed again, and
+used again once it answers). Only calls declared safe to repeat (`accord.client.calls`)
+are retried after UNAVAILABLE: at once on another replica that is up, else when the first
+one is due a probe or comes back, until the caller's deadline (`RetryPolicy`); the typed
+error is raised at once when no replica would be tried before the deadline. Every call has
+a deadline and carries the agent's identity metadata and, when the client has one, its
+token (`authorization: Bearer <token>`).
 
 Pushback: a refusal carrying google.rpc.RetryInfo (a quota or rate refused the call before
 it ran, so any call may be sent again) is retried after at least the delay the server
 asked for, plus up to a tenth more to spread a fleet, spending the retry budget like any
 retry; when the caller's deadline would pass before then, or the budget or attempts are
 spent, the typed error (QuotaExceededError) is raised at once instead of waiting.
+
+Error handling: every failed call surfaces as the typed error of `accord.client.errors`
+(from the last attempt), chained to the gRPC error; a deadline that passes before a call
+could be sent is DeadlineExceededError.
 """
 
 from __future__ import annotations
@@ -23,32 +31,17 @@ import grpc
 
 from accord.client.calls import BidiStream, Req, Resp, ServerStream, Stubs, Unary
 from accord.client.errors import (
+    AccordError,
     DeadlineExceededError,
     QuotaExceededError,
     from_rpc_error,
     retry_after,
 )
+from accord.client.replicas import Pick, Replica, Replicas
 from accord.client.retry import RetryBudget, RetryPolicy
 
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
-_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-    # No message-size option: every answer fits gRPC's default 4 MiB (the replica pages,
-    # summarises or refuses whatever would not), as for any other gRPC client.
-]
-
-
-class _Replica:
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None) -> None:
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
-        else:
-            self.channel = grpc.aio.secure_channel(address, credentials, options=_OPTIONS)
-        self.stubs = Stubs(self.channel)
+# Codes that say nothing of whether the replica is up (the caller's deadline or cancel).
+_UNANSWERED = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
 class Transport:
@@ -69,81 +62,98 @@ class Transport:
         self.timeout = timeout
         self.retry = retry
         self._budget = RetryBudget(policy=retry)
-        self._credentials = credentials
-        self._replicas: list[_Replica | None] = [None] * len(addresses)
-        self._current = 0
+        self.replicas = Replicas(self.addresses, credentials, retry)
         self.metadata: tuple[tuple[str, str], ...] = (
             ("accord-namespace", namespace),
             *((("accord-agent-id", agent_id),) if agent_id else ()),
             *((("authorization", f"Bearer {token}"),) if token else ()),
         )
 
-    def replica(self) -> tuple[int, _Replica]:
-        index = self._current
-        replica = self._replicas[index]
-        if replica is None:
-            replica = self._replicas[index] = _Replica(self.addresses[index], self._credentials)
-        return index, replica
-
-    def failover(self, index: int) -> None:
-        """The replica at index failed: later calls go to the next one."""
-        if self._current == index:
-            self._current = (index + 1) % len(self.addresses)
-
     async def close(self) -> None:
-        for replica in self._replicas:
-            if replica is not None:
-                await replica.channel.close()
+        await self.replicas.close()
 
     async def unary(
         self, call: Unary[Req, Resp], request: Req, *, timeout: float | None = None
     ) -> Resp:
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         attempt = 0
+        chosen = self.replicas.pick(probe=call.safe)
         while True:
-            index, replica = self.replica()
+            replica, pick = chosen
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceededError("the call's deadline expired before it could be sent")
+            replica.in_flight += 1
             try:
                 response = await call.method(replica.stubs)(
                     request, timeout=remaining, metadata=self.metadata
                 )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    self.failover(index)
-                error = from_rpc_error(exc)
-                pushback = retry_after(error)
-                # A quota refused the call before it ran: any call may go again.
-                refused = isinstance(error, QuotaExceededError)
-                if not (refused or (call.safe and (exc.code() in _RETRYABLE or pushback))):
-                    raise error from exc
+                error = self._outcome(replica, pick, exc)
                 attempt += 1
-                pause = (
-                    self.retry.backoff(attempt)
-                    if pushback is None
-                    else pushback * random.uniform(1.0, 1.1)  # at least what was asked
-                )
-                if (
-                    attempt >= self.retry.max_attempts
-                    or deadline - time.monotonic() <= pause
-                    or not self._budget.try_spend()
-                ):
+                again = await self._again(call, exc.code(), error, attempt, deadline)
+                if again is None:
                     raise error from exc
-                await asyncio.sleep(pause)
+                chosen = again
                 continue
+            finally:
+                replica.in_flight -= 1
+            self.replicas.answered(replica)
             self._budget.refill()
             return response
 
+    def _outcome(self, replica: Replica, pick: Pick, exc: grpc.aio.AioRpcError) -> AccordError:
+        """What a failed call says of its replica (UNAVAILABLE: down; no answer in time or
+        cancelled: nothing; any other answer: up), and the typed error it becomes."""
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self.replicas.failed(replica, pick)
+        elif code not in _UNANSWERED:
+            self.replicas.answered(replica)
+        return from_rpc_error(exc)
+
+    async def _again(
+        self,
+        call: Unary[Req, Resp],
+        code: grpc.StatusCode,
+        error: AccordError,
+        attempt: int,
+        deadline: float,
+    ) -> tuple[Replica, Pick] | None:
+        """Where (and, having waited, when) to send a failed call again; None: do not."""
+        pushback = retry_after(error)
+        # A quota refused the call before it ran: any call may go again.
+        refused = isinstance(error, QuotaExceededError)
+        unavailable = code == grpc.StatusCode.UNAVAILABLE
+        if not (refused or (call.safe and (unavailable or pushback is not None))):
+            return None
+        if self.retry.max_attempts is not None and attempt >= self.retry.max_attempts:
+            return None
+        if pushback is None and unavailable:
+            # Another replica at once, or the first one back; out of budget, not before
+            # about max_backoff (slowed down, not ended).
+            spent = self._budget.try_spend()
+            pause = 0.0 if spent else self.retry.max_backoff * random.uniform(0.5, 1.0)
+            return await self.replicas.acquire(deadline, not_before=time.monotonic() + pause)
+        pause = (
+            self.retry.backoff(attempt)
+            if pushback is None
+            else pushback * random.uniform(1.0, 1.1)  # at least what was asked
+        )
+        if deadline - time.monotonic() <= pause or not self._budget.try_spend():
+            return None
+        await asyncio.sleep(pause)
+        return self.replicas.pick(probe=call.safe)
+
     def stream(self, call: ServerStream[Req, Resp], request: Req) -> AsyncGenerator[Resp, None]:
-        """One server stream on the current replica, opened when first read;
-        reconnecting elsewhere is the caller's to do."""
+        """One server stream on a replica chosen as for a call (by the streams each has
+        open), opened when first read; reconnecting is the caller's to do."""
         return self._read(lambda stubs: call.method(stubs)(request, metadata=self.metadata))
 
     def bidi(
         self, call: BidiStream[Req, Resp], requests: AsyncIterator[Req]
     ) -> AsyncGenerator[Resp, None]:
-        """One bidirectional stream on the current replica, fed from requests."""
+        """One bidirectional stream on a replica chosen as for stream(), fed from requests."""
         return self._read(lambda stubs: call.method(stubs)(requests, metadata=self.metadata))
 
     async def _read(
@@ -152,14 +162,18 @@ class Transport:
             [Stubs], grpc.aio.UnaryStreamCall[Req, Resp] | grpc.aio.StreamStreamCall[Req, Resp]
         ],
     ) -> AsyncGenerator[Resp, None]:
-        index, replica = self.replica()
+        replica, pick = self.replicas.pick(lambda r: r.streams, probe=False)
+        replica.streams += 1
         rpc = start(replica.stubs)
         try:
+            answered = False
             async for response in rpc:
+                if not answered:
+                    answered = True
+                    self.replicas.answered(replica)
                 yield response
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                self.failover(index)
-            raise from_rpc_error(exc) from exc
+            raise self._outcome(replica, pick, exc) from exc
         finally:
+            replica.streams -= 1
             rpc.cancel()

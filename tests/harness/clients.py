@@ -31,10 +31,12 @@ def make_client(
     timeout: float = 10.0,
     token: str | None = None,
     batching: BatchPolicy | bool = True,
+    retry: RetryPolicy | None = None,
 ) -> AsyncClient:
-    """A client of the given replicas only, retrying briefly (tests fail fast); with a
-    token only when given one (never ACCORD_TOKEN from the environment), or under
-    ACCORD_TEST_AUTH=required the agent's own (see tests.harness.auth)."""
+    """A client of the given replicas only, retrying briefly (tests fail fast) unless given
+    a retry policy; with a token only when given one (never ACCORD_TOKEN from the
+    environment), or under ACCORD_TEST_AUTH=required the agent's own (see
+    tests.harness.auth)."""
     if token is None:
         token = (token_for(namespace, agent) if agent else None) or ""
     return AsyncClient(
@@ -42,7 +44,7 @@ def make_client(
         agent_id=agent,
         namespace=namespace,
         timeout=timeout,
-        retry=RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5),
+        retry=retry or RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5),
         token=token,
         batching=batching,
     )
