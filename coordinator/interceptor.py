@@ -273,9 +273,9 @@ def _finish(
 ) -> None:
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     slow = latency_ms >= SLOW_CALL_SECONDS * 1000 and not streaming  # streams live long
-    if error is None and not slow and not _log.is_enabled_for(10):
+    if error is None and not slow and not logs.debug_enabled():
         return  # the common case: a quick success with debug logging off
-    if isinstance(error, QuotaExceeded) and not _log.is_enabled_for(10):
+    if isinstance(error, QuotaExceeded) and not logs.debug_enabled():
         return  # pushback is routine under load: a line per refusal would add to it
     fields = {
         "method": method,

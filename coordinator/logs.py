@@ -15,7 +15,14 @@ _LEVELS = {
 }
 
 
+class _Configured:
+    """The level configured, read on every call (debug_enabled), so kept at hand."""
+
+    threshold = logging.INFO
+
+
 def configure(level: str) -> None:
+    _Configured.threshold = _LEVELS.get(level, logging.INFO)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -24,7 +31,7 @@ def configure(level: str) -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(_Configured.threshold),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
@@ -33,3 +40,9 @@ def configure(level: str) -> None:
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written: a module global, not a logger's is_enabled_for,
+    which costs a lazy logger's lookup on every call it is asked in."""
+    return _Configured.threshold <= logging.DEBUG

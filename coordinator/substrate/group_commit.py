@@ -40,7 +40,7 @@ from accord.coordinator.substrate.errors import (
     LeaseNotFound,
 )
 from accord.coordinator.substrate.etcd import Etcd
-from accord.coordinator.substrate.txn import Txn, nested, shape, txn
+from accord.coordinator.substrate.txn import Txn, batch_of, shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +191,7 @@ class GroupCommitter:
             pending.future.set_result(Committed(response, response.header.revision))
 
     async def _send_many(self, batch: list[_Pending]) -> None:
-        outer = txn(then=[nested(p.txn) for p in batch])
+        outer = batch_of([p.txn for p in batch])
         token = calls.current.set(_call_for(batch))
         try:
             response = await self._etcd.txn(outer, retry=all(p.retry for p in batch))

@@ -52,9 +52,10 @@ from accord.coordinator.substrate.retention import RetentionLeases
 from accord.coordinator.substrate.txn import (
     KeyValue,
     Txn,
+    add_put,
+    around,
     get,
     mod_is,
-    nested,
     put,
     read,
     txn,
@@ -88,14 +89,14 @@ def wrap(inner: Txn, key: bytes, digest: bytes, lease: int) -> Txn:
     """inner, run only on the first attempt, with the record added to both its branches.
     inner is extended in place (copying it would cost every write): build a fresh one for
     each attempt."""
-    applied = records_pb2.IdempotencyRecord(fingerprint=digest, applied=True)
-    inner.success.append(put(key, applied.SerializeToString(), lease=lease))
+    record = records_pb2.IdempotencyRecord(fingerprint=digest, applied=True)
+    add_put(inner.success, key, record.SerializeToString(), lease=lease)
     if len(inner.compare):
-        refused = records_pb2.IdempotencyRecord(fingerprint=digest, applied=False)
-        inner.failure.append(put(key, refused.SerializeToString(), lease=lease))
-    return txn(
-        when=[version_is(key, 0)],  # no record yet: this is the first attempt
-        then=[nested(inner)],
+        record.applied = False
+        add_put(inner.failure, key, record.SerializeToString(), lease=lease)
+    return around(  # run inner...
+        inner,
+        when=[version_is(key, 0)],  # ...if there is no record yet: this is the first attempt
         otherwise=[get(key)],  # the record: the retry learns what happened
     )
 

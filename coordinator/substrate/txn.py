@@ -197,6 +197,32 @@ def nested(inner: Txn) -> Op:
     return rpc.RequestOp(request_txn=inner)
 
 
+# Building a message and then placing it in another copies it; these helpers for the hot
+# write path (every write is wrapped, then batched) copy each transaction once.
+
+
+def add_put(branch: Any, key: bytes, value: bytes, *, lease: int = 0) -> None:
+    """Append put(key, value, lease=lease) to a transaction's success or failure ops, in
+    place."""
+    op = branch.add().request_put
+    op.key, op.value, op.lease = key, value, lease
+
+
+def around(inner: Txn, *, when: Sequence[Compare], otherwise: Sequence[Op]) -> Txn:
+    """txn(when=when, then=[nested(inner)], otherwise=otherwise), inner copied once."""
+    outer = rpc.TxnRequest(compare=list(when), failure=list(otherwise))
+    outer.success.add().request_txn.CopyFrom(inner)
+    return outer
+
+
+def batch_of(inners: Sequence[Txn]) -> Txn:
+    """txn(then=[nested(i) for i in inners]), each copied once."""
+    outer = rpc.TxnRequest()
+    for inner in inners:
+        outer.success.add().request_txn.CopyFrom(inner)
+    return outer
+
+
 def txn(
     *, when: Sequence[Compare] = (), then: Sequence[Op] = (), otherwise: Sequence[Op] = ()
 ) -> Txn:
