@@ -5,7 +5,9 @@ and ballots from the next revision, so a watcher joining at any moment gets the 
 as of the feed's latest event and then every later event, in revision order per key.
 The decision ends every watcher's stream; the decision message carries the final tally,
 and before it the feed sends any ballot the (possibly lagging) ballots' watcher has not
-delivered yet, read at the decision's revision: every ballot the decision counts is seen.
+delivered yet: every ballot the decision counts is seen. A ballot stored by the
+decision's own Txn comes on the same etcd stream, so the decision waits for it (at most
+OWN_BALLOT_WAIT_SECONDS, then reads it); earlier ones are read at the decision's revision.
 A watcher that reconnects elsewhere starts again from the state, losing nothing. A state
 too large for a standard client (pages.py) carries the ballots that fit and says how many
 it leaves out (ballots_omitted); exactly that many ballot messages follow it at once.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from accord.coordinator import logs
 from accord.coordinator.substrate import Substrate, calls
@@ -28,6 +31,9 @@ from accord.v1 import common_pb2, votes_pb2
 
 _log = logs.get("accord.vote_feeds")
 _Item = votes_pb2.VotesWatchResponse | AccordError
+# How long a decision waits for the ballot stored with it, which etcd sends on the same
+# stream (its watcher's response may come second), before reading that ballot instead.
+OWN_BALLOT_WAIT_SECONDS = 0.1
 
 
 class _Feed:
@@ -163,30 +169,59 @@ class VoteFeeds:
             watch(record, start_revision=snap.revision + 1),
             watch(prefix, prefix=True, start_revision=snap.revision + 1),
         ]
-        async for response in self._etcd.watch(creates):
-            for event in response.events:
-                kv = event.kv
-                header = common_pb2.ResponseHeader(revision=kv.mod_revision)
-                if kv.key == record:
-                    if event.type == event.DELETE:
-                        raise NotFound(f"vote {feed.vote_id!r} was deleted")
-                    vote = parse_record(kv)
-                    if vote.status == votes_pb2.VOTE_STATUS_DECIDED:
-                        # The ballots' watcher may lag the record's: send what it has not
-                        # delivered yet, as etcd held it when the decision was written.
-                        if feed.ballots_revision < vote.decision.last_ballot_revision:
-                            await self._catch_up(feed, prefix, kv.mod_revision)
-                        feed.snapshot = Snapshot(
-                            kv.mod_revision, vote, kv.mod_revision, [], feed.snapshot.weights
-                        )
-                        feed.send(
-                            votes_pb2.VotesWatchResponse(header=header, decision=vote.decision)
-                        )
+        responses = aiter(self._etcd.watch(creates))
+        decided: tuple[votes_pb2.Vote, int] | None = None  # waiting for its own ballot
+        following: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if decided is None:
+                    response = await anext(responses, None)
+                else:
+                    following = following or asyncio.ensure_future(anext(responses, None))
+                    done, _ = await asyncio.wait({following}, timeout=OWN_BALLOT_WAIT_SECONDS)
+                    if not done:  # not on its way after all: read it
+                        await self._catch_up(feed, prefix, decided[1])
+                        self._decided(feed, *decided)
                         return
-                elif event.type == event.PUT:
-                    self._offer(feed, kv)
-                    # One watcher's events come in revision order.
-                    feed.ballots_revision = max(feed.ballots_revision, kv.mod_revision)
+                    response, following = following.result(), None
+                if response is None:
+                    return
+                for event in response.events:
+                    kv = event.kv
+                    if kv.key == record:
+                        if event.type == event.DELETE:
+                            raise NotFound(f"vote {feed.vote_id!r} was deleted")
+                        vote = parse_record(kv)
+                        if vote.status == votes_pb2.VOTE_STATUS_DECIDED:
+                            decided = (vote, kv.mod_revision)
+                    elif event.type == event.PUT:
+                        self._offer(feed, kv)
+                        # One watcher's events come in revision order.
+                        feed.ballots_revision = max(feed.ballots_revision, kv.mod_revision)
+                if decided is None:
+                    continue
+                # Every ballot the decision counts goes out before it. The ballots' watcher
+                # may lag the record's: a ballot stored with the decision (one revision) is
+                # on its way on this stream; an earlier one is read as etcd held it then.
+                vote, revision = decided
+                needed = vote.decision.last_ballot_revision
+                if feed.ballots_revision >= needed:
+                    self._decided(feed, vote, revision)
+                    return
+                if needed != revision:
+                    await self._catch_up(feed, prefix, revision)
+                    self._decided(feed, vote, revision)
+                    return
+        finally:
+            if following is not None:
+                following.cancel()
+
+    @staticmethod
+    def _decided(feed: _Feed, vote: votes_pb2.Vote, revision: int) -> None:
+        assert feed.snapshot is not None
+        feed.snapshot = Snapshot(revision, vote, revision, [], feed.snapshot.weights)
+        header = common_pb2.ResponseHeader(revision=revision)
+        feed.send(votes_pb2.VotesWatchResponse(header=header, decision=vote.decision))
 
     async def _catch_up(self, feed: _Feed, prefix: bytes, revision: int) -> None:
         found = await self._etcd.range(read(prefix, prefix=True, revision=revision))

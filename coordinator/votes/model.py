@@ -25,6 +25,9 @@ class Snapshot:
     record_mod: int
     ballots: list[votes_pb2.Ballot]
     weights: vote_rules.Weights | None = None  # of vote.voters, when already computed
+    # The ballots' sums, for an open vote whose ballots cannot change: settling from them
+    # costs O(1) however many ballots there are.
+    count: vote_rules.Count | None = None
 
     def full(self) -> votes_pb2.Vote:
         """The vote with every ballot (in page order) and its tally, as Get and Watch
@@ -74,11 +77,18 @@ def ballot_words(ballot: votes_pb2.Ballot) -> str:
     return repr(ballot.choice) if ballot.choice else "to not veto"
 
 
+# A decision stored by the decisive ballot's own transaction counts that ballot, whose
+# revision is the record's own: unknown when the record is written, so stored as this.
+DECIDING_BALLOT = -1
+
+
 def parse_record(raw: KeyValue) -> votes_pb2.Vote:
     vote = votes_pb2.Vote.FromString(raw.value)
     vote.created_revision = raw.create_revision
     if vote.status == votes_pb2.VOTE_STATUS_DECIDED:
         vote.decision.revision = raw.mod_revision
+        if vote.decision.last_ballot_revision == DECIDING_BALLOT:
+            vote.decision.last_ballot_revision = raw.mod_revision
     return vote
 
 

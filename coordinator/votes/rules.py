@@ -45,7 +45,7 @@ class Verdict:
 
 
 @dataclass(slots=True)
-class _Count:
+class Count:
     """The ballots of one vote, summed."""
 
     weight: dict[str, Fraction]
@@ -84,9 +84,129 @@ def weights_of(vote: votes_pb2.Vote) -> Weights:
     return Weights({agent: int(f * scale) for agent, f in exact.items()}, scale)
 
 
+class Running:
+    """A vote's ballots summed as they come, for a vote whose ballots never change (no
+    allow_change): adding a ballot costs O(1), and so does its Count, whatever the size of
+    the electorate. Ballots must be added once each; the order changes no sum."""
+
+    __slots__ = (
+        "_abstained",
+        "_abstained_weight",
+        "_cast",
+        "_electorate_weight",
+        "_missing_veto_holders",
+        "_participated",
+        "_participated_weight",
+        "_per_option",
+        "_scale",
+        "_seen",
+        "_seen_voters",
+        "_seen_weight",
+        "_veto_holders",
+        "_vetoed_by",
+        "_voters",
+        "_weights",
+    )
+
+    def __init__(self, vote: votes_pb2.Vote, electorate: Weights | None = None) -> None:
+        electorate = electorate or weights_of(vote)
+        self._weights, self._scale = electorate.of, electorate.scale
+        self._per_option = dict.fromkeys(vote.spec.options, 0)
+        self._voters = dict.fromkeys(vote.spec.options, 0)
+        self._cast = self._participated = self._participated_weight = 0
+        self._abstained = self._abstained_weight = 0
+        self._vetoed_by: list[str] = []
+        self._seen: set[str] = set()
+        self._seen_weight = self._seen_voters = 0  # of the electorate's voters seen
+        self._veto_holders = frozenset(vote.spec.veto_holders)
+        self._missing_veto_holders = len(self._veto_holders)
+        self._electorate_weight = sum(self._weights.values())
+
+    def has(self, voter: str) -> bool:
+        return voter in self._seen
+
+    def add(self, ballot: votes_pb2.Ballot) -> None:
+        self._seen.add(ballot.voter)
+        if ballot.voter in self._veto_holders:
+            self._missing_veto_holders -= 1
+        if ballot.veto:
+            self._vetoed_by.append(ballot.voter)
+        weight = self._weights.get(ballot.voter)
+        if weight is None:
+            return
+        self._seen_voters += 1
+        self._seen_weight += weight
+        if ballot.abstain:
+            self._abstained += 1
+            self._abstained_weight += weight
+        elif ballot.choice in self._per_option:
+            self._per_option[ballot.choice] += weight
+            self._voters[ballot.choice] += 1
+            self._cast += weight
+        else:
+            return  # a voter's veto-only ballot: not participation
+        self._participated += 1
+        self._participated_weight += weight
+
+    def count(self) -> Count:
+        """The sums so far (without confidences: enough to settle, not to tally)."""
+        scale, electorate_weight = self._scale, self._electorate_weight
+        return Count(
+            weight={o: Fraction(w, scale) for o, w in self._per_option.items()},
+            voters=dict(self._voters),
+            confidence={},
+            cast_weight=Fraction(self._cast, scale),
+            participated=self._participated,
+            participated_weight=Fraction(self._participated_weight, scale),
+            abstained=self._abstained,
+            abstained_weight=Fraction(self._abstained_weight, scale),
+            vetoed_by=list(self._vetoed_by),
+            missing_voters=len(self._weights) - self._seen_voters,
+            missing_weight=Fraction(electorate_weight - self._seen_weight, scale),
+            missing_veto_holders=self._missing_veto_holders,
+            electorate_size=len(self._weights),
+            electorate_weight=Fraction(electorate_weight, scale),
+        )
+
+    def count_with(self, ballot: votes_pb2.Ballot) -> Count | None:
+        """The Count were ballot added too, leaving these sums as they are; None if its
+        voter was already counted (a change, which Running does not model)."""
+        if ballot.voter in self._seen:
+            return None
+        self.add(ballot)
+        try:
+            return self.count()
+        finally:
+            self._remove(ballot)
+
+    def _remove(self, ballot: votes_pb2.Ballot) -> None:
+        """Undo add(ballot), the last ballot added."""
+        self._seen.discard(ballot.voter)
+        if ballot.voter in self._veto_holders:
+            self._missing_veto_holders += 1
+        if ballot.veto:
+            self._vetoed_by.pop()
+        weight = self._weights.get(ballot.voter)
+        if weight is None:
+            return
+        self._seen_voters -= 1
+        self._seen_weight -= weight
+        if ballot.abstain:
+            self._abstained -= 1
+            self._abstained_weight -= weight
+        elif ballot.choice in self._per_option:
+            self._per_option[ballot.choice] -= weight
+            self._voters[ballot.choice] -= 1
+            self._cast -= weight
+        else:
+            return
+        self._participated -= 1
+        self._participated_weight -= weight
+
+
 def _count(
     vote: votes_pb2.Vote, ballots: Sequence[votes_pb2.Ballot], electorate: Weights | None
-) -> _Count:
+) -> Count:
     spec = vote.spec
     electorate = electorate or weights_of(vote)
     weights, scale = electorate.of, electorate.scale
@@ -117,7 +237,7 @@ def _count(
         participated += 1
         participated_weight += weight
     missing = [w for agent, w in weights.items() if agent not in seen]
-    return _Count(
+    return Count(
         weight={o: Fraction(w, scale) for o, w in per_option.items()},
         voters=voters,
         confidence=confidence,
@@ -142,7 +262,7 @@ def tally(
     return _tally(vote, count)
 
 
-def _tally(vote: votes_pb2.Vote, count: _Count) -> votes_pb2.Tally:
+def _tally(vote: votes_pb2.Vote, count: Count) -> votes_pb2.Tally:
     return votes_pb2.Tally(
         options=[
             votes_pb2.OptionTally(
@@ -183,7 +303,13 @@ def settle(
     """The outcome, if the ballots still missing can no longer change it; else None."""
     if vote.spec.allow_change:
         return None  # every ballot cast so far may still change
-    count = _count(vote, ballots, weights)
+    return settle_count(vote, _count(vote, ballots, weights))
+
+
+def settle_count(vote: votes_pb2.Vote, count: Count) -> Verdict | None:
+    """settle, from the ballots' sums (Running.count)."""
+    if vote.spec.allow_change:
+        return None
     if count.missing_voters == 0 and count.missing_veto_holders == 0:
         return _final(vote, count, votes_pb2.DECIDED_BY_ALL_CAST)
     if count.vetoed_by:
@@ -201,21 +327,21 @@ def settle(
 # --- the rule ------------------------------------------------------------------------
 
 
-def _quorum_met(vote: votes_pb2.Vote, count: _Count) -> bool:
+def _quorum_met(vote: votes_pb2.Vote, count: Count) -> bool:
     quorum = vote.spec.quorum
     return count.participated >= quorum.min_voters and count.participated_weight >= decimal(
         quorum.min_weight
     )
 
 
-def _strength(vote: votes_pb2.Vote, count: _Count, option: str) -> Fraction:
+def _strength(vote: votes_pb2.Vote, count: Count, option: str) -> Fraction:
     if vote.spec.rule.kind == votes_pb2.RULE_KIND_K_OF_N:
         return Fraction(count.voters[option])
     return count.weight[option]
 
 
 def _qualifies(
-    vote: votes_pb2.Vote, count: _Count, option: str, *, extra: Fraction, extra_voters: int
+    vote: votes_pb2.Vote, count: Count, option: str, *, extra: Fraction, extra_voters: int
 ) -> bool:
     """Whether option meets the rule with `extra` weight (and voters) added to it; the
     cast weight grows by the same amount."""
@@ -240,7 +366,7 @@ def _qualifies(
 
 
 def _final(
-    vote: votes_pb2.Vote, count: _Count, decided_by: votes_pb2.DecidedBy.ValueType
+    vote: votes_pb2.Vote, count: Count, decided_by: votes_pb2.DecidedBy.ValueType
 ) -> Verdict:
     spec = vote.spec
     quorum_met = _quorum_met(vote, count)
@@ -302,7 +428,7 @@ def _final(
     )
 
 
-def _strongest(vote: votes_pb2.Vote, count: _Count, options: list[str]) -> list[str]:
+def _strongest(vote: votes_pb2.Vote, count: Count, options: list[str]) -> list[str]:
     """The options (among those given) with the most support, if that is more than 0."""
     strengths = {o: _strength(vote, count, o) for o in options}
     most = max(strengths.values(), default=Fraction(0))
@@ -311,7 +437,7 @@ def _strongest(vote: votes_pb2.Vote, count: _Count, options: list[str]) -> list[
     return [o for o in options if strengths[o] == most]
 
 
-def _surely_wins(vote: votes_pb2.Vote, count: _Count, option: str) -> bool:
+def _surely_wins(vote: votes_pb2.Vote, count: Count, option: str) -> bool:
     """option qualifies however the missing voters vote, and no rival can reach it."""
     if vote.spec.rule.kind == votes_pb2.RULE_KIND_UNANIMOUS:
         return False  # needs everyone; decided when all have cast
@@ -345,7 +471,7 @@ def _surely_wins(vote: votes_pb2.Vote, count: _Count, option: str) -> bool:
     return True
 
 
-def _surely_rejected(vote: votes_pb2.Vote, count: _Count) -> bool:
+def _surely_rejected(vote: votes_pb2.Vote, count: Count) -> bool:
     """No option can qualify whatever the missing voters do, and no tie can form."""
     for option in vote.spec.options:
         if _qualifies(
@@ -361,7 +487,7 @@ def _surely_rejected(vote: votes_pb2.Vote, count: _Count) -> bool:
     return all(_best_strength(vote, count, o) < lead for o in vote.spec.options if o != leaders[0])
 
 
-def _best_strength(vote: votes_pb2.Vote, count: _Count, option: str) -> Fraction:
+def _best_strength(vote: votes_pb2.Vote, count: Count, option: str) -> Fraction:
     if vote.spec.rule.kind == votes_pb2.RULE_KIND_K_OF_N:
         return Fraction(count.voters[option] + count.missing_voters)
     return count.weight[option] + count.missing_weight
@@ -385,7 +511,7 @@ def describe_rule(vote: votes_pb2.Vote) -> str:
     return "every voter casts a ballot and all who do not abstain agree"
 
 
-def _support(vote: votes_pb2.Vote, count: _Count, option: str) -> str:
+def _support(vote: votes_pb2.Vote, count: Count, option: str) -> str:
     voters = count.voters[option]
     weight = count.weight[option]
     share = (
@@ -394,7 +520,7 @@ def _support(vote: votes_pb2.Vote, count: _Count, option: str) -> str:
     return f"{voters} voter{'s' if voters != 1 else ''}, weight {_num(weight)}{share}"
 
 
-def _participation(vote: votes_pb2.Vote, count: _Count) -> str:
+def _participation(vote: votes_pb2.Vote, count: Count) -> str:
     quorum = vote.spec.quorum
     parts = []
     if quorum.min_voters:

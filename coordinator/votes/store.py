@@ -52,7 +52,10 @@ from accord.coordinator.substrate.txn import (
     Txn,
     absent,
     get,
+    get_prefix,
     mod_is,
+    nested,
+    none_changed_since,
     put,
     read,
     txn,
@@ -60,7 +63,7 @@ from accord.coordinator.substrate.txn import (
 from accord.coordinator.votes import pages as vote_pages
 from accord.coordinator.votes import rules as vote_rules
 from accord.coordinator.votes import spec as vote_spec
-from accord.coordinator.votes.decisions import DECIDE_ATTEMPTS, Decisions
+from accord.coordinator.votes.decisions import DECIDE_ATTEMPTS, Decisions, Decisive
 from accord.coordinator.votes.electorate import GrantedLabels, label_voters
 from accord.coordinator.votes.listing import VoteListing
 from accord.coordinator.votes.model import (
@@ -147,7 +150,7 @@ class VoteStore:
         done = await self._etcd.txn(proposal, retry=True)
         if done.succeeded:
             vote.created_revision = done.header.revision
-            self.decisions.remember_open(call.namespace, vote)
+            self.decisions.remember_open(call.namespace, vote, proposed=True)
             return int(done.header.revision), vote, False
         raw = done.responses[0].response_range.kvs[0]
         existing = parse_record(raw)
@@ -245,12 +248,21 @@ class VoteStore:
             request_id=request_id,
         )
         key = self._keys.ballot(ns, vote_id, agent)
-        build, stored, expected_mod = await self._ballot_txn(ns, vote, ballot, key, fence)
+        build, stored, expected_mod, decisive = await self._ballot_txn(ns, vote, ballot, key, fence)
+        after: Snapshot | None = None  # the vote after the ballot, when its Txn told
 
         async def act(committed: Committed) -> tuple[int, votes_pb2.Ballot, bool]:
+            nonlocal after
             if committed.response.succeeded:
                 failpoints.hit("votes.cast.after_commit")
                 stored.revision = committed.revision
+                if decisive is not None:  # did the ballot's Txn store the decision too?
+                    decided = committed.response.responses[1].response_txn
+                    if decided.succeeded:
+                        after = self.decisions.decided_with(ns, decisive, committed.revision)
+                    else:  # other ballots came first: it read them instead
+                        new = decided.responses[0].response_range.kvs
+                        after = self.decisions.absorb(ns, decisive, committed.revision, new)
                 return committed.revision, stored, False
             # The same ballot stored before (a retry without request_id) is a success.
             existing = await self._refused(vote, committed.response, ballot, expected_mod, fence)
@@ -270,8 +282,15 @@ class VoteStore:
             ),
             # The record changes only in direct txns: ballots on one vote share batches.
             stable=[self._keys.vote(ns, vote_id)],
+            # A ballot storing the decision too must not share a batch with another ballot
+            # of its vote: a batch evaluates every compare before any write.
+            batched=decisive is None,
         )
-        return revision, cast, await self.decisions.settle_quietly(ns, vote_id), replayed
+        if after is None or replayed:
+            return revision, cast, await self.decisions.settle_quietly(ns, vote_id), replayed
+        if after.vote.status == votes_pb2.VOTE_STATUS_DECIDED:
+            return revision, cast, after, replayed
+        return revision, cast, await self.decisions.settle_known(ns, after), replayed
 
     async def _ballot_txn(
         self,
@@ -280,11 +299,16 @@ class VoteStore:
         ballot: votes_pb2.Ballot,
         key: bytes,
         fence: common_pb2.Fence | None,
-    ) -> tuple[Callable[[int], Txn], votes_pb2.Ballot, int]:
+    ) -> tuple[Callable[[int], Txn], votes_pb2.Ballot, int, Decisive | None]:
         """What builds the Txn storing ballot while the vote is open, the voter's previous
         ballot is the one seen (none, unless changes are allowed) and the fence holds; the
-        ballot as stored (with what it replaces) and the previous ballot's mod revision
-        (0: none)."""
+        ballot as stored (with what it replaces), the previous ballot's mod revision (0:
+        none), and whether it decides the vote by this replica's last read of it.
+
+        A deciding ballot's Txn also writes the decision, in a nested Txn guarded by "no
+        other ballot since that read", whose other branch reads the ballots since then: the
+        decision reaches watchers with the ballot, in one etcd round trip, and a ballot
+        that turned out not to decide still needs no read to settle."""
         record = self._keys.vote(ns, vote.id)
         stored = votes_pb2.Ballot()
         stored.CopyFrom(ballot)
@@ -308,11 +332,21 @@ class VoteStore:
         ]
         then = [put(key, stored.SerializeToString())]
         otherwise = [get(record), get(key)]  # to say why not
+        decisive = self.decisions.decisive(ns, vote.id, stored)
+        if decisive is not None:
+            prefix = self._keys.ballots_prefix(ns, vote.id)
+            decide = txn(
+                # Checked before the ballot is written: no other ballot since the read.
+                when=[none_changed_since(prefix, decisive.revision)],
+                then=decisive.ops,
+                otherwise=[get_prefix(prefix, min_mod_revision=decisive.revision + 1)],
+            )
+            then.append(nested(decide))
 
         def build(_: int) -> Txn:  # a fresh Txn for each attempt: the record is added to it
             return txn(when=when, then=then, otherwise=otherwise)
 
-        return build, stored, expected_mod
+        return build, stored, expected_mod, decisive
 
     async def _refused(
         self,

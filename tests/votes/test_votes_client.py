@@ -115,7 +115,8 @@ async def test_propose_cast_get_until_decided(agents: Agent) -> None:
     assert decision is not None
     assert (decision.outcome, decision.option) == (Outcome.APPROVED, "yes")
     assert decision.decided_by == DecidedBy.CERTAINTY
-    assert decision.revision > second.ballot.revision
+    # Stored by the deciding ballot's own Txn: one revision for both, the ballot counted.
+    assert decision.revision == second.ballot.revision == decision.last_ballot_revision
     assert "APPROVED" in decision.explanation and "yes" in decision.explanation
 
     got = await carol.votes.get(vote.id)
