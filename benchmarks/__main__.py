@@ -3,7 +3,8 @@
     python -m benchmarks                       # every suite, 3 rounds
     python -m benchmarks --quick               # CI's smoke run: short runs, 1 round
     python -m benchmarks --only kv_cas,locks --rounds 5 --out DIR
-    python -m benchmarks --report DIR          # the report and plots again, from DIR
+    python -m benchmarks --report DIR          # the report and plots again, from DIR's
+                                               # results.json (its suites' JSON read again)
 
 Each round runs every chosen suite once, in turn (so load from elsewhere falls on every
 suite, not on one), each as its own process (`python -m benchmarks.<suite>`, see
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
+from benchmarks.common import Readout
 from benchmarks.suites import SUITES, Suite
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,14 +112,25 @@ def run_suite(suite: Suite, quick: bool, out: Path, round_no: int) -> dict[str, 
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as failed:
         found["error"] = f"unreadable results: {type(failed).__name__}: {failed}"
         return found
-    found.update(
-        ok=True,
-        title=readout.title,
-        results=[asdict(r) for r in readout.results],
-        ratios=[asdict(r) for r in readout.ratios],
-        raw=raw,
-    )
+    found.update(ok=True, raw=raw, **readable(readout))
     return found
+
+
+def readable(readout: Readout) -> dict[str, Any]:
+    return {
+        "title": readout.title,
+        "results": [asdict(r) for r in readout.results],
+        "ratios": [asdict(r) for r in readout.ratios],
+    }
+
+
+def read_again(data: dict[str, Any]) -> None:
+    """Each good round's results and ratios from its suite's JSON, by today's readouts."""
+    suites = {s.name: s for s in SUITES}
+    for name, suite in data["suites"].items():
+        for found in suite["rounds"]:
+            if found.get("ok") and name in suites:
+                found.update(readable(suites[name].readout(found["raw"])))
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -138,7 +151,9 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def main() -> None:
     names = [s.name for s in SUITES]
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="short runs (CI's smoke run)")
     parser.add_argument("--only", default="", help=f"comma-separated, of: {','.join(names)}")
     parser.add_argument("--rounds", type=int, default=None, help="default 3 (--quick: 1)")
@@ -146,7 +161,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, metavar="DIR", help="redo DIR's report only")
     args = parser.parse_args()
     if args.report:
-        print(report.write(json.loads((args.report / "results.json").read_text()), args.report))
+        earlier = json.loads((args.report / "results.json").read_text())
+        read_again(earlier)
+        print(report.write(earlier, args.report))
         return
     only = [n for n in args.only.split(",") if n]
     unknown = sorted(set(only) - set(names))

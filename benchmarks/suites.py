@@ -32,6 +32,18 @@ class Suite:
         return list(self.quick if quick else self.full)
 
 
+def within(
+    workload: str, mode: str, metric: str, value: float, bound: float, clients: int = 0
+) -> Ratio:
+    """A figure over the issue's absolute bound for it (p99 < 50 ms, RSS < 100 MB, ...),
+    so that it shows in the Targets table: at most 1 meets the bound."""
+    unit = metric.rsplit(maxsplit=1)[-1]
+    return Ratio(
+        workload, mode, f"the issue's bound, {bound:g} {unit}", metric,
+        round(value / bound, 3), clients, higher_is_better=False, target=1.0,
+    )  # fmt: skip
+
+
 LOCK_PEER = "etcd3.Lock (python3-etcd3)"
 
 
@@ -54,12 +66,20 @@ def locks_readout(raw: dict[str, Any]) -> Readout:
     for key, value in summary.items():
         if key.startswith("deadlock detection ms @"):
             others = int(key.removeprefix("deadlock detection ms @").split()[0])
+            if others == 1000:
+                workload = "deadlock detection"
+                found.ratios.append(within(workload, "accord", "p99 ms", value["p99"], 50, others))
             found.results.append(
                 Result(
                     "accord DeadlockError", others, value["rounds"], 0.0, 0.0,
                     value["p50"], value["p99"], "deadlock detection (clients: others waiting)",
                 )
             )  # fmt: skip
+    memory = "coordinator memory"
+    if (before := summary.get("coordinator RSS MB, before")) is not None:
+        found.ratios.append(within(memory, "before the agents", "RSS MB", before, 100))
+    if (waiting := summary.get("coordinator RSS MB, 1000 agents leased and waiting")) is not None:
+        found.ratios.append(within(memory, "1000 agents waiting", "RSS MB", waiting, 200))
     return found
 
 
@@ -112,6 +132,8 @@ def votes_readout(raw: dict[str, Any]) -> Readout:
         ]  # fmt: skip
         found.results += fanned
         found.ratios += ratios_vs_peer(fanned, "etcd Put", metric="p99 ms")
+        p99 = fan["accord"]["p99_ms"]
+        found.ratios.append(within(workload, "accord decision", "p99 ms", p99, 50, watchers))
     return found
 
 
@@ -139,6 +161,10 @@ def sessions_readout(raw: dict[str, Any]) -> Readout:
                    r["p99_ms"], workload, cpu_us_per_op=cpu)
         )  # fmt: skip
     found.ratios += ratios_vs_peer(found.results, SESSION_PEER, metric="p99 ms")
+    if grpc := fan["at_50_per_s"].get("accord (gRPC Subscribe)"):
+        found.ratios.append(
+            within(workload, "accord (gRPC Subscribe)", "p99 ms", grpc["p99_ms"], 50, subscribers)
+        )
     peer_rate = fan["sustained"].get(SESSION_PEER, 0)
     for label, rate in fan["sustained"].items():
         if label != SESSION_PEER:

@@ -152,12 +152,18 @@ def test_the_suites_json_is_read_as_modes_vs_their_peer() -> None:
                 "CPU us/op accord, uncontended @16": {"coordinator": 900, "etcd": 500},
                 "accord/etcd3.Lock, hand-offs @8": 0.5,
                 "deadlock detection ms @10 other waiters": {"p50": 6.0, "p99": 7.0, "rounds": 20},
+                "deadlock detection ms @1000 other waiters": {"p50": 9.0, "p99": 25, "rounds": 20},
+                "coordinator RSS MB, before": 80.0,
+                "coordinator RSS MB, 1000 agents leased and waiting": 150.0,
             },
         }
     )
     assert {(r.workload, r.clients, r.value, r.target) for r in locks.ratios} == {
         ("uncontended", 16, 1.5, 2.0),
         ("hand-offs", 8, 0.5, 1.0),
+        ("deadlock detection", 1000, 0.5, 1.0),  # p99 over the 50 ms
+        ("coordinator memory", 0, 0.8, 1.0),  # over 100 MB
+        ("coordinator memory", 0, 0.75, 1.0),  # with 1000 agents, over 200 MB
     }
     accord = next(r for r in locks.results if r.name == "accord Locks" and r.clients == 16)
     assert accord.cpu_us_per_op == {"coordinator": 900, "etcd": 500}
@@ -192,6 +198,7 @@ def test_the_suites_json_is_read_as_modes_vs_their_peer() -> None:
     assert {(r.metric, r.value, r.target) for r in votes.ratios} == {
         ("ops/s", 0.25, 1.0),
         ("p99 ms", 4.0, None),
+        ("p99 ms", 0.8, 1.0),  # over the 50 ms
     }
 
     rung = {
@@ -215,5 +222,6 @@ def test_the_suites_json_is_read_as_modes_vs_their_peer() -> None:
     )
     assert {(r.metric, r.value, r.target) for r in sessions.ratios} == {
         ("p99 ms", 1.5, None),
+        ("p99 ms", 0.6, 1.0),  # over the 50 ms
         ("sustained updates/s", 2.667, 2.0),
     }
