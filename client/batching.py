@@ -62,12 +62,12 @@ class _Queued:
     op: kv_pb2.BatchOp
     size: int
     deadline: float
+    via: Transport  # whose identity the operation carries
     future: asyncio.Future[kv_pb2.BatchOutcome] = field(repr=False)
 
 
 class Coalescer:
-    def __init__(self, transport: Transport, policy: BatchPolicy | None) -> None:
-        self._t = transport
+    def __init__(self, policy: BatchPolicy | None) -> None:
         self.enabled = policy is not None
         policy = policy or BatchPolicy()
         self._max_ops = max(1, min(policy.max_ops, 256))
@@ -78,20 +78,24 @@ class Coalescer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0  # KV.Batch calls sent (tests and benchmarks read it)
 
-    async def get(self, request: kv_pb2.GetRequest, timeout: float | None) -> kv_pb2.GetResponse:
+    async def get(
+        self, request: kv_pb2.GetRequest, timeout: float | None, via: Transport
+    ) -> kv_pb2.GetResponse:
         response = await self._send(
-            calls.KV_GET, request, lambda: kv_pb2.BatchOp(get=request), _pick_get, timeout
+            via, calls.KV_GET, request, lambda: kv_pb2.BatchOp(get=request), _pick_get, timeout
         )
         if not isinstance(response, kv_pb2.BatchOutcome):
             return response
         if response.value_omitted:  # too large for the batch: read alone, same revision
             alone = kv_pb2.GetRequest(key=request.key, revision=response.get.kv.mod_revision)
-            return await self._t.unary(calls.KV_GET, alone, timeout=timeout)
+            return await via.unary(calls.KV_GET, alone, timeout=timeout)
         return response.get
 
-    async def put(self, request: kv_pb2.PutRequest, timeout: float | None) -> kv_pb2.PutResponse:
+    async def put(
+        self, request: kv_pb2.PutRequest, timeout: float | None, via: Transport
+    ) -> kv_pb2.PutResponse:
         response = await self._send(
-            calls.KV_PUT, request, lambda: kv_pb2.BatchOp(put=request), _pick_put, timeout
+            via, calls.KV_PUT, request, lambda: kv_pb2.BatchOp(put=request), _pick_put, timeout
         )
         if not isinstance(response, kv_pb2.BatchOutcome):
             return response
@@ -100,10 +104,15 @@ class Coalescer:
         return response.put
 
     async def delete(
-        self, request: kv_pb2.DeleteRequest, timeout: float | None
+        self, request: kv_pb2.DeleteRequest, timeout: float | None, via: Transport
     ) -> kv_pb2.DeleteResponse:
         response = await self._send(
-            calls.KV_DELETE, request, lambda: kv_pb2.BatchOp(delete=request), _pick_delete, timeout
+            via,
+            calls.KV_DELETE,
+            request,
+            lambda: kv_pb2.BatchOp(delete=request),
+            _pick_delete,
+            timeout,
         )
         if not isinstance(response, kv_pb2.BatchOutcome):
             return response
@@ -111,17 +120,19 @@ class Coalescer:
         if response.value_omitted:  # read the deleted value as of just before
             before = kv_pb2.GetRequest(key=request.key, revision=deleted.header.revision - 1)
             try:
-                found = await self._t.unary(calls.KV_GET, before, timeout=timeout)
+                found = await via.unary(calls.KV_GET, before, timeout=timeout)
             except AccordError:
                 return deleted  # compacted since: the value stays out
             if found.found and found.kv.mod_revision == deleted.prev_kv.mod_revision:
                 deleted.prev_kv.value = found.kv.value
         return deleted
 
-    async def txn(self, request: kv_pb2.TxnRequest, timeout: float | None) -> kv_pb2.TxnResponse:
+    async def txn(
+        self, request: kv_pb2.TxnRequest, timeout: float | None, via: Transport
+    ) -> kv_pb2.TxnResponse:
         # A Txn's results say themselves which values were left out (the caller fills them).
         response = await self._send(
-            calls.KV_TXN, request, lambda: kv_pb2.BatchOp(txn=request), _pick_txn, timeout
+            via, calls.KV_TXN, request, lambda: kv_pb2.BatchOp(txn=request), _pick_txn, timeout
         )
         return response if not isinstance(response, kv_pb2.BatchOutcome) else response.txn
 
@@ -135,6 +146,7 @@ class Coalescer:
 
     async def _send(
         self,
+        via: Transport,
         call: Unary[Req, Resp],
         request: Req,
         op: Callable[[], kv_pb2.BatchOp],
@@ -142,16 +154,16 @@ class Coalescer:
         timeout: float | None,
     ) -> Resp | kv_pb2.BatchOutcome:
         """request alone as call (its response), or queued into a batch (its outcome)."""
-        seconds = self._t.timeout if timeout is None else timeout
+        seconds = via.timeout if timeout is None else timeout
         if not self.enabled or (not self._queue and self._in_flight < self._max_in_flight):
             self._in_flight += 1
             try:
-                return await self._t.unary(call, request, timeout=seconds)
+                return await via.unary(call, request, timeout=seconds)
             finally:
                 self._in_flight -= 1
                 self._flush()
         deadline = time.monotonic() + seconds
-        queued = _Queued(op(), 0, deadline, asyncio.get_running_loop().create_future())
+        queued = _Queued(op(), 0, deadline, via, asyncio.get_running_loop().create_future())
         queued.size = queued.op.ByteSize()
         self._queue.append(queued)
         expiry = asyncio.get_running_loop().call_later(seconds, _expire, queued.future)
@@ -161,7 +173,7 @@ class Coalescer:
             if self.enabled or deadline <= time.monotonic():
                 raise
             # The replica turned out to have no KV.Batch: this one goes alone.
-            return await self._t.unary(call, request, timeout=deadline - time.monotonic())
+            return await via.unary(call, request, timeout=deadline - time.monotonic())
         finally:
             expiry.cancel()
         if outcome.HasField("error"):
@@ -169,7 +181,7 @@ class Coalescer:
             if _again_alone(error):  # retried as a unary call is, within the deadline
                 left = deadline - time.monotonic()
                 if left > 0:
-                    return await self._t.unary(call, request, timeout=left)
+                    return await via.unary(call, request, timeout=left)
             raise error
         if not pick(outcome):  # the replica answered another kind of outcome
             raise AccordError("the replica's batch answered the wrong kind of outcome")
@@ -187,29 +199,41 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[_Queued]:
+        """The next batch: the first operation queued sends it as its agent; others name
+        theirs (an operation acting as the default agent only shares a batch sent so)."""
         batch: list[_Queued] = []
+        kept: deque[_Queued] = deque()
         size = 0
         while self._queue and len(batch) < self._max_ops:
-            queued = self._queue[0]
+            queued = self._queue.popleft()
             if queued.future.done():  # its caller went away, or its deadline passed
-                self._queue.popleft()
                 continue
-            if batch and size + queued.size > self._max_bytes:
-                break
-            self._queue.popleft()
+            if batch and (
+                size + queued.size > self._max_bytes
+                or (not queued.via.agent_id and batch[0].via.agent_id)
+            ):
+                kept.append(queued)
+                if size + queued.size > self._max_bytes:
+                    break
+                continue
             batch.append(queued)
             size += queued.size
+        kept.extend(self._queue)
+        self._queue = kept
         return batch
 
     async def _batch(self, batch: list[_Queued]) -> None:
         try:
             now = time.monotonic()
+            lead = batch[0].via
             for queued in batch:
                 queued.op.timeout_ms = max(1, int((queued.deadline - now) * 1000))
+                if queued.via.agent_id != lead.agent_id:
+                    queued.op.agent_id = queued.via.agent_id
             request = kv_pb2.BatchRequest(ops=[q.op for q in batch])
             timeout = max(q.deadline for q in batch) - now
             try:
-                response = await self._t.unary(calls.KV_BATCH, request, timeout=timeout)
+                response = await lead.unary(calls.KV_BATCH, request, timeout=timeout)
             except AccordError as error:
                 if error.code == grpc.StatusCode.UNIMPLEMENTED:
                     self.enabled = False  # an older replica: one call per operation

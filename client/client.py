@@ -86,8 +86,7 @@ class AsyncClient:
             token=os.environ.get("ACCORD_TOKEN", "") if token is None else token,
         )
         self.auth = AsyncAuth(self._transport)
-        policy = BatchPolicy() if batching is True else batching or None
-        self._coalescer = Coalescer(self._transport, policy)
+        self._coalescer = Coalescer(BatchPolicy() if batching is True else batching or None)
         self.kv = AsyncKV(self._transport, self._coalescer)
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)

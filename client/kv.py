@@ -200,7 +200,14 @@ class AsyncKV:
     def __init__(self, transport: Transport, coalescer: Coalescer | None = None) -> None:
         self._t = transport
         # Get, Put, Delete and Txn share messages with concurrent callers (batching.py).
-        self._c = coalescer or Coalescer(transport, None)
+        self._c = coalescer or Coalescer(None)
+
+    def as_agent(self, agent_id: str) -> AsyncKV:
+        """This client's KV acting as another agent (with auth, one its principal may act
+        as, such as an agent a runtime's service principal hosts): the same channels,
+        token and batches, so the KV calls of every agent a process hosts share messages,
+        each written as its own agent."""
+        return AsyncKV(self._t.as_agent(agent_id), self._c)
 
     async def get(
         self,
@@ -217,7 +224,7 @@ class AsyncKV:
             if serializable
             else kv_pb2.CONSISTENCY_LINEARIZABLE,
         )
-        response = await self._c.get(request, timeout)
+        response = await self._c.get(request, timeout, self._t)
         return KeyValue._from(response.kv) if response.found else None
 
     async def list(
@@ -287,7 +294,7 @@ class AsyncKV:
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
         try:
-            response = await self._c.put(request, timeout)
+            response = await self._c.put(request, timeout, self._t)
         except ConditionFailedError as error:
             if return_current_on_failure:
                 await self._fill_current(error, timeout)
@@ -314,7 +321,7 @@ class AsyncKV:
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
         try:
-            response = await self._c.delete(request, timeout)
+            response = await self._c.delete(request, timeout, self._t)
         except ConditionFailedError as error:
             if return_current_on_failure:
                 await self._fill_current(error, timeout)
@@ -348,7 +355,7 @@ class AsyncKV:
             else:
                 request.ops.add(delete=kv_pb2.TxnDelete(key=op.key))
         try:
-            response = await self._c.txn(request, timeout)
+            response = await self._c.txn(request, timeout, self._t)
         except ConditionFailedError as error:
             if return_current_on_failure:
                 await self._fill_current(error, timeout)

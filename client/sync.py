@@ -251,6 +251,13 @@ class Auth(Blocking[AsyncAuth]):
 class KV(Blocking[AsyncKV]):
     """Blocking twin of `accord.client.kv.AsyncKV`."""
 
+    def as_agent(self, agent_id: str) -> KV:
+        """This client's KV acting as another agent (with auth, one its principal may act
+        as, such as an agent a runtime's service principal hosts): the same channels,
+        token and batches, so the KV calls of every agent a process hosts share messages,
+        each written as its own agent."""
+        return KV(self._loop, self._loop.call(lambda: self._async.as_agent(agent_id)))
+
     def get(
         self,
         key: str,

@@ -23,6 +23,7 @@ could be sent is DeadlineExceededError.
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -59,6 +60,7 @@ class Transport:
         if not addresses:
             raise ValueError("at least one coordinator address is needed")
         self.addresses = list(addresses)
+        self.agent_id = agent_id
         self.timeout = timeout
         self.retry = retry
         self._budget = RetryBudget(policy=retry)
@@ -68,6 +70,17 @@ class Transport:
             *((("accord-agent-id", agent_id),) if agent_id else ()),
             *((("authorization", f"Bearer {token}"),) if token else ()),
         )
+
+    def as_agent(self, agent_id: str) -> Transport:
+        """This transport acting as another agent: the same channels, credentials and
+        retry budget; only the accord-agent-id metadata differs."""
+        other = copy.copy(self)
+        other.agent_id = agent_id
+        other.metadata = (
+            *(pair for pair in self.metadata if pair[0] != "accord-agent-id"),
+            *((("accord-agent-id", agent_id),) if agent_id else ()),
+        )
+        return other
 
     async def close(self) -> None:
         await self.replicas.close()

@@ -177,6 +177,7 @@ class _Gate:
             token_id=verified.token_id,
             namespace_admin=roles.ADMIN in held,
             roles=held,
+            agents=frozenset(roles.agents_of(principal)),
             labels=principal.labels[namespace].labels if namespace in principal.labels else {},
         )
         calls.current.set(call)

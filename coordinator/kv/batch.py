@@ -36,7 +36,10 @@ from accord.v1 import kv_pb2
 
 _log = logs.get("accord.kv.batch")
 MAX_OPS = 256
-GET, PUT, DELETE, TXN = (method_name(kv_pb2, "KV", m) for m in ("Get", "Put", "Delete", "Txn"))
+GET, PUT, DELETE, TXN, BATCH = (
+    method_name(kv_pb2, "KV", m) for m in ("Get", "Put", "Delete", "Txn", "Batch")
+)
+_METHODS = {"get": GET, "put": PUT, "delete": DELETE, "txn": TXN}
 
 
 class Answers(Protocol):
@@ -78,8 +81,10 @@ async def _one(
         if op.timeout_ms:
             own = arrived + op.timeout_ms / 1000
             call = replace(call, deadline=own if call.deadline is None else min(own, call.deadline))
-        calls.current.set(call)  # this task's own copy of the context
         kind = op.WhichOneof("op")
+        method = _METHODS.get(kind or "", BATCH)
+        # This task's own copy of the context: the operation's deadline and agent.
+        calls.current.set(gate.acting_as(call, op.agent_id, f"ops[{index}].agent_id", method))
         if kind == "get":
             gate.check(GET, op.get)
             return kv_pb2.BatchOutcome(get=await answers.get(op.get))

@@ -49,6 +49,9 @@ class Call:
     # The roles (auth_pb2.Role values) the principal holds here, with what each includes
     # (None: auth off): what each operation of a batch is authorized against.
     roles: frozenset[int] | None = None
+    # The agent ids the principal may act as (None: auth off, any): what an operation of
+    # a batch naming its own agent is checked against.
+    agents: frozenset[str] | None = None
 
     def remaining(self) -> float | None:
         if self.deadline is None:
@@ -91,6 +94,16 @@ def single_metadata(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
     return metadata
 
 
+def check_agent_id(agent: str, field: str, where: str) -> None:
+    """Refuse an agent id that is not 1-128 printable ASCII characters without spaces
+    (field: what ErrorInfo names; where: how the message names it)."""
+    if not _AGENT_RE.fullmatch(agent):
+        raise BadIdentity(
+            f"{where} must be 1-128 printable ASCII characters without spaces",
+            metadata={"field": field},
+        )
+
+
 def identity_from_metadata(metadata: dict[str, str]) -> tuple[str, str]:
     """Validate and return (namespace, agent_id) from call metadata."""
     namespace = metadata.get(NAMESPACE_METADATA, DEFAULT_NAMESPACE)
@@ -101,9 +114,6 @@ def identity_from_metadata(metadata: dict[str, str]) -> tuple[str, str]:
             metadata={"field": NAMESPACE_METADATA},
         )
     agent = metadata.get(AGENT_METADATA, "")
-    if agent and not _AGENT_RE.fullmatch(agent):
-        raise BadIdentity(
-            f"metadata {AGENT_METADATA} must be 1-128 printable ASCII characters without spaces",
-            metadata={"field": AGENT_METADATA},
-        )
+    if agent:
+        check_agent_id(agent, AGENT_METADATA, f"metadata {AGENT_METADATA}")
     return namespace, agent

@@ -106,3 +106,40 @@ async def test_a_writer_batch_is_served_with_provenance(
     assert put.put.kv.written_by.principal == writer
     assert not delete.delete.deleted
     assert not any(o.HasField("error") for o in response.outcomes)
+
+
+async def test_a_runtime_acts_only_as_the_agents_it_hosts(
+    auth_cluster: AuthCluster, admin: AsyncClient, mint: Mint, namespace: str
+) -> None:
+    started = time.time_ns()
+    runtime = unique("runtime")
+    token = await mint(runtime, Role.WRITE, agents=("agent-a", "agent-b"))
+    before = auth_cluster.stored(namespace)
+
+    def put_as(agent: str) -> kv_pb2.BatchOp:
+        return kv_pb2.BatchOp(
+            put=kv_pb2.PutRequest(key=f"by/{agent}", value=b"x", request_id=uuid.uuid4().hex),
+            agent_id=agent,
+        )
+
+    async with Stubs(auth_cluster.addresses[0]) as raw:
+        response = await raw.kv.Batch(
+            kv_pb2.BatchRequest(ops=[put_as("agent-b"), put_as("agent-c"), put_as(runtime)]),
+            metadata=identity(namespace, "agent-a", token),
+        )
+    hosted, stranger, itself = response.outcomes
+    assert hosted.put.kv.written_by.agent_id == "agent-b"
+    assert hosted.put.kv.written_by.principal == runtime
+    for outcome in (stranger, itself):  # a service principal is not its agents
+        error = from_status(outcome.error)
+        assert error.code == grpc.StatusCode.PERMISSION_DENIED
+        assert error.metadata["agents"] == "agent-a,agent-b"
+    after = auth_cluster.stored(namespace)
+    assert len(after) == len(before) + 2  # agent-b's value and its request's record
+    assert not {b"by/agent-c", f"by/{runtime}".encode()} & {k.key.split(b"/kv/")[-1] for k in after}
+
+    async def logged() -> int:
+        found = await refusals_since(admin, started)
+        return sum(1 for e in found if e.principal == runtime)
+
+    await until(logged, lambda n: n == 2, "both refused operations audited", 10)

@@ -132,3 +132,22 @@ async def test_values_left_out_of_a_full_batch_are_filled_in(
             *(accord.kv.delete(k) for k in values),
         )
         assert [d.prev.value if d.prev else None for d in deleted[1:]] == list(values.values())
+
+
+async def test_the_agents_of_one_runtime_share_batches_each_as_itself(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    async with shared_client(replicas, namespace, max_in_flight=1) as runtime:
+        agents = [runtime.kv.as_agent(f"agent-{i}") for i in range(16)]
+        written = await asyncio.gather(
+            *(kv.put(f"note/{i}", b"x", request_id="same-id") for i, kv in enumerate(agents))
+        )
+        assert runtime._coalescer.batches >= 1
+        # Each write is its agent's own: its provenance, and its request_id's record (the
+        # same request_id used by 16 agents is 16 requests, none a replay of another).
+        assert [w.kv.written_by.agent_id for w in written if w.kv] == [
+            f"agent-{i}" for i in range(16)
+        ]
+        assert not any(w.replayed for w in written)
+        again = await agents[3].put("note/3", b"x", request_id="same-id")
+        assert again.replayed and again.revision == written[3].revision

@@ -175,3 +175,29 @@ async def test_the_response_fits_a_default_client_whatever_the_values_weigh(
     assert response.outcomes[: len(kept)] == kept
     for outcome in kept:
         assert outcome.get.kv.value == values[outcome.get.kv.key]
+
+
+async def test_an_operation_may_act_as_another_agent_but_not_a_malformed_one(
+    replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+) -> None:
+    async with Stubs(replicas[0].address) as raw:
+        response = await raw.kv.Batch(
+            kv_pb2.BatchRequest(
+                ops=[
+                    kv_pb2.BatchOp(put=kv_pb2.PutRequest(key="mine", value=b"x")),
+                    kv_pb2.BatchOp(
+                        put=kv_pb2.PutRequest(key="theirs", value=b"x"), agent_id="other"
+                    ),
+                    kv_pb2.BatchOp(
+                        put=kv_pb2.PutRequest(key="bad", value=b"x"), agent_id="has space"
+                    ),
+                ]
+            ),
+            metadata=identity(namespace, "batcher"),
+        )
+    mine, theirs, bad = response.outcomes
+    assert mine.put.kv.written_by.agent_id == "batcher"
+    assert theirs.put.kv.written_by.agent_id == "other"
+    assert info(bad).reason == "BAD_IDENTITY"
+    assert info(bad).metadata["field"] == "ops[2].agent_id"
+    assert b"bad" not in {k.key.rsplit(b"/", 1)[-1] for k in etcd.stored(namespace)}

@@ -884,9 +884,16 @@ class BatchOp(_message.Message):
     DELETE_FIELD_NUMBER: _builtins.int
     TXN_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
     timeout_ms: _builtins.int
     """This operation's own deadline, in milliseconds from the batch's arrival (0: the
     batch's deadline). It never outlives the batch's.
+    """
+    agent_id: _builtins.str
+    """The agent this operation acts as (empty: the batch call's own), so that a runtime
+    hosting many agents sends all their operations together. The same rules as the
+    accord-agent-id metadata: 1-128 printable ASCII characters; with auth required, one
+    the principal may act as (PERMISSION_DENIED for this operation otherwise).
     """
     @_builtins.property
     def get(self) -> Global___GetRequest: ...
@@ -904,10 +911,11 @@ class BatchOp(_message.Message):
         delete: Global___DeleteRequest | None = ...,
         txn: Global___TxnRequest | None = ...,
         timeout_ms: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "txn", b"txn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "timeout_ms", b"timeout_ms", "txn", b"txn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "timeout_ms", b"timeout_ms", "txn", b"txn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["get", "put", "delete", "txn"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
