@@ -6,14 +6,17 @@ nothing here measures anything."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.__main__ import run_suite
+from benchmarks.__main__ import REPO, run_suite
 from benchmarks.common import Result, measured, ratios_vs_peer
 from benchmarks.suites import (
+    SUITES,
     Suite,
     lock_queue_readout,
     locks_readout,
@@ -225,3 +228,21 @@ def test_the_suites_json_is_read_as_modes_vs_their_peer() -> None:
         ("p99 ms", 0.6, 1.0),  # over the issue's 50 ms
         ("sustained updates/s", 2.667, 2.0),
     }
+
+
+def test_every_option_the_runner_passes_is_one_its_suite_takes() -> None:
+    """The full run is not part of CI (the quick one is): its options are checked against
+    each suite's --help, so a renamed option shows here."""
+    helps = {
+        suite.name: subprocess.Popen(
+            [sys.executable, "-m", f"benchmarks.{suite.name}", "--help"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for suite in SUITES
+    }
+    for suite in SUITES:
+        text, _ = helps[suite.name].communicate(timeout=60)
+        for option in (a for a in (*suite.quick, *suite.full) if a.startswith("--")):
+            assert f"{option} " in text or f"{option}\n" in text, (suite.name, option)
