@@ -92,11 +92,13 @@ def run_suite(suite: Suite, quick: bool, out: Path, round_no: int) -> dict[str, 
             command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+        timeout = QUICK_TIMEOUT if quick else FULL_TIMEOUT
         try:
-            code = proc.wait(QUICK_TIMEOUT if quick else FULL_TIMEOUT)
+            code = proc.wait(timeout)
+            outcome = f"exit status {code}"
         except subprocess.TimeoutExpired:
             stop_group(proc)
-            code = -1
+            code, outcome = None, f"stopped after {timeout:g} s"
         except BaseException:  # Ctrl-C: leave no suite running behind
             stop_group(proc)
             raise
@@ -104,7 +106,7 @@ def run_suite(suite: Suite, quick: bool, out: Path, round_no: int) -> dict[str, 
     found["load_after"] = load()
     found["ok"], found["error"] = False, ""
     if code != 0:
-        found["error"] = f"exit status {code}: " + tail(log_path)
+        found["error"] = f"{outcome}: " + tail(log_path)
         return found
     try:
         raw = json.loads(raw_path.read_text())
@@ -134,8 +136,9 @@ def read_again(data: dict[str, Any]) -> None:
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """The suite's process and the etcd and replicas it started (its process group)."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+    """The suite's process group: first as Ctrl-C would, so that the suite's own cleanup
+    stops the etcd and replicas it started (each in a session of its own), then harder."""
+    for sig, wait in ((signal.SIGINT, 20.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:
