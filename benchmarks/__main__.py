@@ -12,14 +12,16 @@ benchmarks/suites.py) with its own etcd and replicas. Written to --out (default
 benchmarks/results/<UTC time>/):
 - results.json: the machine, and per suite and round the load average before and after,
   the suite's raw JSON, its Results and its Ratios to its peer;
-- report.md: per suite the median of the per-round ratios with their min-max, the
-  median figures per mode, the load averages, and the plots;
+- report.md: the issue's targets met or missed, then per suite the median of the
+  per-round ratios with their min-max, the median figures per mode, the load averages,
+  and the plots;
 - PNG plots (benchmarks/plots.py); each suite's raw JSON and output under raw/.
 
 Error handling: a suite that fails, times out or writes JSON its readout cannot read is
 recorded as a failed round (its output's tail in results.json and report.md) and the
 other suites still run; the command then exits with status 1. A suite that overruns its
-time is stopped with its process group.
+time (3 min quick, 1 h full) is interrupted as by Ctrl-C, so that it stops the etcd and
+replicas it started, then killed with its process group if it does not end.
 """
 
 from __future__ import annotations
