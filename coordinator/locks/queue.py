@@ -65,6 +65,12 @@ def is_granted(queue: Sequence[Entry], index: int) -> bool:
     return index == 0
 
 
+def holds_by_place(entry: Entry) -> bool:
+    """Whether the entry holds exactly while it is first (an exclusive lock), so that
+    nothing marks it: a shared or semaphore entry may hold behind others."""
+    return entry.mode == EXCLUSIVE and not entry.record.permits
+
+
 def blockers(queue: Sequence[Entry], index: int) -> list[Entry]:
     """The entries queue[index] waits for (empty when it holds). For a semaphore any one
     of them leaving may do, so these are not all needed (a knot, not a cycle)."""

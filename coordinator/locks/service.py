@@ -8,6 +8,7 @@ import grpc
 
 from accord.coordinator.locks.admin import LockAdmin
 from accord.coordinator.locks.deadlocks import DeadlockDetector
+from accord.coordinator.locks.many import acquire_many
 from accord.coordinator.locks.store import LockStore
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.pages import snapshot_token
@@ -45,7 +46,8 @@ class LocksService(locks_pb2_grpc.LocksServicer):
     async def AcquireMany(
         self, request: locks_pb2.AcquireManyRequest, context: Context
     ) -> locks_pb2.AcquireManyResponse:
-        grants = await self._locks.acquire_many(
+        grants = await acquire_many(
+            self._locks,
             request.locks,
             request.lease_id,
             no_wait=request.no_wait,

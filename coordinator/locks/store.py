@@ -7,18 +7,16 @@ entry when no exclusive entry is ahead of it; a semaphore entry when fewer than
 `permits` entries are ahead. Entries hang on their lease, so a lease that ends leaves
 every queue, and a dead lease is never granted anything.
 
-An entry holds while it is first in its queue or marked `granted`; both, once true, stay
-true until the entry is deleted (entries only ever join behind it; a mark is never taken
-back). An entry created on an empty queue is created marked (one etcd transaction for
-an uncontended acquire). An exclusive entry holds exactly when it is first, so one that
-waited is never rewritten: a woken exclusive waiter only reads, in one transaction, that
-its entry is first, and a hand-off costs one etcd write (the release). A shared or
-semaphore entry may hold behind others, so it is rewritten once, marked, when it comes
-to hold. A grant is answered only after etcd showed the entry holding, and so its lease
-alive (the entry hangs on it). A fenced write requires that of the entry (fencing.py)
-and checks in its own etcd transaction that the entry with that create revision still
-exists. Losing the lock (lease expiry, release, `locks break`, deadlock victim) deletes
-the entry, so every later fenced write with its token fails with FENCED.
+An entry holds while it is first or marked `granted`; each stays true until the entry is
+deleted (entries join behind it; a mark is never taken back). An entry created on an
+empty queue is created marked (an uncontended acquire is one etcd transaction). An
+exclusive entry holds exactly when first, so a woken exclusive waiter only reads that
+(one read-only transaction) and a hand-off costs one write, the release; a shared or
+semaphore entry may hold behind others, so it is marked once when it comes to hold. A
+grant is answered only after etcd showed its entry holding, so its lease alive (the
+entry hangs on it). Fencing (fencing.py) requires the same of the entry, then that it
+still exists; losing the lock (lease end, release, `locks break`, deadlock victim)
+deletes it, so every later fenced write with its token fails with FENCED.
 
 A waiter watches only what it waits behind (its predecessor, or for a shared entry the
 last exclusive one ahead) and its own entry; a semaphore waiter counts the deletions of
@@ -42,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
 from typing import Protocol
 
 from google.protobuf import timestamp_pb2
@@ -58,6 +55,7 @@ from accord.coordinator.locks.queue import (
     check_name,
     entry_of,
     grant_of,
+    holds_by_place,
     mode_name,
 )
 from accord.coordinator.locks.queue_feeds import QueueFeeds
@@ -73,7 +71,6 @@ from accord.coordinator.substrate.errors import (
     NotHeld,
     WouldBlock,
 )
-from accord.coordinator.substrate.limits import MAX_LOCKS_PER_CALL, require_counts
 from accord.coordinator.substrate.txn import (
     Compare,
     Op,
@@ -304,7 +301,7 @@ class LockStore:
         # An exclusive lock is held by the first entry, which etcd can test by itself: a
         # woken exclusive waiter asks it in one read-only transaction, which also reads
         # the queue in case it does not hold yet.
-        exclusive = _holds_when_first(entry)
+        exclusive = holds_by_place(entry)
         while True:
             if look is None and exclusive:
                 grant, look = await self._holds_if_first(ns, entry, looker)
@@ -385,7 +382,7 @@ class LockStore:
         or semaphore one is marked as holding, unless its lease died meanwhile: a lock
         never goes to a dead lease (its record is attached to the lease and gone with
         it)."""
-        if entry.record.granted or _holds_when_first(entry):
+        if entry.record.granted or holds_by_place(entry):
             return grant_of(entry)
         compares, mark = self._mark(ns, entry)
         committed = await self._s.committer.commit(
@@ -450,45 +447,6 @@ class LockStore:
         finally:
             calls.current.reset(token)
 
-    async def acquire_many(
-        self,
-        specs: Sequence[locks_pb2.LockSpec],
-        lease_id: int,
-        *,
-        no_wait: bool,
-        timeout_ms: int,
-        priority: int,
-    ) -> list[locks_pb2.Grant]:
-        require_counts(("locks", len(specs), MAX_LOCKS_PER_CALL))
-        names = [s.name for s in specs]
-        if not specs:
-            raise InvalidArgument([FieldViolation("locks", "name at least one lock")])
-        if len(set(names)) != len(names):
-            raise InvalidArgument([FieldViolation("locks", "a lock appears more than once")])
-        grants: list[locks_pb2.Grant] = []
-        taken: list[locks_pb2.Grant] = []  # made by this call: the only ones to give back
-        give_up = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
-        try:
-            for spec in sorted(specs, key=lambda s: s.name):  # the canonical order
-                left_ms = 0 if give_up is None else max(1, int((give_up - time.monotonic()) * 1000))
-                grant, created = await self.acquire(
-                    spec.name,
-                    lease_id,
-                    mode=spec.mode,
-                    permits=spec.permits,
-                    no_wait=no_wait,
-                    timeout_ms=left_ms,
-                    priority=priority,
-                )
-                grants.append(grant)
-                if created:
-                    taken.append(grant)
-        except BaseException:
-            for grant in taken:  # locks held before the call stay held
-                await self.release(grant.name, lease_id, token=grant.token, missing_ok=True)
-            raise
-        return grants
-
     # --- release, inspection, break ---------------------------------------------
 
     async def release(
@@ -521,9 +479,3 @@ class LockStore:
         head = response.responses[0].response_range.kvs
         was_first = bool(head) and head[0].create_revision == prev[0].create_revision
         return was_first or records_pb2.LockEntryRecord.FromString(prev[0].value).granted
-
-
-def _holds_when_first(entry: Entry) -> bool:
-    """Whether the entry holds exactly when it is first in its queue (an exclusive lock):
-    then nothing marks it."""
-    return entry.mode == EXCLUSIVE and not entry.record.permits
