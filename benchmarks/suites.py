@@ -125,11 +125,14 @@ def votes_readout(raw: dict[str, Any]) -> Readout:
     if fan := raw.get("fan_out"):
         watchers = 100
         workload = f"decision fan-out to {watchers} watchers (latency from the write)"
-        fanned = [
-            Result(name, watchers, side["deliveries"], 0.0, 0.0, side["p50_ms"],
-                   side["p99_ms"], workload)
-            for name, side in (("accord decision", fan["accord"]), ("etcd Put", fan["etcd"]))
-        ]  # fmt: skip
+        fanned = []
+        for name, side in (("accord decision", fan["accord"]), ("etcd Put", fan["etcd"])):
+            # CPU per operation: per decision (or Put) and its deliveries to every watcher
+            cpu = {process: round(ms * 1000) for process, ms in side["cpu_ms_per_round"].items()}
+            fanned.append(
+                Result(name, watchers, side["deliveries"], 0.0, 0.0, side["p50_ms"],
+                       side["p99_ms"], workload, cpu_us_per_op=cpu)
+            )  # fmt: skip
         found.results += fanned
         found.ratios += ratios_vs_peer(fanned, "etcd Put", metric="p99 ms")
         p99 = fan["accord"]["p99_ms"]

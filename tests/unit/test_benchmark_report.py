@@ -194,7 +194,7 @@ def test_the_suites_json_is_read_as_modes_vs_their_peer() -> None:
         "cpu_us_per_ballot": {"accord Cast (request_id) @64": {"replica A": 1400}},
     }
     fan = {
-        side: {"deliveries": 100, "p50_ms": p99 / 2, "p99_ms": p99}
+        side: {"deliveries": 100, "p50_ms": p99 / 2, "p99_ms": p99, "cpu_ms_per_round": {}}
         for side, p99 in (("accord", 40.0), ("etcd", 10.0))
     }
     votes = votes_readout({"throughput": {"50": ballots}, "fan_out": fan})
