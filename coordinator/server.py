@@ -12,7 +12,9 @@ import gc
 import signal
 import socket
 import ssl
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -81,6 +83,7 @@ SERVICES = [
 HEALTH_INTERVAL_SECONDS = 2.0
 GC_THRESHOLDS = (10_000, 10, 10)
 HEALTH_PROBE_SECONDS = 5.0
+T = TypeVar("T")
 
 
 class Replica:
@@ -174,6 +177,8 @@ class Replica:
                     "grpc.max_connection_idle_ms",
                     int(settings.connections.idle_connection_seconds * 1000),
                 ),
+                # gRPC's default on Linux, said for the workers, whose ports are shared.
+                *([("grpc.so_reuseport", 1)] if settings.workers > 1 else []),
             ],
             # Beyond this many calls in progress, gRPC refuses at once (RESOURCE_EXHAUSTED).
             maximum_concurrent_rpcs=settings.connections.max_concurrent_rpcs,
@@ -226,7 +231,9 @@ class Replica:
                     settings.connections.ws_sockets_per_address,
                 ),
             )
-            self.ws_port = await self.ws.start(settings.ws_listen, _ws_tls(settings.tls))
+            self.ws_port = await self.ws.start(
+                settings.ws_listen, _ws_tls(settings.tls), reuse_port=settings.workers > 1
+            )
         self.vote_timers.start()
         self._health_task = asyncio.create_task(self._watch_health())
         _log.info(
@@ -365,7 +372,7 @@ class Replica:
             await self.etcd.close()
         if self.embedded:
             await self.embedded.stop()
-        _log.info("coordinator stopped")
+        _log.info("coordinator stopped", replica=self.settings.replica)
 
 
 def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
@@ -394,8 +401,18 @@ def _ws_tls(tls: ServerTls | None) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls and stop."""
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """uvloop where it is installed (a measured ~10% less CPU per call), asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and stop; ready() is
+    called once the replica serves (a worker tells its supervisor so)."""
     logs.configure(settings.log_level)
     set_trailer_budget(settings.error_details_budget)  # every error of this process
     replica = Replica(settings)
@@ -413,7 +430,9 @@ async def serve(settings: Settings) -> None:
         # measurable CPU cost per call (README, "Memory and garbage collection").
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        if ready is not None:
+            ready()
         await stop.wait()
-        _log.info("shutting down")
+        _log.info("shutting down", replica=replica.settings.replica)
     finally:
         await replica.stop()

@@ -80,6 +80,9 @@ class Settings:
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     # Bytes an error may take in trailers (details cut to fit; clients refuse over 8 KiB).
     error_details_budget: int = 8 * 1024
+    # Replica processes `accord serve` runs on the same ports (workers.py); above 1, this
+    # replica is one of them and shares its ports with the others (SO_REUSEPORT).
+    workers: int = 1
 
     def exposure_problem(self) -> str | None:
         """Why this replica must not start as configured (None: it may)."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start Accord: installs what is missing (etcd included), then runs one coordinator
 # replica. With no ACCORD_ETCD it starts a private etcd, keeping data in ./accord-data.
-# Any `accord serve` flag may follow, e.g. deploy/serve.sh --listen 0.0.0.0:50051
+# Any `accord serve` flag may follow, e.g. deploy/serve.sh --listen 0.0.0.0:50051, or
+# --workers 2 for two replica processes on the same ports (one private etcd for both).
 #
 # Auth is off by default (loopback only, with a loud warning). With `--auth required`
 # (or ACCORD_AUTH=required) the first start also bootstraps a cluster admin

@@ -256,8 +256,11 @@ class YWebsocketServer:
         self._server: Server | None = None
         self._sockets = sockets
 
-    async def start(self, listen: str, tls: ssl.SSLContext | None = None) -> int:
-        """Listen on host:port (port 0: any free one), over TLS (wss://) with tls;
+    async def start(
+        self, listen: str, tls: ssl.SSLContext | None = None, *, reuse_port: bool = False
+    ) -> int:
+        """Listen on host:port (port 0: any free one), over TLS (wss://) with tls, sharing
+        the port with other processes that listen with reuse_port (SO_REUSEPORT: workers);
         returns the bound port."""
         host, _, port = listen.rpartition(":")
         self._server = await serve(
@@ -271,6 +274,7 @@ class YWebsocketServer:
             # page the user happens to open cannot read or rewrite sessions.
             origins=[None, *(Origin(o) for o in self._origins)],
             compression=None,  # small binary updates: deflate costs CPU and latency for little
+            reuse_port=reuse_port,
         )
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound

@@ -33,8 +33,9 @@ class EtcdNotInstalled(RuntimeError):
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the coordinator dies (Linux)."""
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent dies (Linux): runs in etcd's child before
+    exec, and first thing in a worker (workers.py)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -133,7 +134,7 @@ class EmbeddedEtcd:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before any thread runs
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, before any thread runs
         )
         log_file.close()
         pid_file.write_text(str(self.process.pid))

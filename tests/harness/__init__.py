@@ -14,7 +14,14 @@ from tests.harness.auth import (
     token_for,
     wait_auth_ready,
 )
-from tests.harness.clients import EtcdStubs, Metadata, Stubs, identity, make_client
+from tests.harness.clients import (
+    EtcdStubs,
+    Metadata,
+    Stubs,
+    identity,
+    make_client,
+    stubs_by_replica,
+)
 from tests.harness.processes import (
     ETCD,
     ETCDCTL,
@@ -57,6 +64,7 @@ __all__ = [
     "queued",
     "start_coordinator",
     "start_etcd",
+    "stubs_by_replica",
     "token_args",
     "token_env",
     "token_for",

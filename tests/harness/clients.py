@@ -4,7 +4,7 @@ carries) or straight to etcd (EtcdStubs)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Self
 
 import grpc
@@ -12,6 +12,7 @@ import grpc
 from accord.client import AsyncClient, BatchPolicy, RetryPolicy
 from accord.v1 import (
     auth_pb2_grpc,
+    kv_pb2,
     kv_pb2_grpc,
     leases_pb2_grpc,
     locks_pb2_grpc,
@@ -88,6 +89,31 @@ class Stubs(_Channel):
         self.votes = votes_pb2_grpc.VotesStub(self.channel)
         self.auth = auth_pb2_grpc.AuthStub(self.channel)
         self.quotas = quotas_pb2_grpc.QuotasStub(self.channel)
+
+
+async def stubs_by_replica(
+    address: str, replicas: Collection[str], metadata: Metadata, tries: int = 200
+) -> dict[str, Stubs]:
+    """A channel to each of the replicas that share address (`serve --workers`): fresh
+    connections (no subchannel shared with other channels) until each replica has
+    answered on one, found by the replica its Get answers name."""
+    found: dict[str, Stubs] = {}
+    for _ in range(tries):
+        stubs = Stubs(address, [("grpc.use_local_subchannel_pool", 1)])
+        try:
+            answer = await stubs.kv.Get(kv_pb2.GetRequest(key="-"), metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError:
+            await stubs.close()
+            raise
+        if answer.header.replica in replicas and answer.header.replica not in found:
+            found[answer.header.replica] = stubs
+            if len(found) == len(replicas):
+                return found
+        else:
+            await stubs.close()
+    for stubs in found.values():
+        await stubs.close()
+    raise AssertionError(f"{tries} connections to {address} reached only {sorted(found)}")
 
 
 class EtcdStubs(_Channel):

@@ -242,6 +242,7 @@ class Coordinator(Process):
         ]
         if self.etcd_endpoints:
             argv += ["--etcd", ",".join(self.etcd_endpoints)]
+        logged = self.log.stat().st_size if self.log.exists() else 0
         self._spawn(
             argv,
             env={
@@ -254,10 +255,38 @@ class Coordinator(Process):
         wait_serving(self.address, timeout, self.tls_client)
         if self.ws:
             wait_for_port(self.ws_port, timeout, self.popen)
+        if "--workers" in self.extra_args:  # the first serves before the others may
+            self._wait_logged("workers serving", logged, timeout)
+
+    def _wait_logged(self, event: str, offset: int, timeout: float) -> None:
+        """Until the log has the event past offset (JSON lines; the process runs)."""
+        deadline = time.monotonic() + timeout
+        needle = f'"event": "{event}"'.encode()
+        while True:
+            with self.log.open("rb") as log:
+                log.seek(offset)
+                if needle in log.read():
+                    return
+            if not self.running() or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not log {event!r}; see {self.log}")
+            time.sleep(0.05)
 
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def workers(self) -> dict[str, int]:
+        """Under `serve --workers N`: each worker's replica id -> pid (the children of
+        this process that run accord.coordinator.workers)."""
+        listed = subprocess.run(
+            ["pgrep", "-a", "-P", str(self.pid)], capture_output=True, text=True, check=False
+        )
+        found = {}
+        for line in listed.stdout.splitlines():
+            pid, *argv = line.split()
+            if "accord.coordinator.workers" in argv:
+                found[argv[-1]] = int(pid)
+        return found
 
 
 def start_coordinator(
