@@ -112,7 +112,7 @@ def throughput(rounds: dict[Key, list[Result]], medians: dict[Key, Result]) -> F
         ax.set_xticks(sorted(set(spans)))
         _plain(ax)
         ax.set_title(workload or "(all)", fontsize=9)
-        ax.set_xlabel("clients (concurrent callers)")
+        ax.set_xlabel("clients (concurrent callers, unless the title says)")
         ax.set_ylabel("ops/s")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)

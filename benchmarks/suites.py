@@ -164,6 +164,14 @@ def sessions_readout(raw: dict[str, Any]) -> Readout:
                    r["p99_ms"], workload, cpu_us_per_op=cpu)
         )  # fmt: skip
     found.ratios += ratios_vs_peer(found.results, SESSION_PEER, metric="p99 ms")
+    ladder = f"fan-out to {subscribers} subscribers, the rate ladder (clients: updates/s offered)"
+    for label, rungs in fan.get("ladder", {}).items():
+        by_rate = {round(r["rate"]): r for r in rungs}  # a rate run again: its last rung
+        for rate, r in sorted(by_rate.items()):
+            found.results.append(
+                Result(label, rate, r["updates"], 0.0, r["achieved_rate"], r["p50_ms"],
+                       r["p99_ms"], ladder)
+            )  # fmt: skip
     if grpc := fan["at_50_per_s"].get("accord (gRPC Subscribe)"):
         found.ratios.append(
             within(workload, "accord (gRPC Subscribe)", "p99 ms", grpc["p99_ms"], 50, subscribers)

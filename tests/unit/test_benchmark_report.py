@@ -220,9 +220,18 @@ def test_the_suites_json_is_read_as_modes_vs_their_peer() -> None:
                     "accord (gRPC Subscribe)": {**rung, "p99_ms": 30.0},
                 },
                 "sustained": {"pycrdt-websocket 0.16.5": 150, "accord (gRPC Subscribe)": 400},
+                "ladder": {
+                    "accord (gRPC Subscribe)": [
+                        {**rung, "rate": 50, "p99_ms": 30.0},
+                        {**rung, "rate": 400, "achieved_rate": 390.0, "p99_ms": 80.0},
+                        {**rung, "rate": 50, "p99_ms": 35.0},  # the same rate again: this one
+                    ]
+                },
             }
         }
     )
+    ladder = [(r.clients, r.ops_per_s, r.p99_ms) for r in sessions.results if r.clients != 100]
+    assert ladder == [(50, 50.0, 35.0), (400, 390.0, 80.0)]
     assert {(r.metric, r.value, r.target) for r in sessions.ratios} == {
         ("p99 ms", 1.5, None),
         ("p99 ms", 0.6, 1.0),  # over the 50 ms
