@@ -6,6 +6,7 @@ nothing here measures anything."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -255,3 +256,12 @@ def test_every_option_the_runner_passes_is_one_its_suite_takes() -> None:
         text, _ = helps[suite.name].communicate(timeout=60)
         for option in (a for a in (*suite.quick, *suite.full) if a.startswith("--")):
             assert f"{option} " in text or f"{option}\n" in text, (suite.name, option)
+
+
+def test_the_readme_shows_plots_that_are_committed() -> None:
+    shown = re.findall(
+        r"\]\((benchmarks/results/latest/[^)]+\.png)\)", (REPO / "README.md").read_text()
+    )
+    assert shown
+    for path in shown:
+        assert (REPO / path).read_bytes()[:8] == PNG, path
