@@ -278,14 +278,21 @@ class FanOut:
         out.unlink()
         latencies: list[float] = []
         missing = 0
-        for s in range(SUBSCRIBERS):
-            for i in range(count):
-                arrived = arrivals[s * count + i]
-                if math.isnan(arrived):
-                    missing += 1
-                else:
-                    latencies.append((arrived - send_times[i]) * 1000)
+        # Per update: when its first subscriber had it (the write and the server's path
+        # to the first stream) and how long after that its last one did (the fan-out).
+        first_ms: list[float] = []
+        spread_ms: list[float] = []
+        for i in range(count):
+            got = [arrivals[s * count + i] for s in range(SUBSCRIBERS)]
+            seen = [a for a in got if not math.isnan(a)]
+            missing += len(got) - len(seen)
+            latencies.extend((a - send_times[i]) * 1000 for a in seen)
+            if seen:
+                first_ms.append((min(seen) - send_times[i]) * 1000)
+                spread_ms.append((max(seen) - min(seen)) * 1000)
         latencies.sort()
+        first_ms.sort()
+        spread_ms.sort()
         achieved = (count - 1) / sending if sending > 0 else rate
         result = {
             "rate": rate,
@@ -295,6 +302,10 @@ class FanOut:
             "p50_ms": round(percentile(latencies, 0.5), 2),
             "p99_ms": round(percentile(latencies, 0.99), 2),
             "max_ms": round(latencies[-1], 2) if latencies else math.nan,
+            "first_subscriber_p50_ms": round(percentile(first_ms, 0.5), 2),
+            "first_subscriber_p99_ms": round(percentile(first_ms, 0.99), 2),
+            "first_to_last_p50_ms": round(percentile(spread_ms, 0.5), 2),
+            "first_to_last_p99_ms": round(percentile(spread_ms, 0.99), 2),
             "server_cpu_us_per_update": round(
                 sum(v for k, v in meter.used.items() if k != "subscribers") * 1e6 / count
             ),
@@ -760,7 +771,7 @@ async def run_fan_out(
 def summarize(results: dict[str, Any], out: Path) -> None:
     summary: dict[str, object] = {}
     fan = results.get("fan_out")
-    if fan:
+    if fan and PEER_LABEL in fan["sustained"]:  # (--sides without the peer: no ratios)
         peer50 = fan["at_50_per_s"][PEER_LABEL]
         peer_rate = fan["sustained"][PEER_LABEL]
         for label in (ACCORD_LABEL, ACCORD_WS_LABEL):
@@ -823,6 +834,15 @@ def summarize(results: dict[str, Any], out: Path) -> None:
                 print(f"{label[:27]:<28}{r['rate']:>8g}{r['achieved_rate']:>10g}", end="")
                 print(f"{r['p50_ms']:>9g}{r['p99_ms']:>9g}", end="")
                 print(f"{r['server_cpu_us_per_update']:>11}{r['kept_up']!s:>9}")
+        print(f"\n{'@50/s rounds':<28}{'p50 ms':>9}{'p99 ms':>9}", end="")
+        print(f"{'1st sub p99':>12}{'1st-last p50':>13}{'1st-last p99':>13}")
+        for label, rounds in fan["at_50_per_s_rounds"].items():
+            for r in rounds:
+                print(f"{label[:27]:<28}{r['p50_ms']:>9g}{r['p99_ms']:>9g}", end="")
+                print(
+                    f"{r['first_subscriber_p99_ms']:>12g}{r['first_to_last_p50_ms']:>13g}", end=""
+                )
+                print(f"{r['first_to_last_p99_ms']:>13g}")
         print()
     for key, value in summary.items():
         print(f"{key}: {value}")

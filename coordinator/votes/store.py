@@ -277,8 +277,15 @@ class VoteStore:
             digest=digest,
             act=act,
             replay=replay,
-            answer=lambda done: votes_pb2.CastResponse(
-                header=common_pb2.ResponseHeader(revision=done[0]), ballot=done[1]
+            # A ballot that cannot change is rebuilt on retry from its key (_replay_cast):
+            # one etcd write. Otherwise (or when answered with an earlier identical
+            # ballot, under a record saying "refused") the answer is stored too.
+            answer=lambda done: (
+                None
+                if not (vote.spec.allow_change or done[2])
+                else votes_pb2.CastResponse(
+                    header=common_pb2.ResponseHeader(revision=done[0]), ballot=done[1]
+                )
             ),
             # The record changes only in direct txns: ballots on one vote share batches.
             stable=[self._keys.vote(ns, vote_id)],
@@ -401,12 +408,15 @@ class VoteStore:
                 raise StoredFailure(status_pb2.Status.FromString(record.answer))
             answer = votes_pb2.CastResponse.FromString(record.answer)
             return prior.revision, answer.ballot, True
-        # The first attempt's replica died before it stored its answer: rebuild it.
+        # A ballot that cannot change (its answer is not stored), or the first attempt's
+        # replica died before it stored its answer: rebuild it from the ballot's key.
         found = await self._etcd.range(read(key))
         if record.applied and found.kvs:
             ballot = votes_pb2.Ballot.FromString(found.kvs[0].value)
             ballot.revision = found.kvs[0].mod_revision
             return prior.revision, ballot, True
+        if record.applied:  # stored, then deleted with its vote after the retention
+            raise not_found(vote_id)
         raise ConditionFailed(
             "the first attempt with this request_id was refused (the vote was closed, the "
             "ballot already cast, or the fence lost); read the vote for its state",

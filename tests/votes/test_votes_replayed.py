@@ -3,8 +3,12 @@ raw gRPC (what another language sees) and through the Python client."""
 
 from __future__ import annotations
 
+import asyncio
+
 from accord.v1 import votes_pb2
-from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client
+from accord.v1.records_pb2 import IdempotencyRecord
+from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client, until
+from tests.kv.test_idempotency import idem_records
 
 
 def _spec() -> votes_pb2.VoteSpec:
@@ -41,9 +45,10 @@ async def test_a_retried_or_repeated_ballot_says_it_was_replayed(
     replicas: list[Coordinator], namespace: str
 ) -> None:
     addresses = [r.address for r in replicas]
-    async with make_client(addresses, namespace, agent="lead") as lead, make_client(
-        addresses, namespace, agent="alice"
-    ) as alice:
+    async with (
+        make_client(addresses, namespace, agent="lead") as lead,
+        make_client(addresses, namespace, agent="alice") as alice,
+    ):
         vote = await lead.votes.propose(
             "Ship it?", ["yes", "no"], voters=["alice", "bob", "carol"], voting_period=60
         )
@@ -55,3 +60,48 @@ async def test_a_retried_or_repeated_ballot_says_it_was_replayed(
         assert [b.revision for b in (await lead.votes.get(vote.id)).ballots] == [
             first.ballot.revision
         ]
+
+
+async def test_a_ballot_with_a_request_id_is_one_etcd_write(
+    replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
+    """A ballot that cannot change is its own answer: the request_id's record is written
+    once, with it, and a retry rebuilds the answer from the ballot's key. A ballot that may
+    change later has its answer stored in the record as well."""
+    three = _spec()  # bob's ballot below leaves the vote open
+    three.electorate.voters.voters.add(agent_id="carol", weight=1)
+    async with Stubs(replicas[0].address) as raw:
+        fixed = await raw.votes.Propose(
+            votes_pb2.ProposeRequest(spec=three, request_id="p-fixed"),
+            metadata=identity(namespace, "lead"),
+        )
+        changing = _spec()
+        changing.allow_change = True
+        changeable = await raw.votes.Propose(
+            votes_pb2.ProposeRequest(spec=changing, request_id="p-changing"),
+            metadata=identity(namespace, "lead"),
+        )
+        casts = {}
+        for request_id, vote in (("c-fixed", fixed.vote), ("c-changing", changeable.vote)):
+            request = votes_pb2.CastRequest(vote_id=vote.id, choice="yes", request_id=request_id)
+            casts[request_id] = await raw.votes.Cast(request, metadata=identity(namespace, "alice"))
+        # A background write of an answer would be queued before this one is sent.
+        await raw.votes.Cast(
+            votes_pb2.CastRequest(vote_id=fixed.vote.id, choice="no", request_id="c-last"),
+            metadata=identity(namespace, "bob"),
+        )
+        records = idem_records(etcd, namespace, "alice")
+        assert records["c-fixed"].version == 1
+        assert not IdempotencyRecord.FromString(records["c-fixed"].value).answer
+        stored = await until(
+            lambda: asyncio.to_thread(idem_records, etcd, namespace, "alice"),
+            lambda found: found["c-changing"].version == 2,
+            "the changeable ballot's answer stored in its record",
+        )
+        assert IdempotencyRecord.FromString(stored["c-changing"].value).answer
+        retry = await raw.votes.Cast(
+            votes_pb2.CastRequest(vote_id=fixed.vote.id, choice="yes", request_id="c-fixed"),
+            metadata=identity(namespace, "alice"),
+        )
+    assert retry.replayed and retry.ballot == casts["c-fixed"].ballot
+    assert retry.header.revision == casts["c-fixed"].header.revision
