@@ -377,12 +377,11 @@ class LockStore:
         return compares, put(entry.key, granted.SerializeToString(), keep_lease=True)
 
     async def _granted(self, ns: str, entry: Entry) -> locks_pb2.Grant:
-        """The grant of an entry a look found holding. An exclusive one holds by being
-        first, which stays so (the look read it existing, so its lease alive). A shared
-        or semaphore one is marked as holding, unless its lease died meanwhile: a lock
-        never goes to a dead lease (its record is attached to the lease and gone with
-        it)."""
-        if entry.record.granted or holds_by_place(entry):
+        """The grant of an entry a look found holding (a shared or semaphore one: an
+        exclusive one is found holding by _holds_if_first, which writes nothing), marked
+        as holding unless its lease died meanwhile: a lock never goes to a dead lease
+        (its record is attached to the lease and gone with it)."""
+        if entry.record.granted:
             return grant_of(entry)
         compares, mark = self._mark(ns, entry)
         committed = await self._s.committer.commit(

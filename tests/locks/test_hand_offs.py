@@ -12,7 +12,7 @@ import pytest
 from accord.client import AsyncClient, FencedError, Lease, LockMode
 from accord.coordinator.substrate.keyspace import Keyspace
 from accord.v1 import records_pb2
-from tests.harness import EtcdMember, StoredKey, queued
+from tests.harness import Coordinator, EtcdMember, StoredKey, make_client, queued
 
 
 @pytest.fixture
@@ -40,6 +40,27 @@ async def test_a_hand_off_writes_only_the_release(
     # The waiter's entry is as it was written when it joined: holding needed no write.
     assert stored.create_revision == stored.mod_revision == grant.token
     assert not records_pb2.LockEntryRecord.FromString(stored.value).granted
+
+
+async def test_a_retried_acquire_elsewhere_finds_the_handed_off_grant_unwritten(
+    client: AsyncClient,
+    replicas: list[Coordinator],
+    etcd: EtcdMember,
+    namespace: str,
+    leases: list[Lease],
+) -> None:
+    held = await client.locks.acquire("L", leases[0])
+    waiting = asyncio.create_task(client.locks.acquire("L", leases[1], wait=20))
+    await queued(client, "L", 1)
+    await client.locks.release(held)
+    grant = await asyncio.wait_for(waiting, 20)
+    # As after an ambiguous failure: the same acquire again, on each replica. It finds the
+    # lease's entry first in the queue, so holding, and answers the same grant.
+    for replica in replicas:
+        async with make_client([replica.address], namespace) as again:
+            assert await again.locks.acquire("L", leases[1], wait=5) == grant
+    stored = entry(etcd, namespace, "L", leases[1])
+    assert stored.create_revision == stored.mod_revision == grant.token
 
 
 async def test_a_handed_off_grant_fences_as_a_marked_one(
