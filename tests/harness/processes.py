@@ -50,6 +50,14 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
             delay = min(delay * 2, 0.3)
 
 
+def listening_pids(port: int) -> set[int]:
+    """The processes listening on a TCP port (`ss`; several under SO_REUSEPORT)."""
+    listed = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True
+    )
+    return {int(part.split("=")[1]) for part in listed.stdout.split(",") if part.startswith("pid=")}
+
+
 @dataclass
 class Process:
     name: str
@@ -242,7 +250,6 @@ class Coordinator(Process):
         ]
         if self.etcd_endpoints:
             argv += ["--etcd", ",".join(self.etcd_endpoints)]
-        logged = self.log.stat().st_size if self.log.exists() else 0
         self._spawn(
             argv,
             env={
@@ -256,19 +263,20 @@ class Coordinator(Process):
         if self.ws:
             wait_for_port(self.ws_port, timeout, self.popen)
         if "--workers" in self.extra_args:  # the first serves before the others may
-            self._wait_logged("workers serving", logged, timeout)
+            count = int(self.extra_args[self.extra_args.index("--workers") + 1])
+            self._wait_workers_listen(count, timeout)
 
-    def _wait_logged(self, event: str, offset: int, timeout: float) -> None:
-        """Until the log has the event past offset (JSON lines; the process runs)."""
+    def _wait_workers_listen(self, count: int, timeout: float) -> None:
+        """Until count workers listen on the gRPC port (a worker serves once it does:
+        gRPC starts at once after it binds) and on the y-websocket port."""
         deadline = time.monotonic() + timeout
-        needle = f'"event": "{event}"'.encode()
         while True:
-            with self.log.open("rb") as log:
-                log.seek(offset)
-                if needle in log.read():
-                    return
+            workers = set(self.workers().values())
+            ports = [self.port, self.ws_port] if self.ws else [self.port]
+            if len(workers) == count and all(listening_pids(p) >= workers for p in ports):
+                return
             if not self.running() or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not log {event!r}; see {self.log}")
+                raise RuntimeError(f"{self.name}: {count} workers did not listen; see {self.log}")
             time.sleep(0.05)
 
     def restart(self) -> None:

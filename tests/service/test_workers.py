@@ -29,6 +29,7 @@ from tests.harness import (
     Metadata,
     Stubs,
     free_port,
+    listening_pids,
     stubs_by_replica,
     until,
 )
@@ -111,14 +112,6 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _listeners(port: int) -> set[int]:
-    """The pids listening on a TCP port."""
-    listed = subprocess.run(
-        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True
-    )
-    return {int(part.split("=")[1]) for part in listed.stdout.split(",") if part.startswith("pid=")}
-
-
 def _alive(pid: int) -> bool:
     """The process runs (a zombie, dead but not yet reaped, does not)."""
     try:
@@ -150,8 +143,8 @@ async def test_each_worker_is_a_replica_on_the_shared_ports(
         watched.cancel()
     pids = set(workers.workers().values())
     assert len(pids) == 2
-    assert _listeners(workers.port) == pids
-    assert _listeners(workers.ws_port) == pids
+    assert listening_pids(workers.port) == pids
+    assert listening_pids(workers.ws_port) == pids
 
 
 async def test_a_cas_conflict_spans_workers(by_worker: dict[str, Stubs], namespace: str) -> None:
