@@ -211,4 +211,5 @@ SUITES = (
         ("--seconds", "3"),
     ),
     Suite("overload", ("--seconds", "1", "--flooders", "8"), ("--seconds", "5")),
+    Suite("workers", ("--seconds", "0.5", "--rounds", "1"), ("--seconds", "3", "--rounds", "2")),
 )

@@ -40,6 +40,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import structlog
+
 from accord.coordinator import logs
 from accord.coordinator.settings import Settings
 from accord.coordinator.substrate.embedded_etcd import EmbeddedEtcd, die_with_parent
@@ -273,6 +275,7 @@ def _worker(supervisor: int) -> None:
         return  # the supervisor died before the parent-death signal was set
     settings = pickle.load(sys.stdin.buffer)  # from the supervisor: its own code, trusted
     assert isinstance(settings, Settings)
+    structlog.contextvars.bind_contextvars(replica=settings.replica)  # on each log line
 
     def ready() -> None:
         sys.stdout.buffer.write(READY)

@@ -256,6 +256,9 @@ async def test_sigterm_stops_every_worker_then_the_one_embedded_etcd(
     assert code == 0
     stopped = {entry["replica"] for entry in _logged(service.log, "coordinator stopped")}
     assert stopped == set(replicas)
+    # Every line a worker logs names it, not only those that say so themselves.
+    totals = [entry.get("replica") for entry in _logged(service.log, "group commit totals")]
+    assert sorted(map(str, totals)) == sorted(replicas)
     # At once, not eventually: the command exits only after its workers and etcd did.
     assert [pid for pid in pids.values() if _alive(pid)] == []
     assert _etcd_processes_for(data_dir) == []
