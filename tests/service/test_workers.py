@@ -339,6 +339,39 @@ async def test_workers_do_not_outlive_a_killed_supervisor(etcd: EtcdMember, work
     assert _port_free(service.port) and _port_free(service.ws_port)
 
 
+async def test_port_zero_is_one_free_port_for_every_worker(
+    etcd: EtcdMember, workdir: Path, namespace: str
+) -> None:
+    """--listen and --ws-listen with port 0: the command picks one free port of each for
+    all its workers, and says which."""
+    log = workdir / "workers-any-port.log"
+    with log.open("ab") as out:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "accord.coordinator", "serve", "--workers", "2",
+             "--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0", "--etcd", etcd.endpoint],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+
+        async def serving() -> list[dict[str, object]]:
+            return _logged(log, "workers serving")
+
+        (started,) = await until(serving, bool, "the workers to serve", timeout=60)
+        listen, ws_listen = str(started["listen"]), str(started["ws_listen"])
+        port, ws_port = int(listen.rpartition(":")[2]), int(ws_listen.rpartition(":")[2])
+        assert port and ws_port
+        workers = {int(entry["pid"]) for entry in _logged(log, "worker started")}
+        assert len(workers) == 2
+        assert listening_pids(port) == workers and listening_pids(ws_port) == workers
+        replicas = {f"{socket.gethostname()}:{port}-w{i}" for i in range(2)}
+        found = await stubs_by_replica(listen, replicas, _identity(namespace))
+        for stubs in found.values():
+            await stubs.close()
+    finally:
+        command.terminate()
+        assert command.wait(30) == 0
+
+
 def test_a_worker_that_cannot_start_stops_the_command(etcd: EtcdMember, workdir: Path) -> None:
     """A configuration error fails every worker the same way: the command says so and
     exits 1, leaving no worker behind, instead of restarting them forever."""
