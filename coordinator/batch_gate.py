@@ -14,15 +14,55 @@ not held as a refused call is); either becomes that operation's outcome, not the
 
 from __future__ import annotations
 
-from dataclasses import replace
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 
+from accord.coordinator import logs
 from accord.coordinator.auth import roles
 from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.quotas.admission import Admission, Rule
 from accord.coordinator.substrate import calls
-from accord.coordinator.substrate.errors import PermissionDenied
+from accord.coordinator.substrate.errors import AccordError, Internal, PermissionDenied, invalid
+
+_log = logs.get("accord.batch")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation of a batch, as its envelope describes it."""
+
+    call: calls.Call  # the batch's own
+    arrived: float  # time.monotonic() at the batch's arrival
+    field: str  # how errors name it, e.g. "ops[3]"
+    timeout_ms: int
+    agent_id: str
+
+
+async def each(
+    count: int, run: Callable[[int], Awaitable[T]], failed: Callable[[status_pb2.Status], T]
+) -> list[T]:
+    """run(i) for i in range(count), concurrently, each in its own task (so with its own
+    calls.current); a refusal, or an unexpected failure (Internal, logged), becomes
+    failed(its status) for that operation alone."""
+
+    async def one(index: int) -> T:
+        try:
+            return await run(index)
+        except AccordError as refused:
+            return failed(refused.to_status())
+        except Exception as exc:
+            _log.exception("unexpected error in a batch operation", index=index)
+            return failed(
+                Internal(f"unexpected coordinator error: {type(exc).__name__}").to_status()
+            )
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
 def _acting_as(call: calls.Call, agent: str, field: str) -> calls.Call:
@@ -58,6 +98,19 @@ class OpGate:
             if self._refusals is not None:
                 self._refusals.note(call, method, refused)
             raise
+
+    def enter(self, op: Operation, method: str, request: Message) -> None:
+        """Set calls.current to the call op runs as (its own deadline and agent; this
+        must run in the operation's own task) and refuse unless it may run request as
+        method."""
+        call = op.call
+        if op.timeout_ms < 0:
+            raise invalid(f"{op.field}.timeout_ms", "must not be negative")
+        if op.timeout_ms:
+            own = op.arrived + op.timeout_ms / 1000
+            call = replace(call, deadline=own if call.deadline is None else min(own, call.deadline))
+        calls.current.set(self.acting_as(call, op.agent_id, f"{op.field}.agent_id", method))
+        self.check(method, request)
 
     def check(self, method: str, request: Message) -> None:
         """Refuse unless the current call may run request as method (the full gRPC name

@@ -20,26 +20,19 @@ logged).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from dataclasses import replace
 from typing import Protocol
 
-from accord.coordinator import logs
 from accord.coordinator.auth.roles import method_name
-from accord.coordinator.batch_gate import OpGate
+from accord.coordinator.batch_gate import Operation, OpGate, each
 from accord.coordinator.substrate import calls
-from accord.coordinator.substrate.errors import AccordError, Internal, invalid
+from accord.coordinator.substrate.errors import invalid
 from accord.coordinator.substrate.limits import require_counts
 from accord.coordinator.substrate.pages import MAX_PAGE_BYTES
 from accord.v1 import kv_pb2
 
-_log = logs.get("accord.kv.batch")
 MAX_OPS = 256
-GET, PUT, DELETE, TXN, BATCH = (
-    method_name(kv_pb2, "KV", m) for m in ("Get", "Put", "Delete", "Txn", "Batch")
-)
-_METHODS = {"get": GET, "put": PUT, "delete": DELETE, "txn": TXN}
+GET, PUT, DELETE, TXN = (method_name(kv_pb2, "KV", m) for m in ("Get", "Put", "Delete", "Txn"))
 
 
 class Answers(Protocol):
@@ -58,52 +51,28 @@ async def run(
     require_counts(("ops", len(request.ops), MAX_OPS))
     call = calls.current.get()
     arrived = time.monotonic()
-    outcomes = list(
-        await asyncio.gather(
-            *(_one(i, op, answers, gate, call, arrived) for i, op in enumerate(request.ops))
-        )
-    )
-    fit(outcomes)
-    return outcomes, max((_revision(o) for o in outcomes), default=0)
 
-
-async def _one(
-    index: int,
-    op: kv_pb2.BatchOp,
-    answers: Answers,
-    gate: OpGate,
-    call: calls.Call,
-    arrived: float,
-) -> kv_pb2.BatchOutcome:
-    try:
-        if op.timeout_ms < 0:
-            raise invalid(f"ops[{index}].timeout_ms", "must not be negative")
-        if op.timeout_ms:
-            own = arrived + op.timeout_ms / 1000
-            call = replace(call, deadline=own if call.deadline is None else min(own, call.deadline))
+    async def one(index: int) -> kv_pb2.BatchOutcome:
+        op = request.ops[index]
         kind = op.WhichOneof("op")
-        method = _METHODS.get(kind or "", BATCH)
-        # This task's own copy of the context: the operation's deadline and agent.
-        calls.current.set(gate.acting_as(call, op.agent_id, f"ops[{index}].agent_id", method))
+        envelope = Operation(call, arrived, f"ops[{index}]", op.timeout_ms, op.agent_id)
         if kind == "get":
-            gate.check(GET, op.get)
+            gate.enter(envelope, GET, op.get)
             return kv_pb2.BatchOutcome(get=await answers.get(op.get))
         if kind == "put":
-            gate.check(PUT, op.put)
+            gate.enter(envelope, PUT, op.put)
             return kv_pb2.BatchOutcome(put=await answers.put(op.put))
         if kind == "delete":
-            gate.check(DELETE, op.delete)
+            gate.enter(envelope, DELETE, op.delete)
             return kv_pb2.BatchOutcome(delete=await answers.delete(op.delete))
         if kind == "txn":
-            gate.check(TXN, op.txn)
+            gate.enter(envelope, TXN, op.txn)
             return kv_pb2.BatchOutcome(txn=await answers.txn(op.txn))
         raise invalid(f"ops[{index}]", "must be one of get, put, delete, txn")
-    except AccordError as refused:
-        return kv_pb2.BatchOutcome(error=refused.to_status())
-    except Exception as exc:
-        _log.exception("unexpected error in a batch operation", index=index)
-        failed = Internal(f"unexpected coordinator error: {type(exc).__name__}")
-        return kv_pb2.BatchOutcome(error=failed.to_status())
+
+    outcomes = await each(len(request.ops), one, lambda status: kv_pb2.BatchOutcome(error=status))
+    fit(outcomes)
+    return outcomes, max((_revision(o) for o in outcomes), default=0)
 
 
 def _revision(outcome: kv_pb2.BatchOutcome) -> int:
