@@ -27,10 +27,12 @@ import asyncio
 import copy
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import grpc
+from google.rpc import status_pb2
 
 from accord.client import calls
 from accord.client.calls import Req, Resp, Unary
@@ -41,7 +43,7 @@ from accord.client.errors import (
     from_status,
 )
 from accord.client.transport import Transport
-from accord.v1 import kv_pb2
+from accord.v1 import kv_pb2, votes_pb2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,84 +59,45 @@ class BatchPolicy:
     max_in_flight: int = 2
 
 
+Op = TypeVar("Op", kv_pb2.BatchOp, votes_pb2.CastOp)
+Out = TypeVar("Out", kv_pb2.BatchOutcome, votes_pb2.CastOutcome)
+BatchReq = TypeVar("BatchReq")
+BatchResp = TypeVar("BatchResp")
+
+
+@dataclass(frozen=True, slots=True)
+class Lane(Generic[Op, Out, BatchReq, BatchResp]):
+    """One batch RPC: how operations go into its request and outcomes come out."""
+
+    call: Unary[BatchReq, BatchResp]
+    request: Callable[[list[Op]], BatchReq]
+    outcomes: Callable[[BatchResp], Sequence[Out]]
+    error: Callable[[Out], status_pb2.Status | None]
+
+
 @dataclass(slots=True)
-class _Queued:
-    op: kv_pb2.BatchOp
+class _Queued(Generic[Op, Out]):
+    op: Op
     size: int
     deadline: float
     via: Transport  # whose identity the operation carries
-    future: asyncio.Future[kv_pb2.BatchOutcome] = field(repr=False)
+    future: asyncio.Future[Out] = field(repr=False)
 
 
-class Coalescer:
-    def __init__(self, policy: BatchPolicy | None) -> None:
+class Coalescer(Generic[Op, Out, BatchReq, BatchResp]):
+    def __init__(
+        self, policy: BatchPolicy | None, lane: Lane[Op, Out, BatchReq, BatchResp]
+    ) -> None:
+        self._lane: Lane[Op, Out, BatchReq, BatchResp] = lane
         self.enabled = policy is not None
         policy = policy or BatchPolicy()
         self._max_ops = max(1, min(policy.max_ops, 256))
         self._max_bytes = policy.max_bytes
         self._max_in_flight = max(1, policy.max_in_flight)
-        self._queue: deque[_Queued] = deque()
+        self._queue: deque[_Queued[Op, Out]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0  # KV.Batch calls sent (tests and benchmarks read it)
-
-    async def get(
-        self, request: kv_pb2.GetRequest, timeout: float | None, via: Transport
-    ) -> kv_pb2.GetResponse:
-        response = await self._send(
-            via, calls.KV_GET, request, lambda: kv_pb2.BatchOp(get=request), _pick_get, timeout
-        )
-        if not isinstance(response, kv_pb2.BatchOutcome):
-            return response
-        if response.value_omitted:  # too large for the batch: read alone, same revision
-            alone = kv_pb2.GetRequest(key=request.key, revision=response.get.kv.mod_revision)
-            return await via.unary(calls.KV_GET, alone, timeout=timeout)
-        return response.get
-
-    async def put(
-        self, request: kv_pb2.PutRequest, timeout: float | None, via: Transport
-    ) -> kv_pb2.PutResponse:
-        response = await self._send(
-            via, calls.KV_PUT, request, lambda: kv_pb2.BatchOp(put=request), _pick_put, timeout
-        )
-        if not isinstance(response, kv_pb2.BatchOutcome):
-            return response
-        if response.value_omitted:
-            response.put.kv.value = request.value  # the value sent
-        return response.put
-
-    async def delete(
-        self, request: kv_pb2.DeleteRequest, timeout: float | None, via: Transport
-    ) -> kv_pb2.DeleteResponse:
-        response = await self._send(
-            via,
-            calls.KV_DELETE,
-            request,
-            lambda: kv_pb2.BatchOp(delete=request),
-            _pick_delete,
-            timeout,
-        )
-        if not isinstance(response, kv_pb2.BatchOutcome):
-            return response
-        deleted = response.delete
-        if response.value_omitted:  # read the deleted value as of just before
-            before = kv_pb2.GetRequest(key=request.key, revision=deleted.header.revision - 1)
-            try:
-                found = await via.unary(calls.KV_GET, before, timeout=timeout)
-            except AccordError:
-                return deleted  # compacted since: the value stays out
-            if found.found and found.kv.mod_revision == deleted.prev_kv.mod_revision:
-                deleted.prev_kv.value = found.kv.value
-        return deleted
-
-    async def txn(
-        self, request: kv_pb2.TxnRequest, timeout: float | None, via: Transport
-    ) -> kv_pb2.TxnResponse:
-        # A Txn's results say themselves which values were left out (the caller fills them).
-        response = await self._send(
-            via, calls.KV_TXN, request, lambda: kv_pb2.BatchOp(txn=request), _pick_txn, timeout
-        )
-        return response if not isinstance(response, kv_pb2.BatchOutcome) else response.txn
+        self.batches = 0  # batch calls sent (tests and benchmarks read it)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -149,10 +112,9 @@ class Coalescer:
         via: Transport,
         call: Unary[Req, Resp],
         request: Req,
-        op: Callable[[], kv_pb2.BatchOp],
-        pick: Callable[[kv_pb2.BatchOutcome], bool],
+        op: Callable[[], Op],
         timeout: float | None,
-    ) -> Resp | kv_pb2.BatchOutcome:
+    ) -> Resp | Out:
         """request alone as call (its response), or queued into a batch (its outcome)."""
         seconds = via.timeout if timeout is None else timeout
         if not self.enabled or (not self._queue and self._in_flight < self._max_in_flight):
@@ -163,8 +125,10 @@ class Coalescer:
                 self._in_flight -= 1
                 self._flush()
         deadline = time.monotonic() + seconds
-        queued = _Queued(op(), 0, deadline, via, asyncio.get_running_loop().create_future())
-        queued.size = queued.op.ByteSize()
+        made = op()
+        queued: _Queued[Op, Out] = _Queued(
+            made, made.ByteSize(), deadline, via, asyncio.get_running_loop().create_future()
+        )
         self._queue.append(queued)
         expiry = asyncio.get_running_loop().call_later(seconds, _expire, queued.future)
         try:
@@ -172,19 +136,18 @@ class Coalescer:
         except AccordError:
             if self.enabled or deadline <= time.monotonic():
                 raise
-            # The replica turned out to have no KV.Batch: this one goes alone.
+            # The replica turned out to have no such batch call: this one goes alone.
             return await via.unary(call, request, timeout=deadline - time.monotonic())
         finally:
             expiry.cancel()
-        if outcome.HasField("error"):
-            error = from_status(outcome.error)
+        status = self._lane.error(outcome)
+        if status is not None:
+            error = from_status(status)
             if _again_alone(error):  # retried as a unary call is, within the deadline
                 left = deadline - time.monotonic()
                 if left > 0:
                     return await via.unary(call, request, timeout=left)
             raise error
-        if not pick(outcome):  # the replica answered another kind of outcome
-            raise AccordError("the replica's batch answered the wrong kind of outcome")
         return outcome
 
     def _flush(self) -> None:
@@ -198,11 +161,11 @@ class Coalescer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[_Queued]:
+    def _take(self) -> list[_Queued[Op, Out]]:
         """The next batch: the first operation queued sends it as its agent; others name
         theirs (an operation acting as the default agent only shares a batch sent so)."""
-        batch: list[_Queued] = []
-        kept: deque[_Queued] = deque()
+        batch: list[_Queued[Op, Out]] = []
+        kept: deque[_Queued[Op, Out]] = deque()
         size = 0
         while self._queue and len(batch) < self._max_ops:
             queued = self._queue.popleft()
@@ -222,7 +185,7 @@ class Coalescer:
         self._queue = kept
         return batch
 
-    async def _batch(self, batch: list[_Queued]) -> None:
+    async def _batch(self, batch: list[_Queued[Op, Out]]) -> None:
         try:
             now = time.monotonic()
             lead = batch[0].via
@@ -230,10 +193,10 @@ class Coalescer:
                 queued.op.timeout_ms = max(1, int((queued.deadline - now) * 1000))
                 if queued.via.agent_id != lead.agent_id:
                     queued.op.agent_id = queued.via.agent_id
-            request = kv_pb2.BatchRequest(ops=[q.op for q in batch])
+            request = self._lane.request([q.op for q in batch])
             timeout = max(q.deadline for q in batch) - now
             try:
-                response = await lead.unary(calls.KV_BATCH, request, timeout=timeout)
+                response = await lead.unary(self._lane.call, request, timeout=timeout)
             except AccordError as error:
                 if error.code == grpc.StatusCode.UNIMPLEMENTED:
                     self.enabled = False  # an older replica: one call per operation
@@ -242,10 +205,11 @@ class Coalescer:
                         queued.future.set_exception(copy.copy(error))
                 return
             self.batches += 1
-            for queued, outcome in zip(batch, response.outcomes, strict=False):
+            outcomes = self._lane.outcomes(response)
+            for queued, outcome in zip(batch, outcomes, strict=False):
                 if not queued.future.done():
                     queued.future.set_result(outcome)
-            for queued in batch[len(response.outcomes) :]:
+            for queued in batch[len(outcomes) :]:
                 if not queued.future.done():
                     queued.future.set_exception(AccordError("the batch's answer lacked it"))
         finally:
@@ -253,7 +217,7 @@ class Coalescer:
             self._flush()
 
 
-def _expire(future: asyncio.Future[kv_pb2.BatchOutcome]) -> None:
+def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(
             DeadlineExceededError("the call's deadline expired before its batch was answered")
@@ -265,17 +229,107 @@ def _again_alone(error: AccordError) -> bool:
     return error.code == grpc.StatusCode.UNAVAILABLE or isinstance(error, QuotaExceededError)
 
 
-def _pick_get(outcome: kv_pb2.BatchOutcome) -> bool:
-    return outcome.HasField("get")
+def _kv_error(outcome: kv_pb2.BatchOutcome) -> status_pb2.Status | None:
+    return outcome.error if outcome.HasField("error") else None
 
 
-def _pick_put(outcome: kv_pb2.BatchOutcome) -> bool:
-    return outcome.HasField("put")
+def _cast_error(outcome: votes_pb2.CastOutcome) -> status_pb2.Status | None:
+    return outcome.error if outcome.HasField("error") else None
 
 
-def _pick_delete(outcome: kv_pb2.BatchOutcome) -> bool:
-    return outcome.HasField("delete")
+KV_LANE: Lane[kv_pb2.BatchOp, kv_pb2.BatchOutcome, kv_pb2.BatchRequest, kv_pb2.BatchResponse] = (
+    Lane(calls.KV_BATCH, lambda ops: kv_pb2.BatchRequest(ops=ops), lambda r: r.outcomes, _kv_error)
+)
+CAST_LANE: Lane[
+    votes_pb2.CastOp, votes_pb2.CastOutcome, votes_pb2.CastManyRequest, votes_pb2.CastManyResponse
+] = Lane(
+    calls.VOTES_CAST_MANY,
+    lambda ops: votes_pb2.CastManyRequest(casts=ops),
+    lambda r: r.outcomes,
+    _cast_error,
+)
 
 
-def _pick_txn(outcome: kv_pb2.BatchOutcome) -> bool:
-    return outcome.HasField("txn")
+class KVBatches(
+    Coalescer[kv_pb2.BatchOp, kv_pb2.BatchOutcome, kv_pb2.BatchRequest, kv_pb2.BatchResponse]
+):
+    """Get, Put, Delete and Txn through KV.Batch; a value left out of a full batch is
+    filled in (read alone, or the value sent)."""
+
+    def __init__(self, policy: BatchPolicy | None) -> None:
+        super().__init__(policy, KV_LANE)
+
+    async def get(
+        self, request: kv_pb2.GetRequest, timeout: float | None, via: Transport
+    ) -> kv_pb2.GetResponse:
+        response = await self._send(
+            via, calls.KV_GET, request, lambda: kv_pb2.BatchOp(get=request), timeout
+        )
+        if not isinstance(response, kv_pb2.BatchOutcome):
+            return response
+        if response.value_omitted:  # too large for the batch: read alone, same revision
+            alone = kv_pb2.GetRequest(key=request.key, revision=response.get.kv.mod_revision)
+            return await via.unary(calls.KV_GET, alone, timeout=timeout)
+        return response.get
+
+    async def put(
+        self, request: kv_pb2.PutRequest, timeout: float | None, via: Transport
+    ) -> kv_pb2.PutResponse:
+        response = await self._send(
+            via, calls.KV_PUT, request, lambda: kv_pb2.BatchOp(put=request), timeout
+        )
+        if not isinstance(response, kv_pb2.BatchOutcome):
+            return response
+        if response.value_omitted:
+            response.put.kv.value = request.value  # the value sent
+        return response.put
+
+    async def delete(
+        self, request: kv_pb2.DeleteRequest, timeout: float | None, via: Transport
+    ) -> kv_pb2.DeleteResponse:
+        response = await self._send(
+            via, calls.KV_DELETE, request, lambda: kv_pb2.BatchOp(delete=request), timeout
+        )
+        if not isinstance(response, kv_pb2.BatchOutcome):
+            return response
+        deleted = response.delete
+        if response.value_omitted:  # read the deleted value as of just before
+            before = kv_pb2.GetRequest(key=request.key, revision=deleted.header.revision - 1)
+            try:
+                found = await via.unary(calls.KV_GET, before, timeout=timeout)
+            except AccordError:
+                return deleted  # compacted since: the value stays out
+            if found.found and found.kv.mod_revision == deleted.prev_kv.mod_revision:
+                deleted.prev_kv.value = found.kv.value
+        return deleted
+
+    async def txn(
+        self, request: kv_pb2.TxnRequest, timeout: float | None, via: Transport
+    ) -> kv_pb2.TxnResponse:
+        # A Txn's results say themselves which values were left out (the caller fills them).
+        response = await self._send(
+            via, calls.KV_TXN, request, lambda: kv_pb2.BatchOp(txn=request), timeout
+        )
+        return response if not isinstance(response, kv_pb2.BatchOutcome) else response.txn
+
+
+class CastBatches(
+    Coalescer[
+        votes_pb2.CastOp,
+        votes_pb2.CastOutcome,
+        votes_pb2.CastManyRequest,
+        votes_pb2.CastManyResponse,
+    ]
+):
+    """Votes.Cast through Votes.CastMany."""
+
+    def __init__(self, policy: BatchPolicy | None) -> None:
+        super().__init__(policy, CAST_LANE)
+
+    async def cast(
+        self, request: votes_pb2.CastRequest, timeout: float | None, via: Transport
+    ) -> votes_pb2.CastResponse:
+        response = await self._send(
+            via, calls.VOTES_CAST, request, lambda: votes_pb2.CastOp(cast=request), timeout
+        )
+        return response.cast if isinstance(response, votes_pb2.CastOutcome) else response

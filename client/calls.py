@@ -103,6 +103,8 @@ SESSIONS_SUBSCRIBE = ServerStream(lambda s: s.sessions.Subscribe)
 # accord.v1.Votes
 VOTES_PROPOSE = Unary(lambda s: s.votes.Propose)
 VOTES_CAST = Unary(lambda s: s.votes.Cast)
+# Safe to repeat: the client sends no Cast without a request_id (client/batching.py).
+VOTES_CAST_MANY = Unary(lambda s: s.votes.CastMany)
 VOTES_GET = Unary(lambda s: s.votes.Get)
 VOTES_LIST = Unary(lambda s: s.votes.List)
 VOTES_CANCEL = Unary(lambda s: s.votes.Cancel)

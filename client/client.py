@@ -13,7 +13,7 @@ import grpc
 from pycrdt import Doc
 
 from accord.client.auth import AsyncAuth
-from accord.client.batching import BatchPolicy, Coalescer
+from accord.client.batching import BatchPolicy, CastBatches, KVBatches
 from accord.client.kv import AsyncKV
 from accord.client.leases import AsyncLeases
 from accord.client.locks import AsyncLocks
@@ -86,13 +86,15 @@ class AsyncClient:
             token=os.environ.get("ACCORD_TOKEN", "") if token is None else token,
         )
         self.auth = AsyncAuth(self._transport)
-        self._coalescer = Coalescer(BatchPolicy() if batching is True else batching or None)
+        policy = BatchPolicy() if batching is True else batching or None
+        self._coalescer = KVBatches(policy)
+        self._casts = CastBatches(policy)
         self.kv = AsyncKV(self._transport, self._coalescer)
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)
         self.quotas = AsyncQuotas(self._transport)
         self.sessions = AsyncSessions(self._transport)
-        self.votes = AsyncVotes(self._transport)
+        self.votes = AsyncVotes(self._transport, self._casts)
 
     @contextlib.asynccontextmanager
     async def session(
@@ -110,6 +112,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self._coalescer.close()
+        await self._casts.close()
         await self._transport.close()
 
     async def __aenter__(self) -> AsyncClient:

@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Protocol
 
 from accord.client import calls
-from accord.client.batching import Coalescer
+from accord.client.batching import KVBatches
 from accord.client.errors import (
     AccordError,
     ConditionFailedError,
@@ -197,10 +197,10 @@ def _lease(lease: _HasId | int | None) -> int:
 
 
 class AsyncKV:
-    def __init__(self, transport: Transport, coalescer: Coalescer | None = None) -> None:
+    def __init__(self, transport: Transport, coalescer: KVBatches | None = None) -> None:
         self._t = transport
         # Get, Put, Delete and Txn share messages with concurrent callers (batching.py).
-        self._c = coalescer or Coalescer(None)
+        self._c = coalescer or KVBatches(None)
 
     def as_agent(self, agent_id: str) -> AsyncKV:
         """This client's KV acting as another agent (with auth, one its principal may act

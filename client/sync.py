@@ -792,6 +792,12 @@ class Sessions(Blocking[AsyncSessions]):
 class Votes(Blocking[AsyncVotes]):
     """Blocking twin of `accord.client.votes.AsyncVotes`."""
 
+    def as_agent(self, agent_id: str) -> Votes:
+        """This client's votes acting as another agent (with auth, one its principal may
+        act as, such as an agent a runtime's service principal hosts): the same channels,
+        token and batches, so the ballots of every agent a process hosts share messages."""
+        return Votes(self._loop, self._loop.call(lambda: self._async.as_agent(agent_id)))
+
     def propose(
         self,
         question: str,

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 
 from accord.client import calls, deprecation
+from accord.client.batching import CastBatches
 from accord.client.errors import DeadlineExceededError, QuotaExceededError, UnavailableError
 from accord.client.kv import _fence, _Fencing
 from accord.client.retry import pushback
@@ -261,8 +262,16 @@ def _strings(name: str, values: Sequence[str]) -> builtins.list[str]:
 
 
 class AsyncVotes:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, casts: CastBatches | None = None) -> None:
         self._t = transport
+        # Casts share messages with concurrent casters (client/batching.py).
+        self._casts = casts or CastBatches(None)
+
+    def as_agent(self, agent_id: str) -> AsyncVotes:
+        """This client's votes acting as another agent (with auth, one its principal may
+        act as, such as an agent a runtime's service principal hosts): the same channels,
+        token and batches, so the ballots of every agent a process hosts share messages."""
+        return AsyncVotes(self._t.as_agent(agent_id), self._casts)
 
     @deprecation.renamed(timeout="voting_period")
     async def propose(
@@ -341,7 +350,7 @@ class AsyncVotes:
         )
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary(calls.VOTES_CAST, request, timeout=timeout)
+        response = await self._casts.cast(request, timeout, self._t)
         status = VoteStatus(response.status or votes_pb2.VOTE_STATUS_OPEN)
         decision = response.decision if response.HasField("decision") else None
         return CastResult(response.ballot, status, decision, response.replayed)

@@ -86,7 +86,7 @@ def _acting_as(call: calls.Call, agent: str, field: str) -> calls.Call:
 
 class OpGate:
     def __init__(self, admission: Admission | None, refusals: RefusalLog | None) -> None:
-        self._admission = admission
+        self.admission = admission
         self._refusals = refusals
         self._rules: dict[str, Rule] = {}
 
@@ -123,8 +123,8 @@ class OpGate:
                 if self._refusals is not None:
                     self._refusals.note(call, method, refused)
                 raise
-        if self._admission is not None:
+        if self.admission is not None:
             rule = self._rules.get(method)
             if rule is None:
-                rule = self._rules[method] = self._admission.rule(method)
-            self._admission.admit(rule, call, request)
+                rule = self._rules[method] = self.admission.rule(method)
+            self.admission.admit(rule, call, request)

@@ -152,7 +152,8 @@ class Replica:
         )
         self.vote_feeds = VoteFeeds(substrate, votes.decisions)
         self.vote_timers = VoteTimers(substrate, votes.decisions)
-        admitted = await self._start_quotas()
+        # Each call, and each operation of a batch, is admitted by the quotas (or not).
+        gate = OpGate(await self._start_quotas(), self.refusals)
 
         self.server = grpc.aio.server(
             interceptors=[
@@ -161,7 +162,7 @@ class Replica:
                     client_certificates=settings.tls is not None
                     and settings.tls.client_ca is not None,
                     refusals=self.refusals,
-                    admission=admitted,
+                    admission=gate.admission,
                 )
             ],
             options=[
@@ -192,9 +193,7 @@ class Replica:
         host = settings.listen.rpartition(":")[0]
         replica = settings.replica or f"{socket.gethostname()}:{self.port}"
         self.settings = replace(settings, replica=replica)
-        kv_pb2_grpc.add_KVServicer_to_server(
-            KVService(store, replica, OpGate(admitted, self.refusals)), self.server
-        )
+        kv_pb2_grpc.add_KVServicer_to_server(KVService(store, replica, gate), self.server)
         leases_pb2_grpc.add_LeasesServicer_to_server(
             LeasesService(leases, lock_admin, replica), self.server
         )
@@ -205,7 +204,7 @@ class Replica:
             SessionsService(catalog, self.sessions, replica), self.server
         )
         votes_pb2_grpc.add_VotesServicer_to_server(
-            VotesService(votes, self.vote_feeds, replica), self.server
+            VotesService(votes, self.vote_feeds, replica, gate), self.server
         )
         self._add_admin_services(replica)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)

@@ -132,7 +132,7 @@ REQUIRED: Mapping[str, Need] = MappingProxyType(
         **_table(
             votes_pb2,
             "Votes",
-            {R: ["Get", "List", "Watch"], W: ["Cast"], P: ["Propose", "Cancel"]},
+            {R: ["Get", "List", "Watch", "CastMany"], W: ["Cast"], P: ["Propose", "Cancel"]},
         ),
         **_table(
             auth_pb2,

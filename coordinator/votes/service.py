@@ -1,4 +1,5 @@
-"""gRPC servicer for accord.v1.Votes: unpack, call the vote primitives, pack."""
+"""gRPC servicer for accord.v1.Votes: unpack, call the vote primitives, pack. A Cast is
+answered by one method whether it comes alone or in a CastMany (batch.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from accord.coordinator.batch_gate import OpGate
+from accord.coordinator.votes import batch
 from accord.coordinator.votes.feeds import VoteFeeds
 from accord.coordinator.votes.store import VoteStore
 from accord.v1 import common_pb2, votes_pb2, votes_pb2_grpc
@@ -15,10 +18,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class VotesService(votes_pb2_grpc.VotesServicer):
-    def __init__(self, votes: VoteStore, feeds: VoteFeeds, replica: str) -> None:
+    def __init__(self, votes: VoteStore, feeds: VoteFeeds, replica: str, gate: OpGate) -> None:
         self._votes = votes
         self._feeds = feeds
         self._replica = replica
+        self._gate = gate
 
     def _header(self, revision: int) -> common_pb2.ResponseHeader:
         return common_pb2.ResponseHeader(revision=revision, replica=self._replica)
@@ -36,6 +40,15 @@ class VotesService(votes_pb2_grpc.VotesServicer):
     async def Cast(
         self, request: votes_pb2.CastRequest, context: Context
     ) -> votes_pb2.CastResponse:
+        return await self.cast(request)
+
+    async def CastMany(
+        self, request: votes_pb2.CastManyRequest, context: Context
+    ) -> votes_pb2.CastManyResponse:
+        outcomes, revision = await batch.run(request, self.cast, self._gate)
+        return votes_pb2.CastManyResponse(header=self._header(revision), outcomes=outcomes)
+
+    async def cast(self, request: votes_pb2.CastRequest) -> votes_pb2.CastResponse:
         revision, ballot, after, replayed = await self._votes.cast(
             request.vote_id,
             choice=request.choice,

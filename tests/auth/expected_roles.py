@@ -43,6 +43,7 @@ EXPECTED: dict[str, str] = {
     "/accord.v1.Votes/List": READ,
     "/accord.v1.Votes/Watch": READ,
     "/accord.v1.Votes/Cast": WRITE,
+    "/accord.v1.Votes/CastMany": READ,
     "/accord.v1.Votes/Propose": PROPOSE,
     "/accord.v1.Votes/Cancel": PROPOSE,
     "/accord.v1.Auth/WhoAmI": ANYONE,

@@ -14,7 +14,10 @@ from accord.client import (
     ConditionFailedError,
     DeadlineExceededError,
     Expect,
+    Outcome,
     Put,
+    VoteClosedError,
+    VoteStatus,
 )
 from tests.harness import Coordinator, EtcdMember, make_client
 
@@ -151,3 +154,28 @@ async def test_the_agents_of_one_runtime_share_batches_each_as_itself(
         assert not any(w.replayed for w in written)
         again = await agents[3].put("note/3", b"x", request_id="same-id")
         assert again.replayed and again.revision == written[3].revision
+
+
+async def test_the_voters_of_one_runtime_share_cast_batches_and_decide_once(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    voters = [f"voter-{i}" for i in range(40)]
+    async with shared_client(replicas, namespace, max_in_flight=1) as runtime:
+        vote = await runtime.votes.propose(
+            "ship it?", ["yes", "no"], voters=voters, voting_period=600
+        )
+        results = await asyncio.gather(
+            *(runtime.votes.as_agent(v).cast(vote.id, "yes") for v in voters),
+            return_exceptions=True,
+        )
+        assert runtime._casts.batches >= 1
+        accepted = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        # The 21st "yes" decides; the ballots after it find the vote closed.
+        assert len(accepted) >= 21
+        assert all(isinstance(e, VoteClosedError) for e in refused)
+        assert {r.ballot.voter for r in accepted} <= set(voters)
+        final = await runtime.votes.get(vote.id)
+        assert final.status == VoteStatus.DECIDED
+        assert final.decision is not None and final.decision.outcome == Outcome.APPROVED
+        assert sorted(b.voter for b in final.ballots) == sorted(r.ballot.voter for r in accepted)

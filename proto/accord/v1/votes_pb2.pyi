@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -848,6 +849,114 @@ class CastResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CastResponse: _TypeAlias = CastResponse  # noqa: Y015
+
+@_typing.final
+class CastOp(_message.Message):
+    """One Cast of a CastMany."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAST_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    timeout_ms: _builtins.int
+    """This Cast's own deadline, in milliseconds from the batch's arrival (0: the batch's)."""
+    agent_id: _builtins.str
+    """The agent casting (empty: the call's own); with auth required, one the principal
+    may act as (PERMISSION_DENIED for this Cast otherwise).
+    """
+    @_builtins.property
+    def cast(self) -> Global___CastRequest: ...
+    def __init__(
+        self,
+        *,
+        cast: Global___CastRequest | None = ...,
+        timeout_ms: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cast", b"cast"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cast", b"cast", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CastOp: _TypeAlias = CastOp  # noqa: Y015
+
+@_typing.final
+class CastManyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def casts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CastOp]:
+        """At most 256 (INVALID_ARGUMENT beyond, and none is cast)."""
+
+    def __init__(
+        self,
+        *,
+        casts: _abc.Iterable[Global___CastOp] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["casts", b"casts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CastManyRequest: _TypeAlias = CastManyRequest  # noqa: Y015
+
+@_typing.final
+class CastOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAST_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cast(self) -> Global___CastResponse: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The error its Cast would have raised, with the same details."""
+
+    def __init__(
+        self,
+        *,
+        cast: Global___CastResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cast", b"cast", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cast", b"cast", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["cast", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___CastOutcome: _TypeAlias = CastOutcome  # noqa: Y015
+
+@_typing.final
+class CastManyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader: ...
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CastOutcome]:
+        """One per Cast, in the order of CastManyRequest.casts."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        outcomes: _abc.Iterable[Global___CastOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CastManyResponse: _TypeAlias = CastManyResponse  # noqa: Y015
 
 @_typing.final
 class VotesGetRequest(_message.Message):

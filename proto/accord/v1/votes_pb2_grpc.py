@@ -50,6 +50,11 @@ class VotesStub:
                 request_serializer=accord_dot_v1_dot_votes__pb2.CastRequest.SerializeToString,
                 response_deserializer=accord_dot_v1_dot_votes__pb2.CastResponse.FromString,
                 _registered_method=True)
+        self.CastMany = channel.unary_unary(
+                '/accord.v1.Votes/CastMany',
+                request_serializer=accord_dot_v1_dot_votes__pb2.CastManyRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_votes__pb2.CastManyResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/accord.v1.Votes/Get',
                 request_serializer=accord_dot_v1_dot_votes__pb2.VotesGetRequest.SerializeToString,
@@ -91,6 +96,16 @@ class VotesServicer:
 
     def Cast(self, request, context):
         """Cast (or, when the vote allows it, change) the calling agent's ballot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CastMany(self, request, context):
+        """Many Casts in one message (of one agent or of the agents a runtime hosts), each with
+        its own outcome: exactly what its Cast would answer, or that Cast's error. Each is
+        authorized, admitted, fenced, deadlined and idempotent as its Cast; they run
+        concurrently, so they promise no order among themselves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +153,11 @@ def add_VotesServicer_to_server(servicer, server):
                     servicer.Cast,
                     request_deserializer=accord_dot_v1_dot_votes__pb2.CastRequest.FromString,
                     response_serializer=accord_dot_v1_dot_votes__pb2.CastResponse.SerializeToString,
+            ),
+            'CastMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.CastMany,
+                    request_deserializer=accord_dot_v1_dot_votes__pb2.CastManyRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_votes__pb2.CastManyResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -220,6 +240,33 @@ class Votes:
             '/accord.v1.Votes/Cast',
             accord_dot_v1_dot_votes__pb2.CastRequest.SerializeToString,
             accord_dot_v1_dot_votes__pb2.CastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CastMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.Votes/CastMany',
+            accord_dot_v1_dot_votes__pb2.CastManyRequest.SerializeToString,
+            accord_dot_v1_dot_votes__pb2.CastManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,12 @@ class VotesStub:
     """
     Cast: _grpc.UnaryUnaryMultiCallable[_votes_pb2.CastRequest, _votes_pb2.CastResponse]
     """Cast (or, when the vote allows it, change) the calling agent's ballot."""
+    CastMany: _grpc.UnaryUnaryMultiCallable[_votes_pb2.CastManyRequest, _votes_pb2.CastManyResponse]
+    """Many Casts in one message (of one agent or of the agents a runtime hosts), each with
+    its own outcome: exactly what its Cast would answer, or that Cast's error. Each is
+    authorized, admitted, fenced, deadlined and idempotent as its Cast; they run
+    concurrently, so they promise no order among themselves.
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_votes_pb2.VotesGetRequest, _votes_pb2.VotesGetResponse]
     """The vote with its ballots, the tally and, once decided, the decision. The ballots
     come in pages that fit a standard client (next_page_token); the rest is whole.
@@ -75,6 +81,12 @@ class VotesAsyncStub(VotesStub):
     """
     Cast: _aio.UnaryUnaryMultiCallable[_votes_pb2.CastRequest, _votes_pb2.CastResponse]  # type: ignore[assignment]
     """Cast (or, when the vote allows it, change) the calling agent's ballot."""
+    CastMany: _aio.UnaryUnaryMultiCallable[_votes_pb2.CastManyRequest, _votes_pb2.CastManyResponse]  # type: ignore[assignment]
+    """Many Casts in one message (of one agent or of the agents a runtime hosts), each with
+    its own outcome: exactly what its Cast would answer, or that Cast's error. Each is
+    authorized, admitted, fenced, deadlined and idempotent as its Cast; they run
+    concurrently, so they promise no order among themselves.
+    """
     Get: _aio.UnaryUnaryMultiCallable[_votes_pb2.VotesGetRequest, _votes_pb2.VotesGetResponse]  # type: ignore[assignment]
     """The vote with its ballots, the tally and, once decided, the decision. The ballots
     come in pages that fit a standard client (next_page_token); the rest is whole.
@@ -114,6 +126,18 @@ class VotesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_votes_pb2.CastResponse, _abc.Awaitable[_votes_pb2.CastResponse]]:
         """Cast (or, when the vote allows it, change) the calling agent's ballot."""
+
+    @_abc_1.abstractmethod
+    def CastMany(
+        self,
+        request: _votes_pb2.CastManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_votes_pb2.CastManyResponse, _abc.Awaitable[_votes_pb2.CastManyResponse]]:
+        """Many Casts in one message (of one agent or of the agents a runtime hosts), each with
+        its own outcome: exactly what its Cast would answer, or that Cast's error. Each is
+        authorized, admitted, fenced, deadlined and idempotent as its Cast; they run
+        concurrently, so they promise no order among themselves.
+        """
 
     @_abc_1.abstractmethod
     def Get(
