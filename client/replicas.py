@@ -9,12 +9,21 @@ A replica that fails a call with UNAVAILABLE is down for a backoff that doubles 
 failure in a row (the retry policy's initial_backoff to max_backoff, half of it jittered).
 Once that backoff has passed, the next call probes it (and moves its next probe a
 backoff later, so concurrent callers do not all probe at once). While another replica is
-up, only a call safe to resend probes (when its probe fails it goes on at once to one
-that is up); streams and other calls go to replicas that are up. A probe that is
+up, only a first attempt of a call safe to resend probes (when its probe fails it goes
+on at once to one that is up); resent calls, streams and other calls go to replicas that
+are up. A probe that is
 answered, or any call answered there, brings it back up. When the failure was a lost
 connection, gRPC's channel reconnects in the background, and a channel READY again brings
 the replica back at once. Calls in flight when a replica went down do not lengthen its
 backoff.
+
+A replica can also go silent: frozen (a stopped process, a stalled VM) with its
+connection open, so calls there wait until their deadline and nothing fails. A call
+that reaches its deadline without any answer from its replica since it was sent (no
+reply to any call or stream of this client) marks the replica down as silent; such a
+replica is probed with a gRPC health check (at most `SILENT_PROBE` seconds), not with a
+call: in the background while another replica is up, else by the call that would go
+there, so no call waits on it again while it stays frozen.
 
 Error handling: nothing here raises for a replica's failures; `Transport` reports each
 outcome (`answered`, `failed`) and decides what the caller sees.
@@ -30,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from accord.client.calls import Stubs
 from accord.client.retry import RetryPolicy
@@ -45,6 +55,8 @@ _OPTIONS = [
     # No message-size option: every answer fits gRPC's default 4 MiB (the replica pages,
     # summarises or refuses whatever would not), as for any other gRPC client.
 ]
+# How long a health check of a silent replica may take before it counts as failed.
+SILENT_PROBE = 1.0
 # How often a call waiting for a replica looks at the channels that lost their connection
 # (a local check: gRPC reconnects them in the background, by its own backoff).
 _RECONNECT_CHECK = 0.25
@@ -66,11 +78,14 @@ class Replica:
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._stubs: Stubs | None = None
+        self._health: health_pb2_grpc.HealthStub | None = None
         self.in_flight = 0  # unary calls sent and not yet answered
         self.streams = 0  # streams open
         self.failures = 0  # failures in a row; 0 while up
         self.down_until = 0.0  # monotonic time of its next probe, while down
         self.lost_connection = False  # its channel was not READY when it failed
+        self.silent = False  # down for answering nothing until a call's deadline
+        self.last_answer = 0.0  # monotonic time of its last answer to this client
 
     @property
     def stubs(self) -> Stubs:
@@ -82,7 +97,18 @@ class Replica:
                     self.address, self._credentials, options=_OPTIONS
                 )
             self._stubs = Stubs(self._channel)
+            self._health = health_pb2_grpc.HealthStub(self._channel)
         return self._stubs
+
+    async def serving(self, timeout: float) -> bool:
+        """Whether its gRPC health check says SERVING within timeout seconds."""
+        self.stubs  # noqa: B018 - opens the channel (and its health stub) if not yet open
+        assert self._health is not None
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def connected(self) -> bool:
         """Whether its channel is READY; asks an idle one to connect."""
@@ -109,17 +135,28 @@ class Replicas:
         self._policy = policy
         self._turn = 0
         self._changed = asyncio.Event()  # set (and replaced) when a replica comes back
+        self._checks: set[asyncio.Task[None]] = set()  # health checks in the background
 
-    def pick(
-        self, load: Callable[[Replica], int] = lambda r: r.in_flight, *, probe: bool = True
-    ) -> tuple[Replica, Pick]:
+    async def pick(
+        self,
+        deadline: float | None,
+        load: Callable[[Replica], int] = lambda r: r.in_flight,
+        *,
+        probe: bool = True,
+    ) -> tuple[Replica, Pick] | None:
         """A replica for a call now: one due a probe (when probe: the call may be resent
         elsewhere should it fail) or up; when none is, the one whose backoff ends first
-        (its failure then changes nothing)."""
+        (its failure then changes nothing). None when that one was silent and its health
+        check failed (wait with acquire)."""
         chosen = self._choose(load, probe)
-        if chosen is not None:
-            return chosen
-        return min(self.all, key=lambda r: r.down_until), Pick.FORCED
+        silent = chosen is not None and chosen[1] is Pick.PROBE and chosen[0].silent
+        if chosen is not None and silent and any(not r.failures for r in self.all):
+            self._check_aside(chosen[0])  # in the background; this call goes to one up
+            chosen = self._choose(load, False)
+        if chosen is None:
+            forced = min(self.all, key=lambda r: (r.silent, r.down_until))
+            chosen = forced, Pick.FORCED
+        return chosen if await self._vouched(*chosen, deadline) else None
 
     async def acquire(
         self, deadline: float, *, not_before: float = 0.0
@@ -132,9 +169,12 @@ class Replicas:
         if not_before > time.monotonic():
             await asyncio.sleep(not_before - time.monotonic())
         while True:
-            chosen = self._choose(lambda r: r.in_flight, True)
+            # A resent call probes only when no replica is up: it failed once already.
+            chosen = self._choose(lambda r: r.in_flight, False)
             if chosen is not None:
-                return chosen
+                if await self._vouched(*chosen, deadline):
+                    return chosen
+                continue  # its next probe is a backoff away: choose again
             wake = min(r.down_until for r in self.all)
             if wake >= deadline:
                 return None
@@ -145,16 +185,45 @@ class Replicas:
 
     def answered(self, replica: Replica) -> None:
         """A call to replica was answered (with anything but UNAVAILABLE): it is up."""
+        replica.last_answer = time.monotonic()
         if replica.failures:
             self._up(replica)
 
-    def failed(self, replica: Replica, pick: Pick) -> None:
-        """A call to replica, chosen as pick, failed with UNAVAILABLE."""
+    def failed(self, replica: Replica, pick: Pick, *, silent: bool = False) -> None:
+        """A call to replica, chosen as pick, failed with UNAVAILABLE (silent: reached its
+        deadline with no answer from replica since it was sent)."""
         if pick is Pick.FORCED or (pick is Pick.UP and replica.failures):
             return  # already down: a call in flight when it went, or one sent anyway
         replica.failures += 1
         replica.down_until = time.monotonic() + self._policy.down_for(replica.failures)
         replica.lost_connection = not replica.connected()
+        replica.silent = silent
+
+    def _check_aside(self, replica: Replica) -> None:
+        """Health-check a silent replica in the background: back up if SERVING."""
+
+        async def check() -> None:
+            if await replica.serving(SILENT_PROBE):
+                self._up(replica)
+            else:
+                self.failed(replica, Pick.PROBE, silent=True)
+
+        task = asyncio.get_running_loop().create_task(check())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _vouched(self, replica: Replica, pick: Pick, deadline: float | None) -> bool:
+        """Whether a call may go to replica: yes unless it is silent and its health check
+        does not say SERVING in time (it then stays down for a longer backoff)."""
+        if pick is Pick.UP or not replica.silent:
+            return True
+        timeout = (
+            SILENT_PROBE if deadline is None else min(SILENT_PROBE, deadline - time.monotonic())
+        )
+        if timeout > 0 and await replica.serving(timeout):
+            return True
+        self.failed(replica, Pick.PROBE, silent=True)
+        return False
 
     def _choose(self, load: Callable[[Replica], int], probe: bool) -> tuple[Replica, Pick] | None:
         now = time.monotonic()
@@ -188,9 +257,12 @@ class Replicas:
         replica.failures = 0
         replica.down_until = 0.0
         replica.lost_connection = False
+        replica.silent = False
         self._changed.set()
         self._changed = asyncio.Event()
 
     async def close(self) -> None:
+        for task in list(self._checks):
+            task.cancel()
         for replica in self.all:
             await replica.close()

@@ -35,6 +35,7 @@ from accord.client.errors import (
     AccordError,
     DeadlineExceededError,
     QuotaExceededError,
+    UnavailableError,
     from_rpc_error,
     retry_after,
 )
@@ -90,10 +91,11 @@ class Transport:
     ) -> Resp:
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         attempt = 0
-        chosen = self.replicas.pick(probe=call.safe)
+        chosen = await self._first(call, deadline)
         while True:
             replica, pick = chosen
-            remaining = deadline - time.monotonic()
+            sent = time.monotonic()
+            remaining = deadline - sent
             if remaining <= 0:
                 raise DeadlineExceededError("the call's deadline expired before it could be sent")
             replica.in_flight += 1
@@ -102,7 +104,7 @@ class Transport:
                     request, timeout=remaining, metadata=self.metadata
                 )
             except grpc.aio.AioRpcError as exc:
-                error = self._outcome(replica, pick, exc)
+                error = self._outcome(replica, pick, exc, sent)
                 attempt += 1
                 again = await self._again(call, exc.code(), error, attempt, deadline)
                 if again is None:
@@ -115,15 +117,40 @@ class Transport:
             self._budget.refill()
             return response
 
-    def _outcome(self, replica: Replica, pick: Pick, exc: grpc.aio.AioRpcError) -> AccordError:
-        """What a failed call says of its replica (UNAVAILABLE: down; no answer in time or
-        cancelled: nothing; any other answer: up), and the typed error it becomes."""
+    async def _first(self, call: Unary[Req, Resp], deadline: float) -> tuple[Replica, Pick]:
+        """Where to send a call first: a replica up (or due a probe) now, else the first
+        one back before deadline."""
+        chosen = await self.replicas.pick(deadline, probe=call.safe)
+        if chosen is None:
+            chosen = await self.replicas.acquire(deadline)
+        if chosen is None:
+            raise UnavailableError(
+                "no replica answered its health check before the call's deadline",
+                code=grpc.StatusCode.UNAVAILABLE,
+            )
+        return chosen
+
+    def _outcome(
+        self, replica: Replica, pick: Pick, exc: grpc.aio.AioRpcError, sent: float | None
+    ) -> AccordError:
+        """What a failed call says of its replica, and the typed error it becomes.
+        UNAVAILABLE: down. The call's deadline (sent at sent) with no answer from the
+        replica since: down, as silent. Cancelled, or a deadline while it answered
+        others: nothing. Any other answer, the replica's own DEADLINE_EXCEEDED included
+        (it carries a reason): up."""
+        error = from_rpc_error(exc)
         code = exc.code()
         if code == grpc.StatusCode.UNAVAILABLE:
             self.replicas.failed(replica, pick)
-        elif code not in _UNANSWERED:
+        elif code in _UNANSWERED and not error.reason:
+            # The caller's deadline or cancel says nothing, unless the replica answered
+            # nothing since the call was sent (frozen with its connection open).
+            deadline = code == grpc.StatusCode.DEADLINE_EXCEEDED
+            if deadline and sent is not None and replica.last_answer < sent:
+                self.replicas.failed(replica, pick, silent=True)
+        else:
             self.replicas.answered(replica)
-        return from_rpc_error(exc)
+        return error
 
     async def _again(
         self,
@@ -156,7 +183,9 @@ class Transport:
         if deadline - time.monotonic() <= pause or not self._budget.try_spend():
             return None
         await asyncio.sleep(pause)
-        return self.replicas.pick(probe=call.safe)
+        return await self.replicas.pick(deadline, probe=call.safe) or await self.replicas.acquire(
+            deadline
+        )
 
     def stream(self, call: ServerStream[Req, Resp], request: Req) -> AsyncGenerator[Resp, None]:
         """One server stream on a replica chosen as for a call (by the streams each has
@@ -175,18 +204,20 @@ class Transport:
             [Stubs], grpc.aio.UnaryStreamCall[Req, Resp] | grpc.aio.StreamStreamCall[Req, Resp]
         ],
     ) -> AsyncGenerator[Resp, None]:
-        replica, pick = self.replicas.pick(lambda r: r.streams, probe=False)
+        chosen = await self.replicas.pick(None, lambda r: r.streams, probe=False)
+        if chosen is None:
+            raise UnavailableError(
+                "no replica answered its health check", code=grpc.StatusCode.UNAVAILABLE
+            )
+        replica, pick = chosen
         replica.streams += 1
         rpc = start(replica.stubs)
         try:
-            answered = False
             async for response in rpc:
-                if not answered:
-                    answered = True
-                    self.replicas.answered(replica)
+                self.replicas.answered(replica)
                 yield response
         except grpc.aio.AioRpcError as exc:
-            raise self._outcome(replica, pick, exc) from exc
+            raise self._outcome(replica, pick, exc, None) from exc
         finally:
             replica.streams -= 1
             rpc.cancel()

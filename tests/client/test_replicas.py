@@ -5,9 +5,10 @@ made while the only replica restarts is retried until its deadline, not a fixed 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
-from accord.client import AsyncClient, RetryPolicy, calls
+from accord.client import AsyncClient, DeadlineExceededError, RetryPolicy, calls
 from accord.v1 import kv_pb2
 from tests.harness import Coordinator, make_client, until
 
@@ -95,3 +96,38 @@ async def test_a_spent_retry_budget_slows_failover_but_does_not_fail_calls(
         client._transport._budget.tokens = 0  # spent by earlier retries
         second.kill()
         assert set(await served_by(client, 6)) == {first.name}
+
+
+async def test_a_frozen_replica_costs_one_call_its_deadline_then_is_left_alone(
+    live_replicas: list[Coordinator], namespace: str
+) -> None:
+    """A stopped replica keeps its connection open, so nothing fails: a call there waits
+    until its deadline. Having answered nothing since, the replica is left alone, checked
+    by health checks, not by calls (two at least, each failing), and every later call is
+    answered by the other, until it runs again and calls return to it."""
+    first, second = live_replicas
+    async with make_client([first.address, second.address], namespace) as client:
+        assert set(await served_by(client, 4)) == {first.name, second.name}
+        frozen = client._transport.replicas.all[1]
+        second.pause()
+        try:
+            timed_out = 0
+            served: Counter[str] = Counter()
+            started = time.monotonic()
+            while frozen.failures < 3 and time.monotonic() - started < 30:
+                try:
+                    answer = await client._transport.unary(
+                        calls.KV_GET, kv_pb2.GetRequest(key="k"), timeout=2
+                    )
+                    served[answer.header.replica] += 1
+                except DeadlineExceededError:
+                    timed_out += 1
+            assert frozen.failures >= 3, "its health checks failed twice"
+            assert timed_out == 1 and set(served) == {first.name}, (timed_out, served)
+        finally:
+            second.resume()
+
+        async def back() -> Counter[str]:
+            return await served_by(client, 4)
+
+        await until(back, lambda s: second.name in s, f"a call served by {second.name}", 30)
