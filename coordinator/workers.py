@@ -31,6 +31,7 @@ embedded etcd) SIGTERM (parent-death signal), so none outlives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import signal
@@ -108,9 +109,10 @@ class Worker:
             start_new_session=True,  # signals come from the supervisor, not the terminal
         )
         assert process.stdin is not None
-        process.stdin.write(pickle.dumps(self.settings))
-        await process.stdin.drain()
-        process.stdin.close()
+        with contextlib.suppress(ConnectionError):  # it died at once: ready() tells
+            process.stdin.write(pickle.dumps(self.settings))
+            await process.stdin.drain()
+            process.stdin.close()
         _log.info("worker started", replica=self.replica, pid=process.pid)
 
     async def ready(self) -> bool:
