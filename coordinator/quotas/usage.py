@@ -150,6 +150,8 @@ class UsageBook:
         self._loaded.set()
         async for response in stream:
             for event in response.events:
+                if not self._counted(event.kv.key):
+                    continue  # most writes (records, lock entries, ballots) count nothing
                 old = event.prev_kv.value if event.HasField("prev_kv") else None
                 if event.type == event.PUT:
                     self._apply(usage, overrides, event.kv.key, old, event.kv.value)
@@ -171,6 +173,13 @@ class UsageBook:
             if not page.more or not page.kvs:
                 return
             start = page.kvs[-1].key + b"\x00"
+
+    def _counted(self, key: bytes) -> bool:
+        """Whether a change of key can move any count (what _apply counts)."""
+        if key.startswith(self._ns_prefix):
+            kind = key[len(self._ns_prefix) :].partition(b"/")[2].partition(b"/")[0]
+            return kind in _COUNTED_KINDS
+        return key.startswith(self._quotas_prefix)
 
     def _apply(
         self,
@@ -217,6 +226,10 @@ class UsageBook:
 
     def _remerge(self) -> None:
         self._limits = {ns: self.defaults.merged(o) for ns, o in self._overrides.items()}
+
+
+# The kinds of key under a namespace that _apply counts (keyspace.py names them).
+_COUNTED_KINDS = frozenset({b"kv", b"sdata", b"leases", b"sessions", b"votes"})
 
 
 def _size(key: bytes, value: bytes | None) -> int:
