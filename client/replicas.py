@@ -262,7 +262,9 @@ class Replicas:
         self._changed = asyncio.Event()
 
     async def close(self) -> None:
-        for task in list(self._checks):
+        checks = list(self._checks)
+        for task in checks:
             task.cancel()
+        await asyncio.gather(*checks, return_exceptions=True)
         for replica in self.all:
             await replica.close()
