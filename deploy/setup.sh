@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Accord needs on a fresh Debian machine, only what is missing:
 # etcd (Debian's etcd-server/etcd-client), a virtualenv in .venv with Accord and its
-# Python dependencies, and with --dev the test tools, Node.js and the Node test packages.
+# Python dependencies, and with --dev the test tools (pgrep, ss), Node.js and the Node test
+# packages.
 # Sourced by deploy/serve.sh and deploy/test.sh; safe to run again.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,6 +38,12 @@ if [ "$dev" = "--dev" ]; then
     echo "setup: installing Node.js from Debian's packages" >&2
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  # The tests find their processes and listening sockets with pgrep and ss.
+  if ! command -v pgrep >/dev/null || ! command -v ss >/dev/null; then
+    echo "setup: installing procps and iproute2 from Debian's packages" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq procps iproute2 >/dev/null
   fi
   # Installed again whenever package-lock.json differs from the one last installed.
   node_dir="$repo/tests/node"
