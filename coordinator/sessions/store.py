@@ -194,6 +194,7 @@ class SessionStore:
                     answer=lambda revision: sessions_pb2.SessionsPushResponse(
                         header=common_pb2.ResponseHeader(revision=revision)
                     ),
+                    stored=False,  # the revision alone: a retry rebuilds it from the record
                 )
                 if replayed is None:
                     await session.caught_up(revision, CATCH_UP_SECONDS)
@@ -293,10 +294,13 @@ class SessionStore:
         fence: common_pb2.Fence | None,
         digest: bytes,
         answer: Callable[[int], _Answer],
+        stored: bool = True,
     ) -> tuple[int, bytes | None]:
         """Apply effects if the session still exists and the fence holds; at most once
         per request_id. Returns (revision, None) on a first attempt, or the first
-        attempt's (revision, answer) on a retry. Raises NOT_FOUND or FENCED otherwise."""
+        attempt's (revision, answer) on a retry. Raises NOT_FOUND or FENCED otherwise.
+        stored: False when the answer is its revision alone, which _replay rebuilds from
+        the request_id record (so no second etcd write stores it)."""
         guard = await self._fencing.guard([fence] if fence is not None else [], field="fence")
         alive = session.alive_key
 
@@ -326,7 +330,7 @@ class SessionStore:
             digest=digest,
             act=act,
             replay=replay,
-            answer=lambda done: answer(done[0]),
+            answer=lambda done: answer(done[0]) if stored else None,
             stable=[alive],  # written only at create and delete: writes may share a batch
         )
 

@@ -189,6 +189,17 @@ class EtcdMember(Process):
         tests' background writes (leases expiring, answers stored, retention leases)."""
         return self.kvs(f"{root}/ns/{namespace}/", prefix=True)
 
+    def idempotency_records(
+        self, namespace: str, agent: str, root: str = "accord"
+    ) -> dict[str, StoredKey]:
+        """One agent's request_id records in a namespace, by request_id."""
+        prefix = f"{root}/ns/{namespace}/idem/{agent}".encode()  # etcdctl's argv: no NUL
+        return {
+            kv.key.removeprefix(prefix + b"\x00").decode(): kv
+            for kv in self.kvs(prefix.decode(), prefix=True)
+            if kv.key.startswith(prefix + b"\x00")
+        }
+
     def compact(self) -> int:
         """Compact etcd's history up to now; returns the compaction revision."""
         revision = self.revision()

@@ -15,7 +15,7 @@ from accord.client import (
     RequestIdReusedError,
 )
 from accord.v1.records_pb2 import IdempotencyRecord
-from tests.harness import Coordinator, EtcdMember, StoredKey, make_client, until
+from tests.harness import Coordinator, EtcdMember, make_client, until
 
 
 async def test_retry_on_other_replica_returns_first_result(pinned: list[AsyncClient]) -> None:
@@ -106,22 +106,12 @@ async def test_agent_ids_with_slashes_do_not_collide(
         assert b is not None and b.value == b"from x"
 
 
-def idem_records(etcd: EtcdMember, namespace: str, agent: str) -> dict[str, StoredKey]:
-    """The agent's idempotency records in etcd, by request_id."""
-    prefix = f"accord/ns/{namespace}/idem/{agent}"  # etcdctl's argv cannot carry the NUL
-    return {
-        kv.key.removeprefix(prefix.encode() + b"\x00").decode(): kv
-        for kv in etcd.kvs(prefix, prefix=True)
-        if kv.key.startswith(prefix.encode() + b"\x00")
-    }
-
-
 async def stored_answers(etcd: EtcdMember, namespace: str, agent: str) -> set[str]:
     """The agent's request_ids whose idempotency record holds its answer (added to the
     record in the background, just after the commit)."""
     return {
         request_id
-        for request_id, kv in idem_records(etcd, namespace, agent).items()
+        for request_id, kv in etcd.idempotency_records(namespace, agent).items()
         if IdempotencyRecord.FromString(kv.value).answer
     }
 
@@ -137,7 +127,7 @@ async def test_a_cas_with_request_id_is_one_etcd_write(
     )
     # A background write of an answer would be queued before this one is sent.
     await client.kv.put("after", b"x")
-    records = idem_records(etcd, namespace, "tester")
+    records = etcd.idempotency_records(namespace, "tester")
     for request_id, first in (("create", created), ("swap", swapped)):
         record = records[request_id]
         assert (record.version, record.mod_revision) == (1, first.revision), request_id

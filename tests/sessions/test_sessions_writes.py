@@ -17,6 +17,7 @@ from accord.client import (
     UpdateEvent,
     ops,
 )
+from accord.v1.records_pb2 import IdempotencyRecord
 from tests.harness import EtcdMember
 
 
@@ -59,6 +60,22 @@ async def test_replayed_push_answers_the_same_and_stores_once(pinned: list[Async
     with pytest.raises(RequestIdReusedError):
         await a.sessions.push("retry", text_update("different"), request_id="push-1")
     await events.aclose()
+
+
+async def test_a_push_with_request_id_is_one_etcd_write(
+    client: AsyncClient, etcd: EtcdMember, namespace: str
+) -> None:
+    """A push's answer is its revision, which its record's revision gives: the record is
+    written once, with the update, and a retry is answered from it."""
+    await client.sessions.open("once")
+    update = text_update("a")
+    first = await client.sessions.push("once", update, request_id="push-once")
+    # A background write of the answer would be queued before this one is sent.
+    await client.sessions.push("once", text_update("b"))
+    record = etcd.idempotency_records(namespace, "tester")["push-once"]
+    assert (record.version, record.mod_revision) == (1, first)
+    assert not IdempotencyRecord.FromString(record.value).answer
+    assert await client.sessions.push("once", update, request_id="push-once") == first
 
 
 async def test_replayed_apply_applies_once(pinned: list[AsyncClient]) -> None:
