@@ -30,7 +30,7 @@ from pycrdt import Doc, get_update, merge_updates
 from accord.coordinator import logs
 from accord.coordinator.sessions import compaction, sizes
 from accord.coordinator.sessions.ops import LibraryFailure, guarded, kinds_of
-from accord.coordinator.sessions.subscribers import Event, Subscriber
+from accord.coordinator.sessions.subscribers import Event, Merges, Subscriber
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, Compacted, NotFound
 from accord.coordinator.substrate.etcd import Etcd
@@ -47,7 +47,6 @@ COMPACT_MAX_LOG_ENTRIES = 2000
 # well under the etcd channel's 64 MiB message limit.
 LOAD_PAGE = 64
 _DELETE = 1  # mvccpb.Event.EventType
-
 
 
 @dataclass(slots=True)
@@ -84,6 +83,7 @@ class SessionDoc:
     _size_exact: bool = False
     presence: dict[int, sessions_pb2.Presence] = field(default_factory=dict)
     subscribers: set[Subscriber] = field(default_factory=set)
+    merges: Merges = field(default_factory=Merges)  # shared by the subscribers
     last_used: float = field(default_factory=time.monotonic)
     busy: int = 0  # calls in progress; the session is not unloaded while > 0
     gone: bool = False
@@ -143,8 +143,7 @@ class SessionDoc:
         self.snapshot_revision = record.snapshot_revision
         chunks = []
         current = (
-            self.keys.snapshot(record.snapshot_revision)
-            + record.snapshot_sha256[:8].hex().encode()
+            self.keys.snapshot(record.snapshot_revision) + record.snapshot_sha256[:8].hex().encode()
         )
         log_kvs = []
         for kv in kvs:
@@ -348,8 +347,9 @@ class SessionDoc:
         return presence
 
     def _broadcast(self, event: Event) -> None:
+        kind = event.WhichOneof("event")
         for subscriber in list(self.subscribers):
-            subscriber.offer(event)
+            subscriber.offer(event, kind)
 
     def _disappear(self) -> None:
         if self.gone:
@@ -404,7 +404,7 @@ class SessionDoc:
         """The first event brings what state_vector lacks; nothing can slip in between."""
         update = self.state_update(state_vector)
         sizes.require_fits(self.name, len(update), "the update a subscription starts with")
-        subscriber = Subscriber(presence)
+        subscriber = Subscriber(presence, self.merges)
         subscriber.offer(Event(revision=self.applied_revision, update=update))
         for item in self.presence.values():
             subscriber.offer(Event(revision=item.clock, presence=item))

@@ -6,7 +6,10 @@ initial presence O(presences): fan-out is linear. A queue never holds more than 
 twice MAX_PENDING_EVENTS or twice the session's presence clients, whichever is larger.
 
 A merged message holds at most sizes.MAX_MERGED_BYTES of queued updates (a merge is no
-larger than its parts), so every message fits a standard client.
+larger than its parts), so every message fits a standard client. Subscribers of one
+session that fell behind by the same updates (the usual case: a burst) share one merge of
+them (Merges) instead of each merging them again, and an event's kind is read once for
+all its subscribers.
 
 Error handling: a subscriber ended with an error raises it from events() once its
 queue is drained; a merge of queued updates that pycrdt refuses keeps them unmerged.
@@ -15,7 +18,7 @@ queue is drained; a merge of queued updates that pycrdt refuses keeps them unmer
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -30,87 +33,126 @@ from accord.v1 import sessions_pb2
 MAX_PENDING_EVENTS = 256
 
 Event = sessions_pb2.SessionsSubscribeResponse
+UPDATE = "update"
+MERGES_KEPT = 16
+
+
+class Merges:
+    """Merged runs of updates, shared by a session's subscribers: subscribers that fell
+    behind by the same broadcast events ask for the same run (the same first and last
+    event objects and length: every subscriber is offered the same objects in the same
+    order), so it is merged once."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[int, int, int], tuple[Event, Event, Event | None]] = (
+            OrderedDict()
+        )
+
+    def merge(self, run: list[Event]) -> Event | None:
+        """The run as one event; None if pycrdt refuses to merge it."""
+        first, last = run[0], run[-1]
+        key = (id(first), id(last), len(run))
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] is first and kept[1] is last:
+            return kept[2]
+        try:
+            merged: Event | None = Event(
+                revision=last.revision,
+                update=guarded(lambda: merge_updates(*(e.update for e in run))),
+            )
+        except LibraryFailure:
+            merged = None
+        self._kept[key] = (first, last, merged)
+        while len(self._kept) > MERGES_KEPT:
+            self._kept.popitem(last=False)
+        return merged
 
 
 class Subscriber:
     """A stream's queue. It never blocks the session: a slow reader's pending updates
     are merged into one (a CRDT update subsumes its parts), never dropped."""
 
-    def __init__(self, presence: bool) -> None:
+    def __init__(self, presence: bool, merges: Merges | None = None) -> None:
         self.presence = presence
-        self._events: deque[Event] = deque()
+        self._events: deque[tuple[str | None, Event]] = deque()  # (kind, event)
         self._limit = MAX_PENDING_EVENTS
-        self._wake = asyncio.Event()
+        self._merges = merges or Merges()
+        self._waiter: asyncio.Future[None] | None = None  # the reader, asleep
         self._ended: AccordError | None = None
         self._closed = False
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event, kind: str | None = None) -> None:
+        """kind: event.WhichOneof("event"), when the caller read it already."""
         if self._closed:
             return
-        if event.WhichOneof("event") != "update" and not self.presence:
+        if kind is None:
+            kind = event.WhichOneof("event")
+        if kind != UPDATE and not self.presence:
             return
-        self._events.append(event)
+        self._events.append((kind, event))
         if len(self._events) > self._limit:
             self._coalesce()
             # What is left is one event per presence client (and the merged updates): with
             # more clients than the limit, the next coalescing waits until the queue has
             # doubled, so each offer costs O(1) amortized, not O(clients).
             self._limit = max(MAX_PENDING_EVENTS, 2 * len(self._events))
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _coalesce(self) -> None:
-        updates = [e.update for e in self._events if e.WhichOneof("event") == "update"]
-        latest: dict[int, Event] = {}
-        for e in self._events:
-            kind = e.WhichOneof("event")
+        updates = [e.update for kind, e in self._events if kind == UPDATE]
+        latest: dict[int, tuple[str | None, Event]] = {}
+        for kind, e in self._events:
             if kind == "presence":
-                latest[e.presence.client_id] = e
+                latest[e.presence.client_id] = (kind, e)
             elif kind == "presence_gone":
-                latest[e.presence_gone.client_id] = e
-        revision = self._events[-1].revision
+                latest[e.presence_gone.client_id] = (kind, e)
+        revision = self._events[-1][1].revision
         self._events.clear()
         for run in _runs(updates):
             try:
                 merged = [guarded(partial(merge_updates, *run))] if len(run) > 1 else run
             except LibraryFailure:  # stored updates all decoded once; keep them as they are
                 merged = run
-            self._events.extend(Event(revision=revision, update=u) for u in merged)
+            self._events.extend((UPDATE, Event(revision=revision, update=u)) for u in merged)
         self._events.extend(latest.values())
 
     def end(self, error: AccordError | None) -> None:
         self._ended = error
         self._closed = True
-        self._wake.set()
+        self._wake()
 
     def _next(self) -> Event:
         """The next event; updates queued back to back go out as one merged message (a
         stream message costs far more than merging small updates)."""
-        event = self._events.popleft()
-        if event.WhichOneof("event") != "update":
+        kind, event = self._events.popleft()
+        if kind != UPDATE:
             return event
-        run = [event.update]
-        revision = event.revision
+        run = [event]
         size = len(event.update)
         while (
             self._events
-            and self._events[0].WhichOneof("event") == "update"
-            and size + len(self._events[0].update) <= MAX_MERGED_BYTES
+            and self._events[0][0] == UPDATE
+            and size + len(self._events[0][1].update) <= MAX_MERGED_BYTES
         ):
-            later = self._events.popleft()
+            later = self._events.popleft()[1]
             size += len(later.update)
-            run.append(later.update)
-            revision = later.revision
+            run.append(later)
         if len(run) == 1:
             return event
-        try:
-            merged = guarded(lambda: merge_updates(*run))
-        except LibraryFailure:  # stored updates all decoded once; send them one by one
-            for update in reversed(run[1:]):
-                self._events.appendleft(Event(revision=revision, update=update))
+        merged = self._merges.merge(run)
+        if merged is None:  # stored updates all decoded once; send them one by one
+            for later in reversed(run[1:]):
+                self._events.appendleft((UPDATE, later))
             return event
-        return Event(revision=revision, update=merged)
+        return merged
 
     async def events(self) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
         while True:
             while self._events:
                 yield self._next()
@@ -119,8 +161,11 @@ class Subscriber:
                 if self._ended is not None:
                     raise self._ended
                 return
-            self._wake.clear()
-            await self._wake.wait()
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
 
 def _runs(updates: list[bytes]) -> list[list[bytes]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pycrdt import Doc, Text
 
 from accord.coordinator.sessions.sizes import MAX_MERGED_BYTES
-from accord.coordinator.sessions.subscribers import MAX_PENDING_EVENTS, Event, Subscriber
+from accord.coordinator.sessions.subscribers import MAX_PENDING_EVENTS, Event, Merges, Subscriber
 from accord.v1 import sessions_pb2
 
 
@@ -84,3 +84,32 @@ async def test_a_slow_readers_merged_updates_each_fit_a_default_client() -> None
     for event in events:
         replica.apply_update(event.update)
     assert len(str(replica.get("text", type=Text))) == 300 * len(piece)
+
+
+async def test_readers_behind_by_the_same_updates_share_one_merge() -> None:
+    """A burst queued for many subscribers of a session is merged once for all of them (the
+    same message object), and each still gets every update, in order."""
+    doc: Doc = Doc()
+    text = doc.get("text", type=Text)
+    merges = Merges()
+    readers = [Subscriber(presence=False, merges=merges) for _ in range(50)]
+    lagging = Subscriber(presence=False, merges=merges)  # read one update before the rest
+    for step in range(5):
+        before = doc.get_state()
+        text += str(step)
+        event = Event(revision=step + 1, update=doc.get_update(before))
+        for reader in [*readers, lagging]:
+            reader.offer(event, "update")
+        if step == 0:
+            first = lagging._next()
+            assert first is event
+    merged = [await drain(reader) for reader in readers]
+    assert all(len(got) == 1 and got[0] is merged[0][0] for got in merged)
+    rest = await drain(lagging)
+    assert len(rest) == 1 and rest[0] is not merged[0][0]  # another run: its own merge
+    for events in (merged[0], [first, *rest]):
+        replica: Doc = Doc()
+        for e in events:
+            replica.apply_update(e.update)
+        assert str(replica.get("text", type=Text)) == "01234"
+        assert events[-1].revision == 5
