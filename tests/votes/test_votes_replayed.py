@@ -8,7 +8,6 @@ import asyncio
 from accord.v1 import votes_pb2
 from accord.v1.records_pb2 import IdempotencyRecord
 from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client, until
-from tests.kv.test_idempotency import idem_records
 
 
 def _spec() -> votes_pb2.VoteSpec:
@@ -90,11 +89,11 @@ async def test_a_ballot_with_a_request_id_is_one_etcd_write(
             votes_pb2.CastRequest(vote_id=fixed.vote.id, choice="no", request_id="c-last"),
             metadata=identity(namespace, "bob"),
         )
-        records = idem_records(etcd, namespace, "alice")
+        records = etcd.idempotency_records(namespace, "alice")
         assert records["c-fixed"].version == 1
         assert not IdempotencyRecord.FromString(records["c-fixed"].value).answer
         stored = await until(
-            lambda: asyncio.to_thread(idem_records, etcd, namespace, "alice"),
+            lambda: asyncio.to_thread(etcd.idempotency_records, namespace, "alice"),
             lambda found: found["c-changing"].version == 2,
             "the changeable ballot's answer stored in its record",
         )
