@@ -269,13 +269,17 @@ class Coordinator(Process):
                 **self.env,
             },
         )
-        wait_for_port(self.port, timeout, self.popen)
-        wait_serving(self.address, timeout, self.tls_client)
-        if self.ws:
-            wait_for_port(self.ws_port, timeout, self.popen)
-        if "--workers" in self.extra_args:  # the first serves before the others may
-            count = int(self.extra_args[self.extra_args.index("--workers") + 1])
-            self._wait_workers_listen(count, timeout)
+        try:
+            wait_for_port(self.port, timeout, self.popen)
+            wait_serving(self.address, timeout, self.tls_client)
+            if self.ws:
+                wait_for_port(self.ws_port, timeout, self.popen)
+            if "--workers" in self.extra_args:  # the first serves before the others may
+                count = int(self.extra_args[self.extra_args.index("--workers") + 1])
+                self._wait_workers_listen(count, timeout)
+        except BaseException:
+            self.kill()  # a start that failed leaves nothing running (workers die with it)
+            raise
 
     def _wait_workers_listen(self, count: int, timeout: float) -> None:
         """Until count workers listen on the gRPC port (a worker serves once it does:
