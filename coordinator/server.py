@@ -269,8 +269,13 @@ class Replica:
         checked; then follow it. Returns the admission calls go through (None: quotas
         off)."""
         assert self.etcd is not None and self.substrate is not None
+        # With quotas off nothing reads the counts but Quotas.Get, which then reads etcd:
+        # no replica follows every write in every namespace for nothing.
         self.usage = UsageBook(
-            self.etcd, self.substrate.keys, self.settings.quotas or QuotaLimits()
+            self.etcd,
+            self.substrate.keys,
+            self.settings.quotas or QuotaLimits(),
+            counting=self.settings.quotas is not None,
         )
         await self.usage.start()
         self.admission = Admission(

@@ -1,7 +1,9 @@
 """gRPC servicer for accord.v1.Quotas: unpack, call the quota store or the usage book, pack.
 
 The interceptor has authenticated the caller and checked its role (Get: READ in the
-namespace; Set: cluster admin); admission never refuses these calls.
+namespace; Set: cluster admin); admission never refuses these calls. With quotas off
+(`--no-quotas`) no replica follows the counts, so Get reads the namespace's keys from etcd
+(pages at one revision): an O(namespace) read per call instead of a dict lookup.
 
 Error handling: store errors pass through unchanged (InvalidArgument for a bad limit).
 """
@@ -30,9 +32,13 @@ class QuotasService(quotas_pb2_grpc.QuotasServicer):
     ) -> quotas_pb2.QuotasGetResponse:
         namespace = calls.current.get().namespace
         book = self._admission.book
-        usage = book.usage(namespace).to_proto()
+        if book.counting:
+            counts, revision = book.usage(namespace), book.revision
+        else:  # quotas off: nothing follows the counts, so read them now
+            counts, revision = await book.count(namespace)
+        usage = counts.to_proto()
         usage.streams = self._admission.streams(namespace)
-        usage.revision = book.revision
+        usage.revision = revision
         return quotas_pb2.QuotasGetResponse(
             namespace=namespace,
             limits=book.limits(namespace).to_proto(),

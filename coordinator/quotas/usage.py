@@ -7,6 +7,10 @@ value), lease records, session records, session data bytes (sdata/: updates, sna
 presence), and votes whose record says OPEN. Deletions by lease expiry are events like
 any other, so a namespace's usage falls when its leases end, on every replica.
 
+With quotas off (`counting=False`) nothing is refused for counts, so the book follows
+only the overrides: no replica pays a watch event for every write. `count` then reads one
+namespace's keys when asked (Quotas.Get).
+
 Admission reads these counts (a dict lookup), so the bound on overshoot is what all
 replicas admit between a write's admission and its event reaching this copy (the watch
 lag, milliseconds on loopback): at most the namespace's writes in flight, each adding at
@@ -74,8 +78,11 @@ def _vote_open(value: bytes | None) -> int:
 
 
 class UsageBook:
-    def __init__(self, etcd: Etcd, keys: Keyspace, defaults: QuotaLimits) -> None:
+    def __init__(
+        self, etcd: Etcd, keys: Keyspace, defaults: QuotaLimits, *, counting: bool = True
+    ) -> None:
         self._etcd = etcd
+        self.counting = counting
         self._ns_prefix = keys.namespaces_prefix
         self._quotas_prefix = keys.quotas_prefix
         self.defaults = defaults
@@ -91,6 +98,8 @@ class UsageBook:
         """Count everything and keep following; return once counted, or after timeout
         (a large etcd takes longer to count: admission does not refuse for counts until
         then, and the replica need not wait to serve)."""
+        if not self.counting:
+            _log.info("quota usage not counted: quotas are off")
         self._task = asyncio.create_task(self._run())
         try:
             await asyncio.wait_for(asyncio.shield(self._loaded.wait()), timeout)
@@ -114,6 +123,17 @@ class UsageBook:
     def overrides(self, namespace: str) -> quotas_pb2.QuotaLimits:
         return self._overrides.get(namespace) or quotas_pb2.QuotaLimits()
 
+    async def count(self, namespace: str) -> tuple[Usage, int]:
+        """One namespace's counts read from etcd now (pages at one revision), and that
+        revision: what a replica that does not follow the counts answers with."""
+        usage: dict[str, Usage] = {}
+        revision = 0
+        async for kvs, read_at in self._scan(self._ns_prefix + namespace.encode() + b"/", 0):
+            revision = read_at
+            for kv in kvs:
+                self._apply(usage, {}, kv.key, None, kv.value)
+        return usage.get(namespace, Usage()), revision
+
     # --- following etcd -------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -133,7 +153,8 @@ class UsageBook:
         usage: dict[str, Usage] = {}
         overrides: dict[str, quotas_pb2.QuotaLimits] = {}
         revision = 0
-        for prefix in (self._ns_prefix, self._quotas_prefix):
+        prefixes = [self._ns_prefix] if self.counting else []
+        for prefix in [*prefixes, self._quotas_prefix]:
             async for kvs, read_at in self._scan(prefix, revision):
                 revision = read_at
                 for kv in kvs:
@@ -141,10 +162,11 @@ class UsageBook:
         self._usage, self._overrides = usage, overrides
         self._remerge()
         self.revision = revision
-        creates = [
-            watch(self._ns_prefix, prefix=True, start_revision=revision + 1, prev_kv=True),
-            watch(self._quotas_prefix, prefix=True, start_revision=revision + 1),
-        ]
+        creates = [watch(self._quotas_prefix, prefix=True, start_revision=revision + 1)]
+        if self.counting:
+            creates.append(
+                watch(self._ns_prefix, prefix=True, start_revision=revision + 1, prev_kv=True)
+            )
         stream = self._etcd.watch(creates)
         self.synced = True
         self._loaded.set()
