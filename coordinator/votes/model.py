@@ -10,10 +10,11 @@ from typing import NamedTuple
 
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import NotFound, VoteClosed, clip
+from accord.coordinator.substrate.idempotency import fingerprint
 from accord.coordinator.substrate.txn import KeyValue
 from accord.coordinator.votes import rules as vote_rules
 from accord.coordinator.votes.pages import in_order
-from accord.v1 import votes_pb2
+from accord.v1 import common_pb2, votes_pb2
 
 
 @dataclass(slots=True)
@@ -67,6 +68,27 @@ def same_proposal(
         a.ClearField("deadline")
         b.ClearField("deadline")
     return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def cast_digest(
+    vote_id: str,
+    choice: str,
+    abstain: bool,
+    veto: bool,
+    rationale: str,
+    confidence: float,
+    fence: common_pb2.Fence | None,
+) -> bytes:
+    """What a Cast's request_id stands for: a retry must cast the same ballot."""
+    return fingerprint(
+        b"vote-cast",
+        vote_id.encode(),
+        choice.encode(),
+        bytes([abstain, veto]),
+        rationale.encode(),
+        repr(confidence).encode(),
+        fence.SerializeToString(deterministic=True) if fence is not None else b"",
+    )
 
 
 def ballot_words(ballot: votes_pb2.Ballot) -> str:

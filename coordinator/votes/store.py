@@ -23,8 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from google.rpc import status_pb2
-
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.fencing import Fencing
@@ -38,13 +36,13 @@ from accord.coordinator.substrate.errors import (
     NotEligible,
     NotPermitted,
     RequestIdReused,
-    StoredFailure,
+    VoteClosed,
     clip,
     invalid,
     require,
 )
 from accord.coordinator.substrate.group_commit import Committed
-from accord.coordinator.substrate.idempotency import Prior, fingerprint
+from accord.coordinator.substrate.idempotency import Prior
 from accord.coordinator.substrate.limits import check_request_id
 from accord.coordinator.substrate.pages import parse_snapshot_token, snapshot_token
 from accord.coordinator.substrate.txn import (
@@ -70,12 +68,14 @@ from accord.coordinator.votes.model import (
     Snapshot,
     ballot_words,
     brief_ballot,
+    cast_digest,
     closed,
     derived_id,
     not_found,
     parse_record,
     same_proposal,
 )
+from accord.coordinator.votes.replays import replay_cast
 from accord.v1 import common_pb2, votes_pb2
 
 _log = logs.get("accord.votes")
@@ -206,7 +206,11 @@ class VoteStore:
         require(
             vote_spec.check_vote_id("vote_id", vote_id) + check_request_id("request_id", request_id)
         )
-        vote, weights = await self.decisions.open_record(ns, vote_id)
+        digest = cast_digest(vote_id, choice, abstain, veto, rationale, confidence, fence)
+        try:
+            vote, weights = await self.decisions.open_record(ns, vote_id)
+        except VoteClosed as refusal:
+            return await self._first_answer(ns, vote_id, request_id, digest, refusal)
         weight = weights.get(agent)
         malformed, ineligible = vote_spec.check_ballot(
             vote,
@@ -225,17 +229,8 @@ class VoteStore:
             )
         require(malformed)
         if time.time() >= vote_spec.deadline_of(vote):
-            snap = await self.decisions.settle(ns, vote_id)
-            raise closed(snap.vote)
-        digest = fingerprint(
-            b"vote-cast",
-            vote_id.encode(),
-            choice.encode(),
-            bytes([abstain, veto]),
-            rationale.encode(),
-            repr(confidence).encode(),
-            fence.SerializeToString(deterministic=True) if fence is not None else b"",
-        )
+            late = closed((await self.decisions.settle(ns, vote_id)).vote)
+            return await self._first_answer(ns, vote_id, request_id, digest, late)
         ballot = votes_pb2.Ballot(
             voter=agent,
             choice=choice,
@@ -269,7 +264,7 @@ class VoteStore:
             return existing.revision, existing, True
 
         async def replay(prior: Prior) -> tuple[int, votes_pb2.Ballot, bool]:
-            return await self._replay_cast(vote_id, key, prior)
+            return await replay_cast(self._etcd, vote_id, key, prior)
 
         revision, cast, replayed = await self._s.writes.apply(
             build,
@@ -277,7 +272,7 @@ class VoteStore:
             digest=digest,
             act=act,
             replay=replay,
-            # A ballot that cannot change is rebuilt on retry from its key (_replay_cast):
+            # A ballot that cannot change is rebuilt on retry from its key (replays.py):
             # one etcd write. Otherwise (or when answered with an earlier identical
             # ballot, under a record saying "refused") the answer is stored too.
             answer=lambda done: (
@@ -399,29 +394,18 @@ class VoteStore:
             raise await self._fencing.fenced(fence)
         raise ConditionFailed("the ballot could not be stored; cast it again")
 
-    async def _replay_cast(
-        self, vote_id: str, key: bytes, prior: Prior
-    ) -> tuple[int, votes_pb2.Ballot, bool]:
-        record = prior.record
-        if record.answer:
-            if not record.applied:
-                raise StoredFailure(status_pb2.Status.FromString(record.answer))
-            answer = votes_pb2.CastResponse.FromString(record.answer)
-            return prior.revision, answer.ballot, True
-        # A ballot that cannot change (its answer is not stored), or the first attempt's
-        # replica died before it stored its answer: rebuild it from the ballot's key.
-        found = await self._etcd.range(read(key))
-        if record.applied and found.kvs:
-            ballot = votes_pb2.Ballot.FromString(found.kvs[0].value)
-            ballot.revision = found.kvs[0].mod_revision
-            return prior.revision, ballot, True
-        if record.applied:  # stored, then deleted with its vote after the retention
-            raise not_found(vote_id)
-        raise ConditionFailed(
-            "the first attempt with this request_id was refused (the vote was closed, the "
-            "ballot already cast, or the fence lost); read the vote for its state",
-            metadata={"vote_id": vote_id},
-        )
+    async def _first_answer(
+        self, ns: str, vote_id: str, request_id: str, digest: bytes, refusal: VoteClosed
+    ) -> tuple[int, votes_pb2.Ballot, Snapshot | None, bool]:
+        """The vote is closed: refusal, unless this is a retry of a ballot stored before
+        (the one that closed it, say), which gets its first answer."""
+        first = await self._s.writes.prior(request_id, digest)
+        if first is None:
+            raise refusal
+        agent = calls.current.get().agent_id
+        key = self._keys.ballot(ns, vote_id, agent)
+        revision, cast, _ = await replay_cast(self._etcd, vote_id, key, first)
+        return revision, cast, await self.decisions.settle_quietly(ns, vote_id), True
 
     # --- get, cancel ------------------------------------------------------------
 

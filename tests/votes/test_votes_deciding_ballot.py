@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
 from accord.v1 import votes_pb2 as v
 from tests.harness import Coordinator, EtcdMember
-from tests.votes.test_votes import Agents, events, record_versions, spec
+from tests.votes.test_votes import Agents, events, reason_of, record_versions, spec
 
 
 @pytest.fixture
@@ -88,3 +89,26 @@ async def test_a_deciding_ballot_overtaken_by_another_counts_it(
     got = await agents.get(vote.id, at=1)
     assert got.decision == decision
     assert sorted(b.voter for b in got.ballots) == ["a", "b", "c"]
+
+
+async def test_a_retry_of_the_deciding_ballot_gets_its_first_answer(
+    agents: Agents, etcd: EtcdMember, namespace: str
+) -> None:
+    """The decision written with (or after) a ballot must not turn that ballot's retry (its
+    answer lost, say) into VOTE_CLOSED: on any replica, it gets its first answer."""
+    vote = await agents.propose(spec(["a", "b", "c"]))
+    await agents.cast(vote.id, "a", choice="yes")
+    deciding = await agents.cast(vote.id, "b", choice="yes", request_id="b-1")
+    assert deciding.status == v.VOTE_STATUS_DECIDED
+    for at in (0, 1):
+        retry = await agents.cast(vote.id, "b", at=at, choice="yes", request_id="b-1")
+        assert retry.replayed
+        assert retry.ballot == deciding.ballot
+        assert retry.header.revision == deciding.header.revision
+        assert retry.status == v.VOTE_STATUS_DECIDED and retry.decision == deciding.decision
+    # Another ballot of the same agent on the closed vote is still refused.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await agents.cast(vote.id, "b", choice="yes", request_id="b-2")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(refused.value)[0] == "VOTE_CLOSED"
+    assert record_versions(etcd, namespace, vote.id) == 2
