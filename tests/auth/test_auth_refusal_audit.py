@@ -76,8 +76,12 @@ async def test_a_flood_of_refusals_writes_a_bounded_number_of_entries(
     started = time.time_ns()
     flood = 600
     before = auth_cluster.stored(namespace)
-    stranger = make_client(
-        auth_cluster.addresses[:1], namespace, agent="mallory", token="acc1.AAAAAAAAAAAAAAAA.bad"
+    stranger = make_client(  # one call per put: each refused call is one refusal
+        auth_cluster.addresses[:1],
+        namespace,
+        agent="mallory",
+        token="acc1.AAAAAAAAAAAAAAAA.bad",
+        batching=False,
     )
     began = time.monotonic()
     async with stranger as c:

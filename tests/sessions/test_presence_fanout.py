@@ -24,8 +24,9 @@ RAW_SOCKETS = 100
 AGENT_PRESENCES = 1000
 JOINING_TOGETHER = 25
 WAIT = 120.0  # for every socket to learn every other's presence, on a loaded 2-core VM
-# A concurrent gRPC Get's worst latency while presence fans out (9.4 s when quadratic).
-GET_BOUND = 2.0
+# A concurrent gRPC Get's worst latency while presence fans out: 9.4 s when the fan-out
+# was quadratic; linear, ~1 s, and 2.3 s once on CI with other suites on the 2 cores.
+GET_BOUND = 5.0
 
 # Gets back to back from a process of its own (the sockets' readers share this one),
 # printing each latency until stdin closes.
