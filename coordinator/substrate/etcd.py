@@ -229,17 +229,22 @@ class Etcd:
                 continue
         return False
 
-    async def watch(self, create: Any | list[Any]) -> AsyncIterator[Any]:
-        """One etcd watch stream, with one watcher per create request. Yields
-        WatchResponses; raises Compacted when a start revision is gone. The stream lives as
-        long as the consumer iterates."""
+    async def watch(
+        self, create: Any | list[Any], more: asyncio.Queue[Any] | None = None
+    ) -> AsyncIterator[Any]:
+        """One etcd watch stream, with one watcher per create request, and one more per
+        create put on `more` while it lives. Yields WatchResponses; raises Compacted when a
+        start revision is gone. The stream lives as long as the consumer iterates."""
         creates = create if isinstance(create, list) else [create]
         create = creates[0]
 
         async def requests() -> AsyncIterator[Any]:
             for each in creates:
                 yield rpc.WatchRequest(create_request=each)
-            await asyncio.Event().wait()  # keep the request side open
+            if more is None:
+                await asyncio.Event().wait()  # keep the request side open
+            while more is not None:
+                yield rpc.WatchRequest(create_request=await more.get())
 
         call = self._watch.Watch(requests())
         try:
