@@ -32,7 +32,7 @@ from benchmarks.rounds import median_result, results_by_key
 
 DPI = 72
 MAX_PANELS = 6
-MAX_BARS = 16
+MAX_BARS = 24
 
 
 def draw(data: dict[str, Any], out: Path) -> dict[str, list[str]]:

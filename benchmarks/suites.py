@@ -187,10 +187,11 @@ def sessions_readout(raw: dict[str, Any]) -> Readout:
     return found
 
 
-# In the order they run. Quick: the CI smoke run, about a minute for all of them on 2
-# idle cores (locks leave out their memory step: a 5 s wait for 1,000 agents' RSS).
+# In the order they run. Quick: the CI smoke run, 1-1.5 minutes for all of them on 2
+# cores (kv_cas at 1, 8 and 64 clients for its targets; locks without their memory step,
+# a 5 s wait for 1,000 agents' RSS).
 SUITES = (
-    Suite("kv_cas", ("--seconds", "0.3", "--clients", "1,8"), ("--seconds", "3")),
+    Suite("kv_cas", ("--seconds", "0.3", "--clients", "1,8,64"), ("--seconds", "3")),
     Suite(
         "locks",
         ("--seconds", "0.5", "--waiters", "10", "--parts", "throughput,deadlocks"),

@@ -35,5 +35,5 @@ echo "== fencing, votes and sessions again, against replicas with auth required"
 ACCORD_TEST_AUTH=required python -m pytest -q -p no:cacheprovider --durations=5 -m "not load" tests/locks tests/votes tests/sessions
 
 echo "== benchmark smoke run (numbers from short runs mean nothing; every suite only must work)"
-# every suite once (python -m benchmarks --quick: about a minute), its JSON, report and plots
+# every suite once (python -m benchmarks --quick: 1-1.5 min), its JSON, report and plots
 python -m benchmarks --quick --out "$view/benchmarks"
