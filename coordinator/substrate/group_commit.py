@@ -1,7 +1,8 @@
 """Group commit: concurrent independent writes share one etcd transaction.
 
 Each write is an etcd sub-transaction (its own compares, success and failure ops). While
-a batch is in flight, new writes queue; the next batch carries every queued write whose
+a batch is in flight, new writes queue, and so do the writes arriving in one pass of the
+event loop (a KV.Batch's operations, started together); the next batch carries every queued write whose
 keys are disjoint from the rest of the batch, as nested sub-transactions of one outer
 Txn with no compare. etcd evaluates each sub-transaction on its own, so every write keeps
 its own outcome and its own semantics; they merely commit at the same revision.
@@ -82,6 +83,7 @@ class GroupCommitter:
         self._in_flight = 0
         self._in_flight_keys: set[bytes] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._kick_pending = False
         self.batches = 0
         self.writes = 0
 
@@ -106,7 +108,7 @@ class GroupCommitter:
             future,
         )
         self._queue.append(pending)
-        self._kick()
+        self._soon()
         return await future
 
     async def close(self) -> None:
@@ -116,6 +118,18 @@ class GroupCommitter:
             if not pending.future.done():
                 pending.future.set_exception(Internal("coordinator is shutting down"))
         self._queue.clear()
+
+    def _soon(self) -> None:
+        """Kick once every write arriving in this pass of the event loop has queued: the
+        operations of one KV.Batch, started together, then share one etcd transaction
+        instead of the first going alone."""
+        if not self._kick_pending:
+            self._kick_pending = True
+            asyncio.get_running_loop().call_soon(self._kick_now)
+
+    def _kick_now(self) -> None:
+        self._kick_pending = False
+        self._kick()
 
     def _kick(self) -> None:
         while self._queue and self._in_flight < self._max_in_flight:

@@ -201,3 +201,19 @@ async def test_an_operation_may_act_as_another_agent_but_not_a_malformed_one(
     assert info(bad).reason == "BAD_IDENTITY"
     assert info(bad).metadata["field"] == "ops[2].agent_id"
     assert b"bad" not in {k.key.rsplit(b"/", 1)[-1] for k in etcd.stored(namespace)}
+
+
+async def test_the_writes_of_one_batch_share_one_etcd_transaction(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    async with Stubs(replicas[1].address) as raw:
+        meta = identity(namespace, "batcher")
+        # A first write, so the replica has its retention lease (a fresh replica's first
+        # writes wait for it to be granted, each resuming on its own).
+        await raw.kv.Batch(kv_pb2.BatchRequest(ops=[put("warm", b"x")]), metadata=meta)
+        response = await raw.kv.Batch(
+            kv_pb2.BatchRequest(ops=[put(f"together/{i}", b"x") for i in range(20)]),
+            metadata=meta,
+        )
+    # One etcd transaction commits at one revision: none went ahead of the others alone.
+    assert len({o.put.kv.mod_revision for o in response.outcomes}) == 1
