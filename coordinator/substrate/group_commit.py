@@ -4,8 +4,9 @@ Each write is an etcd sub-transaction (its own compares, success and failure ops
 a batch is in flight, new writes queue, and so do the writes arriving in one pass of the
 event loop (a KV.Batch's operations, started together); the next batch carries every
 queued write whose keys are disjoint from the rest of the batch, as nested
-sub-transactions of one outer Txn with no compare. etcd evaluates each sub-transaction on its own, so every write keeps
-its own outcome and its own semantics; they merely commit at the same revision.
+sub-transactions of one outer Txn with no compare. etcd evaluates each sub-transaction
+on its own, so every write keeps its own outcome and its own semantics; they merely
+commit at the same revision.
 
 Two writes that touch the same key never share a batch (etcd forbids two puts of one
 key, and a compare must see the writes that came before it), nor is a write sent while
