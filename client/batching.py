@@ -1,12 +1,14 @@
-"""Client-side coalescing of KV operations into KV.Batch calls.
+"""Client-side coalescing: KV operations into KV.Batch calls, and Casts into
+Votes.CastMany (one generic Coalescer, one Lane per batch call).
 
 A call's cost here is mostly per message, not per operation (facts.md), so many agents
-sharing one client should share messages too. A KV operation made while nothing waits
+sharing one client should share messages too. An operation made while nothing waits
 goes out at once as its own unary call: nothing is ever held back for a timer. While
 `max_in_flight` calls are already out, further operations queue; each time one comes
 back, everything queued (up to `max_ops` operations and `max_bytes`) leaves together in
-one KV.Batch. Under load, batches grow by themselves; alone, an agent sees the unary
-call's latency.
+one batch. Under load, batches grow by themselves; alone, an agent sees the unary call's
+latency. Views of other agents (AsyncKV.as_agent, AsyncVotes.as_agent) share their
+client's batches: each operation names its agent (BatchOp.agent_id, CastOp.agent_id).
 
 Each operation keeps its unary semantics: its own deadline (sent along as the
 operation's timeout; the caller is answered DeadlineExceededError at that time even if
@@ -17,8 +19,8 @@ cancelled caller's queued operation is dropped before sending; once sent, like a
 call, it may still apply). Every write the client sends carries a request_id, so a whole
 batch is safe to send again after a replica failed to answer.
 
-A replica that does not know KV.Batch (UNIMPLEMENTED) turns coalescing off for this
-client: its operations are then sent one by one.
+A replica that does not know the batch call (UNIMPLEMENTED) turns that coalescer off for
+this client: its operations are then sent one by one.
 """
 
 from __future__ import annotations
