@@ -177,8 +177,9 @@ def sessions_readout(raw: dict[str, Any]) -> Readout:
             within(workload, "accord (gRPC Subscribe)", "p99 ms", grpc["p99_ms"], 50, subscribers)
         )
     peer_rate = fan["sustained"].get(SESSION_PEER, 0)
+    climbed = any(r["rate"] > 50 for rungs in fan.get("ladder", {}).values() for r in rungs)
     for label, rate in fan["sustained"].items():
-        if label != SESSION_PEER:
+        if label != SESSION_PEER and climbed:  # a run without the ladder (--quick) has none
             found.ratios.append(
                 Ratio(f"fan-out to {subscribers} subscribers", label, SESSION_PEER,
                       "sustained updates/s", round(rate / peer_rate, 3) if peer_rate else math.nan,
