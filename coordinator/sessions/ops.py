@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
 from accord.coordinator.sessions import nesting
-from accord.coordinator.sessions.yjs_format import Malformed, update_length
+from accord.coordinator.sessions.yjs_format import Malformed, update_shape
 from accord.coordinator.substrate import strict_json
 from accord.coordinator.substrate.errors import FieldViolation, InvalidArgument
 from accord.v1 import sessions_pb2
@@ -56,13 +56,27 @@ def check_update(field: str, update: bytes) -> list[FieldViolation]:
     except LibraryFailure as exc:
         return [FieldViolation(field, f"is not a Yjs update (v1 encoding): {exc}")]
     try:
-        length = update_length(update)
+        length, nested, structs = update_shape(update)
     except Malformed:  # pycrdt read it whole; our structural walk defers to it
-        length = len(update)
+        length, nested, structs = len(update), nesting.MAX_NESTING, 0
     if length != len(update):
         extra = len(update) - length
         return [FieldViolation(field, f"has {extra} bytes after the end of the Yjs update")]
-    levels = nesting.depth(lambda: scratch(update))
+    if nested < nesting.MAX_NESTING:
+        return []  # a root and fewer nested types than that cannot nest too deep
+    try:
+        if structs > 2 * nesting.MAX_ITEMS:  # each item read walks the blocks before it
+            raise nesting.TooCostly(f"{structs} structs")
+        levels = nesting.depth(lambda: scratch(update))
+    except nesting.TooCostly:
+        return [
+            FieldViolation(
+                field,
+                f"creates {nested} nested types and more than {nesting.MAX_ITEMS} array "
+                "items or twice as many structs, too many to check for nesting at once: "
+                "send it in smaller updates",
+            )
+        ]
     if levels > nesting.MAX_NESTING:
         return [
             FieldViolation(

@@ -18,6 +18,7 @@ from accord.coordinator.sessions.lib0 import Fault, Reader
 # string, object, array, bytes.
 _FIXED_ANY = {127: 0, 126: 0, 124: 4, 123: 8, 122: 8, 121: 0, 120: 0}
 _XML_ELEMENT, _XML_HOOK = 3, 5
+_NESTED_TYPE = 7  # the content kind of a type inside another
 MAX_DEPTH = 64
 
 
@@ -34,27 +35,37 @@ def _malformed(fault: Fault) -> Malformed:
 
 def update_length(data: bytes) -> int:
     """Bytes spanned by the v1 update at the start of data; Malformed if it is not one."""
+    return update_shape(data)[0]
+
+
+def update_shape(data: bytes) -> tuple[int, int, int]:
+    """Bytes spanned by the v1 update at the start of data, how many nested types (maps,
+    arrays, texts, ... inside another type) it creates, and how many structs it holds;
+    Malformed if it is not one."""
     r = Reader(data, _malformed)
+    nested = total = 0
     for _ in range(r.uint()):
         structs = r.uint()
+        total += structs
         r.uint()  # client
         r.uint()  # first clock
         for _ in range(structs):
-            _struct(r)
+            nested += _struct(r) == _NESTED_TYPE
     for _ in range(r.uint()):  # delete set: per client, (clock, length) ranges
         r.uint()
         for _ in range(r.uint()):
             r.uint()
             r.uint()
-    return r.pos
+    return r.pos, nested, total
 
 
-def _struct(r: Reader) -> None:
+def _struct(r: Reader) -> int:
+    """Past one struct; its content kind."""
     info = r.byte()
     ref = info & 0x1F
     if ref in (0, 10):  # GC or Skip: a length
         r.uint()
-        return
+        return ref
     if info & 0x80:  # left origin
         r.uint()
         r.uint()
@@ -70,6 +81,7 @@ def _struct(r: Reader) -> None:
         if info & 0x20:
             r.skip_blob()  # the map key
     _content(r, ref)
+    return ref
 
 
 def _content(r: Reader, ref: int) -> None:
@@ -83,7 +95,7 @@ def _content(r: Reader, ref: int) -> None:
     elif ref == 6:  # format: key and JSON value
         r.skip_blob()
         r.skip_blob()
-    elif ref == 7:  # a nested type
+    elif ref == _NESTED_TYPE:
         kind = r.uint()
         if kind in (_XML_ELEMENT, _XML_HOOK):
             r.skip_blob()

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from pycrdt import Doc, Map, create_update_message
+from pycrdt import Array, Doc, Map, create_update_message
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
@@ -121,3 +121,45 @@ async def test_a_document_deepened_update_by_update_still_reads(
             while isinstance(value, dict):
                 level, value = level + 1, value["c"]
             assert value == CLIPPED and level == MAX_NESTING + 1, (level, value)
+
+
+def wide_update(items: int, maps: int) -> bytes:
+    """An array of items inserted one by one at its front (each its own block, the
+    costliest to read item by item), beside maps sibling maps (nested types, shallow)."""
+    doc: Doc[Any] = Doc()
+    wide = doc.get("wide", type=Array)
+    for i in range(items):
+        wide.insert(0, i)
+    board = doc.get("board", type=Map)
+    for i in range(maps):
+        board[f"m{i}"] = Map()
+    return doc.get_update()
+
+
+async def test_a_wide_update_costs_no_quadratic_walk(
+    replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
+    """Few nested types cannot nest too deep: 25,000 separately inserted items are not
+    read one by one (seconds of CPU), and are accepted. With enough nested types to
+    need the walk and too many items to afford it, the update is refused, not walked."""
+    metadata = identity(namespace, "tester")
+    async with Stubs(replicas[0].address) as stubs:
+        await stubs.sessions.Open(sessions_pb2.SessionsOpenRequest(name="wide"), metadata=metadata)
+        flat = wide_update(25_000, 3)
+        await stubs.sessions.Push(
+            sessions_pb2.SessionsPushRequest(name="wide", update=flat), metadata=metadata
+        )
+        costly = wide_update(12_000, MAX_NESTING)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stubs.sessions.Push(
+                sessions_pb2.SessionsPushRequest(name="wide", update=costly), metadata=metadata
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "too many to check" in (refused.value.details() or "")
+        read = await stubs.sessions.Read(
+            sessions_pb2.SessionsReadRequest(name="wide"), metadata=metadata, timeout=30
+        )
+    # The refused update stored nothing (its 64 maps and 12,000 items are not there; a
+    # snapshot of the first push may be written meanwhile, so etcd's keys may move).
+    view = json.loads(read.json)
+    assert len(view["wide"]) == 25_000 and len(view["board"]) == 3
