@@ -25,23 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61\x63\x63ord/v1/common.proto\x12\taccord.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"3\n\x0eResponseHeader\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0f\n\x07replica\x18\x02 \x01(\t\"u\n\nProvenance\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12.\n\nwritten_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\"$\n\x05\x46\x65nce\x12\x0c\n\x04lock\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x03\"C\n\x0c\x46\x65nceFailure\x12\x0c\n\x04lock\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x03\x12\x16\n\x0e\x63urrent_tokens\x18\x03 \x03(\x03\"b\n\x10\x43ompactedFailure\x12\x1a\n\x12requested_revision\x18\x01 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x02 \x01(\x03\x12\x18\n\x10\x63urrent_revision\x18\x03 \x01(\x03*\x83\x06\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12!\n\x1d\x45RROR_REASON_CONDITION_FAILED\x10\x02\x12\x1a\n\x16\x45RROR_REASON_COMPACTED\x10\x03\x12\"\n\x1e\x45RROR_REASON_REQUEST_ID_REUSED\x10\x04\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x05\x12$\n ERROR_REASON_BACKEND_UNAVAILABLE\x10\x06\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\x07\x12\x1d\n\x19\x45RROR_REASON_BAD_IDENTITY\x10\x08\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\t\x12\x17\n\x13\x45RROR_REASON_FENCED\x10\n\x12 \n\x1c\x45RROR_REASON_LEASE_NOT_FOUND\x10\x0b\x12\x19\n\x15\x45RROR_REASON_DEADLOCK\x10\x0c\x12\x1c\n\x18\x45RROR_REASON_WOULD_BLOCK\x10\r\x12\x1d\n\x19\x45RROR_REASON_LOCK_TIMEOUT\x10\x0e\x12\x19\n\x15\x45RROR_REASON_NOT_HELD\x10\x0f\x12\x1e\n\x1a\x45RROR_REASON_LOCK_CONFLICT\x10\x10\x12\x1c\n\x18\x45RROR_REASON_VOTE_CLOSED\x10\x11\x12\x1d\n\x19\x45RROR_REASON_NOT_ELIGIBLE\x10\x12\x12\x1e\n\x1a\x45RROR_REASON_ALREADY_VOTED\x10\x13\x12\x1e\n\x1a\x45RROR_REASON_NOT_PERMITTED\x10\x14\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x15\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\x16\x12\x1f\n\x1b\x45RROR_REASON_QUOTA_EXCEEDED\x10\x17\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61\x63\x63ord/v1/common.proto\x12\taccord.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"3\n\x0eResponseHeader\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0f\n\x07replica\x18\x02 \x01(\t\"\xa5\x01\n\nProvenance\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12.\n\nwritten_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12.\n\rtrace_context\x18\x05 \x01(\x0b\x32\x17.accord.v1.TraceContext\"H\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61ggage\x18\x03 \x01(\t\"$\n\x05\x46\x65nce\x12\x0c\n\x04lock\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x03\"C\n\x0c\x46\x65nceFailure\x12\x0c\n\x04lock\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x03\x12\x16\n\x0e\x63urrent_tokens\x18\x03 \x03(\x03\"b\n\x10\x43ompactedFailure\x12\x1a\n\x12requested_revision\x18\x01 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x02 \x01(\x03\x12\x18\n\x10\x63urrent_revision\x18\x03 \x01(\x03*\x83\x06\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12!\n\x1d\x45RROR_REASON_CONDITION_FAILED\x10\x02\x12\x1a\n\x16\x45RROR_REASON_COMPACTED\x10\x03\x12\"\n\x1e\x45RROR_REASON_REQUEST_ID_REUSED\x10\x04\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x05\x12$\n ERROR_REASON_BACKEND_UNAVAILABLE\x10\x06\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\x07\x12\x1d\n\x19\x45RROR_REASON_BAD_IDENTITY\x10\x08\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\t\x12\x17\n\x13\x45RROR_REASON_FENCED\x10\n\x12 \n\x1c\x45RROR_REASON_LEASE_NOT_FOUND\x10\x0b\x12\x19\n\x15\x45RROR_REASON_DEADLOCK\x10\x0c\x12\x1c\n\x18\x45RROR_REASON_WOULD_BLOCK\x10\r\x12\x1d\n\x19\x45RROR_REASON_LOCK_TIMEOUT\x10\x0e\x12\x19\n\x15\x45RROR_REASON_NOT_HELD\x10\x0f\x12\x1e\n\x1a\x45RROR_REASON_LOCK_CONFLICT\x10\x10\x12\x1c\n\x18\x45RROR_REASON_VOTE_CLOSED\x10\x11\x12\x1d\n\x19\x45RROR_REASON_NOT_ELIGIBLE\x10\x12\x12\x1e\n\x1a\x45RROR_REASON_ALREADY_VOTED\x10\x13\x12\x1e\n\x1a\x45RROR_REASON_NOT_PERMITTED\x10\x14\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x15\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\x16\x12\x1f\n\x1b\x45RROR_REASON_QUOTA_EXCEEDED\x10\x17\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'accord.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORREASON']._serialized_start=450
-  _globals['_ERRORREASON']._serialized_end=1221
+  _globals['_ERRORREASON']._serialized_start=573
+  _globals['_ERRORREASON']._serialized_end=1344
   _globals['_RESPONSEHEADER']._serialized_start=70
   _globals['_RESPONSEHEADER']._serialized_end=121
-  _globals['_PROVENANCE']._serialized_start=123
-  _globals['_PROVENANCE']._serialized_end=240
-  _globals['_FENCE']._serialized_start=242
-  _globals['_FENCE']._serialized_end=278
-  _globals['_FENCEFAILURE']._serialized_start=280
-  _globals['_FENCEFAILURE']._serialized_end=347
-  _globals['_COMPACTEDFAILURE']._serialized_start=349
-  _globals['_COMPACTEDFAILURE']._serialized_end=447
+  _globals['_PROVENANCE']._serialized_start=124
+  _globals['_PROVENANCE']._serialized_end=289
+  _globals['_TRACECONTEXT']._serialized_start=291
+  _globals['_TRACECONTEXT']._serialized_end=363
+  _globals['_FENCE']._serialized_start=365
+  _globals['_FENCE']._serialized_end=401
+  _globals['_FENCEFAILURE']._serialized_start=403
+  _globals['_FENCEFAILURE']._serialized_end=470
+  _globals['_COMPACTEDFAILURE']._serialized_start=472
+  _globals['_COMPACTEDFAILURE']._serialized_end=570
 # @@protoc_insertion_point(module_scope)

@@ -166,6 +166,9 @@ class ResponseHeader(_message.Message):
       accord-namespace   the tenant namespace (default "default"); [a-z0-9][a-z0-9_.-]{0,62}
       accord-agent-id    who is calling; recorded as provenance on every write
       accord-trace-id    optional correlation id echoed in the coordinator's logs
+      traceparent, tracestate, baggage
+                         optional W3C trace context (as OpenTelemetry propagators write it):
+                         recorded with what the call writes (TraceContext), never trusted
     Mutating requests carry an explicit request_id field: the idempotency key.
 
     Every response starts with this header.
@@ -209,6 +212,7 @@ class Provenance(_message.Message):
     WRITTEN_AT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     request_id: _builtins.str
     """The idempotency key of the write, when the caller gave one."""
@@ -218,6 +222,10 @@ class Provenance(_message.Message):
     """
     @_builtins.property
     def written_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def trace_context(self) -> Global___TraceContext:
+        """The W3C trace context of the call that made the write; unset when it sent none."""
+
     def __init__(
         self,
         *,
@@ -225,14 +233,50 @@ class Provenance(_message.Message):
         written_at: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         principal: _builtins.str = ...,
+        trace_context: Global___TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["written_at", b"written_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trace_context", b"trace_context", "written_at", b"written_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "principal", b"principal", "request_id", b"request_id", "written_at", b"written_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "principal", b"principal", "request_id", b"request_id", "trace_context", b"trace_context", "written_at", b"written_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Provenance: _TypeAlias = Provenance  # noqa: Y015
+
+@_typing.final
+class TraceContext(_message.Message):
+    """A call's W3C trace context, recorded with what the call wrote so that the agent that
+    receives it (a watch event, a session update, a lock grant after a hand-off, a vote's
+    decision) can link its own span to the writer's. The values are the call's gRPC
+    metadata entries, kept only when well formed and within bounds: traceparent
+    "00-{32 hex}-{16 hex}-{2 hex}" (a malformed or all-zero one drops the whole context),
+    tracestate at most 512 bytes, baggage at most 2048 bytes (one longer is dropped alone).
+    Baggage member accord.deadline is the absolute Unix time in ms at which the writer's
+    budget ends.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    BAGGAGE_FIELD_NUMBER: _builtins.int
+    traceparent: _builtins.str
+    tracestate: _builtins.str
+    baggage: _builtins.str
+    def __init__(
+        self,
+        *,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        baggage: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baggage", b"baggage", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceContext: _TypeAlias = TraceContext  # noqa: Y015
 
 @_typing.final
 class Fence(_message.Message):

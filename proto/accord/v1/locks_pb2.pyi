@@ -95,12 +95,19 @@ class Grant(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
     PERMITS_FIELD_NUMBER: _builtins.int
+    HANDED_OFF_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     token: _builtins.int
     """The fencing token: pass it with writes this lock protects."""
     mode: Global___LockMode.ValueType
     lease_id: _builtins.int
     permits: _builtins.int
+    @_builtins.property
+    def handed_off_by(self) -> _common_pb2.TraceContext:
+        """For a grant made when a holder released the lock to this waiter: the trace context
+        of that release call (unset when it sent none, or the grant came otherwise).
+        """
+
     def __init__(
         self,
         *,
@@ -109,10 +116,11 @@ class Grant(_message.Message):
         mode: Global___LockMode.ValueType = ...,
         lease_id: _builtins.int = ...,
         permits: _builtins.int = ...,
+        handed_off_by: _common_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handed_off_by", b"handed_off_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "mode", b"mode", "name", b"name", "permits", b"permits", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handed_off_by", b"handed_off_by", "lease_id", b"lease_id", "mode", b"mode", "name", b"name", "permits", b"permits", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

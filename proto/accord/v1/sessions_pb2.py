@@ -26,7 +26,7 @@ from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61\x63\x63ord/v1/sessions.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n\x0bSessionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x63reated_revision\x18\x02 \x01(\x03\x12)\n\ncreated_by\x18\x03 \x01(\x0b\x32\x15.accord.v1.Provenance\x12\x30\n\x05roots\x18\x04 \x03(\x0b\x32!.accord.v1.SessionInfo.RootsEntry\x12\x19\n\x11snapshot_revision\x18\x05 \x01(\x03\x1a\x41\n\nRootsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0e\x32\x13.accord.v1.RootKind:\x02\x38\x01\"\xb4\x01\n\x13SessionsOpenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmust_exist\x18\x02 \x01(\x08\x12\x38\n\x05roots\x18\x03 \x03(\x0b\x32).accord.v1.SessionsOpenRequest.RootsEntry\x1a\x41\n\nRootsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0e\x32\x13.accord.v1.RootKind:\x02\x38\x01\"{\n\x14SessionsOpenResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.accord.v1.SessionInfo\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"H\n\x13SessionsListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x84\x01\n\x14SessionsListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\x08sessions\x18\x02 \x03(\x0b\x32\x16.accord.v1.SessionInfo\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\\\n\x15SessionsDeleteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x19\x65xpected_created_revision\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"T\n\x16SessionsDeleteResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"9\n\x13SessionsSyncRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstate_vector\x18\x02 \x01(\x0c\"g\n\x14SessionsSyncResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0e\n\x06update\x18\x02 \x01(\x0c\x12\x14\n\x0cstate_vector\x18\x03 \x01(\x0c\"h\n\x13SessionsPushRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06update\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1f\n\x05\x66\x65nce\x18\x04 \x01(\x0b\x32\x10.accord.v1.Fence\"A\n\x14SessionsPushResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\"P\n\x18SessionsSubscribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstate_vector\x18\x02 \x01(\x0c\x12\x10\n\x08presence\x18\x03 \x01(\x08\"\xa3\x01\n\x19SessionsSubscribeResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x10\n\x06update\x18\x02 \x01(\x0cH\x00\x12\'\n\x08presence\x18\x03 \x01(\x0b\x32\x13.accord.v1.PresenceH\x00\x12\x30\n\rpresence_gone\x18\x04 \x01(\x0b\x32\x17.accord.v1.PresenceGoneH\x00\x42\x07\n\x05\x65vent\"\x94\x01\n\x08Presence\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12\x12\n\nstate_json\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x10\n\x08lease_id\x18\x05 \x01(\x03\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x0cPresenceGone\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\"#\n\x13SessionsReadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe1\x01\n\x14SessionsReadResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.accord.v1.SessionInfo\x12\x10\n\x08snapshot\x18\x03 \x01(\x0c\x12\x14\n\x0cstate_vector\x18\x04 \x01(\x0c\x12\x0c\n\x04json\x18\x05 \x01(\t\x12%\n\x08presence\x18\x06 \x03(\x0b\x32\x13.accord.v1.Presence\x12\x18\n\x10snapshot_omitted\x18\x07 \x01(\x08\"2\n\x08PathStep\x12\r\n\x03key\x18\x01 \x01(\tH\x00\x12\x0f\n\x05index\x18\x02 \x01(\rH\x00\x42\x06\n\x04step\"\xd0\x02\n\tOperation\x12\x0c\n\x04root\x18\x01 \x01(\t\x12!\n\x04path\x18\x02 \x03(\x0b\x32\x13.accord.v1.PathStep\x12$\n\x07map_set\x18\n \x01(\x0b\x32\x11.accord.v1.MapSetH\x00\x12*\n\nmap_delete\x18\x0b \x01(\x0b\x32\x14.accord.v1.MapDeleteH\x00\x12,\n\x0btext_insert\x18\x0c \x01(\x0b\x32\x15.accord.v1.TextInsertH\x00\x12,\n\x0btext_delete\x18\r \x01(\x0b\x32\x15.accord.v1.TextDeleteH\x00\x12.\n\x0c\x61rray_insert\x18\x0e \x01(\x0b\x32\x16.accord.v1.ArrayInsertH\x00\x12.\n\x0c\x61rray_delete\x18\x0f \x01(\x0b\x32\x16.accord.v1.ArrayDeleteH\x00\x42\x04\n\x02op\")\n\x06MapSet\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nvalue_json\x18\x02 \x01(\t\"\x18\n\tMapDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\")\n\nTextInsert\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"+\n\nTextDelete\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"A\n\x0b\x41rrayInsert\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0bvalues_json\x18\x02 \x03(\t\x12\x0e\n\x06\x61ppend\x18\x03 \x01(\x08\",\n\x0b\x41rrayDelete\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"\x83\x01\n\x14SessionsApplyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\noperations\x18\x02 \x03(\x0b\x32\x14.accord.v1.Operation\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1f\n\x05\x66\x65nce\x18\x04 \x01(\x0b\x32\x10.accord.v1.Fence\"R\n\x15SessionsApplyResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0e\n\x06update\x18\x02 \x01(\x0c\"[\n\x12SetPresenceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x11\n\tclient_id\x18\x03 \x01(\r\x12\x12\n\nstate_json\x18\x04 \x01(\t\"g\n\x13SetPresenceResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12%\n\x08presence\x18\x02 \x01(\x0b\x32\x13.accord.v1.Presence*a\n\x08RootKind\x12\x19\n\x15ROOT_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rROOT_KIND_MAP\x10\x01\x12\x12\n\x0eROOT_KIND_TEXT\x10\x02\x12\x13\n\x0fROOT_KIND_ARRAY\x10\x03\x32\xba\x05\n\x08Sessions\x12G\n\x04Open\x12\x1e.accord.v1.SessionsOpenRequest\x1a\x1f.accord.v1.SessionsOpenResponse\x12G\n\x04List\x12\x1e.accord.v1.SessionsListRequest\x1a\x1f.accord.v1.SessionsListResponse\x12M\n\x06\x44\x65lete\x12 .accord.v1.SessionsDeleteRequest\x1a!.accord.v1.SessionsDeleteResponse\x12G\n\x04Sync\x12\x1e.accord.v1.SessionsSyncRequest\x1a\x1f.accord.v1.SessionsSyncResponse\x12G\n\x04Push\x12\x1e.accord.v1.SessionsPushRequest\x1a\x1f.accord.v1.SessionsPushResponse\x12X\n\tSubscribe\x12#.accord.v1.SessionsSubscribeRequest\x1a$.accord.v1.SessionsSubscribeResponse0\x01\x12G\n\x04Read\x12\x1e.accord.v1.SessionsReadRequest\x1a\x1f.accord.v1.SessionsReadResponse\x12J\n\x05\x41pply\x12\x1f.accord.v1.SessionsApplyRequest\x1a .accord.v1.SessionsApplyResponse\x12L\n\x0bSetPresence\x12\x1d.accord.v1.SetPresenceRequest\x1a\x1e.accord.v1.SetPresenceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61\x63\x63ord/v1/sessions.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n\x0bSessionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x63reated_revision\x18\x02 \x01(\x03\x12)\n\ncreated_by\x18\x03 \x01(\x0b\x32\x15.accord.v1.Provenance\x12\x30\n\x05roots\x18\x04 \x03(\x0b\x32!.accord.v1.SessionInfo.RootsEntry\x12\x19\n\x11snapshot_revision\x18\x05 \x01(\x03\x1a\x41\n\nRootsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0e\x32\x13.accord.v1.RootKind:\x02\x38\x01\"\xb4\x01\n\x13SessionsOpenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmust_exist\x18\x02 \x01(\x08\x12\x38\n\x05roots\x18\x03 \x03(\x0b\x32).accord.v1.SessionsOpenRequest.RootsEntry\x1a\x41\n\nRootsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0e\x32\x13.accord.v1.RootKind:\x02\x38\x01\"{\n\x14SessionsOpenResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.accord.v1.SessionInfo\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"H\n\x13SessionsListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x84\x01\n\x14SessionsListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\x08sessions\x18\x02 \x03(\x0b\x32\x16.accord.v1.SessionInfo\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\\\n\x15SessionsDeleteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x19\x65xpected_created_revision\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"T\n\x16SessionsDeleteResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"9\n\x13SessionsSyncRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstate_vector\x18\x02 \x01(\x0c\"g\n\x14SessionsSyncResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0e\n\x06update\x18\x02 \x01(\x0c\x12\x14\n\x0cstate_vector\x18\x03 \x01(\x0c\"h\n\x13SessionsPushRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06update\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1f\n\x05\x66\x65nce\x18\x04 \x01(\x0b\x32\x10.accord.v1.Fence\"A\n\x14SessionsPushResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\"P\n\x18SessionsSubscribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstate_vector\x18\x02 \x01(\x0c\x12\x10\n\x08presence\x18\x03 \x01(\x08\"\xd3\x01\n\x19SessionsSubscribeResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x10\n\x06update\x18\x02 \x01(\x0cH\x00\x12\'\n\x08presence\x18\x03 \x01(\x0b\x32\x13.accord.v1.PresenceH\x00\x12\x30\n\rpresence_gone\x18\x04 \x01(\x0b\x32\x17.accord.v1.PresenceGoneH\x00\x12.\n\rtrace_context\x18\x05 \x01(\x0b\x32\x17.accord.v1.TraceContextB\x07\n\x05\x65vent\"\x94\x01\n\x08Presence\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12\x12\n\nstate_json\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x10\n\x08lease_id\x18\x05 \x01(\x03\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x0cPresenceGone\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\"#\n\x13SessionsReadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe1\x01\n\x14SessionsReadResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.accord.v1.SessionInfo\x12\x10\n\x08snapshot\x18\x03 \x01(\x0c\x12\x14\n\x0cstate_vector\x18\x04 \x01(\x0c\x12\x0c\n\x04json\x18\x05 \x01(\t\x12%\n\x08presence\x18\x06 \x03(\x0b\x32\x13.accord.v1.Presence\x12\x18\n\x10snapshot_omitted\x18\x07 \x01(\x08\"2\n\x08PathStep\x12\r\n\x03key\x18\x01 \x01(\tH\x00\x12\x0f\n\x05index\x18\x02 \x01(\rH\x00\x42\x06\n\x04step\"\xd0\x02\n\tOperation\x12\x0c\n\x04root\x18\x01 \x01(\t\x12!\n\x04path\x18\x02 \x03(\x0b\x32\x13.accord.v1.PathStep\x12$\n\x07map_set\x18\n \x01(\x0b\x32\x11.accord.v1.MapSetH\x00\x12*\n\nmap_delete\x18\x0b \x01(\x0b\x32\x14.accord.v1.MapDeleteH\x00\x12,\n\x0btext_insert\x18\x0c \x01(\x0b\x32\x15.accord.v1.TextInsertH\x00\x12,\n\x0btext_delete\x18\r \x01(\x0b\x32\x15.accord.v1.TextDeleteH\x00\x12.\n\x0c\x61rray_insert\x18\x0e \x01(\x0b\x32\x16.accord.v1.ArrayInsertH\x00\x12.\n\x0c\x61rray_delete\x18\x0f \x01(\x0b\x32\x16.accord.v1.ArrayDeleteH\x00\x42\x04\n\x02op\")\n\x06MapSet\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nvalue_json\x18\x02 \x01(\t\"\x18\n\tMapDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\")\n\nTextInsert\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"+\n\nTextDelete\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"A\n\x0b\x41rrayInsert\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0bvalues_json\x18\x02 \x03(\t\x12\x0e\n\x06\x61ppend\x18\x03 \x01(\x08\",\n\x0b\x41rrayDelete\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\r\"\x83\x01\n\x14SessionsApplyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\noperations\x18\x02 \x03(\x0b\x32\x14.accord.v1.Operation\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1f\n\x05\x66\x65nce\x18\x04 \x01(\x0b\x32\x10.accord.v1.Fence\"R\n\x15SessionsApplyResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x0e\n\x06update\x18\x02 \x01(\x0c\"[\n\x12SetPresenceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x11\n\tclient_id\x18\x03 \x01(\r\x12\x12\n\nstate_json\x18\x04 \x01(\t\"g\n\x13SetPresenceResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12%\n\x08presence\x18\x02 \x01(\x0b\x32\x13.accord.v1.Presence*a\n\x08RootKind\x12\x19\n\x15ROOT_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rROOT_KIND_MAP\x10\x01\x12\x12\n\x0eROOT_KIND_TEXT\x10\x02\x12\x13\n\x0fROOT_KIND_ARRAY\x10\x03\x32\xba\x05\n\x08Sessions\x12G\n\x04Open\x12\x1e.accord.v1.SessionsOpenRequest\x1a\x1f.accord.v1.SessionsOpenResponse\x12G\n\x04List\x12\x1e.accord.v1.SessionsListRequest\x1a\x1f.accord.v1.SessionsListResponse\x12M\n\x06\x44\x65lete\x12 .accord.v1.SessionsDeleteRequest\x1a!.accord.v1.SessionsDeleteResponse\x12G\n\x04Sync\x12\x1e.accord.v1.SessionsSyncRequest\x1a\x1f.accord.v1.SessionsSyncResponse\x12G\n\x04Push\x12\x1e.accord.v1.SessionsPushRequest\x1a\x1f.accord.v1.SessionsPushResponse\x12X\n\tSubscribe\x12#.accord.v1.SessionsSubscribeRequest\x1a$.accord.v1.SessionsSubscribeResponse0\x01\x12G\n\x04Read\x12\x1e.accord.v1.SessionsReadRequest\x1a\x1f.accord.v1.SessionsReadResponse\x12J\n\x05\x41pply\x12\x1f.accord.v1.SessionsApplyRequest\x1a .accord.v1.SessionsApplyResponse\x12L\n\x0bSetPresence\x12\x1d.accord.v1.SetPresenceRequest\x1a\x1e.accord.v1.SetPresenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONINFO_ROOTSENTRY']._serialized_options = b'8\001'
   _globals['_SESSIONSOPENREQUEST_ROOTSENTRY']._loaded_options = None
   _globals['_SESSIONSOPENREQUEST_ROOTSENTRY']._serialized_options = b'8\001'
-  _globals['_ROOTKIND']._serialized_start=3182
-  _globals['_ROOTKIND']._serialized_end=3279
+  _globals['_ROOTKIND']._serialized_start=3230
+  _globals['_ROOTKIND']._serialized_end=3327
   _globals['_SESSIONINFO']._serialized_start=97
   _globals['_SESSIONINFO']._serialized_end=337
   _globals['_SESSIONINFO_ROOTSENTRY']._serialized_start=272
@@ -68,39 +68,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONSSUBSCRIBEREQUEST']._serialized_start=1373
   _globals['_SESSIONSSUBSCRIBEREQUEST']._serialized_end=1453
   _globals['_SESSIONSSUBSCRIBERESPONSE']._serialized_start=1456
-  _globals['_SESSIONSSUBSCRIBERESPONSE']._serialized_end=1619
-  _globals['_PRESENCE']._serialized_start=1622
-  _globals['_PRESENCE']._serialized_end=1770
-  _globals['_PRESENCEGONE']._serialized_start=1772
-  _globals['_PRESENCEGONE']._serialized_end=1838
-  _globals['_SESSIONSREADREQUEST']._serialized_start=1840
-  _globals['_SESSIONSREADREQUEST']._serialized_end=1875
-  _globals['_SESSIONSREADRESPONSE']._serialized_start=1878
-  _globals['_SESSIONSREADRESPONSE']._serialized_end=2103
-  _globals['_PATHSTEP']._serialized_start=2105
-  _globals['_PATHSTEP']._serialized_end=2155
-  _globals['_OPERATION']._serialized_start=2158
-  _globals['_OPERATION']._serialized_end=2494
-  _globals['_MAPSET']._serialized_start=2496
-  _globals['_MAPSET']._serialized_end=2537
-  _globals['_MAPDELETE']._serialized_start=2539
-  _globals['_MAPDELETE']._serialized_end=2563
-  _globals['_TEXTINSERT']._serialized_start=2565
-  _globals['_TEXTINSERT']._serialized_end=2606
-  _globals['_TEXTDELETE']._serialized_start=2608
-  _globals['_TEXTDELETE']._serialized_end=2651
-  _globals['_ARRAYINSERT']._serialized_start=2653
-  _globals['_ARRAYINSERT']._serialized_end=2718
-  _globals['_ARRAYDELETE']._serialized_start=2720
-  _globals['_ARRAYDELETE']._serialized_end=2764
-  _globals['_SESSIONSAPPLYREQUEST']._serialized_start=2767
-  _globals['_SESSIONSAPPLYREQUEST']._serialized_end=2898
-  _globals['_SESSIONSAPPLYRESPONSE']._serialized_start=2900
-  _globals['_SESSIONSAPPLYRESPONSE']._serialized_end=2982
-  _globals['_SETPRESENCEREQUEST']._serialized_start=2984
-  _globals['_SETPRESENCEREQUEST']._serialized_end=3075
-  _globals['_SETPRESENCERESPONSE']._serialized_start=3077
-  _globals['_SETPRESENCERESPONSE']._serialized_end=3180
-  _globals['_SESSIONS']._serialized_start=3282
-  _globals['_SESSIONS']._serialized_end=3980
+  _globals['_SESSIONSSUBSCRIBERESPONSE']._serialized_end=1667
+  _globals['_PRESENCE']._serialized_start=1670
+  _globals['_PRESENCE']._serialized_end=1818
+  _globals['_PRESENCEGONE']._serialized_start=1820
+  _globals['_PRESENCEGONE']._serialized_end=1886
+  _globals['_SESSIONSREADREQUEST']._serialized_start=1888
+  _globals['_SESSIONSREADREQUEST']._serialized_end=1923
+  _globals['_SESSIONSREADRESPONSE']._serialized_start=1926
+  _globals['_SESSIONSREADRESPONSE']._serialized_end=2151
+  _globals['_PATHSTEP']._serialized_start=2153
+  _globals['_PATHSTEP']._serialized_end=2203
+  _globals['_OPERATION']._serialized_start=2206
+  _globals['_OPERATION']._serialized_end=2542
+  _globals['_MAPSET']._serialized_start=2544
+  _globals['_MAPSET']._serialized_end=2585
+  _globals['_MAPDELETE']._serialized_start=2587
+  _globals['_MAPDELETE']._serialized_end=2611
+  _globals['_TEXTINSERT']._serialized_start=2613
+  _globals['_TEXTINSERT']._serialized_end=2654
+  _globals['_TEXTDELETE']._serialized_start=2656
+  _globals['_TEXTDELETE']._serialized_end=2699
+  _globals['_ARRAYINSERT']._serialized_start=2701
+  _globals['_ARRAYINSERT']._serialized_end=2766
+  _globals['_ARRAYDELETE']._serialized_start=2768
+  _globals['_ARRAYDELETE']._serialized_end=2812
+  _globals['_SESSIONSAPPLYREQUEST']._serialized_start=2815
+  _globals['_SESSIONSAPPLYREQUEST']._serialized_end=2946
+  _globals['_SESSIONSAPPLYRESPONSE']._serialized_start=2948
+  _globals['_SESSIONSAPPLYRESPONSE']._serialized_end=3030
+  _globals['_SETPRESENCEREQUEST']._serialized_start=3032
+  _globals['_SETPRESENCEREQUEST']._serialized_end=3123
+  _globals['_SETPRESENCERESPONSE']._serialized_start=3125
+  _globals['_SETPRESENCERESPONSE']._serialized_end=3228
+  _globals['_SESSIONS']._serialized_start=3330
+  _globals['_SESSIONS']._serialized_end=4028
 # @@protoc_insertion_point(module_scope)

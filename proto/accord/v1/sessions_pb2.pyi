@@ -422,6 +422,7 @@ class SessionsSubscribeResponse(_message.Message):
     UPDATE_FIELD_NUMBER: _builtins.int
     PRESENCE_FIELD_NUMBER: _builtins.int
     PRESENCE_GONE_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The etcd revision of the change (for the first update: the revision it reflects)."""
     update: _builtins.bytes
@@ -430,6 +431,12 @@ class SessionsSubscribeResponse(_message.Message):
     def presence(self) -> Global___Presence: ...
     @_builtins.property
     def presence_gone(self) -> Global___PresenceGone: ...
+    @_builtins.property
+    def trace_context(self) -> _common_pb2.TraceContext:
+        """For an update: the trace context of the Push or Apply call that wrote it; unset when
+        that call sent none, and for a merged update (the first, or a late subscriber's).
+        """
+
     def __init__(
         self,
         *,
@@ -437,10 +444,11 @@ class SessionsSubscribeResponse(_message.Message):
         update: _builtins.bytes = ...,
         presence: Global___Presence | None = ...,
         presence_gone: Global___PresenceGone | None = ...,
+        trace_context: _common_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "presence", b"presence", "presence_gone", b"presence_gone", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "presence", b"presence", "presence_gone", b"presence_gone", "trace_context", b"trace_context", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "presence", b"presence", "presence_gone", b"presence_gone", "revision", b"revision", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "presence", b"presence", "presence_gone", b"presence_gone", "revision", b"revision", "trace_context", b"trace_context", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["update", "presence", "presence_gone"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015

@@ -533,6 +533,7 @@ class Decision(_message.Message):
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
     LAST_BALLOT_REVISION_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
     option: _builtins.str
     """The winning option when APPROVED."""
@@ -551,6 +552,12 @@ class Decision(_message.Message):
     def tally(self) -> Global___Tally: ...
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def trace_context(self) -> _common_pb2.TraceContext:
+        """The trace context of the call that decided: the deciding ballot's Cast (or the
+        Cancel); unset when that call sent none, or the deadline decided.
+        """
+
     def __init__(
         self,
         *,
@@ -565,10 +572,11 @@ class Decision(_message.Message):
         cancelled_by: _builtins.str = ...,
         cancel_reason: _builtins.str = ...,
         last_ballot_revision: _builtins.int = ...,
+        trace_context: _common_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "tally", b"tally"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "tally", b"tally", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "cancelled_by", b"cancelled_by", "decided_at", b"decided_at", "decided_by", b"decided_by", "explanation", b"explanation", "last_ballot_revision", b"last_ballot_revision", "option", b"option", "outcome", b"outcome", "quorum_met", b"quorum_met", "revision", b"revision", "tally", b"tally"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "cancelled_by", b"cancelled_by", "decided_at", b"decided_at", "decided_by", b"decided_by", "explanation", b"explanation", "last_ballot_revision", b"last_ballot_revision", "option", b"option", "outcome", b"outcome", "quorum_met", b"quorum_met", "revision", b"revision", "tally", b"tally", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
