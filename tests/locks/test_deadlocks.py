@@ -46,7 +46,7 @@ async def run_cycle(agents: list[Agent], priorities: list[int] | None = None) ->
             grant = await agent.client.locks.acquire(
                 f"L{(i + 1) % n}",
                 agent.lease,
-                timeout=30,
+                wait=30,
                 priority=priorities[i] if priorities else 0,
             )
         except DeadlockError as victim:
@@ -77,11 +77,11 @@ async def test_priority_protects_an_agent(agents: list[Agent]) -> None:
     pair = agents[:2]
     for i, agent in enumerate(pair):
         await agent.client.locks.acquire(f"P{i}", agent.lease)
-    first = asyncio.create_task(pair[0].client.locks.acquire("P1", pair[0].lease, timeout=30))
+    first = asyncio.create_task(pair[0].client.locks.acquire("P1", pair[0].lease, wait=30))
     await queued(pair[1].client, "P1", 1)  # agent-0 waits first: agent-1's would be the youngest...
     with pytest.raises(DeadlockError):  # ...but agent-1 is protected by its priority
         await asyncio.gather(
-            pair[1].client.locks.acquire("P0", pair[1].lease, timeout=30, priority=10),
+            pair[1].client.locks.acquire("P0", pair[1].lease, wait=30, priority=10),
             first,
         )
     assert first.done() and isinstance(first.exception(), DeadlockError)
@@ -93,14 +93,14 @@ async def test_shared_holders_only_deadlock_an_exclusive_waiter(agents: list[Age
     a, b = agents[:2]
     await a.client.locks.acquire("S1", a.lease, mode=LockMode.SHARED)
     await b.client.locks.acquire("S2", b.lease)
-    waiting = asyncio.create_task(a.client.locks.acquire("S2", a.lease, timeout=30))
+    waiting = asyncio.create_task(a.client.locks.acquire("S2", a.lease, wait=30))
     await queued(b.client, "S2", 1)  # a waits for b
     # A shared request is compatible with a's shared hold: granted, no deadlock.
-    shared = await b.client.locks.acquire("S1", b.lease, mode=LockMode.SHARED, timeout=5)
+    shared = await b.client.locks.acquire("S1", b.lease, mode=LockMode.SHARED, wait=5)
     await b.client.locks.release(shared)
     # An exclusive one closes a real cycle.
     with pytest.raises(DeadlockError):
-        await b.client.locks.acquire("S1", b.lease, timeout=30)
+        await b.client.locks.acquire("S1", b.lease, wait=30)
     await b.client.locks.release("S2", b.lease)
     await asyncio.wait_for(waiting, 10)
 
@@ -111,7 +111,7 @@ async def test_many_waiters_without_a_cycle_are_left_alone(agents: list[Agent]) 
         await agent.client.locks.acquire(f"Q{i}", agent.lease)
 
     async def take_and_release(agent: Agent, name: str) -> None:
-        grant = await agent.client.locks.acquire(name, agent.lease, timeout=30)
+        grant = await agent.client.locks.acquire(name, agent.lease, wait=30)
         await agent.client.locks.release(grant)
 
     waits = [asyncio.create_task(take_and_release(w, f"Q{j % 3}")) for j, w in enumerate(waiters)]
@@ -137,8 +137,8 @@ async def test_semaphore_knot_across_replicas_has_exactly_one_victim(agents: lis
     for agent in (a, b):
         await agent.client.locks.acquire("S", agent.lease, permits=2)
     await c.client.locks.acquire("L", c.lease)
-    c_waits = asyncio.create_task(c.client.locks.acquire("S", c.lease, permits=2, timeout=30))
-    a_waits = asyncio.create_task(a.client.locks.acquire("L", a.lease, timeout=30))
+    c_waits = asyncio.create_task(c.client.locks.acquire("S", c.lease, permits=2, wait=30))
+    a_waits = asyncio.create_task(a.client.locks.acquire("L", a.lease, wait=30))
 
     async def waiters() -> int:
         states = [(await a.client.locks.describe(name))[0] for name in ("S", "L")]
@@ -149,7 +149,7 @@ async def test_semaphore_knot_across_replicas_has_exactly_one_victim(agents: lis
     assert await a.client.locks.deadlocks() == []
 
     with pytest.raises(DeadlockError) as victim:
-        await b.client.locks.acquire("L", b.lease, timeout=30)
+        await b.client.locks.acquire("L", b.lease, wait=30)
     deadlock = victim.value.deadlock
     assert deadlock is not None and deadlock.victim_agent == b.name
     assert {e.waiter_agent for e in deadlock.cycle} == {a.name, b.name, c.name}

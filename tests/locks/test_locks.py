@@ -51,7 +51,7 @@ async def test_fifo_order_under_contention(client: AsyncClient, leases: list[Lea
     order: list[int] = []
 
     async def wait_then_release(i: int) -> None:
-        grant = await client.locks.acquire("fifo", waiters[i], timeout=20)
+        grant = await client.locks.acquire("fifo", waiters[i], wait=20)
         order.append(i)
         await client.locks.release(grant)
 
@@ -71,7 +71,7 @@ async def test_shared_and_exclusive(client: AsyncClient, leases: list[Lease]) ->
     a = await client.locks.acquire("rw", r1, mode=LockMode.SHARED)
     b = await client.locks.acquire("rw", r2, mode=LockMode.SHARED)  # readers share
     assert await client.locks.try_acquire("rw", w) is None  # a writer must wait
-    writer = asyncio.create_task(client.locks.acquire("rw", w, timeout=20))
+    writer = asyncio.create_task(client.locks.acquire("rw", w, wait=20))
     await queued(client, "rw", 1)
     # A reader arriving after a waiting writer queues behind it (no writer starvation).
     assert await client.locks.try_acquire("rw", r3, mode=LockMode.SHARED) is None
@@ -86,18 +86,18 @@ async def test_semaphore_permits(client: AsyncClient, leases: list[Lease]) -> No
     one = await client.locks.acquire("api-quota", leases[0], permits=2)
     await client.locks.acquire("api-quota", leases[1], permits=2)
     assert await client.locks.try_acquire("api-quota", leases[2], permits=2) is None
-    third = asyncio.create_task(client.locks.acquire("api-quota", leases[2], permits=2, timeout=20))
+    third = asyncio.create_task(client.locks.acquire("api-quota", leases[2], permits=2, wait=20))
     await queued(client, "api-quota", 1)
     await client.locks.release(one)
     assert (await asyncio.wait_for(third, 10)).permits == 2
     with pytest.raises(LockConflictError):  # every user of a name agrees on its size
-        await client.locks.acquire("api-quota", leases[3], permits=3, timeout=1)
+        await client.locks.acquire("api-quota", leases[3], permits=3, wait=1)
 
 
 async def test_timeout_explains_who_holds(client: AsyncClient, leases: list[Lease]) -> None:
     await client.locks.acquire("busy", leases[0])
     with pytest.raises(LockTimeoutError) as err:
-        await client.locks.acquire("busy", leases[1], timeout=0.5)
+        await client.locks.acquire("busy", leases[1], wait=0.5)
     status = err.value.status
     assert status is not None and status.position == 0
     assert [h.lease_id for h in status.state.holders] == [leases[0].id]
@@ -150,7 +150,7 @@ async def test_paused_holder_is_fenced(
         line = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 20)
         old_token = int(line.split()[1])
         os.kill(agent.pid, signal.SIGSTOP)  # a long GC pause: keep-alives stop
-        grant = await client.locks.acquire("shared-doc", leases[0], timeout=15)
+        grant = await client.locks.acquire("shared-doc", leases[0], wait=15)
         assert grant.token > old_token
         await client.kv.put("doc", b"written by the new holder", fence=grant)
         os.kill(agent.pid, signal.SIGCONT)
@@ -168,7 +168,7 @@ async def test_paused_holder_is_fenced(
 async def test_acquire_many_is_all_or_nothing(client: AsyncClient, leases: list[Lease]) -> None:
     await client.locks.acquire("b", leases[0])
     with pytest.raises(LockTimeoutError):
-        await client.locks.acquire_many(["c", "b", "a"], leases[1], timeout=0.5)
+        await client.locks.acquire_many(["c", "b", "a"], leases[1], wait=0.5)
     for name in ("a", "c"):  # taken before "b" in name order, then given back
         state, _ = await client.locks.describe(name)
         assert list(state.holders) == []
@@ -188,9 +188,9 @@ async def test_blocked_acquire_survives_its_replica(
         w1_lease = await w1.leases.grant(ttl=10)
         w2_lease = await w2.leases.grant(ttl=10)
         held = await w2.locks.acquire("L", holder_lease)
-        waiting = asyncio.create_task(w1.locks.acquire("L", w1_lease, timeout=30))
+        waiting = asyncio.create_task(w1.locks.acquire("L", w1_lease, wait=30))
         await queued(w2, "L", 1)
-        later = asyncio.create_task(w2.locks.acquire("L", w2_lease, timeout=30))
+        later = asyncio.create_task(w2.locks.acquire("L", w2_lease, wait=30))
         await queued(w2, "L", 2)
         first.kill()  # w1's replica dies while it waits
         # A sleep, not a wait: time for w1 to resume its wait on the other replica before
@@ -210,7 +210,7 @@ async def test_break_fences_the_old_holder(
     client: AsyncClient, leases: list[Lease], replicas: list[Coordinator], namespace: str
 ) -> None:
     old = await client.locks.acquire("stuck", leases[0])
-    waiter = asyncio.create_task(client.locks.acquire("stuck", leases[1], timeout=20))
+    waiter = asyncio.create_task(client.locks.acquire("stuck", leases[1], wait=20))
     await queued(client, "stuck", 1)
     async with make_client([r.address for r in replicas], namespace, agent="admin") as admin:
         broken = await admin.locks.break_lock("stuck")
@@ -228,7 +228,7 @@ async def test_break_fences_the_old_holder(
         ({"name": "x" * 257}, "name"),
         ({"name": "bad\nname"}, "name"),
         ({"permits": -1}, "permits"),
-        ({"timeout": -1.0}, "timeout_ms"),
+        ({"wait": -1.0}, "timeout_ms"),
     ],
 )
 async def test_bad_lock_requests(
@@ -256,7 +256,7 @@ async def test_mutual_exclusion_and_unique_tokens_under_contention(
         c = clients[i % 2]
         lease = await c.leases.grant(ttl=30)
         for _ in range(3):
-            grant = await c.locks.acquire("critical", lease, timeout=60)
+            grant = await c.locks.acquire("critical", lease, wait=60)
             inside += 1
             assert inside == 1, "two holders of an exclusive lock at once"
             tokens.append(grant.token)
@@ -280,7 +280,7 @@ async def test_a_wait_survives_etcd_restarting(
     async with make_client([r.address for r in live_replicas], namespace, timeout=30) as c:
         holder, waiter = await c.leases.grant(ttl=30), await c.leases.grant(ttl=30)
         held = await c.locks.acquire("through-restart", holder)
-        waiting = asyncio.create_task(c.locks.acquire("through-restart", waiter, timeout=40))
+        waiting = asyncio.create_task(c.locks.acquire("through-restart", waiter, wait=40))
         await queued(c, "through-restart", 1)
         etcd.kill()  # every etcd stream of both replicas breaks
         for replica in live_replicas:  # and each replica has seen etcd gone
@@ -299,7 +299,7 @@ async def test_cancelled_acquires_leave_nothing_behind(
     holder, lease = leases[0], leases[1]
     held = await client.locks.acquire("contested", holder)
     for delay in (0, 0.002, 0.005, 0.01, 0.03):  # cancelled while enqueuing, or waiting
-        task = asyncio.create_task(client.locks.acquire("contested", lease, timeout=20))
+        task = asyncio.create_task(client.locks.acquire("contested", lease, wait=20))
         await asyncio.sleep(delay)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -325,7 +325,7 @@ async def test_acquire_many_keeps_locks_held_before(
     mine = await client.locks.acquire("a", leases[0])
     await client.locks.acquire("b", leases[1])
     with pytest.raises(LockTimeoutError):
-        await client.locks.acquire_many(["a", "b"], leases[0], timeout=0.5)
+        await client.locks.acquire_many(["a", "b"], leases[0], wait=0.5)
     state, _ = await client.locks.describe("a")
     assert [h.lease_id for h in state.holders] == [leases[0].id]
     await client.kv.put("k", b"still mine", fence=mine)
@@ -357,7 +357,7 @@ async def test_a_waiting_entrys_token_fences_nothing(
     client: AsyncClient, etcd: EtcdMember, namespace: str, leases: list[Lease]
 ) -> None:
     await client.locks.acquire("L", leases[0])
-    waiting = asyncio.create_task(client.locks.acquire("L", leases[1], timeout=20))
+    waiting = asyncio.create_task(client.locks.acquire("L", leases[1], wait=20))
     await queued(client, "L", 1)
     state, _ = await client.locks.describe("L")
     waiter_token = state.waiters[0].token  # visible to anyone, but never granted
@@ -385,9 +385,9 @@ async def test_a_wait_keeps_its_place_when_its_replica_stops_gracefully(
             await w2.leases.grant(ttl=20),
         )
         held = await w2.locks.acquire("graceful", holder)
-        waiting = asyncio.create_task(w1.locks.acquire("graceful", l1, timeout=30))
+        waiting = asyncio.create_task(w1.locks.acquire("graceful", l1, wait=30))
         await queued(w2, "graceful", 1)
-        later = asyncio.create_task(w2.locks.acquire("graceful", l2, timeout=30))
+        later = asyncio.create_task(w2.locks.acquire("graceful", l2, wait=30))
         await queued(w2, "graceful", 2)
         assert await asyncio.to_thread(first.terminate) == 0  # drains: w1's call is cancelled
         await w2.locks.release(held)
@@ -404,7 +404,7 @@ async def test_a_waiter_whose_lease_expires_leaves_the_queue(
 ) -> None:
     held = await client.locks.acquire("L", leases[0])
     doomed = await client.leases.grant(ttl=2, keepalive=False)  # a stalled agent
-    waiting = asyncio.create_task(client.locks.acquire("L", doomed, timeout=20))
+    waiting = asyncio.create_task(client.locks.acquire("L", doomed, wait=20))
     await queued(client, "L", 1)
     with pytest.raises(LeaseNotFoundError):
         await asyncio.wait_for(waiting, 15)
