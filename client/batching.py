@@ -9,6 +9,7 @@ back, everything queued (up to `max_ops` operations and `max_bytes`) leaves toge
 one batch. Under load, batches grow by themselves; alone, an agent sees the unary call's
 latency. Views of other agents (AsyncKV.as_agent, AsyncVotes.as_agent) share their
 client's batches: each operation names its agent (BatchOp.agent_id, CastOp.agent_id).
+A batch call carries the OpenTelemetry context its first operation was made in.
 
 Each operation keeps its unary semantics: its own deadline (sent along as the
 operation's timeout; the caller is answered DeadlineExceededError at that time even if
@@ -35,6 +36,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from google.rpc import status_pb2
+from opentelemetry import context as otel_context
 
 from accord.client import calls
 from accord.client.calls import Req, Resp, Unary
@@ -84,6 +86,8 @@ class _Queued(Generic[Op, Out]):
     deadline: float
     via: Transport  # whose identity the operation carries
     future: asyncio.Future[Out] = field(repr=False)
+    # The OpenTelemetry context it was made in: a batch it leads carries it.
+    trace: otel_context.Context = field(repr=False, default_factory=otel_context.get_current)
 
 
 class Coalescer(Generic[Op, Out, BatchReq, BatchResp]):
@@ -188,6 +192,7 @@ class Coalescer(Generic[Op, Out, BatchReq, BatchResp]):
         return batch
 
     async def _batch(self, batch: list[_Queued[Op, Out]]) -> None:
+        otel_context.attach(batch[0].trace)  # this task's own context: no detach needed
         try:
             now = time.monotonic()
             lead = batch[0].via

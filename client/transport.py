@@ -6,8 +6,9 @@ used again once it answers). Only calls declared safe to repeat (`accord.client.
 are retried after UNAVAILABLE: at once on another replica that is up, else when the first
 one is due a probe or comes back, until the caller's deadline (`RetryPolicy`); the typed
 error is raised at once when no replica would be tried before the deadline. Every call has
-a deadline and carries the agent's identity metadata and, when the client has one, its
-token (`authorization: Bearer <token>`).
+a deadline and carries the agent's identity metadata, when the client has one its token
+(`authorization: Bearer <token>`), and the caller's OpenTelemetry context when it has one
+(`accord.client.propagation`).
 
 Pushback: a refusal carrying google.rpc.RetryInfo (a quota or rate refused the call before
 it ran, so any call may be sent again) is retried after at least the delay the server
@@ -39,6 +40,7 @@ from accord.client.errors import (
     from_rpc_error,
     retry_after,
 )
+from accord.client.propagation import outgoing
 from accord.client.replicas import Pick, Replica, Replicas
 from accord.client.retry import RetryBudget, RetryPolicy
 
@@ -90,6 +92,7 @@ class Transport:
         self, call: Unary[Req, Resp], request: Req, *, timeout: float | None = None
     ) -> Resp:
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        metadata = outgoing(self.metadata)
         attempt = 0
         chosen = await self._first(call, deadline)
         while True:
@@ -101,7 +104,7 @@ class Transport:
             replica.in_flight += 1
             try:
                 response = await call.method(replica.stubs)(
-                    request, timeout=remaining, metadata=self.metadata
+                    request, timeout=remaining, metadata=metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 error = self._outcome(replica, pick, exc, sent)
@@ -189,14 +192,17 @@ class Transport:
 
     def stream(self, call: ServerStream[Req, Resp], request: Req) -> AsyncGenerator[Resp, None]:
         """One server stream on a replica chosen as for a call (by the streams each has
-        open), opened when first read; reconnecting is the caller's to do."""
-        return self._read(lambda stubs: call.method(stubs)(request, metadata=self.metadata))
+        open), opened when first read; reconnecting is the caller's to do. It carries the
+        trace context current when stream() is called."""
+        metadata = outgoing(self.metadata)
+        return self._read(lambda stubs: call.method(stubs)(request, metadata=metadata))
 
     def bidi(
         self, call: BidiStream[Req, Resp], requests: AsyncIterator[Req]
     ) -> AsyncGenerator[Resp, None]:
         """One bidirectional stream on a replica chosen as for stream(), fed from requests."""
-        return self._read(lambda stubs: call.method(stubs)(requests, metadata=self.metadata))
+        metadata = outgoing(self.metadata)
+        return self._read(lambda stubs: call.method(stubs)(requests, metadata=metadata))
 
     async def _read(
         self,
