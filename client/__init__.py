@@ -100,6 +100,7 @@ from accord.client.sync import (
     Sessions,
     Votes,
 )
+from accord.client.trace_context import TraceContext, link, parent
 from accord.client.votes import (
     AsyncVotes,
     Ballot,
@@ -211,6 +212,7 @@ __all__ = [
     "SyncedSession",
     "TiePolicy",
     "TokenInfo",
+    "TraceContext",
     "TxnResult",
     "UnauthenticatedError",
     "UnavailableError",
@@ -229,6 +231,8 @@ __all__ = [
     "WhoAmI",
     "WouldBlockError",
     "WriteResult",
+    "link",
     "ops",
+    "parent",
     "tls_credentials",
 ]

@@ -28,6 +28,7 @@ from accord.client.errors import (
     reason_name,
 )
 from accord.client.retry import pushback
+from accord.client.trace_context import TraceContext
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, kv_pb2
 
@@ -39,6 +40,8 @@ class Provenance:
     request_id: str
     # The authenticated principal behind agent_id ("" when the service runs without auth).
     principal: str = ""
+    # The W3C trace context of the call that wrote (None: it sent none); see link().
+    trace_context: TraceContext | None = None
 
     @staticmethod
     def _from(msg: common_pb2.Provenance) -> Provenance:
@@ -47,7 +50,13 @@ class Provenance:
             if msg.HasField("written_at")
             else None
         )
-        return Provenance(msg.agent_id, at, msg.request_id, msg.principal)
+        return Provenance(
+            msg.agent_id,
+            at,
+            msg.request_id,
+            msg.principal,
+            TraceContext._from(msg.trace_context),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +160,11 @@ class WatchEvent:
     @property
     def revision(self) -> int:
         return self.kv.mod_revision
+
+    @property
+    def trace_context(self) -> TraceContext | None:
+        """The writer's trace context (a put's; a delete's event carries none)."""
+        return self.kv.written_by.trace_context
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from enum import IntEnum
 from accord.client import calls, deprecation
 from accord.client.errors import AccordError, NotHeldError, WouldBlockError, reason_name
 from accord.client.leases import Lease
+from accord.client.trace_context import TraceContext
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, locks_pb2
 
@@ -61,9 +62,16 @@ class Grant:
     mode: LockMode
     lease_id: int
     permits: int
+    # After a hand-off: the trace context of the release that handed the lock over.
+    handed_off_by: TraceContext | None = None
 
     def fence(self) -> common_pb2.Fence:
         return common_pb2.Fence(lock=self.name, token=self.token)
+
+    @property
+    def trace_context(self) -> TraceContext | None:
+        """What set this grant off (handed_off_by), for link()."""
+        return self.handed_off_by
 
     @staticmethod
     def _from(msg: locks_pb2.Grant) -> Grant:
@@ -73,6 +81,7 @@ class Grant:
             LockMode(msg.mode or locks_pb2.LOCK_MODE_EXCLUSIVE),
             msg.lease_id,
             msg.permits,
+            TraceContext._from(msg.handed_off_by),
         )
 
 

@@ -39,6 +39,7 @@ from accord.client.errors import (
 )
 from accord.client.kv import Provenance, _fence, _Fencing, _HasId, _lease
 from accord.client.retry import pushback
+from accord.client.trace_context import TraceContext
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, sessions_pb2
 
@@ -145,6 +146,9 @@ class ApplyResult:
 class UpdateEvent:
     revision: int
     update: bytes
+    # The trace context of the Push or Apply that wrote it (None: it sent none, or the
+    # update merges several: the first one, or a late subscriber's backlog).
+    trace_context: TraceContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,7 @@ SessionEvent = UpdateEvent | PresenceEvent | PresenceGoneEvent
 def _event(msg: sessions_pb2.SessionsSubscribeResponse) -> SessionEvent | None:
     kind = msg.WhichOneof("event")
     if kind == "update":
-        return UpdateEvent(msg.revision, msg.update)
+        return UpdateEvent(msg.revision, msg.update, TraceContext._from(msg.trace_context))
     if kind == "presence":
         return PresenceEvent(msg.revision, Presence._from(msg.presence))
     if kind == "presence_gone":

@@ -32,6 +32,7 @@ from accord.client.batching import CastBatches
 from accord.client.errors import DeadlineExceededError, QuotaExceededError, UnavailableError
 from accord.client.kv import _fence, _Fencing
 from accord.client.retry import pushback
+from accord.client.trace_context import TraceContext
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, votes_pb2
 
@@ -209,6 +210,12 @@ class DecisionEvent:
     """Last event of a watch (also when the vote was decided before the watch began)."""
 
     decision: Decision
+
+    @property
+    def trace_context(self) -> TraceContext | None:
+        """The deciding call's trace context (the last ballot's Cast, or the Cancel);
+        None when it sent none, or the deadline decided."""
+        return TraceContext._from(self.decision.trace_context)
 
 
 VoteEvent = VoteStateEvent | BallotEvent | DecisionEvent

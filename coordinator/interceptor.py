@@ -36,6 +36,7 @@ from accord.coordinator import decoding, logs
 from accord.coordinator.auth import roles, streams, tokens
 from accord.coordinator.auth.cache import AuthCache, Verified
 from accord.coordinator.auth.refusals import RefusalLog
+from accord.coordinator.observability import trace_context
 from accord.coordinator.quotas.admission import Admission
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
@@ -157,7 +158,8 @@ class _Gate:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         trace = metadata.get(calls.TRACE_METADATA) or f"{_TRACE_PREFIX}{next(_trace_counter)}"
-        call = calls.Call(namespace=namespace, agent_id=agent, trace_id=trace, deadline=deadline)
+        traced = trace_context.from_metadata(metadata)  # recorded with what the call writes
+        call = calls.Call(namespace, agent, trace, deadline, trace_context=traced)
         calls.current.set(call)  # a token lookup in etcd is bounded by the caller's deadline
         if self.auth is None:
             return call, None

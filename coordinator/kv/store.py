@@ -43,6 +43,7 @@ from accord.coordinator.kv.model import (
 )
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.fencing import FenceGuard, Fencing, fence_bytes
+from accord.coordinator.observability import trace_context
 from accord.coordinator.substrate import Substrate, calls, preconditions
 from accord.coordinator.substrate.errors import (
     Compacted,
@@ -285,6 +286,8 @@ class KVStore:
         parsed_ops: list[Op] = []
         seen: set[str] = set()
         total = 0
+        # Each value stored records the caller's trace context beside it.
+        traced = trace_context.size_of(calls.current.get().trace_context)
         for i, op in enumerate(ops):
             kind = op.WhichOneof("op")
             if kind == "put":
@@ -295,7 +298,7 @@ class KVStore:
                         FieldViolation(f"ops[{i}].put.lease_id", "must not be negative")
                     )
                 parsed_ops.append(Op(op.put.key, op.put.value, op.put.lease_id))
-                total += len(op.put.key.encode()) + len(op.put.value)
+                total += len(op.put.key.encode()) + len(op.put.value) + traced
             elif kind == "delete":
                 violations += check_key(f"ops[{i}].delete.key", op.delete.key, self.limits)
                 parsed_ops.append(Op(op.delete.key, None))
@@ -361,6 +364,7 @@ class KVStore:
             written_at=now(),
             request_id=request_id,
             principal=call.principal,
+            trace_context=trace_context.record_of(call.trace_context),
         )
 
         def build(lease: int) -> Txn:

@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
+from accord.coordinator.locks import handoffs
 from accord.coordinator.locks.explain import refusal_status
 from accord.coordinator.locks.looks import FirstLook, Look, Looker, ahead_ops, head_op
 from accord.coordinator.locks.queue import (
@@ -353,6 +355,7 @@ class LockStore:
         queue = self._s.keys.lock_queue(ns, entry.lock)
         first = txn(
             when=[created_at(entry.key, entry.token), created_after(queue, entry.token - 1)],
+            then=[handoffs.read(self._s.keys, ns, entry.lock)],  # who handed it over
             otherwise=looker.look_ops(),
         )
         # Sent at once, not batched: a hand-off waits on it. It writes nothing, so etcd
@@ -360,7 +363,9 @@ class LockStore:
         response = await self._s.etcd.txn(first, retry=True)
         revision = response.header.revision
         if response.succeeded:
-            return grant_of(entry), Look(revision, entry, None, True, None)
+            return handoffs.grant(entry, response.responses[0]), Look(
+                revision, entry, None, True, None
+            )
         return None, await looker.parse(revision, list(response.responses))
 
     def _mark(self, ns: str, entry: Entry) -> tuple[list[Compare], Op]:
@@ -384,8 +389,9 @@ class LockStore:
         if entry.record.granted:
             return grant_of(entry)
         compares, mark = self._mark(ns, entry)
+        handed_off = handoffs.read(self._s.keys, ns, entry.lock)
         committed = await self._s.committer.commit(
-            txn(when=compares, then=[mark], otherwise=[get(entry.key)]),
+            txn(when=compares, then=[mark, handed_off], otherwise=[get(entry.key)]),
             retry=True,
             # Written once, when the lease was granted, before any acquire with it.
             stable=[self._s.keys.lease(ns, entry.lease_id)],
@@ -399,7 +405,8 @@ class LockStore:
             )
             if not marked:
                 raise await self._why_gone(ns, entry)
-        return grant_of(entry)
+            return grant_of(entry)
+        return handoffs.grant(entry, committed.response.responses[1])
 
     async def _why_gone(self, ns: str, entry: Entry) -> AccordError:
         """Our queue entry vanished: a deadlock verdict, or the lease ended, or a break."""
@@ -465,7 +472,18 @@ class LockStore:
         same_grant = [created_at(key, token)] if token else []
         # The queue's head before the delete: an entry that was first held the lock.
         release = [head_op(self._s.keys.lock_queue(ns, name)), delete(key, prev_kv=True)]
-        response = await self._s.etcd.txn(txn(when=same_grant, then=release), retry=True)
+        traced = calls.current.get().trace_context
+        if traced is None:
+            response = await self._s.etcd.txn(txn(when=same_grant, then=release), retry=True)
+        else:  # the waiter this hands the lock to learns what set it off
+            handoff = partial(handoffs.record, self._s.keys, ns, name, traced)
+            committed = await self._s.writes.commit(
+                lambda lease: txn(when=same_grant, then=[*release, handoff(lease)]),
+                retained=True,
+                batched=False,
+                retry=True,
+            )
+            response = committed.response
         prev = response.responses[1].response_delete_range.prev_kvs if response.succeeded else []
         if not prev:
             if missing_ok:

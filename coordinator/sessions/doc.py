@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from pycrdt import Doc, get_update, merge_updates
 
 from accord.coordinator import logs
@@ -297,18 +298,29 @@ class SessionDoc:
 
     def _on_events(self, events: Any) -> None:
         prefix_len = len(self.prefix)
+        # Trace contexts by log entry id: each is written in its entry's transaction, just
+        # before it, so it comes in the same watch response.
+        traces: dict[bytes, bytes] = {}
         for event in events:
             kv = event.kv
             part = kv.key[prefix_len:]
             deleted = event.type == _DELETE
-            if part.startswith(b"log\x00"):
+            if part.startswith(b"trace\x00"):
+                if not deleted:
+                    traces[part[len(b"trace\x00") :]] = kv.value
+            elif part.startswith(b"log\x00"):
                 if deleted:
                     entry = self.log.pop(kv.key, None)
                     if entry is not None:
                         self.log_bytes -= entry.size
                 elif kv.key not in self.log:
                     if self._add_entry(kv):
-                        self._broadcast(Event(revision=kv.mod_revision, update=kv.value))
+                        update = Event(revision=kv.mod_revision, update=kv.value)
+                        traced = traces.pop(part[len(b"log\x00") :], None)
+                        if traced is not None:  # its writer's trace context
+                            with contextlib.suppress(DecodeError):  # written only by us
+                                update.trace_context.MergeFromString(traced)
+                        self._broadcast(update)
                     if self._pending:
                         self._settle_pending()
             elif part.startswith(b"presence\x00"):

@@ -185,9 +185,11 @@ class SessionStore:
             ):  # a retry of an accepted push is answered as the first time
                 raise sizes.too_large(session, update, self._max_bytes)
             with sizes.reserved(session, update):
+                entry = uuid.uuid4().hex
                 revision, replayed = await self._write(
                     session,
-                    [put(session.keys.log(uuid.uuid4().hex), update)],
+                    [put(session.keys.log(entry), update)],
+                    traced_entry=entry,
                     request_id=request_id,
                     fence=fence,
                     digest=digest,
@@ -269,9 +271,11 @@ class SessionStore:
         if not sizes.fits(session, update, self._max_bytes):
             raise sizes.too_large(session, update, self._max_bytes)
         with sizes.reserved(session, update):
+            entry = uuid.uuid4().hex
             revision, replayed = await self._write(
                 session,
-                [put(session.keys.log(uuid.uuid4().hex), update)],
+                [put(session.keys.log(entry), update)],
+                traced_entry=entry,
                 request_id=request_id,
                 fence=fence,
                 digest=digest,
@@ -295,19 +299,27 @@ class SessionStore:
         digest: bytes,
         answer: Callable[[int], _Answer],
         stored: bool = True,
+        traced_entry: str = "",
     ) -> tuple[int, bytes | None]:
         """Apply effects if the session still exists and the fence holds; at most once
         per request_id. Returns (revision, None) on a first attempt, or the first
         attempt's (revision, answer) on a retry. Raises NOT_FOUND or FENCED otherwise.
         stored: False when the answer is its revision alone, which _replay rebuilds from
-        the request_id record (so no second etcd write stores it)."""
+        the request_id record (so no second etcd write stores it). traced_entry: the log
+        entry effects write, whose subscribers get the caller's trace context, if it sent
+        one (written first, to keys.trace(traced_entry), on the retention lease)."""
         guard = await self._fencing.guard([fence] if fence is not None else [], field="fence")
         alive = session.alive_key
+        traced = calls.current.get().trace_context if traced_entry else None
 
-        def build(_: int) -> Txn:
+        def build(lease: int) -> Txn:
+            record = []
+            if traced is not None:
+                context = traced.record().SerializeToString()
+                record = [put(session.keys.trace(traced_entry), context, lease=lease)]
             return txn(
                 when=[exists(alive), *guard.compares],
-                then=effects,
+                then=[*record, *effects],
                 otherwise=[get(alive), *guard.reads],
             )
 
@@ -332,6 +344,7 @@ class SessionStore:
             replay=replay,
             answer=lambda done: answer(done[0]) if stored else None,
             stable=[alive],  # written only at create and delete: writes may share a batch
+            retained=traced is not None,
         )
 
     # --- presence -----------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from accord.coordinator.observability.trace_context import TraceContext
 from accord.coordinator.substrate.errors import BadIdentity, DeadlineExceeded
 
 NAMESPACE_METADATA = "accord-namespace"
@@ -52,6 +53,9 @@ class Call:
     # The agent ids the principal may act as (None: auth off, any): what an operation of
     # a batch naming its own agent is checked against.
     agents: frozenset[str] | None = None
+    # The caller's W3C trace context, checked and bounded (None: it sent none, or an
+    # invalid one): recorded with what the call writes (observability/trace_context.py).
+    trace_context: TraceContext | None = None
 
     def remaining(self) -> float | None:
         if self.deadline is None:

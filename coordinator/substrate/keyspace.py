@@ -11,9 +11,11 @@ characters), under a configurable root:
   {root}/ns/{ns}/locks/{lock}\\0{lease:016x}          LockEntryRecord, on the lease  (locks)
   {root}/ns/{ns}/deadlocks/{lock}\\0{lease:016x}\\0{token:016x}
                                                      Deadlock, retention lease      (locks)
+  {root}/ns/{ns}/handoffs/{lock}                     TraceContext of the last traced
+                                                     release, retention lease       (locks)
   {root}/ns/{ns}/sessions/{name}                     SessionRecord                  (sessions)
   {root}/ns/{ns}/sdata/{name}\\0{incarnation:016x}\\0  one session's data (SessionData)
-      alive | log\\0{id} | snap\\0{rev:016x}\\0{sha}\\0{i} | presence\\0{client:08x}
+      alive | log\\0{id} | trace\\0{id} | snap\\0{rev:016x}\\0{sha}\\0{i} | presence\\0{client:08x}
   {root}/ns/{ns}/votes/{id}                          Vote record                    (votes)
   {root}/ns/{ns}/ballots/{id}\\0{agent}               Ballot                         (votes)
   {root}/vote-timers/{due_ms:016x}\\0{kind}\\0{ns}\\0{id}  empty: a deadline or expiry (votes)
@@ -41,6 +43,11 @@ class SessionData:
 
     def log(self, entry_id: str) -> bytes:
         return self.prefix + b"log\x00" + entry_id.encode()
+
+    def trace(self, entry_id: str) -> bytes:
+        """The trace context of the call that wrote log entry entry_id (written just
+        before it, on the retention lease; only when that call sent one)."""
+        return self.prefix + b"trace\x00" + entry_id.encode()
 
     def snapshot(self, revision: int) -> bytes:
         """The prefix of the snapshot chunks covering every update up to revision."""
@@ -104,6 +111,10 @@ class Keyspace:
             return None
         name, _, lease = key[len(prefix) :].rpartition(b"\x00")
         return name.decode("utf-8", "replace"), int(lease, 16)
+
+    def lock_handoff(self, namespace: str, name: str) -> bytes:
+        """The trace context of the lock's latest release that sent one."""
+        return (self._ns(namespace, "handoffs") + name).encode()
 
     def deadlocks_prefix(self, namespace: str) -> bytes:
         return self._ns(namespace, "deadlocks").encode()

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from accord.coordinator import logs
-from accord.coordinator.substrate import Substrate
+from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, NotFound
 from accord.coordinator.substrate.txn import (
     KeyValue,
@@ -426,6 +426,10 @@ class Decisions:
             cancelled_by=cancelled_by,
             cancel_reason=reason,
         )
+        if verdict.decided_by != votes_pb2.DECIDED_BY_DEADLINE:  # else no call decided it
+            traced = calls.current.get().trace_context  # the deciding Cast's, or the Cancel's
+            if traced is not None:
+                decision.trace_context.CopyFrom(traced.record())
         record = votes_pb2.Vote()
         record.CopyFrom(vote)
         record.ClearField("created_revision")

@@ -119,6 +119,11 @@ EXPECTED_CLIENT_EXPORTS = {
     "Votes",
     "WaitEdge",
     "WaitGraphPage",
+    # Causality across agents (issue 15): the writer's trace context on what an agent
+    # receives, and the OpenTelemetry link or parent made from it.
+    "TraceContext",
+    "link",
+    "parent",
 }
 
 

@@ -1,0 +1,291 @@
+"""Causality across agents: a writer's trace context travels with what it wrote. Agent A
+works in a span and writes through one replica; agent B receives what A wrote through the
+other replica (a watch event, a lock grant after A's release, a vote's decision, a
+session update), starts its own span linked to A's, and makes its next call, whose
+recorded provenance names B's span. The spans come from the OpenTelemetry SDK with an
+in-memory exporter in this process; B links (rather than parents) its span to A's: A's
+trace ended when its call returned, and "reacts to" is what an OTel link says.
+
+Bad input: a malformed or oversized trace context is dropped (the write succeeds and
+records none); a write without one records no bytes of it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from opentelemetry import baggage, context, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pycrdt import Doc, Text
+
+from accord.client import AsyncClient, DecisionEvent, UpdateEvent, link
+from accord.client import TraceContext as Recorded
+from accord.v1 import common_pb2, kv_pb2, records_pb2
+from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client
+
+
+class Spans:
+    """A tracer whose finished spans are kept in memory (its own provider: the global one
+    is left alone)."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.tracer = provider.get_tracer("accord-tests")
+
+    def finished(self, name: str) -> ReadableSpan:
+        (span,) = [s for s in self.exporter.get_finished_spans() if s.name == name]
+        return span
+
+
+@pytest.fixture
+def spans() -> Iterator[Spans]:
+    kept = Spans()
+    yield kept
+    kept.exporter.clear()
+
+
+@pytest.fixture
+async def agents(replicas: list[Coordinator], namespace: str) -> AsyncIterator[list[AsyncClient]]:
+    """Agent A on the first replica, agent B on the second."""
+    a = make_client([replicas[0].address], namespace, agent="agent-a")
+    b = make_client([replicas[1].address], namespace, agent="agent-b")
+    yield [a, b]
+    await a.close()
+    await b.close()
+
+
+def ids(recorded: Recorded | None) -> tuple[int, int]:
+    """(trace id, span id) a recorded traceparent names."""
+    assert recorded is not None, "no trace context was recorded"
+    _, trace_id, span_id, _ = recorded.traceparent.split("-")
+    return int(trace_id, 16), int(span_id, 16)
+
+
+def span_ids(span: ReadableSpan) -> tuple[int, int]:
+    assert span.context is not None
+    return span.context.trace_id, span.context.span_id
+
+
+async def react(spans: Spans, b: AsyncClient, source: Any, key: str) -> None:
+    """B reacts to source in a span linked to the writer's, and writes key inside it; the
+    span links to the writer's span and B's write records B's span."""
+    with spans.tracer.start_as_current_span("b-reacts", links=[link(source)]):
+        await b.kv.put(key, b"reacted")
+    reacted = spans.finished("b-reacts")
+    writer = spans.finished("a-acts")
+    assert [span_ids_of(lk.context) for lk in reacted.links] == [span_ids(writer)]
+    written = await b.kv.get(key)
+    assert written is not None
+    assert ids(written.written_by.trace_context) == span_ids(reacted)
+
+
+def span_ids_of(span_context: trace.SpanContext) -> tuple[int, int]:
+    return span_context.trace_id, span_context.span_id
+
+
+async def test_a_watch_event_on_another_replica_carries_the_writers_context(
+    agents: list[AsyncClient], spans: Spans
+) -> None:
+    a, b = agents
+    watch = b.kv.watch("plan/", prefix=True)
+    await watch.start()
+    # A's budget travels in its baggage, for a downstream agent to inherit.
+    token = context.attach(baggage.set_baggage("accord.deadline", "1900000000000"))
+    try:
+        with spans.tracer.start_as_current_span("a-acts"):
+            await a.kv.put("plan/step", b"1")
+    finally:
+        context.detach(token)
+    async with asyncio.timeout(10):
+        event = await anext(aiter(watch))
+    assert event.kv.key == "plan/step"
+    assert ids(event.trace_context) == span_ids(spans.finished("a-acts"))
+    assert event.trace_context is not None
+    assert event.trace_context.baggage_items() == {"accord.deadline": "1900000000000"}
+    await react(spans, b, event, "plan/reaction")
+    # One linked trace: B's span starts its own trace and links to A's.
+    reacted, acted = spans.finished("b-reacts"), spans.finished("a-acts")
+    assert reacted.parent is None and reacted.links[0].context.trace_id == span_ids(acted)[0]
+    await watch.aclose()
+
+
+@pytest.mark.parametrize("permits", [0, 1], ids=["lock", "semaphore"])
+async def test_a_lock_grant_after_a_hand_off_carries_the_releasers_context(
+    agents: list[AsyncClient], spans: Spans, permits: int
+) -> None:
+    """A lock's waiter is found holding by a read; a semaphore's is marked holding by a
+    write: both read who handed it over in that same transaction."""
+    a, b = agents
+    async with await a.leases.grant(ttl=30) as lease_a, await b.leases.grant(ttl=30) as lease_b:
+        first = await a.locks.acquire("doc", lease_a, permits=permits)
+        assert first.handed_off_by is None  # granted at once: nothing handed it over
+        waiting = asyncio.create_task(b.locks.acquire("doc", lease_b, permits=permits, wait=20))
+        await _queued(a, "doc", 2)
+        with spans.tracer.start_as_current_span("a-acts"):
+            await a.locks.release(first)
+        grant = await waiting
+        assert ids(grant.handed_off_by) == span_ids(spans.finished("a-acts"))
+        await react(spans, b, grant, "after-lock")
+        # An untraced release hands over nothing: B's grant above is not repeated.
+        again = asyncio.create_task(a.locks.acquire("doc", lease_a, permits=permits, wait=20))
+        await _queued(a, "doc", 2)
+        await b.locks.release(grant)
+        assert (await again).handed_off_by is None
+
+
+async def _queued(client: AsyncClient, lock: str, entries: int) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            state, _ = await client.locks.describe(lock)
+            if len(state.holders) + len(state.waiters) >= entries:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_a_vote_decision_carries_the_deciding_ballots_context(
+    agents: list[AsyncClient], spans: Spans
+) -> None:
+    a, b = agents
+    vote = await b.votes.propose(
+        "ship?", ["yes", "no"], voters=["agent-a", "agent-b"], voting_period=600
+    )
+    watch = b.votes.watch(vote.id)
+    await anext(watch)  # the state: watching from here on
+    await b.votes.cast(vote.id, "yes")
+    with spans.tracer.start_as_current_span("a-acts"):
+        await a.votes.cast(vote.id, "yes")  # decides: both voters said yes
+    async with asyncio.timeout(10):
+        decided = [e async for e in watch if isinstance(e, DecisionEvent)]
+    assert ids(decided[0].trace_context) == span_ids(spans.finished("a-acts"))
+    await react(spans, b, decided[0], "after-vote")
+
+
+async def test_a_session_update_carries_the_pushers_context(
+    agents: list[AsyncClient], spans: Spans
+) -> None:
+    a, b = agents
+    await a.sessions.open("notes")
+    updates = b.sessions.subscribe("notes")
+    async with asyncio.timeout(10):
+        initial = await anext(updates)
+        assert isinstance(initial, UpdateEvent) and initial.trace_context is None  # merged
+        doc = Doc()
+        text = doc.get("notes", type=Text)
+        before = doc.get_state()
+        text += "first"
+        await a.sessions.push("notes", doc.get_update(before))  # untraced: carries none
+        assert (await _next_update(updates)).trace_context is None
+        before = doc.get_state()
+        text += " then"
+        with spans.tracer.start_as_current_span("a-acts"):
+            await a.sessions.push("notes", doc.get_update(before))
+        pushed = await _next_update(updates)
+    assert ids(pushed.trace_context) == span_ids(spans.finished("a-acts"))
+    await react(spans, b, pushed, "after-update")
+    await updates.aclose()
+
+
+async def _next_update(events: AsyncIterator[Any]) -> UpdateEvent:
+    async for event in events:
+        if isinstance(event, UpdateEvent):
+            return event
+    raise AssertionError("the stream ended")
+
+
+# --- bad input -----------------------------------------------------------------------
+
+GOOD = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+DROPPED: dict[str, tuple[tuple[tuple[str, str], ...], common_pb2.TraceContext]] = {
+    "oversized traceparent": ((("traceparent", GOOD + "0"),), common_pb2.TraceContext()),
+    "malformed traceparent": (
+        (("traceparent", GOOD.upper()), ("tracestate", "a=b")),
+        common_pb2.TraceContext(),
+    ),
+    "zero trace id": (
+        (("traceparent", "00-" + "0" * 32 + "-b7ad6b7169203331-01"),),
+        common_pb2.TraceContext(),
+    ),
+    "oversized tracestate": (
+        (("traceparent", GOOD), ("tracestate", "a=" + "x" * 254 + ",b=" + "y" * 254)),
+        common_pb2.TraceContext(traceparent=GOOD),
+    ),
+    "oversized baggage": (
+        (("traceparent", GOOD), ("baggage", "k=" + "v" * 2047), ("tracestate", "a=b")),
+        common_pb2.TraceContext(traceparent=GOOD, tracestate="a=b"),
+    ),
+    "malformed baggage": (
+        (("traceparent", GOOD), ("baggage", 'k="quoted",x')),
+        common_pb2.TraceContext(traceparent=GOOD),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DROPPED))
+async def test_an_invalid_trace_context_is_dropped_and_the_write_succeeds(
+    case: str, replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+) -> None:
+    sent, kept = DROPPED[case]
+    async with Stubs(replicas[0].address) as stubs:
+        metadata = (*identity(namespace, "agent-a"), *sent)
+        await stubs.kv.Put(kv_pb2.PutRequest(key="k", value=b"v"), metadata=metadata, timeout=10)
+        got = await stubs.kv.Get(kv_pb2.GetRequest(key="k"), metadata=metadata, timeout=10)
+    assert got.kv.value == b"v"
+    assert got.kv.written_by.trace_context == kept
+    assert got.kv.written_by.HasField("trace_context") == bool(kept.traceparent)
+
+
+async def test_a_write_without_trace_context_stores_no_bytes_of_it(
+    replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+) -> None:
+    async with Stubs(replicas[0].address) as stubs:
+        plain = identity(namespace, "agent-a")
+        for key, metadata in (("plain", plain), ("traced", (*plain, ("traceparent", GOOD)))):
+            request = kv_pb2.PutRequest(key=key, value=b"v")
+            await stubs.kv.Put(request, metadata=metadata, timeout=10)
+    (stored_plain,) = etcd.kvs(f"accord/ns/{namespace}/kv/plain")
+    (stored_traced,) = etcd.kvs(f"accord/ns/{namespace}/kv/traced")
+    plain_record = records_pb2.StoredValue.FromString(stored_plain.value)
+    traced_record = records_pb2.StoredValue.FromString(stored_traced.value)
+    assert traced_record.written_by.trace_context.traceparent == GOOD
+    assert not plain_record.written_by.HasField("trace_context")
+    assert GOOD.encode() not in stored_plain.value
+
+
+async def test_a_recorded_trace_context_counts_in_a_transactions_size(
+    replicas: list[Coordinator], namespace: str, etcd: EtcdMember
+) -> None:
+    """Each value a Txn stores records the context beside it: a Txn just under the byte
+    limit is refused once its context would take it over, and stores nothing."""
+    limit, value_limit = 1024 * 1024, 256 * 1024
+    ops = [kv_pb2.TxnOp(put=kv_pb2.TxnPut(key=f"k{i}", value=b"x" * value_limit)) for i in range(3)]
+    last = limit - 3 * (value_limit + 2) - 2 - 8  # 8 bytes under the limit in all
+    ops.append(kv_pb2.TxnOp(put=kv_pb2.TxnPut(key="k3", value=b"x" * last)))
+    request = kv_pb2.TxnRequest(ops=ops)
+    plain = identity(namespace, "agent-a")
+    async with Stubs(replicas[0].address) as stubs:
+        before = etcd.stored(namespace)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stubs.kv.Txn(request, metadata=(*plain, ("traceparent", GOOD)), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _reason_and_fields(refused.value) == ("INVALID_ARGUMENT", ["ops"])
+        assert etcd.stored(namespace) == before
+        await stubs.kv.Txn(request, metadata=plain, timeout=10)  # fits without one
+
+
+def _reason_and_fields(error: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    for detail in status.details:
+        detail.Unpack(info) or detail.Unpack(bad)
+    return info.reason, [v.field for v in bad.field_violations]
