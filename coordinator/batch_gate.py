@@ -1,6 +1,6 @@
 """What the interceptor does once per call, done again for each operation of a batch:
 the agent it acts as, the operation's own role, its own quota tokens and counts, and the
-audit of a refusal.
+audit of a refusal (and its count in the metrics).
 
 The batch call itself was identified and authorized by the interceptor (it needs READ,
 the least any operation needs); each operation is then held to what its unary call
@@ -25,9 +25,16 @@ from google.rpc import status_pb2
 from accord.coordinator import logs
 from accord.coordinator.auth import roles
 from accord.coordinator.auth.refusals import RefusalLog
+from accord.coordinator.observability import metrics_calls
 from accord.coordinator.quotas.admission import Admission, Rule
 from accord.coordinator.substrate import calls
-from accord.coordinator.substrate.errors import AccordError, Internal, PermissionDenied, invalid
+from accord.coordinator.substrate.errors import (
+    AccordError,
+    Internal,
+    PermissionDenied,
+    QuotaExceeded,
+    invalid,
+)
 
 _log = logs.get("accord.batch")
 T = TypeVar("T")
@@ -97,6 +104,7 @@ class OpGate:
         except PermissionDenied as refused:
             if self._refusals is not None:
                 self._refusals.note(call, method, refused)
+            metrics_calls.refused(call, refused)
             raise
 
     def enter(self, op: Operation, method: str, request: Message) -> None:
@@ -122,9 +130,14 @@ class OpGate:
             except PermissionDenied as refused:
                 if self._refusals is not None:
                     self._refusals.note(call, method, refused)
+                metrics_calls.refused(call, refused)
                 raise
         if self.admission is not None:
             rule = self._rules.get(method)
             if rule is None:
                 rule = self._rules[method] = self.admission.rule(method)
-            self.admission.admit(rule, call, request)
+            try:
+                self.admission.admit(rule, call, request)
+            except QuotaExceeded as refused:
+                metrics_calls.refused(call, refused)
+                raise

@@ -36,7 +36,7 @@ from accord.coordinator import decoding, logs
 from accord.coordinator.auth import roles, streams, tokens
 from accord.coordinator.auth.cache import AuthCache, Verified
 from accord.coordinator.auth.refusals import RefusalLog
-from accord.coordinator.observability import trace_context
+from accord.coordinator.observability import metrics, metrics_calls, trace_context
 from accord.coordinator.quotas.admission import Admission
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
@@ -100,21 +100,29 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         gate = _Gate(method, self._auth, self._client_certificates, self._refusals, self._admission)
         decode = decoding.tolerant(method, handler.request_deserializer)
+        measured = metrics.enabled()  # off: not wrapped, so no cost per call
         if handler.unary_unary:
+            unary = _unary(gate, decoding.checked(handler.unary_unary))
             return grpc.unary_unary_rpc_method_handler(
-                _unary(gate, decoding.checked(handler.unary_unary)),
+                metrics_calls.measured_unary(method, unary) if measured else unary,
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
+            stream = _stream(gate, decoding.checked_stream(handler.unary_stream))
             return grpc.unary_stream_rpc_method_handler(
-                _stream(gate, decoding.checked_stream(handler.unary_stream)),
+                metrics_calls.measured_stream(method, metrics_calls.SERVER_STREAM, stream)
+                if measured
+                else stream,
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
+            bidi = _stream(gate, decoding.checked_requests(handler.stream_stream))
             return grpc.stream_stream_rpc_method_handler(
-                _stream(gate, decoding.checked_requests(handler.stream_stream)),
+                metrics_calls.measured_stream(method, metrics_calls.BIDI_STREAM, bidi)
+                if measured
+                else bidi,
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
@@ -144,9 +152,11 @@ class _Gate:
         self.rule = admission.rule(method) if admission is not None else None
 
     def refused(self, call: calls.Call, error: AccordError) -> None:
-        """Log a refusal on authorization grounds in the audit log (rate-limited)."""
+        """Log a refusal on authorization grounds in the audit log (rate-limited), and
+        count it (and a quota's) in the metrics."""
         if self.refusals is not None and error.code in _AUTHORIZATION_CODES:
             self.refusals.note(call, self.method, error)
+        metrics_calls.refused(call, error)
 
     async def begin(
         self, context: grpc.aio.ServicerContext[Any, Any]

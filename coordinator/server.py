@@ -37,6 +37,8 @@ from accord.coordinator.locks.deadlocks import DeadlockDetector
 from accord.coordinator.locks.fencing import Fencing
 from accord.coordinator.locks.service import LocksService
 from accord.coordinator.locks.store import LockStore
+from accord.coordinator.observability import metrics
+from accord.coordinator.observability.metrics_http import MetricsServer
 from accord.coordinator.quotas import Admission, QuotaLimits, QuotaStore, UsageBook
 from accord.coordinator.quotas.service import QuotasService
 from accord.coordinator.quotas.sockets import SocketCounts
@@ -107,6 +109,7 @@ class Replica:
         self.ws_port = 0  # the y-websocket endpoint's bound port (0: not serving it)
         self._health = HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -252,6 +255,14 @@ class Replica:
             embedded_etcd=self.embedded is not None,
         )
 
+    def serve_metrics(self) -> None:
+        """Serve /metrics (--metrics-listen), from a thread of its own; before start(), so
+        a scrape sees a replica still waiting for etcd."""
+        if self.settings.metrics_listen:
+            self.metrics = MetricsServer(self.settings.metrics_listen)
+            self.metrics.start()
+            _log.info("metrics serving", metrics=f"http://{self.metrics.address}/metrics")
+
     def _add_admin_services(self, replica: str) -> None:
         """Auth and Quotas: administrative writes, straight to etcd with their audit."""
         assert self.server is not None and self.etcd is not None
@@ -376,6 +387,8 @@ class Replica:
             await self.etcd.close()
         if self.embedded:
             await self.embedded.stop()
+        if self.metrics:
+            await asyncio.to_thread(self.metrics.stop)  # waits for its thread's next poll
         _log.info("coordinator stopped", replica=self.settings.replica)
 
 
@@ -419,12 +432,16 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
     called once the replica serves (a worker tells its supervisor so)."""
     logs.configure(settings.log_level)
     set_trailer_budget(settings.error_details_budget)  # every error of this process
+    metrics.configure(
+        enabled=bool(settings.metrics_listen), max_namespaces=settings.metrics_max_namespaces
+    )
     replica = Replica(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        replica.serve_metrics()
         await replica.start()
         # Long-lived objects (modules, stubs, descriptors) leave the collector's view.
         # Thresholds count Python objects, not bytes: a refused request's megabytes sit in

@@ -83,6 +83,11 @@ class Settings:
     # Replica processes `accord serve` runs on the same ports (workers.py); above 1, this
     # replica is one of them and shares its ports with the others (SO_REUSEPORT).
     workers: int = 1
+    # host:port of the Prometheus /metrics endpoint (observability/metrics_http.py); empty:
+    # off, and no metric is kept. Under --workers N, worker i serves on port + i.
+    metrics_listen: str = ""
+    # Namespaces labelled by name in metrics; later ones are counted as `_other`.
+    metrics_max_namespaces: int = 100
 
     def exposure_problem(self) -> str | None:
         """Why this replica must not start as configured (None: it may)."""

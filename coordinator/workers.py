@@ -8,7 +8,8 @@ with SO_REUSEPORT, and the kernel spreads incoming connections over them: by con
 not by call (a channel's calls all go to the worker that accepted it). Workers share
 nothing but etcd, exactly like replicas on separate hosts, so together they behave as one
 service; per-replica limits (request rates, open streams, concurrent RPCs, y-websocket
-sockets) apply per worker.
+sockets) apply per worker. Each worker serves /metrics on a port of its own, --metrics-listen's
+port + i (metrics_address), so Prometheus scrapes each worker as the replica it is.
 
 Without --etcd the supervisor starts the one embedded etcd and hands its endpoint to every
 worker. A port of 0 becomes one free port for all of them, kept (bound with SO_REUSEPORT,
@@ -83,6 +84,20 @@ def reserve(address: str) -> tuple[str, socket.socket]:
     return f"{host}:{port}", held
 
 
+def metrics_address(address: str, worker: int) -> str:
+    """Worker i's /metrics address: port + i (port 0: a free one each; empty: off). Each
+    worker is a replica of its own, scraped as a target of its own; a port another
+    process listens on is PortInUse before any worker starts."""
+    if not address:
+        return ""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return address
+    mine = f"{host}:{int(port) + worker}"
+    reserve(mine)[1].close()  # only a check: the worker binds it
+    return mine
+
+
 @dataclass
 class Worker:
     """One replica process and how to start it again."""
@@ -149,7 +164,14 @@ class Supervisor:
             name = settings.replica or f"{socket.gethostname()}:{listen.rpartition(':')[2]}"
             base = replace(settings, listen=listen, ws_listen=ws_listen, etcd_endpoints=endpoints)
             self.workers = [
-                Worker(replace(base, replica=f"{name}-w{i}")) for i in range(settings.workers)
+                Worker(
+                    replace(
+                        base,
+                        replica=f"{name}-w{i}",
+                        metrics_listen=metrics_address(settings.metrics_listen, i),
+                    )
+                )
+                for i in range(settings.workers)
             ]
             for worker in self.workers:
                 await worker.spawn()

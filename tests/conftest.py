@@ -47,10 +47,13 @@ def etcd(workdir: Path) -> Iterator[EtcdMember]:
 
 @pytest.fixture(scope="session")
 def replicas(etcd: EtcdMember, workdir: Path) -> Iterator[list[Coordinator]]:
-    """Two replicas over the session etcd; with ACCORD_TEST_AUTH=required they need a
-    token, and a cluster admin bootstrapped first mints one per agent (tests.harness.auth)."""
+    """Two replicas over the session etcd, serving /metrics (tests.harness.metrics); with
+    ACCORD_TEST_AUTH=required they need a token, and a cluster admin bootstrapped first
+    mints one per agent (tests.harness.auth)."""
     admin_token = bootstrap_admin(etcd.endpoint) if AUTH_REQUIRED else ""
-    started = [start_coordinator(workdir, f"replica-{i}", [etcd.endpoint]) for i in range(2)]
+    started = [
+        start_coordinator(workdir, f"replica-{i}", [etcd.endpoint], metrics=True) for i in range(2)
+    ]
     if AUTH_REQUIRED:
         enable_auth([r.address for r in started], admin_token)
     yield started

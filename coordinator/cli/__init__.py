@@ -204,6 +204,22 @@ def serve(
             "one private etcd",
         ),
     ] = 1,
+    metrics_listen: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_METRICS_LISTEN",
+            help="host:port to serve Prometheus /metrics on (no authentication: its labels "
+            "name namespaces, so loopback or a private interface); empty: off, and no "
+            "metric is kept; with --workers N, worker i serves on port+i",
+        ),
+    ] = "",
+    metrics_max_namespaces: Annotated[
+        int,
+        typer.Option(
+            envvar="ACCORD_METRICS_MAX_NAMESPACES",
+            help="namespaces labelled by name in metrics; the rest are counted as _other",
+        ),
+    ] = 100,
     error_details_budget: Annotated[
         int,
         typer.Option(
@@ -224,6 +240,12 @@ def serve(
         )
     if not 0 <= rate_refusal_hold <= 10:
         raise typer.BadParameter("must be between 0 and 10", param_hint="--rate-refusal-hold")
+    if not 1 <= metrics_max_namespaces <= 10_000:
+        raise typer.BadParameter(
+            "must be between 1 and 10000", param_hint="--metrics-max-namespaces"
+        )
+    if metrics_listen and not _is_address(metrics_listen):
+        raise typer.BadParameter("must be host:port", param_hint="--metrics-listen")
     if not 1 <= workers <= 64:
         raise typer.BadParameter("must be between 1 and 64", param_hint="--workers")
     if not 0 < max_value_bytes <= 1024 * 1024:
@@ -247,6 +269,8 @@ def serve(
         ws_allowed_origins=tuple(o.strip() for o in ws_allowed_origins.split(",") if o.strip()),
         error_details_budget=error_details_budget,
         workers=workers,
+        metrics_listen=metrics_listen,
+        metrics_max_namespaces=metrics_max_namespaces,
         tls=ServerTls(Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None)
         if tls_cert
         else None,
@@ -278,3 +302,9 @@ def serve(
     except (EtcdNotInstalled, PortInUse) as exc:
         typer.echo(f"accord: {exc}", err=True)
         raise typer.Exit(2) from exc
+
+
+def _is_address(address: str) -> bool:
+    """Whether address reads host:port with a port number."""
+    port = address.rpartition(":")[2]
+    return ":" in address and port.isdigit() and int(port) <= 65535

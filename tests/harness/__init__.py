@@ -22,6 +22,7 @@ from tests.harness.clients import (
     make_client,
     stubs_by_replica,
 )
+from tests.harness.metrics import Scrape, fetch, scrape
 from tests.harness.processes import (
     ETCD,
     ETCDCTL,
@@ -49,12 +50,14 @@ __all__ = [
     "EtcdStubs",
     "Metadata",
     "Process",
+    "Scrape",
     "StoredKey",
     "Stubs",
     "bootstrap_admin",
     "cluster_admin_token",
     "enable_auth",
     "eventually",
+    "fetch",
     "free_port",
     "grant_labels",
     "health",
@@ -64,6 +67,7 @@ __all__ = [
     "not_serving",
     "own_cluster_token",
     "queued",
+    "scrape",
     "start_coordinator",
     "start_etcd",
     "stubs_by_replica",

@@ -234,6 +234,9 @@ class Coordinator(Process):
     # For a replica serving TLS: (CA, client certificate, client key) to check its health
     # with; the certificate may be None when the replica requires none.
     tls_client: tuple[Path, Path | None, Path | None] | None = None
+    # Serve /metrics (--metrics-listen) on this port; 0 picks a free one at start (and
+    # keeps it on restart); None: metrics off (no metric is kept).
+    metrics_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -246,6 +249,8 @@ class Coordinator(Process):
 
     def start(self, timeout: float = 30) -> None:
         self.ws_port = (self.ws_port or free_port()) if self.ws else 0
+        if self.metrics_port is not None:
+            self.metrics_port = self.metrics_port or free_port()
         argv = [
             sys.executable,
             "-m",
@@ -257,6 +262,11 @@ class Coordinator(Process):
             f"127.0.0.1:{self.ws_port}" if self.ws else "",
             "--replica",
             self.name,
+            *(
+                ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
+                if self.metrics_port is not None and "--metrics-listen" not in self.extra_args
+                else []
+            ),
             *self.extra_args,
         ]
         if self.etcd_endpoints:
@@ -320,6 +330,7 @@ def start_coordinator(
     env: dict[str, str] | None = None,
     ws: bool = True,
     tls_client: tuple[Path, Path | None, Path | None] | None = None,
+    metrics: bool = False,
 ) -> Coordinator:
     extra_args = list(extra_args or [])
     if AUTH_REQUIRED and etcd_endpoints and "--auth" not in extra_args:
@@ -333,6 +344,7 @@ def start_coordinator(
         env=env or {},
         ws=ws,
         tls_client=tls_client,
+        metrics_port=0 if metrics else None,
     )
     replica.start()
     return replica

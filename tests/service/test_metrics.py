@@ -1,0 +1,219 @@
+"""/metrics on a real replica (--metrics-listen): it parses with Prometheus's text parser,
+the gRPC server metrics move by exactly the calls made (unary, server stream,
+stream-stream, and a refusal under its code), namespaces beyond the cap are `_other`,
+refusals are counted (an unauthenticated one never by namespace), and every other path
+is 404."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from accord.v1 import kv_pb2, leases_pb2
+from tests.harness import (
+    Coordinator,
+    EtcdMember,
+    Scrape,
+    Stubs,
+    eventually,
+    fetch,
+    identity,
+    scrape,
+    start_coordinator,
+)
+
+
+@pytest.fixture(scope="module")
+def measured(replicas: list[Coordinator], etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
+    """A replica of its own serving /metrics: only these tests' calls move its counters
+    (after the session replicas, so that under auth its credentials exist)."""
+    replica = start_coordinator(workdir, "metrics", [etcd.endpoint], ws=False, metrics=True)
+    yield replica
+    replica.terminate()
+
+
+def _port(replica: Coordinator) -> int:
+    assert replica.metrics_port
+    return replica.metrics_port
+
+
+def _grpc(kind: str, service: str, method: str, **more: str) -> dict[str, str]:
+    return {"grpc_type": kind, "grpc_service": service, "grpc_method": method, **more}
+
+
+def _moved(before: Scrape, after: Scrape, name: str, labels: dict[str, str]) -> float:
+    return after.value(name, labels) - before.value(name, labels)
+
+
+async def test_unary_calls_are_counted_with_their_codes(
+    measured: Coordinator, namespace: str
+) -> None:
+    put = _grpc("unary", "accord.v1.KV", "Put")
+    async with Stubs(measured.address) as stubs:
+        meta = identity(namespace, "tester")
+        await stubs.kv.Put(kv_pb2.PutRequest(key="warm", value=b"x"), metadata=meta)
+        before = await scrape(_port(measured))
+        for i in range(3):
+            await stubs.kv.Put(kv_pb2.PutRequest(key=f"k{i}", value=b"x"), metadata=meta)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stubs.kv.Put(kv_pb2.PutRequest(key="", value=b"x"), metadata=meta)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    after = await scrape(_port(measured))
+
+    assert after.types["grpc_server_handling_seconds"] == "histogram"
+    assert after.types["grpc_server_handled"] == "counter"
+    assert _moved(before, after, "grpc_server_started_total", put) == 4
+    assert _moved(before, after, "grpc_server_msg_received_total", put) == 4
+    assert _moved(before, after, "grpc_server_msg_sent_total", put) == 3  # none for the refusal
+    handled = "grpc_server_handled_total"
+    assert _moved(before, after, handled, {**put, "grpc_code": "OK"}) == 3
+    assert _moved(before, after, handled, {**put, "grpc_code": "InvalidArgument"}) == 1
+    assert _moved(before, after, handled, put) == 4  # under no other code
+    assert _moved(before, after, "grpc_server_handling_seconds_count", put) == 4
+    assert after.value("accord_inflight_calls") == 0
+    # the process collector rides along
+    assert after.value("process_resident_memory_bytes") > 0
+
+
+async def test_a_server_stream_counts_each_message_sent(
+    measured: Coordinator, namespace: str
+) -> None:
+    watch = _grpc("server_stream", "accord.v1.KV", "Watch")
+    before = await scrape(_port(measured))
+    meta = identity(namespace, "tester")
+    async with Stubs(measured.address) as stubs, Stubs(measured.address) as writer:
+        stream = stubs.kv.Watch(kv_pb2.WatchRequest(key="", prefix=True), metadata=meta)
+        started = await eventually(
+            lambda: scrape(_port(measured)),
+            lambda s: _moved(before, s, "grpc_server_started_total", watch) == 1,
+        )
+        assert _moved(before, started, "grpc_server_started_total", watch) == 1
+        keys = {f"w{i}" for i in range(3)}
+        for key in sorted(keys):
+            await writer.kv.Put(kv_pb2.PutRequest(key=key, value=b"x"), metadata=meta)
+        messages, seen = 0, set()
+        async for response in stream:
+            messages += 1
+            seen |= {event.kv.key for event in response.events}
+            if seen >= keys:
+                break
+        stream.cancel()
+    after = await eventually(
+        lambda: scrape(_port(measured)),
+        lambda s: _moved(before, s, "grpc_server_handled_total", watch) == 1,
+    )
+    assert _moved(before, after, "grpc_server_msg_sent_total", watch) == messages
+    assert _moved(before, after, "grpc_server_msg_received_total", watch) == 1
+    assert (
+        _moved(before, after, "grpc_server_handled_total", {**watch, "grpc_code": "Canceled"}) == 1
+    )
+    assert after.value("accord_inflight_calls") == 0
+
+
+async def test_a_stream_stream_call_counts_each_message_each_way(
+    measured: Coordinator, namespace: str
+) -> None:
+    keepalive = _grpc("bidi_stream", "accord.v1.Leases", "KeepAlive")
+    meta = identity(namespace, "tester")
+    async with Stubs(measured.address) as stubs:
+        lease = await stubs.leases.Grant(leases_pb2.GrantRequest(ttl_seconds=30), metadata=meta)
+        before = await scrape(_port(measured))
+        stream = stubs.leases.KeepAlive(metadata=meta)
+        for _ in range(3):
+            await stream.write(leases_pb2.KeepAliveRequest(lease_id=lease.lease.id))
+            answer = await stream.read()
+            assert answer.lease_id == lease.lease.id
+        await stream.done_writing()
+        assert await stream.read() == grpc.aio.EOF
+        assert await stream.code() == grpc.StatusCode.OK
+    after = await eventually(
+        lambda: scrape(_port(measured)),
+        lambda s: _moved(before, s, "grpc_server_handled_total", keepalive) == 1,
+    )
+    assert _moved(before, after, "grpc_server_started_total", keepalive) == 1
+    assert _moved(before, after, "grpc_server_msg_received_total", keepalive) == 3
+    assert _moved(before, after, "grpc_server_msg_sent_total", keepalive) == 3
+    assert _moved(before, after, "grpc_server_handled_total", {**keepalive, "grpc_code": "OK"}) == 1
+
+
+@pytest.fixture(scope="module")
+def capped(replicas: list[Coordinator], etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
+    """A replica labelling 2 namespaces by name, refusing every stream (a quota refusal
+    labelled by namespace on demand)."""
+    replica = start_coordinator(
+        workdir,
+        "metrics-capped",
+        [etcd.endpoint],
+        ["--metrics-max-namespaces", "2", "--quota", "streams=0"],
+        ws=False,
+        metrics=True,
+    )
+    yield replica
+    replica.terminate()
+
+
+async def test_namespaces_beyond_the_cap_are_other(capped: Coordinator, namespace: str) -> None:
+    namespaces = [f"{namespace}-{i}" for i in range(4)]
+    async with Stubs(capped.address) as stubs:
+        for each in namespaces:
+            stream = stubs.kv.Watch(
+                kv_pb2.WatchRequest(key="", prefix=True), metadata=identity(each, "tester")
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stream.read()
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    after = await scrape(_port(capped))
+    refusals = "accord_quota_refusals_total"
+    assert after.label_values(refusals, "namespace") == {*namespaces[:2], "_other"}
+    assert after.value(refusals, {"namespace": "_other", "limit": "streams"}) == 2
+    for each in namespaces[:2]:
+        assert after.value(refusals, {"namespace": each, "limit": "streams"}) == 1
+    assert not any(each in after.text for each in namespaces[2:])
+
+
+@pytest.fixture(scope="module")
+def guarded(replicas: list[Coordinator], etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
+    """A replica requiring a token on every call, whatever the suite's mode."""
+    replica = start_coordinator(
+        workdir, "metrics-auth", [etcd.endpoint], ["--auth", "required"], ws=False, metrics=True
+    )
+    yield replica
+    replica.terminate()
+
+
+async def test_an_unauthenticated_call_is_counted_by_code_not_namespace(
+    guarded: Coordinator, namespace: str, etcd: EtcdMember
+) -> None:
+    before = await scrape(_port(guarded))
+    async with Stubs(guarded.address) as stubs:
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stubs.kv.Put(
+                    kv_pb2.PutRequest(key="k", value=b"x"),
+                    metadata=identity(namespace, "intruder", token="not-a-token"),
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    after = await scrape(_port(guarded))
+    code = {"code": "Unauthenticated"}
+    assert _moved(before, after, "accord_auth_refusals_total", code) == 2
+    put = _grpc("unary", "accord.v1.KV", "Put", grpc_code="Unauthenticated")
+    assert _moved(before, after, "grpc_server_handled_total", put) == 2
+    assert namespace not in after.text  # an unauthenticated call names no namespace
+    assert etcd.stored(namespace) == []  # nothing written (the refusal's audit aside)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/"), ("GET", "/metrics/x"), ("GET", "/favicon.ico"), ("POST", "/metrics"),
+     ("PUT", "/metrics"), ("HEAD", "/metrics")],
+)  # fmt: skip
+async def test_only_get_metrics_is_served(measured: Coordinator, method: str, path: str) -> None:
+    status, _ = await asyncio.to_thread(fetch, _port(measured), path, method)
+    assert status == 404
+    status, body = await asyncio.to_thread(fetch, _port(measured), "/metrics")
+    assert status == 200
+    assert "grpc_server_started_total" in body or "accord_inflight_calls" in body
