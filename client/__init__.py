@@ -15,6 +15,7 @@ from accord.client.auth import (
 from accord.client.batching import BatchPolicy
 from accord.client.blocking import BlockingContext, BlockingIterator
 from accord.client.client import AsyncClient, tls_credentials
+from accord.client.deadlines import deadline, deadline_from, remaining
 from accord.client.errors import (
     AccordError,
     AlreadyVotedError,
@@ -231,8 +232,11 @@ __all__ = [
     "WhoAmI",
     "WouldBlockError",
     "WriteResult",
+    "deadline",
+    "deadline_from",
     "link",
     "ops",
     "parent",
+    "remaining",
     "tls_credentials",
 ]

@@ -38,7 +38,7 @@ import grpc
 from google.rpc import status_pb2
 from opentelemetry import context as otel_context
 
-from accord.client import calls
+from accord.client import calls, deadlines
 from accord.client.calls import Req, Resp, Unary
 from accord.client.errors import (
     AccordError,
@@ -86,8 +86,9 @@ class _Queued(Generic[Op, Out]):
     deadline: float
     via: Transport  # whose identity the operation carries
     future: asyncio.Future[Out] = field(repr=False)
-    # The OpenTelemetry context it was made in: a batch it leads carries it.
-    trace: otel_context.Context = field(repr=False, default_factory=otel_context.get_current)
+    # The OpenTelemetry context it was made in, its ambient deadline as baggage
+    # (client/deadlines.py): a batch it leads carries it.
+    trace: otel_context.Context = field(repr=False, default_factory=deadlines.otel_context)
 
 
 class Coalescer(Generic[Op, Out, BatchReq, BatchResp]):
@@ -122,7 +123,9 @@ class Coalescer(Generic[Op, Out, BatchReq, BatchResp]):
         timeout: float | None,
     ) -> Resp | Out:
         """request alone as call (its response), or queued into a batch (its outcome)."""
-        seconds = via.timeout if timeout is None else timeout
+        seconds = deadlines.cap(via.timeout if timeout is None else timeout)
+        if seconds <= 0:
+            raise DeadlineExceededError("the ambient deadline had passed: the call was not sent")
         if not self.enabled or (not self._queue and self._in_flight < self._max_in_flight):
             self._in_flight += 1
             try:
@@ -163,7 +166,9 @@ class Coalescer(Generic[Op, Out, BatchReq, BatchResp]):
             if not batch:
                 return
             self._in_flight += 1
-            task = asyncio.create_task(self._batch(batch))
+            # Each operation's own deadline (the ambient one included) is in the batch: the
+            # batch call is not bounded by the ambient deadline of whoever sent it.
+            task = asyncio.create_task(self._batch(batch), context=deadlines.detached())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

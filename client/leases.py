@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
-from accord.client import calls, deprecation
+from accord.client import calls, deadlines, deprecation
 from accord.client.errors import (
     AccordError,
     LeaseNotFoundError,
@@ -87,7 +87,12 @@ class Lease:
         self.lost_reason = None
         self._callbacks: list[Callable[[AccordError], object]] = []
         self._expires_at = time.monotonic() + self.ttl
-        self._task = asyncio.create_task(self._keep_alive()) if keepalive else None
+        # Kept alive beyond any ambient deadline of the call that granted it.
+        self._task = (
+            asyncio.create_task(self._keep_alive(), context=deadlines.detached())
+            if keepalive
+            else None
+        )
 
     def on_lost(self, callback: Callable[[AccordError], object]) -> None:
         """Call callback(reason) once, when the lease is lost (not when revoked by us)."""
@@ -100,7 +105,8 @@ class Lease:
         """Stop keeping the lease alive and end it (a lease already gone is fine)."""
         await self._stop()
         request = leases_pb2.RevokeRequest(lease_id=self.id)
-        with contextlib.suppress(LeaseNotFoundError):
+        # Giving back is never cut short by an ambient deadline.
+        with contextlib.suppress(LeaseNotFoundError), deadlines.unbounded():
             await self._t.unary(calls.LEASES_REVOKE, request, timeout=timeout)
 
     async def _stop(self) -> None:
@@ -215,7 +221,8 @@ class AsyncLeases:
 
     async def _revoke(self, lease_id: int, timeout: float | None) -> None:
         request = leases_pb2.RevokeRequest(lease_id=lease_id)
-        await self._t.unary(calls.LEASES_REVOKE, request, timeout=timeout)
+        with deadlines.unbounded():  # giving back is never cut short by an ambient deadline
+            await self._t.unary(calls.LEASES_REVOKE, request, timeout=timeout)
 
     async def time_to_live(self, lease_id: int, *, timeout: float | None = None) -> LeaseInfo:
         request = leases_pb2.TimeToLiveRequest(lease_id=lease_id)

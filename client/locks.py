@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from accord.client import calls, deprecation
+from accord.client import calls, deadlines, deprecation
 from accord.client.errors import AccordError, NotHeldError, WouldBlockError, reason_name
 from accord.client.leases import Lease
 from accord.client.trace_context import TraceContext
@@ -219,7 +219,8 @@ class AsyncLocks:
         if lease is None:
             raise ValueError("release needs the lease (or a Grant)")
         request = locks_pb2.ReleaseRequest(name=name, lease_id=_lease_id(lease), token=token)
-        response = await self._t.unary(calls.LOCKS_RELEASE, request, timeout=timeout)
+        with deadlines.unbounded():  # giving back is never cut short by an ambient deadline
+            response = await self._t.unary(calls.LOCKS_RELEASE, request, timeout=timeout)
         return bool(response.was_holding)
 
     async def _leave(self, name: str, lease: Lease | int) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 
 from pycrdt import Doc, Subscription, TransactionEvent, merge_updates
 
-from accord.client import calls
+from accord.client import calls, deadlines
 from accord.client.errors import (
     AccordError,
     DeadlineExceededError,
@@ -474,8 +474,17 @@ class SyncedSession:
         self._observer = self.doc.observe(self._on_local)
         self._sessions._live[id(self.doc)] = self
         self._tasks = [
-            asyncio.create_task(self._follow(), name=f"accord-session-follow:{self.name}"),
-            asyncio.create_task(self._push_loop(), name=f"accord-session-push:{self.name}"),
+            # Background sync outlives any ambient deadline of the call that started it.
+            asyncio.create_task(
+                self._follow(),
+                name=f"accord-session-follow:{self.name}",
+                context=deadlines.detached(),
+            ),
+            asyncio.create_task(
+                self._push_loop(),
+                name=f"accord-session-push:{self.name}",
+                context=deadlines.detached(),
+            ),
         ]
         self._push_wake.set()
         try:

@@ -16,6 +16,11 @@ asked for, plus up to a tenth more to spread a fleet, spending the retry budget 
 retry; when the caller's deadline would pass before then, or the budget or attempts are
 spent, the typed error (QuotaExceededError) is raised at once instead of waiting.
 
+Ambient deadline (`accord.client.deadlines`): a unary call's deadline is also bounded by
+the one its caller set, retries and failover included; once it has passed, the call
+fails at once with DeadlineExceededError without being sent. While one is set, calls
+carry it as W3C baggage (accord.deadline). Streams are not bounded by it (see there).
+
 Error handling: every failed call surfaces as the typed error of `accord.client.errors`
 (from the last attempt), chained to the gRPC error; a deadline that passes before a call
 could be sent is DeadlineExceededError.
@@ -31,6 +36,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import grpc
 
+from accord.client import deadlines
 from accord.client.calls import BidiStream, Req, Resp, ServerStream, Stubs, Unary
 from accord.client.errors import (
     AccordError,
@@ -91,8 +97,12 @@ class Transport:
     async def unary(
         self, call: Unary[Req, Resp], request: Req, *, timeout: float | None = None
     ) -> Resp:
-        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
-        metadata = outgoing(self.metadata)
+        # Bounded by the ambient deadline too (accord.client.deadlines), retries included.
+        seconds = deadlines.cap(timeout if timeout is not None else self.timeout)
+        if seconds <= 0:
+            raise DeadlineExceededError("the ambient deadline had passed: the call was not sent")
+        deadline = time.monotonic() + seconds
+        metadata = outgoing(self.metadata, deadlines.otel_context())
         attempt = 0
         chosen = await self._first(call, deadline)
         while True:

@@ -97,7 +97,10 @@ EXPECTED_CLIENT_EXPORTS = {
     "VotePage",
     "VoteStateEvent",
     "VoteStatus",
+    "deadline",
+    "deadline_from",
     "ops",
+    "remaining",
     # The blocking client's namespaces and handles, the async namespaces, the lock admin
     # views: every type a client method returns.
     "AsyncKV",

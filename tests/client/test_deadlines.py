@@ -1,0 +1,163 @@
+"""The ambient deadline against real replicas: it bounds a lock wait whatever the call's
+own timeout, nested ones take the earlier, a call made once it has passed is never sent,
+the blocking client carries it to its loop thread, giving back and background work are
+not cut short by it. The rules alone are tests/unit/test_deadlines.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+
+import grpc
+import pytest
+from pycrdt import Text
+
+from accord.client import (
+    AsyncClient,
+    Client,
+    DeadlineExceededError,
+    LeaseNotFoundError,
+    LockTimeoutError,
+    deadline,
+)
+from tests.harness import Coordinator, make_client, queued, token_for, until, wall_clock_past
+
+HELD_ELSEWHERE = 60.0  # the per-call wait: far longer than any ambient budget here
+
+
+async def _held(client: AsyncClient, lock: str) -> None:
+    holder = await client.leases.grant(ttl=30)
+    await client.locks.acquire(lock, holder)
+
+
+async def _nobody_waits(client: AsyncClient, lock: str) -> None:
+    state, _ = await client.locks.describe(lock)
+    assert list(state.waiters) == []
+
+
+async def test_ambient_deadline_bounds_a_lock_wait(client: AsyncClient) -> None:
+    await _held(client, "bounded")
+    waiter = await client.leases.grant(ttl=30)
+    started = time.monotonic()
+    with deadline(1.5), pytest.raises(LockTimeoutError) as refused:
+        await client.locks.acquire("bounded", waiter, wait=HELD_ELSEWHERE)
+    assert time.monotonic() - started < HELD_ELSEWHERE / 2  # the budget, not the 60 s wait
+    assert refused.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert refused.value.status is not None and refused.value.status.holders_total == 1
+    await _nobody_waits(client, "bounded")
+
+
+async def test_nested_deadlines_take_the_earlier_on_the_wire(client: AsyncClient) -> None:
+    await _held(client, "nested")
+    waiter = await client.leases.grant(ttl=30)
+    started = time.monotonic()
+    with deadline(1.5), deadline(HELD_ELSEWHERE), pytest.raises(LockTimeoutError):
+        await client.locks.acquire("nested", waiter, wait=HELD_ELSEWHERE)
+    assert time.monotonic() - started < HELD_ELSEWHERE / 2
+    await _nobody_waits(client, "nested")
+
+
+def _refusals_logged(replicas: list[Coordinator], namespace: str, agent: str) -> list[str]:
+    """The methods of the calls the replicas logged as failed for this agent."""
+    found = []
+    for replica in replicas:
+        for line in replica.log.read_text(errors="replace").splitlines():
+            if namespace in line and agent in line:
+                record = json.loads(line)
+                if record.get("agent_id") == agent and record.get("namespace") == namespace:
+                    found.append(str(record.get("method")))
+    return found
+
+
+async def test_a_call_past_the_deadline_is_never_sent(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    """A refused call is logged by the replica that answered it (access log): the one
+    made past the deadline leaves no line, the same call made after it does."""
+    unsent, sent = f"unsent-{uuid.uuid4().hex[:6]}", f"sent-{uuid.uuid4().hex[:6]}"
+    addresses = [r.address for r in replicas]
+    async with make_client(addresses, namespace, unsent) as late, make_client(
+        addresses, namespace, sent
+    ) as marker:
+        with deadline(at=time.time() - 0.5), pytest.raises(DeadlineExceededError):
+            await late.leases.keepalive_once(424242)  # refused as LEASE_NOT_FOUND if sent
+        with pytest.raises(LeaseNotFoundError):
+            await marker.leases.keepalive_once(424242)
+
+        async def logged() -> list[str]:
+            return _refusals_logged(replicas, namespace, sent)
+
+        await until(logged, bool, "the marker call's refusal in a replica's log")
+    assert _refusals_logged(replicas, namespace, unsent) == []
+
+
+def test_the_blocking_client_carries_it_to_its_loop_thread(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    with Client(
+        [r.address for r in replicas],
+        agent_id="blocking",
+        namespace=namespace,
+        token=token_for(namespace, "blocking") or "",
+    ) as accord:
+        holder = accord.leases.grant(ttl=30)
+        accord.locks.acquire("blocking", holder)
+        waiter = accord.leases.grant(ttl=30)
+        started = time.monotonic()
+        with deadline(1.5), pytest.raises(LockTimeoutError):
+            accord.locks.acquire("blocking", waiter, wait=HELD_ELSEWHERE)
+        assert time.monotonic() - started < HELD_ELSEWHERE / 2
+        state, _ = accord.locks.describe("blocking")
+        assert list(state.waiters) == []
+
+
+async def test_giving_back_is_not_cut_short(client: AsyncClient) -> None:
+    lease = await client.leases.grant(ttl=30)
+    grant = await client.locks.acquire("give-back", lease)
+    with deadline(at=time.time() - 1):
+        assert await client.locks.release(grant) is True
+        await lease.revoke()
+    state, _ = await client.locks.describe("give-back")
+    assert list(state.holders) == []
+
+
+async def test_a_lease_granted_inside_is_kept_alive_past_it(client: AsyncClient) -> None:
+    with deadline(0.5):
+        lease = await client.leases.grant(ttl=2)
+    await asyncio.sleep(3.5)  # past the deadline and the lease's TTL: only keep-alive saves it
+    assert not lease.lost.is_set()
+    info = await client.leases.time_to_live(lease.id)
+    assert info.ttl > 0
+    await lease.revoke()
+
+
+async def test_waiters_queued_elsewhere_are_untouched(client: AsyncClient) -> None:
+    """A bounded waiter leaves only its own place: a patient one behind the same holder
+    stays queued."""
+    await _held(client, "shared-queue")
+    patient = await client.leases.grant(ttl=30)
+    waiting = asyncio.create_task(
+        client.locks.acquire("shared-queue", patient, wait=HELD_ELSEWHERE)
+    )
+    await queued(client, "shared-queue", 1)
+    hurried = await client.leases.grant(ttl=30)
+    with deadline(1.0), pytest.raises(LockTimeoutError):
+        await client.locks.acquire("shared-queue", hurried, wait=HELD_ELSEWHERE)
+    state, _ = await client.locks.describe("shared-queue")
+    assert [w.lease_id for w in state.waiters] == [patient.id]
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+
+
+async def test_a_session_synced_inside_keeps_syncing_past_it(client: AsyncClient) -> None:
+    """Its background pushes run without the ambient deadline of the call that opened it."""
+    async with contextlib.AsyncExitStack() as stack:
+        with deadline(1.0):
+            live = await stack.enter_async_context(client.sessions.synced("notes"))
+        await wall_clock_past(time.time() + 1.5)  # past the deadline
+        live.doc.get("t", type=Text).insert(0, "late")
+        await live.flush(10)
+    assert (await client.sessions.read("notes")).json == {"t": "late"}
