@@ -40,7 +40,8 @@ _BAGGAGE = W3CBaggagePropagator()
 @dataclass(frozen=True, slots=True)
 class TraceContext:
     """A writer's W3C trace context, as recorded by the service (bounded there: a
-    traceparent, at most 512 bytes of tracestate, at most 2048 of baggage)."""
+    traceparent, at most 512 bytes of tracestate, at most 2048 of baggage). Baggage may
+    come alone (traceparent ""): an agent that set a deadline and does not trace."""
 
     traceparent: str
     tracestate: str = ""
@@ -48,13 +49,13 @@ class TraceContext:
 
     @staticmethod
     def _from(msg: common_pb2.TraceContext) -> TraceContext | None:
-        if not msg.traceparent:
+        if not msg.traceparent and not msg.baggage:  # baggage may come alone
             return None
         return TraceContext(msg.traceparent, msg.tracestate, msg.baggage)
 
     def carrier(self) -> dict[str, str]:
         """The headers as a W3C propagator reads them."""
-        headers = {"traceparent": self.traceparent}
+        headers = {"traceparent": self.traceparent} if self.traceparent else {}
         if self.tracestate:
             headers["tracestate"] = self.tracestate
         if self.baggage:

@@ -13,8 +13,9 @@ baggage of at most 2048 bytes; so one record adds at most MAX_RECORD_BYTES to wh
 stored with, and the primitives count it in the write's size.
 
 Error handling: none reaches the caller. The metadata is untrusted input: a malformed or
-oversized traceparent drops the whole context (tracestate and baggage mean nothing
-without it); a malformed or oversized tracestate or baggage is dropped alone. The call
+oversized traceparent drops the whole context; without any, a tracestate means nothing
+and is dropped, a baggage is kept alone; a malformed or oversized tracestate or baggage
+is dropped alone. The call
 goes on either way.
 """
 
@@ -77,9 +78,13 @@ class TraceContext:
 
 def from_metadata(metadata: Mapping[str, str]) -> TraceContext | None:
     """The call's trace context, or None when it sent none or its traceparent is not
-    valid."""
+    valid. Without a traceparent, a valid baggage is kept alone (W3C baggage stands
+    without a trace: an agent with a deadline and no tracing sends accord.deadline)."""
     traceparent = metadata.get(TRACEPARENT_METADATA)
-    if traceparent is None or not valid_traceparent(traceparent):
+    if traceparent is None:
+        alone = _kept(metadata.get(BAGGAGE_METADATA, ""), MAX_BAGGAGE_BYTES, _baggage_ok)
+        return TraceContext("", baggage=alone) if alone else None
+    if not valid_traceparent(traceparent):
         return None
     return TraceContext(
         traceparent,

@@ -22,6 +22,8 @@ from accord.client import (
     LeaseNotFoundError,
     LockTimeoutError,
     deadline,
+    deadline_from,
+    remaining,
 )
 from tests.harness import Coordinator, make_client, queued, token_for, until, wall_clock_past
 
@@ -161,3 +163,29 @@ async def test_a_session_synced_inside_keeps_syncing_past_it(client: AsyncClient
         live.doc.get("t", type=Text).insert(0, "late")
         await live.flush(10)
     assert (await client.sessions.read("notes")).json == {"t": "late"}
+
+
+async def test_a_reacting_agent_inherits_the_writers_budget(
+    pinned: list[AsyncClient],
+) -> None:
+    """The writer (no tracing, only a deadline) puts through one replica; the reader
+    watches through the other, and its calls inside deadline_from(event) get what was
+    left of the writer's budget: the wire carried accord.deadline, the write recorded it,
+    and it bounds the reader's lock wait."""
+    writer, reader = pinned
+    await _held(reader, "downstream")
+    waiter = await reader.leases.grant(ttl=30)
+    watch = reader.kv.watch("handoff/", prefix=True)
+    await watch.start()
+    with deadline(4) as budget:
+        await writer.kv.put("handoff/task", b"do it")
+    event = await anext(aiter(watch))
+    await watch.aclose()
+    assert event.trace_context is not None
+    assert event.trace_context.baggage == f"accord.deadline={int(budget * 1000)}"
+    started = time.monotonic()
+    with deadline_from(event) as inherited, pytest.raises(LockTimeoutError):
+        assert inherited == pytest.approx(budget, abs=0.001)
+        await reader.locks.acquire("downstream", waiter, wait=HELD_ELSEWHERE)
+    assert time.monotonic() - started < HELD_ELSEWHERE / 2
+    assert remaining() is None  # gone on leaving the block

@@ -23,9 +23,11 @@ def test_a_full_context_is_kept() -> None:
     assert got.size <= trace_context.MAX_RECORD_BYTES
 
 
-def test_no_traceparent_means_no_context() -> None:
+def test_no_traceparent_means_no_context_but_baggage_alone() -> None:
     assert from_metadata({}) is None
-    assert from_metadata({"tracestate": "a=b", "baggage": "k=v"}) is None
+    assert from_metadata({"tracestate": "a=b"}) is None
+    assert from_metadata({"tracestate": "a=b", "baggage": "k=v"}) == TraceContext("", "", "k=v")
+    assert from_metadata({"baggage": "not baggage"}) is None
     assert trace_context.record_of(None) is None
     assert trace_context.size_of(None) == 0
 
