@@ -136,3 +136,18 @@ def test_every_deploy_yaml_parses() -> None:
     assert len(found) >= 12
     for path in found:
         assert load_all(path), path
+
+
+def test_network_policies_admit_the_served_ports_and_guard_metrics_and_etcd() -> None:
+    objects = k8s_objects(K8S_BASE)
+    ports = {p["name"]: p["containerPort"] for p in accord_container(objects)["ports"]}
+    rules = objects[("NetworkPolicy", "accord")]["spec"]["ingress"]
+    open_to_all = {p["port"] for r in rules if "from" not in r for p in r["ports"]}
+    restricted = {p["port"] for r in rules if "from" in r for p in r["ports"]}
+    assert open_to_all == {ports["grpc"], ports["ws"]}
+    assert restricted == {ports["metrics"]}
+    etcd_rules = objects[("NetworkPolicy", "etcd")]["spec"]["ingress"]
+    (client_rule,) = [r for r in etcd_rules if {"port": 2379, "protocol": "TCP"} in r["ports"]]
+    allowed = [peer["podSelector"]["matchLabels"] for peer in client_rule["from"]]
+    deployment = objects[("Deployment", "accord")]["spec"]["selector"]["matchLabels"]
+    assert deployment in allowed and all("namespaceSelector" not in p for p in client_rule["from"])
