@@ -1,4 +1,5 @@
-"""The one server interceptor: identity, deadline, error mapping and the access log.
+"""The one server interceptor: identity, deadline, error mapping, the access log and,
+when traces are exported, a server span per call (observability/tracing.py).
 
 For every accord.* call it reads the namespace and agent from metadata and, with auth
 required, the bearer token (or, under mutual TLS and without a token, the verified
@@ -36,7 +37,7 @@ from accord.coordinator import decoding, logs
 from accord.coordinator.auth import roles, streams, tokens
 from accord.coordinator.auth.cache import AuthCache, Verified
 from accord.coordinator.auth.refusals import RefusalLog
-from accord.coordinator.observability import metrics, metrics_calls, trace_context
+from accord.coordinator.observability import metrics, metrics_calls, trace_context, tracing
 from accord.coordinator.quotas.admission import Admission
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
@@ -101,28 +102,32 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         gate = _Gate(method, self._auth, self._client_certificates, self._refusals, self._admission)
         decode = decoding.tolerant(method, handler.request_deserializer)
         measured = metrics.enabled()  # off: not wrapped, so no cost per call
+        # A server span around the whole call when traces are exported (none otherwise).
+        tracer = tracing.STATE.tracer
+        spans = None if tracer is None else tracing.MethodSpans(method, tracer)
         if handler.unary_unary:
             unary = _unary(gate, decoding.checked(handler.unary_unary))
+            unary = metrics_calls.measured_unary(method, unary) if measured else unary
             return grpc.unary_unary_rpc_method_handler(
-                metrics_calls.measured_unary(method, unary) if measured else unary,
+                unary if spans is None else tracing.unary(spans, unary),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             stream = _stream(gate, decoding.checked_stream(handler.unary_stream))
+            if measured:
+                stream = metrics_calls.measured_stream(method, metrics_calls.SERVER_STREAM, stream)
             return grpc.unary_stream_rpc_method_handler(
-                metrics_calls.measured_stream(method, metrics_calls.SERVER_STREAM, stream)
-                if measured
-                else stream,
+                stream if spans is None else tracing.streaming(spans, stream),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             bidi = _stream(gate, decoding.checked_requests(handler.stream_stream))
+            if measured:
+                bidi = metrics_calls.measured_stream(method, metrics_calls.BIDI_STREAM, bidi)
             return grpc.stream_stream_rpc_method_handler(
-                metrics_calls.measured_stream(method, metrics_calls.BIDI_STREAM, bidi)
-                if measured
-                else bidi,
+                bidi if spans is None else tracing.streaming(spans, bidi),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
@@ -284,6 +289,8 @@ def _finish(
     error: AccordError | None,
     streaming: bool = False,
 ) -> None:
+    if call is not None and tracing.STATE.tracer is not None:
+        tracing.identify(call)
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     slow = latency_ms >= SLOW_CALL_SECONDS * 1000 and not streaming  # streams live long
     if error is None and not slow and not logs.debug_enabled():

@@ -37,7 +37,7 @@ from accord.coordinator.locks.deadlocks import DeadlockDetector
 from accord.coordinator.locks.fencing import Fencing
 from accord.coordinator.locks.service import LocksService
 from accord.coordinator.locks.store import LockStore
-from accord.coordinator.observability import metrics
+from accord.coordinator.observability import metrics, tracing
 from accord.coordinator.observability.metrics_http import MetricsServer
 from accord.coordinator.quotas import Admission, QuotaLimits, QuotaStore, UsageBook
 from accord.coordinator.quotas.service import QuotasService
@@ -196,6 +196,7 @@ class Replica:
         host = settings.listen.rpartition(":")[0]
         replica = settings.replica or f"{socket.gethostname()}:{self.port}"
         self.settings = replace(settings, replica=replica)
+        tracing.configure(replica)  # when OTEL_* asks for traces: before the first call
         kv_pb2_grpc.add_KVServicer_to_server(KVService(store, replica, gate), self.server)
         leases_pb2_grpc.add_LeasesServicer_to_server(
             LeasesService(leases, lock_admin, replica), self.server
@@ -221,21 +222,7 @@ class Replica:
         )
         await self.server.start()
         if settings.ws_listen:
-            self.ws = YWebsocketServer(
-                catalog,
-                self.sessions,
-                leases,
-                auth=self.auth,
-                allowed_origins=settings.ws_allowed_origins,
-                refusals=self.refusals,
-                sockets=SocketCounts(
-                    settings.connections.ws_sockets_per_session,
-                    settings.connections.ws_sockets_per_address,
-                ),
-            )
-            self.ws_port = await self.ws.start(
-                settings.ws_listen, _ws_tls(settings.tls), reuse_port=settings.workers > 1
-            )
+            await self._start_ws(catalog, leases)
         self.vote_timers.start()
         self._health_task = asyncio.create_task(self._watch_health())
         _log.info(
@@ -355,6 +342,25 @@ class Replica:
                 serving = ok
             await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
 
+    async def _start_ws(self, catalog: SessionCatalog, leases: LeaseStore) -> None:
+        settings = self.settings
+        assert self.sessions is not None
+        self.ws = YWebsocketServer(
+            catalog,
+            self.sessions,
+            leases,
+            auth=self.auth,
+            allowed_origins=settings.ws_allowed_origins,
+            refusals=self.refusals,
+            sockets=SocketCounts(
+                settings.connections.ws_sockets_per_session,
+                settings.connections.ws_sockets_per_address,
+            ),
+        )
+        self.ws_port = await self.ws.start(
+            settings.ws_listen, _ws_tls(settings.tls), reuse_port=settings.workers > 1
+        )
+
     async def stop(self) -> None:
         if self._health_task:
             self._health_task.cancel()
@@ -389,6 +395,7 @@ class Replica:
             await self.embedded.stop()
         if self.metrics:
             await asyncio.to_thread(self.metrics.stop)  # waits for its thread's next poll
+        await asyncio.to_thread(tracing.shutdown)  # the spans still queued are exported
         _log.info("coordinator stopped", replica=self.settings.replica)
 
 

@@ -22,6 +22,10 @@ app that reconnects (to any replica) with its client id takes that id over from 
 connection's lease, which a crashed replica leaves behind until it expires; only the same
 agent may (not another one, nor an anonymous connection).
 
+Traces (when exported, observability/tracing.py): a connection is one span, parented to
+the W3C context of its URL's ``traceparent`` and ``tracestate`` parameters (y-websocket
+sends ``params`` as query parameters); ignored when malformed or too long.
+
 With `--tls-cert` the endpoint serves wss:// with the gRPC port's certificate, so a
 token in the URL never crosses the network in clear.
 
@@ -58,7 +62,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 from pycrdt import (
     YMessageType,
@@ -78,6 +82,7 @@ from accord.coordinator.auth.cache import AuthCache
 from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.auth.streams import Revocation
 from accord.coordinator.leases.store import LeaseStore
+from accord.coordinator.observability import tracing
 from accord.coordinator.quotas.sockets import TRY_AGAIN_LATER, SocketCounts
 from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.lib0 import Fault, Reader
@@ -291,10 +296,16 @@ class YWebsocketServer:
         if refused is not None:  # over a socket limit: come back later
             await socket.close(TRY_AGAIN_LATER, refused[:_MAX_REASON_BYTES])
             return
+        connection = _Connection(
+            socket, self._catalog, self._sessions, self._leases, self._auth, self._refusals
+        )
         try:
-            await _Connection(
-                socket, self._catalog, self._sessions, self._leases, self._auth, self._refusals
-            ).run()
+            if tracing.STATE.tracer is None or socket.request is None:
+                await connection.run()
+            else:  # a span parented to the URL's traceparent, if any
+                path = socket.request.path
+                with tracing.connection_span(path, parse_qsl(urlsplit(path).query)):
+                    await connection.run()
         finally:
             if counted is not None and self._sockets is not None:
                 self._sockets.leave(*counted)

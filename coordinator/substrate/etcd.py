@@ -21,6 +21,7 @@ import grpc
 from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
+from accord.coordinator.observability import tracing
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
     AccordError,
@@ -277,7 +278,13 @@ class Etcd:
     ) -> Any:
         """One call of method on the current member, bounded by the serving call's
         deadline; retried with backoff on failover when retry. revision: the one the
-        request reads at, to explain a compaction."""
+        request reads at, to explain a compaction. A child span of a traced call's."""
+        if tracing.STATE.tracer is None:
+            return await self._attempts(method, request, retry=retry, revision=revision)
+        with tracing.etcd_span(_NAMES[method]):
+            return await self._attempts(method, request, retry=retry, revision=revision)
+
+    async def _attempts(self, method: _Method, request: Any, *, retry: bool, revision: int) -> Any:
         call = calls.current.get()
         delay = 0.02
         while True:
@@ -385,6 +392,14 @@ _LEASE_GRANT: _Method = lambda m: m.lease.LeaseGrant  # noqa: E731
 _LEASE_REVOKE: _Method = lambda m: m.lease.LeaseRevoke  # noqa: E731
 _LEASE_TTL: _Method = lambda m: m.lease.LeaseTimeToLive  # noqa: E731
 _STATUS: _Method = lambda m: m.maintenance.Status  # noqa: E731
+_NAMES = {
+    _RANGE: "Range",
+    _TXN: "Txn",
+    _LEASE_GRANT: "LeaseGrant",
+    _LEASE_REVOKE: "LeaseRevoke",
+    _LEASE_TTL: "LeaseTimeToLive",
+    _STATUS: "Status",
+}
 
 
 def _translate(exc: grpc.aio.AioRpcError, revision: int) -> AccordError:

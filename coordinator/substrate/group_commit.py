@@ -19,6 +19,8 @@ many writes may read in one batch.
 etcd limits the operations along any path of nested transactions (128): a batch of n
 writes costs n plus its heaviest write's weight (txn.weight), and stays within that.
 
+Traced (traces exported): a batch is one span, linked to the span of each write in it.
+
 Only a refusal that etcd gives before applying anything (EtcdRefused, an unknown lease)
 makes the batch's
 writes go again one by one; any other failure is reported to every write in the batch.
@@ -33,6 +35,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import SpanContext
+
+from accord.coordinator.observability import tracing
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
     AccordError,
@@ -65,6 +70,7 @@ class _Pending:
     retry: bool
     deadline: float | None
     future: asyncio.Future[Committed] = field(repr=False)
+    link: SpanContext | None = None  # the writing call's span (traces exported only)
 
 
 class GroupCommitter:
@@ -107,6 +113,7 @@ class GroupCommitter:
             retry,
             call.deadline,
             future,
+            None if tracing.STATE.tracer is None else tracing.current_link(),
         )
         self._queue.append(pending)
         self._soon()
@@ -181,15 +188,22 @@ class GroupCommitter:
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
-            if len(batch) == 1:
-                await self._send_one(batch[0])
+            if tracing.STATE.tracer is None:
+                await self._send_batch(batch)
             else:
-                await self._send_many(batch)
+                with tracing.batch_span([p.link for p in batch], len(batch)):
+                    await self._send_batch(batch)
         finally:
             self._in_flight -= 1
             for pending in batch:
                 self._in_flight_keys -= pending.keys
             self._kick()
+
+    async def _send_batch(self, batch: list[_Pending]) -> None:
+        if len(batch) == 1:
+            await self._send_one(batch[0])
+        else:
+            await self._send_many(batch)
 
     async def _send_one(self, pending: _Pending) -> None:
         token = calls.current.set(_call_for([pending]))
