@@ -9,7 +9,9 @@ back, everything queued (up to `max_ops` operations and `max_bytes`) leaves toge
 one batch. Under load, batches grow by themselves; alone, an agent sees the unary call's
 latency. Views of other agents (AsyncKV.as_agent, AsyncVotes.as_agent) share their
 client's batches: each operation names its agent (BatchOp.agent_id, CastOp.agent_id).
-A batch call carries the OpenTelemetry context its first operation was made in.
+A batch call carries the OpenTelemetry context its first operation was made in; an
+operation made in another names its own (BatchOp.trace_context), so each write records
+the context of the code that made it.
 
 Each operation keeps its unary semantics: its own deadline (sent along as the
 operation's timeout; the caller is answered DeadlineExceededError at that time even if
@@ -46,8 +48,9 @@ from accord.client.errors import (
     QuotaExceededError,
     from_status,
 )
+from accord.client.propagation import outgoing
 from accord.client.transport import Transport
-from accord.v1 import kv_pb2, votes_pb2
+from accord.v1 import common_pb2, kv_pb2, votes_pb2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,10 +204,15 @@ class Coalescer(Generic[Op, Out, BatchReq, BatchResp]):
         try:
             now = time.monotonic()
             lead = batch[0].via
+            lead_trace = _carried(batch[0].trace)
             for queued in batch:
                 queued.op.timeout_ms = max(1, int((queued.deadline - now) * 1000))
                 if queued.via.agent_id != lead.agent_id:
                     queued.op.agent_id = queued.via.agent_id
+                if queued.trace is not batch[0].trace:  # each write records its own context
+                    own = _carried(queued.trace)
+                    if own != lead_trace:  # empty: it has none, unlike the call
+                        queued.op.trace_context.CopyFrom(own)
             request = self._lane.request([q.op for q in batch])
             timeout = max(q.deadline for q in batch) - now
             try:
@@ -227,6 +235,16 @@ class Coalescer(Generic[Op, Out, BatchReq, BatchResp]):
         finally:
             self._in_flight -= 1
             self._flush()
+
+
+def _carried(context: otel_context.Context) -> common_pb2.TraceContext:
+    """The W3C trace context a call made in context carries (empty: none)."""
+    carrier = dict(outgoing((), context))
+    return common_pb2.TraceContext(
+        traceparent=carrier.get("traceparent", ""),
+        tracestate=carrier.get("tracestate", ""),
+        baggage=carrier.get("baggage", ""),
+    )
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

@@ -1,6 +1,7 @@
 """What the interceptor does once per call, done again for each operation of a batch:
-the agent it acts as, the operation's own role, its own quota tokens and counts, and the
-audit of a refusal (and its count in the metrics).
+the agent it acts as, its own trace context (when it names one), the operation's own
+role, its own quota tokens and counts, and the audit of a refusal (and its count in the
+metrics).
 
 The batch call itself was identified and authorized by the interceptor (it needs READ,
 the least any operation needs); each operation is then held to what its unary call
@@ -25,7 +26,7 @@ from google.rpc import status_pb2
 from accord.coordinator import logs
 from accord.coordinator.auth import roles
 from accord.coordinator.auth.refusals import RefusalLog
-from accord.coordinator.observability import metrics_calls
+from accord.coordinator.observability import metrics_calls, trace_context
 from accord.coordinator.quotas.admission import Admission, Rule
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
@@ -35,6 +36,7 @@ from accord.coordinator.substrate.errors import (
     QuotaExceeded,
     invalid,
 )
+from accord.v1 import common_pb2
 
 _log = logs.get("accord.batch")
 T = TypeVar("T")
@@ -49,6 +51,8 @@ class Operation:
     field: str  # how errors name it, e.g. "ops[3]"
     timeout_ms: int
     agent_id: str
+    # Its own trace context (None: the batch call's).
+    trace: common_pb2.TraceContext | None = None
 
 
 async def each(
@@ -117,6 +121,8 @@ class OpGate:
         if op.timeout_ms:
             own = op.arrived + op.timeout_ms / 1000
             call = replace(call, deadline=own if call.deadline is None else min(own, call.deadline))
+        if op.trace is not None:  # what its writes record
+            call = replace(call, trace_context=trace_context.from_record(op.trace))
         calls.current.set(self.acting_as(call, op.agent_id, f"{op.field}.agent_id", method))
         self.check(method, request)
 

@@ -55,7 +55,8 @@ async def run(
     async def one(index: int) -> kv_pb2.BatchOutcome:
         op = request.ops[index]
         kind = op.WhichOneof("op")
-        envelope = Operation(call, arrived, f"ops[{index}]", op.timeout_ms, op.agent_id)
+        traced = op.trace_context if op.HasField("trace_context") else None
+        envelope = Operation(call, arrived, f"ops[{index}]", op.timeout_ms, op.agent_id, traced)
         if kind == "get":
             gate.enter(envelope, GET, op.get)
             return kv_pb2.BatchOutcome(get=await answers.get(op.get))

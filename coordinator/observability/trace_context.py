@@ -1,7 +1,8 @@
 """The caller's W3C trace context, recorded with what its call writes.
 
 The interceptor reads the `traceparent`, `tracestate` and `baggage` metadata of every call
-(from_metadata) into calls.Call.trace; a primitive that records provenance (a KV write, a
+(from_metadata) into calls.Call.trace_context, and a batch's operation that names its own
+context (from_record) runs with that one instead; a primitive that records provenance (a KV write, a
 pushed session update, a lock release that hands the lock on, a deciding ballot) stores
 record() of it beside what was written, and the agent that receives that (a watch event,
 a session update, a grant, a decision) gets it back, so its own span can link to the
@@ -91,6 +92,17 @@ def from_metadata(metadata: Mapping[str, str]) -> TraceContext | None:
         _kept(metadata.get(TRACESTATE_METADATA, ""), MAX_TRACESTATE_BYTES, _tracestate_ok),
         _kept(metadata.get(BAGGAGE_METADATA, ""), MAX_BAGGAGE_BYTES, _baggage_ok),
     )
+
+
+def from_record(record: common_pb2.TraceContext) -> TraceContext | None:
+    """An operation's own trace context in a batch, checked as metadata is (an empty
+    field is one not sent; None: nothing valid to record)."""
+    fields = {
+        TRACEPARENT_METADATA: record.traceparent,
+        TRACESTATE_METADATA: record.tracestate,
+        BAGGAGE_METADATA: record.baggage,
+    }
+    return from_metadata({key: value for key, value in fields.items() if value})
 
 
 def valid_traceparent(value: str) -> bool:

@@ -37,7 +37,8 @@ async def run(
 
     async def one(index: int) -> votes_pb2.CastOutcome:
         op = request.casts[index]
-        envelope = Operation(call, arrived, f"casts[{index}]", op.timeout_ms, op.agent_id)
+        traced = op.trace_context if op.HasField("trace_context") else None
+        envelope = Operation(call, arrived, f"casts[{index}]", op.timeout_ms, op.agent_id, traced)
         gate.enter(envelope, CAST, op.cast)
         return votes_pb2.CastOutcome(cast=await cast(op.cast))
 

@@ -118,6 +118,32 @@ async def test_a_watch_event_on_another_replica_carries_the_writers_context(
     await watch.aclose()
 
 
+async def test_each_write_of_a_batch_records_the_context_it_was_made_in(
+    replicas: list[Coordinator], namespace: str, spans: Spans
+) -> None:
+    """Concurrent writes share KV.Batch messages, whose metadata carries the first one's
+    context: every other names its own (or none), and records exactly that."""
+    async with make_client([replicas[0].address], namespace, agent="agent-a") as a:
+
+        async def write(i: int) -> tuple[int, int] | None:
+            if i % 3 == 0:  # made outside any span
+                await a.kv.put(f"w{i}", b"v")
+                return None
+            with spans.tracer.start_as_current_span(f"w{i}") as span:
+                await a.kv.put(f"w{i}", b"v")
+                return span_ids_of(span.get_span_context())
+
+        made = await asyncio.gather(*(write(i) for i in range(24)))
+        assert a._coalescer.batches > 0  # they did share messages
+        for i, expected in enumerate(made):
+            got = await a.kv.get(f"w{i}")
+            assert got is not None
+            if expected is None:
+                assert got.written_by.trace_context is None, i
+            else:
+                assert ids(got.written_by.trace_context) == expected, i
+
+
 @pytest.mark.parametrize("permits", [0, 1], ids=["lock", "semaphore"])
 async def test_a_lock_grant_after_a_hand_off_carries_the_releasers_context(
     agents: list[AsyncClient], spans: Spans, permits: int
@@ -289,3 +315,34 @@ def _reason_and_fields(error: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
     for detail in status.details:
         detail.Unpack(info) or detail.Unpack(bad)
     return info.reason, [v.field for v in bad.field_violations]
+
+
+async def test_an_invalid_context_named_by_a_batch_operation_is_dropped(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    """A batch operation's own context is checked as metadata is: an invalid one records
+    none (not the call's); the operation still runs."""
+    other = "00-11111111111111111111111111111111-2222222222222222-01"
+    named = {
+        "own": common_pb2.TraceContext(traceparent=other, baggage="k=" + "v" * 2047),
+        "malformed": common_pb2.TraceContext(traceparent=other[:-1]),
+        "empty": common_pb2.TraceContext(),
+    }
+    ops = [kv_pb2.BatchOp(put=kv_pb2.PutRequest(key="call", value=b"v"))]
+    for key, context_ in named.items():
+        put = kv_pb2.PutRequest(key=key, value=b"v")
+        ops.append(kv_pb2.BatchOp(put=put, trace_context=context_))
+    metadata = (*identity(namespace, "agent-a"), ("traceparent", GOOD))
+    async with Stubs(replicas[0].address) as stubs:
+        done = await stubs.kv.Batch(kv_pb2.BatchRequest(ops=ops), metadata=metadata, timeout=10)
+        assert [o.WhichOneof("outcome") for o in done.outcomes] == ["put"] * 4
+        recorded = {}
+        for key in ("call", *named):
+            got = await stubs.kv.Get(kv_pb2.GetRequest(key=key), metadata=metadata, timeout=10)
+            recorded[key] = got.kv.written_by.trace_context
+    assert recorded == {
+        "call": common_pb2.TraceContext(traceparent=GOOD),
+        "own": common_pb2.TraceContext(traceparent=other),  # its oversized baggage dropped
+        "malformed": common_pb2.TraceContext(),
+        "empty": common_pb2.TraceContext(),
+    }

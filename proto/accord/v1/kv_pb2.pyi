@@ -885,6 +885,7 @@ class BatchOp(_message.Message):
     TXN_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     timeout_ms: _builtins.int
     """This operation's own deadline, in milliseconds from the batch's arrival (0: the
     batch's deadline). It never outlives the batch's.
@@ -903,6 +904,13 @@ class BatchOp(_message.Message):
     def delete(self) -> Global___DeleteRequest: ...
     @_builtins.property
     def txn(self) -> Global___TxnRequest: ...
+    @_builtins.property
+    def trace_context(self) -> _common_pb2.TraceContext:
+        """This operation's own W3C trace context, when it is not the batch call's (whose
+        metadata carries the first operation's): what its writes record. Checked and bounded
+        as the metadata is; an empty or invalid one means the operation records none.
+        """
+
     def __init__(
         self,
         *,
@@ -912,10 +920,11 @@ class BatchOp(_message.Message):
         txn: Global___TxnRequest | None = ...,
         timeout_ms: _builtins.int = ...,
         agent_id: _builtins.str = ...,
+        trace_context: _common_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "txn", b"txn"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "trace_context", b"trace_context", "txn", b"txn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "timeout_ms", b"timeout_ms", "txn", b"txn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context", "txn", b"txn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["get", "put", "delete", "txn"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015

@@ -867,6 +867,7 @@ class CastOp(_message.Message):
     CAST_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     timeout_ms: _builtins.int
     """This Cast's own deadline, in milliseconds from the batch's arrival (0: the batch's)."""
     agent_id: _builtins.str
@@ -875,16 +876,21 @@ class CastOp(_message.Message):
     """
     @_builtins.property
     def cast(self) -> Global___CastRequest: ...
+    @_builtins.property
+    def trace_context(self) -> _common_pb2.TraceContext:
+        """This Cast's own W3C trace context, when it is not the call's (as BatchOp's)."""
+
     def __init__(
         self,
         *,
         cast: Global___CastRequest | None = ...,
         timeout_ms: _builtins.int = ...,
         agent_id: _builtins.str = ...,
+        trace_context: _common_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cast", b"cast"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cast", b"cast", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cast", b"cast", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cast", b"cast", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
