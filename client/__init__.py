@@ -88,6 +88,7 @@ from accord.client.sessions import (
     SyncResult,
     UpdateEvent,
 )
+from accord.client.status import AsyncReplicas, ReplicaStatus
 from accord.client.sync import (
     KV,
     Auth,
@@ -98,6 +99,7 @@ from accord.client.sync import (
     Leases,
     Locks,
     Quotas,
+    Replicas,
     Sessions,
     Votes,
 )
@@ -132,6 +134,7 @@ __all__ = [
     "AsyncLeases",
     "AsyncLocks",
     "AsyncQuotas",
+    "AsyncReplicas",
     "AsyncSessions",
     "AsyncVotes",
     "AuditEntry",
@@ -199,6 +202,8 @@ __all__ = [
     "QuotaStatus",
     "QuotaUsage",
     "Quotas",
+    "ReplicaStatus",
+    "Replicas",
     "RequestIdReusedError",
     "RetryPolicy",
     "Role",

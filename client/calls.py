@@ -22,6 +22,7 @@ from accord.v1 import (
     leases_pb2_grpc,
     locks_pb2_grpc,
     quotas_pb2_grpc,
+    replicas_pb2_grpc,
     sessions_pb2_grpc,
     votes_pb2_grpc,
 )
@@ -41,6 +42,7 @@ class Stubs:
         self.votes = votes_pb2_grpc.VotesStub(channel)
         self.auth = auth_pb2_grpc.AuthStub(channel)
         self.quotas = quotas_pb2_grpc.QuotasStub(channel)
+        self.replicas = replicas_pb2_grpc.ReplicasStub(channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +126,6 @@ AUTH_REVOKE_LABEL = Unary(lambda s: s.auth.RevokeLabel)
 # accord.v1.Quotas
 QUOTAS_GET = Unary(lambda s: s.quotas.Get)
 QUOTAS_SET = Unary(lambda s: s.quotas.Set)
+
+# accord.v1.Replicas
+REPLICAS_STATUS = Unary(lambda s: s.replicas.Status)

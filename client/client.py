@@ -20,6 +20,7 @@ from accord.client.locks import AsyncLocks
 from accord.client.quotas import AsyncQuotas
 from accord.client.retry import RetryPolicy
 from accord.client.sessions import AsyncSessions, RootKind
+from accord.client.status import AsyncReplicas
 from accord.client.transport import Transport
 from accord.client.votes import AsyncVotes
 
@@ -54,6 +55,7 @@ class AsyncClient:
     leases: AsyncLeases
     locks: AsyncLocks
     quotas: AsyncQuotas
+    replicas: AsyncReplicas
     sessions: AsyncSessions
     votes: AsyncVotes
 
@@ -93,6 +95,7 @@ class AsyncClient:
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)
         self.quotas = AsyncQuotas(self._transport)
+        self.replicas = AsyncReplicas(self._transport)
         self.sessions = AsyncSessions(self._transport)
         self.votes = AsyncVotes(self._transport, self._casts)
 

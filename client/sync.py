@@ -64,6 +64,7 @@ from accord.client.sessions import (
     SyncedSession,
     SyncResult,
 )
+from accord.client.status import AsyncReplicas, ReplicaStatus
 from accord.client.votes import (
     AsyncVotes,
     CastResult,
@@ -86,6 +87,7 @@ class Client(Blocking[AsyncClient]):
     leases: Leases
     locks: Locks
     quotas: Quotas
+    replicas: Replicas
     sessions: Sessions
     votes: Votes
 
@@ -124,6 +126,7 @@ class Client(Blocking[AsyncClient]):
         self.leases = Leases(self._loop, self._async.leases)
         self.locks = Locks(self._loop, self._async.locks)
         self.quotas = Quotas(self._loop, self._async.quotas)
+        self.replicas = Replicas(self._loop, self._async.replicas)
         self.sessions = Sessions(self._loop, self._async.sessions)
         self.votes = Votes(self._loop, self._async.votes)
 
@@ -644,6 +647,15 @@ class Quotas(Blocking[AsyncQuotas]):
         """Override the limits set in limits (a QuotaLimits message); the overrides now
         stored. Needs a cluster admin."""
         return self._loop.run(self._async.set_limits(limits, clear=clear, timeout=timeout))
+
+
+class Replicas(Blocking[AsyncReplicas]):
+    """Blocking twin of `accord.client.status.AsyncReplicas`."""
+
+    def status(self, *, top_namespaces: int = 10, timeout: float | None = None) -> ReplicaStatus:
+        """The answering replica's status, with its top_namespaces busiest namespaces
+        (at most 100). Needs a cluster admin."""
+        return self._loop.run(self._async.status(top_namespaces=top_namespaces, timeout=timeout))
 
 
 class Sessions(Blocking[AsyncSessions]):

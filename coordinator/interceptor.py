@@ -6,7 +6,8 @@ required, the bearer token (or, under mutual TLS and without a token, the verifi
 client certificate's CN): the token must name a principal (auth.cache), the agent id
 must be one that principal may act as, and the principal must hold the role the method
 needs in the namespace (auth.roles). It records the caller's deadline for the etcd
-layer, turns domain errors into gRPC statuses with details, and logs the call. Health
+layer, turns domain errors into gRPC statuses with details, and logs the call; it counts
+calls in flight, and each authorized call in its namespace, for `accord status`. Health
 and reflection calls pass through untouched. Requests are decoded by decoding.tolerant,
 so undecodable bytes reach the method as InvalidArgument, not as gRPC's UNKNOWN.
 
@@ -38,6 +39,7 @@ from accord.coordinator.auth import roles, streams, tokens
 from accord.coordinator.auth.cache import AuthCache, Verified
 from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.observability import metrics, metrics_calls, trace_context, tracing
+from accord.coordinator.observability.status import CallLoad
 from accord.coordinator.quotas.admission import Admission
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
@@ -65,16 +67,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         client_certificates: bool = False,
         refusals: RefusalLog | None = None,
         admission: Admission | None = None,
+        load: CallLoad | None = None,
     ) -> None:
         """auth: the credentials to check every call against; None: auth is off.
         client_certificates: the port requires them (mutual TLS), so a call without a
         token may be identified by its certificate. refusals: where calls refused on
         authorization grounds are logged (the audit log). admission: the namespace
-        quotas (None: no quotas)."""
+        quotas (None: no quotas). load: where calls in flight and per namespace are
+        counted (`accord status`)."""
         self._auth = auth
         self._client_certificates = client_certificates
         self._refusals = refusals
         self._admission = admission
+        self.load = load or CallLoad()
         # Wrapped once per method, not once per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -99,7 +104,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        gate = _Gate(method, self._auth, self._client_certificates, self._refusals, self._admission)
+        gate = _Gate(
+            method,
+            self._auth,
+            self._client_certificates,
+            self._refusals,
+            self._admission,
+            self.load,
+        )
         decode = decoding.tolerant(method, handler.request_deserializer)
         measured = metrics.enabled()  # off: not wrapped, so no cost per call
         # A server span around the whole call when traces are exported (none otherwise).
@@ -138,7 +150,16 @@ class _Gate:
     """Who may call one method: its name, what it needs, and the credentials (None: auth
     off)."""
 
-    __slots__ = ("admission", "auth", "certificates", "method", "need", "refusals", "rule")
+    __slots__ = (
+        "admission",
+        "auth",
+        "certificates",
+        "load",
+        "method",
+        "need",
+        "refusals",
+        "rule",
+    )
 
     def __init__(
         self,
@@ -147,6 +168,7 @@ class _Gate:
         certificates: bool,
         refusals: RefusalLog | None = None,
         admission: Admission | None = None,
+        load: CallLoad | None = None,
     ) -> None:
         self.method = method
         self.auth = auth
@@ -155,6 +177,7 @@ class _Gate:
         self.need = roles.REQUIRED.get(method)
         self.admission = admission
         self.rule = admission.rule(method) if admission is not None else None
+        self.load = load or CallLoad()  # where its calls are counted (`accord status`)
 
     def refused(self, call: calls.Call, error: AccordError) -> None:
         """Log a refusal on authorization grounds in the audit log (rate-limited), and
@@ -324,10 +347,13 @@ def _unary(gate: _Gate, behavior: Any) -> Any:
         started = time.perf_counter()
         call: calls.Call | None = None
         error: AccordError | None = None
+        load = gate.load
+        load.in_flight += 1
         try:
             token = calls.current.set(calls.BACKGROUND)
             try:
                 call, _ = await gate.begin(context)
+                load.counted(call.namespace)
                 if gate.admission is not None and gate.rule is not None:  # quotas, rate
                     gate.admission.admit(gate.rule, call, request)
                 return await behavior(request, context)
@@ -342,6 +368,7 @@ def _unary(gate: _Gate, behavior: Any) -> Any:
             _log.exception("unexpected error", method=method)
             error = Internal(f"unexpected coordinator error: {type(exc).__name__}")
         finally:
+            load.in_flight -= 1
             _finish(method, call, request, started, error)
         if isinstance(error, RateExceeded):
             del request  # held, the refusal keeps nothing of the request
@@ -360,10 +387,14 @@ def _stream(gate: _Gate, behavior: Any) -> Any:
         started = time.perf_counter()
         call: calls.Call | None = None
         error: AccordError | None = None
+        load = gate.load
+        load.in_flight += 1
+        load.streams += 1
         try:
             token = calls.current.set(calls.BACKGROUND)
             try:
                 call, verified = await gate.begin(context)
+                load.counted(call.namespace)
                 responses = behavior(request, context)
                 if verified is not None:  # ends when the credential no longer allows it
                     responses = gate.guard(responses, call, verified)
@@ -382,6 +413,8 @@ def _stream(gate: _Gate, behavior: Any) -> Any:
             _log.exception("unexpected error", method=method)
             error = Internal(f"unexpected coordinator error: {type(exc).__name__}")
         finally:
+            load.in_flight -= 1
+            load.streams -= 1
             _finish(method, call, request, started, error, streaming=True)
         if isinstance(error, RateExceeded):
             del request

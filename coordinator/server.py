@@ -12,6 +12,7 @@ import gc
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -39,6 +40,8 @@ from accord.coordinator.locks.service import LocksService
 from accord.coordinator.locks.store import LockStore
 from accord.coordinator.observability import metrics, tracing
 from accord.coordinator.observability.metrics_http import MetricsServer
+from accord.coordinator.observability.status import CallLoad, StatusSources
+from accord.coordinator.observability.status_service import ReplicasService
 from accord.coordinator.quotas import Admission, QuotaLimits, QuotaStore, UsageBook
 from accord.coordinator.quotas.service import QuotasService
 from accord.coordinator.quotas.sockets import SocketCounts
@@ -66,6 +69,8 @@ from accord.v1 import (
     locks_pb2_grpc,
     quotas_pb2,
     quotas_pb2_grpc,
+    replicas_pb2,
+    replicas_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
     votes_pb2,
@@ -81,6 +86,7 @@ SERVICES = [
     votes_pb2.DESCRIPTOR.services_by_name["Votes"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
     quotas_pb2.DESCRIPTOR.services_by_name["Quotas"].full_name,
+    replicas_pb2.DESCRIPTOR.services_by_name["Replicas"].full_name,
 ]
 HEALTH_INTERVAL_SECONDS = 2.0
 GC_THRESHOLDS = (10_000, 10, 10)
@@ -110,6 +116,15 @@ class Replica:
         self._health = HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
         self.metrics: MetricsServer | None = None
+        # What `accord status` reads: calls counted by the interceptor, the y-websocket
+        # sockets, and the health loop's last verdict (None: not probed yet).
+        self.load = CallLoad()
+        self.sockets = SocketCounts(
+            settings.connections.ws_sockets_per_session,
+            settings.connections.ws_sockets_per_address,
+        )
+        self.serving: bool | None = None
+        self.started_at = (time.time(), time.monotonic())
 
     async def start(self) -> None:
         settings = self.settings
@@ -166,6 +181,7 @@ class Replica:
                     and settings.tls.client_ca is not None,
                     refusals=self.refusals,
                     admission=gate.admission,
+                    load=self.load,
                 )
             ],
             options=[
@@ -251,7 +267,8 @@ class Replica:
             _log.info("metrics serving", metrics=f"http://{self.metrics.address}/metrics")
 
     def _add_admin_services(self, replica: str) -> None:
-        """Auth and Quotas: administrative writes, straight to etcd with their audit."""
+        """Auth and Quotas: administrative writes, straight to etcd with their audit;
+        Replicas: this replica's status."""
         assert self.server is not None and self.etcd is not None
         assert self.substrate is not None and self.admission is not None
         writes, keys = self.substrate.writes, self.substrate.keys
@@ -261,6 +278,18 @@ class Replica:
         quotas_pb2_grpc.add_QuotasServicer_to_server(
             QuotasService(QuotaStore(writes, self.etcd, keys), self.admission), self.server
         )
+        sources = StatusSources(
+            replica=replica,
+            etcd=self.etcd,
+            committer=self.substrate.committer,
+            load=self.load,
+            sockets=self.sockets,
+            serving=lambda: self.serving,
+            started_at=self.started_at[0],
+            started_monotonic=self.started_at[1],
+        )
+        replicas_pb2_grpc.add_ReplicasServicer_to_server(ReplicasService(sources), self.server)
+        self.load.start()  # its minute of calls per namespace turns from now
 
     async def _start_quotas(self) -> Admission | None:
         """Count every namespace's usage from etcd before serving, so the first calls are
@@ -339,7 +368,7 @@ class Replica:
                 for name in ["", *SERVICES]:
                     await self._health.set(name, status)
                 _log.info("health changed", serving=ok)
-                serving = ok
+                serving = self.serving = ok
             await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
 
     async def _start_ws(self, catalog: SessionCatalog, leases: LeaseStore) -> None:
@@ -352,16 +381,14 @@ class Replica:
             auth=self.auth,
             allowed_origins=settings.ws_allowed_origins,
             refusals=self.refusals,
-            sockets=SocketCounts(
-                settings.connections.ws_sockets_per_session,
-                settings.connections.ws_sockets_per_address,
-            ),
+            sockets=self.sockets,
         )
         self.ws_port = await self.ws.start(
             settings.ws_listen, _ws_tls(settings.tls), reuse_port=settings.workers > 1
         )
 
     async def stop(self) -> None:
+        self.load.stop()
         if self._health_task:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

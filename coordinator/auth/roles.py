@@ -30,6 +30,7 @@ from accord.v1 import (
     locks_pb2,
     quotas_pb2,
     records_pb2,
+    replicas_pb2,
     sessions_pb2,
     votes_pb2,
 )
@@ -58,6 +59,7 @@ SERVICES: tuple[tuple[ModuleType, str], ...] = (
     (votes_pb2, "Votes"),
     (auth_pb2, "Auth"),
     (quotas_pb2, "Quotas"),
+    (replicas_pb2, "Replicas"),
 )
 
 
@@ -146,6 +148,8 @@ REQUIRED: Mapping[str, Need] = MappingProxyType(
         ),
         # A namespace's own admin raising its quota would defeat it.
         **_table(quotas_pb2, "Quotas", {R: ["Get"], Need.CLUSTER_ADMIN: ["Set"]}),
+        # The status names every namespace that called the replica: tenant information.
+        **_table(replicas_pb2, "Replicas", {Need.CLUSTER_ADMIN: ["Status"]}),
     }
 )
 

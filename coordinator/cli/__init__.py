@@ -1,6 +1,7 @@
 """The `accord` command: `accord serve` runs a coordinator replica; the admin commands
-(common.py, locks.py, votes.py, auth.py) are client programs that call a running
-service (except `accord auth bootstrap`, which writes the first admin into etcd)."""
+(common.py, locks.py, votes.py, auth.py, quotas.py, status.py) are client programs that
+call a running service (except `accord auth bootstrap`, which writes the first admin into
+etcd)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 from accord.coordinator.cli.auth import audit_app, auth_app
 from accord.coordinator.cli.locks import deadlocks_app, leases_app, locks_app
 from accord.coordinator.cli.quotas import QUOTA_NAMES, parse_quotas, quota_app
+from accord.coordinator.cli.status import status
 from accord.coordinator.cli.votes import votes_app
 from accord.coordinator.settings import ConnectionLimits, ServerTls, Settings
 from accord.coordinator.substrate.embedded_etcd import EtcdNotInstalled
@@ -46,6 +48,7 @@ app.add_typer(votes_app, name="votes")
 app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")
 app.add_typer(quota_app, name="quota")
+app.command("status")(status)
 
 
 @app.command()

@@ -12,8 +12,9 @@ The interceptor asks once per call, after identity and before the method runs:
   can always clean up;
 - a server stream counts against the namespace's open streams on this replica while it
   is open.
-Calls of the Quotas and Auth services are exempt: an admin can always raise a limit, mint
-a token or take a role back in a namespace that is being flooded.
+Calls of the Quotas, Auth and Replicas services are exempt: an admin can always raise a
+limit, mint a token, take a role back or look at a replica's status in a namespace that
+is being flooded.
 
 Rates and streams are per replica: across N replicas a namespace may reach N times its
 limit (a client talks to one replica at a time, so an agent normally sees its limit).
@@ -43,7 +44,15 @@ from accord.coordinator.quotas.tarpit import MAX_HOLD_SECONDS, Tarpit
 from accord.coordinator.quotas.usage import Usage, UsageBook
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import QuotaExceeded, RateExceeded
-from accord.v1 import auth_pb2, kv_pb2, leases_pb2, quotas_pb2, sessions_pb2, votes_pb2
+from accord.v1 import (
+    auth_pb2,
+    kv_pb2,
+    leases_pb2,
+    quotas_pb2,
+    replicas_pb2,
+    sessions_pb2,
+    votes_pb2,
+)
 
 COUNT_RETRY_SECONDS = 30.0
 # A write takes one more rate token per started TOKEN_BYTES of its size (a 512 KiB Txn
@@ -79,7 +88,7 @@ GROWS: MappingProxyType[str, Grows] = MappingProxyType(
 )
 _EXEMPT_PREFIXES = tuple(
     f"/{module.DESCRIPTOR.services_by_name[name].full_name}/"
-    for module, name in ((quotas_pb2, "Quotas"), (auth_pb2, "Auth"))
+    for module, name in ((quotas_pb2, "Quotas"), (auth_pb2, "Auth"), (replicas_pb2, "Replicas"))
 )
 # The size-bounded limits: the request's own bytes are added before comparing.
 _BY_SIZE = frozenset({Limit.BYTES, Limit.SESSION_BYTES})
@@ -160,9 +169,7 @@ class Admission:
         else:
             self._streams.pop(call.namespace, None)
 
-    def _take(
-        self, namespace: str, call: calls.Call, limits: QuotaLimits, size: int = 0
-    ) -> None:
+    def _take(self, namespace: str, call: calls.Call, limits: QuotaLimits, size: int = 0) -> None:
         """Take the call's tokens (one, and one more per started TOKEN_BYTES of size)."""
         cost = 1.0 + size // TOKEN_BYTES
         now = time.monotonic()

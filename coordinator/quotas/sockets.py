@@ -20,6 +20,11 @@ class SocketCounts:
         self._sessions: dict[str, int] = {}
         self._addresses: dict[str, int] = {}
 
+    @property
+    def total(self) -> int:
+        """Sockets open now."""
+        return sum(self._sessions.values())
+
     def enter(self, session: str, address: str) -> str | None:
         """Count a socket in; the reason it is refused instead (nothing counted)."""
         on_session = self._sessions.get(session, 0)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,17 @@ _FUTURE_REV_TEXT = "required revision is a future revision"
 _LEASE_NOT_FOUND_TEXT = "requested lease not found"
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatus:
+    """One configured endpoint's Maintenance Status (answer None: it did not answer,
+    error says why), and how long asking took."""
+
+    endpoint: str
+    answer: Any | None
+    error: str
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,8 @@ class Etcd:
         # answers(): blocking channels of its own, made on first use.
         self._probe_setup = (_grpc_targets(self.endpoints), creds, options)
         self._probes: list[grpc.Channel] = []
+        # endpoint_statuses(): one channel per configured endpoint, made on first use.
+        self._endpoint_members: list[_Member] = []
         self._keepalives: _KeepAlives | None = None
         # One-shot waits ("wake me when one of these keys changes") share one stream.
         self.watch_hub = WatchHub(lambda: self._watch, self.txn)
@@ -140,6 +154,8 @@ class Etcd:
             await member.channel.close()
         for probe in self._probes:
             probe.close()
+        for member in self._endpoint_members:
+            await member.channel.close()
 
     async def oldest_revision(self) -> int:
         """The compaction point, after a read has reported one. etcd tells it only to a
@@ -230,6 +246,39 @@ class Etcd:
                 continue
         return False
 
+    async def endpoint_statuses(self, timeout: float) -> list[EndpointStatus]:
+        """Every configured endpoint's Maintenance Status (its member, leader and raft
+        term), asked concurrently over a channel per endpoint, each within timeout (and
+        the serving call's deadline). Never raises for an endpoint that fails."""
+        if not self._endpoint_members:
+            _, creds, options = self._probe_setup
+            self._endpoint_members = [
+                _Member(
+                    grpc.aio.insecure_channel(target, options=options)
+                    if creds is None
+                    else grpc.aio.secure_channel(target, creds, options=options)
+                )
+                for endpoint in self.endpoints
+                for target in _grpc_targets([endpoint])
+            ]
+        bound = calls.current.get().remaining()
+        limit = timeout if bound is None else max(0.0, min(timeout, bound))
+
+        async def ask(endpoint: str, member: _Member) -> EndpointStatus:
+            started = time.monotonic()
+            try:
+                answer = await member.maintenance.Status(rpc.StatusRequest(), timeout=limit)
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details() or ''}".strip()
+                return EndpointStatus(endpoint, None, error, time.monotonic() - started)
+            return EndpointStatus(endpoint, answer, "", time.monotonic() - started)
+
+        return list(
+            await asyncio.gather(
+                *(ask(e, m) for e, m in zip(self.endpoints, self._endpoint_members, strict=True))
+            )
+        )
+
     async def watch(
         self, create: Any | list[Any], more: asyncio.Queue[Any] | None = None
     ) -> AsyncIterator[Any]:
@@ -273,9 +322,7 @@ class Etcd:
         finally:
             call.cancel()
 
-    async def _unary(
-        self, method: _Method, request: Any, *, retry: bool, revision: int = 0
-    ) -> Any:
+    async def _unary(self, method: _Method, request: Any, *, retry: bool, revision: int = 0) -> Any:
         """One call of method on the current member, bounded by the serving call's
         deadline; retried with backoff on failover when retry. revision: the one the
         request reads at, to explain a compaction. A child span of a traced call's."""

@@ -59,6 +59,7 @@ class Committed:
 
 
 ETCD_MAX_TXN_OPS = 128
+RECENT_BATCHES = 1_000
 
 
 @dataclass(slots=True)
@@ -93,10 +94,10 @@ class GroupCommitter:
         self._kick_pending = False
         self.batches = 0
         self.writes = 0
+        # The sizes of the most recent batches (`accord status`).
+        self.recent_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)
 
-    async def commit(
-        self, request: Txn, *, retry: bool, stable: Iterable[bytes] = ()
-    ) -> Committed:
+    async def commit(self, request: Txn, *, retry: bool, stable: Iterable[bytes] = ()) -> Committed:
         """Commit one sub-transaction. retry: repeating it after an ambiguous failure is
         safe (it is idempotent, or guarded by its request_id record). stable: keys it only
         compares or reads that no batched write ever changes (a session's alive key, a
@@ -216,6 +217,7 @@ class GroupCommitter:
             calls.current.reset(token)
         self.batches += 1
         self.writes += 1
+        self.recent_sizes.append(1)
         if not pending.future.done():
             pending.future.set_result(Committed(response, response.header.revision))
 
@@ -236,6 +238,7 @@ class GroupCommitter:
             calls.current.reset(token)
         self.batches += 1
         self.writes += len(batch)
+        self.recent_sizes.append(len(batch))
         revision = response.header.revision
         for pending, op in zip(batch, response.responses, strict=True):
             if not pending.future.done():

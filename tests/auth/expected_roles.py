@@ -57,4 +57,5 @@ EXPECTED: dict[str, str] = {
     "/accord.v1.Auth/RevokeLabel": ADMIN,
     "/accord.v1.Quotas/Get": READ,
     "/accord.v1.Quotas/Set": CLUSTER_ADMIN,
+    "/accord.v1.Replicas/Status": CLUSTER_ADMIN,
 }
