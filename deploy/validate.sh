@@ -2,8 +2,9 @@
 # Validates deploy/ without a Docker engine or a Kubernetes cluster, with validators from
 # PyPI and Debian only (installed when missing, into build/deploy-tools and by apt):
 #
-#   bash deploy/validate.sh            every check below
-#   bash deploy/validate.sh --no-image every check but the image's install steps (~1 min)
+#   bash deploy/validate.sh            every check below but the live one (~45 s)
+#   bash deploy/validate.sh --no-image the same without the image's install steps
+#   bash deploy/validate.sh --live     also the live check (needs deploy/setup.sh's .venv)
 #
 # - compose: deploy/compose/compose.yaml against the compose-spec JSON schema
 #   (check-jsonschema's vendored copy); `docker compose config` when a compose plugin runs.
@@ -19,6 +20,8 @@
 # - Image: the Dockerfile parses (the `dockerfile` package: BuildKit's own parser), and
 #   its install steps run as the image would: a fresh venv, `pip install` of the checkout
 #   (not editable), `accord serve --help` and the health check's imports.
+# - Live (--live): deploy/prometheus/live_check.py runs every dashboard query and rule
+#   against a real Prometheus scraping a real replica that served some traffic.
 #
 # Error handling: stops at the first failing check with its output and a non-zero exit;
 # a check whose tool is missing and cannot be installed fails too (never skipped
@@ -26,8 +29,14 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-image=1
-[[ ${1:-} == --no-image ]] && image=0
+image=1 live=0
+for arg in "$@"; do
+  case $arg in
+    --no-image) image=0 ;;
+    --live) live=1 ;;
+    *) echo "usage: $0 [--no-image] [--live]" >&2 && exit 2 ;;
+  esac
+done
 k8s_version=${K8S_VERSION:-1.30.0}
 tools="$repo/build/deploy-tools"
 work=$(mktemp -d)
@@ -132,5 +141,9 @@ if ((image)); then
   "$work/image/bin/accord" serve --help >/dev/null
   "$work/image/bin/python" -c 'import grpc_health.v1.health_pb2_grpc' # healthcheck.py's
   echo "pip install of the checkout, accord serve --help: ok"
+fi
+if ((live)); then
+  step "live: the dashboard's queries against Prometheus scraping a replica"
+  "$repo/.venv/bin/python" deploy/prometheus/live_check.py
 fi
 echo "validate: all checks passed"
