@@ -7,7 +7,8 @@
 #   bash deploy/validate.sh --live     also the live check (needs deploy/setup.sh's .venv)
 #
 # - compose: deploy/compose/compose.yaml against the compose-spec JSON schema
-#   (check-jsonschema's vendored copy); `docker compose config` when a compose plugin runs.
+#   (check-jsonschema's vendored copy), and `docker compose config` (or, with no compose
+#   plugin, as here, PyPI's docker-compose 1.29.2 `config`).
 # - Kubernetes: each object of deploy/k8s/base (and, with kubectl, the kustomize renders of
 #   base and the plaintext overlay) and secrets.example.yaml against Kubernetes' OpenAPI
 #   schemas, strictly (no unknown fields), with kubernetes-validate, for K8S_VERSION
@@ -65,7 +66,20 @@ if docker compose version >/dev/null 2>&1; then
   docker compose -f deploy/compose/compose.yaml config --quiet
   echo "docker compose config: ok"
 else
-  echo "docker compose config: not run (no compose plugin here)"
+  # Compose v1 (PyPI docker-compose 1.29.2) resolves the file as compose would: anchors,
+  # merges, interpolation, paths, depends_on conditions. Its pin PyYAML<6 does not build
+  # on Python 3.11, so it is installed without dependencies beside PyYAML 6 and its others.
+  compose1="$repo/build/deploy-compose"
+  if [[ ! -x $compose1/bin/docker-compose ]]; then
+    python3 -m venv "$compose1"
+    "$compose1/bin/pip" install -q pyyaml docker dockerpty docopt distro requests \
+      "jsonschema>=2.5.1,<4" "python-dotenv>=0.13,<1" "texttable>=0.9,<2" \
+      "websocket-client>=0.32,<1" "setuptools<70" 2>&1 | { grep -v '^WARNING: Location' || true; }
+    "$compose1/bin/pip" install -q --no-deps docker-compose==1.29.2 2>&1 \
+      | { grep -v '^WARNING: Location' || true; }
+  fi
+  "$compose1/bin/docker-compose" -f deploy/compose/compose.yaml config --quiet
+  echo "docker-compose 1.29.2 config (no compose plugin here for v2): ok"
 fi
 
 step "Kubernetes objects against the $k8s_version schemas (strict)"
