@@ -24,7 +24,10 @@ agent may (not another one, nor an anonymous connection).
 
 Traces (when exported, observability/tracing.py): a connection is one span, parented to
 the W3C context of its URL's ``traceparent`` and ``tracestate`` parameters (y-websocket
-sends ``params`` as query parameters); ignored when malformed or too long.
+sends ``params`` as query parameters); ignored when malformed or too long. Whether
+exported or not, that context (and a ``baggage`` parameter) is recorded with each update
+the socket pushes, so gRPC subscribers see it (observability/trace_context.py); updates
+sent to a socket carry none (the Yjs sync protocol has no place for it).
 
 With `--tls-cert` the endpoint serves wss:// with the gRPC port's certificate, so a
 token in the URL never crosses the network in clear.
@@ -82,7 +85,7 @@ from accord.coordinator.auth.cache import AuthCache
 from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.auth.streams import Revocation
 from accord.coordinator.leases.store import LeaseStore
-from accord.coordinator.observability import tracing
+from accord.coordinator.observability import trace_context, tracing
 from accord.coordinator.quotas.sockets import TRY_AGAIN_LATER, SocketCounts
 from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.lib0 import Fault, Reader
@@ -360,11 +363,14 @@ class _Connection:
         try:
             assert self.socket.request is not None
             namespace, self.name, self.agent = parse_path(self.socket.request.path)
+            query = dict(parse_qsl(urlsplit(self.socket.request.path).query))
             call = calls.Call(
                 namespace=namespace,
                 agent_id=self.agent,
                 trace_id=f"ws-{uuid.uuid4().hex[:12]}",
                 deadline=None,
+                # The URL's W3C context: recorded with every update the socket pushes.
+                trace_context=trace_context.from_metadata(query),
             )
             calls.current.set(call)
             if self.auth is not None:

@@ -23,12 +23,14 @@ from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pycrdt import Doc, Text
+from pycrdt import Doc, Text, create_update_message
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from accord.client import AsyncClient, DecisionEvent, UpdateEvent, link
 from accord.client import TraceContext as Recorded
 from accord.v1 import common_pb2, kv_pb2, records_pb2
-from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client
+from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client, token_for
 
 
 class Spans:
@@ -346,3 +348,26 @@ async def test_an_invalid_context_named_by_a_batch_operation_is_dropped(
         "malformed": common_pb2.TraceContext(),
         "empty": common_pb2.TraceContext(),
     }
+
+
+async def test_an_update_from_a_yjs_app_carries_its_urls_context(
+    replicas: list[Coordinator], namespace: str, agents: list[AsyncClient]
+) -> None:
+    """y-websocket sends its `params` as URL query parameters: a traceparent there is
+    recorded with every update the socket pushes, and a gRPC subscriber gets it."""
+    _, b = agents
+    await b.sessions.open("yjs")
+    updates = b.sessions.subscribe("yjs")
+    url = f"{replicas[0].ws_url}/{namespace}/yjs?agent=yjs-app&traceparent={GOOD}"
+    token = token_for(namespace, "yjs-app")
+    auth = {} if token is None else {"subprotocols": [Subprotocol(token)]}
+    async with asyncio.timeout(10):
+        await anext(updates)  # the state: subscribed from here on
+        async with connect(url, **auth) as socket:
+            await socket.send(b"\x00\x00\x01\x00")  # sync step 1: an empty state vector
+            local: Doc[Any] = Doc()
+            local.get("text", type=Text).insert(0, "from the app")
+            await socket.send(create_update_message(local.get_update()))
+            pushed = await _next_update(updates)
+    assert pushed.trace_context is not None and pushed.trace_context.traceparent == GOOD
+    await updates.aclose()
