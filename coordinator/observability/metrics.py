@@ -18,7 +18,10 @@ does. configure() refuses a max_namespaces below 1 (ValueError), at startup.
 
 from __future__ import annotations
 
+import math
 import threading
+from bisect import bisect_left
+from collections.abc import Iterator
 
 import grpc
 from prometheus_client import (
@@ -30,6 +33,14 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # No `_created` series beside each counter: go-grpc-prometheus has none, and they double
 # the series a scrape carries.
@@ -53,44 +64,101 @@ DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 _GRPC = ("grpc_type", "grpc_service", "grpc_method")
+UNARY = "unary"
+SERVER_STREAM = "server_stream"
+BIDI_STREAM = "bidi_stream"
 
-# --- gRPC server (interceptor: metrics_calls.py) -------------------------------------------
-GRPC_STARTED = Counter(
-    "grpc_server_started_total",
-    "RPCs started on the server.",
-    _GRPC,
-    registry=REGISTRY,
-)
-GRPC_HANDLED = Counter(
-    "grpc_server_handled_total",
-    "RPCs completed on the server, whatever their status code.",
-    (*_GRPC, "grpc_code"),
-    registry=REGISTRY,
-)
-GRPC_HANDLING_SECONDS = Histogram(
-    "grpc_server_handling_seconds",
-    "Time from an RPC's start to its status (a stream's whole life).",
-    _GRPC,
-    buckets=CALL_BUCKETS,
-    registry=REGISTRY,
-)
-GRPC_MSG_RECEIVED = Counter(
-    "grpc_server_msg_received_total",
-    "Request messages received (each message of a client stream).",
-    _GRPC,
-    registry=REGISTRY,
-)
-GRPC_MSG_SENT = Counter(
-    "grpc_server_msg_sent_total",
-    "Response messages sent (each message of a server stream).",
-    _GRPC,
-    registry=REGISTRY,
-)
-INFLIGHT_CALLS = Gauge(
-    "accord_inflight_calls",
-    "accord.* calls in progress on this replica (open streams included).",
-    registry=REGISTRY,
-)
+
+class MethodCounts:
+    """One gRPC method's server metrics, as plain numbers: only the event loop's thread
+    writes them (an increment is a few tens of nanoseconds, where a prometheus-client
+    child takes a lock per update), and a scrape reads them as they are."""
+
+    __slots__ = ("buckets", "handled", "labels", "received", "seconds", "sent", "started")
+
+    def __init__(self, grpc_type: str, service: str, method: str) -> None:
+        self.labels = (grpc_type, service, method)
+        self.started = 0
+        self.received = 0  # a unary method's is `started`: see GrpcServerMetrics.collect
+        self.sent = 0  # a unary method's is handled[OK]
+        self.handled: dict[grpc.StatusCode, int] = {}
+        self.buckets = [0] * (len(CALL_BUCKETS) + 1)  # per bucket, not cumulative; +Inf last
+        self.seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(CALL_BUCKETS, seconds)] += 1
+        self.seconds += seconds
+
+    def ended(self) -> int:
+        return sum(self.handled.values())
+
+
+class GrpcServerMetrics(Collector):
+    """grpc_server_* and accord_inflight_calls, from every method's MethodCounts."""
+
+    def __init__(self) -> None:
+        self.methods: list[MethodCounts] = []
+
+    def method(self, grpc_type: str, service: str, method: str) -> MethodCounts:
+        """The counts of one method (once per method: the interceptor keeps them)."""
+        counts = MethodCounts(grpc_type, service, method)
+        self.methods.append(counts)
+        return counts
+
+    def inflight(self) -> int:
+        """accord.* calls in progress (open streams included): started and not ended."""
+        return sum(-m.ended() + m.started for m in list(self.methods))  # ended read first
+
+    def collect(self) -> Iterator[Metric]:
+        started = CounterMetricFamily(
+            "grpc_server_started_total", "RPCs started on the server.", labels=_GRPC
+        )
+        handled = CounterMetricFamily(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by the status code they ended with.",
+            labels=(*_GRPC, "grpc_code"),
+        )
+        seconds = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Time from an RPC's start to its status (a stream's whole life).",
+            labels=_GRPC,
+        )
+        received = CounterMetricFamily(
+            "grpc_server_msg_received_total",
+            "Request messages received (each message of a client stream).",
+            labels=_GRPC,
+        )
+        sent = CounterMetricFamily(
+            "grpc_server_msg_sent_total",
+            "Response messages sent (each message of a server stream).",
+            labels=_GRPC,
+        )
+        inflight = 0
+        for m in list(self.methods):
+            codes = dict(m.handled)  # before started: a call ends only after it starts
+            begun, unary = m.started, m.labels[0] == UNARY
+            started.add_metric(m.labels, begun)
+            received.add_metric(m.labels, begun if unary else m.received)
+            sent.add_metric(m.labels, codes.get(grpc.StatusCode.OK, 0) if unary else m.sent)
+            for code, count in codes.items():
+                handled.add_metric((*m.labels, CODE_LABELS.get(code, "Unknown")), count)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*CALL_BUCKETS, math.inf), list(m.buckets), strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+            seconds.add_metric(m.labels, buckets, m.seconds)
+            inflight += begun - sum(codes.values())
+        yield from (started, handled, seconds, received, sent)
+        yield GaugeMetricFamily(
+            "accord_inflight_calls",
+            "accord.* calls in progress on this replica (open streams included).",
+            value=inflight,
+        )
+
+
+# --- gRPC server (kept by the interceptor: metrics_calls.py) --------------------------------
+GRPC_SERVER = GrpcServerMetrics()
+REGISTRY.register(GRPC_SERVER)
 AUTH_REFUSALS = Counter(
     "accord_auth_refusals_total",
     "Calls or batch operations refused for want of a credential (Unauthenticated) or "

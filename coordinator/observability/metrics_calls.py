@@ -1,14 +1,15 @@
 """The gRPC server metrics of each accord.* call, measured around the interceptor's own
 wrapper (interceptor.py): started, handled by code, handling seconds, messages received
-and sent, and the calls in flight; and the auth and quota refusals of calls and of batch
-operations.
+and sent, and so the calls in flight; and the auth and quota refusals of calls and of
+batch operations.
 
-A method's label children are bound once, when the interceptor first wraps the method;
-a call then costs a few increments and one histogram observation. With metrics off the
-interceptor does not wrap at all (measured() is never called), so a replica nobody
-scrapes pays nothing per call. A unary call counts one message each way (none sent when
-it fails); a server stream counts each message it sends; a stream-stream call also each
-request it reads.
+A method's counts (metrics.MethodCounts) are made once, when the interceptor first wraps
+the method; a call then costs a few integer increments and a bisect, on the event loop's
+thread, with no lock (a scrape reads them from its own thread). With metrics off the
+interceptor does not wrap at all (measured_*() is never called), so a replica nobody
+scrapes pays nothing per call. A unary call counts one message received, and one sent
+when it succeeds; a server stream counts each message it sends; a stream-stream call also
+each request it reads.
 
 The code a call is counted under is the status it ends with: the one the interceptor
 set for a refusal or an error, OK otherwise; a call the client cancelled (or whose
@@ -25,19 +26,17 @@ from contextlib import aclosing
 from typing import Any
 
 import grpc
-from prometheus_client import Counter
 
 from accord.coordinator.observability import metrics
 from accord.coordinator.observability.metrics import (
     AUTH_REFUSALS,
+    BIDI_STREAM,
     CODE_LABELS,
-    GRPC_HANDLED,
-    GRPC_HANDLING_SECONDS,
-    GRPC_MSG_RECEIVED,
-    GRPC_MSG_SENT,
-    GRPC_STARTED,
-    INFLIGHT_CALLS,
+    GRPC_SERVER,
     QUOTA_REFUSALS,
+    SERVER_STREAM,
+    UNARY,
+    MethodCounts,
     namespace_label,
 )
 from accord.coordinator.substrate import calls
@@ -48,40 +47,18 @@ from accord.coordinator.substrate.errors import (
     Unauthenticated,
 )
 
-UNARY = "unary"
-SERVER_STREAM = "server_stream"
-BIDI_STREAM = "bidi_stream"
+__all__ = ["BIDI_STREAM", "SERVER_STREAM", "measured_stream", "measured_unary", "refused"]
 _OK = grpc.StatusCode.OK
 
 
-class MethodMetrics:
-    """One method's label children, bound once."""
+def _counts(method: str, grpc_type: str) -> MethodCounts:
+    service, _, name = method.lstrip("/").partition("/")
+    return GRPC_SERVER.method(grpc_type, service, name)
 
-    __slots__ = ("_handled", "handling", "labels", "received", "sent", "started")
 
-    def __init__(self, method: str, grpc_type: str) -> None:
-        service, _, name = method.lstrip("/").partition("/")
-        self.labels = (grpc_type, service, name)
-        self.started = GRPC_STARTED.labels(*self.labels)
-        self.received = GRPC_MSG_RECEIVED.labels(*self.labels)
-        self.sent = GRPC_MSG_SENT.labels(*self.labels)
-        self.handling = GRPC_HANDLING_SECONDS.labels(*self.labels)
-        self._handled: dict[grpc.StatusCode, Counter] = {}  # bound at a code's first use
-
-    def begin(self) -> float:
-        self.started.inc()
-        INFLIGHT_CALLS.inc()
-        return time.perf_counter()
-
-    def end(self, code: grpc.StatusCode, started: float) -> None:
-        handled = self._handled.get(code)
-        if handled is None:
-            handled = self._handled[code] = GRPC_HANDLED.labels(
-                *self.labels, CODE_LABELS.get(code, "Unknown")
-            )
-        handled.inc()
-        self.handling.observe(time.perf_counter() - started)
-        INFLIGHT_CALLS.dec()
+def _end(counts: MethodCounts, code: grpc.StatusCode, started: float) -> None:
+    counts.handled[code] = counts.handled.get(code, 0) + 1
+    counts.observe(time.perf_counter() - started)
 
 
 def _ended(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
@@ -94,22 +71,20 @@ def _ended(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
 
 
 def measured_unary(method: str, behavior: Any) -> Any:
-    """behavior (the interceptor's unary wrapper), measured."""
-    measure = MethodMetrics(method, UNARY)
-    received, sent = measure.received, measure.sent
+    """behavior (the interceptor's unary wrapper), measured (its message received is
+    its start, its message sent its OK: metrics.GrpcServerMetrics)."""
+    counts = _counts(method, UNARY)
 
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = measure.begin()
-        received.inc()
+        counts.started += 1
+        started = time.perf_counter()
         code = None
         try:
             response = await behavior(request, context)
             code = context.code() or _OK
-            if code is _OK:
-                sent.inc()
             return response
         finally:
-            measure.end(code or _ended(context), started)
+            _end(counts, code or _ended(context), started)
 
     return run
 
@@ -117,32 +92,32 @@ def measured_unary(method: str, behavior: Any) -> Any:
 def measured_stream(method: str, grpc_type: str, behavior: Any) -> Any:
     """behavior (the interceptor's streaming wrapper), measured: each response sent, and
     for a stream-stream call each request read."""
-    measure = MethodMetrics(method, grpc_type)
-    received, sent = measure.received, measure.sent
+    counts = _counts(method, grpc_type)
     reads_stream = grpc_type == BIDI_STREAM
 
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        started = measure.begin()
+        counts.started += 1
+        started = time.perf_counter()
         if reads_stream:
-            request = _counted(request, received)
+            request = _counted(request, counts)
         else:
-            received.inc()
+            counts.received += 1
         code = None
         try:
             async with aclosing(behavior(request, context)) as responses:
                 async for response in responses:
-                    sent.inc()
+                    counts.sent += 1
                     yield response
             code = context.code() or _OK
         finally:
-            measure.end(code or _ended(context), started)
+            _end(counts, code or _ended(context), started)
 
     return run
 
 
-async def _counted(requests: AsyncIterator[Any], received: Counter) -> AsyncIterator[Any]:
+async def _counted(requests: AsyncIterator[Any], counts: MethodCounts) -> AsyncIterator[Any]:
     async for request in requests:
-        received.inc()
+        counts.received += 1
         yield request
 
 
