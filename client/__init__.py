@@ -40,6 +40,7 @@ from accord.client.errors import (
     UnauthenticatedError,
     UnavailableError,
     VoteClosedError,
+    WaitEstimate,
     WouldBlockError,
 )
 from accord.client.kv import (
@@ -231,6 +232,7 @@ __all__ = [
     "VoteStatus",
     "Votes",
     "WaitEdge",
+    "WaitEstimate",
     "WaitGraphPage",
     "Watch",
     "WatchEvent",

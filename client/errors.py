@@ -8,6 +8,7 @@ built from those, so a reason is never spelled out by hand.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
 import grpc
@@ -154,10 +155,41 @@ class WouldBlockError(_LockWaitError):
     REASON = common_pb2.ERROR_REASON_WOULD_BLOCK
 
 
+@dataclass(frozen=True, slots=True)
+class WaitEstimate:
+    """Why a lock wait failed fast instead of waiting out the caller's time: the waiters
+    ahead, the lock's typical hold as the replica saw holds end, the wait that makes at
+    least (seconds), and the time that was left."""
+
+    position: int
+    typical_hold: float
+    expected_wait: float
+    remaining: float
+    samples: int
+
+
 class LockTimeoutError(_LockWaitError):
-    """An acquire gave up waiting; `status` says what it waited behind."""
+    """An acquire gave up waiting, or failed fast because the time left was shorter than
+    the wait would take (`fail_fast`); `status` says what it waited behind."""
 
     REASON = common_pb2.ERROR_REASON_LOCK_TIMEOUT
+
+    @property
+    def fail_fast(self) -> WaitEstimate | None:
+        """The estimate behind a fast failure; None when the wait ran out of time."""
+        meta = self.metadata
+        if meta.get("fail_fast") != "expected_wait":
+            return None
+        try:
+            return WaitEstimate(
+                position=int(meta["position"]),
+                typical_hold=int(meta["typical_hold_ms"]) / 1000,
+                expected_wait=int(meta["expected_wait_ms"]) / 1000,
+                remaining=int(meta["remaining_ms"]) / 1000,
+                samples=int(meta["samples"]),
+            )
+        except (KeyError, ValueError):
+            return None
 
 
 class NotHeldError(AccordError):

@@ -49,6 +49,7 @@ from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks import handoffs
 from accord.coordinator.locks.explain import refusal_status
+from accord.coordinator.locks.holds import HoldTimes
 from accord.coordinator.locks.looks import FirstLook, Look, Looker, ahead_ops, head_op
 from accord.coordinator.locks.queue import (
     EXCLUSIVE,
@@ -109,6 +110,7 @@ class LockStore:
         self._s = substrate
         self._leases = leases
         self._feeds = QueueFeeds(substrate.etcd.watch_hub)
+        self.holds = HoldTimes(substrate)  # typical holds seen here: a wait may fail fast
         # Set by the server once the detector (which reads these queues) exists.
         self.deadlocks: DeadlockChecker | None = None
 
@@ -287,7 +289,9 @@ class LockStore:
         first_look: FirstLook | None,
     ) -> locks_pb2.Grant:
         with contextlib.closing(Looker(self._s, ns, entry, self._feeds)) as looker:
-            return await self._wait_in_line(ns, entry, looker, no_wait, give_up, first_look)
+            grant = await self._wait_in_line(ns, entry, looker, no_wait, give_up, first_look)
+        self.holds.granted(ns, entry)
+        return grant
 
     async def _wait_in_line(
         self,
@@ -329,9 +333,10 @@ class LockStore:
                     details=[status],
                     metadata={"lock": entry.lock},
                 )
-            if not checked_deadlocks and self.deadlocks is not None:
+            if not checked_deadlocks:  # once, before the first wait
                 checked_deadlocks = True
-                if await self.deadlocks.check(ns, entry.lease_id):
+                await self.holds.check_wait(ns, entry, give_up)  # LockTimeout if too slow
+                if self.deadlocks is not None and await self.deadlocks.check(ns, entry.lease_id):
                     look = None
                     continue  # waits were ended, perhaps this very one: look again
             remaining = None if give_up is None else give_up - time.monotonic()
@@ -495,4 +500,6 @@ class LockStore:
             )
         head = response.responses[0].response_range.kvs
         was_first = bool(head) and head[0].create_revision == prev[0].create_revision
-        return was_first or records_pb2.LockEntryRecord.FromString(prev[0].value).granted
+        held = was_first or records_pb2.LockEntryRecord.FromString(prev[0].value).granted
+        self.holds.ended(ns, name, prev[0], held)
+        return held

@@ -100,6 +100,7 @@ EXPECTED_CLIENT_EXPORTS = {
     "VotePage",
     "VoteStateEvent",
     "VoteStatus",
+    "WaitEstimate",
     "deadline",
     "deadline_from",
     "ops",
