@@ -249,8 +249,9 @@ class TraceContext(_message.Message):
     receives it (a watch event, a session update, a lock grant after a hand-off, a vote's
     decision) can link its own span to the writer's. The values are the call's gRPC
     metadata entries, kept only when well formed and within bounds: traceparent
-    "00-{32 hex}-{16 hex}-{2 hex}" (a malformed or all-zero one drops the whole context),
-    tracestate at most 512 bytes, baggage at most 2048 bytes (one longer is dropped alone).
+    "00-{32 hex}-{16 hex}-{2 hex}" (a malformed or all-zero one drops the whole context;
+    without any, a baggage is recorded alone), tracestate at most 512 bytes, baggage at
+    most 2048 bytes (one longer or malformed is dropped alone).
     Baggage member accord.deadline is the absolute Unix time in ms at which the writer's
     budget ends.
     """
