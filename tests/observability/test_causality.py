@@ -170,6 +170,21 @@ async def test_a_lock_grant_after_a_hand_off_carries_the_releasers_context(
         assert (await again).handed_off_by is None
 
 
+async def test_acquire_many_grants_say_which_release_handed_each_over(
+    agents: list[AsyncClient], spans: Spans
+) -> None:
+    a, b = agents
+    async with await a.leases.grant(ttl=30) as lease_a, await b.leases.grant(ttl=30) as lease_b:
+        held = await a.locks.acquire("m-1", lease_a)
+        waiting = asyncio.create_task(b.locks.acquire_many(["m-1", "m-2"], lease_b, wait=20))
+        await _queued(a, "m-1", 2)
+        with spans.tracer.start_as_current_span("a-acts"):
+            await a.locks.release(held)
+        first, second = await waiting
+    assert ids(first.handed_off_by) == span_ids(spans.finished("a-acts"))
+    assert second.handed_off_by is None  # free: granted at once
+
+
 async def _queued(client: AsyncClient, lock: str, entries: int) -> None:
     async with asyncio.timeout(10):
         while True:
