@@ -181,12 +181,29 @@ class MethodSpans:
         _peer(span, context.peer() or "")
         return span, attach(trace.set_span_in_context(span))
 
-    def end(self, span: Span, token: object, code: grpc.StatusCode) -> None:
+    def end(
+        self,
+        span: Span,
+        token: object,
+        context: grpc.aio.ServicerContext[Any, Any],
+        code: grpc.StatusCode | None,
+    ) -> None:
+        """Leave the span's context now; end it with code, or, when the handler returned,
+        once gRPC has sent the status (a client that went away may end a stream's
+        requests first, so only then is the call known to be cancelled)."""
         detach(token)  # type: ignore[arg-type]
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code in SERVER_FAULTS:
-            span.set_status(Status(StatusCode.ERROR, code.name))
-        span.end()
+        if code is not None:
+            _ended(span, code)
+        else:
+            # The stubs type the callback as a class of their own; any callable works.
+            context.add_done_callback(lambda _: _ended(span, _code(context)))  # type: ignore[arg-type]
+
+
+def _ended(span: Span, code: grpc.StatusCode) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in SERVER_FAULTS:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
 
 
 def identify(call: calls.Call) -> None:
@@ -208,7 +225,10 @@ def _peer(span: Span, peer: str) -> None:
 
 
 def _code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
-    """The status the interceptor set on the call (OK when it set none)."""
+    """The status the interceptor set on the call (OK when it set none), or CANCELLED
+    when the client went away (a stream may see its requests end and return normally)."""
+    if context.cancelled():
+        return grpc.StatusCode.CANCELLED
     code: Any = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
@@ -231,7 +251,7 @@ def unary(spans: MethodSpans, handler: Unary) -> Unary:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            spans.end(span, token, code or _code(context))
+            spans.end(span, token, context, code)
 
     return traced
 
@@ -252,7 +272,7 @@ def streaming(spans: MethodSpans, handler: Streaming) -> Streaming:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            spans.end(span, token, code or _code(context))
+            spans.end(span, token, context, code)
 
     return traced
 

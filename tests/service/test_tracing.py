@@ -22,7 +22,7 @@ from opentelemetry.trace import Tracer
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
-from accord.client import AsyncClient, ConditionFailedError, Expect
+from accord.client import AsyncClient, Client, ConditionFailedError, Expect
 from accord.v1 import kv_pb2
 from tests.harness import (
     Coordinator,
@@ -151,6 +151,53 @@ async def test_a_call_is_a_child_of_the_agents_span_with_rpc_attributes_and_etcd
     assert etcd.parent_id == server.span_id and etcd.kind == CLIENT
 
 
+async def test_the_blocking_client_carries_the_calling_threads_span(
+    traced: Coordinator,
+    receiver: OtlpReceiver,
+    namespace: str,
+    agent: tuple[Tracer, InMemorySpanExporter],
+) -> None:
+    tracer, exported = agent
+
+    def blocking() -> None:
+        token = token_for(namespace, "sync") or ""
+        with (
+            Client([traced.address], agent_id="sync", namespace=namespace, token=token) as accord,
+            tracer.start_as_current_span("sync step"),
+        ):
+            accord.kv.get("k")
+
+    await asyncio.to_thread(blocking)
+    (step,) = exported.get_finished_spans()
+    trace_id, step_id = _ids(step)
+    server = _one(await _trace(receiver, trace_id, "accord.v1.KV/Get"), "accord.v1.KV/Get")
+    assert server.parent_id == step_id
+
+
+async def test_a_kv_batch_carries_its_first_operations_span(
+    traced: Coordinator,
+    receiver: OtlpReceiver,
+    namespace: str,
+    agent: tuple[Tracer, InMemorySpanExporter],
+) -> None:
+    """Ten gets made at once, each in its own span, by one client: the first two go alone
+    (two calls in flight), the other eight queue and leave as one KV.Batch, which carries
+    the span of the first one queued (the third)."""
+    tracer, _ = agent
+    async with make_client([traced.address], namespace) as client:
+
+        async def get(i: int) -> tuple[int, int]:
+            with tracer.start_as_current_span(f"get {i}") as span:
+                await client.kv.get(f"k{i}")
+                context = span.get_span_context()
+                return context.trace_id, context.span_id
+
+        spans = await asyncio.gather(*(get(i) for i in range(10)))
+    third_trace, third_span = spans[2]
+    batch = _one(await _trace(receiver, third_trace, "accord.v1.KV/Batch"), "accord.v1.KV/Batch")
+    assert batch.parent_id == third_span
+
+
 async def test_a_refused_compare_is_recorded_but_is_not_a_server_error(
     traced: Coordinator,
     receiver: OtlpReceiver,
@@ -245,6 +292,9 @@ async def test_server_and_bidirectional_streams_are_children_of_the_agents_span(
     )
     assert keepalive[0].parent_id == _ids(holding)[1]
     assert keepalive[0].kind == SERVER
+    # Ended by the client (revoke stops the stream): cancelled, not a server error.
+    assert keepalive[0].attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    assert keepalive[0].status == UNSET
 
 
 async def _puts_in(receiver: OtlpReceiver, namespace: str) -> list[ReceivedSpan]:
