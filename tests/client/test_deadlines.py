@@ -26,6 +26,7 @@ from accord.client import (
     remaining,
 )
 from tests.harness import Coordinator, make_client, queued, token_for, until, wall_clock_past
+from tests.harness.metrics import scrape
 
 HELD_ELSEWHERE = 60.0  # the per-call wait: far longer than any ambient budget here
 
@@ -74,20 +75,34 @@ def _refusals_logged(replicas: list[Coordinator], namespace: str, agent: str) ->
     return found
 
 
+async def _keepalives_started(replicas: list[Coordinator]) -> float:
+    """Leases.KeepAliveOnce calls the replicas have started (their /metrics)."""
+    method = {"grpc_service": "accord.v1.Leases", "grpc_method": "KeepAliveOnce"}
+    total = 0.0
+    for replica in replicas:
+        assert replica.metrics_port is not None
+        total += (await scrape(replica.metrics_port)).value("grpc_server_started_total", method)
+    return total
+
+
 async def test_a_call_past_the_deadline_is_never_sent(
     replicas: list[Coordinator], namespace: str
 ) -> None:
-    """A refused call is logged by the replica that answered it (access log): the one
-    made past the deadline leaves no line, the same call made after it does."""
+    """Neither replica starts it (grpc_server_started_total), nor logs its refusal (the
+    access log logs every refused call): the same call made after it shows in both."""
     unsent, sent = f"unsent-{uuid.uuid4().hex[:6]}", f"sent-{uuid.uuid4().hex[:6]}"
     addresses = [r.address for r in replicas]
-    async with make_client(addresses, namespace, unsent) as late, make_client(
-        addresses, namespace, sent
-    ) as marker:
+    async with (
+        make_client(addresses, namespace, unsent) as late,
+        make_client(addresses, namespace, sent) as marker,
+    ):
+        before = await _keepalives_started(replicas)
         with deadline(at=time.time() - 0.5), pytest.raises(DeadlineExceededError):
             await late.leases.keepalive_once(424242)  # refused as LEASE_NOT_FOUND if sent
+        assert await _keepalives_started(replicas) == before
         with pytest.raises(LeaseNotFoundError):
             await marker.leases.keepalive_once(424242)
+        assert await _keepalives_started(replicas) == before + 1
 
         async def logged() -> list[str]:
             return _refusals_logged(replicas, namespace, sent)

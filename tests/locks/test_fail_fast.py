@@ -87,6 +87,31 @@ async def test_a_wait_fails_fast_once_the_replica_has_seen_holds(
     assert hurried.id not in before
 
 
+async def test_holds_granted_after_a_wait_teach_too(
+    pinned: list[AsyncClient], line: list[asyncio.Task[object]]
+) -> None:
+    """A chain of hand-offs: each waiter's hold is timed from the grant this replica
+    answered it (its entry was not created holding, so nothing else dates it)."""
+    client = pinned[0]
+    grant = await client.locks.acquire("chain", await client.leases.grant(ttl=30))
+    for _ in range(4):
+        waiting = asyncio.create_task(
+            client.locks.acquire("chain", await client.leases.grant(ttl=30), wait=PATIENT)
+        )
+        await queued(client, "chain", 1)
+        await client.locks.release(grant)
+        grant = await waiting
+        await asyncio.sleep(HOLD)  # the hold itself: what the replica learns
+    # The first hold was created holding (1 sample); the 3 released after a wait: 3 more.
+    await _queue_up(client, "chain", line, holders=0, waiters=3)
+    hurried = await client.leases.grant(ttl=30)
+    with deadline(1.0), pytest.raises(LockTimeoutError) as refused:
+        await client.locks.acquire("chain", hurried, wait=PATIENT)
+    estimate = refused.value.fail_fast
+    assert estimate is not None, refused.value.message
+    assert estimate.samples == 4 and estimate.position == 3
+
+
 async def test_a_semaphore_wait_counts_its_permits(
     pinned: list[AsyncClient], line: list[asyncio.Task[object]]
 ) -> None:
