@@ -5,6 +5,8 @@ applied_revision" (doc.py): a snapshot taken from it covers precisely the log en
 created up to that revision, and only those are deleted. Chunks go first, then one
 transaction writes the last chunk and the record, guarded by the record being the one
 read; of two replicas compacting at once, one wins and the other deletes its chunks.
+The updates' trace contexts (keys.trace) go too, all of them: a watcher gets each in the
+watch response of its update, before any deletion.
 
 Error handling: a failed compaction is logged and retried on a later trigger; the
 session stays correct, only larger.
@@ -77,6 +79,9 @@ async def compact(doc: SessionDoc) -> bool:
         current = set(keys)
         stale = [k for k in doc.snapshot_keys if k not in current]
         await delete_keys(doc.etcd, covered + stale)
+        if doc.traced:  # the updates' trace contexts: each watcher got one with its update
+            doc.traced = False
+            await doc.etcd.txn(txn(then=[delete(doc.keys.trace(""), prefix=True)]), retry=True)
         # Forget what we deleted now, not when the watch says so: until then the stale
         # chunks would look like garbage and start a needless second compaction.
         for key in stale:

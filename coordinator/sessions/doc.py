@@ -77,6 +77,8 @@ class SessionDoc:
     snapshot_bytes: int = 0
     # Snapshot chunks by key; those not of the current snapshot are garbage to delete.
     snapshot_keys: dict[bytes, int] = field(default_factory=dict)
+    # Trace keys of updates (keys.trace) may be in etcd: compaction deletes them.
+    traced: bool = False
     # An upper bound of the document's encoded size (sizes.py): exact when measured, then
     # grown by each applied update's size; and the bytes of this replica's writes in flight.
     size_bound: int = 0
@@ -155,6 +157,8 @@ class SessionDoc:
                     chunks.append((kv.key, kv.value))
             elif part.startswith(b"log\x00"):
                 log_kvs.append(kv)
+            elif part.startswith(b"trace\x00"):
+                self.traced = True
             elif part.startswith(b"presence\x00"):
                 self._on_presence(kv)
         if record.snapshot_revision:
@@ -308,6 +312,7 @@ class SessionDoc:
             if part.startswith(b"trace\x00"):
                 if not deleted:
                     traces[part[len(b"trace\x00") :]] = kv.value
+                    self.traced = True
             elif part.startswith(b"log\x00"):
                 if deleted:
                     entry = self.log.pop(kv.key, None)

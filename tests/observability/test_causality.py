@@ -30,7 +30,15 @@ from websockets.typing import Subprotocol
 from accord.client import AsyncClient, DecisionEvent, UpdateEvent, link
 from accord.client import TraceContext as Recorded
 from accord.v1 import common_pb2, kv_pb2, records_pb2
-from tests.harness import Coordinator, EtcdMember, Stubs, identity, make_client, token_for
+from tests.harness import (
+    Coordinator,
+    EtcdMember,
+    Stubs,
+    eventually,
+    identity,
+    make_client,
+    token_for,
+)
 
 
 class Spans:
@@ -235,6 +243,44 @@ async def test_a_session_update_carries_the_pushers_context(
     assert ids(pushed.trace_context) == span_ids(spans.finished("a-acts"))
     await react(spans, b, pushed, "after-update")
     await updates.aclose()
+
+
+async def test_compaction_deletes_the_updates_trace_contexts(
+    agents: list[AsyncClient], spans: Spans, etcd: EtcdMember, namespace: str
+) -> None:
+    """An update's trace context is kept in etcd only until the log it belongs to is
+    folded into a snapshot (beyond that no watcher needs it)."""
+    a, _ = agents
+    await a.sessions.open("folded")
+    doc = Doc()
+    text = doc.get("notes", type=Text)
+
+    async def push(traced: bool) -> int:
+        before = doc.get_state()
+        text.insert(len(text), "x" * 1024)
+        if not traced:
+            return await a.sessions.push("folded", doc.get_update(before))
+        with spans.tracer.start_as_current_span("a-acts"):
+            return await a.sessions.push("folded", doc.get_update(before))
+
+    async def stored() -> tuple[int, int]:
+        """(snapshot revision, trace keys) in etcd."""
+        record = etcd.kvs(f"accord/ns/{namespace}/sessions/folded")[0].value
+        keys = etcd.kvs(f"accord/ns/{namespace}/sdata/folded", prefix=True)
+        traces = sum(b"\x00trace\x00" in k.key for k in keys)
+        return records_pb2.SessionRecord.FromString(record).snapshot_revision, traces
+
+    last_traced = 0
+    for _ in range(8):
+        last_traced = await push(traced=True)
+    assert (await stored())[1] == 8  # one per traced update; none for the others
+
+    async def folded() -> tuple[int, int]:
+        await push(traced=False)  # grows the log until a compaction covers the traced ones
+        return await stored()
+
+    snapshot, traces = await eventually(folded, lambda s: s[0] > last_traced and s[1] == 0)
+    assert snapshot > last_traced and traces == 0, (snapshot, traces)
 
 
 async def _next_update(events: AsyncIterator[Any]) -> UpdateEvent:
