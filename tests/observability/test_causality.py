@@ -27,7 +27,7 @@ from pycrdt import Doc, Text, create_update_message
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
-from accord.client import AsyncClient, DecisionEvent, UpdateEvent, link
+from accord.client import AsyncClient, DecisionEvent, UpdateEvent, link, ops
 from accord.client import TraceContext as Recorded
 from accord.v1 import common_pb2, kv_pb2, records_pb2
 from tests.harness import (
@@ -218,6 +218,35 @@ async def test_a_vote_decision_carries_the_deciding_ballots_context(
         decided = [e async for e in watch if isinstance(e, DecisionEvent)]
     assert ids(decided[0].trace_context) == span_ids(spans.finished("a-acts"))
     await react(spans, b, decided[0], "after-vote")
+
+
+async def test_a_cancelled_votes_decision_carries_the_cancels_context(
+    agents: list[AsyncClient], spans: Spans
+) -> None:
+    a, b = agents
+    vote = await a.votes.propose("ship?", ["yes", "no"], voters=["agent-b"], voting_period=600)
+    watch = b.votes.watch(vote.id)
+    await anext(watch)
+    with spans.tracer.start_as_current_span("a-acts"):
+        await a.votes.cancel(vote.id, "superseded")
+    async with asyncio.timeout(10):
+        decided = [e async for e in watch if isinstance(e, DecisionEvent)]
+    assert ids(decided[0].trace_context) == span_ids(spans.finished("a-acts"))
+
+
+async def test_an_applied_operation_carries_the_appliers_context(
+    agents: list[AsyncClient], spans: Spans
+) -> None:
+    a, b = agents
+    await a.sessions.open("ops")
+    updates = b.sessions.subscribe("ops")
+    async with asyncio.timeout(10):
+        await anext(updates)
+        with spans.tracer.start_as_current_span("a-acts"):
+            await a.sessions.apply("ops", ops.text_insert("notes", 0, "hello"))
+        applied = await _next_update(updates)
+    assert ids(applied.trace_context) == span_ids(spans.finished("a-acts"))
+    await updates.aclose()
 
 
 async def test_a_session_update_carries_the_pushers_context(
