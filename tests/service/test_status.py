@@ -21,6 +21,7 @@ from tests.harness import (
     make_client,
     queued,
 )
+from tests.sessions.test_y_websocket import _greeted, ws_auth
 
 WAIT = 20.0
 PUTS = 8
@@ -122,6 +123,19 @@ async def test_in_flight_calls_and_namespace_load_follow_real_calls(
         table = await accord_status(address, "--top", "100")
         assert table.returncode == 0, table.stderr
         assert any(busy in line and f"{counts[busy]:,}" in line for line in _lines(table.stdout))
+
+
+async def test_an_open_y_websocket_socket_is_counted(
+    replicas: list[Coordinator], namespace: str
+) -> None:
+    async with make_client([replicas[0].address], namespace) as c:
+        await c.sessions.open("room")
+    socket = await _greeted(f"{replicas[0].ws_url}/{namespace}/room", **ws_auth(namespace))
+    try:
+        [entry] = await status_json(replicas[0].address)
+        assert int(entry["status"]["connections"]["websocket"]) >= 1
+    finally:
+        await socket.close()
 
 
 async def test_a_replica_that_does_not_answer_is_shown_as_down(
