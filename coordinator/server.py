@@ -38,7 +38,7 @@ from accord.coordinator.locks.deadlocks import DeadlockDetector
 from accord.coordinator.locks.fencing import Fencing
 from accord.coordinator.locks.service import LocksService
 from accord.coordinator.locks.store import LockStore
-from accord.coordinator.observability import metrics, tracing
+from accord.coordinator.observability import accord_metrics, metrics, tracing
 from accord.coordinator.observability.metrics_http import MetricsServer
 from accord.coordinator.observability.status import CallLoad, StatusSources
 from accord.coordinator.observability.status_service import ReplicasService
@@ -351,14 +351,21 @@ class Replica:
     async def _watch_health(self) -> None:
         """Report SERVING while etcd is reachable; load balancers and clients can steer
         away from a replica that cannot serve. Never from load: etcd is probed from a
-        thread, over connections of its own (Etcd.answers), so a replica whose event loop
-        is busy with a storm of calls still sees etcd answer and stays SERVING (its callers
-        get answers late, or pushback). NOT_SERVING when etcd refuses, is unreachable or
-        does not answer within HEALTH_PROBE_SECONDS, and while shutting down (stop())."""
+        thread, over connections of its own (Etcd.leader_seen), so a replica whose event
+        loop is busy with a storm of calls still sees etcd answer and stays SERVING (its
+        callers get answers late, or pushback). NOT_SERVING when etcd refuses, is unreachable or
+        does not answer within HEALTH_PROBE_SECONDS, and while shutting down (stop()).
+        The same probe feeds accord_etcd_up and accord_etcd_leader_changes_total (a
+        leader named that differs from the last one named)."""
         assert self.etcd is not None
         serving: bool | None = None
+        leader = 0
         while True:
-            ok = await asyncio.to_thread(self.etcd.answers, HEALTH_PROBE_SECONDS)
+            seen = await asyncio.to_thread(self.etcd.leader_seen, HEALTH_PROBE_SECONDS)
+            ok = seen is not None
+            changed = bool(seen) and bool(leader) and seen != leader
+            leader = seen or leader
+            accord_metrics.etcd_health(ok, changed)
             if ok != serving:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING

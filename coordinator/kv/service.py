@@ -12,6 +12,7 @@ import grpc
 from accord.coordinator.batch_gate import OpGate
 from accord.coordinator.kv import batch
 from accord.coordinator.kv.store import KVStore
+from accord.coordinator.observability import accord_metrics
 from accord.v1 import common_pb2, kv_pb2, kv_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -112,17 +113,18 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Watch(
         self, request: kv_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[kv_pb2.WatchResponse]:
-        async for changes in self._store.watch(
-            request.key,
-            prefix=request.prefix,
-            start_revision=request.start_revision,
-            prev_kv=request.prev_kv,
-        ):
-            yield kv_pb2.WatchResponse(
-                header=self._header(changes.revision),
-                events=changes.events,
-                resume_revision=changes.resume_revision,
-            )
+        with accord_metrics.Open(accord_metrics.WATCH):
+            async for changes in self._store.watch(
+                request.key,
+                prefix=request.prefix,
+                start_revision=request.start_revision,
+                prev_kv=request.prev_kv,
+            ):
+                yield kv_pb2.WatchResponse(
+                    header=self._header(changes.revision),
+                    events=changes.events,
+                    resume_revision=changes.resume_revision,
+                )
 
     async def History(
         self, request: kv_pb2.HistoryRequest, context: Context

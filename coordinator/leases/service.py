@@ -9,6 +9,7 @@ import grpc
 
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.admin import LockAdmin
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import calls
 from accord.v1 import common_pb2, leases_pb2, leases_pb2_grpc
 
@@ -33,10 +34,11 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
     async def KeepAlive(
         self, request_iterator: AsyncIterator[leases_pb2.KeepAliveRequest], context: Context
     ) -> AsyncIterator[leases_pb2.KeepAliveResponse]:
-        async for lease_id, ttl in self._leases.keepalive_stream(request_iterator):
-            yield leases_pb2.KeepAliveResponse(
-                header=self._header(), lease_id=lease_id, ttl_seconds=ttl
-            )
+        with accord_metrics.Open(accord_metrics.KEEPALIVE):
+            async for lease_id, ttl in self._leases.keepalive_stream(request_iterator):
+                yield leases_pb2.KeepAliveResponse(
+                    header=self._header(), lease_id=lease_id, ttl_seconds=ttl
+                )
 
     async def KeepAliveOnce(
         self, request: leases_pb2.KeepAliveOnceRequest, context: Context

@@ -47,6 +47,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import Substrate, audit, calls
 from accord.coordinator.substrate.errors import (
     FieldViolation,
@@ -156,6 +157,7 @@ class LeaseStore:
             with contextlib.suppress(Exception):
                 await self._s.etcd.lease_revoke(granted.ID)
             raise
+        accord_metrics.lease_granted(call.namespace)
         return _info(granted.ID, record, granted.TTL)
 
     async def owned(self, lease_id: int) -> Lease:
@@ -189,6 +191,7 @@ class LeaseStore:
     async def keepalive(self, lease_id: int) -> int:
         ttl = await self._s.etcd.lease_keepalive(lease_id)
         if ttl <= 0:
+            accord_metrics.lease_expired(calls.current.get().namespace)
             raise LeaseNotFound(
                 f"lease {lease_id} has expired", metadata={"lease_id": str(lease_id)}
             )
@@ -228,6 +231,7 @@ class LeaseStore:
                 if kind == "end":
                     return
                 if kind == "gone":
+                    accord_metrics.lease_expired(namespace)
                     raise LeaseNotFound(
                         f"lease {lease_id} ended (expired or revoked); everything attached to "
                         "it was released",

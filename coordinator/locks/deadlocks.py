@@ -64,6 +64,7 @@ from accord.coordinator.locks.graph import (
 from accord.coordinator.locks.queue import Entry
 from accord.coordinator.locks.store import LockStore
 from accord.coordinator.locks.wait_pages import Page, edge_page, page_limit
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import Substrate
 from accord.coordinator.substrate.errors import FieldViolation, require
 from accord.coordinator.substrate.pages import parse_snapshot_token
@@ -116,7 +117,9 @@ class DeadlockDetector:
         while (cycle := find_cycle(edges)) is not None:
             victim = choose_victim(edges, cycle)
             explained = cycle_through(edges, victim) or cycle
-            ended += await self._resolve(namespace, explained, victim, revision)
+            ended += await self._resolve(
+                namespace, explained, victim, revision, accord_metrics.CYCLE
+            )
             edges = [e for e in edges if e.waiter.key != victim.key]
         return ended
 
@@ -138,15 +141,17 @@ class DeadlockDetector:
                 for e in wait_edges(region, with_semaphores=True, waiters=stuck)
                 if e.holder.lease_id in stuck
             ]
-            if not await self._resolve(namespace, waits, victim, revision):
+            if not await self._resolve(namespace, waits, victim, revision, accord_metrics.KNOT):
                 break  # something changed meanwhile: the next wait to start looks again
             ended += 1
             region = {n: [e for e in q if e.key != victim.key] for n, q in region.items()}
         return ended
 
     async def _resolve(
-        self, namespace: str, cycle: list[Edge], victim: Entry, revision: int
+        self, namespace: str, cycle: list[Edge], victim: Entry, revision: int, policy: str
     ) -> int:
+        """End victim's wait (policy: how it was chosen, accord_metrics.CYCLE or KNOT); 1
+        when this call ended it, 0 when the cycle was already broken."""
         members = {e.waiter.key: e.waiter for e in cycle} | {e.holder.key: e.holder for e in cycle}
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(time.time_ns())
@@ -175,6 +180,7 @@ class DeadlockDetector:
         if not committed.response.succeeded:
             return 0  # already broken, here or by another replica
         self.resolved += 1
+        accord_metrics.deadlock_resolved(namespace, policy)
         _log.warning(
             "deadlock resolved",
             namespace=namespace,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from accord.coordinator.locks.looks import head_op
 from accord.coordinator.locks.queue import check_name, entry_of, holders
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import Fenced, FieldViolation, InvalidArgument
 from accord.coordinator.substrate.txn import (
@@ -91,8 +92,10 @@ class Fencing:
         return guard
 
     async def fenced(self, fence: common_pb2.Fence) -> Fenced:
-        """FENCED for fence, saying who holds its lock now."""
+        """FENCED for fence, saying who holds its lock now. Every refused fenced write is
+        worded here, so it is counted here."""
         ns = calls.current.get().namespace
+        accord_metrics.fence_rejected(ns)
         queue_key = self._s.keys.lock_queue(ns, fence.lock)
         found = await self._s.etcd.range(read(queue_key, prefix=True, by_creation=True))
         queue = [entry_of(self._s.keys, ns, raw) for raw in found.kvs]

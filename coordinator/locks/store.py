@@ -62,6 +62,7 @@ from accord.coordinator.locks.queue import (
     mode_name,
 )
 from accord.coordinator.locks.queue_feeds import QueueFeeds
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import (
     AccordError,
@@ -103,6 +104,20 @@ class DeadlockChecker(Protocol):
     async def check(self, namespace: str, lease_id: int | None = None) -> int: ...
 
     async def verdict(self, namespace: str, entry: Entry) -> locks_pb2.Deadlock | None: ...
+
+
+class _Wait:
+    """An acquire's wait in line: when it began, and whether it followed the queue (so a
+    grant after it was handed over by those ahead)."""
+
+    __slots__ = ("began", "followed")
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.followed = False
+
+    def since(self) -> float | None:
+        return self.began if self.followed else None
 
 
 class LockStore:
@@ -193,24 +208,34 @@ class LockStore:
         entry, created, first_look = await self._enqueue(
             ns, name, lease_id, mode, permits, priority
         )
+        kind = accord_metrics.lock_kind(mode, permits)
         if entry.record.granted:
+            if created:  # not a retry finding its grant
+                accord_metrics.lock_granted(ns, kind, None)
             return grant_of(entry), created
+        wait = _Wait()
         try:
-            grant = await self._await_grant(
-                ns, entry, no_wait=no_wait, give_up=give_up, first_look=first_look
-            )
+            with accord_metrics.Open(accord_metrics.LOCK_WAIT):
+                grant = await self._await_grant(
+                    ns, entry, wait, no_wait=no_wait, give_up=give_up, first_look=first_look
+                )
+            accord_metrics.lock_granted(ns, kind, wait.since())
             return grant, created
         except WouldBlock:
             # An entry found, not made, belongs to another call still waiting.
             if created and await self._leave(entry):
+                accord_metrics.lock_granted(ns, kind, None)
                 return grant_of(entry), created
             raise
-        except (LockTimeout, LockConflict):
+        except (LockTimeout, LockConflict) as stopped:
             # The caller's own decision to stop waiting: leave the queue. Cancellation is
             # not one (it may be a failover: the client resumes elsewhere, keeping its
             # place); a client that gives up releases, and a dead one's lease ends.
             if await self._leave(entry):
+                accord_metrics.lock_granted(ns, kind, wait.since())
                 return grant_of(entry), created
+            if isinstance(stopped, LockTimeout):
+                accord_metrics.lock_timed_out(ns)
             raise
 
     async def _enqueue(
@@ -283,13 +308,16 @@ class LockStore:
         self,
         ns: str,
         entry: Entry,
+        wait: _Wait,
         *,
         no_wait: bool,
         give_up: float | None,
         first_look: FirstLook | None,
     ) -> locks_pb2.Grant:
         with contextlib.closing(Looker(self._s, ns, entry, self._feeds)) as looker:
-            grant = await self._wait_in_line(ns, entry, looker, no_wait, give_up, first_look)
+            grant = await self._wait_in_line(
+                ns, entry, looker, wait, no_wait, give_up, first_look
+            )
         self.holds.granted(ns, entry)
         return grant
 
@@ -298,6 +326,7 @@ class LockStore:
         ns: str,
         entry: Entry,
         looker: Looker,
+        wait: _Wait,
         no_wait: bool,
         give_up: float | None,
         first_look: FirstLook | None,
@@ -348,6 +377,7 @@ class LockStore:
                     details=[status],
                     metadata={"lock": entry.lock},
                 )
+            wait.followed = True
             await looker.follow(look, remaining)
             look = None
 

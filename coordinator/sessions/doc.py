@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 from pycrdt import Doc, get_update, merge_updates
 
 from accord.coordinator import logs
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.sessions import compaction, sizes
 from accord.coordinator.sessions.ops import LibraryFailure, guarded, kinds_of
 from accord.coordinator.sessions.subscribers import Event, Merges, Subscriber
@@ -305,6 +306,7 @@ class SessionDoc:
         # Trace contexts by log entry id: each is written in its entry's transaction, just
         # before it, so it comes in the same watch response.
         traces: dict[bytes, bytes] = {}
+        arrived = accord_metrics.update_arrival()
         for event in events:
             kv = event.kv
             part = kv.key[prefix_len:]
@@ -325,7 +327,7 @@ class SessionDoc:
                         if traced is not None:  # its writer's trace context
                             with contextlib.suppress(DecodeError):  # written only by us
                                 update.trace_context.MergeFromString(traced)
-                        self._broadcast(update)
+                        self._broadcast(update, arrived)
                     if self._pending:
                         self._settle_pending()
             elif part.startswith(b"presence\x00"):
@@ -363,10 +365,12 @@ class SessionDoc:
         self.presence[presence.client_id] = presence
         return presence
 
-    def _broadcast(self, event: Event) -> None:
+    def _broadcast(self, event: Event, arrived: float = 0.0) -> None:
+        """Offer event to every subscriber; arrived: when its update reached this replica
+        (accord_metrics.update_arrival())."""
         kind = event.WhichOneof("event")
         for subscriber in list(self.subscribers):
-            subscriber.offer(event, kind)
+            subscriber.offer(event, kind, arrived)
 
     def _disappear(self) -> None:
         if self.gone:

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.sessions.doc import SessionDoc
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import NotFound
@@ -26,6 +27,7 @@ class LoadedSessions:
         self._loaded: dict[tuple[str, str], SessionDoc] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[SessionDoc]] = {}
         self._reaper: asyncio.Task[None] | None = None
+        accord_metrics.count_sessions_loaded(lambda: len(self._loaded))
 
     def presence_of(self, namespace: str, name: str) -> list[sessions_pb2.Presence]:
         """Who is present in a session, as far as this replica has it loaded."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.store import SessionStore
 from accord.v1 import common_pb2, sessions_pb2, sessions_pb2_grpc
@@ -77,10 +78,11 @@ class SessionsService(sessions_pb2_grpc.SessionsServicer):
     async def Subscribe(
         self, request: sessions_pb2.SessionsSubscribeRequest, context: Context
     ) -> AsyncIterator[sessions_pb2.SessionsSubscribeResponse]:
-        async for event in self._sessions.subscribe(
-            request.name, request.state_vector, request.presence
-        ):
-            yield event
+        with accord_metrics.Open(accord_metrics.SUBSCRIBE):
+            async for event in self._sessions.subscribe(
+                request.name, request.state_vector, request.presence
+            ):
+                yield event
 
     async def Read(
         self, request: sessions_pb2.SessionsReadRequest, context: Context

@@ -181,7 +181,8 @@ class SessionStore:
         digest = fingerprint(b"session-push", name.encode(), update, *fence_bytes(fences))
         async with self._loaded.use(name) as session:
             if not sizes.fits(session, update, self._max_bytes) and (
-                not request_id or await self._s.writes.prior(request_id, digest) is None
+                not request_id
+                or await self._s.writes.prior(request_id, digest, answering=False) is None
             ):  # a retry of an accepted push is answered as the first time
                 raise sizes.too_large(session, update, self._max_bytes)
             with sizes.reserved(session, update):

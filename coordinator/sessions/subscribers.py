@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from functools import partial
 
 from pycrdt import merge_updates
 
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.sessions.ops import LibraryFailure, guarded
 from accord.coordinator.sessions.sizes import MAX_MERGED_BYTES
 from accord.coordinator.substrate.errors import AccordError
@@ -70,26 +71,31 @@ class Merges:
 
 class Subscriber:
     """A stream's queue. It never blocks the session: a slow reader's pending updates
-    are merged into one (a CRDT update subsumes its parts), never dropped."""
+    are merged into one (a CRDT update subsumes its parts), never dropped.
+
+    Each queued event keeps when it arrived at this replica (0.0: not measured, such as
+    the state a new subscriber starts from); a message carrying updates is measured from
+    the oldest of them (accord_session_update_delivery_seconds)."""
 
     def __init__(self, presence: bool, merges: Merges | None = None) -> None:
         self.presence = presence
-        self._events: deque[tuple[str | None, Event]] = deque()  # (kind, event)
+        self._events: deque[tuple[str | None, Event, float]] = deque()  # (kind, event, arrived)
         self._limit = MAX_PENDING_EVENTS
         self._merges = merges or Merges()
         self._waiter: asyncio.Future[None] | None = None  # the reader, asleep
         self._ended: AccordError | None = None
         self._closed = False
 
-    def offer(self, event: Event, kind: str | None = None) -> None:
-        """kind: event.WhichOneof("event"), when the caller read it already."""
+    def offer(self, event: Event, kind: str | None = None, arrived: float = 0.0) -> None:
+        """kind: event.WhichOneof("event"), when the caller read it already; arrived:
+        accord_metrics.update_arrival() when the event's update reached this replica."""
         if self._closed:
             return
         if kind is None:
             kind = event.WhichOneof("event")
         if kind != UPDATE and not self.presence:
             return
-        self._events.append((kind, event))
+        self._events.append((kind, event, arrived))
         if len(self._events) > self._limit:
             self._coalesce()
             # What is left is one event per presence client (and the merged updates): with
@@ -104,13 +110,14 @@ class Subscriber:
             waiter.set_result(None)
 
     def _coalesce(self) -> None:
-        updates = [e.update for kind, e in self._events if kind == UPDATE]
-        latest: dict[int, tuple[str | None, Event]] = {}
-        for kind, e in self._events:
+        updates = [e.update for kind, e, _ in self._events if kind == UPDATE]
+        arrived = _oldest(a for kind, _, a in self._events if kind == UPDATE)
+        latest: dict[int, tuple[str | None, Event, float]] = {}
+        for kind, e, a in self._events:
             if kind == "presence":
-                latest[e.presence.client_id] = (kind, e)
+                latest[e.presence.client_id] = (kind, e, a)
             elif kind == "presence_gone":
-                latest[e.presence_gone.client_id] = (kind, e)
+                latest[e.presence_gone.client_id] = (kind, e, a)
         revision = self._events[-1][1].revision
         self._events.clear()
         for run in _runs(updates):
@@ -118,7 +125,9 @@ class Subscriber:
                 merged = [guarded(partial(merge_updates, *run))] if len(run) > 1 else run
             except LibraryFailure:  # stored updates all decoded once; keep them as they are
                 merged = run
-            self._events.extend((UPDATE, Event(revision=revision, update=u)) for u in merged)
+            self._events.extend(
+                (UPDATE, Event(revision=revision, update=u), arrived) for u in merged
+            )
         self._events.extend(latest.values())
 
     def end(self, error: AccordError | None) -> None:
@@ -126,36 +135,41 @@ class Subscriber:
         self._closed = True
         self._wake()
 
-    def _next(self) -> Event:
-        """The next event; updates queued back to back go out as one merged message (a
-        stream message costs far more than merging small updates)."""
-        kind, event = self._events.popleft()
+    def _next(self) -> tuple[Event, float]:
+        """The next event, and when its oldest update arrived (0.0: none measured);
+        updates queued back to back go out as one merged message (a stream message costs
+        far more than merging small updates)."""
+        kind, event, arrived = self._events.popleft()
         if kind != UPDATE:
-            return event
+            return event, 0.0
         run = [event]
+        arrivals = [arrived]
         size = len(event.update)
         while (
             self._events
             and self._events[0][0] == UPDATE
             and size + len(self._events[0][1].update) <= MAX_MERGED_BYTES
         ):
-            later = self._events.popleft()[1]
+            _, later, later_arrived = self._events.popleft()
             size += len(later.update)
             run.append(later)
+            arrivals.append(later_arrived)
         if len(run) == 1:
-            return event
+            return event, arrived
         merged = self._merges.merge(run)
         if merged is None:  # stored updates all decoded once; send them one by one
-            for later in reversed(run[1:]):
-                self._events.appendleft((UPDATE, later))
-            return event
-        return merged
+            for later, later_arrived in zip(reversed(run[1:]), reversed(arrivals[1:]), strict=True):
+                self._events.appendleft((UPDATE, later, later_arrived))
+            return event, arrived
+        return merged, _oldest(arrivals)
 
     async def events(self) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
         while True:
             while self._events:
-                yield self._next()
+                event, arrived = self._next()
+                accord_metrics.update_delivered(arrived)
+                yield event
             self._limit = MAX_PENDING_EVENTS
             if self._closed:
                 if self._ended is not None:
@@ -166,6 +180,11 @@ class Subscriber:
                 await self._waiter
             finally:
                 self._waiter = None
+
+
+def _oldest(arrivals: Iterable[float]) -> float:
+    """The earliest measured arrival (0.0: none was measured)."""
+    return min((a for a in arrivals if a), default=0.0)
 
 
 def _runs(updates: list[bytes]) -> list[list[bytes]]:

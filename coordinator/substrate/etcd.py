@@ -22,7 +22,7 @@ import grpc
 from aetcd.rpc import rpc_pb2 as rpc
 from aetcd.rpc import rpc_pb2_grpc as rpc_grpc
 
-from accord.coordinator.observability import tracing
+from accord.coordinator.observability import accord_metrics, tracing
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
     AccordError,
@@ -200,7 +200,11 @@ class Etcd:
 
     async def txn(self, request: Any, *, retry: bool = False) -> Any:
         """etcd Txn. Retried on failover only when the caller says repeating it is safe."""
-        return await self._unary(_TXN, request, retry=retry)
+        started = time.perf_counter()
+        try:
+            return await self._unary(_TXN, request, retry=retry)
+        finally:
+            accord_metrics.etcd_txn(started)
 
     async def lease_grant(self, ttl: int) -> Any:
         return await self._unary(_LEASE_GRANT, rpc.LeaseGrantRequest(TTL=ttl), retry=True)
@@ -225,8 +229,9 @@ class Etcd:
     async def status(self) -> Any:
         return await self._unary(_STATUS, rpc.StatusRequest(), retry=False)
 
-    def answers(self, timeout: float) -> bool:
-        """Whether some member answers a Status within timeout. Blocking, for a thread of
+    def leader_seen(self, timeout: float) -> int | None:
+        """The leader's member id named by the first member that answers a Status within
+        timeout (0: it knows none); None when none answers. Blocking, for a thread of
         its own, over connections of its own: so whether etcd answers is measured apart
         from the event loop, which a storm of calls may keep busy (health must not take a
         busy replica for an unreachable etcd)."""
@@ -240,11 +245,13 @@ class Etcd:
             ]
         for channel in self._probes:
             try:
-                rpc_grpc.MaintenanceStub(channel).Status(rpc.StatusRequest(), timeout=timeout)
-                return True
+                status = rpc_grpc.MaintenanceStub(channel).Status(
+                    rpc.StatusRequest(), timeout=timeout
+                )
+                return int(status.leader)
             except grpc.RpcError:
                 continue
-        return False
+        return None
 
     async def endpoint_statuses(self, timeout: float) -> list[EndpointStatus]:
         """Every configured endpoint's Maintenance Status (its member, leader and raft

@@ -37,7 +37,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanContext
 
-from accord.coordinator.observability import tracing
+from accord.coordinator.observability import accord_metrics, tracing
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
     AccordError,
@@ -218,6 +218,7 @@ class GroupCommitter:
         self.batches += 1
         self.writes += 1
         self.recent_sizes.append(1)
+        accord_metrics.batch_committed(1)
         if not pending.future.done():
             pending.future.set_result(Committed(response, response.header.revision))
 
@@ -239,6 +240,7 @@ class GroupCommitter:
         self.batches += 1
         self.writes += len(batch)
         self.recent_sizes.append(len(batch))
+        accord_metrics.batch_committed(len(batch))
         revision = response.header.revision
         for pending, op in zip(batch, response.responses, strict=True):
             if not pending.future.done():

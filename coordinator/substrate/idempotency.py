@@ -36,6 +36,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from accord.coordinator import logs
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
     AccordError,
@@ -170,7 +171,9 @@ class Writes:
         )
         if not committed.response.succeeded:
             raw = committed.response.responses[0].response_range.kvs[0]
-            return await replay(prior_of(raw, digest, request_id))
+            prior = prior_of(raw, digest, request_id)
+            accord_metrics.replayed(call.namespace)
+            return await replay(prior)
         first = Committed(committed.response.responses[0].response_txn, committed.revision)
         try:
             result = await act(first)
@@ -212,15 +215,24 @@ class Writes:
                 self._retention.forget(lease)
         raise AssertionError("unreachable")
 
-    async def prior(self, request_id: str, digest: bytes) -> Prior | None:
+    async def prior(
+        self, request_id: str, digest: bytes, *, answering: bool = True
+    ) -> Prior | None:
         """The record of an earlier attempt with this request_id, if there was one (for a
-        write that checks before it builds: a retry may find its lock or lease gone)."""
+        write that checks before it builds: a retry may find its lock or lease gone).
+        answering: the caller answers the retry from it (counted as a replay); False for
+        a look that goes on to apply(), which counts it."""
         if not request_id:
             return None
         call = calls.current.get()
         key = self._keys.idem(call.namespace, call.agent_id, request_id)
         found = await self._etcd.range(read(key))
-        return prior_of(found.kvs[0], digest, request_id) if found.kvs else None
+        if not found.kvs:
+            return None
+        prior = prior_of(found.kvs[0], digest, request_id)
+        if answering:
+            accord_metrics.replayed(call.namespace)
+        return prior
 
     async def drain(self, timeout: float) -> None:
         """Let answers being stored finish (on shutdown), for at most timeout seconds: a

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from accord.coordinator import logs
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, NotFound
 from accord.coordinator.substrate.txn import (
@@ -346,8 +347,10 @@ class Decisions:
         return self._extend(ns, cached, cached.vote, cached.record_mod, revision, new)
 
     def _closed(self, ns: str, vote: votes_pb2.Vote, revision: int) -> None:
+        """This replica's transaction decided vote (exactly one replica's does)."""
         self._open.pop((ns, vote.id), None)
         self._ballots.pop((ns, vote.id), None)
+        accord_metrics.vote_decided(ns, vote_rules.OUTCOME_NAMES[vote.decision.outcome].lower())
         _log.info(
             "vote decided",
             vote_id=vote.id,

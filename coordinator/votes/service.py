@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from accord.coordinator.batch_gate import OpGate
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.votes import batch
 from accord.coordinator.votes.feeds import VoteFeeds
 from accord.coordinator.votes.store import VoteStore
@@ -90,9 +91,10 @@ class VotesService(votes_pb2_grpc.VotesServicer):
     async def Watch(
         self, request: votes_pb2.VotesWatchRequest, context: Context
     ) -> AsyncIterator[votes_pb2.VotesWatchResponse]:
-        async for event in self._feeds.watch(request.vote_id):
-            event.header.replica = self._replica
-            yield event
+        with accord_metrics.Open(accord_metrics.VOTE_WATCH):
+            async for event in self._feeds.watch(request.vote_id):
+                event.header.replica = self._replica
+                yield event
 
     async def Cancel(
         self, request: votes_pb2.VotesCancelRequest, context: Context

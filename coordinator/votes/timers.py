@@ -7,6 +7,10 @@ closing a vote (Decisions.close_due) or deleting it after its retention
 (Decisions.expire_due). Replicas race harmlessly: the decision Txn lets exactly one
 win, and deletions are idempotent. So a vote closes on time even when its proposer and
 the proposer's replica are gone, as long as any replica runs.
+
+Every open vote has a close timer until it is decided, so the close timers followed here
+are the open votes of every namespace: accord_votes_open counts them as they come and go
+(the same figure on every replica), at no cost beyond following them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import time
 
 from accord.coordinator import logs
+from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import AccordError
 from accord.coordinator.substrate.txn import read, watch
@@ -58,7 +63,16 @@ class VoteTimers:
         if parsed is None:
             _log.warning("ignoring a key that is not a vote timer", key=key[-64:].hex())
             return
+        if parsed[1] == "close" and key not in self._due:
+            accord_metrics.votes_open(parsed[2], 1)
         self._due[key] = parsed[0] / 1000
+
+    def _untrack(self, key: bytes) -> None:
+        if self._due.pop(key, None) is None:
+            return
+        parsed = self._keys.parse_vote_timer(key)  # tracked, so parsed
+        if parsed is not None and parsed[1] == "close":
+            accord_metrics.votes_open(parsed[2], -1)
 
     @property
     def pending(self) -> int:
@@ -81,7 +95,8 @@ class VoteTimers:
     async def _follow(self) -> None:
         """Read every timer, then follow changes while firing those that come due."""
         found = await self._etcd.range(read(self._prefix, prefix=True))
-        self._due = {}
+        for key in list(self._due):
+            self._untrack(key)
         for kv in found.kvs:
             self._track(kv.key)
         self._changed.set()
@@ -93,7 +108,7 @@ class VoteTimers:
                     if event.type == event.PUT:
                         self._track(event.kv.key)
                     else:
-                        self._due.pop(event.kv.key, None)
+                        self._untrack(event.kv.key)
                 self._changed.set()
         finally:
             firing.cancel()
@@ -135,7 +150,7 @@ class VoteTimers:
                 else:
                     done = await self._votes.expire_due(ns, vote_id, key, due)
             if done:
-                self._due.pop(key, None)  # deleted in etcd; don't wait for the watch
+                self._untrack(key)  # deleted in etcd; don't wait for the watch
             elif key in self._due:
                 self._due[key] = time.time() + RETRY_SECONDS
         except AccordError as exc:
