@@ -85,7 +85,7 @@ from accord.coordinator.auth.cache import AuthCache
 from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.auth.streams import Revocation
 from accord.coordinator.leases.store import LeaseStore
-from accord.coordinator.observability import trace_context, tracing
+from accord.coordinator.observability import accord_metrics, trace_context, tracing
 from accord.coordinator.quotas.sockets import TRY_AGAIN_LATER, SocketCounts
 from accord.coordinator.sessions.catalog import SessionCatalog
 from accord.coordinator.sessions.lib0 import Fault, Reader
@@ -303,12 +303,13 @@ class YWebsocketServer:
             socket, self._catalog, self._sessions, self._leases, self._auth, self._refusals
         )
         try:
-            if tracing.STATE.tracer is None or socket.request is None:
-                await connection.run()
-            else:  # a span parented to the URL's traceparent, if any
-                path = socket.request.path
-                with tracing.connection_span(path, parse_qsl(urlsplit(path).query)):
+            with accord_metrics.Open(accord_metrics.Y_WEBSOCKET):
+                if tracing.STATE.tracer is None or socket.request is None:
                     await connection.run()
+                else:  # a span parented to the URL's traceparent, if any
+                    path = socket.request.path
+                    with tracing.connection_span(path, parse_qsl(urlsplit(path).query)):
+                        await connection.run()
         finally:
             if counted is not None and self._sockets is not None:
                 self._sockets.leave(*counted)

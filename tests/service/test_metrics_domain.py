@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
 from accord.client import AsyncClient, DeadlockError, FencedError, LockMode, LockTimeoutError
 from accord.v1 import kv_pb2
@@ -30,6 +31,7 @@ from tests.harness import (
     start_etcd,
 )
 from tests.sessions.test_sessions import text_update
+from tests.sessions.test_y_websocket import ws_auth
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -249,13 +251,26 @@ async def test_streams_sessions_and_update_delivery(
     assert await r0.value("accord_streams_open", kind="watch") == 1
     await watch.aclose()
 
+    socket = await connect(
+        f"{r1.replica.ws_url}/{namespace}/notes?agent=ws-app",
+        open_timeout=15,
+        **ws_auth(namespace, "ws-app"),
+    )
+
+    async def sockets() -> float:
+        return await r1.value("accord_streams_open", kind="y_websocket")
+
+    assert await eventually(sockets, lambda n: n == 1) == 1
+    await socket.close()
+
     async def open_streams() -> list[float]:
         return [
             await r1.value("accord_streams_open", kind="subscribe"),
             await r0.value("accord_streams_open", kind="watch"),
+            await sockets(),
         ]
 
-    assert await eventually(open_streams, lambda found: found == [0, 0]) == [0, 0]
+    assert await eventually(open_streams, lambda found: found == [0, 0, 0]) == [0, 0, 0]
 
 
 async def test_a_lease_that_ends_under_its_keep_alive_is_counted_expired(
