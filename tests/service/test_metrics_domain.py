@@ -278,7 +278,11 @@ async def test_a_lease_that_ends_under_its_keep_alive_is_counted_expired(
 ) -> None:
     a, _, c = clients
     lease = await a.leases.grant(ttl=15)  # kept alive by a stream to the first replica
-    assert await metered[0].value("accord_streams_open", kind="keepalive") >= 1
+
+    async def keepalives() -> float:
+        return await metered[0].value("accord_streams_open", kind="keepalive")
+
+    assert await eventually(keepalives, lambda n: n >= 1) >= 1  # the stream starts after
     await c.leases.revoke(lease.id)  # ended by someone else while kept alive
     await asyncio.wait_for(lease.lost.wait(), 15)
 
