@@ -101,7 +101,7 @@ async def test_readers_behind_by_the_same_updates_share_one_merge() -> None:
         for reader in [*readers, lagging]:
             reader.offer(event, "update")
         if step == 0:
-            first = lagging._next()
+            first, _ = lagging._next()  # (event, when its oldest update arrived)
             assert first is event
     merged = [await drain(reader) for reader in readers]
     assert all(len(got) == 1 and got[0] is merged[0][0] for got in merged)
