@@ -234,7 +234,7 @@ IDEMPOTENT_REPLAYS = Counter(
 STREAMS_OPEN = Gauge(
     "accord_streams_open",
     "Streams open on this replica, by kind.",
-    ("kind",),  # watch | subscribe | lock_wait | session | vote_watch | ...
+    ("kind",),  # watch | subscribe | vote_watch | keepalive | lock_wait | y_websocket
     registry=REGISTRY,
 )
 ETCD_UP = Gauge(
@@ -262,7 +262,7 @@ SESSION_UPDATE_DELIVERY_SECONDS = Histogram(
 )
 VOTES_OPEN = Gauge(
     "accord_votes_open",
-    "Open votes this replica follows.",
+    "Open votes (every replica follows all of them: the same on each).",
     ("namespace",),
     registry=REGISTRY,
 )
@@ -280,7 +280,7 @@ LEASES_GRANTED = Counter(
 )
 LEASES_EXPIRED = Counter(
     "accord_leases_expired_total",
-    "Leases that expired (not revoked).",
+    "Leases that ended while kept alive on this replica (expired, or ended by another).",
     ("namespace",),
     registry=REGISTRY,
 )

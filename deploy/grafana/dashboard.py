@@ -222,7 +222,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Votes open",
                 (
                     (
-                        f"sum by (namespace) (accord_votes_open{{{NS}}})",
+                        # Each replica follows every open vote: one replica's figure.
+                        f"max by (namespace) (accord_votes_open{{{NS}}})",
                         "{{namespace}}",
                     ),
                 ),

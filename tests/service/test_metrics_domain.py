@@ -1,19 +1,18 @@
 """Accord's own metrics move by what real calls did: two replicas serving /metrics over
-the session etcd, scraped and parsed with prometheus_client's text parser. Each test
+the session etcd, scraped and parsed with prometheus_client's text parser
+(tests.harness.metrics). Each test
 uses its own namespace, so a namespace-labelled figure starts at 0 and is read as is;
 figures without a namespace are compared before and after."""
 
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from accord.client import AsyncClient, DeadlockError, FencedError, LockMode, LockTimeoutError
@@ -21,50 +20,39 @@ from accord.v1 import kv_pb2
 from tests.harness import (
     Coordinator,
     EtcdMember,
+    Scrape,
     Stubs,
     eventually,
-    free_port,
     identity,
     make_client,
     queued,
+    scrape,
     start_coordinator,
     start_etcd,
 )
 from tests.sessions.test_sessions import text_update
 from tests.sessions.test_y_websocket import ws_auth
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 @dataclass
 class Metered:
     replica: Coordinator
-    metrics_port: int
 
     @property
     def address(self) -> str:
         return self.replica.address
 
-    async def scrape(self) -> Samples:
-        def fetch() -> str:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return str(response.read().decode())
-
-        samples: Samples = {}
-        for family in text_string_to_metric_families(await asyncio.to_thread(fetch)):
-            for s in family.samples:
-                samples[(s.name, frozenset(s.labels.items()))] = s.value
-        return samples
+    async def scrape(self) -> Scrape:
+        assert self.replica.metrics_port is not None
+        return await scrape(self.replica.metrics_port)
 
     async def value(self, name: str, **labels: str) -> float:
         """The sum of name's samples whose labels include labels."""
         return total(await self.scrape(), name, **labels)
 
 
-def total(samples: Samples, name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+def total(scraped: Scrape, name: str, **labels: str) -> float:
+    return scraped.value(name, labels)
 
 
 async def both(metered: list[Metered], name: str, **labels: str) -> float:
@@ -73,11 +61,9 @@ async def both(metered: list[Metered], name: str, **labels: str) -> float:
 
 
 def start_metered(workdir: Path, name: str, endpoint: str) -> Metered:
-    port = free_port()
-    replica = start_coordinator(
-        workdir, name, [endpoint], extra_args=["--metrics-listen", f"127.0.0.1:{port}"]
-    )
-    return Metered(replica, port)
+    """A replica of this module's own: its namespace labels are not yet spent (the cap,
+    --metrics-max-namespaces, counts every namespace a process labelled)."""
+    return Metered(start_coordinator(workdir, name, [endpoint], metrics=True))
 
 
 @pytest.fixture(scope="module")
