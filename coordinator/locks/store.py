@@ -106,20 +106,6 @@ class DeadlockChecker(Protocol):
     async def verdict(self, namespace: str, entry: Entry) -> locks_pb2.Deadlock | None: ...
 
 
-class _Wait:
-    """An acquire's wait in line: when it began, and whether it followed the queue (so a
-    grant after it was handed over by those ahead)."""
-
-    __slots__ = ("began", "followed")
-
-    def __init__(self) -> None:
-        self.began = time.monotonic()
-        self.followed = False
-
-    def since(self) -> float | None:
-        return self.began if self.followed else None
-
-
 class LockStore:
     def __init__(self, substrate: Substrate, leases: LeaseStore) -> None:
         self._s = substrate
@@ -213,7 +199,7 @@ class LockStore:
             if created:  # not a retry finding its grant
                 accord_metrics.lock_granted(ns, kind, None)
             return grant_of(entry), created
-        wait = _Wait()
+        wait = accord_metrics.LockWait()
         try:
             with accord_metrics.Open(accord_metrics.LOCK_WAIT):
                 grant = await self._await_grant(
@@ -308,7 +294,7 @@ class LockStore:
         self,
         ns: str,
         entry: Entry,
-        wait: _Wait,
+        wait: accord_metrics.LockWait,
         *,
         no_wait: bool,
         give_up: float | None,
@@ -326,7 +312,7 @@ class LockStore:
         ns: str,
         entry: Entry,
         looker: Looker,
-        wait: _Wait,
+        wait: accord_metrics.LockWait,
         no_wait: bool,
         give_up: float | None,
         first_look: FirstLook | None,

@@ -61,6 +61,21 @@ def lock_kind(mode: int, permits: int) -> str:
     return SHARED if mode == locks_pb2.LOCK_MODE_SHARED else EXCLUSIVE
 
 
+class LockWait:
+    """An Acquire's wait in line: when it began, and whether it followed the queue (so
+    that a grant after it was handed over by those ahead)."""
+
+    __slots__ = ("began", "followed")
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.followed = False
+
+    def since(self) -> float | None:
+        """When the wait began, if the grant was handed over (lock_granted)."""
+        return self.began if self.followed else None
+
+
 def lock_granted(namespace: str, kind: str, waiting_since: float | None) -> None:
     """A grant answered; waiting_since: time.monotonic() when its wait in line began
     (None: it held at once), so the grant was handed to it by those ahead leaving."""
