@@ -1,8 +1,8 @@
 """/metrics on a real replica (--metrics-listen): it parses with Prometheus's text parser,
 the gRPC server metrics move by exactly the calls made (unary, server stream,
 stream-stream, and a refusal under its code), namespaces beyond the cap are `_other`,
-refusals are counted (an unauthenticated one never by namespace), and every other path
-is 404."""
+refusals are counted (an unauthenticated one never by namespace), every other path is
+404, and under --workers each worker serves its own on port + i."""
 
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ from tests.harness import (
     Stubs,
     eventually,
     fetch,
+    free_port,
     identity,
     scrape,
     start_coordinator,
+    stubs_by_replica,
 )
 
 
@@ -217,3 +219,80 @@ async def test_only_get_metrics_is_served(measured: Coordinator, method: str, pa
     status, body = await asyncio.to_thread(fetch, _port(measured), "/metrics")
     assert status == 200
     assert "grpc_server_started_total" in body or "accord_inflight_calls" in body
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    replicas: list[Coordinator], etcd: EtcdMember, workdir: Path
+) -> Iterator[Coordinator]:
+    """`accord serve --workers 2 --metrics-listen 127.0.0.1:PORT` (auth off whatever the
+    suite's mode: the workers test's own way)."""
+    coordinator = Coordinator(
+        name="metrics-workers",
+        log=workdir / "metrics-workers.log",
+        port=free_port(),
+        etcd_endpoints=[etcd.endpoint],
+        extra_args=["--workers", "2"],
+        ws=False,
+        metrics_port=free_port(),
+    )
+    coordinator.start()
+    yield coordinator
+    coordinator.terminate()
+
+
+async def test_each_worker_serves_its_own_metrics_on_port_plus_its_index(
+    two_workers: Coordinator, namespace: str
+) -> None:
+    port = _port(two_workers)
+    replicas = ("metrics-workers-w0", "metrics-workers-w1")
+    meta = (("accord-namespace", namespace), ("accord-agent-id", "tester"))
+    put = _grpc("unary", "accord.v1.KV", "Put")
+    found = await stubs_by_replica(two_workers.address, replicas, meta)
+    try:
+        before = [await scrape(port + i) for i in range(2)]
+        for i, replica in enumerate(replicas):
+            for n in range(i + 1):  # one Put to worker 0, two to worker 1
+                await found[replica].kv.Put(
+                    kv_pb2.PutRequest(key=f"w{i}-{n}", value=b"x"), metadata=meta
+                )
+        after = [await scrape(port + i) for i in range(2)]
+    finally:
+        for stubs in found.values():
+            await stubs.close()
+    for i in range(2):
+        assert _moved(before[i], after[i], "grpc_server_handled_total", put) == i + 1
+
+
+@pytest.fixture(scope="module")
+def rated(replicas: list[Coordinator], etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
+    """A replica allowing each namespace 1 request a second (a burst of 2)."""
+    replica = start_coordinator(
+        workdir,
+        "metrics-rated",
+        [etcd.endpoint],
+        ["--quota", "requests_per_second=1", "--rate-refusal-hold", "0"],
+        ws=False,
+        metrics=True,
+    )
+    yield replica
+    replica.terminate()
+
+
+async def test_a_batch_operation_refused_by_a_quota_is_counted(
+    rated: Coordinator, namespace: str
+) -> None:
+    before = await scrape(_port(rated))
+    ops = [kv_pb2.BatchOp(put=kv_pb2.PutRequest(key=f"b{i}", value=b"x")) for i in range(8)]
+    async with Stubs(rated.address) as stubs:
+        answer = await stubs.kv.Batch(
+            kv_pb2.BatchRequest(ops=ops), metadata=identity(namespace, "tester")
+        )
+    refused = [o for o in answer.outcomes if o.WhichOneof("outcome") == "error"]
+    assert refused  # the call took a token, its 8 operations one each: 2 in the bucket
+    assert all(o.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] for o in refused)
+    after = await scrape(_port(rated))
+    rate = {"namespace": namespace, "limit": "requests_per_second"}
+    assert _moved(before, after, "accord_quota_refusals_total", rate) == len(refused)
+    batch = _grpc("unary", "accord.v1.KV", "Batch", grpc_code="OK")
+    assert _moved(before, after, "grpc_server_handled_total", batch) == 1
