@@ -13,7 +13,9 @@ each request it reads.
 
 The code a call is counted under is the status it ends with: the one the interceptor
 set for a refusal or an error, OK otherwise; a call the client cancelled (or whose
-deadline passed) while it ran is Canceled (or DeadlineExceeded).
+deadline passed) while it ran is Canceled (or DeadlineExceeded). A stream whose method
+returned is counted once gRPC has sent its status (a done callback): a client that went
+away may end a stream-stream call's requests first, and only then is it known cancelled.
 
 Error handling: nothing here raises; measuring never changes what a call does or sends.
 """
@@ -102,17 +104,29 @@ def measured_stream(method: str, grpc_type: str, behavior: Any) -> Any:
             request = _counted(request, counts)
         else:
             counts.received += 1
-        code = None
+        returned = False
         try:
             async with aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     counts.sent += 1
                     yield response
-            code = context.code() or _OK
+            returned = True
         finally:
-            _end(counts, code or _ended(context), started)
+            if returned:  # a client that left may have ended the requests: see _final
+                context.add_done_callback(lambda _: _end(counts, _final(context), started))  # type: ignore[arg-type]
+            else:
+                _end(counts, _ended(context), started)
 
     return run
+
+
+def _final(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The status of a stream whose method returned, once gRPC has sent it: the one the
+    interceptor set, OK if none, or CANCELLED if the client went away (its requests
+    ended, and the method returned normally)."""
+    if context.cancelled():
+        return grpc.StatusCode.CANCELLED
+    return context.code() or _OK
 
 
 async def _counted(requests: AsyncIterator[Any], counts: MethodCounts) -> AsyncIterator[Any]:

@@ -142,6 +142,35 @@ async def test_a_stream_stream_call_counts_each_message_each_way(
     assert _moved(before, after, "grpc_server_handled_total", {**keepalive, "grpc_code": "OK"}) == 1
 
 
+async def test_a_stream_stream_call_the_client_cancels_is_counted_canceled(
+    measured: Coordinator, namespace: str
+) -> None:
+    keepalive = _grpc("bidi_stream", "accord.v1.Leases", "KeepAlive")
+    meta = identity(namespace, "tester")
+    async with Stubs(measured.address) as stubs:
+        lease = await stubs.leases.Grant(leases_pb2.GrantRequest(ttl_seconds=30), metadata=meta)
+        before = await scrape(_port(measured))
+        stream = stubs.leases.KeepAlive(metadata=meta)
+        for _ in range(2):
+            await stream.write(leases_pb2.KeepAliveRequest(lease_id=lease.lease.id))
+            await stream.read()
+        stream.cancel()
+    after = await eventually(
+        lambda: scrape(_port(measured)),
+        lambda s: _moved(before, s, "grpc_server_handled_total", keepalive) == 1,
+    )
+    # Counted once, when gRPC has sent the status: Canceled, or OK when the method saw its
+    # requests end and returned before gRPC knew the client had gone (a race: README).
+    codes = after.label_values("grpc_server_handled_total", "grpc_code")
+    moved = {
+        code: _moved(before, after, "grpc_server_handled_total", {**keepalive, "grpc_code": code})
+        for code in codes
+    }
+    assert {code for code, n in moved.items() if n} <= {"Canceled", "OK"}
+    assert _moved(before, after, "grpc_server_msg_received_total", keepalive) == 2
+    assert after.value("accord_inflight_calls") == 0
+
+
 @pytest.fixture(scope="module")
 def capped(replicas: list[Coordinator], etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
     """A replica labelling 2 namespaces by name, refusing every stream (a quota refusal
