@@ -428,6 +428,40 @@ def test_a_call_refused_for_its_credentials_names_no_namespace(
         replica.terminate()
 
 
+def test_each_worker_exports_as_its_own_instance(
+    replicas: list[Coordinator],
+    etcd: EtcdMember,
+    workdir: Path,
+    receiver: OtlpReceiver,
+    namespace: str,
+) -> None:
+    """serve --workers 2: calls over fresh connections reach both workers, and each
+    worker's spans name it (service.instance.id REPLICA-wI)."""
+    replica = start_coordinator(
+        workdir, "traced-workers", [etcd.endpoint], ["--workers", "2"], env=receiver.env(), ws=False
+    )
+
+    async def calls() -> set[str]:
+        for _ in range(40):
+            async with make_client([replica.address], namespace) as client:  # a new connection
+                await client.kv.put("k", "v")
+        spans = await _where(
+            receiver,
+            lambda s: (
+                s.name == "accord.v1.KV/Put" and s.attributes.get("accord.namespace") == namespace
+            ),
+            lambda found: len(found) == 40,
+            "the 40 Puts' spans",
+        )
+        return {s.resource["service.instance.id"] for s in spans}
+
+    try:
+        instances = asyncio.run(calls())
+    finally:
+        replica.terminate()
+    assert instances == {"traced-workers-w0", "traced-workers-w1"}
+
+
 def test_a_stopping_replica_exports_the_spans_still_queued(
     replicas: list[Coordinator],
     etcd: EtcdMember,
