@@ -7,6 +7,9 @@ figures without a namespace are compared before and after."""
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from tests.harness import (
 )
 from tests.sessions.test_sessions import text_update
 from tests.sessions.test_y_websocket import ws_auth
+from tests.substrate.test_etcd_cluster import _leader, _script
 
 
 @dataclass
@@ -298,3 +302,65 @@ async def test_etcd_up_follows_etcd(workdir: Path, replicas: list[Coordinator]) 
     finally:
         m.replica.terminate()
         own.kill()
+
+
+async def test_a_semaphore_knot_is_counted_as_a_knot(
+    metered: list[Metered], clients: list[AsyncClient], namespace: str
+) -> None:
+    """S has 2 permits, held by a and b; c holds L and waits for S; a waits for L; then b
+    waits for L too: no one can finish, and b's wait ends (locks/test_deadlocks.py)."""
+    a, b, c = clients  # replicas 0, 0, 1
+    lease_a, lease_b, lease_c = [await x.leases.grant(ttl=15) for x in clients]
+    for client, lease in ((a, lease_a), (b, lease_b)):
+        await client.locks.acquire("S", lease, permits=2)
+    await c.locks.acquire("L", lease_c)
+    c_waits = asyncio.create_task(c.locks.acquire("S", lease_c, permits=2, wait=30))
+    a_waits = asyncio.create_task(a.locks.acquire("L", lease_a, wait=30))
+    await queued(a, "L", 1)
+    await queued(a, "S", 1)
+    with pytest.raises(DeadlockError):
+        await b.locks.acquire("L", lease_b, wait=30)
+    assert await both(metered, "accord_deadlocks_total", namespace=namespace, policy="knot") == 1
+    assert await both(metered, "accord_deadlocks_total", namespace=namespace) == 1
+    await b.locks.release("S", lease_b)  # the victim gives up its permit
+    await c.locks.release(await asyncio.wait_for(c_waits, 10))
+    await c.locks.release("L", lease_c)
+    await a.locks.release(await asyncio.wait_for(a_waits, 10))
+    semaphore = {"namespace": namespace, "kind": "semaphore"}
+    assert await both(metered, "accord_lock_grants_total", **semaphore) == 3
+    for lease in (lease_a, lease_b, lease_c):
+        await lease.revoke()
+
+
+@pytest.mark.faults
+async def test_losing_the_etcd_leader_is_one_leader_change(
+    workdir: Path, replicas: list[Coordinator]
+) -> None:
+    """A replica over deploy/local-cluster.sh's three etcd members, whose leader is killed:
+    the survivors elect another, and the health probe sees the leader change."""
+    directory = workdir / f"cluster-{uuid.uuid4().hex[:6]}"
+    directory.mkdir()
+    for _ in range(3):  # another process may hold one of the ports: try another base
+        base = random.randrange(30000, 60000, 200)
+        up = _script("up", directory, base)
+        if up.returncode == 0:
+            break
+    else:
+        raise AssertionError(f"local-cluster.sh up failed: {up.stderr}")
+    env = dict(line.split("=", 1) for line in (directory / "endpoints.env").read_text().split())
+    endpoints = env["ACCORD_ETCD"]
+    m = start_metered(workdir, f"metered-leader-{uuid.uuid4().hex[:6]}", endpoints)
+    try:
+
+        async def changes() -> float:
+            return await m.value("accord_etcd_leader_changes_total")
+
+        assert await eventually(lambda: m.value("accord_etcd_up"), lambda v: v == 1) == 1
+        assert await changes() == 0
+        leader = _leader(endpoints)
+        os.kill(int((directory / f"etcd-{leader}.pid").read_text()), signal.SIGKILL)
+        assert await eventually(changes, lambda n: n >= 1, timeout=30) >= 1
+        assert await m.value("accord_etcd_up") == 1  # the survivors answer
+    finally:
+        m.replica.terminate()
+        _script("down", directory, base)
