@@ -1,14 +1,16 @@
 """What the Prometheus metrics cost a call: CAS throughput and the coordinator's CPU per
 CAS on a replica serving /metrics (scraped every second) beside one without, over the
-same etcd, side by side in one run (issue 15's target: at most 3% slower).
+same etcd, side by side in one run (issue 15's target: at most 3% slower); and a second
+replica without, so the run shows how far apart two equal replicas come out (A/A).
 
     python -m benchmarks.metrics [--seconds 3] [--clients 64] [--rounds 3]
 
 Every client owns one key and compare-and-sets it on its last mod_revision through the
 public AsyncClient, unbatched (one gRPC call per CAS: the per-call cost the interceptor's
-metrics add shows most there) and batched (the default client). The two replicas take
-turns, mode by mode and round by round, so load from elsewhere on the machine falls on
-both alike; each figure sums its rounds.
+metrics add shows most there) and batched (the default client). The replicas take turns,
+mode by mode and round by round (each first in turn), so load from elsewhere on the
+machine falls on all alike; each figure sums its rounds. The summary also gives what
+measuring adds to one unary call, timed in process (wrapper_cost_us).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.harness import start_coordinator, start_etcd
 VALUE = b"x" * 64
 OFF = "metrics off"
 ON = "metrics on (scraped every 1 s)"
+CONTROL = "metrics off, a second replica (A/A control)"
 SCRAPE_EVERY_SECONDS = 1.0
 
 
@@ -110,6 +113,7 @@ async def run(seconds: float, clients: int, rounds: int, out: Path) -> None:
     replicas = {
         OFF: start_coordinator(base, "off", [etcd.endpoint], quiet, ws=False),
         ON: start_coordinator(base, "on", [etcd.endpoint], quiet, ws=False, metrics=True),
+        CONTROL: start_coordinator(base, "control", [etcd.endpoint], quiet, ws=False),
     }
     modes = {"CAS, unbatched": False, "CAS, batched": True}
     made = {
@@ -128,7 +132,8 @@ async def run(seconds: float, clients: int, rounds: int, out: Path) -> None:
         with Scraper(port) as scraper:
             for turn in range(rounds):
                 for mode in modes:
-                    order = [OFF, ON] if turn % 2 == 0 else [ON, OFF]
+                    order = [OFF, ON, CONTROL]
+                    order = order[turn % 3 :] + order[: turn % 3]  # each goes first in turn
                     for side in order:
                         client = made[(side, mode)]
                         pids = {"coordinator": replicas[side].pid}
@@ -159,21 +164,24 @@ async def run(seconds: float, clients: int, rounds: int, out: Path) -> None:
             mode, cpu_us_per_op={"coordinator": round(cpu[(side, mode)] / ops)},
         )  # fmt: skip
         results.append(result)
-    ratios = ratios_vs_peer(results, OFF, targets={clients: 0.97})
+    ratios = ratios_vs_peer(results, OFF, [ON], targets={clients: 0.97})
+    ratios += ratios_vs_peer(results, OFF, [CONTROL])  # how far apart two equal replicas are
     by = {(r.name, r.workload): r for r in results}
     for mode in modes:
-        on, off = by[(ON, mode)], by[(OFF, mode)]
-        ratios.append(
-            Ratio(mode, f"{ON}: coordinator", f"{OFF}: coordinator", "CPU us/op",
-                  round(on.cpu_us_per_op["coordinator"] / off.cpu_us_per_op["coordinator"], 3),
-                  clients, higher_is_better=False)
-        )  # fmt: skip
-    summary: dict[str, object] = {
-        f"on/off ops ratio, {mode} @{clients}": round(
-            by[(ON, mode)].ops_per_s / by[(OFF, mode)].ops_per_s, 3
-        )
-        for mode in modes
-    }
+        off = by[(OFF, mode)]
+        for side in (ON, CONTROL):
+            ratios.append(
+                Ratio(mode, f"{side}: coordinator", f"{OFF}: coordinator", "CPU us/op",
+                      round(by[(side, mode)].cpu_us_per_op["coordinator"]
+                            / off.cpu_us_per_op["coordinator"], 3),
+                      clients, higher_is_better=False)
+            )  # fmt: skip
+    summary: dict[str, object] = {}
+    for mode in modes:
+        for side, name in ((ON, "on/off"), (CONTROL, "off/off (A/A)")):
+            summary[f"{name} ops ratio, {mode} @{clients}"] = round(
+                by[(side, mode)].ops_per_s / by[(OFF, mode)].ops_per_s, 3
+            )
     summary["measuring, us added per unary call (in process)"] = await wrapper_cost_us()
     summary["scrapes"] = scrapes
     summary["scrape bytes"] = scrape_bytes
