@@ -1,7 +1,8 @@
 """Runs the dashboard's and the rules' queries against a real Prometheus scraping a real
 replica, on loopback: a private etcd, one `accord serve --metrics-listen`, Debian's
 `prometheus` with deploy/prometheus/rules.yml, some traffic from the Python client (puts,
-a refused CAS, a contended lock handed off, a lease, a session update, a decided vote),
+a refused CAS, a contended lock handed off, a lock wait timed out, a fenced write refused,
+leases, a session update, a decided and an open vote),
 then every query of deploy/grafana/dashboards/accord.json and every rule, through
 Prometheus's HTTP API. Prints each query's series count; run by `deploy/validate.sh --live`.
 
@@ -32,7 +33,15 @@ from pathlib import Path
 
 from pycrdt import Text
 
-from accord.client import AsyncClient, ConditionFailedError, Expect, Rule, ops
+from accord.client import (
+    AsyncClient,
+    ConditionFailedError,
+    Expect,
+    FencedError,
+    LockTimeoutError,
+    Rule,
+    ops,
+)
 
 DEPLOY = Path(__file__).resolve().parent.parent
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "accord.json"
@@ -42,9 +51,7 @@ SUBSTITUTE = {"$__rate_interval": "1m", "$__range": "5m", "$instance": ".*", "$n
 MAY_BE_EMPTY = (
     "Share of calls by status code",  # every code but OK: only the refused CAS
     "Error ratio by method",
-    "Hand-offs and timeouts/s [timeouts]",
     "Deadlocks by policy",
-    "Fenced writes refused/s",
     "Leases granted and expired/s [expired]",
     "etcd leader changes",
     "Idempotent replays/s",
@@ -107,7 +114,11 @@ async def traffic(address: str) -> None:
                 waiter = asyncio.create_task(b.locks.acquire("doc", lb, wait=10))
                 await asyncio.sleep(0.3)
             grant = await waiter
+            with contextlib.suppress(LockTimeoutError):  # a timeout
+                await a.locks.acquire("doc", la, wait=0.2)
             await b.locks.release(grant)
+            with contextlib.suppress(FencedError):  # a fenced write refused
+                await b.kv.put("doc/body", b"late", fence=grant)
         async with a.session("notes") as doc:  # opened or created, and subscribed
             doc.get("t", type=Text).insert(0, "hello")
         await b.sessions.apply("notes", ops.text_insert("t", 0, "hi "))
@@ -156,10 +167,25 @@ def main() -> int:
             for port, what in ((grpc_port, "accord"), (metrics, "/metrics"), (prom, "prometheus")):
                 wait_port(port, what)
             asyncio.run(traffic(f"127.0.0.1:{grpc_port}"))
-            time.sleep(5)  # a few scrapes and rule evaluations after the traffic
+            scraped(prom)
             return report(prom)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def scraped(prom: int) -> None:
+    """Until Prometheus holds 5 successful scrapes taken after the traffic (a rate needs
+    two samples; rules need an evaluation), at most 60 s."""
+    after = time.time()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        since = int(time.time() - after) + 1
+        found = query(prom, f'sum_over_time(up{{job="accord"}}[{since}s])')
+        if found and float(found[0]["value"][1]) >= 5:  # type: ignore[index]
+            return
+    duration = query(prom, "scrape_duration_seconds")
+    raise SystemExit(f"live_check: fewer than 5 scrapes in 60 s (last took {duration})")
 
 
 def report(prom: int) -> int:
