@@ -1,19 +1,38 @@
-"""Named points where a test can make a replica die, to reproduce a crash exactly there.
+"""Named points where a test can make a replica die, or misbehave, to prove a check.
 
 Set ACCORD_FAILPOINTS to a comma-separated list of point names before starting a
 replica; reaching a listed point ends the process at once (exit status 137, as SIGKILL
-would). Unset in production, where `hit` costs one set lookup.
+would).
+
+Set ACCORD_TEST_BREAK to a comma-separated list of deliberate bugs, to prove that the
+fault suite's checkers (tests/faults) catch a broken server. Known names:
+- `fencing.skip_compare`: a fenced write is not checked against its grant at all (no
+  early FENCED, no compare in the write's transaction), as if fencing were forgotten.
+
+Both are read once at import. Unset in production, where `hit` and `broken` cost one
+set lookup.
+
+Error handling: none; an unknown name is simply never reached.
 """
 
 from __future__ import annotations
 
 import os
 
-_ACTIVE = frozenset(
-    p.strip() for p in os.environ.get("ACCORD_FAILPOINTS", "").split(",") if p.strip()
-)
+
+def _names(variable: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in os.environ.get(variable, "").split(",") if p.strip())
+
+
+_ACTIVE = _names("ACCORD_FAILPOINTS")
+_BROKEN = _names("ACCORD_TEST_BREAK")
 
 
 def hit(name: str) -> None:
     if name in _ACTIVE:
         os._exit(137)
+
+
+def broken(name: str) -> bool:
+    """Whether the deliberate bug `name` is switched on (tests only)."""
+    return name in _BROKEN
