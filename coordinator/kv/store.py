@@ -43,7 +43,7 @@ from accord.coordinator.kv.model import (
 )
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.fencing import FenceGuard, Fencing, fence_bytes
-from accord.coordinator.observability import trace_context
+from accord.coordinator.observability import accord_metrics, trace_context
 from accord.coordinator.substrate import Substrate, calls, preconditions
 from accord.coordinator.substrate.errors import (
     Compacted,
@@ -350,13 +350,15 @@ class KVStore:
         try:
             for lease_id in sorted({op.lease for op in ops if op.lease}):
                 await self._leases.owned(lease_id)  # ephemeral keys hang on the caller's leases
-            guard = await self._fencing.guard(fences)
-        except (Fenced, LeaseNotFound):
+            guard = await self._fencing.guard(fences, counted=False)
+        except (Fenced, LeaseNotFound) as refused:
             # A retry of a write that applied while the lock or lease still held gets the
             # first answer, not a refusal of the retry.
             prior = await self._s.writes.prior(request_id, digest)
             if prior is not None:
                 return await self._replay(ns, checks, ops, fences, prior, return_current)
+            if isinstance(refused, Fenced):
+                accord_metrics.fence_rejected(ns)
             raise
         call = calls.current.get()
         provenance = common_pb2.Provenance(

@@ -71,10 +71,12 @@ class Fencing:
         self._s = substrate
 
     async def guard(
-        self, fences: Sequence[common_pb2.Fence], *, field: str = "fences"
+        self, fences: Sequence[common_pb2.Fence], *, field: str = "fences", counted: bool = True
     ) -> FenceGuard:
         """The compares that hold exactly while every fence's grant holds. FENCED at once
-        if one holds nothing now. field: the request's name for them ("fence" for one)."""
+        if one holds nothing now. field: the request's name for them ("fence" for one).
+        counted: False for a caller that may yet answer instead (a retry's first answer),
+        and counts the rejection itself when it does refuse."""
         guard = FenceGuard()
         if not fences or _SKIP_COMPARE:
             return guard
@@ -88,17 +90,18 @@ class Fencing:
                 raise InvalidArgument(violations)
             raw = await self._holding(ns, fence)
             if raw is None:
-                raise await self.fenced(fence)
+                raise await self.fenced(fence, counted=counted)
             guard.fences.append(fence)
             guard.compares.append(created_at(raw.key, fence.token))  # that grant still holds
             guard.reads.append(get(raw.key))
         return guard
 
-    async def fenced(self, fence: common_pb2.Fence) -> Fenced:
+    async def fenced(self, fence: common_pb2.Fence, *, counted: bool = True) -> Fenced:
         """FENCED for fence, saying who holds its lock now. Every refused fenced write is
-        worded here, so it is counted here."""
+        worded here, so it is counted here (unless counted is False: guard)."""
         ns = calls.current.get().namespace
-        accord_metrics.fence_rejected(ns)
+        if counted:
+            accord_metrics.fence_rejected(ns)
         queue_key = self._s.keys.lock_queue(ns, fence.lock)
         found = await self._s.etcd.range(read(queue_key, prefix=True, by_creation=True))
         queue = [entry_of(self._s.keys, ns, raw) for raw in found.kvs]

@@ -164,8 +164,12 @@ async def test_a_write_with_a_stale_fence_is_a_fence_rejection(
     a, _, c = clients
     lease = await a.leases.grant(ttl=15)
     grant = await a.locks.acquire("F", lease)
-    await c.kv.put("guarded", b"1", fence=grant)
+    await c.kv.put("guarded", b"1", fence=grant, request_id="fenced-1")
     await a.locks.release(grant)
+    # A retry of the write that applied gets its first answer: a replay, not a rejection.
+    await c.kv.put("guarded", b"1", fence=grant, request_id="fenced-1")
+    assert await both(metered, "accord_idempotent_replays_total", namespace=namespace) == 1
+    assert await both(metered, "accord_fence_rejections_total", namespace=namespace) == 0
     with pytest.raises(FencedError):
         await c.kv.put("guarded", b"2", fence=grant)
     assert await both(metered, "accord_fence_rejections_total", namespace=namespace) == 1
