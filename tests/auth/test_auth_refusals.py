@@ -67,6 +67,9 @@ def client(cluster: AuthCluster, namespace: str, token: str, agent: str = "") ->
         "Bearer ",  # a scheme and nothing
         "Bearer " + str(tokens.new()),  # well-formed, unknown
     ],
+    # Fixed ids: the random tokens must not name the tests (pytest-xdist's workers each
+    # collect, and must collect the same names).
+    ids=["none", "garbage", "bad-alphabet", "basic", "empty", "unknown"],
 )
 async def test_no_valid_token_is_unauthenticated_everywhere(
     auth_cluster: AuthCluster, namespace: str, authorization: str | None
