@@ -5,7 +5,10 @@ one stream (moving to another replica if one dies; refreshing it with one call a
 time while the namespace's stream quota has no stream to spare) and revokes it on exit.
 When the lease is lost anyway (expired during a long stall, revoked by an admin),
 `lease.lost` is set and `on_lost` callbacks run: whatever the agent held under it is
-gone, and fenced writes made with its grants will fail.
+gone, and fenced writes made with its grants will fail. `lease.lost_reason` is the
+server's LeaseNotFoundError whenever a replica could say so (also after a stall past
+the TTL: the client asks once before giving up); an UnavailableError with reason
+LEASE_NOT_FOUND only when the TTL passed by the client's clock and no replica answered.
 """
 
 from __future__ import annotations
@@ -149,6 +152,14 @@ class Lease:
                     return
             except AccordError as exc:
                 if time.monotonic() >= self._expires_at:
+                    # Past its TTL by our clock (a stall, say): ask once, so that a lease
+                    # that is gone is reported as such (LeaseNotFoundError) and one that
+                    # lived on (etcd TTLs are minimums) is kept, not given up.
+                    if await self._refresh_once():
+                        failures = 0
+                        continue
+                    if self.lost_reason is not None:
+                        return
                     self._lose(
                         UnavailableError(
                             f"lease {self.id} could not be kept alive before it expired: "
