@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from accord.coordinator.kv import breaks
 from accord.coordinator.kv.model import History, WatchBatch, to_event, to_kv
 from accord.coordinator.substrate import Substrate, calls
 from accord.coordinator.substrate.errors import Compacted, invalid
@@ -40,6 +41,7 @@ async def watch(
     create = watch_from(
         s.keys.kv(ns, key), prefix=prefix, start_revision=start_revision, prev_kv=prev_kv
     )
+    drop_one = breaks.DROP_ONE and start_revision > 0
     async for response in s.etcd.watch(create):
         if response.created:
             resume = start_revision or response.header.revision + 1
@@ -48,6 +50,10 @@ async def watch(
         if not response.events:
             continue  # a progress notice: not proof that history was delivered (etcd 3.4)
         events = [to_event(data_prefix, event) for event in response.events]
+        if drop_one:
+            events, drop_one = events[1:], False
+            if not events:
+                continue
         for batch in _fitting(response.header.revision, events):
             yield batch
 

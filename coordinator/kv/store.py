@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from google.rpc import status_pb2
 
+from accord.coordinator.kv import breaks
 from accord.coordinator.kv import history as changes
 from accord.coordinator.kv.history import raw_at
 from accord.coordinator.kv.model import (
@@ -127,10 +128,15 @@ class KVStore:
         violations = check_key("key", key, self.limits) + check_revision("revision", revision)
         _require(violations + check_enum("consistency", consistency, kv_pb2.Consistency.DESCRIPTOR))
         ns = calls.current.get().namespace
-        request = read(self._s.keys.kv(ns, key), revision=revision)
+        stored = self._s.keys.kv(ns, key)
+        if breaks.STALE_READS and not revision and (cached := breaks.cached_read(stored)):
+            return cached
+        request = read(stored, revision=revision)
         request.serializable = consistency == kv_pb2.CONSISTENCY_SERIALIZABLE
         response = await self._s.etcd.range(request)
         kv = to_kv(self._prefix(ns), response.kvs[0]) if response.kvs else None
+        if breaks.STALE_READS:
+            breaks.remember_read(stored, (response.header.revision, kv))
         return response.header.revision, kv
 
     async def list_keys(

@@ -8,6 +8,10 @@ Set ACCORD_TEST_BREAK to a comma-separated list of deliberate bugs, to prove tha
 fault suite's checkers (tests/faults) catch a broken server. Known names:
 - `fencing.skip_compare`: a fenced write is not checked against its grant at all (no
   early FENCED, no compare in the write's transaction), as if fencing were forgotten.
+- `kv.stale_reads`: a get is answered from what the replica last read of the key, for
+  half a second, whatever its consistency (kv/breaks.py).
+- `watch.drop_one`: a watch opened at a start_revision (a resume) loses its first event
+  (kv/breaks.py).
 
 Both are read once at import. Unset in production, where `hit` and `broken` cost one
 set lookup.
