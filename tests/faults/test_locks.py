@@ -1,22 +1,33 @@
 """The fenced-counter workload under faults (issue 16, workload 2), checked by
 tests/faults/workloads/locks_check.py: a fixed seed list plus one random seed (printed;
-ACCORD_FAULT_SEED forces it), each a short run against the session's two replicas while
-a replica is killed and restarted or paused, and a holder is paused past its lease.
+ACCORD_FAULT_SEED forces it), each a short run on a fault cluster (3 etcd members, 2
+replicas, proxied links: tests.faults.cluster) while tests.faults.nemesis kills and
+pauses replicas, kills an etcd member and partitions links, and a holder is paused past
+its lease.
 Then the same workload against a replica with fencing deliberately broken must be
 flagged."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.faults.cluster import FaultCluster, fault_cluster
+from tests.faults.nemesis import (
+    Events,
+    KillEtcdMember,
+    Nemesis,
+    kill_replica,
+    partition_clients,
+    partition_from_etcd,
+    pause_replica,
+)
 from tests.faults.workloads import locks
-from tests.harness import Coordinator, EtcdMember, start_coordinator
+from tests.harness import EtcdMember, start_coordinator
 
 pytestmark = pytest.mark.faults
 
@@ -24,48 +35,41 @@ SEEDS = [1, 2, int(os.environ.get("ACCORD_FAULT_SEED", random.randrange(1 << 30)
 DURATION = 8.0
 
 
-def replica_faults(replicas: list[Coordinator]) -> locks.Nemesis:
-    """Every ~2 s one replica is killed and restarted, or paused and resumed (never both
-    at once: one replica always serves)."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
+    with fault_cluster(tmp_path_factory.mktemp("locks")) as started:
+        yield started
 
-    async def run(
-        rng: random.Random, events: list[tuple[float, str, str]], duration: float
-    ) -> None:
-        end = time.monotonic() + duration
-        while time.monotonic() + 2 < end:
-            await asyncio.sleep(rng.uniform(0.5, 1.5))
-            replica = rng.choice(replicas)
-            if rng.random() < 0.5:
-                replica.kill()
-                events.append((time.monotonic(), "kill", replica.name))
-                await asyncio.sleep(rng.uniform(0.2, 1.0))
-                await asyncio.to_thread(replica.start)
-                events.append((time.monotonic(), "restart", replica.name))
-            else:
-                replica.pause()
-                events.append((time.monotonic(), "pause", replica.name))
-                try:
-                    await asyncio.sleep(rng.uniform(0.5, 2.0))
-                finally:
-                    replica.resume()
-                events.append((time.monotonic(), "resume", replica.name))
 
-    return run
+def nemeses(events: Events, cluster: FaultCluster, seed: int) -> list[Nemesis]:
+    """Replica crashes and pauses, an etcd member killed (the quorum kept), a replica cut
+    off etcd, the clients cut off a replica: toggled at random by run_schedule."""
+    return [
+        kill_replica(events, cluster, seed=seed),
+        pause_replica(events, cluster, 0),
+        pause_replica(events, cluster, 1),
+        KillEtcdMember(events, cluster, rng=random.Random(seed)),
+        partition_from_etcd(events, cluster, 0),
+        partition_clients(events, cluster, 1),
+    ]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_counter_under_replica_faults_and_paused_holders(
-    live_replicas: list[Coordinator], namespace: str, seed: int
+async def test_counter_under_faults_and_paused_holders(
+    cluster: FaultCluster, namespace: str, seed: int
 ) -> None:
     print(f"seed={seed}")
+    events = Events()
     report = await locks.run(
-        [r.address for r in live_replicas],
+        cluster.client_addresses(),
         namespace,
         seed=seed,
         duration=DURATION,
-        nemesis=replica_faults(live_replicas),
+        nemeses=nemeses(events, cluster, seed),
+        events=events,
     )
     print(report.summary())
+    print([(e.nemesis, e.action, e.target) for e in events.events])
     assert report.verdict.ok, report.summary()
     assert report.stale, "the holder was never paused past its lease"
     assert all(s.reason in ("FENCED", "LEASE_NOT_FOUND") for s in report.stale), report.stale

@@ -34,12 +34,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from accord.client import AccordError, AsyncClient, Lease, Put
+from accord.client import AccordError, AsyncClient, Lease, LeaseNotFoundError, Put
 from accord.client.locks import Grant
+from tests.faults.nemesis import Events, Nemesis, run_schedule
 from tests.faults.recorder import Recorder, ambiguous
 from tests.faults.workloads.locks_check import StaleAttempt, Verdict, Version, check, encode
 from tests.harness import make_client
@@ -84,12 +85,15 @@ async def release(client: AsyncClient, held: Held) -> None:
         await client.locks.release(held.grant)
 
 
-async def live_lease(client: AsyncClient, lease: Lease | None, ttl: int) -> Lease:
-    """lease while it lives, else a new one."""
-    if lease is not None and not lease.lost.is_set():
+async def live_lease(
+    client: AsyncClient, lease: Lease | None, ttl: int, *, gone: bool = False
+) -> Lease:
+    """lease while it lives (gone: a call said it ended), else a new one."""
+    if lease is not None and not lease.lost.is_set() and not gone:
         return lease
     if lease is not None:
-        await lease.revoke()  # stops its keep-alive task
+        with contextlib.suppress(AccordError):
+            await lease.revoke()  # stops its keep-alive task
     return await client.leases.grant(ttl=ttl)
 
 
@@ -99,13 +103,16 @@ async def agent_loop(
     """One in-process agent's rounds until stop is set."""
     lease: Lease | None = None
     name = f"a{index}"
+    gone = False
     while not stop.is_set():
         try:
-            lease = await live_lease(client, lease, LEASE_TTL)
+            lease = await live_lease(client, lease, LEASE_TTL, gone=gone)
             held = await take(client, lease)
-        except AccordError:
+        except AccordError as error:
+            gone = isinstance(error, LeaseNotFoundError)
             await asyncio.sleep(0.1)
             continue
+        gone = False
         op = f"{name}-{uuid.uuid4().hex[:8]}"
         try:
             async with recorder.op(index, ("incr", op, name, held.grant.token), COUNTER) as done:
@@ -184,7 +191,7 @@ class ProcessAgent:
             self._record(recorder, answer)
 
     async def stall_past_lease(
-        self, observer: AsyncClient, recorder: Recorder, events: list[tuple[float, str, str]]
+        self, observer: AsyncClient, recorder: Recorder, events: Events
     ) -> StaleAttempt | None:
         """Pause the agent while it holds the lock, until its lease is gone and another
         holder has written; then resume it for its stale write (None: it got no lock)."""
@@ -193,8 +200,9 @@ class ProcessAgent:
         if "holding" not in holding:
             return None
         token = int(holding["holding"])
+        began = time.monotonic()
         os.kill(self.popen.pid, signal.SIGSTOP)
-        events.append((time.monotonic(), "pause", "agent"))
+        events.note(began, "pause-holder", "start", f"process-agent (token {token})")
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:  # until another holder wrote after us
@@ -206,8 +214,9 @@ class ProcessAgent:
             else:
                 raise AssertionError("no other holder wrote while the holder was paused")
         finally:
+            began = time.monotonic()
             os.kill(self.popen.pid, signal.SIGCONT)
-            events.append((time.monotonic(), "resume", "agent"))
+            events.note(began, "pause-holder", "stop", "process-agent")
         answer = await self._ask("write")
         self._record(recorder, answer)
         return StaleAttempt(
@@ -219,13 +228,16 @@ async def _serve(addresses: list[str], namespace: str, ttl: int) -> None:
     """The process agent's side: answer each line of stdin (see the module docstring)."""
     loop = asyncio.get_running_loop()
     lease: Lease | None = None
+    gone = False
     async with AsyncClient(addresses, agent_id="process-agent", namespace=namespace) as client:
         while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
             answer: dict[str, Any] = {}
             try:
-                lease = await live_lease(client, lease, ttl)
+                lease = await live_lease(client, lease, ttl, gone=gone)
                 held = await take(client, lease)
+                gone = False
             except AccordError as error:
+                gone = isinstance(error, LeaseNotFoundError)
                 answer = {"error": type(error).__name__}
             else:
                 if line == "stall":
@@ -266,17 +278,12 @@ async def read_back(client: AsyncClient) -> tuple[list[Version], set[str]]:
     return versions, set(elements)
 
 
-# Faults for about `duration` seconds, each event recorded (time.monotonic(), what,
-# target), everything healed before it returns.
-Nemesis = Callable[[random.Random, list[tuple[float, str, str]], float], Coroutine[Any, Any, None]]
-
-
 @dataclass
 class Report:
     seed: int
     recorder: Recorder
     stale: list[StaleAttempt]
-    events: list[tuple[float, str, str]]
+    events: Events
     verdict: Verdict
     check_seconds: float
 
@@ -285,7 +292,7 @@ class Report:
         return (
             f"locks seed={self.seed}: {len(self.recorder.operations) + c['failed']} writes, "
             f"ok={c['ok']} failed={c['failed']} indeterminate={c['indeterminate']}, "
-            f"{len(self.stale)} stale holder writes, {len(self.events)} nemesis events, "
+            f"{len(self.stale)} stale holder writes, {self.events.count()} nemesis events, "
             f"applied={self.verdict.applied}, checked in {self.check_seconds * 1000:.1f} ms: "
             + ("valid" if self.verdict.ok else "INVALID: " + "; ".join(self.verdict.problems))
         )
@@ -297,17 +304,20 @@ async def run(
     *,
     seed: int,
     duration: float,
-    nemesis: Nemesis | None = None,
+    nemeses: Sequence[Nemesis] = (),
+    events: Events | None = None,
+    interval: float = 1.5,
     agents: int = 3,
     stall_chance: float = 0.3,
     agent_env: dict[str, str] | None = None,
 ) -> Report:
-    """Agents and the process agent for `duration` seconds while `nemesis` runs (it
-    records its events and heals before it returns), then the checker."""
+    """Agents and the process agent for `duration` seconds while tests.faults.nemesis's
+    run_schedule toggles `nemeses` (same seed, every ~`interval` seconds; all healed at
+    the end), then the checker."""
     rng = random.Random(seed)
+    events = events if events is not None else Events()
     recorder, stop, stale = Recorder(), asyncio.Event(), list[StaleAttempt]()
-    events: list[tuple[float, str, str]] = []
-    clients = [make_client(addresses, namespace, agent=f"a{i}", timeout=5) for i in range(agents)]
+    clients = [make_client(addresses, namespace, agent=f"a{i}", timeout=2) for i in range(agents)]
     process = ProcessAgent(addresses, namespace, agents, env=agent_env or {})
     process.start()
 
@@ -321,19 +331,23 @@ async def run(
             else:
                 await process.round(recorder)
 
+    loops: list[asyncio.Task[None]] = []
+    driver = asyncio.create_task(drive_process())
     try:
-        loops = [
+        loops += [
             asyncio.create_task(agent_loop(c, i, recorder, stop)) for i, c in enumerate(clients)
         ]
-        driver = asyncio.create_task(drive_process())
-        faults = asyncio.create_task(nemesis(rng, events, duration)) if nemesis else None
-        await asyncio.sleep(duration)
-        if faults is not None:
-            await faults
+        if nemeses:
+            await run_schedule(nemeses, seed, duration, interval)
+        else:
+            await asyncio.sleep(duration)
         stop.set()
         await asyncio.gather(*loops, driver)
         versions, final_set = await read_back(clients[0])
     finally:
+        for task in [*loops, driver]:
+            task.cancel()
+        await asyncio.gather(*loops, driver, return_exceptions=True)
         process.stop()
         for c in clients:
             await c.close()
