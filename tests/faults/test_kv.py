@@ -1,39 +1,45 @@
-"""The KV register workload under replica and etcd faults, checked for linearizability;
-and the checker catching a replica that answers reads from a stale cache.
+"""The KV register workload under faults, checked for linearizability; and the checker
+catching a replica that answers reads from a stale cache.
 
-Each seed runs the workload (tests/faults/workloads/kv.py) over both session replicas
-while a schedule kills and restarts a replica, pauses and resumes one, and kills and
-restarts etcd (the session's single member: a full outage), one kind per fixed seed and
-two for the random one (tests/faults/runs.py). Run with -s to see each run's report.
+The runs share one fault cluster (tests/faults/cluster.py: 3 etcd members, 2 replicas,
+every link through a proxy). Each seed runs the workload (tests/faults/workloads/kv.py)
+through the client links while its plan's faults (tests/faults/runs.py) are injected in
+turn: a replica killed and restarted, a replica paused and resumed, an etcd member killed
+and restarted (the quorum kept), a replica cut off etcd, the clients cut off a replica.
+Run with -s to see each run's report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.faults.cluster import FaultCluster, fault_cluster
+from tests.faults.nemesis import Events
 from tests.faults.recorder import Recorder
-from tests.faults.replica_faults import Schedule
-from tests.faults.runs import counts, faults_for, seeds
+from tests.faults.runs import counts, inject_in_turn, kinds_for, nemeses, seeds, timeline
 from tests.faults.workloads.kv import KvWorkload
-from tests.harness import Coordinator, EtcdMember, start_coordinator
+from tests.harness import start_coordinator
 from tests.linearizability import KvRegister, check
 
 pytestmark = pytest.mark.faults
 
 
-async def _run(
-    workload: KvWorkload, recorder: Recorder, schedule: Schedule | None, duration: float = 0
-) -> None:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
+    with fault_cluster(tmp_path_factory.mktemp("kv-faults")) as started:
+        yield started
+
+
+async def _run(workload: KvWorkload, recorder: Recorder, faults: Awaitable[None]) -> None:
     stop = asyncio.Event()
     running = asyncio.create_task(workload.run(recorder, stop))
     try:
-        if schedule is not None:
-            await schedule.run()
-        await asyncio.sleep(duration)
+        await faults
     finally:
         stop.set()
         await running
@@ -41,46 +47,48 @@ async def _run(
 
 @pytest.mark.parametrize("seed", seeds())
 async def test_kv_is_linearizable_under_faults(
-    seed: int,
-    live_replicas: list[Coordinator],
-    etcd: EtcdMember,
-    namespace: str,
-    tmp_path: Path,
+    seed: int, cluster: FaultCluster, namespace: str, tmp_path: Path
 ) -> None:
     print(f"seed={seed}")
-    schedule = Schedule(live_replicas, [etcd], faults_for(seed), seed)
-    workload = KvWorkload([r.address for r in live_replicas], namespace, seed)
+    events = Events()
+    faults = nemeses(kinds_for(seed), cluster, events, seed)
+    workload = KvWorkload(cluster.client_addresses(), namespace, seed)
     recorder = Recorder()
     origin = time.monotonic()
-    await _run(workload, recorder, schedule)
+    await _run(workload, recorder, inject_in_turn(faults, seed))
     started = time.monotonic()
     result = check(recorder.operations, KvRegister(), timeout=60)
     checked = time.monotonic() - started
+    verdict = {True: "linearizable", False: "NOT LINEARIZABLE", None: "unknown (timeout)"}
     print(
-        f"kv seed={seed}: {counts(recorder)}; faults: {schedule.timeline(origin)}; "
-        f"checker {checked:.2f}s; verdict "
-        f"{'linearizable' if result.ok else 'NOT LINEARIZABLE' if result.ok is False else '?'}"
+        f"kv seed={seed}: {counts(recorder)}; faults: {timeline(events, origin)}; "
+        f"checker {checked:.2f}s; verdict {verdict[result.ok]}"
     )
     if not result.ok:
         recorder.save(tmp_path / "history.jsonl")
+        print(f"history: {tmp_path / 'history.jsonl'}")
+    assert events.count("start") == len(faults), "a fault was skipped"
     assert recorder.counts["ok"] > 50, "the workload made too little progress to mean much"
     assert result.ok, result.failures
 
 
-async def test_checker_catches_stale_reads(
-    etcd: EtcdMember, replicas: list[Coordinator], workdir: Path, namespace: str
-) -> None:
+async def test_checker_catches_stale_reads(cluster: FaultCluster, namespace: str) -> None:
     """A replica with kv.stale_reads (ACCORD_TEST_BREAK) answers gets from what it last
     read: the same workload through it and a sound replica is not linearizable."""
     broken = start_coordinator(
-        workdir, "broken-stale-reads", [etcd.endpoint], env={"ACCORD_TEST_BREAK": "kv.stale_reads"}
+        cluster.base,
+        "broken-stale-reads",
+        cluster.etcd_endpoints(),
+        env={"ACCORD_TEST_BREAK": "kv.stale_reads"},
+        ws=False,
     )
     try:
-        workload = KvWorkload([broken.address, replicas[0].address], namespace, seed=7)
+        addresses = [broken.address, cluster.direct_addresses()[0]]
+        workload = KvWorkload(addresses, namespace, seed=7)
         recorder = Recorder()
-        await _run(workload, recorder, None, duration=4)
+        await _run(workload, recorder, asyncio.sleep(4))
     finally:
-        broken.terminate()
+        broken.kill()
     result = check(recorder.operations, KvRegister(), timeout=60)
     print(f"kv stale reads: {counts(recorder)}; verdict {result.ok}")
     assert result.ok is False

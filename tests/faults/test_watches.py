@@ -1,40 +1,44 @@
-"""The watch workload under replica and etcd faults: every acknowledged write seen exactly
-once, in revision order, across resumes on other replicas; and the validator catching a
-replica whose resumed watches lose an event.
+"""The watch workload under faults: every acknowledged write seen exactly once, in
+revision order, across resumes on other replicas; and the validator catching a replica
+whose resumed watches lose an event.
 
-Each seed runs the workload (tests/faults/workloads/watches.py) over both session
-replicas while a schedule kills and restarts a replica, pauses and resumes one, and kills
-and restarts etcd (the session's single member: a full outage), one kind per fixed seed
-and two for the random one (tests/faults/runs.py). Run with -s to see
-each run's report.
+The runs share one fault cluster (tests/faults/cluster.py: 3 etcd members, 2 replicas,
+every link through a proxy). Each seed runs the workload
+(tests/faults/workloads/watches.py) through the client links while its plan's faults
+(tests/faults/runs.py) are injected in turn: a replica killed and restarted, a replica
+paused and resumed, an etcd member killed and restarted (the quorum kept), a replica cut
+off etcd, the clients cut off a replica. Run with -s to see each run's report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Iterator
 
 import pytest
 
+from tests.faults.cluster import FaultCluster, fault_cluster
+from tests.faults.nemesis import Events
 from tests.faults.recorder import Recorder
-from tests.faults.replica_faults import Schedule
-from tests.faults.runs import counts, faults_for, seeds
+from tests.faults.runs import counts, inject_in_turn, kinds_for, nemeses, seeds, timeline
 from tests.faults.workloads.watches import WatchRun, WatchWorkload, validate
-from tests.harness import Coordinator, EtcdMember, start_coordinator
+from tests.harness import start_coordinator
 
 pytestmark = pytest.mark.faults
 
 
-async def _run(
-    workload: WatchWorkload, recorder: Recorder, schedule: Schedule | None, duration: float = 0
-) -> WatchRun:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
+    with fault_cluster(tmp_path_factory.mktemp("watch-faults")) as started:
+        yield started
+
+
+async def _run(workload: WatchWorkload, recorder: Recorder, faults: Awaitable[None]) -> WatchRun:
     stop = asyncio.Event()
     running = asyncio.create_task(workload.run(recorder, stop))
     try:
-        if schedule is not None:
-            await schedule.run()
-        await asyncio.sleep(duration)
+        await faults
     finally:
         stop.set()
     return await running
@@ -48,41 +52,49 @@ def _report(run: WatchRun) -> str:
 
 @pytest.mark.parametrize("seed", seeds())
 async def test_watches_see_every_write_once_under_faults(
-    seed: int, live_replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+    seed: int, cluster: FaultCluster, namespace: str
 ) -> None:
     print(f"seed={seed}")
-    schedule = Schedule(live_replicas, [etcd], faults_for(seed), seed)
-    workload = WatchWorkload([r.address for r in live_replicas], namespace, seed)
+    events = Events()
+    faults = nemeses(kinds_for(seed), cluster, events, seed)
+    workload = WatchWorkload(cluster.client_addresses(), namespace, seed)
     recorder = Recorder()
     origin = time.monotonic()
-    run = await _run(workload, recorder, schedule)
+    run = await _run(workload, recorder, inject_in_turn(faults, seed))
     started = time.monotonic()
     problems = validate(run)
     checked = time.monotonic() - started
     print(
         f"watches seed={seed}: {counts(recorder)}; {_report(run)}; faults: "
-        f"{schedule.timeline(origin)}; validator {checked:.3f}s; verdict "
+        f"{timeline(events, origin)}; validator {checked:.3f}s; verdict "
         f"{'valid' if not problems else f'{len(problems)} PROBLEMS'}"
     )
+    print("\n".join(problems[:10]))
+    assert events.count("start") == len(faults), "a fault was skipped"
     assert recorder.counts["ok"] > 50, "the workload made too little progress to mean much"
     assert sum(w.resumes for w in run.watchers) > 0
     assert problems == []
 
 
 async def test_validator_catches_a_resumed_watch_losing_an_event(
-    etcd: EtcdMember, replicas: list[Coordinator], workdir: Path, namespace: str
+    cluster: FaultCluster, namespace: str
 ) -> None:
     """A replica with watch.drop_one (ACCORD_TEST_BREAK) loses the first event of every
     watch opened at a start_revision: the watchers resuming through it miss writes."""
     broken = start_coordinator(
-        workdir, "broken-drop-one", [etcd.endpoint], env={"ACCORD_TEST_BREAK": "watch.drop_one"}
+        cluster.base,
+        "broken-drop-one",
+        cluster.etcd_endpoints(),
+        env={"ACCORD_TEST_BREAK": "watch.drop_one"},
+        ws=False,
     )
     try:
-        workload = WatchWorkload([replicas[0].address, broken.address], namespace, seed=7)
+        addresses = [cluster.direct_addresses()[0], broken.address]
+        workload = WatchWorkload(addresses, namespace, seed=7)
         recorder = Recorder()
-        run = await _run(workload, recorder, None, duration=3)
+        run = await _run(workload, recorder, asyncio.sleep(3))
     finally:
-        broken.terminate()
+        broken.kill()
     problems = validate(run)
     print(f"watches drop one: {counts(recorder)}; {_report(run)}; {len(problems)} problems:")
     print("\n".join(problems[:10]))
