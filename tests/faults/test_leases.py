@@ -1,9 +1,11 @@
 """The lease workload under faults (issue 16, workload 6), see
 tests/faults/workloads/leases.py: an agent holding locks, presence and keys under one
-lease is paused past its TTL (while, by seed, its replica is killed and restarted), then
-resumed: everything attached is gone, and it is told. A fixed seed list plus one random
-seed (printed; ACCORD_FAULT_SEED forces it). A replica with fencing deliberately broken
-lets the resumed agent's fenced write through, which the checker flags."""
+lease is paused past its TTL, then resumed: everything attached is gone, and it is told.
+On a fault cluster (3 etcd members, 2 replicas, proxied links), each seed chooses the
+fault made during the pause (none, its replica killed, an etcd member killed, its
+replica cut off etcd): a fixed seed list covering each, plus one random seed (printed;
+ACCORD_FAULT_SEED forces it). A replica with fencing deliberately broken lets the
+resumed agent's fenced write through, which the checker flags."""
 
 from __future__ import annotations
 
@@ -15,19 +17,28 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from accord.client import AsyncClient, LeaseNotFoundError
+from accord.client import AccordError, AsyncClient, LeaseNotFoundError
+from tests.faults.cluster import FaultCluster, fault_cluster
+from tests.faults.nemesis import (
+    Events,
+    KillEtcdMember,
+    Nemesis,
+    kill_replica,
+    partition_from_etcd,
+)
 from tests.faults.workloads import leases
-from tests.harness import REPO, Coordinator, EtcdMember, make_client, start_coordinator
+from tests.harness import REPO, EtcdMember, make_client, start_coordinator
 
 pytestmark = pytest.mark.faults
 
-SEEDS = [1, 5, int(os.environ.get("ACCORD_FAULT_SEED", random.randrange(1 << 30)))]
+SEEDS = [3, 4, 6, int(os.environ.get("ACCORD_FAULT_SEED", random.randrange(1 << 30)))]
 TTL = 2
 
 
@@ -47,13 +58,17 @@ async def lease_gone(observer: AsyncClient, lease: int) -> None:
             await observer.leases.time_to_live(lease)
         except LeaseNotFoundError:
             return
+        except AccordError:
+            pass  # a replica under a fault: ask again
         await asyncio.sleep(0.2)
     raise AssertionError(f"lease {lease} outlived 30 s without keep-alives")
 
 
 async def pause_past_lease(
-    addresses: list[str], namespace: str, etcd: EtcdMember, kill: Coordinator | None
+    addresses: list[str], namespace: str, etcd: EtcdMember, fault: Nemesis | None, events: Events
 ) -> Run:
+    """The agent paused until its lease is gone, with `fault` injected meanwhile (healed
+    before the agent resumes)."""
     run = Run()
     argv = [",".join(addresses), namespace, str(TTL)]
     agent = subprocess.Popen(
@@ -68,23 +83,28 @@ async def pause_past_lease(
     try:
         line = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 30)
         held = leases.Holdings.parse(line)
-        async with make_client(addresses, namespace, agent="observer") as observer:
+        # The observer talks to the replica the agent does not use first (the one a fault
+        # may target), when there are two.
+        watching = addresses[1:] or addresses
+        async with make_client(watching, namespace, agent="observer") as observer:
             for name, token in held.tokens.items():  # it holds what it says
                 state, _ = await observer.locks.describe(name)
                 assert [(h.lease_id, h.token) for h in state.holders] == [(held.lease, token)]
+            began = time.monotonic()
             os.kill(agent.pid, signal.SIGSTOP)
-            run.events.append((time.monotonic(), "pause", "agent"))
-            if kill is not None:
-                kill.kill()
-                run.events.append((time.monotonic(), "kill", kill.name))
-            await lease_gone(observer, held.lease)
-            run.problems += await leases.lost_everything(observer, held, TTL)
-            if kill is not None:
-                await asyncio.to_thread(kill.start)
-                run.events.append((time.monotonic(), "restart", kill.name))
+            events.note(began, "pause-agent", "start", "leased-agent")
+            if fault is not None:
+                await fault.start()
+            try:
+                await lease_gone(observer, held.lease)
+                run.problems += await leases.lost_everything(observer, held, TTL)
+            finally:
+                if fault is not None:
+                    await fault.stop()
             before = etcd.stored(namespace)
+            began = time.monotonic()
             os.kill(agent.pid, signal.SIGCONT)
-            run.events.append((time.monotonic(), "resume", "agent"))
+            events.note(began, "pause-agent", "stop", "leased-agent")
             agent.stdin.write("check\n")
             agent.stdin.flush()
             answer = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 60)
@@ -97,18 +117,37 @@ async def pause_past_lease(
     return run
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
+    with fault_cluster(tmp_path_factory.mktemp("leases")) as started:
+        yield started
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_paused_agent_loses_everything_and_is_told(
-    live_replicas: list[Coordinator], etcd: EtcdMember, namespace: str, seed: int
+    cluster: FaultCluster, namespace: str, seed: int
 ) -> None:
+    """By seed, while the agent is paused: nothing more, the replica it talks to first
+    killed, an etcd member killed, or that replica cut off etcd."""
     print(f"seed={seed}")
     rng = random.Random(seed)
-    order = rng.sample(live_replicas, len(live_replicas))
-    kill = order[0] if rng.random() < 0.5 else None  # the replica it talks to first
+    first = rng.randrange(len(cluster.replicas))
+    addresses = cluster.client_addresses()
+    addresses.insert(0, addresses.pop(first))
+    events = Events()
+    fault = rng.choice(
+        [
+            None,
+            kill_replica(events, cluster, first),
+            KillEtcdMember(events, cluster, rng=rng),
+            partition_from_etcd(events, cluster, first),
+        ]
+    )
     started = time.perf_counter()
-    run = await pause_past_lease([r.address for r in order], namespace, etcd, kill)
+    run = await pause_past_lease(addresses, namespace, cluster.members[0], fault, events)
+    run.events = [(e.began, e.nemesis, f"{e.action} {e.target}") for e in events.events]
     print(
-        f"leases seed={seed}: {len(run.events)} nemesis events {[e[1:] for e in run.events]}, "
+        f"leases seed={seed}: {events.count()} nemesis events {[e[1:] for e in run.events]}, "
         f"told {run.report}, {time.perf_counter() - started:.1f} s: "
         + ("valid" if not run.problems else "INVALID: " + "; ".join(run.problems))
     )
@@ -126,7 +165,7 @@ async def test_checker_flags_a_replica_that_skips_the_fence(
         env={"ACCORD_TEST_BREAK": "fencing.skip_compare"},
     )
     try:
-        run = await pause_past_lease([broken.address], namespace, etcd, None)
+        run = await pause_past_lease([broken.address], namespace, etcd, None, Events())
     finally:
         broken.terminate()
     print(run.problems)
