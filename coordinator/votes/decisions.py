@@ -18,14 +18,13 @@ after DECIDE_ATTEMPTS (retry); a missing vote is NOT_FOUND.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from accord.coordinator import logs
 from accord.coordinator.observability import accord_metrics
-from accord.coordinator.substrate import Substrate, calls
+from accord.coordinator.substrate import Substrate, calls, clock
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, NotFound
 from accord.coordinator.substrate.txn import (
     KeyValue,
@@ -310,7 +309,7 @@ class Decisions:
         count = cached.running.count_with(ballot)
         if count is None or vote_rules.settle_count(vote, count) is None:
             return None  # O(1): most ballots stop here
-        if time.time() >= vote_spec.deadline_of(vote):
+        if clock.now() >= vote_spec.deadline_of(vote):
             return None
         snap = Snapshot(
             cached.revision, vote, cached.record_mod, [*cached.ballots, ballot], cached.weights
@@ -408,7 +407,7 @@ class Decisions:
         """The decided record (created_revision kept, as parse_record gives it) and the
         ops storing it: the record, the close timer gone, the retention timer set."""
         vote = snap.vote
-        now = time.time()
+        now = clock.now()
         explanation = verdict.explanation
         tally = vote_rules.tally(vote, snap.ballots, snap.weights)
         missing = len(vote.voters) - tally.participated
@@ -480,7 +479,7 @@ class Decisions:
             vote = parse_record(found.kvs[0])
             expires = vote.decision.decided_at.ToMilliseconds() / 1000 + vote.spec.retention_seconds
             mine = vote.status == votes_pb2.VOTE_STATUS_DECIDED and abs(expires - due) <= 2
-            if mine and expires > time.time():
+            if mine and expires > clock.now():
                 return False
             if mine:
                 compares.append(mod_is(key, found.kvs[0].mod_revision))
@@ -494,7 +493,7 @@ class Decisions:
 def _verdict(snap: Snapshot) -> vote_rules.Verdict | None:
     """How snap's open vote is decided now: at its deadline whatever the ballots; before
     it, only if the outcome is certain (from the sums when there are any: O(1))."""
-    if time.time() >= vote_spec.deadline_of(snap.vote):
+    if clock.now() >= vote_spec.deadline_of(snap.vote):
         return vote_rules.final(snap.vote, snap.ballots, weights=snap.weights)
     if snap.count is not None and vote_rules.settle_count(snap.vote, snap.count) is None:
         return None

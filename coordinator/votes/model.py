@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from accord.coordinator.substrate import calls
+from accord.coordinator.substrate import calls, clock
 from accord.coordinator.substrate.errors import NotFound, VoteClosed, clip
 from accord.coordinator.substrate.idempotency import fingerprint
 from accord.coordinator.substrate.txn import KeyValue
@@ -55,7 +54,7 @@ def derived_id(agent: str, request_id: str) -> str:
     request_id, a fresh id that sorts by time."""
     if request_id:
         return hashlib.sha256(f"{agent}\x00{request_id}".encode()).hexdigest()[:24]
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+    return f"{int(clock.now() * 1000):012x}{secrets.token_hex(6)}"
 
 
 def same_proposal(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 
 from accord.coordinator.leases.store import MAX_LABEL_BYTES, MAX_LABELS
+from accord.coordinator.substrate import clock
 from accord.coordinator.substrate.errors import FieldViolation, clip
 from accord.coordinator.substrate.limits import require_counts
 from accord.v1 import votes_pb2
@@ -68,7 +68,7 @@ def normalise(spec: votes_pb2.VoteSpec, now: float | None = None) -> votes_pb2.V
             if voter.weight == 0:
                 voter.weight = 1.0
     if not out.HasField("deadline"):
-        moment = (time.time() if now is None else now) + out.timeout_ms / 1000
+        moment = (clock.now() if now is None else now) + out.timeout_ms / 1000
         out.deadline.FromMilliseconds(int(moment * 1000))
     if out.on_tie == votes_pb2.TIE_POLICY_UNSPECIFIED:
         out.on_tie = votes_pb2.TIE_POLICY_NO_DECISION
@@ -79,7 +79,7 @@ def normalise(spec: votes_pb2.VoteSpec, now: float | None = None) -> votes_pb2.V
 
 def check_spec(spec: votes_pb2.VoteSpec, now: float | None = None) -> list[FieldViolation]:
     """Everything that can be checked without knowing who holds a lease now."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     require_counts(  # before anything looks at the lists' entries
         ("spec.options", len(spec.options), MAX_OPTIONS),
         ("spec.veto_holders", len(spec.veto_holders), MAX_VETO_HOLDERS),

@@ -20,13 +20,12 @@ success.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.fencing import Fencing
-from accord.coordinator.substrate import Substrate, audit, calls, failpoints
+from accord.coordinator.substrate import Substrate, audit, calls, clock, failpoints
 from accord.coordinator.substrate.errors import (
     AlreadyVoted,
     BackendUnavailable,
@@ -111,7 +110,7 @@ class VoteStore:
     ) -> tuple[int, votes_pb2.Vote, bool]:
         """The vote proposed, and whether it was proposed before (a retry)."""
         call = calls.current.get()
-        now = time.time()
+        now = clock.now()
         violations = vote_spec.check_vote_id("vote_id", vote_id, allow_empty=True)
         violations += check_request_id("request_id", request_id)
         violations += vote_spec.check_spec(spec, now)
@@ -228,7 +227,7 @@ class VoteStore:
                 metadata={"vote_id": vote_id, "agent_id": agent},
             )
         require(malformed)
-        if time.time() >= vote_spec.deadline_of(vote):
+        if clock.now() >= vote_spec.deadline_of(vote):
             late = closed((await self.decisions.settle(ns, vote_id)).vote)
             return await self._first_answer(ns, vote_id, request_id, digest, late)
         ballot = votes_pb2.Ballot(
@@ -239,7 +238,7 @@ class VoteStore:
             rationale=rationale,
             confidence=confidence,
             weight=weight or 0.0,
-            cast_at=vote_spec.timestamp(time.time()),
+            cast_at=vote_spec.timestamp(clock.now()),
             request_id=request_id,
         )
         key = self._keys.ballot(ns, vote_id, agent)

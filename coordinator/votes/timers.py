@@ -21,7 +21,7 @@ import time
 
 from accord.coordinator import logs
 from accord.coordinator.observability import accord_metrics
-from accord.coordinator.substrate import Substrate, calls
+from accord.coordinator.substrate import Substrate, calls, clock
 from accord.coordinator.substrate.errors import AccordError
 from accord.coordinator.substrate.txn import read, watch
 from accord.coordinator.votes.decisions import Decisions
@@ -38,7 +38,7 @@ class VoteTimers:
         self._keys = substrate.keys
         self._votes = votes
         self._prefix = substrate.keys.vote_timers_prefix
-        self._due: dict[bytes, float] = {}  # timer key -> when to act (time.time())
+        self._due: dict[bytes, float] = {}  # timer key -> when to act (clock.now())
         self._changed = asyncio.Event()
         self._acting: set[bytes] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -118,7 +118,7 @@ class VoteTimers:
     async def _fire(self) -> None:
         while True:
             self._changed.clear()
-            now = time.time()
+            now = clock.now()
             ready = [k for k, due in self._due.items() if due <= now and k not in self._acting]
             for key in ready:
                 self._acting.add(key)
@@ -126,7 +126,7 @@ class VoteTimers:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             waiting = [due for k, due in self._due.items() if k not in self._acting]
-            timeout = max(0.0, min(waiting) - time.time()) if waiting else None
+            timeout = max(0.0, min(waiting) - clock.now()) if waiting else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
@@ -152,13 +152,13 @@ class VoteTimers:
             if done:
                 self._untrack(key)  # deleted in etcd; don't wait for the watch
             elif key in self._due:
-                self._due[key] = time.time() + RETRY_SECONDS
+                self._due[key] = clock.now() + RETRY_SECONDS
         except AccordError as exc:
             _log.info(
                 "vote timer failed; will retry", kind=kind, vote_id=vote_id, error=exc.message
             )
             if key in self._due:  # try again a little later, unless it went away
-                self._due[key] = time.time() + RETRY_SECONDS
+                self._due[key] = clock.now() + RETRY_SECONDS
         finally:
             self._acting.discard(key)
             self._changed.set()

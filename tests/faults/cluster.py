@@ -13,6 +13,7 @@ Links (tests.faults.proxy), when `proxied` (the default):
   (`client_addresses()`); `direct_addresses()` bypass the proxies.
 etcd members talk to each other directly (peer traffic is not proxied).
 
+Each replica's vote clock can be skewed (ACCORD_TEST_CLOCK_OFFSET_FILE, `clock_file(i)`).
 The replicas run without auth (the fault suite is left out of the auth-required pass) and
 with the environment given (e.g. ACCORD_TEST_BREAK, ACCORD_FAILPOINTS).
 
@@ -90,6 +91,11 @@ class FaultCluster:
     def client_link(replica: int) -> str:
         return f"clients->replica-{replica}"
 
+    def clock_file(self, replica: int) -> Path:
+        """The file holding replica's clock offset in seconds (accord's substrate/clock.py:
+        its votes read time.time() plus it); ClockSkew writes it."""
+        return self.base / f"replica-{replica}.clock-offset"
+
     def client_addresses(self) -> list[str]:
         """Where clients dial: the client links (the replicas themselves when not proxied)."""
         if not self.proxied:
@@ -164,13 +170,15 @@ def start_cluster(
                 else member.endpoint
                 for m, member in enumerate(started)
             ]
+            offset = cluster.clock_file(i)
+            offset.write_text("0")
             replica = Coordinator(
                 name=f"replica-{i}",
                 log=base / f"replica-{i}.log",
                 port=free_port(),
                 etcd_endpoints=endpoints,
                 extra_args=list(extra_args or []),
-                env=dict(env or {}),
+                env={"ACCORD_TEST_CLOCK_OFFSET_FILE": str(offset), **(env or {})},
                 ws=ws,
             )
             cluster.replicas.append(replica)

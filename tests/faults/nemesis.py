@@ -9,6 +9,8 @@ recorder uses, so a report puts faults and operations on one timeline):
   process (tests.harness Process, e.g. one running tests/harness/agent_process.py);
 - KillEtcdMember: SIGKILL an etcd member, restart it on heal; only while the members left
   running keep a quorum unless told `allow_quorum_loss` (then it is skipped, and says so);
+- ClockSkew: move one replica's vote clock (deadlines, timers) by some seconds, through
+  the test-only offset file its clock reads (coordinator/substrate/clock.py);
 - LinkFault: set proxy links (tests.faults.proxy) to BLACKHOLE, DROP or a delay, PASS on
   heal; `partition_from_etcd` cuts a replica off some or all etcd members,
   `partition_clients` cuts the clients off a replica, `delay_etcd` slows a replica's links.
@@ -215,6 +217,32 @@ class LinkFault(Nemesis):
     async def _heal(self) -> None:
         for link in self.links:
             self.proxies.set(link, Mode.PASS, 0.0)
+
+
+class ClockSkew(Nemesis):
+    """Move a replica's vote clock (deadlines, timers) by offset seconds, without touching
+    the host's: the replica reads its offset file (coordinator/substrate/clock.py) at most
+    every 50 ms. Heal sets it back to 0."""
+
+    def __init__(self, events: Events, cluster: FaultCluster, replica: int, offset: float) -> None:
+        super().__init__(f"clock-skew-replica-{replica}", events)
+        self.file = cluster.clock_file(replica)
+        self.offset = offset
+        self.replica = cluster.replicas[replica].name
+
+    def _write(self, offset: float) -> None:
+        ahead = self.file.with_suffix(".next")
+        ahead.write_text(repr(offset))
+        ahead.replace(self.file)  # whole, never half-written
+
+    async def _inject(self) -> str | None:
+        self._write(self.offset)
+        await asyncio.sleep(0.1)  # read again by then (every 50 ms, on its next use)
+        return f"{self.replica} {self.offset:+g}s"
+
+    async def _heal(self) -> None:
+        self._write(0.0)
+        await asyncio.sleep(0.1)
 
 
 def _stopped(pid: int) -> bool:

@@ -16,8 +16,10 @@ from grpc_health.v1 import health_pb2
 
 from accord.client import AsyncClient, RetryPolicy
 from accord.client.errors import AccordError
+from accord.v1 import votes_pb2
 from tests.faults.cluster import FaultCluster, fault_cluster
 from tests.faults.nemesis import (
+    ClockSkew,
     Events,
     KillEtcdMember,
     PauseProcess,
@@ -300,3 +302,27 @@ async def test_a_schedule_replays_from_its_seed_and_heals_everything(
     assert first[: min(len(first), len(again)) - 3] == again[: min(len(first), len(again)) - 3]
     assert any(action == "start" for _, action in first)
     assert first != await run(8)
+
+
+async def test_a_replica_whose_clock_runs_ahead_closes_a_vote_early(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """Replica 1, ten minutes ahead, finds a 2-minute vote past its deadline at once; its
+    timers close it (Accord trusts each replica's clock for deadlines)."""
+    events = Events()
+    skew = ClockSkew(events, cluster, replica=1, offset=600)
+    await skew.start()
+    try:
+        async with pinned(cluster, namespace, cluster.direct_addresses()[0], 10) as c:
+            vote = await c.votes.propose("ship?", ["yes", "no"], voters=["a", "b"],
+                                         voting_period=120)  # fmt: skip
+            decision = await c.votes.wait(vote.id, timeout=30)
+            assert decision.decided_by == votes_pb2.DECIDED_BY_DEADLINE
+            assert time.time() < vote.spec.deadline.ToSeconds()  # by the host's clock: early
+    finally:
+        await skew.stop()
+    assert cluster.clock_file(1).read_text() == "0.0"
+    assert [(e.action, e.target) for e in events.events] == [
+        ("start", "replica-1 +600s"),
+        ("stop", "replica-1 +600s"),
+    ]
