@@ -7,6 +7,7 @@ refusals are counted (an unauthenticated one never by namespace), every other pa
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,12 +175,21 @@ async def test_a_stream_stream_call_the_client_cancels_is_counted_canceled(
 @pytest.fixture(scope="module")
 def capped(replicas: list[Coordinator], etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
     """A replica labelling 2 namespaces by name, refusing every stream (a quota refusal
-    labelled by namespace on demand)."""
+    labelled by namespace on demand), under a root of its own: a replica labels the
+    namespace of every open vote it finds as it starts, which the suite's other tests may
+    have left under the shared root."""
     replica = start_coordinator(
         workdir,
         "metrics-capped",
         [etcd.endpoint],
-        ["--metrics-max-namespaces", "2", "--quota", "streams=0"],
+        [
+            "--metrics-max-namespaces",
+            "2",
+            "--quota",
+            "streams=0",
+            "--root",
+            f"capped-{uuid.uuid4().hex[:8]}",
+        ],
         ws=False,
         metrics=True,
     )
@@ -295,12 +305,21 @@ async def test_each_worker_serves_its_own_metrics_on_port_plus_its_index(
 
 @pytest.fixture(scope="module")
 def rated(replicas: list[Coordinator], etcd: EtcdMember, workdir: Path) -> Iterator[Coordinator]:
-    """A replica allowing each namespace 1 request a second (a burst of 2)."""
+    """A replica allowing each namespace 1 request a second (a burst of 2), labelling up
+    to 10,000 namespaces (it labels every open vote's namespace as it starts: however
+    many the suite's earlier tests left)."""
     replica = start_coordinator(
         workdir,
         "metrics-rated",
         [etcd.endpoint],
-        ["--quota", "requests_per_second=1", "--rate-refusal-hold", "0"],
+        [
+            "--quota",
+            "requests_per_second=1",
+            "--rate-refusal-hold",
+            "0",
+            "--metrics-max-namespaces",
+            "10000",
+        ],
         ws=False,
         metrics=True,
     )
