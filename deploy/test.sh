@@ -26,14 +26,21 @@ ln -s "$repo/proto/accord/v1" "$view/accord/v1"
 echo "== unit tests (no etcd, no coordinator: fails fast)"
 python -m pytest -q -p no:cacheprovider tests/unit
 
-echo "== tests against real etcd and coordinator processes"
-python -m pytest -q -p no:cacheprovider --durations=10 --ignore=tests/unit "$@"
+echo "== tests against real etcd and coordinator processes, in two workers"
+# Each worker (pytest-xdist) starts its own etcd and replicas; a test file stays in one
+# worker, with its module fixtures. Tests of load and of faults are left to the next step.
+python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=10 --ignore=tests/unit \
+  -m "not load and not faults" "$@"
+
+echo "== tests of behaviour under load, and of replicas and etcd killed or paused, one at a time"
+# They load the machine or stop processes on purpose: alone, so nothing else waits on them.
+python -m pytest -q -p no:cacheprovider --durations=10 --ignore=tests/unit -m "load or faults" "$@"
 
 echo "== fencing, votes and sessions again, against replicas with auth required"
 # tests/harness/auth.py: a token per agent, minted by a bootstrapped cluster admin (~5 min);
 # tests of behaviour under load (marker "load") and of replicas killed or paused (marker
 # "faults": recovery, not authorization) ran in the pass above and are not repeated
-ACCORD_TEST_AUTH=required python -m pytest -q -p no:cacheprovider --durations=5 -m "not load and not faults" tests/locks tests/votes tests/sessions
+ACCORD_TEST_AUTH=required python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=5 -m "not load and not faults" tests/locks tests/votes tests/sessions
 
 echo "== benchmark smoke run (numbers from short runs mean nothing; every suite only must work)"
 # every suite once (python -m benchmarks --quick: 1-1.5 min), its JSON, report and plots
