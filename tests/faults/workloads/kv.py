@@ -8,6 +8,8 @@ seeded random generator:
   (value or None, mod_revision or 0); the mod_revision it saw is what its next CAS on
   that key expects;
 - put of a value unique to the run: output the mod_revision it committed at;
+- a hasty put: one with a deadline of a few milliseconds, not resent, so that some
+  writes are indeterminate whatever the faults (they may apply after the client gave up);
 - CAS: a put expecting that mod_revision (0: the key absent); output ("ok", revision)
   or ("failed",) on CONDITION_FAILED, a real answer.
 A write whose answer is lost (UNAVAILABLE, DEADLINE_EXCEEDED) is sent again with the same
@@ -76,8 +78,10 @@ class KvWorkload:
                 roll = rng.random()
                 if roll < 0.45:
                     await _get(c, i, recorder, key, seen)
-                elif roll < 0.7:
+                elif roll < 0.65:
                     await _put(c, i, recorder, key, value)
+                elif roll < 0.7:
+                    await hasty_put(c, i, recorder, key, value, rng)
                 else:
                     await _cas(c, i, recorder, key, value, seen.get(key, 0))
 
@@ -92,6 +96,16 @@ async def _get(c: AsyncClient, i: int, recorder: Recorder, key: str, seen: dict[
 async def _put(c: AsyncClient, i: int, recorder: Recorder, key: str, value: bytes) -> None:
     async with recorder.op(i, ("put", value), key) as done:
         result = await settled(recorder, lambda rid: c.kv.put(key, value, request_id=rid))
+        done.output = _revision(result)
+
+
+async def hasty_put(
+    c: AsyncClient, i: int, recorder: Recorder, key: str, value: bytes, rng: random.Random
+) -> None:
+    """A put with a deadline of a few milliseconds, never resent: often it is still in
+    flight when the client gives up, and the write is indeterminate (it may apply)."""
+    async with recorder.op(i, ("put", value), key) as done:
+        result = await c.kv.put(key, value, timeout=rng.uniform(0.002, 0.03))
         done.output = _revision(result)
 
 

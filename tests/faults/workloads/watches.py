@@ -2,11 +2,12 @@
 while watchers follow it, resuming on other replicas; the validator checks that every
 acknowledged write was seen exactly once, in revision order, across resumes.
 
-Writers are the KV workload's puts (a lost answer resent with the same request_id, see
-kv.py), recorded by a Recorder: its ok operations are the acknowledged writes, with the
-revision each committed at; its indeterminate ones the writes that may or may not have
-happened. Each watcher is an AsyncClient over every replica (rotated, its own first) and
-follows the prefix from the revision its first watch registered at (before any write).
+Writers are the KV workload's puts (a lost answer resent with the same request_id, and
+one in twenty a hasty put with a deadline of milliseconds: see kv.py), recorded by a
+Recorder: its ok operations are the acknowledged writes, with the revision each committed
+at; its indeterminate ones the writes that may or may not have happened. Each watcher
+is an AsyncClient over every replica (rotated, its own first) and follows the prefix from
+the revision its first watch registered at (before any write).
 The client resumes a failed stream on another replica by itself; in addition a watcher
 closes its watch every few tenths of a second (at an event on a revision boundary: writes
 batched by group commit share a revision) and opens a new one, from the closed one's
@@ -40,7 +41,7 @@ from accord.client import AsyncClient
 from accord.client.kv import Watch
 from accord.client.retry import RetryPolicy
 from tests.faults.recorder import Recorder
-from tests.faults.workloads.kv import settled
+from tests.faults.workloads.kv import hasty_put, settled
 from tests.harness import make_client
 from tests.linearizability import INDETERMINATE
 
@@ -166,6 +167,9 @@ class WatchWorkload:
                 key = f"{PREFIX}{rng.randrange(self.keys)}"
                 value = f"{i}.{n}".encode()
                 n += 1
+                if rng.random() < 0.05:
+                    await hasty_put(c, i, recorder, key, value, rng)
+                    continue
                 async with recorder.op(i, ("put", value), key) as done:
                     result = await settled(
                         recorder,
