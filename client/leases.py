@@ -135,7 +135,10 @@ class Lease:
         failures = 0
         while True:
             try:
-                async for response in self._t.bidi(calls.LEASES_KEEP_ALIVE, self._requests()):
+                # A refresh is answered every TTL/3: a replica silent for TTL/2 is frozen,
+                # and the rest of the TTL is left to refresh through another.
+                stream = self._t.bidi(calls.LEASES_KEEP_ALIVE, self._requests(), stall=self.ttl / 2)
+                async for response in stream:
                     failures = 0
                     self._expires_at = time.monotonic() + response.ttl_seconds
             except LeaseNotFoundError as gone:

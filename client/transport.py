@@ -21,6 +21,10 @@ the one its caller set, retries and failover included; once it has passed, the c
 fails at once with DeadlineExceededError without being sent. While one is set, calls
 carry it as W3C baggage (accord.deadline). Streams are not bounded by it (see there).
 
+Streams: a stream that answers at a known pace (a lease's keep-alive) passes `stall=`,
+and a replica that sends nothing for that long is given up (down, if it answered nothing
+else meanwhile), as a frozen replica keeps its connection open and answers nothing.
+
 Error handling: every failed call surfaces as the typed error of `accord.client.errors`
 (from the last attempt), chained to the gRPC error; a deadline that passes before a call
 could be sent is DeadlineExceededError.
@@ -208,17 +212,25 @@ class Transport:
         return self._read(lambda stubs: call.method(stubs)(request, metadata=metadata))
 
     def bidi(
-        self, call: BidiStream[Req, Resp], requests: AsyncIterator[Req]
+        self,
+        call: BidiStream[Req, Resp],
+        requests: AsyncIterator[Req],
+        *,
+        stall: float | None = None,
     ) -> AsyncGenerator[Resp, None]:
-        """One bidirectional stream on a replica chosen as for stream(), fed from requests."""
+        """One bidirectional stream on a replica chosen as for stream(), fed from requests.
+        stall: for a stream that answers at a known pace, the longest wait for the next
+        response; past it the stream ends with UnavailableError, and the replica, if it
+        answered nothing else meanwhile (frozen with its connection open), is down."""
         metadata = outgoing(self.metadata)
-        return self._read(lambda stubs: call.method(stubs)(requests, metadata=metadata))
+        return self._read(lambda stubs: call.method(stubs)(requests, metadata=metadata), stall)
 
     async def _read(
         self,
         start: Callable[
             [Stubs], grpc.aio.UnaryStreamCall[Req, Resp] | grpc.aio.StreamStreamCall[Req, Resp]
         ],
+        stall: float | None = None,
     ) -> AsyncGenerator[Resp, None]:
         chosen = await self.replicas.pick(None, lambda r: r.streams, probe=False)
         if chosen is None:
@@ -228,8 +240,26 @@ class Transport:
         replica, pick = chosen
         replica.streams += 1
         rpc = start(replica.stubs)
+        responses = aiter(rpc)
+        watchdog = _Watchdog(rpc, stall)
         try:
-            async for response in rpc:
+            while True:
+                watchdog.arm()
+                try:
+                    response = await anext(responses)
+                except StopAsyncIteration:
+                    return
+                except (grpc.aio.AioRpcError, asyncio.CancelledError):
+                    if watchdog.fired is None or _cancelled_by_caller():
+                        raise
+                    if replica.last_answer < watchdog.fired:
+                        self.replicas.failed(replica, pick, silent=True)
+                    raise UnavailableError(
+                        f"replica {replica.address} sent nothing on the stream for {stall:g}s",
+                        code=grpc.StatusCode.UNAVAILABLE,
+                    ) from None
+                finally:
+                    watchdog.disarm()
                 self.replicas.answered(replica)
                 yield response
         except grpc.aio.AioRpcError as exc:
@@ -237,3 +267,34 @@ class Transport:
         finally:
             replica.streams -= 1
             rpc.cancel()
+
+
+def _cancelled_by_caller() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class _Watchdog:
+    """Cancels a stream's call when no response comes within `stall` seconds of being
+    armed (grpc's own cancel: a read cancelled from asyncio may never finish). `fired`:
+    when the wait it ended began (monotonic), None while it has not fired."""
+
+    def __init__(self, rpc: grpc.aio.Call, stall: float | None) -> None:
+        self._rpc, self._stall = rpc, stall
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = 0.0
+        self.fired: float | None = None
+
+    def arm(self) -> None:
+        if self._stall is not None:
+            self._armed = time.monotonic()
+            self._timer = asyncio.get_running_loop().call_later(self._stall, self._fire)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self.fired = self._armed
+        self._rpc.cancel()

@@ -32,6 +32,7 @@ from tests.faults.nemesis import (
     Nemesis,
     kill_replica,
     partition_from_etcd,
+    pause_replica,
 )
 from tests.faults.workloads import leases
 from tests.harness import REPO, EtcdMember, make_client, start_coordinator
@@ -153,6 +154,34 @@ async def test_paused_agent_loses_everything_and_is_told(
     )
     assert run.problems == []
     assert run.stored[0] == run.stored[1]  # the refused calls changed nothing in etcd
+
+
+async def test_a_live_agent_keeps_its_lease_while_a_replica_is_frozen(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """Each replica in turn is paused for 2.5 TTLs while a live agent keeps its lease
+    alive over both: the keep-alive stream on the frozen one is given up (it answers
+    nothing) and the lease refreshed through the other, never lapsing. Before, the client
+    waited on the frozen stream and the lease expired under a running agent."""
+    events = Events()
+    addresses = cluster.client_addresses()
+    async with make_client(addresses, namespace, agent="live") as agent:
+        lease = await agent.leases.grant(ttl=TTL)
+        for frozen in range(len(cluster.replicas)):
+            other = addresses[1 - frozen]
+            async with make_client([other], namespace, agent="observer") as observer:
+                pause = pause_replica(events, cluster, frozen)
+                await pause.start()
+                try:
+                    end = time.monotonic() + 2.5 * TTL
+                    while time.monotonic() < end:
+                        await observer.leases.time_to_live(lease.id)  # LeaseNotFoundError
+                        assert not lease.lost.is_set(), lease.lost_reason
+                        await asyncio.sleep(0.25)
+                finally:
+                    await pause.stop()
+        await lease.revoke()
+    print([(e.nemesis, e.action, e.target) for e in events.events])
 
 
 async def test_checker_flags_a_replica_that_skips_the_fence(
