@@ -24,6 +24,8 @@ back.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import os
 import time
@@ -406,7 +408,7 @@ def _stream(gate: _Gate, behavior: Any) -> Any:
                 gate.refused(calls.current.get(), exc)
                 raise
             finally:
-                calls.current.reset(token)
+                _restore(token)
         except AccordError as exc:
             error = exc
         except Exception as exc:
@@ -423,3 +425,12 @@ def _stream(gate: _Gate, behavior: Any) -> Any:
             await _abort(context, error)
 
     return wrapped
+
+
+def _restore(token: contextvars.Token[calls.Call]) -> None:
+    """Put back the call context a stream's handler set. A stream whose client left while
+    its handler was suspended at a `yield` (a reset connection) is closed later by the
+    event loop, in another context: there is nothing to put back there, and resetting
+    would raise ValueError in place of the GeneratorExit that ends the handler."""
+    with contextlib.suppress(ValueError):
+        calls.current.reset(token)

@@ -20,10 +20,11 @@ import pytest
 
 from tests.faults.cluster import FaultCluster, fault_cluster
 from tests.faults.nemesis import Events
+from tests.faults.proxy import Mode
 from tests.faults.recorder import Recorder
 from tests.faults.runs import counts, inject_in_turn, kinds_for, nemeses, seeds, timeline
 from tests.faults.workloads.watches import WatchRun, WatchWorkload, validate
-from tests.harness import start_coordinator
+from tests.harness import make_client, start_coordinator
 
 pytestmark = pytest.mark.faults
 
@@ -99,3 +100,47 @@ async def test_validator_catches_a_resumed_watch_losing_an_event(
     print(f"watches drop one: {counts(recorder)}; {_report(run)}; {len(problems)} problems:")
     print("\n".join(problems[:10]))
     assert any("missed" in p for p in problems), problems
+
+
+async def test_a_watch_whose_connection_is_reset_ends_quietly(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """Found by a soak of this workload: a watch whose client connection was reset while
+    its replica was blocked sending it events was closed later by the event loop, in
+    another context, where the interceptor's reset of the call's context variable raised
+    ValueError: the replica logged an "unexpected error" and counted the call INTERNAL."""
+    replica, link = cluster.replicas[0], cluster.client_link(0)
+    logged = replica.log.stat().st_size
+    stop = asyncio.Event()
+
+    async def write() -> None:
+        async with make_client([replica.address], namespace, "writer") as c:
+            n = 0
+            while not stop.is_set():
+                puts = (c.kv.put(f"busy/{k}", str(n)) for k in range(8))
+                await asyncio.gather(*puts, return_exceptions=True)  # only the load matters
+                n += 1
+
+    writing = asyncio.create_task(write())
+    try:
+        for _ in range(10):
+            async with make_client([cluster.proxies.address(link)], namespace) as c:
+                watch = c.kv.watch("busy/", prefix=True)
+                await watch.start()
+                for _ in range(5):
+                    await asyncio.wait_for(watch.__anext__(), 10)
+                # The replica's sends block on flow control, then the connection resets.
+                cluster.proxies.set(link, Mode.BLACKHOLE)
+                await asyncio.sleep(1.0)
+                cluster.proxies.set(link, Mode.DROP)
+                await asyncio.sleep(0.2)
+                cluster.proxies.set(link, Mode.PASS)
+    finally:
+        stop.set()
+        await writing
+    await asyncio.sleep(1)  # the loop closes the abandoned handlers
+    with replica.log.open("rb") as log:
+        log.seek(logged)
+        tail = log.read().decode(errors="replace")
+    errors = [line for line in tail.splitlines() if '"unexpected error"' in line]
+    assert errors == [], errors[0][:3000]
