@@ -32,7 +32,7 @@ from tests.harness import EtcdMember, start_coordinator
 pytestmark = pytest.mark.faults
 
 SEEDS = [1, 2, int(os.environ.get("ACCORD_FAULT_SEED", random.randrange(1 << 30)))]
-DURATION = 8.0
+DURATION = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def nemeses(events: Events, cluster: FaultCluster, seed: int) -> list[Nemesis]:
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_counter_under_faults_and_paused_holders(
-    cluster: FaultCluster, namespace: str, seed: int
+    cluster: FaultCluster, namespace: str, seed: int, tmp_path: Path
 ) -> None:
     print(f"seed={seed}")
     events = Events()
@@ -70,6 +70,9 @@ async def test_counter_under_faults_and_paused_holders(
     )
     print(report.summary())
     print([(e.nemesis, e.action, e.target) for e in events.events])
+    if not report.verdict.ok:
+        report.recorder.save(tmp_path / "history.jsonl")
+        print(f"history: {tmp_path / 'history.jsonl'}")
     assert report.verdict.ok, report.summary()
     assert report.stale, "the holder was never paused past its lease"
     assert all(s.reason in ("FENCED", "LEASE_NOT_FOUND") for s in report.stale), report.stale
