@@ -98,6 +98,10 @@ class Etcd:
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # gRPC core waits this long for any ping's ack (default 60 s), keepalive's too:
+            # without it a member cut off silently keeps its connection, and its share of
+            # the round robin, for a minute (tests/faults/test_nemesis.py).
+            ("grpc.http2.ping_timeout_ms", 5_000),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),

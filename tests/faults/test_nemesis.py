@@ -99,6 +99,31 @@ async def test_a_replica_cut_off_etcd_stops_serving_then_recovers(
     assert events.events[0].began <= events.events[0].ended <= events.events[1].began
 
 
+async def test_a_replica_cut_off_silently_from_two_members_serves_through_the_third(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """Regression: the replica's channel kept its stalled connections to the two members
+    (gRPC's 60 s ping timeout) and most of its calls went there and timed out; now they
+    are dropped after a 5 s keepalive and its calls go to the member it reaches."""
+    nemesis = partition_from_etcd(Events(), cluster, replica=0, members=[0, 1])
+    async with pinned(cluster, namespace, cluster.direct_addresses()[0]) as c:
+        await c.kv.put("k", "before")
+        await nemesis.start()
+        in_a_row = 0
+
+        async def five_puts_in_a_row() -> int:
+            nonlocal in_a_row
+            try:
+                await c.kv.put("k", "through member 2")
+                in_a_row += 1
+            except AccordError:
+                in_a_row = 0
+            return in_a_row
+
+        await until(five_puts_in_a_row, lambda n: n >= 5, "5 puts in a row", 45)
+        await nemesis.stop()
+
+
 @pytest.mark.parametrize("mode", [Mode.BLACKHOLE, Mode.DROP])
 async def test_clients_cut_off_a_replica_fail_then_recover(
     cluster: FaultCluster, namespace: str, mode: Mode
