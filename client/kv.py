@@ -575,7 +575,9 @@ class Watch:
                     self.resume_revision = response.resume_revision
                     self._started = True
                     yield None
-            except UnavailableError:
+            except (UnavailableError, DeadlineExceededError):
+                # The replica, or its etcd, did not answer in time (a watch has no deadline
+                # of its own): resume on another one, as after losing the replica.
                 failures += 1
                 if failures > self._max_reconnects:
                     raise

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Iterator
 import pytest
 
 from tests.faults.cluster import FaultCluster, fault_cluster
-from tests.faults.nemesis import Events
+from tests.faults.nemesis import Events, partition_from_etcd
 from tests.faults.proxy import Mode
 from tests.faults.recorder import Recorder
 from tests.faults.runs import counts, inject_in_turn, kinds_for, nemeses, seeds, timeline
@@ -144,3 +144,29 @@ async def test_a_watch_whose_connection_is_reset_ends_quietly(
         tail = log.read().decode(errors="replace")
     errors = [line for line in tail.splitlines() if '"unexpected error"' in line]
     assert errors == [], errors[0][:3000]
+
+
+async def test_a_watch_resumes_elsewhere_when_its_replica_cannot_reach_etcd(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """Found by a soak of this workload: a replica cut off etcd answers a watch resumed
+    at a revision with DEADLINE_EXCEEDED (its check of the revision waits for etcd until
+    its call timeout), and the client's Watch raised that to the application instead of
+    resuming on another replica."""
+    events = Events()
+    cut = partition_from_etcd(events, cluster, 0)
+    direct = cluster.direct_addresses()
+    async with (
+        make_client(direct[1:], namespace, "writer") as writer,
+        make_client(direct, namespace) as c,  # replica 0 first
+    ):
+        first = await writer.kv.put("w/x", "0")
+        await cut.start()
+        try:
+            watch = c.kv.watch("w/x", start_revision=first.revision + 1)
+            await writer.kv.put("w/x", "1")
+            event = await asyncio.wait_for(watch.__anext__(), 60)
+            assert event.kv.value == b"1"
+            await watch.aclose()
+        finally:
+            await cut.stop()
