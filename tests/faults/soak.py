@@ -17,8 +17,11 @@ time and verdict. A kv history the checker rejects also gets its smallest failin
 Nemesis names (NEMESES) are those of tests/faults/nemesis.py without a replica suffix: a
 per-replica fault is made for every replica, and the schedule picks among them.
 
-Error handling: a nemesis that fails to heal, or a cluster that does not start, raises
-(the run is void, not failed); the cluster's directory (process logs) is removed after a
+Error handling: a cluster that does not start raises. A run the workload or a nemesis
+could not carry out (a nemesis that failed to heal, a workload's own precondition unmet,
+e.g. the locks workload's paused holder outlived by no other holder's write) is void:
+its report says so and why, with the history recorded so far when the workload kept it,
+and the exit status is 1; the cluster's directory (process logs) is removed after a
 passing run and kept, named in the report, after a failing one.
 """
 
@@ -92,6 +95,7 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     window: Window | None = None
     window_seconds: float = 0.0
+    void: str = ""  # why the run could not be carried out (then ok is None)
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,10 @@ class Plan:
     breaks: tuple[str, ...] = ()
 
 
-async def _kv(plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str) -> Outcome:
-    recorder, stop = Recorder(), asyncio.Event()
+async def _kv(
+    plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str, recorder: Recorder
+) -> Outcome:
+    stop = asyncio.Event()
     workload = KvWorkload(cluster.client_addresses(), namespace, plan.seed)
     running = asyncio.create_task(workload.run(recorder, stop))
     try:
@@ -133,9 +139,9 @@ async def _kv(plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespac
 
 
 async def _watches(
-    plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str
+    plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str, recorder: Recorder
 ) -> Outcome:
-    recorder, stop = Recorder(), asyncio.Event()
+    stop = asyncio.Event()
     workload = WatchWorkload(cluster.client_addresses(), namespace, plan.seed)
     running = asyncio.create_task(workload.run(recorder, stop))
     try:
@@ -207,11 +213,15 @@ async def _run(plan: Plan, base: Path, events: Events) -> tuple[float, Outcome]:
     with fault_cluster(base / "cluster", env=env) as cluster:
         faults = [n for name in plan.nemeses for n in NEMESES[name](events, cluster, plan.seed)]
         origin = time.monotonic()
-        if plan.workload == "locks":
-            return origin, await _locks(plan, cluster, faults, namespace, events)
-        if plan.workload == "watches":
-            return origin, await _watches(plan, cluster, faults, namespace)
-        return origin, await _kv(plan, cluster, faults, namespace)
+        recorder = Recorder()
+        try:
+            if plan.workload == "locks":
+                return origin, await _locks(plan, cluster, faults, namespace, events)
+            if plan.workload == "watches":
+                return origin, await _watches(plan, cluster, faults, namespace, recorder)
+            return origin, await _kv(plan, cluster, faults, namespace, recorder)
+        except Exception as error:  # the run is void, not failed: say why
+            return origin, Outcome(recorder, None, "none", 0.0, void=f"{error!r}")
 
 
 def _summary(plan: Plan, outcome: Outcome, events: Events, origin: float) -> dict[str, Any]:
@@ -233,7 +243,7 @@ def _summary(plan: Plan, outcome: Outcome, events: Events, origin: float) -> dic
         "nemesis_events": {a: events.count(a) for a in ("start", "stop", "skip")},
         "checker": outcome.checker,
         "checker_seconds": round(outcome.check_seconds, 3),
-        "verdict": verdict[outcome.ok],
+        "verdict": f"void: {outcome.void}" if outcome.void else verdict[outcome.ok],
         "notes": outcome.problems,
         "window": None
         if window is None
