@@ -242,7 +242,7 @@ def _summary(plan: Plan, outcome: Outcome, events: Events, origin: float) -> dic
         "errors": {k: v for k, v in c.items() if k not in ("ok", "failed", "indeterminate")},
         "nemesis_events": {a: events.count(a) for a in ("start", "stop", "skip")},
         "checker": outcome.checker,
-        "checker_seconds": round(outcome.check_seconds, 3),
+        "checker_seconds": round(outcome.check_seconds, 6),
         "verdict": f"void: {outcome.void}" if outcome.void else verdict[outcome.ok],
         "notes": outcome.problems,
         "window": None
@@ -272,7 +272,7 @@ def _markdown(summary: dict[str, Any], outcome: Outcome, events: Events, origin:
         "|---|---|---|---|---|---|---|---|",
         f"| {s['operations']} | {s['ok']} | {s['failed']} | {s['indeterminate']} "
         f"| {s['nemesis_events']['start']} / {s['nemesis_events']['stop']} / "
-        f"{s['nemesis_events']['skip']} | {s['checker']} | {s['checker_seconds']:.3f} s "
+        f"{s['nemesis_events']['skip']} | {s['checker']} | {s['checker_seconds'] * 1000:.1f} ms "
         f"| **{s['verdict']}** |",
         "",
         f"Errors by type, resent and replayed writes: {s['errors'] or 'none'}.",
