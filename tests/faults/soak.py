@@ -197,10 +197,10 @@ def soak(plan: Plan, out: Path) -> bool:
     if outcome.window is not None:
         window = Recorder(operations=list(outcome.window.operations))
         window.save(out / "history_failing.jsonl")
-    summary = _summary(plan, outcome, events, origin)
+    summary = summarize(plan, outcome, events, origin)
     summary["cluster"] = None if outcome.ok else str(base)
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(summary, outcome, events, origin))
+    (out / "report.md").write_text(markdown(summary, outcome, events, origin))
     if outcome.ok:
         shutil.rmtree(base, ignore_errors=True)
     return outcome.ok is True
@@ -224,7 +224,7 @@ async def _run(plan: Plan, base: Path, events: Events) -> tuple[float, Outcome]:
             return origin, Outcome(recorder, None, "none", 0.0, void=f"{error!r}")
 
 
-def _summary(plan: Plan, outcome: Outcome, events: Events, origin: float) -> dict[str, Any]:
+def summarize(plan: Plan, outcome: Outcome, events: Events, origin: float) -> dict[str, Any]:
     c = outcome.recorder.counts
     verdict = {True: "valid", False: "INVALID", None: "unknown (checker timed out)"}
     window = outcome.window
@@ -259,7 +259,7 @@ def _summary(plan: Plan, outcome: Outcome, events: Events, origin: float) -> dic
     }
 
 
-def _markdown(summary: dict[str, Any], outcome: Outcome, events: Events, origin: float) -> str:
+def markdown(summary: dict[str, Any], outcome: Outcome, events: Events, origin: float) -> str:
     s = summary
     lines = [
         f"# Soak: {s['workload']}, seed {s['seed']}, {s['duration']:g} s",
