@@ -31,8 +31,9 @@ from tests.harness import EtcdMember, start_coordinator
 
 pytestmark = pytest.mark.faults
 
-FIXED_SEEDS = (1, 2)
-SEEDS = [*FIXED_SEEDS, int(os.environ.get("ACCORD_FAULT_SEED", random.randrange(1 << 30)))]
+# 787209365: its faults ended the process agent's lease while it waited for its first
+# grant, leaving it no turn before the schedule ended (the run now goes on until it had one).
+SEEDS = [1, 2, 787209365, int(os.environ.get("ACCORD_FAULT_SEED", random.randrange(1 << 30)))]
 DURATION = 6.0
 
 
@@ -75,12 +76,7 @@ async def test_counter_under_faults_and_paused_holders(
         report.recorder.save(tmp_path / "history.jsonl")
         print(f"history: {tmp_path / 'history.jsonl'}")
     assert report.verdict.ok, report.summary()
-    if seed in FIXED_SEEDS:  # these are known to pause a holder past its lease
-        assert report.stale, "the holder was never paused past its lease"
-    elif not report.stale:
-        # Seen on CI (seed 787209365): faults kept the process agent from the lock for
-        # the whole run. The run is still checked; it just had no stale holder.
-        print(f"seed={seed}: the process agent never held the lock, so no stale write")
+    assert report.stale, "the holder was never paused past its lease"
     assert all(s.reason in ("FENCED", "LEASE_NOT_FOUND") for s in report.stale), report.stale
     assert report.recorder.counts["ok"] > 10
 

@@ -8,8 +8,10 @@ process (`python -m tests.faults.workloads.locks ADDRESSES NAMESPACE TTL`) so th
 nemesis can pause it: `ProcessAgent.stall_past_lease` makes it take the lock and read,
 freezes it (SIGSTOP) while it holds, waits until its lease has ended and another holder
 has written, resumes it, and lets it make its now stale write, which must be refused.
-The checker (locks_check.py) reads what etcd holds afterwards: the counter's history and
-the final set.
+Every run has such a write: one whose faults kept the agent from the lock goes on past
+its schedule, healed, until it had one (STALL_GRACE at most). The checker
+(locks_check.py) reads what etcd holds afterwards: the counter's history and the final
+set.
 
 The process agent speaks one JSON object a line: "round" makes one whole round, "stall"
 takes the lock and reads, then answers {"holding": token} and writes on the next line;
@@ -51,6 +53,9 @@ COUNTER = "counter"
 SET = "set"
 # Agents' leases: long enough that a replica killed or paused does not end them.
 LEASE_TTL = 6
+# Seconds a run goes on after its schedule, at most, until the process agent has made
+# its stale write (the one a run exists for).
+STALL_GRACE = 30.0
 
 
 @dataclass
@@ -316,18 +321,22 @@ async def run(
     the end), then the checker."""
     rng = random.Random(seed)
     events = events if events is not None else Events()
-    recorder, stop, stale = Recorder(), asyncio.Event(), list[StaleAttempt]()
+    recorder, stale = Recorder(), list[StaleAttempt]()
+    # The process agent's driver stops first: a holder it has just paused needs the
+    # other agents to take the lock after it before it may resume.
+    stop_driver, stop_agents = asyncio.Event(), asyncio.Event()
+    stalled = asyncio.Event()  # the process agent has been paused past its lease once
     clients = [make_client(addresses, namespace, agent=f"a{i}", timeout=2) for i in range(agents)]
     process = ProcessAgent(addresses, namespace, agents, env=agent_env or {})
     process.start()
 
     async def drive_process() -> None:
-        first = True
-        while not stop.is_set():
-            if first or rng.random() < stall_chance:
+        while not stop_driver.is_set():
+            if not stalled.is_set() or rng.random() < stall_chance:
                 attempt = await process.stall_past_lease(clients[0], recorder, events)
                 stale.extend([attempt] if attempt else [])
-                first = first and attempt is None
+                if attempt is not None:
+                    stalled.set()
             else:
                 await process.round(recorder)
 
@@ -335,14 +344,23 @@ async def run(
     driver = asyncio.create_task(drive_process())
     try:
         loops += [
-            asyncio.create_task(agent_loop(c, i, recorder, stop)) for i, c in enumerate(clients)
+            asyncio.create_task(agent_loop(c, i, recorder, stop_agents))
+            for i, c in enumerate(clients)
         ]
         if nemeses:
             await run_schedule(nemeses, seed, duration, interval)
         else:
             await asyncio.sleep(duration)
-        stop.set()
-        await asyncio.gather(*loops, driver)
+        # A schedule may keep the process agent from the lock for the whole run (seed
+        # 787209365: both replicas out of reach of etcd for ~3 s, longer than its lease,
+        # while it waited for its first grant), so it gets its stale holder's turn on the
+        # healed cluster, the other agents still taking the lock.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stalled.wait(), STALL_GRACE)
+        stop_driver.set()
+        await driver
+        stop_agents.set()
+        await asyncio.gather(*loops)
         versions, final_set = await read_back(clients[0])
     finally:
         for task in [*loops, driver]:
