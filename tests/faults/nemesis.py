@@ -121,6 +121,7 @@ class KillProcess(Nemesis):
         keep: int = 1,
         among: Sequence[Process] | None = None,
         rng: random.Random | None = None,
+        before_restart: Callable[[Process], None] | None = None,
     ) -> None:
         super().__init__(name, events)
         self.candidates = list(candidates)
@@ -128,6 +129,8 @@ class KillProcess(Nemesis):
         self.among = list(among or candidates)  # whom `keep` counts
         self.rng = rng or random.Random(0)
         self.killed: Process | None = None
+        # What must hold for the process to start again (a replica needs etcd).
+        self.before_restart = before_restart
 
     async def _inject(self) -> str | None:
         running = [p for p in self.candidates if p.running()]
@@ -140,6 +143,8 @@ class KillProcess(Nemesis):
     async def _heal(self) -> None:
         assert self.killed is not None
         if not self.killed.running():
+            if self.before_restart is not None:
+                self.before_restart(self.killed)
             await asyncio.to_thread(self.killed.start)  # type: ignore[attr-defined]
         self.killed = None
 
@@ -260,8 +265,23 @@ def kill_replica(
     """SIGKILL a replica (the given one, or one at random keeping one running); restart."""
     chosen = cluster.replicas if replica is None else [cluster.replicas[replica]]
     name = "kill-replica" if replica is None else f"kill-replica-{replica}"
+
+    def reach_etcd(process: Process) -> None:
+        """A replica starts only once it reaches etcd (else it exits, and the run breaks
+        in the nemesis, not the checker): when the one restarting is cut off every etcd
+        member, its links are healed first, and the log says so."""
+        if not cluster.proxied:
+            return
+        i = cluster.replicas.index(process)  # type: ignore[arg-type]
+        links = [cluster.etcd_link(i, m) for m in range(len(cluster.members))]
+        if all(cluster.proxies.mode(link)[0] != Mode.PASS for link in links):
+            began = time.monotonic()
+            for link in links:
+                cluster.proxies.set(link, Mode.PASS, 0.0)
+            events.note(began, name, "heal-etcd-links-to-restart", process.name)
+
     return KillProcess(name, events, chosen, keep=1 if replica is None else 0,
-                       rng=random.Random(seed))  # fmt: skip
+                       rng=random.Random(seed), before_restart=reach_etcd)  # fmt: skip
 
 
 def pause_replica(events: Events, cluster: FaultCluster, replica: int) -> PauseProcess:

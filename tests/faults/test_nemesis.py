@@ -182,6 +182,30 @@ async def test_a_killed_replica_restarts_and_the_other_serves_meanwhile(
         assert await c.kv.get("k4") is not None
 
 
+async def test_a_replica_killed_while_cut_off_etcd_restarts_with_its_links_healed(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    events = Events()
+    cut = partition_from_etcd(events, cluster, replica=0)
+    kill = kill_replica(events, cluster, replica=0)
+    try:
+        assert await cut.start()
+        assert await kill.start()
+        await kill.stop()  # a replica cut off every member would never start
+        assert cluster.replicas[0].running()
+        async with pinned(cluster, namespace, cluster.replicas[0].address) as c:
+            await c.kv.put("k", "restarted")
+    finally:
+        await heal_all([kill, cut])
+    assert [e.action for e in events.events] == [
+        "start",
+        "start",
+        "heal-etcd-links-to-restart",
+        "stop",
+        "stop",
+    ]
+
+
 async def test_a_random_replica_kill_keeps_one_running(cluster: FaultCluster) -> None:
     events = Events()
     first = kill_replica(events, cluster, seed=3)
