@@ -32,9 +32,14 @@ echo "== tests against real etcd and coordinator processes, in two workers"
 python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=10 --ignore=tests/unit \
   -m "not load and not faults" "$@"
 
-echo "== tests of behaviour under load, and of replicas and etcd killed or paused, one at a time"
-# They load the machine or stop processes on purpose: alone, so nothing else waits on them.
-python -m pytest -q -p no:cacheprovider --durations=10 --ignore=tests/unit -m "load or faults" "$@"
+echo "== tests of replicas and etcd killed, paused or cut off (the fault suite), in two workers"
+# Each worker kills and pauses only its own processes (its session replicas, its fault
+# clusters); these tests mostly wait out leases and timeouts, so two share 2 cores.
+python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=10 --ignore=tests/unit \
+  -m "faults and not load" "$@"
+
+echo "== tests of behaviour under load, alone (they load the machine on purpose)"
+python -m pytest -q -p no:cacheprovider --durations=5 --ignore=tests/unit -m "load" "$@"
 
 echo "== fencing, votes and sessions again, against replicas with auth required"
 # tests/harness/auth.py: a token per agent, minted by a bootstrapped cluster admin (~5 min);
