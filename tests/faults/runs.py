@@ -31,6 +31,7 @@ from tests.faults.nemesis import (
     pause_replica,
 )
 from tests.faults.recorder import Recorder
+from tests.faults.seeds import random_seed
 
 
 class Kind(enum.Enum):
@@ -59,7 +60,7 @@ def seeds() -> list[int]:
     forced = os.environ.get("ACCORD_FAULT_SEED")
     if forced:
         return [int(forced)]
-    return [*FIXED, random.randrange(100, 1_000_000)]
+    return [*FIXED, 100 + random_seed(1_000_000 - 100)]
 
 
 def nemeses(kinds: list[Kind], cluster: FaultCluster, events: Events, seed: int) -> list[Nemesis]:

@@ -34,12 +34,13 @@ from tests.faults.nemesis import (
     partition_from_etcd,
     pause_replica,
 )
+from tests.faults.seeds import random_seed
 from tests.faults.workloads import leases
 from tests.harness import REPO, EtcdMember, make_client, start_coordinator
 
 pytestmark = pytest.mark.faults
 
-SEEDS = [3, 4, 6, int(os.environ.get("ACCORD_FAULT_SEED", random.randrange(1 << 30)))]
+SEEDS = [3, 4, 6, random_seed()]
 TTL = 2
 
 
