@@ -18,6 +18,8 @@ import asyncio
 import enum
 import os
 import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from tests.faults.cluster import FaultCluster
 from tests.faults.nemesis import (
@@ -32,6 +34,8 @@ from tests.faults.nemesis import (
 )
 from tests.faults.recorder import Recorder
 from tests.faults.seeds import random_seed
+
+T = TypeVar("T")
 
 
 class Kind(enum.Enum):
@@ -110,3 +114,20 @@ def counts(recorder: Recorder) -> str:
         f"operations={len(recorder.operations)} ok={c['ok']} failed={c['failed']} "
         f"indeterminate={c['indeterminate']} resent={c['resent']} replayed={c['replayed']}"
     )
+
+
+async def run_during(
+    work: Callable[[Recorder, asyncio.Event], Awaitable[T]],
+    recorder: Recorder,
+    faults: Awaitable[None],
+) -> T:
+    """A workload's run (work(recorder, stop)) while faults are injected; stopped when
+    they end (healed) or fail, and its result once it has wound down."""
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(work(recorder, stop))
+    try:
+        await faults
+    finally:
+        stop.set()
+        result = await running
+    return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,15 @@ import pytest
 from tests.faults.cluster import FaultCluster, fault_cluster
 from tests.faults.nemesis import Events
 from tests.faults.recorder import Recorder
-from tests.faults.runs import counts, inject_in_turn, kinds_for, nemeses, seeds, timeline
+from tests.faults.runs import (
+    counts,
+    inject_in_turn,
+    kinds_for,
+    nemeses,
+    run_during,
+    seeds,
+    timeline,
+)
 from tests.faults.workloads.kv import KvWorkload
 from tests.harness import start_coordinator
 from tests.linearizability import KvRegister, check
@@ -35,16 +43,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
         yield started
 
 
-async def _run(workload: KvWorkload, recorder: Recorder, faults: Awaitable[None]) -> None:
-    stop = asyncio.Event()
-    running = asyncio.create_task(workload.run(recorder, stop))
-    try:
-        await faults
-    finally:
-        stop.set()
-        await running
-
-
 @pytest.mark.parametrize("seed", seeds())
 async def test_kv_is_linearizable_under_faults(
     seed: int, cluster: FaultCluster, namespace: str, tmp_path: Path
@@ -55,7 +53,7 @@ async def test_kv_is_linearizable_under_faults(
     workload = KvWorkload(cluster.client_addresses(), namespace, seed)
     recorder = Recorder()
     origin = time.monotonic()
-    await _run(workload, recorder, inject_in_turn(faults, seed))
+    await run_during(workload.run, recorder, inject_in_turn(faults, seed))
     started = time.monotonic()
     result = check(recorder.operations, KvRegister(), timeout=60)
     checked = time.monotonic() - started
@@ -86,7 +84,7 @@ async def test_checker_catches_stale_reads(cluster: FaultCluster, namespace: str
         addresses = [broken.address, cluster.direct_addresses()[0]]
         workload = KvWorkload(addresses, namespace, seed=7)
         recorder = Recorder()
-        await _run(workload, recorder, asyncio.sleep(4))
+        await run_during(workload.run, recorder, asyncio.sleep(4))
     finally:
         broken.kill()
     result = check(recorder.operations, KvRegister(), timeout=60)

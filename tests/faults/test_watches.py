@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,7 +22,15 @@ from tests.faults.cluster import FaultCluster, fault_cluster
 from tests.faults.nemesis import Events, partition_from_etcd
 from tests.faults.proxy import Mode
 from tests.faults.recorder import Recorder
-from tests.faults.runs import counts, inject_in_turn, kinds_for, nemeses, seeds, timeline
+from tests.faults.runs import (
+    counts,
+    inject_in_turn,
+    kinds_for,
+    nemeses,
+    run_during,
+    seeds,
+    timeline,
+)
 from tests.faults.workloads.watches import WatchRun, WatchWorkload, validate
 from tests.harness import make_client, start_coordinator
 
@@ -33,16 +41,6 @@ pytestmark = pytest.mark.faults
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
     with fault_cluster(tmp_path_factory.mktemp("watch-faults")) as started:
         yield started
-
-
-async def _run(workload: WatchWorkload, recorder: Recorder, faults: Awaitable[None]) -> WatchRun:
-    stop = asyncio.Event()
-    running = asyncio.create_task(workload.run(recorder, stop))
-    try:
-        await faults
-    finally:
-        stop.set()
-    return await running
 
 
 def _report(run: WatchRun) -> str:
@@ -61,7 +59,7 @@ async def test_watches_see_every_write_once_under_faults(
     workload = WatchWorkload(cluster.client_addresses(), namespace, seed)
     recorder = Recorder()
     origin = time.monotonic()
-    run = await _run(workload, recorder, inject_in_turn(faults, seed))
+    run = await run_during(workload.run, recorder, inject_in_turn(faults, seed))
     started = time.monotonic()
     problems = validate(run)
     checked = time.monotonic() - started
@@ -93,7 +91,7 @@ async def test_validator_catches_a_resumed_watch_losing_an_event(
         addresses = [cluster.direct_addresses()[0], broken.address]
         workload = WatchWorkload(addresses, namespace, seed=7)
         recorder = Recorder()
-        run = await _run(workload, recorder, asyncio.sleep(3))
+        run = await run_during(workload.run, recorder, asyncio.sleep(3))
     finally:
         broken.kill()
     problems = validate(run)
