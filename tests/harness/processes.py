@@ -115,6 +115,7 @@ class StoredKey:
     version: int
     create_revision: int
     mod_revision: int
+    lease: int = 0
 
     @classmethod
     def from_json(cls, kv: dict[str, Any]) -> StoredKey:
@@ -125,6 +126,7 @@ class StoredKey:
             version=int(kv.get("version", 0)),
             create_revision=int(kv.get("create_revision", 0)),
             mod_revision=int(kv.get("mod_revision", 0)),
+            lease=int(kv.get("lease", 0)),
         )
 
 
@@ -188,6 +190,14 @@ class EtcdMember(Process):
         call wrote nothing there: unlike etcd's revision, it does not move with other
         tests' background writes (leases expiring, answers stored, retention leases)."""
         return self.kvs(f"{root}/ns/{namespace}/", prefix=True)
+
+    def revoke_leases_of(self, namespace: str, root: str = "accord") -> int:
+        """Revoke every lease holding a key of one namespace (its retention leases among
+        them, as if revoked by hand), never another test's; how many were revoked."""
+        leases = {kv.lease for kv in self.stored(namespace, root) if kv.lease}
+        for lease in leases:
+            self.ctl("lease", "revoke", f"{lease:x}")
+        return len(leases)
 
     def idempotency_records(
         self, namespace: str, agent: str, root: str = "accord"

@@ -168,14 +168,15 @@ async def test_synced_session_with_a_stale_fence_reports_it(
 
 
 async def test_writes_survive_their_retention_lease_being_revoked(
-    client: AsyncClient, etcd: EtcdMember
+    client: AsyncClient, pinned: list[AsyncClient], etcd: EtcdMember, namespace: str
 ) -> None:
     """Idempotency records hang on a retention lease; when it is gone (revoked by hand,
     a reset cluster), pushes, applies and deletes with a request_id take a fresh one."""
     await client.sessions.open("kept")
-    await client.sessions.push("kept", text_update("warm"), request_id="warm-up")
-    for line in etcd.ctl("lease", "list").splitlines()[1:]:
-        etcd.ctl("lease", "revoke", line.strip())
+    for i, c in enumerate(pinned):  # both replicas hold one now
+        await c.sessions.push("kept", text_update("warm"), request_id=f"warm-up-{i}")
+    # only this namespace's leases: other tests' records share the session etcd
+    assert etcd.revoke_leases_of(namespace) == len(pinned)
     update = text_update("a")
     revision = await client.sessions.push("kept", update, request_id="after-revoke")
     assert await client.sessions.push("kept", update, request_id="after-revoke") == revision
