@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from accord.v1 import common_pb2, kv_pb2, locks_pb2, votes_pb2
+from accord.v1 import common_pb2, effects_pb2, kv_pb2, locks_pb2, votes_pb2
 
 ErrorReason: TypeAlias = common_pb2.ErrorReason.ValueType
 
@@ -280,6 +280,23 @@ class QuotaExceededError(AccordError):
         return retry_after(self)
 
 
+class IntentMismatchError(AccordError):
+    """The effect key was begun with a different intent (tool or arguments): a key names
+    one tool call. `effect` is the effect as recorded."""
+
+    REASON = common_pb2.ERROR_REASON_INTENT_MISMATCH
+
+    @property
+    def effect(self) -> effects_pb2.Effect | None:
+        return next((d for d in self.details if isinstance(d, effects_pb2.Effect)), None)
+
+
+class NothingToCompensateError(AccordError):
+    """The run has no registered compensation to run."""
+
+    REASON = common_pb2.ERROR_REASON_NOTHING_TO_COMPENSATE
+
+
 def retry_after(error: AccordError) -> float | None:
     """The server's google.rpc.RetryInfo on an error: seconds to wait before trying
     again (None: the server said nothing)."""
@@ -322,6 +339,7 @@ _DETAIL_TYPES = [
     locks_pb2.LockWaitStatus,
     votes_pb2.Decision,
     votes_pb2.Ballot,
+    effects_pb2.Effect,
 ]
 
 

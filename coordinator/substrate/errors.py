@@ -301,6 +301,18 @@ class NotPermitted(AccordError):
     reason = _reason(common_pb2.ERROR_REASON_NOT_PERMITTED)
 
 
+class IntentMismatch(AccordError):
+    """An effect key begun again with a different intent; the details carry the Effect."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = _reason(common_pb2.ERROR_REASON_INTENT_MISMATCH)
+
+
+class NothingToCompensate(AccordError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = _reason(common_pb2.ERROR_REASON_NOTHING_TO_COMPENSATE)
+
+
 class Unauthenticated(AccordError):
     """No valid credential on the call (auth required)."""
 

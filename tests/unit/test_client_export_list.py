@@ -76,7 +76,9 @@ EXPECTED_CLIENT_EXPORTS = {
     "Decision",
     "DecisionEvent",
     "NotEligibleError",
+    "IntentMismatchError",
     "NotPermittedError",
+    "NothingToCompensateError",
     # Credentials (accord auth).
     "AsyncAuth",
     "AuditEntry",

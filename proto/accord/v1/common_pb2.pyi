@@ -88,6 +88,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     description the limit's name, e.g. "keys" or "requests_per_second") and a
     google.rpc.RetryInfo says when to come back. Nothing was written.
     """
+    ERROR_REASON_INTENT_MISMATCH: _ErrorReason.ValueType  # 24
+    """The effect key was begun with a different intent (tool or arguments): a key names
+    one tool call. accord.v1.Effect is the effect as recorded.
+    """
+    ERROR_REASON_NOTHING_TO_COMPENSATE: _ErrorReason.ValueType  # 25
+    """The run has no registered compensation to run."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons Accord puts in google.rpc.ErrorInfo.reason (domain "accord.v1"),
@@ -157,6 +163,12 @@ google.rpc.QuotaFailure names the limit (subject "namespace:NS" or "agent:NS/ID"
 description the limit's name, e.g. "keys" or "requests_per_second") and a
 google.rpc.RetryInfo says when to come back. Nothing was written.
 """
+ERROR_REASON_INTENT_MISMATCH: ErrorReason.ValueType  # 24
+"""The effect key was begun with a different intent (tool or arguments): a key names
+one tool call. accord.v1.Effect is the effect as recorded.
+"""
+ERROR_REASON_NOTHING_TO_COMPENSATE: ErrorReason.ValueType  # 25
+"""The run has no registered compensation to run."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
