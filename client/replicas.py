@@ -48,6 +48,10 @@ _OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC core waits this long for any ping's ack, keepalive's included (default 60 s):
+    # without it a watch on a replica cut off silently hears nothing for over a minute
+    # (tests/faults/test_nemesis.py).
+    ("grpc.http2.ping_timeout_ms", 5_000),
     # gRPC reconnects a lost channel in the background: at least once a second, so a
     # replica that restarts is found back within about a second (one TCP connect each).
     ("grpc.initial_reconnect_backoff_ms", 100),

@@ -375,3 +375,27 @@ async def test_a_replica_whose_clock_runs_ahead_closes_a_vote_early(
         ("start", "replica-1 +600s"),
         ("stop", "replica-1 +600s"),
     ]
+
+
+async def test_a_watch_on_a_replica_cut_off_silently_resumes_on_the_other(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """Regression: the client's channels, like the replica's etcd channel before them,
+    waited gRPC's 60 s ping timeout on a silent connection, so a watch whose replica was
+    blackholed heard nothing for over a minute; the client now gives a silent connection
+    up after its 10 s keepalive plus a 5 s ping timeout and resumes on the other replica.
+    Each replica's client link is cut in turn: one of the two is the watch's."""
+    async with (
+        make_client(cluster.client_addresses(), namespace) as watcher,
+        make_client(cluster.direct_addresses(), namespace) as writer,
+    ):
+        watch = watcher.kv.watch("w/", prefix=True)
+        await watch.start()
+        for replica in range(len(cluster.replicas)):
+            nemesis = partition_clients(Events(), cluster, replica=replica, mode=Mode.BLACKHOLE)
+            await nemesis.start()
+            written = await writer.kv.put(f"w/{replica}", "seen")
+            event = await asyncio.wait_for(anext(watch), 45)  # ~15 s expected, 60+ before
+            assert event.kv.key == f"w/{replica}" and event.revision == written.revision
+            await nemesis.stop()
+        await watch.aclose()
