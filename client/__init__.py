@@ -16,6 +16,7 @@ from accord.client.batching import BatchPolicy
 from accord.client.blocking import BlockingContext, BlockingIterator
 from accord.client.client import AsyncClient, tls_credentials
 from accord.client.deadlines import deadline, deadline_from, remaining
+from accord.client.effect_keys import canonical_json, effect_key
 from accord.client.errors import (
     AccordError,
     AlreadyVotedError,
@@ -35,6 +36,7 @@ from accord.client.errors import (
     NotFoundError,
     NotHeldError,
     NothingToCompensateError,
+    NotJSONError,
     NotPermittedError,
     PermissionDeniedError,
     QuotaExceededError,
@@ -191,6 +193,7 @@ __all__ = [
     "NotEligibleError",
     "NotFoundError",
     "NotHeldError",
+    "NotJSONError",
     "NotPermittedError",
     "NothingToCompensateError",
     "Outcome",
@@ -243,8 +246,10 @@ __all__ = [
     "WhoAmI",
     "WouldBlockError",
     "WriteResult",
+    "canonical_json",
     "deadline",
     "deadline_from",
+    "effect_key",
     "link",
     "ops",
     "parent",

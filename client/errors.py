@@ -297,6 +297,11 @@ class NothingToCompensateError(AccordError):
     REASON = common_pb2.ERROR_REASON_NOTHING_TO_COMPENSATE
 
 
+class NotJSONError(AccordError, ValueError):
+    """A tool's arguments or result have no exact JSON form (NaN, bytes, a set, a dict
+    key that is not a string, ...): nothing was sent."""
+
+
 def retry_after(error: AccordError) -> float | None:
     """The server's google.rpc.RetryInfo on an error: seconds to wait before trying
     again (None: the server said nothing)."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import accord.client
 
 EXPECTED_CLIENT_EXPORTS = {
+    "NotJSONError",
+    "canonical_json",
+    "effect_key",
     "AsyncQuotas",
     "QuotaExceededError",
     "QuotaLimits",
