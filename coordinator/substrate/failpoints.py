@@ -12,6 +12,9 @@ fault suite's checkers (tests/faults) catch a broken server. Known names:
   half a second, whatever its consistency (kv/breaks.py).
 - `watch.drop_one`: a watch opened at a start_revision (a resume) loses its first event
   (kv/breaks.py).
+- `votes.skip_open_check`: a ballot is stored without checking that its vote is still
+  open (neither by the record read nor in its transaction), so ballots are accepted after
+  the decision (votes/decisions.py, votes/store.py).
 
 Both are read once at import. Unset in production, where `hit` and `broken` cost one
 set lookup.

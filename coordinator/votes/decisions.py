@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from accord.coordinator import logs
 from accord.coordinator.observability import accord_metrics
-from accord.coordinator.substrate import Substrate, calls, clock
+from accord.coordinator.substrate import Substrate, calls, clock, failpoints
 from accord.coordinator.substrate.errors import AccordError, BackendUnavailable, NotFound
 from accord.coordinator.substrate.txn import (
     KeyValue,
@@ -54,6 +54,9 @@ _log = logs.get("accord.votes")
 OPEN_CACHE_SIZE = 10_000
 DECIDE_ATTEMPTS = 16
 BALLOT_CACHE_VOTES = 256
+# A deliberate bug (tests only, ACCORD_TEST_BREAK): a ballot is stored without checking
+# that its vote is still open (neither here nor in its transaction).
+SKIP_OPEN_CHECK = failpoints.broken("votes.skip_open_check")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,7 @@ class Decisions:
         if not found.kvs:
             raise not_found(vote_id)
         vote = parse_record(found.kvs[0])
-        if vote.status == votes_pb2.VOTE_STATUS_DECIDED:
+        if vote.status == votes_pb2.VOTE_STATUS_DECIDED and not SKIP_OPEN_CHECK:
             raise closed(vote)
         return self.remember_open(ns, vote)
 
