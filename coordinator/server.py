@@ -91,6 +91,8 @@ SERVICES = [
 HEALTH_INTERVAL_SECONDS = 2.0
 GC_THRESHOLDS = (10_000, 10, 10)
 HEALTH_PROBE_SECONDS = 5.0
+# Probes in a row that find no leader before NOT_SERVING: an election takes about one.
+LEADERLESS_PROBES = 2
 T = TypeVar("T")
 
 
@@ -354,15 +356,19 @@ class Replica:
         thread, over connections of its own (Etcd.leader_seen), so a replica whose event
         loop is busy with a storm of calls still sees etcd answer and stays SERVING (its
         callers get answers late, or pushback). NOT_SERVING when etcd refuses, is unreachable or
-        does not answer within HEALTH_PROBE_SECONDS, and while shutting down (stop()).
-        The same probe feeds accord_etcd_up and accord_etcd_leader_changes_total (a
-        leader named that differs from the last one named)."""
+        does not answer within HEALTH_PROBE_SECONDS, when no member that answers knows a
+        leader twice in a row (etcd lost its quorum: nothing can be written; once is an
+        election), and while shutting down (stop()). The same probe feeds accord_etcd_up
+        and accord_etcd_leader_changes_total (a leader named that differs from the last
+        one named)."""
         assert self.etcd is not None
         serving: bool | None = None
         leader = 0
+        leaderless = 0
         while True:
             seen = await asyncio.to_thread(self.etcd.leader_seen, HEALTH_PROBE_SECONDS)
-            ok = seen is not None
+            leaderless = leaderless + 1 if seen == 0 else 0
+            ok = seen is not None and leaderless < LEADERLESS_PROBES
             changed = bool(seen) and bool(leader) and seen != leader
             leader = seen or leader
             accord_metrics.etcd_health(ok, changed)

@@ -235,10 +235,11 @@ class Etcd:
 
     def leader_seen(self, timeout: float) -> int | None:
         """The leader's member id named by the first member that answers a Status within
-        timeout (0: it knows none); None when none answers. Blocking, for a thread of
-        its own, over connections of its own: so whether etcd answers is measured apart
-        from the event loop, which a storm of calls may keep busy (health must not take a
-        busy replica for an unreachable etcd)."""
+        timeout and knows one; 0 when every member that answers knows none (no quorum,
+        or an election under way); None when none answers. Blocking, for a thread of its
+        own, over connections of its own: so whether etcd answers is measured apart from
+        the event loop, which a storm of calls may keep busy (health must not take a busy
+        replica for an unreachable etcd)."""
         if not self._probes:
             targets, creds, options = self._probe_setup
             self._probes = [
@@ -247,15 +248,18 @@ class Etcd:
                 else grpc.secure_channel(t, creds, options=options)
                 for t in targets
             ]
+        answered = False
         for channel in self._probes:
             try:
                 status = rpc_grpc.MaintenanceStub(channel).Status(
                     rpc.StatusRequest(), timeout=timeout
                 )
-                return int(status.leader)
             except grpc.RpcError:
                 continue
-        return None
+            if status.leader:
+                return int(status.leader)
+            answered = True  # a member cut off its peers knows no leader: ask the next
+        return 0 if answered else None
 
     async def endpoint_statuses(self, timeout: float) -> list[EndpointStatus]:
         """Every configured endpoint's Maintenance Status (its member, leader and raft

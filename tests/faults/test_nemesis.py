@@ -269,8 +269,10 @@ async def test_losing_the_etcd_quorum_only_when_told(cluster: FaultCluster, name
     try:
         assert all([await k.start() for k in kills])
         assert [m.running() for m in cluster.members] == [False, False, True]
-        # Without a quorum nothing is written. (Health stays SERVING: the member left
-        # answers Status, naming no leader; see the report of issue 16.)
+        # Without a quorum nothing is written, and the replicas say so: the member left
+        # answers Status but names no leader (they stayed SERVING before).
+        for address in cluster.direct_addresses():
+            await until(lambda a=address: status(a), lambda s: s == NOT_SERVING, address, 30)
         async with pinned(cluster, namespace, cluster.direct_addresses()[0], 3) as c:
             with pytest.raises(AccordError) as refused:
                 await c.kv.put("k", "no quorum")
