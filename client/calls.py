@@ -18,6 +18,7 @@ import grpc
 
 from accord.v1 import (
     auth_pb2_grpc,
+    effects_pb2_grpc,
     kv_pb2_grpc,
     leases_pb2_grpc,
     locks_pb2_grpc,
@@ -40,6 +41,7 @@ class Stubs:
         self.locks = locks_pb2_grpc.LocksStub(channel)
         self.sessions = sessions_pb2_grpc.SessionsStub(channel)
         self.votes = votes_pb2_grpc.VotesStub(channel)
+        self.effects = effects_pb2_grpc.EffectsStub(channel)
         self.auth = auth_pb2_grpc.AuthStub(channel)
         self.quotas = quotas_pb2_grpc.QuotasStub(channel)
         self.replicas = replicas_pb2_grpc.ReplicasStub(channel)
@@ -111,6 +113,17 @@ VOTES_GET = Unary(lambda s: s.votes.Get)
 VOTES_LIST = Unary(lambda s: s.votes.List)
 VOTES_CANCEL = Unary(lambda s: s.votes.Cancel)
 VOTES_WATCH = ServerStream(lambda s: s.votes.Watch)
+
+# accord.v1.Effects. All safe to repeat: Begin is idempotent by key and lease, Complete
+# replays the first outcome, the rest are naturally idempotent.
+EFFECTS_BEGIN = Unary(lambda s: s.effects.Begin)
+EFFECTS_COMPLETE = Unary(lambda s: s.effects.Complete)
+EFFECTS_ABORT = Unary(lambda s: s.effects.Abort)
+EFFECTS_GET = Unary(lambda s: s.effects.Get)
+EFFECTS_LIST = Unary(lambda s: s.effects.List)
+EFFECTS_GET_RUN = Unary(lambda s: s.effects.GetRun)
+EFFECTS_SET_RUN_STATUS = Unary(lambda s: s.effects.SetRunStatus)
+EFFECTS_COMPENSATE = Unary(lambda s: s.effects.Compensate)
 
 # accord.v1.Auth. CreateToken is not repeated: a repeat would mint a second token.
 AUTH_WHO_AM_I = Unary(lambda s: s.auth.WhoAmI)

@@ -14,6 +14,7 @@ from pycrdt import Doc
 
 from accord.client.auth import AsyncAuth
 from accord.client.batching import BatchPolicy, CastBatches, KVBatches
+from accord.client.effects import AsyncEffects
 from accord.client.kv import AsyncKV
 from accord.client.leases import AsyncLeases
 from accord.client.locks import AsyncLocks
@@ -51,6 +52,7 @@ class AsyncClient:
     agent_id: str
     namespace: str
     auth: AsyncAuth
+    effects: AsyncEffects
     kv: AsyncKV
     leases: AsyncLeases
     locks: AsyncLocks
@@ -98,6 +100,7 @@ class AsyncClient:
         self.replicas = AsyncReplicas(self._transport)
         self.sessions = AsyncSessions(self._transport)
         self.votes = AsyncVotes(self._transport, self._casts)
+        self.effects = AsyncEffects(self._transport)
 
     @contextlib.asynccontextmanager
     async def session(

@@ -22,6 +22,19 @@ from accord.client.auth import AsyncAuth, AuditPage, NewToken, Principal, Role, 
 from accord.client.batching import BatchPolicy
 from accord.client.blocking import Blocking, BlockingContext, BlockingIterator, LoopThread
 from accord.client.client import AsyncClient
+from accord.client.effects import (
+    AsyncEffects,
+    Began,
+    Compensating,
+    Completed,
+    Effect,
+    EffectsPage,
+    EffectState,
+    Intent,
+    Run,
+    RunJournal,
+    RunStatus,
+)
 from accord.client.errors import AccordError
 from accord.client.kv import (
     AsyncKV,
@@ -83,6 +96,7 @@ class Client(Blocking[AsyncClient]):
     """Blocking twin of `accord.client.client.AsyncClient`."""
 
     auth: Auth
+    effects: Effects
     kv: KV
     leases: Leases
     locks: Locks
@@ -122,6 +136,7 @@ class Client(Blocking[AsyncClient]):
             raise
         super().__init__(loop, wrapped)
         self.auth = Auth(self._loop, self._async.auth)
+        self.effects = Effects(self._loop, self._async.effects)
         self.kv = KV(self._loop, self._async.kv)
         self.leases = Leases(self._loop, self._async.leases)
         self.locks = Locks(self._loop, self._async.locks)
@@ -249,6 +264,116 @@ class Auth(Blocking[AsyncAuth]):
     def revoke_label(self, principal: str, key: str, *, timeout: float | None = None) -> Principal:
         """Take back a lease label in this client's namespace."""
         return self._loop.run(self._async.revoke_label(principal, key, timeout=timeout))
+
+
+class Effects(Blocking[AsyncEffects]):
+    """Blocking twin of `accord.client.effects.AsyncEffects`."""
+
+    def begin(
+        self,
+        key: str,
+        run_id: str,
+        what: Intent,
+        *,
+        lease: _HasId | int,
+        fence: _Fencing | common_pb2.Fence | None = None,
+        wait: float = 0.0,
+        reconciled: bool = False,
+        timeout: float | None = None,
+    ) -> Began:
+        """Begin (or look up) effect `key` of run `run_id`. wait: seconds to wait when
+        another executor runs it (at most 60); reconciled: claim an IN_DOUBT effect."""
+        return self._loop.run(
+            self._async.begin(
+                key,
+                run_id,
+                what,
+                lease=lease,
+                fence=fence,
+                wait=wait,
+                reconciled=reconciled,
+                timeout=timeout,
+            )
+        )
+
+    def complete(
+        self,
+        key: str,
+        claim: int,
+        *,
+        lease: _HasId | int,
+        result: bytes | None = None,
+        error: str | None = None,
+        compensation: Intent | None = None,
+        fence: _Fencing | common_pb2.Fence | None = None,
+        timeout: float | None = None,
+    ) -> Completed:
+        """Record the outcome: `result` (success) or `error` (failure), exactly one;
+        optionally the compensation that undoes it."""
+        return self._loop.run(
+            self._async.complete(
+                key,
+                claim,
+                lease=lease,
+                result=result,
+                error=error,
+                compensation=compensation,
+                fence=fence,
+                timeout=timeout,
+            )
+        )
+
+    def abort(
+        self,
+        key: str,
+        claim: int,
+        *,
+        lease: _HasId | int,
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> Effect:
+        """Release the claim without an outcome: the next Begin is told PROCEED."""
+        return self._loop.run(
+            self._async.abort(key, claim, lease=lease, reason=reason, timeout=timeout)
+        )
+
+    def get(self, key: str, *, timeout: float | None = None) -> Effect:
+        return self._loop.run(self._async.get(key, timeout=timeout))
+
+    def list(
+        self,
+        *,
+        states: Sequence[EffectState] = (),
+        run_id: str = "",
+        limit: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> EffectsPage:
+        """A page of the namespace's effects in key order (with run_id: that run's, in
+        journal order), only those in `states` when given."""
+        return self._loop.run(
+            self._async.list(
+                states=states, run_id=run_id, limit=limit, page_token=page_token, timeout=timeout
+            )
+        )
+
+    def get_run(
+        self, run_id: str, *, limit: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> RunJournal:
+        """The run (status, counts, resume_at) and a page of its journal."""
+        return self._loop.run(
+            self._async.get_run(run_id, limit=limit, page_token=page_token, timeout=timeout)
+        )
+
+    def set_run_status(
+        self, run_id: str, status: RunStatus, *, timeout: float | None = None
+    ) -> Run:
+        """Mark the run FINISHED, FAILED or RUNNING."""
+        return self._loop.run(self._async.set_run_status(run_id, status, timeout=timeout))
+
+    def compensate(self, run_id: str, *, timeout: float | None = None) -> Compensating:
+        """Start compensating the run; its compensations in the order to run them."""
+        return self._loop.run(self._async.compensate(run_id, timeout=timeout))
 
 
 class KV(Blocking[AsyncKV]):

@@ -28,6 +28,10 @@ from accord.coordinator.auth.refusals import RefusalLog
 from accord.coordinator.auth.service import AuthService
 from accord.coordinator.auth.store import AuthStore
 from accord.coordinator.batch_gate import OpGate
+from accord.coordinator.effects.compensation import Compensations
+from accord.coordinator.effects.runs import Runs
+from accord.coordinator.effects.service import EffectsService
+from accord.coordinator.effects.store import EffectStore, Ledger
 from accord.coordinator.interceptor import CallInterceptor
 from accord.coordinator.kv.service import KVService
 from accord.coordinator.kv.store import KVStore
@@ -61,6 +65,8 @@ from accord.coordinator.votes.timers import VoteTimers
 from accord.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    effects_pb2,
+    effects_pb2_grpc,
     kv_pb2,
     kv_pb2_grpc,
     leases_pb2,
@@ -84,6 +90,7 @@ SERVICES = [
     locks_pb2.DESCRIPTOR.services_by_name["Locks"].full_name,
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
     votes_pb2.DESCRIPTOR.services_by_name["Votes"].full_name,
+    effects_pb2.DESCRIPTOR.services_by_name["Effects"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
     quotas_pb2.DESCRIPTOR.services_by_name["Quotas"].full_name,
     replicas_pb2.DESCRIPTOR.services_by_name["Replicas"].full_name,
@@ -211,7 +218,6 @@ class Replica:
             self.port = self.server.add_secure_port(settings.listen, _credentials(settings.tls))
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {settings.listen}")
-        host = settings.listen.rpartition(":")[0]
         replica = settings.replica or f"{socket.gethostname()}:{self.port}"
         self.settings = replace(settings, replica=replica)
         tracing.configure(replica)  # when OTEL_* asks for traces: before the first call
@@ -228,6 +234,7 @@ class Replica:
         votes_pb2_grpc.add_VotesServicer_to_server(
             VotesService(votes, self.vote_feeds, replica, gate), self.server
         )
+        self._add_effects(leases, fencing, replica)
         self._add_admin_services(replica)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
@@ -245,7 +252,7 @@ class Replica:
         self._health_task = asyncio.create_task(self._watch_health())
         _log.info(
             "coordinator serving",
-            listen=f"{host}:{self.port}",
+            listen=f"{settings.listen.rpartition(':')[0]}:{self.port}",
             ws_listen=f"{settings.ws_listen.rpartition(':')[0]}:{self.ws_port}"
             if self.ws
             else "off",
@@ -267,6 +274,21 @@ class Replica:
             self.metrics = MetricsServer(self.settings.metrics_listen)
             self.metrics.start()
             _log.info("metrics serving", metrics=f"http://{self.metrics.address}/metrics")
+
+    def _add_effects(self, leases: LeaseStore, fencing: Fencing, replica: str) -> None:
+        """The effect ledger, on a retention lease of its own (--effects-ttl)."""
+        assert self.server is not None and self.substrate is not None
+        settings = self.settings
+        ledger = Ledger.over(
+            self.substrate,
+            ttl=settings.effects_ttl_seconds,
+            max_per_run=settings.effects_max_per_run,
+        )
+        runs = Runs(ledger)
+        service = EffectsService(
+            EffectStore(ledger, leases, fencing), runs, Compensations(ledger, runs), replica
+        )
+        effects_pb2_grpc.add_EffectsServicer_to_server(service, self.server)
 
     def _add_admin_services(self, replica: str) -> None:
         """Auth and Quotas: administrative writes, straight to etcd with their audit;

@@ -61,6 +61,10 @@ class Settings:
     # A session's document may hold this many bytes of encoded Yjs state (0: no limit), so
     # a Sync or Read of all of it fits a standard client's 4 MiB message.
     session_max_bytes: int = 3 * 1024 * 1024
+    # How long effects, runs and journals are kept after their last change (effect ledger).
+    effects_ttl_seconds: int = 7 * 24 * 3600
+    # Effects one run may hold; a Begin beyond it is refused (QUOTA_EXCEEDED).
+    effects_max_per_run: int = 10_000
     # Agents that may cancel any vote (besides its proposer).
     vote_admins: tuple[str, ...] = ("admin",)
     # Every call must carry a bearer token (accord auth); False: identity is a claim.

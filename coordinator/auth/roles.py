@@ -25,6 +25,7 @@ from typing import TypeAlias
 from accord.coordinator.substrate.errors import PermissionDenied
 from accord.v1 import (
     auth_pb2,
+    effects_pb2,
     kv_pb2,
     leases_pb2,
     locks_pb2,
@@ -57,6 +58,7 @@ SERVICES: tuple[tuple[ModuleType, str], ...] = (
     (locks_pb2, "Locks"),
     (sessions_pb2, "Sessions"),
     (votes_pb2, "Votes"),
+    (effects_pb2, "Effects"),
     (auth_pb2, "Auth"),
     (quotas_pb2, "Quotas"),
     (replicas_pb2, "Replicas"),
@@ -135,6 +137,14 @@ REQUIRED: Mapping[str, Need] = MappingProxyType(
             votes_pb2,
             "Votes",
             {R: ["Get", "List", "Watch", "CastMany"], W: ["Cast"], P: ["Propose", "Cancel"]},
+        ),
+        **_table(
+            effects_pb2,
+            "Effects",
+            {
+                R: ["Get", "List", "GetRun"],
+                W: ["Begin", "Complete", "Abort", "SetRunStatus", "Compensate"],
+            },
         ),
         **_table(
             auth_pb2,

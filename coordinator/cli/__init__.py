@@ -98,6 +98,17 @@ def serve(
         int,
         typer.Option(envvar="ACCORD_IDEMPOTENCY_TTL", help="seconds a request_id is remembered"),
     ] = 24 * 3600,
+    effects_ttl: Annotated[
+        int,
+        typer.Option(
+            envvar="ACCORD_EFFECTS_TTL",
+            help="seconds effects, runs and journals are kept after their last change",
+        ),
+    ] = 7 * 24 * 3600,
+    effects_max_per_run: Annotated[
+        int,
+        typer.Option(envvar="ACCORD_EFFECTS_MAX_PER_RUN", help="effects one run may hold"),
+    ] = 10_000,
     session_idle: Annotated[
         float,
         typer.Option(
@@ -251,6 +262,10 @@ def serve(
         raise typer.BadParameter("must be host:port", param_hint="--metrics-listen")
     if not 1 <= workers <= 64:
         raise typer.BadParameter("must be between 1 and 64", param_hint="--workers")
+    if effects_ttl < 60:
+        raise typer.BadParameter("must be at least 60 seconds", param_hint="--effects-ttl")
+    if effects_max_per_run < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--effects-max-per-run")
     if not 0 < max_value_bytes <= 1024 * 1024:
         raise typer.BadParameter("must be between 1 and 1048576", param_hint="--max-value-bytes")
     settings = Settings(
@@ -264,6 +279,8 @@ def serve(
         log_level=log_level,
         limits=Limits(max_value_bytes=max_value_bytes),
         idempotency_ttl_seconds=idempotency_ttl,
+        effects_ttl_seconds=effects_ttl,
+        effects_max_per_run=effects_max_per_run,
         session_idle_seconds=session_idle,
         session_max_bytes=session_max_bytes,
         vote_admins=tuple(vote_admin) if vote_admin else ("admin",),

@@ -6,8 +6,8 @@ Cost: every function returns at once while metrics are off (no --metrics-listen)
 primitive pays one call and one flag test. While on, a labelled child is looked up once
 per label set and kept (namespace_label bounds the namespaces, so the children too), and
 an event is one inc() or observe(). Labels are only metrics.namespace_label(ns) and fixed
-words (lock kind, deadlock policy, vote outcome, stream kind): never a key, lock,
-session or vote name. Nothing here changes what a call does.
+words (lock kind, deadlock policy, vote outcome, stream kind, effect outcome): never a
+key, lock, session, vote, effect or run name. Nothing here changes what a call does.
 
 Error handling: nothing here raises; a metric is never a reason for a call to fail.
 """
@@ -185,6 +185,26 @@ def lease_granted(namespace: str) -> None:
 def lease_expired(namespace: str) -> None:
     if metrics.enabled():
         _child(metrics.LEASES_EXPIRED, _ns(namespace)).inc()
+
+
+# --- effects -------------------------------------------------------------------------
+
+
+def effect_began(namespace: str, outcome: str) -> None:
+    """A Begin answered: proceed, done, in_doubt (an effect whose executor died was seen)
+    or busy."""
+    if metrics.enabled():
+        _child(metrics.EFFECT_BEGINS, _ns(namespace), outcome).inc()
+
+
+def effect_completed(namespace: str, state: str) -> None:
+    if metrics.enabled():
+        _child(metrics.EFFECT_COMPLETES, _ns(namespace), state).inc()
+
+
+def effect_aborted(namespace: str) -> None:
+    if metrics.enabled():
+        _child(metrics.EFFECT_ABORTS, _ns(namespace)).inc()
 
 
 # --- etcd health ---------------------------------------------------------------------

@@ -286,6 +286,27 @@ LEASES_EXPIRED = Counter(
 )
 
 
+# --- effects --------------------------------------------------------------------------------
+EFFECT_BEGINS = Counter(
+    "accord_effect_begins_total",
+    "Effects.Begin answers, by outcome (proceed | done | in_doubt | busy).",
+    ("namespace", "outcome"),
+    registry=REGISTRY,
+)
+EFFECT_COMPLETES = Counter(
+    "accord_effect_completes_total",
+    "Effect outcomes recorded, by state (succeeded | failed), not counting replays.",
+    ("namespace", "state"),
+    registry=REGISTRY,
+)
+EFFECT_ABORTS = Counter(
+    "accord_effect_aborts_total",
+    "Effect claims released without an outcome.",
+    ("namespace",),
+    registry=REGISTRY,
+)
+
+
 class _Namespaces:
     """The namespaces this process labels by name: the first `cap` it was asked about."""
 

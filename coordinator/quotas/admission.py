@@ -7,7 +7,8 @@ The interceptor asks once per call, after identity and before the method runs:
 - a call that can only add to what the namespace holds is checked against the counts of
   usage.py (dict lookups, no etcd call): KV.Put and a Txn with a put (keys, and bytes by
   the request's size), Leases.Grant (leases), Sessions.Open (sessions), Sessions.Push,
-  Apply and SetPresence (session bytes by the request's size), Votes.Propose (open votes).
+  Apply and SetPresence (session bytes by the request's size), Votes.Propose (open votes),
+  Effects.Begin and Complete (keys, and bytes by the request's size).
   Deletes, reads and releases are never refused for counts, so a namespace over quota
   can always clean up;
 - a server stream counts against the namespace's open streams on this replica while it
@@ -46,6 +47,7 @@ from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import QuotaExceeded, RateExceeded
 from accord.v1 import (
     auth_pb2,
+    effects_pb2,
     kv_pb2,
     leases_pb2,
     quotas_pb2,
@@ -84,6 +86,10 @@ GROWS: MappingProxyType[str, Grows] = MappingProxyType(
         method_name(sessions_pb2, "Sessions", "Apply"): Grows((Limit.SESSION_BYTES,)),
         method_name(sessions_pb2, "Sessions", "SetPresence"): Grows((Limit.SESSION_BYTES,)),
         method_name(votes_pb2, "Votes", "Propose"): Grows((Limit.VOTES_OPEN,)),
+        # The effect ledger's records live under the namespace too: a namespace at its
+        # key or byte quota begins no effect and records no outcome.
+        method_name(effects_pb2, "Effects", "Begin"): Grows((_KEYS, _BYTES)),
+        method_name(effects_pb2, "Effects", "Complete"): Grows((_KEYS, _BYTES)),
     }
 )
 _EXEMPT_PREFIXES = tuple(

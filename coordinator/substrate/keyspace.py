@@ -18,6 +18,9 @@ characters), under a configurable root:
       alive | log\\0{id} | trace\\0{id} | snap\\0{rev:016x}\\0{sha}\\0{i} | presence\\0{client:08x}
   {root}/ns/{ns}/votes/{id}                          Vote record                    (votes)
   {root}/ns/{ns}/ballots/{id}\\0{agent}               Ballot                         (votes)
+  {root}/ns/{ns}/effects/{key}                       Effect, effects retention      (effects)
+  {root}/ns/{ns}/runs/{run}\\0 + one of (RunKeys)     one run's keys                 (effects)
+      r | j\\0{key} | c\\0{key} | o|a|s|f\\0{key} | x\\0{began:016x} | k\\0{key} | y\\0{key}
   {root}/vote-timers/{due_ms:016x}\\0{kind}\\0{ns}\\0{id}  empty: a deadline or expiry (votes)
   {root}/auth/principals/{name}                      PrincipalRecord                (auth)
   {root}/auth/tokens/{token id}                      TokenRecord                    (auth)
@@ -55,6 +58,39 @@ class SessionData:
 
     def presence(self, client_id: int) -> bytes:
         return self.prefix + f"presence\x00{client_id:08x}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RunKeys:
+    """The keys of one run of the effect ledger (effects/keys.py says what each holds)."""
+
+    prefix: bytes
+
+    @property
+    def record(self) -> bytes:
+        return self.prefix + b"r"
+
+    def _of(self, kind: bytes, tail: str = "") -> bytes:
+        return self.prefix + kind + b"\x00" + tail.encode()
+
+    def journal(self, key: str = "") -> bytes:
+        return self._of(b"j", key)
+
+    def claim(self, key: str = "") -> bytes:
+        return self._of(b"c", key)
+
+    def marker(self, kind: bytes, key: str = "") -> bytes:
+        """kind: o (open), a (aborted), s (succeeded), f (failed)."""
+        return self._of(kind, key)
+
+    def compensation(self, began_revision: int | None = None) -> bytes:
+        return self._of(b"x", "" if began_revision is None else f"{began_revision:016x}")
+
+    def compensation_key(self, key: str = "") -> bytes:
+        return self._of(b"k", key)
+
+    def compensated(self, key: str = "") -> bytes:
+        return self._of(b"y", key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +205,17 @@ class Keyspace:
             return int(due, 16), kind, namespace, vote_id
         except ValueError:  # also a UnicodeDecodeError
             return None
+
+    # --- effects -------------------------------------------------------------------------
+
+    def effects_prefix(self, namespace: str) -> bytes:
+        return self._ns(namespace, "effects").encode()
+
+    def effect(self, namespace: str, key: str) -> bytes:
+        return (self._ns(namespace, "effects") + key).encode()
+
+    def run(self, namespace: str, run_id: str) -> RunKeys:
+        return RunKeys((self._ns(namespace, "runs") + run_id + "\x00").encode())
 
     # --- auth (cluster-wide, not per namespace) ------------------------------------------
 

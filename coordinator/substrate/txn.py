@@ -9,8 +9,8 @@ A primitive's transaction reads as a sentence, one compare or op per line:
     )
 
 Compares: absent, exists (alive), mod_is, version_is, created_at, created_after,
-none_changed_since, prefix_empty.
-Ops: put, delete, get, get_prefix, count, nested. Reads and watches: read, watch. Helpers:
+lease_is, none_changed_since, prefix_empty.
+Ops: put, reattach, delete, get, get_prefix, count, nested. Reads and watches: read, watch. Helpers:
 prefix_end, first_kv.
 
 aetcd ships the etcd v3 messages without type stubs, so etcd messages are Any here; the
@@ -80,6 +80,11 @@ def created_at(key: bytes, revision: int) -> Compare:
     )
 
 
+def lease_is(key: bytes, lease: int) -> Compare:
+    """key is attached to lease (an existing key: etcd compares a missing one as lease 0)."""
+    return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=rpc.Compare.EQUAL, lease=lease)
+
+
 def none_changed_since(prefix: bytes, revision: int) -> Compare:
     """No key under prefix was modified after revision."""
     return rpc.Compare(
@@ -130,6 +135,12 @@ def put(
             key=key, value=value, lease=lease, prev_kv=prev_kv, ignore_lease=keep_lease
         )
     )
+
+
+def reattach(key: bytes, lease: int) -> Op:
+    """Attach an existing key to lease, keeping its value (etcd refuses the whole
+    transaction if key does not exist: compare exists(key) first)."""
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, lease=lease, ignore_value=True))
 
 
 def delete(key: bytes, *, prefix: bool = False, prev_kv: bool = False) -> Op:

@@ -242,6 +242,37 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ),
     ),
     (
+        "Effect ledger",
+        (
+            Panel(
+                "Begins by outcome",
+                (
+                    (
+                        f"sum by (outcome) (rate(accord_effect_begins_total{{{NS}}}[{RATE}]))",
+                        "{{outcome}}",
+                    ),
+                ),
+                unit="ops",
+                description="in_doubt: an effect whose executor's lease ended was found.",
+            ),
+            Panel(
+                "Outcomes recorded by state",
+                (
+                    (
+                        f"sum by (state) (rate(accord_effect_completes_total{{{NS}}}[{RATE}]))",
+                        "{{state}}",
+                    ),
+                ),
+                unit="ops",
+            ),
+            Panel(
+                "Claims aborted",
+                ((f"sum(rate(accord_effect_aborts_total{{{NS}}}[{RATE}]))", "aborts"),),
+                unit="ops",
+            ),
+        ),
+    ),
+    (
         "Storage: etcd and group commit",
         (
             Panel(

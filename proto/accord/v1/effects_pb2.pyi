@@ -229,6 +229,7 @@ class Effect(_message.Message):
     COMPENSATION_FIELD_NUMBER: _builtins.int
     COMPENSATES_FIELD_NUMBER: _builtins.int
     BEGAN_REVISION_FIELD_NUMBER: _builtins.int
+    ABORT_REASON_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     run_id: _builtins.str
     state: Global___EffectState.ValueType
@@ -242,6 +243,8 @@ class Effect(_message.Message):
     """For a compensation's own effect: the key of the effect it compensates."""
     began_revision: _builtins.int
     """The effect's position in its run's journal: the etcd revision at which it began."""
+    abort_reason: _builtins.str
+    """Why it was last aborted (the Abort's reason; empty: never aborted, or none given)."""
     @_builtins.property
     def intent(self) -> Global___Intent: ...
     @_builtins.property
@@ -280,10 +283,11 @@ class Effect(_message.Message):
         compensation: Global___Intent | None = ...,
         compensates: _builtins.str = ...,
         began_revision: _builtins.int = ...,
+        abort_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["began", b"began", "claimed", b"claimed", "compensation", b"compensation", "completed", b"completed", "intent", b"intent", "outcome", b"outcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "began", b"began", "began_revision", b"began_revision", "claim", b"claim", "claimed", b"claimed", "compensates", b"compensates", "compensation", b"compensation", "completed", b"completed", "intent", b"intent", "key", b"key", "outcome", b"outcome", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "attempts", b"attempts", "began", b"began", "began_revision", b"began_revision", "claim", b"claim", "claimed", b"claimed", "compensates", b"compensates", "compensation", b"compensation", "completed", b"completed", "intent", b"intent", "key", b"key", "outcome", b"outcome", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

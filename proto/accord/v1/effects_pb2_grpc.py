@@ -142,7 +142,10 @@ class EffectsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """The namespace's effects, filtered by state, newest first, in pages.
+        """The namespace's effects, filtered by state, in pages: in key order, or with run_id
+        in that run's journal order (the order they began). A page holds at most `limit`
+        effects and may hold fewer (even none) before the last one when a state filter skipped
+        many: continue while next_page_token is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

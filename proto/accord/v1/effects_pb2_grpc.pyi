@@ -63,7 +63,11 @@ class EffectsStub:
     Get: _grpc.UnaryUnaryMultiCallable[_effects_pb2.EffectsGetRequest, _effects_pb2.EffectsGetResponse]
     """One effect, by key."""
     List: _grpc.UnaryUnaryMultiCallable[_effects_pb2.EffectsListRequest, _effects_pb2.EffectsListResponse]
-    """The namespace's effects, filtered by state, newest first, in pages."""
+    """The namespace's effects, filtered by state, in pages: in key order, or with run_id
+    in that run's journal order (the order they began). A page holds at most `limit`
+    effects and may hold fewer (even none) before the last one when a state filter skipped
+    many: continue while next_page_token is set.
+    """
     GetRun: _grpc.UnaryUnaryMultiCallable[_effects_pb2.GetRunRequest, _effects_pb2.GetRunResponse]
     """A run: its status, progress, and journal (its effects in the order they began)."""
     SetRunStatus: _grpc.UnaryUnaryMultiCallable[_effects_pb2.SetRunStatusRequest, _effects_pb2.SetRunStatusResponse]
@@ -111,7 +115,11 @@ class EffectsAsyncStub(EffectsStub):
     Get: _aio.UnaryUnaryMultiCallable[_effects_pb2.EffectsGetRequest, _effects_pb2.EffectsGetResponse]  # type: ignore[assignment]
     """One effect, by key."""
     List: _aio.UnaryUnaryMultiCallable[_effects_pb2.EffectsListRequest, _effects_pb2.EffectsListResponse]  # type: ignore[assignment]
-    """The namespace's effects, filtered by state, newest first, in pages."""
+    """The namespace's effects, filtered by state, in pages: in key order, or with run_id
+    in that run's journal order (the order they began). A page holds at most `limit`
+    effects and may hold fewer (even none) before the last one when a state filter skipped
+    many: continue while next_page_token is set.
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_effects_pb2.GetRunRequest, _effects_pb2.GetRunResponse]  # type: ignore[assignment]
     """A run: its status, progress, and journal (its effects in the order they began)."""
     SetRunStatus: _aio.UnaryUnaryMultiCallable[_effects_pb2.SetRunStatusRequest, _effects_pb2.SetRunStatusResponse]  # type: ignore[assignment]
@@ -186,7 +194,11 @@ class EffectsServicer(metaclass=_abc_1.ABCMeta):
         request: _effects_pb2.EffectsListRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_effects_pb2.EffectsListResponse, _abc.Awaitable[_effects_pb2.EffectsListResponse]]:
-        """The namespace's effects, filtered by state, newest first, in pages."""
+        """The namespace's effects, filtered by state, in pages: in key order, or with run_id
+        in that run's journal order (the order they began). A page holds at most `limit`
+        effects and may hold fewer (even none) before the last one when a state filter skipped
+        many: continue while next_page_token is set.
+        """
 
     @_abc_1.abstractmethod
     def GetRun(

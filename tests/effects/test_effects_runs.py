@@ -1,0 +1,165 @@
+"""Runs of the effect ledger against the live replicas: the journal in the order effects
+began, counts and resume_at, run status, listings with a state filter and pages, and
+compensation (reverse order, derived keys, COMPENSATED once all are done)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from accord.client import (
+    AsyncClient,
+    EffectState,
+    NotFoundError,
+    NothingToCompensateError,
+    RunStatus,
+    intent,
+)
+from accord.client.errors import InvalidArgumentError
+from tests.harness import Coordinator, EtcdMember, make_client
+
+Agent = Callable[..., Awaitable[AsyncClient]]
+
+
+@pytest.fixture
+async def agents(replicas: list[Coordinator], namespace: str) -> AsyncIterator[Agent]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def agent(name: str, i: int = 0) -> AsyncClient:
+            client = make_client([replicas[i].address], namespace, agent=name)
+            return await stack.enter_async_context(client)
+
+        yield agent
+
+
+def step(i: int) -> tuple[str, bytes]:
+    return f"step-{i}", f'{{"n":{i}}}'.encode()
+
+
+async def test_the_journal_is_in_begin_order_with_counts_and_resume_point(
+    agents: Agent,
+) -> None:
+    a = await agents("alice")
+    lease = await a.leases.grant(10)
+    # Keys whose order differs from the order they begin in.
+    keys = ["zeta", "alpha", "mid", "beta", "omega"]
+    claims = {}
+    for key in keys:
+        claims[key] = (
+            await a.effects.begin(key, "wf", intent("tool", key.encode()), lease=lease)
+        ).claim
+    for key in keys[:2]:
+        await a.effects.complete(key, claims[key], lease=lease, result=b"ok")
+    await a.effects.complete("mid", claims["mid"], lease=lease, error="boom")
+    await a.effects.abort("beta", claims["beta"], lease=lease)
+    journal = await a.effects.get_run("wf")
+    assert [e.key for e in journal.journal] == keys
+    run = journal.run
+    assert run.status == RunStatus.RUNNING and run.created.agent_id == "alice"
+    assert (run.effects, run.succeeded, run.failed, run.running, run.in_doubt) == (5, 2, 1, 1, 0)
+    assert run.resume_at == "beta"  # the first effect in journal order without an outcome
+    await lease.revoke()
+    run = (await a.effects.get_run("wf")).run
+    assert (run.running, run.in_doubt) == (0, 1)
+    pages, token = [], ""
+    while True:
+        page = await a.effects.get_run("wf", limit=2, page_token=token)
+        pages.append([e.key for e in page.journal])
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == [["zeta", "alpha"], ["mid", "beta"], ["omega"]]
+
+
+async def test_listing_filters_by_state_and_pages(agents: Agent) -> None:
+    a = await agents("alice")
+    lease = await a.leases.grant(10)
+    for i in range(6):
+        key, args = step(i)
+        began = await a.effects.begin(key, "list-run", intent("t", args), lease=lease)
+        if i % 2 == 0:
+            await a.effects.complete(key, began.claim, lease=lease, result=b"")
+    done = await a.effects.list(states=[EffectState.SUCCEEDED])
+    assert sorted(e.key for e in done.effects) == ["step-0", "step-2", "step-4"]
+    seen, token = [], ""
+    while True:
+        page = await a.effects.list(states=[EffectState.RUNNING], limit=2, page_token=token)
+        seen += [e.key for e in page.effects]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ["step-1", "step-3", "step-5"]
+    in_run = await a.effects.list(run_id="list-run", states=[EffectState.RUNNING])
+    assert [e.key for e in in_run.effects] == ["step-1", "step-3", "step-5"]
+    with pytest.raises(InvalidArgumentError):
+        await a.effects.list(page_token="not a token")
+    with pytest.raises(InvalidArgumentError):
+        await a.effects.list(limit=1001)
+
+
+async def test_run_status(agents: Agent) -> None:
+    a, b = await agents("alice", 0), await agents("bob", 1)
+    lease = await a.leases.grant(10)
+    await a.effects.begin("only", "status-run", intent("t"), lease=lease)
+    run = await b.effects.set_run_status("status-run", RunStatus.FINISHED)
+    assert run.status == RunStatus.FINISHED and run.updated.agent_id == "bob"
+    with pytest.raises(InvalidArgumentError):
+        await b.effects.set_run_status("status-run", RunStatus.COMPENSATING)
+    with pytest.raises(NotFoundError):
+        await b.effects.set_run_status("no-such-run", RunStatus.FAILED)
+    with pytest.raises(NotFoundError):
+        await b.effects.compensate("no-such-run")
+
+
+async def test_compensation_runs_backwards_with_derived_keys(
+    agents: Agent, etcd: EtcdMember, namespace: str
+) -> None:
+    a, b = await agents("alice", 0), await agents("bob", 1)
+    lease = await a.leases.grant(10)
+    long_key = "x" * 250
+    for key in ["book-flight", "book-hotel", long_key, "no-undo"]:
+        began = await a.effects.begin(key, "trip", intent("book", key.encode()), lease=lease)
+        undo = intent("cancel", key.encode()) if key != "no-undo" else None
+        await a.effects.complete(key, began.claim, lease=lease, result=b"", compensation=undo)
+    plan = await b.effects.compensate("trip")
+    assert plan.run.status == RunStatus.COMPENSATING
+    assert [c.compensates for c in plan.compensations] == [long_key, "book-hotel", "book-flight"]
+    assert [c.key for c in plan.compensations] == [
+        "compensate:" + hashlib.sha256(long_key.encode()).hexdigest(),
+        "compensate:book-hotel",
+        "compensate:book-flight",
+    ]
+    assert all(c.state == 0 for c in plan.compensations)
+    assert (plan.run.compensations, plan.run.compensated) == (3, 0)
+    before = etcd.stored(namespace)
+    again = await a.effects.compensate("trip")  # a second agent: the same list, no write
+    assert [c.key for c in again.compensations] == [c.key for c in plan.compensations]
+    assert etcd.stored(namespace) == before
+    other = await b.leases.grant(10)
+    for c in plan.compensations:
+        began = await b.effects.begin(c.key, "trip", c.intent, lease=other)
+        assert began.proceed and began.effect.compensates == c.compensates
+        await b.effects.complete(c.key, began.claim, lease=other, result=b"undone")
+        run = (await a.effects.get_run("trip")).run
+        if c is not plan.compensations[-1]:
+            assert run.status == RunStatus.COMPENSATING
+    assert run.status == RunStatus.COMPENSATED and run.compensated == 3
+    done = await a.effects.compensate("trip")
+    assert all(c.state == EffectState.SUCCEEDED for c in done.compensations)
+
+
+async def test_a_run_without_compensations_has_nothing_to_compensate(
+    agents: Agent, etcd: EtcdMember, namespace: str
+) -> None:
+    a = await agents("alice")
+    lease = await a.leases.grant(10)
+    began = await a.effects.begin("read-only", "plain", intent("t"), lease=lease)
+    await a.effects.complete("read-only", began.claim, lease=lease, result=b"")
+    before = etcd.stored(namespace)
+    with pytest.raises(NothingToCompensateError):
+        await a.effects.compensate("plain")
+    assert etcd.stored(namespace) == before
+    assert (await a.effects.get_run("plain")).run.status == RunStatus.RUNNING
