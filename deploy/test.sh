@@ -14,14 +14,17 @@ bash proto/generate.sh --check
 
 echo "== lint and types"
 ruff check .
-# mypy sees our folders under their import names (accord.coordinator, accord.client).
+# mypy sees our folders under their import names (accord.coordinator, accord.client,
+# accord.mcpserver).
 view=$(mktemp -d)
 trap 'rm -rf "$view"' EXIT
 mkdir -p "$view/accord"
 ln -s "$repo/coordinator" "$view/accord/coordinator"
 ln -s "$repo/client" "$view/accord/client"
+ln -s "$repo/mcpserver" "$view/accord/mcpserver"
 ln -s "$repo/proto/accord/v1" "$view/accord/v1"
-(cd "$view" && mypy --config-file "$repo/pyproject.toml" -p accord.coordinator -p accord.client)
+(cd "$view" && mypy --config-file "$repo/pyproject.toml" -p accord.coordinator -p accord.client \
+  -p accord.mcpserver)
 
 echo "== unit tests (no etcd, no coordinator: fails fast)"
 python -m pytest -q -p no:cacheprovider tests/unit

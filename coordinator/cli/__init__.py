@@ -1,7 +1,7 @@
 """The `accord` command: `accord serve` runs a coordinator replica; the admin commands
 (common.py, locks.py, votes.py, auth.py, quotas.py, status.py) are client programs that
 call a running service (except `accord auth bootstrap`, which writes the first admin into
-etcd)."""
+etcd); `accord mcp` (mcp.py) serves the service as MCP tools to agent hosts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import typer
 
 from accord.coordinator.cli.auth import audit_app, auth_app
 from accord.coordinator.cli.locks import deadlocks_app, leases_app, locks_app
+from accord.coordinator.cli.mcp import mcp
 from accord.coordinator.cli.quotas import QUOTA_NAMES, parse_quotas, quota_app
 from accord.coordinator.cli.status import status
 from accord.coordinator.cli.votes import votes_app
@@ -49,6 +50,7 @@ app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")
 app.add_typer(quota_app, name="quota")
 app.command("status")(status)
+app.command("mcp")(mcp)
 
 
 @app.command()
