@@ -30,7 +30,7 @@ from pycrdt import Doc, get_update, merge_updates
 
 from accord.coordinator import logs
 from accord.coordinator.observability import accord_metrics
-from accord.coordinator.sessions import compaction, sizes
+from accord.coordinator.sessions import breaks, compaction, sizes
 from accord.coordinator.sessions.ops import LibraryFailure, guarded, kinds_of
 from accord.coordinator.sessions.subscribers import Event, Merges, Subscriber
 from accord.coordinator.substrate import calls
@@ -327,7 +327,8 @@ class SessionDoc:
                         if traced is not None:  # its writer's trace context
                             with contextlib.suppress(DecodeError):  # written only by us
                                 update.trace_context.MergeFromString(traced)
-                        self._broadcast(update, arrived)
+                        if not (breaks.DROP_FANOUT and breaks.drop_this_update()):  # tests only
+                            self._broadcast(update, arrived)
                     if self._pending:
                         self._settle_pending()
             elif part.startswith(b"presence\x00"):

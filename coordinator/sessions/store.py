@@ -30,8 +30,8 @@ from google.rpc import status_pb2
 from accord.coordinator import logs
 from accord.coordinator.leases.store import LeaseStore
 from accord.coordinator.locks.fencing import Fencing, fence_bytes
+from accord.coordinator.sessions import breaks, sizes
 from accord.coordinator.sessions import ops as session_ops
-from accord.coordinator.sessions import sizes
 from accord.coordinator.sessions.catalog import check_name, info_of, now
 from accord.coordinator.sessions.doc import SessionDoc
 from accord.coordinator.sessions.loaded import LoadedSessions
@@ -250,6 +250,8 @@ class SessionStore:
         fence: common_pb2.Fence | None,
         digest: bytes,
     ) -> tuple[int, bytes]:
+        if breaks.APPLY_TWICE:  # a test-only bug (tests/faults): retries apply again
+            request_id = ""
         prior = await self._s.writes.prior(request_id, digest)
         if prior is not None:  # checked first: the operations would apply differently now
             replay = _replay(prior, sessions_pb2.SessionsApplyResponse)

@@ -15,8 +15,12 @@ fault suite's checkers (tests/faults) catch a broken server. Known names:
 - `votes.skip_open_check`: a ballot is stored without checking that its vote is still
   open (neither by the record read nor in its transaction), so ballots are accepted after
   the decision (votes/decisions.py, votes/store.py).
+- `sessions.drop_fanout`: one session update in three reaching a replica is kept from
+  its subscribers (sessions/breaks.py).
+- `sessions.apply_twice`: a session Apply ignores its request_id, so a retry applies
+  again (sessions/breaks.py).
 
-Both are read once at import. Unset in production, where `hit` and `broken` cost one
+All are read once at import. Unset in production, where `hit` and `broken` cost one
 set lookup.
 
 Error handling: none; an unknown name is simply never reached.

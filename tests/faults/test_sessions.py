@@ -1,0 +1,154 @@
+"""The sessions workload under faults: every acknowledged edit present exactly once in
+every replica's document and every subscriber's, all of them converged; and the checker
+catching a replica that loses an update's fan-out, and one that applies a retried Apply
+twice.
+
+The runs share one fault cluster (tests/faults/cluster.py: 3 etcd members, 2 replicas,
+every link through a proxy). Each seed runs the workload
+(tests/faults/workloads/sessions.py) through the client links while its faults are
+injected in turn (tests/faults/runs.py): seed 1 kills and restarts a replica, pauses
+one and delays the clients' link to one; seed 2 kills and restarts an etcd member (the
+quorum kept), cuts a replica off etcd and cuts the clients off a replica; the random
+seed two kinds of runs.py's plans and a delay between a replica and etcd. Run with -s
+to see each run's report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.faults.cluster import FaultCluster, fault_cluster
+from tests.faults.nemesis import Events, Nemesis, delay_clients, delay_etcd
+from tests.faults.recorder import Recorder
+from tests.faults.runs import Kind, counts, inject_in_turn, kinds_for, nemeses, run_during, timeline
+from tests.faults.seeds import random_seed
+from tests.faults.workloads.sessions import SessionRun, SessionWorkload, check
+from tests.harness import start_coordinator
+
+pytestmark = pytest.mark.faults
+
+FIXED = {
+    1: [Kind.KILL_REPLICA, Kind.PAUSE_REPLICA],
+    2: [Kind.KILL_ETCD, Kind.PARTITION_ETCD, Kind.PARTITION_CLIENTS],
+}
+
+
+def _seeds() -> list[int]:
+    """The fixed seeds and one random one; ACCORD_FAULT_SEED alone when set (a replay)."""
+    forced = os.environ.get("ACCORD_FAULT_SEED")
+    return [int(forced)] if forced else [*FIXED, 100 + random_seed(1_000_000 - 100)]
+
+
+def _faults(seed: int, cluster: FaultCluster, events: Events) -> list[Nemesis]:
+    """Seed 1 also delays the clients' link to a replica; the others a replica's etcd links."""
+    replica = random.Random(f"{seed}/delay").randrange(len(cluster.replicas))
+    faults = nemeses(FIXED.get(seed) or kinds_for(seed), cluster, events, seed)
+    if seed == 1:
+        return [*faults, delay_clients(events, cluster, replica, 0.2)]
+    return [*faults, delay_etcd(events, cluster, replica, 0.2)] if seed not in FIXED else faults
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
+    with fault_cluster(tmp_path_factory.mktemp("session-faults")) as started:
+        yield started
+
+
+def _report(run: SessionRun, recorder: Recorder) -> str:
+    edits = sum(len(e) for e in run.acknowledged.values())
+    live = sum(s.edits for s in run.subscribers)
+    errors = {k: v for k, v in recorder.counts.items() if k[0].isupper()}
+    return (
+        f"{edits} acknowledged edits ({live} made by {len(run.subscribers)} subscribers), "
+        f"errors {errors}, settled in {run.settle_seconds:.1f}s"
+    )
+
+
+@pytest.mark.parametrize("seed", _seeds())
+async def test_sessions_converge_with_every_acknowledged_edit_under_faults(
+    seed: int, cluster: FaultCluster, namespace: str
+) -> None:
+    print(f"seed={seed}")
+    events = Events()
+    faults = _faults(seed, cluster, events)
+    workload = SessionWorkload(cluster.client_addresses(), namespace, seed)
+    recorder = Recorder()
+    origin = time.monotonic()
+    run = await run_during(workload.run, recorder, inject_in_turn(faults, seed))
+    started = time.monotonic()
+    problems = check(run)
+    checked = time.monotonic() - started
+    print(
+        f"sessions seed={seed}: {counts(recorder)}; {_report(run, recorder)}; faults: "
+        f"{timeline(events, origin)}; checker {checked * 1000:.1f}ms; verdict "
+        f"{'valid' if not problems else f'{len(problems)} PROBLEMS'}"
+    )
+    print("\n".join(problems[:10]))
+    assert events.count("start") == len(faults), "a fault was skipped"
+    assert recorder.counts["ok"] > 50, "the workload made too little progress to mean much"
+    assert recorder.counts["failed"] > 0, "no doomed edit was refused"
+    assert problems == []
+
+
+async def _broken_run(
+    cluster: FaultCluster,
+    namespace: str,
+    bug: str,
+    seed: int,
+    *,
+    alone: bool = False,
+    mix: tuple[float, ...] = SessionWorkload.mix,
+) -> list[str]:
+    """The workload for 3 s, without faults, through a healthy replica and one with bug
+    (or, alone, through the broken one only)."""
+    broken = start_coordinator(
+        cluster.base,
+        f"broken-{bug.rsplit('.', maxsplit=1)[-1]}",
+        cluster.etcd_endpoints(),
+        env={"ACCORD_TEST_BREAK": bug},
+        ws=False,
+    )
+    try:
+        addresses = [broken.address] if alone else [cluster.direct_addresses()[0], broken.address]
+        workload = SessionWorkload(addresses, namespace, seed, hasty=(0.005, 0.04), mix=mix)
+        recorder = Recorder()
+        # settle briefly: these runs are meant not to converge
+        work = functools.partial(workload.run, settle=2.0)
+        run = await run_during(work, recorder, asyncio.sleep(3))
+    finally:
+        broken.kill()
+    problems = check(run)
+    report = _report(run, recorder)
+    print(f"sessions {bug}: {counts(recorder)}; {report}; {len(problems)} problems:")
+    print("\n".join(problems[:10]))
+    return problems
+
+
+async def test_checker_catches_a_replica_losing_an_update_fanout(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """A replica with sessions.drop_fanout keeps one update in three from its
+    subscribers: they diverge (nothing makes them resubscribe)."""
+    problems = await _broken_run(cluster, namespace, "sessions.drop_fanout", seed=7)
+    assert any("replica 1 diverged" in p for p in problems), problems
+    assert not any("on replica 0 diverged" in p for p in problems), problems
+
+
+async def test_checker_catches_a_replica_applying_a_retried_apply_twice(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """A replica with sessions.apply_twice ignores an Apply's request_id: a hasty Apply
+    that went through after its caller gave up is applied again by the resend, and the
+    element appears twice. Every editor goes through that replica and makes only hasty
+    Applies, since few of them go through after their caller gave up."""
+    problems = await _broken_run(
+        cluster, namespace, "sessions.apply_twice", seed=8, alone=True, mix=(0, 0, 1, 0, 0)
+    )
+    assert any("present 2 times" in p for p in problems), problems
