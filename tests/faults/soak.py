@@ -14,6 +14,9 @@ report.json and report.md: operations, ok/failed/indeterminate, nemesis events, 
 time and verdict. A kv history the checker rejects also gets its smallest failing window
 (tests/faults/window.py): history_failing.jsonl and a table in the report.
 
+The sessions workload (workloads/sessions.py) is checked for convergence: every
+acknowledged edit in every replica's and subscriber's document, exactly once.
+
 Nemesis names (NEMESES) are those of tests/faults/nemesis.py without a replica suffix: a
 per-replica fault is made for every replica, and the schedule picks among them.
 
@@ -57,6 +60,8 @@ from tests.faults.recorder import Recorder
 from tests.faults.window import Window, failing_window, table
 from tests.faults.workloads import locks
 from tests.faults.workloads.kv import KvWorkload
+from tests.faults.workloads.sessions import SessionWorkload
+from tests.faults.workloads.sessions import check as check_sessions
 from tests.faults.workloads.watches import WatchWorkload, validate
 from tests.linearizability import KvRegister, check
 
@@ -81,7 +86,7 @@ NEMESES: dict[str, Factory] = {
     "delay-clients": _each_replica(lambda e, c, i: delay_clients(e, c, i, 0.2)),
     "clock-skew": _each_replica(lambda e, c, i: ClockSkew(e, c, i, 600.0)),
 }
-WORKLOADS = ("kv", "watches", "locks")
+WORKLOADS = ("kv", "watches", "locks", "sessions")
 
 
 @dataclass
@@ -157,6 +162,26 @@ async def _watches(
     return outcome
 
 
+async def _sessions(
+    plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str, recorder: Recorder
+) -> Outcome:
+    stop = asyncio.Event()
+    workload = SessionWorkload(cluster.client_addresses(), namespace, plan.seed)
+    running = asyncio.create_task(workload.run(recorder, stop))
+    try:
+        await _schedule(plan, faults)
+    finally:
+        stop.set()
+    run = await running
+    started = time.monotonic()
+    problems = check_sessions(run)
+    outcome = Outcome(recorder, not problems, "session convergence", time.monotonic() - started)
+    live = sum(s.edits for s in run.subscribers)
+    outcome.problems = [f"{live} edits by subscribers, settled in {run.settle_seconds:.1f} s",
+                        *problems]  # fmt: skip
+    return outcome
+
+
 async def _locks(
     plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str, events: Events
 ) -> Outcome:
@@ -217,6 +242,8 @@ async def _run(plan: Plan, base: Path, events: Events) -> tuple[float, Outcome]:
         try:
             if plan.workload == "locks":
                 return origin, await _locks(plan, cluster, faults, namespace, events)
+            if plan.workload == "sessions":
+                return origin, await _sessions(plan, cluster, faults, namespace, recorder)
             if plan.workload == "watches":
                 return origin, await _watches(plan, cluster, faults, namespace, recorder)
             return origin, await _kv(plan, cluster, faults, namespace, recorder)
