@@ -6,11 +6,11 @@ twice.
 The runs share one fault cluster (tests/faults/cluster.py: 3 etcd members, 2 replicas,
 every link through a proxy). Each seed runs the workload
 (tests/faults/workloads/sessions.py) through the client links while its faults are
-injected in turn (tests/faults/runs.py): seed 1 kills and restarts a replica, pauses
-one and delays the clients' link to one; seed 2 kills and restarts an etcd member (the
-quorum kept), cuts a replica off etcd and cuts the clients off a replica; the random
-seed two kinds of runs.py's plans and a delay between a replica and etcd. Run with -s
-to see each run's report.
+injected in turn (tests/faults/runs.py): seed 1 kills and restarts a replica and
+pauses one; seed 2 kills and restarts an etcd member (the quorum kept), cuts a replica
+off etcd and cuts the clients off a replica; the random seed injects two kinds of
+runs.py's random plans and a delay (the clients' link to a replica, or a replica's etcd
+links). Run with -s to see each run's report.
 """
 
 from __future__ import annotations
@@ -47,12 +47,14 @@ def _seeds() -> list[int]:
 
 
 def _faults(seed: int, cluster: FaultCluster, events: Events) -> list[Nemesis]:
-    """Seed 1 also delays the clients' link to a replica; the others a replica's etcd links."""
-    replica = random.Random(f"{seed}/delay").randrange(len(cluster.replicas))
-    faults = nemeses(FIXED.get(seed) or kinds_for(seed), cluster, events, seed)
-    if seed == 1:
-        return [*faults, delay_clients(events, cluster, replica, 0.2)]
-    return [*faults, delay_etcd(events, cluster, replica, 0.2)] if seed not in FIXED else faults
+    """A fixed seed's kinds; a random seed's two kinds and a delay (of the clients' link
+    to a replica, or of a replica's etcd links: the seed chooses)."""
+    if seed in FIXED:
+        return nemeses(FIXED[seed], cluster, events, seed)
+    rng = random.Random(f"{seed}/delay")
+    replica = rng.randrange(len(cluster.replicas))
+    delay = rng.choice([delay_clients, delay_etcd])(events, cluster, replica, 0.2)
+    return [*nemeses(kinds_for(seed), cluster, events, seed), delay]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ async def _broken_run(
     alone: bool = False,
     mix: tuple[float, ...] = SessionWorkload.mix,
 ) -> list[str]:
-    """The workload for 3 s, without faults, through a healthy replica and one with bug
+    """The workload for 2 s, without faults, through a healthy replica and one with bug
     (or, alone, through the broken one only)."""
     broken = start_coordinator(
         cluster.base,
@@ -121,7 +123,7 @@ async def _broken_run(
         recorder = Recorder()
         # settle briefly: these runs are meant not to converge
         work = functools.partial(workload.run, settle=2.0)
-        run = await run_during(work, recorder, asyncio.sleep(3))
+        run = await run_during(work, recorder, asyncio.sleep(2))
     finally:
         broken.kill()
     problems = check(run)
