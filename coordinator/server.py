@@ -29,9 +29,11 @@ from accord.coordinator.auth.service import AuthService
 from accord.coordinator.auth.store import AuthStore
 from accord.coordinator.batch_gate import OpGate
 from accord.coordinator.effects.compensation import Compensations
+from accord.coordinator.effects.ledger import Ledger
+from accord.coordinator.effects.outcomes import Outcomes
 from accord.coordinator.effects.runs import Runs
 from accord.coordinator.effects.service import EffectsService
-from accord.coordinator.effects.store import EffectStore, Ledger
+from accord.coordinator.effects.store import EffectStore
 from accord.coordinator.interceptor import CallInterceptor
 from accord.coordinator.kv.service import KVService
 from accord.coordinator.kv.store import KVStore
@@ -286,7 +288,11 @@ class Replica:
         )
         runs = Runs(ledger)
         service = EffectsService(
-            EffectStore(ledger, leases, fencing), runs, Compensations(ledger, runs), replica
+            EffectStore(ledger, leases, fencing),
+            Outcomes(ledger, leases, fencing),
+            runs,
+            Compensations(ledger, runs),
+            replica,
         )
         effects_pb2_grpc.add_EffectsServicer_to_server(service, self.server)
 

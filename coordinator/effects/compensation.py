@@ -22,9 +22,9 @@ NOTHING_TO_COMPENSATE, and nothing is written.
 from __future__ import annotations
 
 from accord.coordinator.effects import records
+from accord.coordinator.effects.ledger import Ledger
 from accord.coordinator.effects.records import effect_of
 from accord.coordinator.effects.runs import PER_TXN, Runs
-from accord.coordinator.effects.store import Ledger
 from accord.coordinator.substrate.errors import NothingToCompensate, require
 from accord.coordinator.substrate.txn import first_kv, get, read, txn
 from accord.v1 import effects_pb2

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from aetcd.rpc import rpc_pb2 as rpc
 
 from accord.coordinator.effects import records
+from accord.coordinator.effects.ledger import Ledger
 from accord.coordinator.effects.records import (
     ABORTED_MARK,
     FAILED_MARK,
@@ -46,7 +47,6 @@ from accord.coordinator.effects.records import (
     actor,
     effect_of,
 )
-from accord.coordinator.effects.store import Ledger
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import FieldViolation, NotFound, invalid, require
 from accord.coordinator.substrate.limits import check_enum

@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from accord.coordinator.effects.compensation import Compensations
+from accord.coordinator.effects.outcomes import Outcomes
 from accord.coordinator.effects.runs import Runs
 from accord.coordinator.effects.store import EffectStore
 from accord.v1 import common_pb2, effects_pb2, effects_pb2_grpc
@@ -16,9 +17,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class EffectsService(effects_pb2_grpc.EffectsServicer):
     def __init__(
-        self, effects: EffectStore, runs: Runs, compensations: Compensations, replica: str
+        self,
+        effects: EffectStore,
+        outcomes: Outcomes,
+        runs: Runs,
+        compensations: Compensations,
+        replica: str,
     ) -> None:
         self._effects = effects
+        self._outcomes = outcomes
         self._runs = runs
         self._compensations = compensations
         self.replica = replica  # named in every response header
@@ -45,7 +52,7 @@ class EffectsService(effects_pb2_grpc.EffectsServicer):
     async def Complete(
         self, request: effects_pb2.CompleteRequest, context: Context
     ) -> effects_pb2.CompleteResponse:
-        revision, effect, replayed = await self._effects.complete(
+        revision, effect, replayed = await self._outcomes.complete(
             request.key,
             request.claim,
             request.lease_id,
@@ -60,7 +67,7 @@ class EffectsService(effects_pb2_grpc.EffectsServicer):
     async def Abort(
         self, request: effects_pb2.AbortRequest, context: Context
     ) -> effects_pb2.AbortResponse:
-        revision, effect = await self._effects.abort(
+        revision, effect = await self._outcomes.abort(
             request.key, request.claim, request.lease_id, request.reason
         )
         return effects_pb2.AbortResponse(header=self._header(revision), effect=effect)

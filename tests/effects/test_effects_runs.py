@@ -4,14 +4,11 @@ compensation (reverse order, derived keys, COMPENSATED once all are done)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from accord.client import (
-    AsyncClient,
     EffectState,
     NotFoundError,
     NothingToCompensateError,
@@ -19,20 +16,8 @@ from accord.client import (
     intent,
 )
 from accord.client.errors import InvalidArgumentError
-from tests.harness import Coordinator, EtcdMember, make_client
-
-Agent = Callable[..., Awaitable[AsyncClient]]
-
-
-@pytest.fixture
-async def agents(replicas: list[Coordinator], namespace: str) -> AsyncIterator[Agent]:
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def agent(name: str, i: int = 0) -> AsyncClient:
-            client = make_client([replicas[i].address], namespace, agent=name)
-            return await stack.enter_async_context(client)
-
-        yield agent
+from tests.effects.conftest import Agent
+from tests.harness import EtcdMember
 
 
 def step(i: int) -> tuple[str, bytes]:

@@ -12,6 +12,7 @@ import grpc
 from accord.client import AsyncClient, BatchPolicy, RetryPolicy
 from accord.v1 import (
     auth_pb2_grpc,
+    effects_pb2_grpc,
     kv_pb2,
     kv_pb2_grpc,
     leases_pb2_grpc,
@@ -89,6 +90,7 @@ class Stubs(_Channel):
         self.votes = votes_pb2_grpc.VotesStub(self.channel)
         self.auth = auth_pb2_grpc.AuthStub(self.channel)
         self.quotas = quotas_pb2_grpc.QuotasStub(self.channel)
+        self.effects = effects_pb2_grpc.EffectsStub(self.channel)
 
 
 async def stubs_by_replica(
