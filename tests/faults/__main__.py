@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("soak", help="one workload under nemeses, checked, reported")
-    run.add_argument("--workload", choices=WORKLOADS, required=True)
+    run.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
     run.add_argument(
         "--nemesis", choices=sorted(NEMESES), action="append", default=[],
         help="repeatable; none: the workload runs without faults",

@@ -5,13 +5,16 @@ cluster, leaving the history and a report behind.
         --duration 600 --seed 7 --out /tmp/soak-kv
 
 starts a fault cluster (tests/faults/cluster.py) in a temp dir, runs the workload
-(tests/faults/workloads/: kv, watches or locks) while tests.faults.nemesis's run_schedule
-toggles the chosen nemeses (seeded: a seed replays the same choices), heals them all, and
-checks the history: kv with the linearizability checker, watches with the watch validator,
-locks with the fenced-counter checker. In --out it writes history.jsonl (the recorder's
-JSON lines), events.jsonl (the nemesis actions, on the same time.monotonic() clock),
-report.json and report.md: operations, ok/failed/indeterminate, nemesis events, checker
-time and verdict. A kv history the checker rejects also gets its smallest failing window
+(tests/faults/workloads/: kv, watches, locks, sessions, votes or leases) while tests.faults.nemesis's
+run_schedule toggles the chosen nemeses (seeded: a seed replays the same choices), heals
+them all, and checks the history: kv with the linearizability checker, watches with the
+watch validator, locks with the fenced-counter checker, votes with the votes checker
+(rounds of votes until the duration is over), leases with the lease checkers (agents
+paused past their lease one after another, each pause one operation). In --out it
+writes history.jsonl (the recorder's JSON lines), events.jsonl (the nemesis actions, on
+the same time.monotonic() clock), report.json and report.md: operations,
+ok/failed/indeterminate, nemesis events, checker time and verdict. A kv history the
+checker rejects also gets its smallest failing window
 (tests/faults/window.py): history_failing.jsonl and a table in the report.
 
 The sessions workload (workloads/sessions.py) is checked for convergence: every
@@ -37,7 +40,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,9 @@ from tests.faults.workloads import locks
 from tests.faults.workloads.kv import KvWorkload
 from tests.faults.workloads.sessions import SessionWorkload
 from tests.faults.workloads.sessions import check as check_sessions
+from tests.faults.workloads.leases_run import pause_past_lease
+from tests.faults.workloads.votes import VotesWorkload
+from tests.faults.workloads.votes_check import check_votes
 from tests.faults.workloads.watches import WatchWorkload, validate
 from tests.linearizability import KvRegister, check
 
@@ -86,7 +92,6 @@ NEMESES: dict[str, Factory] = {
     "delay-clients": _each_replica(lambda e, c, i: delay_clients(e, c, i, 0.2)),
     "clock-skew": _each_replica(lambda e, c, i: ClockSkew(e, c, i, 600.0)),
 }
-WORKLOADS = ("kv", "watches", "locks", "sessions")
 
 
 @dataclass
@@ -116,7 +121,12 @@ class Plan:
 
 
 async def _kv(
-    plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str, recorder: Recorder
+    plan: Plan,
+    cluster: FaultCluster,
+    faults: list[Nemesis],
+    namespace: str,
+    recorder: Recorder,
+    _events: Events,
 ) -> Outcome:
     stop = asyncio.Event()
     workload = KvWorkload(cluster.client_addresses(), namespace, plan.seed)
@@ -144,7 +154,12 @@ async def _kv(
 
 
 async def _watches(
-    plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str, recorder: Recorder
+    plan: Plan,
+    cluster: FaultCluster,
+    faults: list[Nemesis],
+    namespace: str,
+    recorder: Recorder,
+    _events: Events,
 ) -> Outcome:
     stop = asyncio.Event()
     workload = WatchWorkload(cluster.client_addresses(), namespace, plan.seed)
@@ -163,7 +178,12 @@ async def _watches(
 
 
 async def _sessions(
-    plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str, recorder: Recorder
+    plan: Plan,
+    cluster: FaultCluster,
+    faults: list[Nemesis],
+    namespace: str,
+    recorder: Recorder,
+    _events: Events,
 ) -> Outcome:
     stop = asyncio.Event()
     workload = SessionWorkload(cluster.client_addresses(), namespace, plan.seed)
@@ -183,7 +203,12 @@ async def _sessions(
 
 
 async def _locks(
-    plan: Plan, cluster: FaultCluster, faults: list[Nemesis], namespace: str, events: Events
+    plan: Plan,
+    cluster: FaultCluster,
+    faults: list[Nemesis],
+    namespace: str,
+    _recorder: Recorder,
+    events: Events,
 ) -> Outcome:
     report = await locks.run(
         cluster.client_addresses(),
@@ -200,6 +225,97 @@ async def _locks(
         *report.verdict.problems,
     ]
     return outcome
+
+
+async def _votes(
+    plan: Plan,
+    cluster: FaultCluster,
+    faults: list[Nemesis],
+    namespace: str,
+    recorder: Recorder,
+    _events: Events,
+) -> Outcome:
+    stop = asyncio.Event()
+    workload = VotesWorkload(
+        cluster.client_addresses(),
+        namespace,
+        plan.seed,
+        replicas=tuple(cluster.direct_addresses()),
+    )
+    running = asyncio.create_task(workload.run(recorder, stop))
+    try:
+        await _schedule(plan, faults)
+    finally:
+        stop.set()
+        await running
+    started = time.monotonic()
+    verdict = check_votes(recorder.operations)
+    outcome = Outcome(recorder, verdict.ok, "votes checker", time.monotonic() - started)
+    outcome.problems = [verdict.summary(), *verdict.problems]
+    return outcome
+
+
+async def _leases(
+    plan: Plan,
+    cluster: FaultCluster,
+    faults: list[Nemesis],
+    namespace: str,
+    recorder: Recorder,
+    events: Events,
+) -> Outcome:
+    """Agents paused past their lease one after another (each in a namespace of its own,
+    its replicas in a seeded order) while the schedule injects faults; each pause is one
+    operation: ("told",) when everything attached was gone and the agent was told, else
+    its problems. A pause the faults kept from being carried out (the agent could not
+    start, a call timed out) is failed or indeterminate, and checks nothing."""
+    stop = asyncio.Event()
+    found: list[str] = []
+
+    def stored(ns: str) -> list[Any]:
+        running = [m for m in cluster.members if m.running()]
+        return running[0].stored(ns)
+
+    async def pauses() -> None:
+        n = 0
+        while n == 0 or not stop.is_set():
+            ns = f"{namespace}-{n}"
+            addresses = cluster.client_addresses()
+            random.Random(f"{plan.seed}/leases/{n}").shuffle(addresses)
+            async with recorder.op(n, ("pause-past-lease",), ns) as done:
+                try:
+                    run = await pause_past_lease(addresses, ns, stored, None, events)
+                    problems = run.problems
+                    if run.stored[0] != run.stored[1]:
+                        problems.append("the resumed agent's refused calls changed etcd")
+                except AssertionError as error:  # the lease outlived its TTL by far
+                    problems = [str(error)]
+                found.extend(f"pause {n}: {p}" for p in problems)
+                done.output = ("problems", tuple(problems)) if problems else ("told",)
+            n += 1
+
+    running = asyncio.create_task(pauses())
+    try:
+        await _schedule(plan, faults)
+    finally:
+        stop.set()
+        await running
+    told = sum(1 for op in recorder.operations if op.output == ("told",))
+    outcome = Outcome(recorder, not found, "lease checker", 0.0)
+    outcome.problems = [f"{len(recorder.operations)} pauses checked, {told} valid", *found]
+    if not recorder.operations:
+        outcome.ok, outcome.void = None, "no pause could be carried out under the faults"
+    return outcome
+
+
+Runner = Callable[[Plan, FaultCluster, list[Nemesis], str, Recorder, Events], Awaitable[Outcome]]
+WORKLOADS: dict[str, Runner] = {
+    "kv": _kv,
+    "watches": _watches,
+    "locks": _locks,
+    "sessions": _sessions,
+    "votes": _votes,
+    "leases": _leases,
+}
 
 
 async def _schedule(plan: Plan, faults: list[Nemesis]) -> None:
@@ -240,13 +356,8 @@ async def _run(plan: Plan, base: Path, events: Events) -> tuple[float, Outcome]:
         origin = time.monotonic()
         recorder = Recorder()
         try:
-            if plan.workload == "locks":
-                return origin, await _locks(plan, cluster, faults, namespace, events)
-            if plan.workload == "sessions":
-                return origin, await _sessions(plan, cluster, faults, namespace, recorder)
-            if plan.workload == "watches":
-                return origin, await _watches(plan, cluster, faults, namespace, recorder)
-            return origin, await _kv(plan, cluster, faults, namespace, recorder)
+            run = WORKLOADS[plan.workload]
+            return origin, await run(plan, cluster, faults, namespace, recorder, events)
         except Exception as error:  # the run is void, not failed: say why
             return origin, Outcome(recorder, None, "none", 0.0, void=f"{error!r}")
 

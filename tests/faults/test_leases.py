@@ -10,113 +10,28 @@ resumed agent's fenced write through, which the checker flags."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from accord.client import AccordError, AsyncClient, LeaseNotFoundError
 from tests.faults.cluster import FaultCluster, fault_cluster
 from tests.faults.nemesis import (
     Events,
     KillEtcdMember,
-    Nemesis,
     kill_replica,
     partition_from_etcd,
     pause_replica,
 )
 from tests.faults.seeds import random_seed
-from tests.faults.workloads import leases
-from tests.harness import REPO, EtcdMember, make_client, start_coordinator
+from tests.faults.workloads.leases_run import TTL, pause_past_lease
+from tests.harness import EtcdMember, make_client, start_coordinator
 
 pytestmark = pytest.mark.faults
 
 SEEDS = [3, 4, 6, random_seed()]
-TTL = 2
-
-
-@dataclass
-class Run:
-    problems: list[str] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
-    events: list[tuple[float, str, str]] = field(default_factory=list)
-    # What etcd held in the namespace before and after the resumed agent's calls.
-    stored: tuple[list[Any], list[Any]] = ([], [])
-
-
-async def lease_gone(observer: AsyncClient, lease: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            await observer.leases.time_to_live(lease)
-        except LeaseNotFoundError:
-            return
-        except AccordError:
-            pass  # a replica under a fault: ask again
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"lease {lease} outlived 30 s without keep-alives")
-
-
-async def pause_past_lease(
-    addresses: list[str], namespace: str, etcd: EtcdMember, fault: Nemesis | None, events: Events
-) -> Run:
-    """The agent paused until its lease is gone, with `fault` injected meanwhile (healed
-    before the agent resumes)."""
-    run = Run()
-    argv = [",".join(addresses), namespace, str(TTL)]
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "tests.faults.workloads.leases", *argv],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert agent.stdin is not None and agent.stdout is not None
-    try:
-        line = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 30)
-        held = leases.Holdings.parse(line)
-        # The observer talks to the replica the agent does not use first (the one a fault
-        # may target), when there are two.
-        watching = addresses[1:] or addresses
-        async with make_client(watching, namespace, agent="observer") as observer:
-            for name, token in held.tokens.items():  # it holds what it says
-                state, _ = await observer.locks.describe(name)
-                assert [(h.lease_id, h.token) for h in state.holders] == [(held.lease, token)]
-            began = time.monotonic()
-            os.kill(agent.pid, signal.SIGSTOP)
-            events.note(began, "pause-agent", "start", "leased-agent")
-            if fault is not None:
-                await fault.start()
-            try:
-                await lease_gone(observer, held.lease)
-                run.problems += await leases.lost_everything(observer, held, TTL)
-            finally:
-                if fault is not None:
-                    await fault.stop()
-            before = etcd.stored(namespace)
-            began = time.monotonic()
-            os.kill(agent.pid, signal.SIGCONT)
-            events.note(began, "pause-agent", "stop", "leased-agent")
-            agent.stdin.write("check\n")
-            agent.stdin.flush()
-            answer = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 60)
-            run.report = json.loads(answer)
-            run.problems += leases.told(run.report)
-            run.stored = (before, etcd.stored(namespace))
-    finally:
-        agent.kill()
-        agent.wait(10)
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +61,7 @@ async def test_paused_agent_loses_everything_and_is_told(
         ]
     )
     started = time.perf_counter()
-    run = await pause_past_lease(addresses, namespace, cluster.members[0], fault, events)
+    run = await pause_past_lease(addresses, namespace, cluster.members[0].stored, fault, events)
     run.events = [(e.began, e.nemesis, f"{e.action} {e.target}") for e in events.events]
     print(
         f"leases seed={seed}: {events.count()} nemesis events {[e[1:] for e in run.events]}, "
@@ -195,7 +110,7 @@ async def test_checker_flags_a_replica_that_skips_the_fence(
         env={"ACCORD_TEST_BREAK": "fencing.skip_compare"},
     )
     try:
-        run = await pause_past_lease([broken.address], namespace, etcd, None, Events())
+        run = await pause_past_lease([broken.address], namespace, etcd.stored, None, Events())
     finally:
         broken.terminate()
     print(run.problems)
