@@ -5,16 +5,16 @@ cluster, leaving the history and a report behind.
         --duration 600 --seed 7 --out /tmp/soak-kv
 
 starts a fault cluster (tests/faults/cluster.py) in a temp dir, runs the workload
-(tests/faults/workloads/: kv, watches, locks, sessions, votes or leases) while tests.faults.nemesis's
-run_schedule toggles the chosen nemeses (seeded: a seed replays the same choices), heals
-them all, and checks the history: kv with the linearizability checker, watches with the
-watch validator, locks with the fenced-counter checker, votes with the votes checker
-(rounds of votes until the duration is over), leases with the lease checkers (agents
-paused past their lease one after another, each pause one operation). In --out it
-writes history.jsonl (the recorder's JSON lines), events.jsonl (the nemesis actions, on
-the same time.monotonic() clock), report.json and report.md: operations,
-ok/failed/indeterminate, nemesis events, checker time and verdict. A kv history the
-checker rejects also gets its smallest failing window
+(tests/faults/workloads/: kv, watches, locks, sessions, votes or leases) while
+tests.faults.nemesis's run_schedule toggles the chosen nemeses (seeded: a seed replays
+the same choices), heals them all, and checks the history: kv with the linearizability
+checker, watches with the watch validator, locks with the fenced-counter checker, votes
+with the votes checker (rounds of votes until the duration is over), leases with the
+lease checkers (agents paused past their lease one after another, each pause one
+operation). In --out it writes history.jsonl (the recorder's JSON lines), events.jsonl
+(the nemesis actions, on the same time.monotonic() clock), report.json and report.md:
+operations, ok/failed/indeterminate, nemesis events, checker time and verdict. A kv
+history the checker rejects also gets its smallest failing window
 (tests/faults/window.py): history_failing.jsonl and a table in the report.
 
 The sessions workload (workloads/sessions.py) is checked for convergence: every
@@ -63,9 +63,9 @@ from tests.faults.recorder import Recorder
 from tests.faults.window import Window, failing_window, table
 from tests.faults.workloads import locks
 from tests.faults.workloads.kv import KvWorkload
+from tests.faults.workloads.leases_run import pause_past_lease
 from tests.faults.workloads.sessions import SessionWorkload
 from tests.faults.workloads.sessions import check as check_sessions
-from tests.faults.workloads.leases_run import pause_past_lease
 from tests.faults.workloads.votes import VotesWorkload
 from tests.faults.workloads.votes_check import check_votes
 from tests.faults.workloads.watches import WatchWorkload, validate
