@@ -9,11 +9,17 @@ deletes it, it idles out, or the server stops). When a session ends, its lease i
 (so its locks are released at once, not when a TTL runs out), the callbacks tools
 registered with `at_end` run, and its hold on its token's Accord client is let go.
 
+A tool runs its work with `Facade.run(ctx, work)`: work gets the AgentSession and returns a
+pydantic model (the tool's structured output); refusals.answer turns refusals into tool
+results. A grant stays remembered until released, even after its lease was lost: its
+fence still goes with the session's writes, and the service, not the façade, refuses
+them (FENCED), saying who holds the lock now.
+
 Error handling: a session whose token the service refuses gets that refusal
-(UnauthenticatedError) from `Facade.session` on every call, as a tool error result, and is
-not remembered. `AgentSession.fence` raises `NotHoldingLock` (a ToolError) for a lock the
-session holds no grant of. Errors from a session's end callbacks are logged, never raised:
-ending must finish.
+(UNAUTHENTICATED) as the result of every call, and is not remembered. `AgentSession.fence`
+raises a FacadeRefusal (NOT_HOLDING) for a lock the session never held; an HTTP request
+without a session raises one too (NEEDS_SESSION). Errors from a session's end callbacks
+are logged, never raised: ending must finish.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from typing import Any
 
 from mcp.server.connection import Connection
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult
+from pydantic import BaseModel
 
 from accord.client import AccordError, AsyncClient, Grant, Lease
-from accord.mcpserver.identity import Identities
+from accord.mcpserver.identity import Identities, Identity
+from accord.mcpserver.refusals import FacadeRefusal, answer
 from accord.v1 import common_pb2
 
 log = logging.getLogger("accord.mcp")
@@ -41,10 +49,6 @@ EndCallback = Callable[[], Awaitable[None]]
 class Transport(StrEnum):
     stdio = "stdio"
     http = "http"
-
-
-class NotHoldingLock(ToolError):
-    """A fenced write named a lock this session holds no grant of."""
 
 
 class Notifier:
@@ -79,7 +83,7 @@ class AgentSession:
     """One MCP session as Accord sees it."""
 
     key: str
-    token: str
+    identity: Identity
     client: AsyncClient
     agent_id: str
     namespace: str
@@ -97,9 +101,10 @@ class AgentSession:
         """The fence of this session's grant of lock, for a fenced write."""
         grant = self.grants.get(lock)
         if grant is None:
-            raise NotHoldingLock(
-                f"this session holds no grant of lock {lock!r} (acquire it first with "
-                "accord_locks_acquire; a grant lost with its lease is forgotten)"
+            raise FacadeRefusal(
+                "NOT_HOLDING",
+                f"this session holds no grant of lock {lock!r}; nothing was written",
+                "Acquire the lock with accord_locks_acquire first, then write with it.",
             )
         return grant.fence()
 
@@ -131,6 +136,19 @@ class Facade:
         self._sessions: dict[str, AgentSession] = {}
         self._opening: dict[str, asyncio.Lock] = {}
 
+    async def run(
+        self, ctx: Context[Any, Any], work: Callable[[AgentSession], Awaitable[BaseModel]]
+    ) -> CallToolResult:
+        """A tool's answer: work(the calling session)'s model, or the refusal it met."""
+        client: list[AsyncClient] = []
+
+        async def guarded() -> BaseModel:
+            session = await self.session(ctx)
+            client.append(session.client)
+            return await work(session)
+
+        return await answer(guarded(), lambda: client[0] if client else None)
+
     async def session(self, ctx: Context[Any, Any]) -> AgentSession:
         """The calling MCP session's AgentSession, opened on its first tool call."""
         connection = _connection_of(ctx)
@@ -151,26 +169,27 @@ class Facade:
             return "stdio"
         session_id = connection.session_id if connection is not None else None
         if not session_id:
-            raise ToolError(
-                "this tool needs a stateful MCP session (the initialize handshake, which "
-                "gives an Mcp-Session-Id); Accord's session state -- leases, lock grants -- "
-                "lives as long as that session"
+            raise FacadeRefusal(
+                "NEEDS_SESSION",
+                "this request has no MCP session (Mcp-Session-Id); Accord's session state "
+                "-- leases, lock grants -- lives as long as a session",
+                "Connect with the initialize handshake (a stateful streamable-HTTP session).",
             )
         return session_id
 
     async def _open(
         self, key: str, ctx: Context[Any, Any], connection: Connection | None
     ) -> AgentSession:
-        token = self.identities.token_of(ctx.headers)
-        client = await self.identities.hold(token)
+        who = self.identities.of(ctx.headers)
+        client = await self.identities.hold(who)
         try:
             me = await client.auth.whoami()
         except BaseException:
-            await self.identities.let_go(token)
+            await self.identities.let_go(who)
             raise
         session = AgentSession(
             key=key,
-            token=token,
+            identity=who,
             client=client,
             agent_id=me.agent_id or client.agent_id,
             namespace=self.namespace,
@@ -189,7 +208,7 @@ class Facade:
         try:
             await session.end()
         finally:
-            await self.identities.let_go(session.token)
+            await self.identities.let_go(session.identity)
 
     async def close(self) -> None:
         """End every session (the server is stopping)."""

@@ -3,16 +3,18 @@ carries it.
 
 Over stdio the token is the server's own (ACCORD_TOKEN, read by the CLI): one agent host
 spawns one process for itself. Over streamable HTTP every request carries
-`Authorization: Bearer <accord token>`; `PassThroughVerifier` lets the SDK's bearer
-middleware refuse a request without one (401) and bind each MCP session to the token that
-opened it (a request of that session with another token is answered 404), while the
-token's validity is Accord's to judge on the session's first tool call. The façade holds
-no credentials of its own.
+`Authorization: Bearer <accord token>`, and may name the agent it acts as with
+`Accord-Agent-Id` (default: the server's --agent, else the token's principal; with auth
+required the service checks the principal may act as it). `PassThroughVerifier` lets the
+SDK's bearer middleware refuse a request without a token (401) and bind each MCP session
+to the token that opened it (a request of that session with another token is answered
+404), while the token's validity is Accord's to judge on the session's first tool call.
+The façade holds no credentials of its own.
 
-One AsyncClient per distinct token (all replicas' addresses: failover is the client's),
-shared by the sessions presenting it and closed when the last of them ends.
+One AsyncClient per distinct token and agent (all replicas' addresses: failover is the
+client's), shared by the sessions presenting them and closed when the last of them ends.
 
-Error handling: a request with no usable token gets UnauthenticatedError from `token_of`
+Error handling: a request with no usable token gets UnauthenticatedError from `of`
 (HTTP requests without one never get this far); errors closing a client are logged.
 """
 
@@ -33,6 +35,15 @@ log = logging.getLogger("accord.mcp")
 
 # Calls fail over between replicas within the tool call (RetryPolicy's default backoff).
 CALL_TIMEOUT_SECONDS = 10.0
+
+
+AGENT_HEADER = "accord-agent-id"
+
+
+@dataclass(frozen=True)
+class Identity:
+    token: str
+    agent_id: str
 
 
 @dataclass
@@ -75,40 +86,38 @@ class Identities:
         self.agent_id = agent_id
         self.stdio_token = stdio_token
         self._credentials = credentials
-        self._held: dict[str, _Held] = {}
+        self._held: dict[Identity, _Held] = {}
         self._lock = asyncio.Lock()
 
-    def token_of(self, headers: Mapping[str, str] | None) -> str:
+    def of(self, headers: Mapping[str, str] | None) -> Identity:
+        """Who a request is: the server's token (stdio) or its own (HTTP)."""
         if self.stdio_token is not None:
-            return self.stdio_token
-        value = ""
-        for name, header in (headers or {}).items():
-            if name.lower() == "authorization":
-                value = header
-        scheme, _, token = value.partition(" ")
+            return Identity(self.stdio_token, self.agent_id)
+        found = {name.lower(): value for name, value in (headers or {}).items()}
+        scheme, _, token = found.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthenticatedError(
                 "no bearer token: send Authorization: Bearer <accord token>", reason=""
             )
-        return token.strip()
+        return Identity(token.strip(), found.get(AGENT_HEADER, "").strip() or self.agent_id)
 
-    async def hold(self, token: str) -> AsyncClient:
+    async def hold(self, who: Identity) -> AsyncClient:
         async with self._lock:
-            held = self._held.get(token)
+            held = self._held.get(who)
             if held is None:
-                held = self._held[token] = _Held(self._client(token), 0)
+                held = self._held[who] = _Held(self._client(who), 0)
             held.holders += 1
             return held.client
 
-    async def let_go(self, token: str) -> None:
+    async def let_go(self, who: Identity) -> None:
         async with self._lock:
-            held = self._held.get(token)
+            held = self._held.get(who)
             if held is None:
                 return
             held.holders -= 1
             if held.holders > 0:
                 return
-            del self._held[token]
+            del self._held[who]
         await _close(held.client)
 
     async def close(self) -> None:
@@ -120,14 +129,14 @@ class Identities:
     def held_clients(self) -> int:
         return len(self._held)
 
-    def _client(self, token: str) -> AsyncClient:
+    def _client(self, who: Identity) -> AsyncClient:
         return AsyncClient(
             self.addresses,
-            agent_id=self.agent_id,
+            agent_id=who.agent_id,
             namespace=self.namespace,
             timeout=CALL_TIMEOUT_SECONDS,
             retry=RetryPolicy(),
-            token=token,
+            token=who.token,
             credentials=self._credentials,
         )
 

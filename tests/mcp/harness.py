@@ -71,9 +71,12 @@ class HttpServer:
 
 
 @asynccontextmanager
-async def http_session(url: str, token: str | None) -> AsyncIterator[Client]:
-    """An MCP session over streamable HTTP presenting token (None: no header)."""
+async def http_session(url: str, token: str | None, agent: str = "") -> AsyncIterator[Client]:
+    """An MCP session over streamable HTTP presenting token (None: no header), acting as
+    agent (if given)."""
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    if agent:
+        headers["Accord-Agent-Id"] = agent
     async with (
         httpx2.AsyncClient(headers=headers, timeout=60.0) as http,
         Client(streamable_http_client(url, http_client=http)) as client,
