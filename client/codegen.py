@@ -392,6 +392,9 @@ class Generator:
         ]
 
     def _method(self, cls: type, module: types.ModuleType, method: _Method) -> list[str]:
+        # Names in a method's annotations are those of the module defining it (a base
+        # class, e.g. a mixin, may live in another module than cls).
+        module = sys.modules[method.fn.__module__]
         node = method.node
         params, passed = self._signature(node, module)
         call = f"self._async.{method.name}({passed})"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from accord.client import calls
+from accord.client.effect_runs import EffectSteps
 from accord.client.kv import _fence, _Fencing, _HasId, _lease
 from accord.client.transport import Transport
 from accord.v1 import common_pb2, effects_pb2
@@ -140,7 +141,10 @@ class Compensating:
     compensations: builtins.list[Compensation]
 
 
-class AsyncEffects:
+class AsyncEffects(EffectSteps):
+    """One method per RPC, and (from EffectSteps, client/effect_runs.py) the wrappers built
+    on them: `step`, `progress`, `run_compensations`."""
+
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 

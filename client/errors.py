@@ -297,6 +297,40 @@ class NothingToCompensateError(AccordError):
     REASON = common_pb2.ERROR_REASON_NOTHING_TO_COMPENSATE
 
 
+class _EffectError(AccordError):
+    """Raised by the effect wrappers (client/effect_tools.py) on their own, from what Begin
+    or Complete answered: `effect` is the effect as recorded."""
+
+    def __init__(self, message: str, effect: effects_pb2.Effect) -> None:
+        super().__init__(message, details=[effect])
+
+    @property
+    def effect(self) -> effects_pb2.Effect:
+        found = next((d for d in self.details if isinstance(d, effects_pb2.Effect)), None)
+        return found if found is not None else effects_pb2.Effect()
+
+
+class EffectInDoubtError(_EffectError):
+    """A previous executor began the effect and its lease ended before it recorded an
+    outcome: whether the tool ran is unknown. `effect.intent` is what was meant,
+    `effect.began` / `effect.claimed` who began it and when. Look it up in the external
+    system by `effect.key`, then run the step again with a `reconcile` callback."""
+
+
+class EffectBusyError(_EffectError):
+    """Another live executor (`effect.claimed`) still held the effect when the wait for
+    it ended."""
+
+
+class EffectFailedError(_EffectError):
+    """The effect completed with a failure (`failure`, as its executor recorded it); the
+    failure stands, and the tool is not run again under this key."""
+
+    @property
+    def failure(self) -> str:
+        return self.effect.outcome.failure
+
+
 class NotJSONError(AccordError, ValueError):
     """A tool's arguments or result have no exact JSON form (NaN, bytes, a set, a dict
     key that is not a string, ...): nothing was sent."""

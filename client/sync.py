@@ -22,6 +22,9 @@ from accord.client.auth import AsyncAuth, AuditPage, NewToken, Principal, Role, 
 from accord.client.batching import BatchPolicy
 from accord.client.blocking import Blocking, BlockingContext, BlockingIterator, LoopThread
 from accord.client.client import AsyncClient
+from accord.client.effect_keys import JSON
+from accord.client.effect_runs import Handler, RunProgress
+from accord.client.effect_tools import DEFAULT_BUSY_WAIT_SECONDS, Reconcile, StepCall
 from accord.client.effects import (
     AsyncEffects,
     Began,
@@ -89,7 +92,7 @@ from accord.client.votes import (
     VotePage,
     VoteStatus,
 )
-from accord.v1 import common_pb2, sessions_pb2, votes_pb2
+from accord.v1 import common_pb2, effects_pb2, sessions_pb2, votes_pb2
 
 
 class Client(Blocking[AsyncClient]):
@@ -268,6 +271,61 @@ class Auth(Blocking[AsyncAuth]):
 
 class Effects(Blocking[AsyncEffects]):
     """Blocking twin of `accord.client.effects.AsyncEffects`."""
+
+    def step(
+        self,
+        run_id: str,
+        step: int | str,
+        tool: str,
+        arguments: JSON,
+        lease: _HasId | int,
+        *,
+        key: str | None = None,
+        summary: str = "",
+        fence: _Fencing | common_pb2.Fence | None = None,
+        reconcile: Reconcile | None = None,
+        busy_wait: float = DEFAULT_BUSY_WAIT_SECONDS,
+        not_applied: tuple[type[BaseException], ...] = (),
+    ) -> BlockingContext[StepCall]:
+        """Begin the tool call at step of run_id; the block runs it unless `call.done`
+        (then `call.result` is the recorded result). See client/effect_tools.py."""
+        return BlockingContext(
+            self._loop,
+            self._async.step(
+                run_id,
+                step,
+                tool,
+                arguments,
+                lease,
+                key=key,
+                summary=summary,
+                fence=fence,
+                reconcile=reconcile,
+                busy_wait=busy_wait,
+                not_applied=not_applied,
+            ),
+        )
+
+    def progress(self, run_id: str) -> RunProgress:
+        """The run and its whole journal: what completed, where to resume."""
+        return self._loop.run(self._async.progress(run_id))
+
+    def run_compensations(
+        self,
+        run_id: str,
+        handlers: Mapping[str, Handler],
+        lease: _HasId | int,
+        *,
+        reconcile: Reconcile | None = None,
+        busy_wait: float = DEFAULT_BUSY_WAIT_SECONDS,
+    ) -> list[effects_pb2.Effect]:
+        """Compensate the run: each registered compensation once, newest first, by the
+        handler of its tool (called with its arguments and effect_key=)."""
+        return self._loop.run(
+            self._async.run_compensations(
+                run_id, handlers, lease, reconcile=reconcile, busy_wait=busy_wait
+            )
+        )
 
     def begin(
         self,

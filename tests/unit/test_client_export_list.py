@@ -5,7 +5,17 @@ from __future__ import annotations
 import accord.client
 
 EXPECTED_CLIENT_EXPORTS = {
+    "EffectBusyError",
+    "EffectFailedError",
+    "EffectInDoubtError",
+    "EffectNotApplied",
+    "EffectRun",
+    "EffectTool",
+    "FoundOutcome",
     "NotJSONError",
+    "RunProgress",
+    "StepCall",
+    "Undo",
     "canonical_json",
     "effect_key",
     "AsyncEffects",
