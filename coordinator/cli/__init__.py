@@ -1,7 +1,8 @@
 """The `accord` command: `accord serve` runs a coordinator replica; the admin commands
-(common.py, locks.py, votes.py, auth.py, quotas.py, status.py) are client programs that
-call a running service (except `accord auth bootstrap`, which writes the first admin into
-etcd); `accord mcp` (mcp.py) serves the service as MCP tools to agent hosts."""
+(common.py, locks.py, votes.py, effects.py, auth.py, quotas.py, status.py) are client
+programs that call a running service (except `accord auth bootstrap`, which writes the
+first admin into etcd); `accord mcp` (mcp.py) serves the service as MCP tools to agent
+hosts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Annotated
 import typer
 
 from accord.coordinator.cli.auth import audit_app, auth_app
+from accord.coordinator.cli.effects import effects_app, runs_app
 from accord.coordinator.cli.locks import deadlocks_app, leases_app, locks_app
 from accord.coordinator.cli.mcp import mcp
 from accord.coordinator.cli.quotas import QUOTA_NAMES, parse_quotas, quota_app
@@ -46,6 +48,8 @@ app.add_typer(locks_app, name="locks")
 app.add_typer(leases_app, name="leases")
 app.add_typer(deadlocks_app, name="deadlocks")
 app.add_typer(votes_app, name="votes")
+app.add_typer(effects_app, name="effects")
+app.add_typer(runs_app, name="runs")
 app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")
 app.add_typer(quota_app, name="quota")

@@ -165,6 +165,22 @@ def table_of(title: str, headers: Sequence[str], rows: Iterable[Sequence[object]
     return table
 
 
+def fields_table(title: str, pairs: Sequence[tuple[str, object]]) -> Table:
+    """One record as a two-column table: a name, its value (folded, never cut)."""
+    table = Table(
+        Column(style="bold"),
+        Column(overflow="fold"),
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE,
+        show_edge=False,
+        show_header=False,
+    )
+    for name, value in pairs:
+        table.add_row(Text(name), Text(str(value)))
+    return table
+
+
 def duration(seconds: int) -> str:
     if seconds < 60:
         return f"{seconds}s"

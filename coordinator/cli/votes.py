@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 from google.protobuf import timestamp_pb2
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Column, Table
-from rich.text import Text
 
 from accord.client import (
     AsyncClient,
@@ -39,6 +35,7 @@ from accord.coordinator.cli.common import (
     call,
     duration,
     emit,
+    fields_table,
     table_of,
     when,
 )
@@ -145,26 +142,11 @@ def _quorum(quorum: votes_pb2.Quorum) -> str:
     return " and ".join(parts) or "none"
 
 
-def _fields(title: str, pairs: Sequence[tuple[str, object]]) -> Table:
-    table = Table(
-        Column(style="bold"),
-        Column(overflow="fold"),
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE,
-        show_edge=False,
-        show_header=False,
-    )
-    for name, value in pairs:
-        table.add_row(Text(name), Text(str(value)))
-    return table
-
-
 def _vote_tables(vote: votes_pb2.Vote) -> Group:
     spec = vote.spec
     rule = Rule.from_proto(spec.rule)
     tie = "escalate" if spec.on_tie == votes_pb2.TIE_POLICY_ESCALATE else "no decision"
-    summary = _fields(
+    summary = fields_table(
         f"vote {vote.id}: {_vote_status(vote)}",
         [
             ("question", spec.question),
@@ -225,7 +207,7 @@ def _vote_tables(vote: votes_pb2.Vote) -> Group:
         if d.cancelled_by or d.cancel_reason:
             pairs.append(("cancelled by", f"{d.cancelled_by or '-'}: {d.cancel_reason or '-'}"))
         pairs.append(("explanation", " ".join(d.explanation.split())))
-        parts += ["", _fields("decision", pairs)]
+        parts += ["", fields_table("decision", pairs)]
     return Group(*parts)
 
 
