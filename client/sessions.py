@@ -44,7 +44,11 @@ from accord.client.transport import Transport
 from accord.v1 import common_pb2, sessions_pb2
 
 # Errors after which a background push or subscription tries again; any other is final.
-_TRANSIENT = (UnavailableError, DeadlineExceededError, InternalError)
+# Out of reach (no replica answers in time), it tries for as long as it runs, since
+# replicas come back; INTERNAL, _MAX_QUIET_FAILURES times in a row, is final (a server
+# bug, not an outage).
+_OUT_OF_REACH = (UnavailableError, DeadlineExceededError)
+_TRANSIENT = (*_OUT_OF_REACH, InternalError)
 _MAX_QUIET_FAILURES = 50
 
 
@@ -386,7 +390,8 @@ class SyncedSession:
     acked_revision: int
     # Participants' presence by client id (with presence=True).
     presence: dict[int, Presence]
-    # Set when syncing stopped for good (session deleted, fence lost, bad update).
+    # Set when syncing stopped for good (session deleted, fence lost, bad update); never
+    # because replicas are out of reach: it keeps trying until they are back.
     error: AccordError | None
 
     def __init__(
@@ -554,7 +559,7 @@ class SyncedSession:
                         return
             except _TRANSIENT as exc:
                 failures += 1
-                if failures > _MAX_QUIET_FAILURES:
+                if failures > _MAX_QUIET_FAILURES and not isinstance(exc, _OUT_OF_REACH):
                     self._fail(exc)
                     return
             except QuotaExceededError as exc:  # subscribe again when the server says
@@ -634,7 +639,7 @@ class SyncedSession:
                 )
             except _TRANSIENT as exc:
                 failures += 1
-                if failures > _MAX_QUIET_FAILURES:
+                if failures > _MAX_QUIET_FAILURES and not isinstance(exc, _OUT_OF_REACH):
                     self._fail(exc)
                     return None
             except QuotaExceededError as exc:  # the same request id, when the server says
