@@ -15,6 +15,8 @@ fault suite's checkers (tests/faults) catch a broken server. Known names:
 - `votes.skip_open_check`: a ballot is stored without checking that its vote is still
   open (neither by the record read nor in its transaction), so ballots are accepted after
   the decision (votes/decisions.py, votes/store.py).
+- `votes.ack_unwritten`: a ballot's transaction writes nothing, yet the Cast is
+  acknowledged as stored (votes/store.py).
 - `sessions.drop_fanout`: one session update in three reaching a replica is kept from
   its subscribers (sessions/breaks.py).
 - `sessions.apply_twice`: a session Apply ignores its request_id, so a retry applies

@@ -83,6 +83,7 @@ from accord.coordinator.votes.replays import replay_cast
 from accord.v1 import common_pb2, votes_pb2
 
 _log = logs.get("accord.votes")
+_ACK_UNWRITTEN = failpoints.broken("votes.ack_unwritten")
 
 
 class VoteStore:
@@ -338,7 +339,8 @@ class VoteStore:
         ]
         if SKIP_OPEN_CHECK:  # a deliberate bug (tests only): a closed vote takes ballots
             when = when[1:]
-        then = [put(key, stored.SerializeToString())]
+        # A deliberate bug (tests only): the ballot is acknowledged but never written.
+        then = [] if _ACK_UNWRITTEN else [put(key, stored.SerializeToString())]
         otherwise = [get(record), get(key)]  # to say why not
         decisive = self.decisions.decisive(ns, vote.id, stored)
         if decisive is not None:

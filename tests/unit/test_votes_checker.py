@@ -95,6 +95,18 @@ BROKEN: dict[str, tuple[Callable[[], History], str]] = {
         lambda: replace(valid(), 9, ((*BALLOTS, BALLOTS[0]), DECISION)),
         "saw ballots twice",
     ),
+    "a watcher misses a counted ballot": (
+        lambda: replace(valid(), 9, (BALLOTS[:2], DECISION)),
+        "the decision counted",
+    ),
+    "a ballot of someone who is no voter": (
+        lambda: valid(stored=(*BALLOTS, ("x", "no", 11))),
+        "a ballot of x, who is no voter",
+    ),
+    "decided as all cast with voters missing": (
+        lambda: valid(("APPROVED", "yes", "ALL_CAST", *DECISION[3:])),
+        "decided as all cast with 3 of 5",
+    ),
     "a watcher never sees the decision": (
         lambda: replace(valid(), 10, (BALLOTS, None)),
         "never saw the decision",

@@ -2,9 +2,9 @@
 retries, while faults are injected; every vote must end with exactly one decision that
 counts exactly the acknowledged ballots (the checker is votes_check.py).
 
-A run is rounds of votes, one after another until told to stop (at least one). A round
-proposes `votes` votes, each with its own electorate of 8-20 voters (weight 1), of two
-kinds, alternating:
+A run is rounds of votes, one after another until told to stop (at least one; at most
+`rounds`). A round proposes `votes` votes, each with its own electorate of 8-20 voters
+(weight 1), of two kinds, alternating:
 - early: MAJORITY of the electorate between "yes" and "no", most voters choosing "yes",
   so the outcome is certain (and decided) before every voter has cast; the voters after
   it are refused (VOTE_CLOSED);
@@ -110,6 +110,8 @@ class VotesWorkload:
     timeout: float = 2.0
     # direct addresses for the end-of-round reads, one replica at a time (default: addresses)
     replicas: tuple[str, ...] = ()
+    # At most this many rounds (None: until stopped).
+    rounds: int | None = None
 
     def _client(self, i: int, addresses: list[str] | None = None) -> AsyncClient:
         addresses = addresses or self.addresses
@@ -146,7 +148,7 @@ class VotesWorkload:
             while True:
                 await self._round(round_, clients, recorder)
                 round_ += 1
-                if stop.is_set():
+                if stop.is_set() or round_ == self.rounds:
                     return
         finally:
             for c in clients:
