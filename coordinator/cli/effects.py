@@ -188,7 +188,9 @@ def run_tables(run: effects_pb2.Run, journal: Sequence[effects_pb2.Effect], more
         )
         for i, e in enumerate(journal, 1)
     ]
-    title = "journal, in the order the effects began" + (" (first page only)" if more else "")
+    title = "journal, in the order the effects began"
+    if more:
+        title += f" (the first {len(journal)}; --limit for more)"
     table = table_of(
         title, ["#", "KEY", "TOOL", "STATE", "ATTEMPTS", "BEGAN BY", "BEGAN", "OUTCOME"], rows
     )

@@ -112,5 +112,9 @@ async def test_runs_show(client: AsyncClient, replicas: list[Coordinator], names
     for text in ("3 effects: 1 succeeded, 1 failed, 1 running", announce, "0 of 1 done"):
         assert text in table, table
     assert table.index(tag) < table.index(publish) < table.rindex(announce)
+    first_two = await cli_json(replicas, namespace, "runs", "show", RUN, "--limit", "2")
+    assert [e["key"] for e in first_two["journal"]] == [tag, publish]
+    cut = await cli_table(replicas, namespace, "runs", "show", RUN, "--limit", "2")
+    assert "the first 2; --limit for more" in cut and announce not in cut.split("journal")[1]
     missing = await run_cli(argv(replicas, namespace, "runs", "show", "no-such-run"))
     assert missing.returncode == 1 and "no-such-run" in missing.stderr
