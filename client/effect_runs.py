@@ -240,13 +240,13 @@ class EffectRun:
         summary: Callable[[dict[str, JSON]], str] | None = None,
         undo: UndoOf | None = None,
         not_applied: tuple[type[BaseException], ...] = (),
-    ) -> Callable[[Callable[P, Awaitable[Any]]], EffectTool[P]]:
-        """Decorate an async tool function: each call is one step (see the module
-        docstring). name: the tool's name (default: the function's). summary: the
-        journal's summary of a call, from its arguments. undo: the compensation to
-        register from a successful call's result and arguments."""
+    ) -> Callable[[Callable[P, Any]], EffectTool[P]]:
+        """Decorate a tool function (async, or plain: then run in a worker thread): each
+        call is one step (see the module docstring). name: the tool's name (default: the
+        function's). summary: the journal's summary of a call, from its arguments. undo:
+        the compensation to register from a successful call's result and arguments."""
 
-        def wrap(fn: Callable[P, Awaitable[Any]]) -> EffectTool[P]:
+        def wrap(fn: Callable[P, Any]) -> EffectTool[P]:
             return EffectTool(self, fn, name or fn.__name__, summary, undo, not_applied)
 
         return wrap
@@ -271,7 +271,7 @@ class EffectTool(Generic[P]):
     def __init__(
         self,
         run: EffectRun,
-        fn: Callable[P, Awaitable[Any]],
+        fn: Callable[P, Any],
         name: str,
         summary: Callable[[dict[str, JSON]], str] | None,
         undo: UndoOf | None,
@@ -324,7 +324,11 @@ class EffectTool(Generic[P]):
                 return call.result
             if self._takes_key:
                 kwargs = {**kwargs, "effect_key": call.key}
-            result = json.loads(canonical_json(await self.fn(*args, **kwargs)))
+            if inspect.iscoroutinefunction(self.fn):
+                returned = await self.fn(*args, **kwargs)
+            else:  # a plain function runs in a worker thread, the loop carrying on
+                returned = await asyncio.to_thread(self.fn, *args, **kwargs)
+            result = json.loads(canonical_json(returned))
             call.succeed(result, self._undo(result, arguments) if self._undo else None)
         return call.result
 

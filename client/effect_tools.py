@@ -302,17 +302,17 @@ async def claim(
             reconciled = True
             if found is None:
                 continue  # nothing happened out there: claim it and run the tool
+            recorded = (  # encoded first: a result JSON cannot carry fails before the claim
+                effects_pb2.EffectOutcome(failure=found.failure)
+                if found.failure is not None
+                else effects_pb2.EffectOutcome(success=canonical_json(found.result))
+            )
             taken = await effects.begin(
                 key, run_id, intent, lease=lease, fence=fence, reconciled=True
             )
             if taken.outcome != effects_pb2.BEGIN_OUTCOME_PROCEED:
                 continue  # someone else settled it meanwhile: answer as they left it
             call = StepCall(key, taken.effect, done=False)
-            recorded = (
-                effects_pb2.EffectOutcome(failure=found.failure)
-                if found.failure is not None
-                else effects_pb2.EffectOutcome(success=canonical_json(found.result))
-            )
             await _complete(effects, call, lease, recorded, None, fence)
             call.done = True
             return call

@@ -6,6 +6,7 @@ step's block ends decides what is recorded."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -106,6 +107,25 @@ async def test_one_of_two_racing_agents_runs_the_tool(
     assert len(calls) == 1
 
 
+async def test_a_plain_function_tool_runs_in_a_thread(client: AsyncClient) -> None:
+    run = EffectRun(client.effects, RUN, await grant(client))
+    threads: list[str] = []
+
+    @run.tool(name="resize")
+    def resize(image: str, width: int = 640, effect_key: str = "") -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return {"image": image, "width": width, "key": effect_key}
+
+    result = await resize("cat.png")
+    assert result == {
+        "image": "cat.png",
+        "width": 640,
+        "key": effect_key(RUN, 1, "resize", {"image": "cat.png", "width": 640}),
+    }
+    assert await resize.at(1)("cat.png", width=640) == result
+    assert len(threads) == 1 and threads[0] != threading.main_thread().name
+
+
 async def test_the_block_decides_what_is_recorded(client: AsyncClient) -> None:
     run = EffectRun(client.effects, RUN, await grant(client))
     # A tool that says it did not happen: the claim is released, a retry runs it.
@@ -181,6 +201,15 @@ async def test_in_doubt_raises_unless_reconciled(
     effect = doubt.value.effect
     assert effect.key == call.key and effect.intent.tool == "deploy"
     assert effect.began.agent_id == "agent-a" and effect.state == effects_pb2.EFFECT_STATE_IN_DOUBT
+    # A found outcome JSON cannot carry is refused before the effect is claimed.
+    unusable = EffectRun(
+        b.effects, RUN, await grant(b), reconcile=lambda key: FoundOutcome({"raw": b"\x00"})
+    )
+    with pytest.raises(NotJSONError):
+        async with unusable.step("deploy", {"version": 7}, step=1):
+            pytest.fail("the body must not run")
+    effect = await b.effects.get(call.key)
+    assert effect.state == effects_pb2.EFFECT_STATE_IN_DOUBT and effect.attempts == 1
     # Reconciled: the external system says it happened; recorded without running.
     asked: list[str] = []
 
