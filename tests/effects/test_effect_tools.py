@@ -27,7 +27,7 @@ from accord.client import (
     effect_key,
 )
 from accord.v1 import effects_pb2
-from tests.harness import Coordinator, make_client
+from tests.harness import Coordinator, make_client, token_for
 
 RUN = "order-42"
 
@@ -229,7 +229,9 @@ def test_blocking_client_steps_and_compensates(replicas: list[Coordinator], name
     """The blocking client has `step` as a `with` block, and runs plain compensation
     handlers (in a worker thread, so they may call it too)."""
     ran: list[str] = []
-    with Client([r.address for r in replicas], agent_id="sync", namespace=namespace) as accord:
+    token = token_for(namespace, "sync") or ""
+    addresses = [r.address for r in replicas]
+    with Client(addresses, agent_id="sync", namespace=namespace, token=token) as accord:
         lease = accord.leases.grant(ttl=30)
         for attempt in range(2):
             with accord.effects.step(RUN, 1, "book", {"room": 12}, lease) as call:
