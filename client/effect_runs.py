@@ -51,8 +51,8 @@ from accord.client.kv import _Fencing, _HasId
 from accord.v1 import common_pb2, effects_pb2
 
 P = ParamSpec("P")
-# Journal pages read at a time (the server's most).
-_PAGE = 1000
+# Journal entries read per GetRun call by default (the server's most).
+JOURNAL_PAGE = 1000
 _FINAL = (effects_pb2.EFFECT_STATE_SUCCEEDED, effects_pb2.EFFECT_STATE_FAILED)
 
 # What registers a compensation: called with a step's result and its arguments.
@@ -129,12 +129,15 @@ class RunProgress:
         return decode_result(effect)
 
 
-async def read_progress(effects: RunCalls, run_id: str) -> RunProgress:
-    """The run and its whole journal (NotFoundError for an unknown run)."""
-    answer = await effects.get_run(run_id, limit=_PAGE)
+async def read_progress(
+    effects: RunCalls, run_id: str, page_size: int = JOURNAL_PAGE
+) -> RunProgress:
+    """The run and its whole journal, page_size entries per call (NotFoundError for an
+    unknown run)."""
+    answer = await effects.get_run(run_id, limit=page_size)
     run, journal = answer.run, list(answer.journal)
     while answer.next_page_token:
-        answer = await effects.get_run(run_id, limit=_PAGE, page_token=answer.next_page_token)
+        answer = await effects.get_run(run_id, limit=page_size, page_token=answer.next_page_token)
         journal += answer.journal
     return RunProgress(run, journal, {e.key: e for e in journal})
 
@@ -251,8 +254,8 @@ class EffectRun:
 
         return wrap
 
-    async def progress(self) -> RunProgress:
-        return await read_progress(self.effects, self.run_id)
+    async def progress(self, page_size: int = JOURNAL_PAGE) -> RunProgress:
+        return await read_progress(self.effects, self.run_id, page_size)
 
     async def compensate(self, handlers: Mapping[str, Handler]) -> list[effects_pb2.Effect]:
         return await compensate_run(
@@ -391,9 +394,9 @@ class EffectSteps:
         ) as call:
             yield call
 
-    async def progress(self, run_id: str) -> RunProgress:
+    async def progress(self, run_id: str, page_size: int = JOURNAL_PAGE) -> RunProgress:
         """The run and its whole journal: what completed, where to resume."""
-        return await read_progress(self._ledger(), run_id)
+        return await read_progress(self._ledger(), run_id, page_size)
 
     async def run_compensations(
         self,

@@ -23,7 +23,7 @@ from accord.client.batching import BatchPolicy
 from accord.client.blocking import Blocking, BlockingContext, BlockingIterator, LoopThread
 from accord.client.client import AsyncClient
 from accord.client.effect_keys import JSON
-from accord.client.effect_runs import Handler, RunProgress
+from accord.client.effect_runs import JOURNAL_PAGE, Handler, RunProgress
 from accord.client.effect_tools import DEFAULT_BUSY_WAIT_SECONDS, Reconcile, StepCall
 from accord.client.effects import (
     AsyncEffects,
@@ -306,9 +306,9 @@ class Effects(Blocking[AsyncEffects]):
             ),
         )
 
-    def progress(self, run_id: str) -> RunProgress:
+    def progress(self, run_id: str, page_size: int = JOURNAL_PAGE) -> RunProgress:
         """The run and its whole journal: what completed, where to resume."""
-        return self._loop.run(self._async.progress(run_id))
+        return self._loop.run(self._async.progress(run_id, page_size))
 
     def run_compensations(
         self,

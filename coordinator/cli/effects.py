@@ -210,8 +210,10 @@ def effects_ls(
     agent: AgentOpt = AGENT,
     token: TokenOpt = "",
 ) -> None:
-    """Effects (in key order; with --run, in the order they began): key, run, tool, state,
-    attempts, who began it, outcome."""
+    """Effects: key, run, tool, state, attempts, who began it, outcome.
+
+    In key order; with --run, that run's in the order they began.
+    """
     states = [_STATES[s] for s in state or []]
 
     async def work(client: AsyncClient) -> tuple[list[effects_pb2.Effect], bool]:

@@ -130,3 +130,5 @@ async def test_compensate_refusals(client: AsyncClient) -> None:
         assert (await client.effects.get(key)).state == effects_pb2.EFFECT_STATE_SUCCEEDED
     progress = await booked.progress()
     assert len(progress.journal) == 5
+    paged = await booked.progress(page_size=2)  # three GetRun pages
+    assert [e.key for e in paged.journal] == [e.key for e in progress.journal]
