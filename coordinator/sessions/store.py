@@ -128,26 +128,31 @@ class SessionStore:
     async def read(self, name: str) -> Snapshot:
         require(check_name("name", name))
         async with self._loaded.use(name) as session:
-            await session.fresh()
-            revision = session.applied_revision
-            state = session.state_update()
-            state_vector = session.doc.get_state()
-            presence = list(session.presence.values())
-            fixed = len(state_vector) + sum(p.ByteSize() + 6 for p in presence)
-            sizes.require_fits(name, fixed + len(state), "this Read's snapshot")  # before JSON
-            found = await self._etcd.range(read(session.meta_key))
-            if not found.kvs or found.kvs[0].create_revision != session.created_revision:
-                raise session.not_found()
-            record = records_pb2.SessionRecord.FromString(found.kvs[0].value)
-            kinds = session.root_kinds(state, dict(record.roots))
-            view = session_ops.json_view(state, kinds)
-            info = info_of(name, found.kvs[0], record)
-            fixed += len(view.encode()) + info.ByteSize() + 64  # 64: tags, header
-            # Both if they fit; else the JSON alone (Sync gives the state as an update).
-            omitted = fixed + len(state) > sizes.MAX_RESPONSE_BYTES
-            sizes.require_fits(name, fixed, "this Read's JSON view")
-            snapshot = b"" if omitted else state
-            return Snapshot(revision, info, snapshot, state_vector, view, presence, omitted)
+            if breaks.STALE_READS:  # a test-only bug (tests/faults): a stale cache
+                return await breaks.stale_read(session.prefix, lambda: self._read(session, name))
+            return await self._read(session, name)
+
+    async def _read(self, session: SessionDoc, name: str) -> Snapshot:
+        await session.fresh()
+        revision = session.applied_revision
+        state = session.state_update()
+        state_vector = session.doc.get_state()
+        presence = list(session.presence.values())
+        fixed = len(state_vector) + sum(p.ByteSize() + 6 for p in presence)
+        sizes.require_fits(name, fixed + len(state), "this Read's snapshot")  # before JSON
+        found = await self._etcd.range(read(session.meta_key))
+        if not found.kvs or found.kvs[0].create_revision != session.created_revision:
+            raise session.not_found()
+        record = records_pb2.SessionRecord.FromString(found.kvs[0].value)
+        kinds = session.root_kinds(state, dict(record.roots))
+        view = session_ops.json_view(state, kinds)
+        info = info_of(name, found.kvs[0], record)
+        fixed += len(view.encode()) + info.ByteSize() + 64  # 64: tags, header
+        # Both if they fit; else the JSON alone (Sync gives the state as an update).
+        omitted = fixed + len(state) > sizes.MAX_RESPONSE_BYTES
+        sizes.require_fits(name, fixed, "this Read's JSON view")
+        snapshot = b"" if omitted else state
+        return Snapshot(revision, info, snapshot, state_vector, view, presence, omitted)
 
     async def subscribe(
         self, name: str, state_vector: bytes, presence: bool

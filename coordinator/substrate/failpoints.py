@@ -21,6 +21,8 @@ fault suite's checkers (tests/faults) catch a broken server. Known names:
   its subscribers (sessions/breaks.py).
 - `sessions.apply_twice`: a session Apply ignores its request_id, so a retry applies
   again (sessions/breaks.py).
+- `sessions.stale_reads`: a session Read is answered with what the replica answered
+  for it in the last half second (sessions/breaks.py).
 
 All are read once at import. Unset in production, where `hit` and `broken` cost one
 set lookup.

@@ -1,7 +1,7 @@
 """The sessions workload under faults: every acknowledged edit present exactly once in
 every replica's document and every subscriber's, all of them converged; and the checker
-catching a replica that loses an update's fan-out, and one that applies a retried Apply
-twice.
+catching a replica that loses an update's fan-out, one that applies a retried Apply
+twice, and one that answers reads from a stale cache.
 
 The runs share one fault cluster (tests/faults/cluster.py: 3 etcd members, 2 replicas,
 every link through a proxy). Each seed runs the workload
@@ -73,6 +73,7 @@ def _report(run: SessionRun, recorder: Recorder) -> str:
     errors = {k: v for k, v in recorder.counts.items() if k[0].isupper()}
     return (
         f"{edits} acknowledged edits ({live} made by {len(run.subscribers)} subscribers), "
+        f"{len(run.reads)} reads, "
         f"errors {errors}, settled in {run.settle_seconds:.1f}s"
     )
 
@@ -112,7 +113,7 @@ async def _broken_run(
     alone: bool = False,
     mix: tuple[float, ...] = SessionWorkload.mix,
 ) -> list[str]:
-    """The workload for 2 s, without faults, through a healthy replica and one with bug
+    """The workload for 1.5 s, without faults, through a healthy replica and one with bug
     (or, alone, through the broken one only)."""
     broken = start_coordinator(
         cluster.base,
@@ -127,7 +128,7 @@ async def _broken_run(
         recorder = Recorder()
         # settle briefly: these runs are meant not to converge
         work = functools.partial(workload.run, settle=2.0)
-        run = await run_during(work, recorder, asyncio.sleep(2))
+        run = await run_during(work, recorder, asyncio.sleep(1.5))
     finally:
         broken.kill()
     problems = check(run)
@@ -158,6 +159,16 @@ async def test_checker_catches_a_replica_applying_a_retried_apply_twice(
         cluster, namespace, "sessions.apply_twice", seed=8, alone=True, mix=(0, 0, 1, 0, 0)
     )
     assert any("present 2 times" in p for p in problems), problems
+
+
+async def test_checker_catches_a_replica_answering_reads_from_a_stale_cache(
+    cluster: FaultCluster, namespace: str
+) -> None:
+    """A replica with sessions.stale_reads answers a Read with what it answered for the
+    session in the last half second: its reads lack edits acknowledged before them."""
+    problems = await _broken_run(cluster, namespace, "sessions.stale_reads", seed=9)
+    assert any("acknowledged before it" in p for p in problems), problems
+    assert not any("on replica 0 at" in p for p in problems), problems
 
 
 async def test_a_synced_session_outlasts_its_replicas_out_of_reach(

@@ -25,12 +25,17 @@ When told to stop, the run settles: subscribers flush what they still hold, then
 reads each document from every replica until every replica and every subscriber agree
 (or a deadline passes) and keeps what each had.
 
+Meanwhile a reader per replica reads the documents through that replica alone, one
+after another, noting when each read was called and what it held.
+
 check(): problems (empty: valid), per document:
 - an acknowledged edit missing from a replica's document; a refused (or doomed) edit
   present; an element present twice (a retry applied twice); an element no writer made;
 - replicas that disagree (their JSON views differ), and a subscriber whose local
   document differs from the replicas' (or that stopped syncing).
 An indeterminate edit may be present or not, but at most once and the same everywhere.
+And for every read during the run: every edit acknowledged before the read was called is
+in it (a read on one replica sees what another acknowledged), nothing refused or twice.
 
 Error handling: the recorder classifies each edit's errors; a replica that cannot be read
 while settling, or a subscriber that stopped, is a problem reported by check, not an
@@ -46,7 +51,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pycrdt import Array, Doc
@@ -86,6 +91,18 @@ class Subscriber:
         return list(self.live.doc.get(ROOT, type=Array).to_py() or [])
 
 
+@dataclass(frozen=True)
+class Read:
+    """A Read of a document through one replica during the run: when it was called and
+    answered (time.monotonic()), and the elements it held."""
+
+    document: str
+    replica: int
+    call: float
+    ret: float
+    edits: tuple[Any, ...]
+
+
 @dataclass
 class SessionRun:
     documents: list[str]
@@ -96,6 +113,9 @@ class SessionRun:
     replicas: dict[str, list[list[Any] | None]]
     subscribers: list[Subscriber]
     settle_seconds: float = 0.0
+    reads: list[Read] = field(default_factory=list)
+    # when each acknowledged edit was acknowledged, per document
+    acknowledged_at: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -147,6 +167,7 @@ class SessionWorkload:
                 await admin.sessions.open(name, roots={ROOT: "array"})
         subscribers: list[Subscriber] = []
         edits = _Edits({name: set() for name in names})
+        reads: list[Read] = []
         try:
             for name in names:
                 for r, address in enumerate(self.addresses):
@@ -157,6 +178,7 @@ class SessionWorkload:
             await asyncio.gather(
                 *(self._edit(i, recorder, stop, edits) for i in range(self.editors)),
                 *(self._edit_live(s, recorder, stop, edits) for s in subscribers),
+                *(self._read(r, stop, reads) for r in range(len(self.addresses))),
             )
             started = time.monotonic()
             replicas = await self._settle(subscribers, settle)
@@ -168,15 +190,19 @@ class SessionWorkload:
                 with contextlib.suppress(Exception):
                     await s.client.close()
         run = SessionRun(names, {n: set() for n in names}, {n: set() for n in names},
-                         edits.refused, replicas, subscribers, settle_seconds)  # fmt: skip
+                         edits.refused, replicas, subscribers, settle_seconds, reads)  # fmt: skip
         for op in recorder.operations:
             assert isinstance(op.partition, str) and isinstance(op.input, tuple)
             kind, element = op.input
             assert isinstance(element, str)
             if kind == "doomed":
                 continue  # in refused already, whatever its answer
-            target = run.indeterminate if op.output is INDETERMINATE else run.acknowledged
-            target[op.partition].add(element)
+            if op.output is INDETERMINATE:
+                run.indeterminate[op.partition].add(element)
+            else:
+                assert op.ret is not None
+                run.acknowledged[op.partition].add(element)
+                run.acknowledged_at.setdefault(op.partition, {})[element] = op.ret
         return run
 
     # --- writers ------------------------------------------------------------------
@@ -285,6 +311,22 @@ class SessionWorkload:
             edits.note(recorder, before, s.document, element)
             await asyncio.sleep(rng.uniform(0.05, 0.2))
 
+    async def _read(self, r: int, stop: asyncio.Event, reads: list[Read]) -> None:
+        """Read the documents through replica r alone, one after another, until stop."""
+        rng = random.Random(f"{self.seed}/sessions/reader/{r}")
+        async with self._client([self.addresses[r]], f"reader-{r}") as c:
+            while not stop.is_set():
+                name = rng.choice(self.names())
+                call = time.monotonic()
+                try:
+                    state = await c.sessions.read(name)
+                except AccordError:
+                    await asyncio.sleep(0.05)  # no answer: nothing to check
+                    continue
+                edits = tuple(state.json.get(ROOT) or [])
+                reads.append(Read(name, r, call, time.monotonic(), edits))
+                await asyncio.sleep(rng.uniform(0.02, 0.1))
+
     # --- settling -----------------------------------------------------------------
 
     async def _settle(
@@ -383,6 +425,29 @@ def check(run: SessionRun) -> list[str]:
             problems += _problems(s.name, s.final, acknowledged, maybe, refused)
             if first is not None and s.final != first:
                 problems.append(f"{s.name} diverged from the replicas: {_diff(first, s.final)}")
+    problems += _stale_reads(run)
+    return problems
+
+
+def _stale_reads(run: SessionRun) -> list[str]:
+    """Reads during the run: each holds every edit acknowledged before it was called (a
+    read on one replica sees what another acknowledged), and nothing refused or twice."""
+    problems: list[str] = []
+    for read in run.reads:
+        where = f"a read of {read.document} on replica {read.replica} at {read.call:.3f}"
+        acknowledged = run.acknowledged_at.get(read.document, {})
+        present = set(read.edits)
+        before = sorted(e for e, ret in acknowledged.items() if ret < read.call)
+        lacks = [e for e in before if e not in present]
+        if lacks:
+            problems.append(
+                f"{where}: lacks {len(lacks)} edits acknowledged before it: {lacks[:5]} "
+                f"(the earliest at {min(acknowledged[e] for e in lacks):.3f})"
+            )
+        refused = run.refused.get(read.document, set())
+        counts = Counter(read.edits)
+        problems += [f"{where}: refused edit {e!r} present" for e in present & refused]
+        problems += [f"{where}: {e!r} present {n} times" for e, n in counts.items() if n > 1]
     return problems
 
 
