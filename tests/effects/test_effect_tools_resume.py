@@ -16,8 +16,9 @@ from pathlib import Path
 
 from accord.client import EffectRun, effect_key
 from accord.v1 import effects_pb2
-from tests.harness import REPO, Coordinator, make_client, token_env
-from tests.harness.effect_agent import STEPS, applied, plan, reconcile_from
+from tests.harness import REPO, Coordinator, effect_agent, make_client, token_env
+
+STEPS, applied, plan = effect_agent.STEPS, effect_agent.applied, effect_agent.plan
 
 RUN = "nightly-report"
 CRASH_AT = 7
@@ -65,7 +66,7 @@ async def test_a_crashed_run_resumes_from_its_journal(
     async with make_client([replicas[1].address], namespace, agent="resuming-agent") as accord:
         lease = await accord.leases.grant(ttl=30)
         asked: list[str] = []
-        reconcile = reconcile_from(log)
+        reconcile = effect_agent.reconcile_from(log)
 
         def reconcile_and_count(key: str) -> object:
             asked.append(key)

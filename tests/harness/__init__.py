@@ -2,6 +2,7 @@
 conditions (waits), and clients and raw stubs (clients). Tests import from here, never
 from the modules directly."""
 
+from tests.harness import effect_agent
 from tests.harness.auth import (
     AUTH_REQUIRED,
     bootstrap_admin,
@@ -55,6 +56,7 @@ __all__ = [
     "Stubs",
     "bootstrap_admin",
     "cluster_admin_token",
+    "effect_agent",
     "enable_auth",
     "eventually",
     "fetch",
