@@ -44,6 +44,10 @@ from accord.v1 import common_pb2
 log = logging.getLogger("accord.mcp")
 
 EndCallback = Callable[[], Awaitable[None]]
+# Called when a session's lease starts / a lock is granted to it (e.g. to push their loss
+# to the MCP client: lease.on_lost).
+LeaseHook = Callable[["AgentSession", Lease], None]
+GrantHook = Callable[["AgentSession", Grant], None]
 
 
 class Transport(StrEnum):
@@ -135,6 +139,17 @@ class Facade:
         self.transport = transport
         self._sessions: dict[str, AgentSession] = {}
         self._opening: dict[str, asyncio.Lock] = {}
+        self.lease_hooks: list[LeaseHook] = []
+        self.grant_hooks: list[GrantHook] = []
+
+    def lease_started(self, session: AgentSession, lease: Lease) -> None:
+        for hook in self.lease_hooks:
+            hook(session, lease)
+
+    def granted(self, session: AgentSession, grant: Grant) -> None:
+        session.grants[grant.name] = grant
+        for hook in self.grant_hooks:
+            hook(session, grant)
 
     async def run(
         self, ctx: Context[Any, Any], work: Callable[[AgentSession], Awaitable[BaseModel]]

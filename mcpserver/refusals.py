@@ -116,13 +116,20 @@ class FacadeRefusal(ToolError):
     """A refusal the façade makes itself, before calling Accord (reason: its name)."""
 
     def __init__(
-        self, reason: str, message: str, what_to_do: str, *, conflict: Conflict | None = None
+        self,
+        reason: str,
+        message: str,
+        what_to_do: str,
+        *,
+        conflict: Conflict | None = None,
+        wait: LockWait | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.what_to_do = what_to_do
         self.conflict = conflict
+        self.wait = wait
 
 
 class Conflict(BaseModel):
@@ -261,6 +268,11 @@ async def _fence(error: FencedError, client: AsyncClient | None) -> FenceLost | 
     return FenceLost(lock=lock, your_token=token, holders_now=holders)
 
 
+WOULD_BLOCK_ADVICE = (
+    "The lock is held now (see `wait.holders`). Do other work and try later, or acquire "
+    "with wait_seconds to queue for it."
+)
+
 _ADVICE: dict[type[AccordError], str] = {
     ConditionFailedError: (
         "Someone wrote the key since you read it. Read `conflict.current` (its value, "
@@ -281,9 +293,7 @@ _ADVICE: dict[type[AccordError], str] = {
         "The lock stayed held for the whole wait. Call accord_locks_why_blocked to see the "
         "holders, do other work, and try again later, or wait longer if the estimate fits."
     ),
-    WouldBlockError: (
-        "The lock is held now (see `wait.holders`). Try later, or acquire with a wait."
-    ),
+    WouldBlockError: WOULD_BLOCK_ADVICE,
     QuotaExceededError: (
         "A quota refused the call; nothing was done. Wait retry_after_seconds, then send the "
         "same call again (with the same request_id, where the tool takes one)."
@@ -353,6 +363,7 @@ async def answer(
                 message=exc.message,
                 what_to_do=exc.what_to_do,
                 conflict=exc.conflict,
+                wait=exc.wait,
             ),
             is_error=True,
         )

@@ -30,7 +30,14 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import METHOD_NOT_FOUND
 from starlette.applications import Starlette
 
-from accord.mcpserver import resources, tools_memory, tools_sessions, tools_votes
+from accord.mcpserver import (
+    resources,
+    tools_leases,
+    tools_locks,
+    tools_memory,
+    tools_sessions,
+    tools_votes,
+)
 from accord.mcpserver.context import Facade, Transport
 from accord.mcpserver.identity import PassThroughVerifier
 
@@ -100,7 +107,7 @@ def build(facade: Facade, *, http: HttpOptions | None = None) -> MCPServer[None]
 
 def register_all(server: MCPServer[Any], facade: Facade) -> None:
     """Every tools module's register(server, facade)."""
-    for module in (tools_memory, tools_sessions, tools_votes, resources):
+    for module in (tools_memory, tools_leases, tools_locks, tools_sessions, tools_votes, resources):
         module.register(server, facade)
 
 

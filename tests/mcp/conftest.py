@@ -55,9 +55,7 @@ def http_server(
 
 
 @pytest.fixture(params=["stdio", "http"])
-def agents(
-    request: pytest.FixtureRequest, replicas: list[Coordinator], namespace: str
-) -> Agents:
+def agents(request: pytest.FixtureRequest, replicas: list[Coordinator], namespace: str) -> Agents:
     addresses = [r.address for r in replicas]
     if request.param == "stdio":
         return Agents("stdio", namespace, addresses, None)

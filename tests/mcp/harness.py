@@ -27,13 +27,27 @@ def stdio_params(
     addresses: list[str], namespace: str, *, token: str = "", agent: str = ""
 ) -> StdioServerParameters:
     env = {"ACCORD_TOKEN": token} if token else {}
-    if agent:
-        env["ACCORD_AGENT_ID"] = agent
+    agent_args = ["--agent", agent] if agent else []
     return StdioServerParameters(
         command=ACCORD[0],
-        args=[*ACCORD[1:], "mcp", "--addr", ",".join(addresses), "--namespace", namespace],
+        args=[*ACCORD[1:], "mcp", "--addr", ",".join(addresses), "--namespace", namespace,
+              *agent_args],
         env=env,
-    )
+    )  # fmt: skip
+
+
+def stdio_server_pid(namespace: str, agent: str) -> int:
+    """The pid of the `accord mcp` process serving agent in namespace over stdio."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mcp" in argv and namespace.encode() in argv and agent.encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no accord mcp process for {agent} in {namespace}")
 
 
 @asynccontextmanager
