@@ -15,10 +15,12 @@ import pytest
 from accord.client import (
     AsyncClient,
     Client,
+    EffectBusyError,
     EffectFailedError,
     EffectInDoubtError,
     EffectNotApplied,
     EffectRun,
+    FencedError,
     FoundOutcome,
     IntentMismatchError,
     Lease,
@@ -251,3 +253,34 @@ def test_blocking_client_steps_and_compensates(replicas: list[Coordinator], name
         assert ran[1:] == ["b-12"]
         progress = accord.effects.progress(RUN)
         assert progress.run.status == effects_pb2.RUN_STATUS_COMPENSATED
+
+
+async def test_busy_past_the_wait_says_who_holds_it(
+    agents: tuple[AsyncClient, AsyncClient],
+) -> None:
+    a, b = agents
+    holder = EffectRun(a.effects, RUN, await grant(a))
+    waiter = EffectRun(b.effects, RUN, await grant(b), busy_wait=1.0)
+    async with holder.step("migrate", {"table": "orders"}, step=1) as held:
+        with pytest.raises(EffectBusyError) as busy:
+            async with waiter.step("migrate", {"table": "orders"}, step=1):
+                pytest.fail("the body must not run")
+        held.succeed("migrated")
+    assert busy.value.effect.claimed.agent_id == "agent-a"
+    assert busy.value.effect.key == held.key
+    async with waiter.step("migrate", {"table": "orders"}, step=1) as after:
+        assert after.done and after.result == "migrated"
+
+
+async def test_a_fenced_step_needs_its_lock(client: AsyncClient) -> None:
+    lease = await grant(client)
+    lock = await client.locks.acquire("deploys", lease)
+    run = EffectRun(client.effects, RUN, lease, fence=lock)
+    async with run.step("deploy", {"version": 8}) as call:
+        call.succeed("deployed")
+    await client.locks.release(lock)
+    with pytest.raises(FencedError):
+        async with run.step("deploy", {"version": 9}):
+            pytest.fail("the body must not run")
+    listed = await client.effects.list(run_id=RUN)
+    assert [e.key for e in listed.effects] == [call.key]  # the fenced Begin wrote nothing
