@@ -197,7 +197,8 @@ async def _sessions(
     problems = check_sessions(run)
     outcome = Outcome(recorder, not problems, "session convergence", time.monotonic() - started)
     live = sum(s.edits for s in run.subscribers)
-    outcome.problems = [f"{live} edits by subscribers, settled in {run.settle_seconds:.1f} s",
+    outcome.problems = [f"{live} edits by subscribers, {len(run.reads)} reads, settled in "
+                        f"{run.settle_seconds:.1f} s",
                         *problems]  # fmt: skip
     return outcome
 
