@@ -215,4 +215,5 @@ SUITES = (
     Suite("overload", ("--seconds", "1", "--flooders", "8"), ("--seconds", "5")),
     Suite("workers", ("--seconds", "0.5", "--rounds", "1"), ("--seconds", "3", "--rounds", "2")),
     Suite("metrics", ("--seconds", "0.3", "--rounds", "1"), ("--seconds", "2", "--rounds", "4")),
+    Suite("effects", ("--seconds", "0.3", "--clients", "1,64"), ("--seconds", "3")),
 )
