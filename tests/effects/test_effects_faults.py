@@ -192,6 +192,26 @@ async def test_paused_executor_cannot_complete_over_its_successor(
     assert RESULT not in {kv.value for kv in etcd.stored(namespace)}
 
 
+async def test_paused_executor_cannot_complete_once_in_doubt(
+    executor: Executor, successor: AsyncClient, etcd: EtcdMember, namespace: str
+) -> None:
+    """Woken after its lease ended and before anyone claimed the effect: its Complete is
+    refused all the same (its claim ended with its lease), and the effect stays in doubt
+    for whoever reconciles it."""
+    executor.process.send_signal(signal.SIGSTOP)
+    try:
+        lease = await successor.leases.grant(ttl=30)
+        answer = await until_in_doubt(successor, lease)
+        assert answer.outcome == E.BEGIN_OUTCOME_IN_DOUBT
+    finally:
+        executor.process.send_signal(signal.SIGCONT)
+    before = etcd.stored(namespace)
+    assert await executor.complete() == f"refused NOT_HELD {executor.lease_id}"
+    assert etcd.stored(namespace) == before
+    stored = await successor.effects.get("charge-1")
+    assert (stored.state, stored.claim) == (E.EFFECT_STATE_IN_DOUBT, executor.claim)
+
+
 # --- a replica killed while Begins are in flight ---------------------------------------
 
 CONTENDERS = 3
@@ -273,7 +293,10 @@ async def test_begins_through_a_dying_replica_proceed_once_per_key(
             assert len(proceeds) == 1, f"{key}: PROCEED to {proceeds}; all answers {mine}"
             ((winner, claim),) = proceeds
             for a in mine:
-                assert a.outcome in (E.BEGIN_OUTCOME_PROCEED, E.BEGIN_OUTCOME_BUSY), a
+                # The winner's own Begins (its retry, and a resend of a Begin whose answer
+                # was lost with the replica) are told PROCEED again; the others BUSY.
+                told = E.BEGIN_OUTCOME_PROCEED if a.agent == winner else E.BEGIN_OUTCOME_BUSY
+                assert a.outcome == told, a
                 assert (lease_of[a.claimed_lease], a.claim) == (winner, claim), a
             stored = await clients[winner].effects.get(key)
             assert (stored.state, stored.claim, stored.attempts) == (

@@ -823,8 +823,9 @@ WALK: list[tuple[str, dict[str, Any]]] = [
     ("begin", {"agent": 1, "pick": 0, "replica": 1}),  # BUSY
     ("revoke", {"agent": 0}),  # k0 in doubt
     ("begin", {"agent": 1, "pick": 0, "replica": 0}),  # IN_DOUBT
+    ("zombie_complete", {"agent": 0, "pick": 0, "replica": 1}),  # a0's lapsed claim: NOT_HELD
     ("begin", {"agent": 1, "pick": 0, "replica": 1, "reconciled": True, "reword": True}),
-    ("zombie_complete", {"agent": 0, "pick": 0, "replica": 0}),  # a0's lost claim: NOT_HELD
+    ("zombie_complete", {"agent": 0, "pick": 0, "replica": 0}),  # claimed again: NOT_HELD
     ("complete", {"agent": 0, "pick": 0, "replica": 0, "register": True, "twice": True}),
     ("begin", {"agent": 2, "pick": 0, "replica": 1}),  # DONE
     ("zombie_complete", {"agent": 0, "pick": 0, "replica": 1}),  # k0 is done: replayed
@@ -838,7 +839,8 @@ WALK: list[tuple[str, dict[str, Any]]] = [
     ("misbegin", {"agent": 2, "pick": 1, "replica": 1, "other_run": True}),  # k2
     ("compensate", {"pick": 1, "replica": 0}),  # a run nothing began in: NOT_FOUND
     ("begin", {"agent": 2, "pick": 1, "replica": 0}),  # k1, in r1
-    ("complete", {"agent": 0, "pick": 0, "replica": 0, "success": False}),
+    ("begin", {"agent": 0, "pick": 3, "replica": 1}),  # k3 too: r1 resumes at k1
+    ("complete", {"agent": 1, "pick": 0, "replica": 0, "success": False}),  # a2's k1
     ("compensate", {"pick": 1, "replica": 1}),  # NOTHING_TO_COMPENSATE
     ("set_run_status", {"pick": 1, "status": RunStatus.FINISHED}),
     ("compensate", {"pick": 0, "replica": 0}),  # r0: k2's, then k0's
@@ -846,7 +848,7 @@ WALK: list[tuple[str, dict[str, Any]]] = [
     ("complete", {"agent": 0, "pick": 0, "replica": 1, "register": True}),
     ("compensate", {"pick": 0, "replica": 1}),  # again: the same list, one done
     ("begin_compensation", {"agent": 1, "pick": 1, "replica": 1}),
-    ("complete", {"agent": 0, "pick": 0, "replica": 0, "success": False}),  # COMPENSATED
+    ("complete", {"agent": 1, "pick": 0, "replica": 0, "success": False}),  # COMPENSATED
     ("set_run_status", {"pick": 1, "status": RunStatus.RUNNING}),
 ]
 WALK_DEFAULTS = {
@@ -872,6 +874,7 @@ WALK_COVERS = {
     "complete: replayed",
     "abort",
     "zombie complete: NOT_HELD, the effect RUNNING",
+    "zombie complete: NOT_HELD, the effect IN_DOUBT",
     "zombie complete: replayed, the effect SUCCEEDED",
     "zombie abort: CONDITION_FAILED, the effect SUCCEEDED",
     "zombie abort: NOT_HELD, the effect RUNNING",
