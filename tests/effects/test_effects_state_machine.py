@@ -220,7 +220,7 @@ class EffectsMachine(RuleBasedStateMachine):
         self.agents: list[Agent] = []
         self.trace: list[str] = []
         self.claims_seen: dict[str, int] = {}  # key -> highest claim token seen
-        self.raw: EtcdStubs  # etcd itself, to see that refusals change nothing
+        self.raw: EtcdStubs | None = None  # etcd itself, to see that refusals change nothing
 
     # --- plumbing ---
 
@@ -241,13 +241,17 @@ class EffectsMachine(RuleBasedStateMachine):
         if not ok:
             raise self.fail(message)
 
+    def etcd_stubs(self) -> EtcdStubs:
+        assert self.raw is not None
+        return self.raw
+
     def stored(self) -> list[tuple[bytes, bytes, int, int]]:
         """Every key of the namespace in etcd (read straight from etcd)."""
         from aetcd.rpc import rpc_pb2 as rpc
 
         prefix = f"accord/ns/{self.namespace}/".encode()
         found = self.run(
-            self.raw.kv.Range(rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"))
+            self.etcd_stubs().kv.Range(rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"))
         )
         return [(kv.key, kv.value, kv.mod_revision, kv.lease) for kv in found.kvs]
 
@@ -346,7 +350,8 @@ class EffectsMachine(RuleBasedStateMachine):
                     await agent.lease.revoke()
                 for client in agent.clients:
                     await client.close()
-            await self.raw.close()
+            if self.raw is not None:  # an example that ended before its first step
+                await self.raw.close()
 
         try:
             self.run(stop())
