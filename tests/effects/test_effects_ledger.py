@@ -112,6 +112,10 @@ async def test_a_dead_executor_leaves_the_effect_in_doubt(agents: Agent) -> None
     assert doubt.effect.intent.arguments == SEND.arguments
     assert doubt.effect.began.agent_id == "alice" and doubt.effect.began.at.seconds > 0
     assert (await b.effects.get("charge")).state == EffectState.IN_DOUBT
+    # The dead executor cannot record an outcome: its claim ended with its lease.
+    with pytest.raises(NotHeldError):
+        await a.effects.complete("charge", began.claim, lease=lease, result=b"zombie")
+    assert (await b.effects.get("charge")).state == EffectState.IN_DOUBT
     claimed = await b.effects.begin("charge", "run", SEND, lease=other, reconciled=True)
     assert claimed.proceed and claimed.claim > began.claim and claimed.effect.attempts == 2
     with pytest.raises(NotHeldError):
@@ -154,7 +158,8 @@ async def test_a_busy_begin_learns_the_executor_died_while_it_waited(agents: Age
     waiting = asyncio.create_task(b.effects.begin("dies", "run", SEND, lease=other, wait=20))
     await asyncio.sleep(0.3)
     await lease.revoke()
-    answer = await asyncio.wait_for(waiting, 20)
+    # Woken by the claim's deletion, long before its 20 s wait would end.
+    answer = await asyncio.wait_for(waiting, 10)
     assert answer.in_doubt
 
 

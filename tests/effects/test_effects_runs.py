@@ -36,19 +36,27 @@ async def test_the_journal_is_in_begin_order_with_counts_and_resume_point(
         claims[key] = (
             await a.effects.begin(key, "wf", intent("tool", key.encode()), lease=lease)
         ).claim
-    for key in keys[:2]:
+    for key in ("alpha", "beta"):
         await a.effects.complete(key, claims[key], lease=lease, result=b"ok")
     await a.effects.complete("mid", claims["mid"], lease=lease, error="boom")
-    await a.effects.abort("beta", claims["beta"], lease=lease)
+    await a.effects.abort("omega", claims["omega"], lease=lease)
     journal = await a.effects.get_run("wf")
     assert [e.key for e in journal.journal] == keys
+    assert [e.state for e in journal.journal] == [
+        EffectState.RUNNING,
+        EffectState.SUCCEEDED,
+        EffectState.FAILED,
+        EffectState.SUCCEEDED,
+        EffectState.ABORTED,
+    ]
     run = journal.run
     assert run.status == RunStatus.RUNNING and run.created.agent_id == "alice"
     assert (run.effects, run.succeeded, run.failed, run.running, run.in_doubt) == (5, 2, 1, 1, 0)
-    assert run.resume_at == "beta"  # the first effect in journal order without an outcome
+    # The first effect in journal order without an outcome (not the first by key).
+    assert run.resume_at == "zeta"
     await lease.revoke()
     run = (await a.effects.get_run("wf")).run
-    assert (run.running, run.in_doubt) == (0, 1)
+    assert (run.running, run.in_doubt) == (0, 1)  # zeta; omega was aborted, not in doubt
     pages, token = [], ""
     while True:
         page = await a.effects.get_run("wf", limit=2, page_token=token)
