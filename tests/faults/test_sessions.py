@@ -191,7 +191,7 @@ async def test_a_synced_session_outlasts_its_replicas_out_of_reach(
         cluster.proxies.set(link, Mode.DROP)
         try:
             edits.append("during")
-            await asyncio.sleep(8)  # far more than 50 attempts to subscribe and to push
+            await asyncio.sleep(5)  # 50 attempts to subscribe and to push took < 3 s
             assert live.error is None, live.error
         finally:
             cluster.proxies.set(link, Mode.PASS)
