@@ -164,7 +164,7 @@ class SessionWorkload:
         names = self.names()
         async with self._editor_client(0) as admin:
             for name in names:
-                await admin.sessions.open(name, roots={ROOT: "array"})
+                await _again(lambda name=name: admin.sessions.open(name, roots={ROOT: "array"}))
         subscribers: list[Subscriber] = []
         edits = _Edits({name: set() for name in names})
         reads: list[Read] = []
@@ -174,7 +174,8 @@ class SessionWorkload:
                     c = self._client([address], f"subscriber-{name}-{r}")
                     live = c.sessions.synced(name, create=False)
                     subscribers.append(Subscriber(name, r, c, live))
-                    await live.start()
+            # The faults may have begun: a subscriber's replica killed or out of reach.
+            await asyncio.gather(*(_start(s) for s in subscribers))
             await asyncio.gather(
                 *(self._edit(i, recorder, stop, edits) for i in range(self.editors)),
                 *(self._edit_live(s, recorder, stop, edits) for s in subscribers),
@@ -354,6 +355,30 @@ class SessionWorkload:
         finally:
             for reader in readers:
                 await reader.close()
+
+
+async def _again(call: Callable[[], Awaitable[T]], within: float = 30.0) -> T:
+    """call(), again after a failure until within seconds have passed (the faults may
+    have begun before the run is set up)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except (AccordError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def _start(s: Subscriber) -> None:
+    """Start s's synced document, with a new one after each failure."""
+
+    async def attempt() -> None:
+        if s.live.error is not None or s.live.info is not None:  # a failed start: anew
+            s.live = s.client.sessions.synced(s.document, create=False)
+        await s.live.start()
+
+    await _again(attempt)
 
 
 async def _read_all(readers: list[AsyncClient], name: str) -> list[list[Any] | None]:
