@@ -183,6 +183,11 @@ class LockWait(BaseModel):
     )
 
 
+class QuotaHit(BaseModel):
+    limit: str = Field(description="the quota, e.g. keys or requests_per_second")
+    subject: str = Field(description="what it applies to: namespace:NS or agent:NS/ID")
+
+
 class Refusal(BaseModel):
     """What a refused call returns (with isError set): act on `reason` and `what_to_do`."""
 
@@ -196,6 +201,7 @@ class Refusal(BaseModel):
     deadlock: DeadlockInfo | None = None
     wait: LockWait | None = None
     missing_role: str | None = None
+    quota: QuotaHit | None = None
 
 
 def holders_of(entries: list[locks_pb2.LockEntry]) -> list[LockHolder]:
@@ -337,6 +343,8 @@ async def refusal(error: AccordError, client: AsyncClient | None = None) -> Refu
         out.wait = _wait(error)
     elif isinstance(error, PermissionDeniedError):
         out.missing_role = error.role or None
+    elif isinstance(error, QuotaExceededError):
+        out.quota = QuotaHit(limit=error.limit, subject=error.subject)
     return out
 
 

@@ -62,7 +62,7 @@ async def ensure_lease(session: AgentSession, facade: Facade, ttl: int) -> tuple
     lease = session.lease
     if lease is not None and not lease.lost.is_set():
         return lease, False
-    lease = await session.client.leases.grant(ttl, labels={"mcp": "session"})
+    lease = await session.client.leases.grant(ttl)
     session.lease = lease
     facade.lease_started(session, lease)
     return lease, True

@@ -110,7 +110,7 @@ async def test_a_reader_cannot_write_through_mcp(
 
     async with session(writer) as mcp:
         made = await mcp.call_tool("accord_memory_put", {"key": "doc", "value": "v1"})
-        assert not made.is_error  # the setup allows a write: the refusal below is the role's
+        assert not made.is_error, structured(made)  # the setup allows a write
     before = auth_cluster.stored(namespace)
     async with session(reader) as mcp:
         read = structured(await mcp.call_tool("accord_memory_get", {"key": "doc"}))
