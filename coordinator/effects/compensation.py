@@ -1,7 +1,7 @@
 """Compensating a run: its registered compensations, newest effect's first.
 
 A Complete that registers a compensation writes it twice in its own transaction: under
-the compensated effect's began revision (RunKeys.compensation, so one range read
+the compensated effect's began revision and key (RunKeys.compensation, so one range read
 greatest key first lists them in reverse journal order) and under the compensation's
 own effect key (RunKeys.compensation_key, which Begin reads to mark that effect's
 `compensates`). Compensate sets the run COMPENSATING (unless it already is: calling it

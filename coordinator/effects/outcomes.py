@@ -7,7 +7,7 @@ fence, its lock grant holds too (locks/fencing.py, FENCED). So an executor whose
 ended, or whose effect was claimed again since, writes nothing. The same transaction
 deletes the claim, moves the run's markers (open -> succeeded/failed, or aborted),
 re-attaches the journal entry to the retention lease, and, for a completion that names a
-compensation, registers it twice (by the compensated effect's began revision, for
+compensation, registers it twice (by the compensated effect's began revision and key, for
 Compensate's reverse order, and by the compensation's own effect key, for Begin).
 
 Completing a finished effect replays its first outcome (replayed), whichever claim is
@@ -165,7 +165,9 @@ class Outcomes:
                         key=records.compensation_key(key),
                     ).SerializeToString()
                     then += [
-                        put(run.compensation(raw.create_revision), registered, lease=retention),
+                        put(
+                            run.compensation(raw.create_revision, key), registered, lease=retention
+                        ),
                         put(
                             run.compensation_key(records.compensation_key(key)),
                             registered,

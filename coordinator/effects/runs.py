@@ -9,9 +9,10 @@ contend on one key:
   effects = journal entries; running = live claims; succeeded, failed = s, f markers;
   in_doubt = open markers - running - aborted; compensations = registrations;
   compensated = compensation effects with an outcome.
-resume_at is the open marker created first: markers are created when their effect
-begins and deleted when it gets an outcome, so that is the first effect in journal order
-without one. A run whose status is COMPENSATING reads COMPENSATED once every registered
+resume_at is the open marker created first (the least key among those created at that
+revision, as the journal orders them): markers are created when their effect begins and
+deleted when it gets an outcome, so that is the first effect in journal order without
+one. A run whose status is COMPENSATING reads COMPENSATED once every registered
 compensation has an outcome (computed on read, so no write decides it).
 
 The journal is the order effects began: their journal entries' create_revision, ties
@@ -140,10 +141,19 @@ class Runs:
         out.compensations, out.compensated = comps, compensated
         kvs = first_open.response_range.kvs
         if kvs:
-            out.resume_at = kvs[0].key[len(run.marker(OPEN)) :].decode()
+            out.resume_at = await self._first_of(run.marker(OPEN), kvs[0].create_revision)
         if out.status == effects_pb2.RUN_STATUS_COMPENSATING and comps and compensated >= comps:
             out.status = effects_pb2.RUN_STATUS_COMPENSATED
         return int(found.header.revision), out, raw
+
+    async def _first_of(self, prefix: bytes, revision: int) -> str:
+        """The least key under prefix created at revision: effects begun in one
+        group-commit batch share a revision, and the journal orders them by key."""
+        request = read(prefix, prefix=True, keys_only=True)
+        request.min_create_revision = request.max_create_revision = revision
+        request.limit = 1  # in key order, after the revision filter
+        found = await self._s.etcd.range(request)
+        return str(found.kvs[0].key[len(prefix) :].decode()) if found.kvs else ""
 
     async def get_run(
         self, run_id: str, limit: int, page_token: str

@@ -20,7 +20,7 @@ characters), under a configurable root:
   {root}/ns/{ns}/ballots/{id}\\0{agent}               Ballot                         (votes)
   {root}/ns/{ns}/effects/{key}                       Effect, effects retention      (effects)
   {root}/ns/{ns}/runs/{run}\\0 + one of (RunKeys)     one run's keys                 (effects)
-      r | j\\0{key} | c\\0{key} | o|a|s|f\\0{key} | x\\0{began:016x} | k\\0{key} | y\\0{key}
+      r | j\\0{key} | c\\0{key} | o|a|s|f\\0{key} | x\\0{began:016x}\\0{key} | k\\0{key} | y\\0{key}
   {root}/vote-timers/{due_ms:016x}\\0{kind}\\0{ns}\\0{id}  empty: a deadline or expiry (votes)
   {root}/auth/principals/{name}                      PrincipalRecord                (auth)
   {root}/auth/tokens/{token id}                      TokenRecord                    (auth)
@@ -83,8 +83,10 @@ class RunKeys:
         """kind: o (open), a (aborted), s (succeeded), f (failed)."""
         return self._of(kind, key)
 
-    def compensation(self, began_revision: int | None = None) -> bytes:
-        return self._of(b"x", "" if began_revision is None else f"{began_revision:016x}")
+    def compensation(self, began_revision: int | None = None, key: str = "") -> bytes:
+        """Ordered as the journal: by the compensated effect's began revision, then key
+        (effects begun in one group-commit batch share a revision)."""
+        return self._of(b"x", "" if began_revision is None else f"{began_revision:016x}\x00{key}")
 
     def compensation_key(self, key: str = "") -> bytes:
         return self._of(b"k", key)

@@ -4,6 +4,7 @@ compensation (reverse order, derived keys, COMPENSATED once all are done)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import pytest
@@ -156,3 +157,38 @@ async def test_a_run_without_compensations_has_nothing_to_compensate(
         await a.effects.compensate("plain")
     assert etcd.stored(namespace) == before
     assert (await a.effects.get_run("plain")).run.status == RunStatus.RUNNING
+
+
+async def test_effects_begun_together_each_keep_their_compensation(agents: Agent) -> None:
+    """Effects begun at once share etcd revisions (group commit batches them): each still
+    has its own place in the journal and its own registered compensation."""
+    a = await agents("alice")
+    lease = await a.leases.grant(10)
+    keys = [f"parallel-{i:02d}" for i in range(24)]
+    # The run exists first: Begins that each create it touch one key and never batch.
+    await a.effects.begin("parallel-00", "fan-out", intent("t", b"parallel-00"), lease=lease)
+
+    began = await asyncio.gather(
+        *(
+            a.effects.begin(k, "fan-out", intent("t", k.encode()), lease=lease)
+            for k in reversed(keys)
+        )
+    )
+    run = await a.effects.get_run("fan-out", limit=1000)
+    journal = run.journal
+    revisions = [e.began_revision for e in journal]
+    assert len(set(revisions)) < len(keys), "no two began in one batch: nothing was shown"
+    assert revisions == sorted(revisions) and sorted(e.key for e in journal) == keys
+    assert run.run.resume_at == journal[0].key  # ties broken as the journal breaks them
+    await asyncio.gather(
+        *(
+            a.effects.complete(
+                b.effect.key, b.claim, lease=lease, result=b"", compensation=intent("undo")
+            )
+            for b in began
+        )
+    )
+    plan = await a.effects.compensate("fan-out")
+    assert sorted(c.compensates for c in plan.compensations) == keys
+    # Newest first: the journal's order reversed (ties broken the same way).
+    assert [c.compensates for c in plan.compensations] == [e.key for e in reversed(journal)]
