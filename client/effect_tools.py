@@ -25,6 +25,11 @@ How the block ends decides what the ledger records:
   If that record cannot be written (the claim lapsed meanwhile), the body's exception
   still propagates, and the effect is in doubt once the lease ends.
 
+An outcome whose Complete got no answer (UnavailableError, DeadlineExceededError: no
+replica answered in time) is kept by the client, and the next step of the same key
+sends it again instead of beginning: a Begin from the same live lease would be told
+PROCEED (a retried Begin) and run the tool twice.
+
 Error handling: Begin's answers other than PROCEED and DONE become errors: IN_DOUBT
 raises EffectInDoubtError (with the intent and who began it) unless a `reconcile`
 callback was given: it is called with the key, and returns the outcome it found in the
@@ -44,6 +49,7 @@ import contextlib
 import inspect
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
@@ -51,9 +57,12 @@ from typing import Protocol, TypeAlias
 from accord.client.effect_keys import JSON, canonical_json, effect_key
 from accord.client.errors import (
     AccordError,
+    DeadlineExceededError,
     EffectBusyError,
     EffectFailedError,
     EffectInDoubtError,
+    NotHeldError,
+    UnavailableError,
 )
 from accord.v1 import common_pb2, effects_pb2
 
@@ -283,6 +292,9 @@ async def claim(
     """Begin the effect until the answer is PROCEED (a StepCall to run) or DONE (a
     StepCall that is done): waits out BUSY, reconciles IN_DOUBT (see the module
     docstring)."""
+    sent = await _redeliver(effects, key)
+    if sent is not None:
+        return StepCall(key, sent, done=True)
     give_up = time.monotonic() + busy_wait
     reconciled = False
     while True:
@@ -325,6 +337,28 @@ async def claim(
             )
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """An outcome to record, with what Complete needs to send it."""
+
+    claim: int
+    lease: int
+    outcome: effects_pb2.EffectOutcome
+    undo: effects_pb2.Intent | None
+    fence: common_pb2.Fence | None
+
+
+# Outcomes whose Complete got no answer (no replica answered in time), by the thin client
+# they went through and the effect key. The next step of that key sends its outcome
+# again instead of beginning: a Begin from the same live lease would be told PROCEED (a
+# retried Begin) and run the tool twice.
+_UNDELIVERED: weakref.WeakKeyDictionary[EffectCalls, dict[str, _Outcome]] = (
+    weakref.WeakKeyDictionary()
+)
+# Errors after which whether Complete was applied is unknown.
+_NO_ANSWER = (UnavailableError, DeadlineExceededError)
+
+
 async def _complete(
     effects: EffectCalls,
     call: StepCall,
@@ -333,17 +367,44 @@ async def _complete(
     undo: effects_pb2.Intent | None,
     fence: common_pb2.Fence | None,
 ) -> None:
-    failed = outcome.HasField("failure")
-    answer = await effects.complete(
-        call.key,
-        call.effect.claim,
-        lease=lease,
-        result=None if failed else outcome.success,
-        error=outcome.failure if failed else None,
-        compensation=undo,
-        fence=fence,
+    call.effect = await _deliver(
+        effects, call.key, _Outcome(call.effect.claim, lease, outcome, undo, fence)
     )
-    call.effect = answer.effect
+
+
+async def _deliver(effects: EffectCalls, key: str, record: _Outcome) -> effects_pb2.Effect:
+    """Complete with record; kept in _UNDELIVERED while no answer came."""
+    failed = record.outcome.HasField("failure")
+    try:
+        answer = await effects.complete(
+            key,
+            record.claim,
+            lease=record.lease,
+            result=None if failed else record.outcome.success,
+            error=record.outcome.failure if failed else None,
+            compensation=record.undo,
+            fence=record.fence,
+        )
+    except _NO_ANSWER:
+        _UNDELIVERED.setdefault(effects, {})[key] = record
+        raise
+    except AccordError:
+        _UNDELIVERED.get(effects, {}).pop(key, None)
+        raise
+    _UNDELIVERED.get(effects, {}).pop(key, None)
+    return answer.effect
+
+
+async def _redeliver(effects: EffectCalls, key: str) -> effects_pb2.Effect | None:
+    """The effect as completed by an outcome of ours that got no answer before (None:
+    there is none, or its claim no longer holds: Begin says what is known now)."""
+    record = _UNDELIVERED.get(effects, {}).get(key)
+    if record is None:
+        return None
+    try:
+        return await _deliver(effects, key, record)
+    except NotHeldError:
+        return None
 
 
 async def _abort(effects: EffectCalls, call: StepCall, lease: int, reason: str) -> None:
