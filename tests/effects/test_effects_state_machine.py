@@ -5,22 +5,27 @@ per replica) over a few effect keys in two runs, through both real replicas, and
 a model of the ledger: per effect its state, holder, claim, attempts, outcome and
 registered compensation; per run its status and journal order. Steps: Begin (every
 answer: PROCEED, DONE, IN_DOUBT, BUSY; a retried Begin; a reworded summary; a
-reconciled claim), two agents racing a Begin through the two replicas, Complete (and
-Complete again: the first outcome stands, replayed), Abort, a zombie's Complete with a
-claim it lost, an intent mismatch, a lease revoked (its effects fall in doubt),
-SetRunStatus, Compensate and Begin of its compensations. After every step:
+reconciled claim), two agents racing a Begin through the two replicas, a Begin that
+waits on a holder who meanwhile completes, aborts or loses its lease, Complete (and
+Complete again: the first outcome stands, replayed), Abort, a zombie's Complete or
+Abort with a claim it lost, an intent mismatch or another run named, a lease revoked
+(its effects fall in doubt), SetRunStatus, Compensate and Begin of its compensations.
+After every step:
 
 1. each Begin/Complete/Abort answer is the model's (outcome, state, claim, attempts,
    holder, recorded outcome); a claim is new (higher) exactly when the model says the
    effect was claimed again, and a retried Begin gets the same claim;
-2. a refused call (NOT_HELD, INTENT_MISMATCH, NOTHING_TO_COMPENSATE, INVALID_ARGUMENT)
-   names the current effect where the contract says so, and changes nothing in etcd;
+2. a refused call (NOT_HELD, INTENT_MISMATCH, NOTHING_TO_COMPENSATE, INVALID_ARGUMENT,
+   NOT_FOUND, CONDITION_FAILED) names the current effect where the contract says so,
+   and changes nothing in etcd;
 3. every effect read back (Get, through the other replica) is the model's;
 4. each run read back (GetRun) has the model's status, counts, journal (in the order the
    effects began) and resume point.
 
-Each hypothesis example is a fresh namespace; examples are bounded and not shrunk (each
-step drives live processes; a failure prints its steps).
+A fixed walk through every answer runs first (test_effects_walk_the_known_path, which
+also checks that it still shows each). Each hypothesis example is a fresh namespace;
+examples are bounded and not shrunk (each step drives live processes; a failure prints
+its steps).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import contextlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
@@ -68,6 +73,8 @@ AGENTS = 3
 KEYS = 4  # effect keys k0..k3; key i belongs to run i % RUNS
 RUNS = 2
 LEASE_TTL = 30  # never ends on its own during an example: revoked by a step instead
+WAIT = 10.0  # seconds a waiting Begin may wait (its holder ends its claim at once)
+HEAD_START = 0.05  # for the waiting Begin to reach its replica first (mostly)
 E = effects_pb2
 
 
@@ -294,7 +301,14 @@ class EffectsMachine(RuleBasedStateMachine):
     # --- the live calls (the thin client, one place) ---
 
     async def _begin(
-        self, agent: int, replica: int, key: str, run_id: str, intent: Intent, reconciled: bool
+        self,
+        agent: int,
+        replica: int,
+        key: str,
+        run_id: str,
+        intent: Intent,
+        reconciled: bool,
+        wait: float = 0.0,
     ) -> tuple[Answer, E.Effect]:
         answer = await self.effects(agent, replica).begin(
             key,
@@ -302,6 +316,7 @@ class EffectsMachine(RuleBasedStateMachine):
             E.Intent(tool=intent.tool, arguments=intent.arguments, summary=intent.summary),
             lease=self.agents[agent].lease,
             reconciled=reconciled,
+            wait=wait,
         )
         return Answer(answer.outcome), answer.effect
 
@@ -384,16 +399,30 @@ class EffectsMachine(RuleBasedStateMachine):
         replica: int,
         reconciled: bool,
         reword: bool,
+        meanwhile: Callable[[], None] | None = None,
     ) -> None:
+        """Begin a key and check the answer against the model. With `meanwhile`: the
+        Begin waits (BUSY with a wait) while meanwhile() ends the holder's claim, and is
+        then answered as a fresh Begin would be (whenever it reached its replica)."""
         if reword:
             intent = Intent(intent.tool, intent.arguments, f"reworded by a{agent}")
+        begin = self._begin(
+            agent, replica, key, run_id, intent, reconciled, WAIT if meanwhile else 0
+        )
+        if meanwhile is not None:
+            self.trace.append(f"a{agent} begins {key} via replica {replica}, waiting {WAIT} s")
+            waiting = self.loop.create_task(begin)
+            self.run(asyncio.sleep(HEAD_START))  # not needed for the answer, only the wait
+            meanwhile()
         effect = self.model.effects.get(key)
         expected = Answer.PROCEED if effect is None else self.model.begin(key, agent, reconciled)
         self.trace.append(
             f"a{agent} begins {key} via replica {replica} (reconciled={reconciled}): "
             f"expect {expected.name}"
         )
-        answer, got = self.run(self._begin(agent, replica, key, run_id, intent, reconciled))
+        answer, got = self.run(waiting if meanwhile is not None else begin)
+        if meanwhile is not None:
+            self.note(f"begin, waiting: {answer.name}")
         self.check(answer is expected, f"{key}: Begin answered {answer.name}, not {expected.name}")
         self.note(f"begin: {answer.name}" + (" (new)" if effect is None else ""))
         if effect is None:
@@ -497,6 +526,17 @@ class EffectsMachine(RuleBasedStateMachine):
         holders = [a for a in range(AGENTS) if self.held(a)]
         agent = holders[agent % len(holders)]
         effect = self.held(agent)[pick % len(self.held(agent))]
+        self.finish(agent, effect, replica, success, register, twice)
+
+    def finish(
+        self,
+        agent: int,
+        effect: ModelEffect,
+        replica: int,
+        success: bool,
+        register: bool,
+        twice: bool,
+    ) -> None:
         outcome: tuple[bool, bytes | str] = (
             (True, json.dumps({"done": effect.key}).encode()) if success else (False, "boom")
         )
@@ -535,7 +575,9 @@ class EffectsMachine(RuleBasedStateMachine):
     def abort(self, agent: int, pick: int, replica: int) -> None:
         holders = [a for a in range(AGENTS) if self.held(a)]
         agent = holders[agent % len(holders)]
-        effect = self.held(agent)[pick % len(self.held(agent))]
+        self.release(agent, self.held(agent)[pick % len(self.held(agent))], replica)
+
+    def release(self, agent: int, effect: ModelEffect, replica: int) -> None:
         self.trace.append(f"a{agent} aborts {effect.key} via replica {replica}")
         got = self.run(
             self.effects(agent, replica).abort(
@@ -649,6 +691,34 @@ class EffectsMachine(RuleBasedStateMachine):
             return await me.clients[agent % 2].leases.grant(ttl=LEASE_TTL)
 
         me.lease = self.run(renew())
+
+    @precondition(lambda self: any(self.held(a) for a in range(AGENTS)))
+    @rule(
+        agent=st.integers(0, AGENTS - 1),
+        pick=st.integers(0, KEYS),
+        replica=st.integers(0, 1),
+        end=st.sampled_from(["complete", "abort", "revoke"]),
+    )
+    def wait_out(self, agent: int, pick: int, replica: int, end: str) -> None:
+        """Another agent begins an effect someone holds, waiting, while the holder
+        completes it (the waiter is told DONE), aborts it (PROCEED: it claims it) or
+        loses its lease (IN_DOUBT)."""
+        holders = [a for a in range(AGENTS) if self.held(a)]
+        holder = holders[agent % len(holders)]
+        effect = self.held(holder)[pick % len(self.held(holder))]
+        waiter = (holder + 1 + pick % (AGENTS - 1)) % AGENTS
+
+        def meanwhile() -> None:
+            if end == "complete":
+                self.finish(holder, effect, 1 - replica, True, True, False)
+            elif end == "abort":
+                self.release(holder, effect, 1 - replica)
+            else:
+                self.revoke(holder)
+
+        self.begin_key(
+            waiter, effect.key, effect.run, effect.intent, replica, False, False, meanwhile
+        )
 
     @precondition(lambda self: bool(self.model.runs))
     @rule(pick=st.integers(0, RUNS), replica=st.integers(0, 1))
@@ -855,6 +925,13 @@ WALK: list[tuple[str, dict[str, Any]]] = [
     ("begin_compensation", {"agent": 1, "pick": 1, "replica": 1}),
     ("complete", {"agent": 1, "pick": 0, "replica": 0, "success": False}),  # COMPENSATED
     ("set_run_status", {"pick": 1, "status": RunStatus.RUNNING}),
+    # Begins that wait on a holder (a0 holds k3): a1 waits while a0 aborts (a1 claims
+    # it), a2 while a1's lease is revoked (in doubt), a0 while a2, having reconciled,
+    # completes it (done).
+    ("wait_out", {"agent": 0, "pick": 0, "replica": 0, "end": "abort"}),
+    ("wait_out", {"agent": 0, "pick": 0, "replica": 1, "end": "revoke"}),
+    ("begin", {"agent": 2, "pick": 3, "replica": 0, "reconciled": True}),
+    ("wait_out", {"agent": 0, "pick": 0, "replica": 0, "end": "complete"}),
 ]
 WALK_DEFAULTS = {
     "reconciled": False,
@@ -888,6 +965,9 @@ WALK_COVERS = {
     "compensate: 2 listed",
     "run: COMPENSATED",
     "set run status: FINISHED",
+    "begin, waiting: PROCEED",
+    "begin, waiting: IN_DOUBT",
+    "begin, waiting: DONE",
 }
 
 
