@@ -277,9 +277,9 @@ def register(server: MCPServer[Any], facade: Facade) -> None:
     @server.tool(
         name="accord_memory_list",
         description=(
-            "List the keys under a prefix, in key order, with their values (or only their "
-            "names and revisions with keys_only), one page at a time, all pages from one "
-            "snapshot. Returns values, next_page_token ('' when done) and total."
+            "List the keys under a prefix, in key order, with their values (with keys_only, "
+            "names and revisions only: every value is ''), one page at a time, all pages "
+            "from one snapshot. Returns values, next_page_token ('' when done) and total."
         ),
         annotations=hints.read_only("List memory keys"),
     )
