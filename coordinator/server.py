@@ -288,7 +288,7 @@ class Replica:
         )
         runs = Runs(ledger)
         service = EffectsService(
-            EffectStore(ledger, leases, fencing),
+            EffectStore(ledger, fencing),
             Outcomes(ledger, leases, fencing),
             runs,
             Compensations(ledger, runs),

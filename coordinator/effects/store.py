@@ -15,9 +15,9 @@ makes an effect IN_DOUBT (records.py). Ending a claim is outcomes.py.
 A BUSY Begin with wait_ms waits on the watch hub for the record or the claim to change
 (bounded by wait_ms, 60 s and the call's deadline), then answers as a fresh Begin would.
 
-Cost: one read-only etcd transaction (the record, the claim, the run's record, a count
-of its journal, the compensation registered under the key) and the lease's record (+ the
-fence's read); a Begin that claims adds one write, batched by group commit.
+Cost: one read-only etcd transaction (the caller's lease record, the effect's record, its
+claim, the run's record, a count of its journal, the compensation registered under the
+key) (+ the fence's read); a Begin that claims adds one write, batched by group commit.
 
 Error handling: bad input is INVALID_ARGUMENT before anything is read; the caller's
 lease must exist in the namespace (LEASE_NOT_FOUND) and be its own (PERMISSION_DENIED,
@@ -46,7 +46,7 @@ from accord.coordinator.effects.records import (
     effect_of,
     stored,
 )
-from accord.coordinator.leases.store import LeaseStore
+from accord.coordinator.leases.store import check_owner, lease_of
 from accord.coordinator.locks.fencing import FenceGuard, Fencing
 from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import calls
@@ -107,10 +107,9 @@ class _Seen:
 
 
 class EffectStore:
-    def __init__(self, ledger: Ledger, leases: LeaseStore, fencing: Fencing) -> None:
+    def __init__(self, ledger: Ledger, fencing: Fencing) -> None:
         self._l = ledger
         self._s = ledger.s
-        self._leases = leases
         self._fencing = fencing
 
     # --- begin ----------------------------------------------------------------------
@@ -133,11 +132,10 @@ class EffectStore:
         if wait_ms < 0:
             violations.append(FieldViolation("wait_ms", "must not be negative"))
         require(violations)
-        await self._leases.owned(lease_id)
         ns = calls.current.get().namespace
         until = _wait_until(wait_ms)
         for _ in range(ATTEMPTS):
-            seen = await self._look(key, run_id)
+            seen = await self._look(key, run_id, lease_id)
             answer = await self._decide(key, run_id, intent, lease_id, fence, reconciled, seen)
             if answer is None:  # a compare failed: someone else wrote first; look again
                 continue
@@ -148,11 +146,15 @@ class EffectStore:
             return answer
         raise BackendUnavailable(f"effect {key!r} kept changing while being begun; try again")
 
-    async def _look(self, key: str, run_id: str) -> _Seen:
+    async def _look(self, key: str, run_id: str, lease_id: int) -> _Seen:
+        """Read what Begin decides from, in one etcd transaction; refuse a lease that does
+        not exist in the namespace or is another principal's (leases/store.py)."""
         run = self._l.run(run_id)
+        ns = calls.current.get().namespace
         found = await self._s.etcd.txn(
             txn(
                 then=[
+                    get(self._s.keys.lease(ns, lease_id)),
                     get(self._l.effect(key)),
                     get(run.claim(key)),
                     get(run.record),
@@ -162,7 +164,8 @@ class EffectStore:
             ),
             retry=True,
         )
-        record, claim, run_record, journal, registered = found.responses
+        lease, record, claim, run_record, journal, registered = found.responses
+        check_owner(lease_of(lease_id, first_kv(lease)))
         reg = first_kv(registered)
         return _Seen(
             int(found.header.revision),

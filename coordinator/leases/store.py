@@ -56,7 +56,7 @@ from accord.coordinator.substrate.errors import (
     PermissionDenied,
 )
 from accord.coordinator.substrate.limits import require_counts
-from accord.coordinator.substrate.txn import put, read, txn, watch
+from accord.coordinator.substrate.txn import KeyValue, put, read, txn, watch
 from accord.v1 import leases_pb2, records_pb2
 
 MIN_TTL_SECONDS = 2
@@ -110,6 +110,19 @@ def check_owner(lease: Lease) -> None:
             "namespace": call.namespace,
         },
     )
+
+
+def lease_of(lease_id: int, raw: KeyValue | None) -> Lease:
+    """The lease whose record (keyspace.lease, in the caller's namespace) was read as raw,
+    or LEASE_NOT_FOUND when there was none (for a caller that read it with other keys)."""
+    if raw is None:
+        namespace = calls.current.get().namespace
+        raise LeaseNotFound(
+            f"lease {lease_id} does not exist in namespace {namespace!r}: it expired, was "
+            "revoked, or was never granted here",
+            metadata={"lease_id": str(lease_id)},
+        )
+    return Lease(lease_id, records_pb2.LeaseRecord.FromString(raw.value))
 
 
 class LeaseStore:
@@ -180,13 +193,7 @@ class LeaseStore:
         if lease_id <= 0:
             raise InvalidArgument([FieldViolation("lease_id", "must be a lease id (> 0)")])
         response = await self._s.etcd.range(read(self._s.keys.lease(namespace, lease_id)))
-        if not response.kvs:
-            raise LeaseNotFound(
-                f"lease {lease_id} does not exist in namespace {namespace!r}: it expired, was "
-                "revoked, or was never granted here",
-                metadata={"lease_id": str(lease_id)},
-            )
-        return Lease(lease_id, records_pb2.LeaseRecord.FromString(response.kvs[0].value))
+        return lease_of(lease_id, response.kvs[0] if response.kvs else None)
 
     async def keepalive(self, lease_id: int) -> int:
         ttl = await self._s.etcd.lease_keepalive(lease_id)
