@@ -50,15 +50,17 @@ INSTRUCTIONS = (
 )
 
 HTTP_PATH = "/mcp"
+DEFAULT_SESSION_IDLE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
 class HttpOptions:
     host: str = "127.0.0.1"
     port: int = 8765
-    # An idle session (no request in flight) ends after this many seconds, and its
-    # lease with it; a host that keeps a session open sends something more often.
-    session_idle_timeout: float = 30 * 60.0
+    # A session with no request in flight and no open GET stream ends after this many
+    # seconds, and its lease is revoked: how long a client that vanished without ending
+    # its session (a crash) keeps its locks.
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_SECONDS
 
 
 async def _no_discover(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:

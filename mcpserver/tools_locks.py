@@ -38,6 +38,9 @@ from accord.mcpserver.tools_leases import DEFAULT_TTL_SECONDS, ensure_lease, lea
 from accord.v1 import locks_pb2
 
 MAX_WAIT_SECONDS = 60.0
+# why_blocked reads at most this many wait-for edges (10 pages): enough for any cycle a
+# lock of a sane queue is in; a bigger graph is read in part, and said to be.
+MAX_EDGES = 10_000
 NOT_QUEUED, HOLDING = -2, -1
 
 LockName = Annotated[str, Field(description="the lock's name (e.g. 'repo/src/app.py')")]
@@ -90,6 +93,7 @@ class Blocked(BaseModel):
     ahead_of_me: list[str] = Field(description="agents waiting before you")
     my_waits: list[Edge] = Field(description="whom your waits are behind, from the wait graph")
     cycle: list[Edge] = Field(description="non-empty: a deadlock through your waits")
+    graph_complete: bool = Field(description="false: the wait-for graph was too big to read whole")
     explanation: str
 
 
@@ -192,7 +196,8 @@ def _cycle_through(lease: int, edges: list[locks_pb2.WaitEdge]) -> list[locks_pb
     return []
 
 
-async def wait_edges(session: AgentSession) -> list[locks_pb2.WaitEdge]:
+async def wait_edges(session: AgentSession) -> tuple[list[locks_pb2.WaitEdge], bool]:
+    """The namespace's wait-for graph (one snapshot), up to MAX_EDGES; and whether whole."""
     edges: list[locks_pb2.WaitEdge] = []
     token = ""
     while True:
@@ -200,14 +205,16 @@ async def wait_edges(session: AgentSession) -> list[locks_pb2.WaitEdge]:
         edges.extend(page)
         token = page.next_page_token
         if not token:
-            return edges
+            return edges, True
+        if len(edges) >= MAX_EDGES:
+            return edges, False
 
 
 async def why_blocked(session: AgentSession, name: str) -> Blocked:
     mine = _my_lease(session)
     state, position = await session.client.locks.describe(name, mine)
     holders = holders_of(list(state.holders))
-    edges = await wait_edges(session) if mine else []
+    edges, whole = await wait_edges(session) if mine else ([], True)
     my_waits = [e for e in edges if e.waiter_lease == mine]
     cycle = _cycle_through(mine, edges) if my_waits else []
     waiting = position >= 0
@@ -237,7 +244,7 @@ async def why_blocked(session: AgentSession, name: str) -> Blocked:
         lock=name, blocked=blocked, i_hold_it=held, waiting=waiting,
         position=position if waiting else None, holders=holders, ahead_of_me=ahead,
         my_waits=[_edge(e) for e in my_waits], cycle=[_edge(e) for e in cycle],
-        explanation=why,
+        graph_complete=whole, explanation=why,
     )  # fmt: skip
 
 

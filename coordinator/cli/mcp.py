@@ -60,6 +60,16 @@ def mcp(
         ),
     ] = "",
     token: TokenOpt = "",
+    session_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="ACCORD_MCP_SESSION_IDLE_TIMEOUT",
+            min=1.0,
+            help="http: seconds an MCP session may go without a request or an open stream "
+            "before it ends and its lease is revoked: how long a crashed client keeps its "
+            "locks",
+        ),
+    ] = 300.0,
 ) -> None:
     """Serve Accord as MCP tools (memory, leases, locks, ...) for LLM agents."""
     from accord.mcpserver.context import Facade, Transport
@@ -93,4 +103,7 @@ def mcp(
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         fail(f"--listen {listen!r} is not host:port", EXIT_USAGE)
-    asyncio.run(serve_http(facade, HttpOptions(host=host.strip("[]"), port=int(port))))
+    options = HttpOptions(
+        host=host.strip("[]"), port=int(port), session_idle_timeout=session_idle_timeout
+    )
+    asyncio.run(serve_http(facade, options))

@@ -63,13 +63,15 @@ async def stdio_session(
 class HttpServer:
     """An `accord mcp --transport http` process."""
 
-    def __init__(self, addresses: list[str], namespace: str, log: Path) -> None:
+    def __init__(
+        self, addresses: list[str], namespace: str, log: Path, extra_args: list[str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
             [*ACCORD, "mcp", "--transport", "http", "--listen", f"127.0.0.1:{self.port}",
-             "--addr", ",".join(addresses), "--namespace", namespace],
+             "--addr", ",".join(addresses), "--namespace", namespace, *(extra_args or [])],
             stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_for_port(self.port, 30.0, self.proc)
@@ -85,15 +87,20 @@ class HttpServer:
 
 
 @asynccontextmanager
-async def http_session(url: str, token: str | None, agent: str = "") -> AsyncIterator[Client]:
+async def http_session(
+    url: str, token: str | None, agent: str = "", *, end_session: bool = True
+) -> AsyncIterator[Client]:
     """An MCP session over streamable HTTP presenting token (None: no header), acting as
-    agent (if given)."""
+    agent (if given). end_session False: leave without ending the session (no DELETE), as
+    a client that crashed does."""
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     if agent:
         headers["Accord-Agent-Id"] = agent
     async with (
         httpx2.AsyncClient(headers=headers, timeout=60.0) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
+        Client(
+            streamable_http_client(url, http_client=http, terminate_on_close=end_session)
+        ) as client,
     ):
         yield client
 

@@ -10,11 +10,12 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from accord.client import AsyncClient
-from tests.harness import Coordinator, make_client, until
-from tests.mcp.conftest import Agents, both
-from tests.mcp.harness import stdio_server_pid, structured
+from tests.harness import Coordinator, make_client, token_for, until
+from tests.mcp.conftest import DEV_TOKEN, Agents, both
+from tests.mcp.harness import HttpServer, http_session, stdio_server_pid, structured
 
 
 async def test_lease_and_lock_tools(agents: Agents, key: Callable[[str], str]) -> None:
@@ -61,6 +62,7 @@ async def test_lease_and_lock_tools(agents: Agents, key: Callable[[str], str]) -
         assert structured(why)["position"] == 0
         assert structured(why)["my_waits"][0]["holder_agent"] == "alice"
         assert structured(why)["cycle"] == []
+        assert structured(why)["graph_complete"] is True
         status = structured(await alice.call_tool("accord_leases_status", {}))
         assert status["alive"] is True and status["locks"] == [lock]
 
@@ -190,3 +192,27 @@ async def test_ending_the_session_releases_its_locks_at_once(
             await alice.call_tool("accord_locks_acquire", {"name": lock})
             assert await _holders(observer, lock) == ["alice"]
         await until(lambda: _holders(observer, lock), lambda h: h == [], "the lock freed")
+
+
+async def test_a_vanished_http_client_loses_its_locks_after_the_idle_timeout(
+    replicas: list[Coordinator], workdir: Path, namespace: str, key: Callable[[str], str]
+) -> None:
+    """The stale-lock case: an HTTP client that vanishes without ending its session (no
+    DELETE, its streams closed) keeps its locks only until the session idles out
+    (--session-idle-timeout), though its lease's TTL is ten minutes."""
+    lock = key("abandoned")
+    addresses = [r.address for r in replicas]
+    server = HttpServer(
+        addresses, namespace, workdir / "mcp-idle.log", ["--session-idle-timeout", "2"]
+    )
+    observer = make_client(addresses, namespace, agent="bob")
+    try:
+        async with observer:
+            token = token_for(namespace, "alice") or DEV_TOKEN
+            async with http_session(server.url, token, "alice", end_session=False) as alice:
+                await alice.call_tool("accord_leases_start", {"ttl_seconds": 600})
+                await alice.call_tool("accord_locks_acquire", {"name": lock})
+                assert await _holders(observer, lock) == ["alice"]
+            await until(lambda: _holders(observer, lock), lambda h: h == [], "the lock freed")
+    finally:
+        server.stop()
