@@ -5,16 +5,18 @@ per replica) over a few effect keys in two runs, through both real replicas, and
 a model of the ledger: per effect its state, holder, claim, attempts, outcome and
 registered compensation; per run its status and journal order. Steps: Begin (every
 answer: PROCEED, DONE, IN_DOUBT, BUSY; a retried Begin; a reworded summary; a
-reconciled claim), two agents racing a Begin through the two replicas, a Begin that
-waits on a holder who meanwhile completes, aborts or loses its lease, Complete (and
+reconciled claim), two agents racing a Begin through the two replicas, several new
+effects of a run begun at once (group commit may write them at one revision), a Begin
+that waits on a holder who meanwhile completes, aborts or loses its lease, Complete (and
 Complete again: the first outcome stands, replayed), Abort, a zombie's Complete or
 Abort with a claim it lost, an intent mismatch or another run named, a lease revoked
 (its effects fall in doubt), SetRunStatus, Compensate and Begin of its compensations.
 After every step:
 
 1. each Begin/Complete/Abort answer is the model's (outcome, state, claim, attempts,
-   holder, recorded outcome); a claim is new (higher) exactly when the model says the
-   effect was claimed again, and a retried Begin gets the same claim;
+   holder, recorded outcome, began revision); a claim is new (higher) exactly when the
+   model says the effect was claimed again, and a retried Begin gets the same claim; an
+   effect begun alone began after every earlier one;
 2. a refused call (NOT_HELD, INTENT_MISMATCH, NOTHING_TO_COMPENSATE, INVALID_ARGUMENT,
    NOT_FOUND, CONDITION_FAILED) names the current effect where the contract says so,
    and changes nothing in etcd;
@@ -23,9 +25,10 @@ After every step:
    effects began) and resume point.
 
 A fixed walk through every answer runs first (test_effects_walk_the_known_path, which
-also checks that it still shows each). Each hypothesis example is a fresh namespace;
-examples are bounded and not shrunk (each step drives live processes; a failure prints
-its steps).
+also checks that it still shows each), and test_effects_begun_together begins 16
+effects of a run at once, so that some share a revision, and compensates them. Each
+hypothesis example is a fresh namespace; examples are bounded and not shrunk (each step
+drives live processes; a failure prints its steps).
 """
 
 from __future__ import annotations
@@ -70,10 +73,11 @@ from tests.harness import Coordinator, EtcdMember, EtcdStubs, make_client
 T = TypeVar("T")
 
 AGENTS = 3
-KEYS = 4  # effect keys k0..k3; key i belongs to run i % RUNS
+KEYS = 6  # effect keys k0..k5; key i belongs to run i % RUNS
 RUNS = 2
 LEASE_TTL = 30  # never ends on its own during an example: revoked by a step instead
 WAIT = 10.0  # seconds a waiting Begin may wait (its holder ends its claim at once)
+TOGETHER = 16  # effects begun at once through one replica by test_effects_begun_together
 HEAD_START = 0.05  # for the waiting Begin to reach its replica first (mostly)
 E = effects_pb2
 
@@ -120,7 +124,9 @@ class ModelEffect:
     key: str
     run: str
     intent: Intent
-    order: int  # journal position: the order effects began
+    # Journal position: the revision of the Begin that created it (Begins sent together
+    # may share one, through group commit), then the key.
+    order: tuple[int, str]
     began_by: int  # agent
     compensates: str = ""
     state: State = State.RUNNING
@@ -154,7 +160,7 @@ def compensation_key(key: str) -> str:
 class Model:
     effects: dict[str, ModelEffect] = field(default_factory=dict)
     runs: dict[str, ModelRun] = field(default_factory=dict)
-    order: itertools.count[int] = field(default_factory=itertools.count)
+    last_began: int = 0  # the highest began revision seen
 
     def journal(self, run_id: str) -> list[ModelEffect]:
         return sorted((e for e in self.effects.values() if e.run == run_id), key=lambda e: e.order)
@@ -426,15 +432,7 @@ class EffectsMachine(RuleBasedStateMachine):
         self.check(answer is expected, f"{key}: Begin answered {answer.name}, not {expected.name}")
         self.note(f"begin: {answer.name}" + (" (new)" if effect is None else ""))
         if effect is None:
-            effect = ModelEffect(
-                key, run_id, intent, next(self.model.order), agent,
-                compensates=compensated_by(key),
-            )  # fmt: skip
-            self.model.effects[key] = effect
-            self.model.runs.setdefault(run_id, ModelRun(run_id))
-            effect.holder, effect.holder_lease = agent, self.agents[agent].lease.id
-            self.see_claim(key, got.claim, new=True)
-            effect.claim = got.claim
+            effect = self.created(agent, key, run_id, intent, got)
         elif answer is Answer.PROCEED:
             again = effect.state is State.RUNNING  # a retried Begin: the same claim
             self.note(
@@ -481,18 +479,69 @@ class EffectsMachine(RuleBasedStateMachine):
         self.trace.append(f"  a{agent} won {key}")
         self.note("race: one PROCEED, one BUSY")
         if effect is None:
-            effect = ModelEffect(key, run_id, intent, next(self.model.order), agent)
-            self.model.effects[key] = effect
-            self.model.runs.setdefault(run_id, ModelRun(run_id))
+            effect = self.created(agent, key, run_id, intent, won)
         else:
             effect.attempts += 1
             self.lose_claim(effect)
-        effect.state, effect.holder = State.RUNNING, agent
-        effect.holder_lease = self.agents[agent].lease.id
-        self.see_claim(key, won.claim, new=True)
-        effect.claim = won.claim
+            effect.state, effect.holder = State.RUNNING, agent
+            effect.holder_lease = self.agents[agent].lease.id
+            self.see_claim(key, won.claim, new=True)
+            effect.claim = won.claim
         self.check_effect(won, effect, f"{key}: the winner's effect")
         self.check_effect(busy, effect, f"{key}: the loser's effect")
+
+    def created(
+        self, agent: int, key: str, run_id: str, intent: Intent, got: E.Effect, alone: bool = True
+    ) -> ModelEffect:
+        """A new effect, begun by the agent (PROCEED): into the model, at its place in
+        the journal. Begun alone, it began after every effect before it."""
+        if alone:
+            self.check(
+                got.began_revision > self.model.last_began,
+                f"{key}: began at {got.began_revision}, not after {self.model.last_began}",
+            )
+        self.model.last_began = max(self.model.last_began, got.began_revision)
+        effect = ModelEffect(
+            key, run_id, intent, (got.began_revision, key), agent,
+            compensates=compensated_by(key),
+        )  # fmt: skip
+        self.model.effects[key] = effect
+        self.model.runs.setdefault(run_id, ModelRun(run_id))
+        effect.holder, effect.holder_lease = agent, self.agents[agent].lease.id
+        self.see_claim(key, got.claim, new=True)
+        effect.claim = got.claim
+        return effect
+
+    @rule(
+        agent=st.integers(0, AGENTS - 1), pick=st.integers(0, RUNS - 1), replica=st.integers(0, 1)
+    )
+    def begin_together(self, agent: int, pick: int, replica: int) -> None:
+        """Agents begin every key of a run that no one began yet, all at once through
+        one replica, so that group commit may write several in one transaction (sharing
+        a revision: the journal orders those by key)."""
+        keys = [f"k{i}" for i in range(pick, KEYS, RUNS) if f"k{i}" not in self.model.effects]
+        if len(keys) >= 2:
+            self.begin_all(agent, keys, f"r{pick}", replica)
+
+    def begin_all(self, agent: int, keys: list[str], run_id: str, replica: int) -> None:
+        who = [(agent + i) % AGENTS for i in range(len(keys))]
+        self.trace.append(f"{', '.join(f'a{a}' for a in who)} begin {keys} at once")
+
+        async def together() -> list[tuple[Answer, E.Effect]]:
+            return await asyncio.gather(
+                *(
+                    self._begin(a, replica, key, run_id, self.intent_of(key), False)
+                    for a, key in zip(who, keys, strict=True)
+                )
+            )
+
+        answers = self.run(together())
+        for a, key, (answer, got) in zip(who, keys, answers, strict=True):
+            self.check(answer is Answer.PROCEED, f"{key}: begun with others, told {answer.name}")
+            effect = self.created(a, key, run_id, self.intent_of(key), got, alone=False)
+            self.check_effect(got, effect, f"{key}: Begin's effect")
+        shared = len({got.began_revision for _, got in answers}) < len(answers)
+        self.note("begun together" + (", sharing a revision" if shared else ""))
 
     def lose_claim(self, effect: ModelEffect) -> None:
         """The effect is claimed again: its last claim is lost (a zombie may still try)."""
@@ -811,6 +860,7 @@ class EffectsMachine(RuleBasedStateMachine):
             "claimed lease": got.claimed.lease_id,
             "began by": got.began.agent_id,
             "compensates": got.compensates,
+            "began revision": got.began_revision,
         }
         expected = {
             "key": want.key,
@@ -823,6 +873,7 @@ class EffectsMachine(RuleBasedStateMachine):
             "claimed lease": want.holder_lease,
             "began by": f"a{want.began_by}",
             "compensates": want.compensates,
+            "began revision": want.order[0],
         }
         if want.outcome is not None:
             which = got.outcome.WhichOneof("result")
@@ -999,6 +1050,40 @@ def test_effects_walk_the_known_path(
         machine.teardown()
     missing = WALK_COVERS - set(machine.seen)
     assert not missing, f"the walk no longer shows {missing}; it showed {dict(machine.seen)}"
+
+
+def test_effects_begun_together(
+    replicas: list[Coordinator], etcd: EtcdMember, namespace: str
+) -> None:
+    """Effects of one run begun at once, which group commit writes in one transaction
+    (sharing a revision), then completed in journal order, each with a compensation:
+    after each, the journal, the counts and resume_at (the least key among the first
+    open effects) are the model's; Compensate lists every compensation, newest first (a
+    compensation registered under the revision alone was overwritten by the next one of
+    its transaction, and Compensate lost it)."""
+    machine = machine_for(replicas, etcd, namespace)()
+    try:
+        machine.start()
+        # The run exists first: Begins that find it write nothing of it, so group commit
+        # may put them in one transaction. Up to three tries to see that happen.
+        machine.begin_key(0, "a", "r0", machine.intent_of("a"), 0, False, False)
+        machine.complete(0, 0, 0, success=True, register=True, twice=False)
+        for attempt in range(3):
+            keys = [f"b{attempt}-{i:02}" for i in range(TOGETHER)]
+            machine.begin_all(0, keys, "r0", replica=0)
+            machine.service_is_the_model()
+            if machine.seen["begun together, sharing a revision"]:
+                break
+        for effect in machine.model.journal("r0"):
+            if effect.state is State.RUNNING:
+                assert effect.holder is not None
+                machine.finish(effect.holder, effect, 1, True, True, False)
+                machine.service_is_the_model()
+        machine.compensate(pick=0, replica=1)
+        machine.service_is_the_model()
+    finally:
+        machine.teardown()
+    assert machine.seen["begun together, sharing a revision"], dict(machine.seen)
 
 
 @pytest.mark.timeout(300)
