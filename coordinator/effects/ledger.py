@@ -30,9 +30,12 @@ from accord.coordinator.substrate.keyspace import RunKeys
 from accord.coordinator.substrate.limits import Limits
 from accord.coordinator.substrate.retention import RetentionLeases
 from accord.coordinator.substrate.txn import (
+    Compare,
     KeyValue,
     Op,
+    absent,
     exists,
+    put,
     read,
     reattach,
 )
@@ -104,11 +107,24 @@ def not_held(effect: effects_pb2.Effect, claim: int, lease_id: int) -> NotHeld:
 
 
 def keep_run(
-    raw: KeyValue, run: RunKeys, retention: int, when: list[object], then: list[Op]
+    raw: KeyValue | None,
+    run: RunKeys,
+    run_id: str,
+    who: effects_pb2.EffectActor,
+    retention: int,
+    when: list[Compare],
+    then: list[Op],
 ) -> None:
-    """Re-attach the run's record to the current retention lease when it hangs on an
-    older one (once per lease rotation, not on every write: parallel steps of one run do
-    not all write one key)."""
-    if raw.lease != retention:
+    """Add to a Begin's write what keeps its run's record: create it when it was not read
+    (a new run, or one whose record expired before its effects), else re-attach it to the
+    current retention lease when it hangs on an older one (once per lease rotation, not on
+    every write: parallel steps of one run do not all write one key)."""
+    if raw is None:
+        record = effects_pb2.Run(
+            run_id=run_id, status=effects_pb2.RUN_STATUS_RUNNING, created=who, updated=who
+        )
+        when.append(absent(run.record))
+        then.append(put(run.record, record.SerializeToString(), lease=retention))
+    elif raw.lease != retention:
         when.append(exists(run.record))
         then.append(reattach(run.record, retention))

@@ -22,9 +22,11 @@ key) (+ the fence's read); a Begin that claims adds one write, batched by group 
 Error handling: bad input is INVALID_ARGUMENT before anything is read; the caller's
 lease must exist in the namespace (LEASE_NOT_FOUND) and be its own (PERMISSION_DENIED,
 leases/store.py); Begin of a key recorded with another tool or arguments is
-INTENT_MISMATCH with the recorded Effect, and naming another run INVALID_ARGUMENT; a new
-effect in a run holding --effects-max-per-run is QUOTA_EXCEEDED; a lost fence is FENCED;
-Get of an unknown key is NOT_FOUND. Refusals write nothing.
+INTENT_MISMATCH with the recorded Effect (a compensation's key begun with another intent
+than the registered one: INTENT_MISMATCH too), and naming another run INVALID_ARGUMENT; a
+new effect in a run holding --effects-max-per-run is QUOTA_EXCEEDED; a lost fence is
+FENCED; Get of an unknown key is NOT_FOUND. Refusals write nothing. A Begin that claims
+makes its run's record again if it expired before the run's effects.
 """
 
 from __future__ import annotations
@@ -245,16 +247,17 @@ class EffectStore:
             attempts=1,
         )
         if seen.registered is not None:
-            effect.compensates = seen.registered.compensates
+            registered = seen.registered
+            if records.intent_digest(registered.intent) != records.intent_digest(intent):
+                raise IntentMismatch(
+                    f"key {key!r} runs the compensation of effect {registered.compensates!r}, "
+                    f"registered as tool {registered.intent.tool!r} with other arguments: "
+                    "begin it with the intent Compensate listed",
+                    metadata={"key": key, "tool": registered.intent.tool},
+                )
+            effect.compensates = registered.compensates
         run = self._l.run(run_id)
         record = self._l.effect(key)
-        new_run = (
-            effects_pb2.Run(
-                run_id=run_id, status=effects_pb2.RUN_STATUS_RUNNING, created=who, updated=who
-            ).SerializeToString()
-            if seen.run is None
-            else b""
-        )
 
         def build(retention: int) -> Txn:
             when = [absent(record), absent(run.claim(key)), *guard.compares]
@@ -264,11 +267,7 @@ class EffectStore:
                 put(run.journal(key), b"", lease=retention),  # its place: create_revision
                 put(run.marker(OPEN, key), b"", lease=retention),
             ]
-            if seen.run is None:
-                when.append(absent(run.record))
-                then.append(put(run.record, new_run, lease=retention))
-            else:
-                keep_run(seen.run, run, retention, when, then)
+            keep_run(seen.run, run, run_id, who, retention, when, then)
             return txn(when=when, then=then, otherwise=guard.reads)
 
         return await self._claimed(build, effect, guard)
@@ -301,8 +300,7 @@ class EffectStore:
             ]
             if was_aborted:
                 then.append(delete(run.marker(ABORTED_MARK, effect.key)))
-            if seen.run is not None:
-                keep_run(seen.run, run, retention, when, then)
+            keep_run(seen.run, run, effect.run_id, effect.claimed, retention, when, then)
             return txn(when=when, then=then, otherwise=guard.reads)
 
         return await self._claimed(build, effect, guard)

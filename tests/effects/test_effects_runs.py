@@ -8,9 +8,11 @@ import asyncio
 import hashlib
 
 import pytest
+from aetcd.rpc import rpc_pb2 as rpc
 
 from accord.client import (
     EffectState,
+    IntentMismatchError,
     NotFoundError,
     NothingToCompensateError,
     RunStatus,
@@ -18,7 +20,7 @@ from accord.client import (
 )
 from accord.client.errors import InvalidArgumentError
 from tests.effects.conftest import Agent
-from tests.harness import EtcdMember
+from tests.harness import EtcdMember, EtcdStubs
 
 
 def step(i: int) -> tuple[str, bytes]:
@@ -192,3 +194,38 @@ async def test_effects_begun_together_each_keep_their_compensation(agents: Agent
     assert sorted(c.compensates for c in plan.compensations) == keys
     # Newest first: the journal's order reversed (ties broken the same way).
     assert [c.compensates for c in plan.compensations] == [e.key for e in reversed(journal)]
+
+
+async def test_a_run_whose_record_expired_is_made_again_by_its_next_claim(
+    agents: Agent, etcd: EtcdMember, namespace: str
+) -> None:
+    a = await agents("alice")
+    lease = await a.leases.grant(10)
+    began = await a.effects.begin("k", "lapsed", intent("t"), lease=lease)
+    await a.effects.abort("k", began.claim, lease=lease)
+    async with EtcdStubs(etcd.endpoint) as stubs:  # as if its retention had ended
+        record = f"accord/ns/{namespace}/runs/lapsed\x00r".encode()
+        await stubs.kv.DeleteRange(rpc.DeleteRangeRequest(key=record))
+    with pytest.raises(NotFoundError):
+        await a.effects.get_run("lapsed")
+    again = await a.effects.begin("k", "lapsed", intent("t"), lease=lease)
+    assert again.proceed
+    run = (await a.effects.get_run("lapsed")).run
+    assert run.status == RunStatus.RUNNING and (run.effects, run.running) == (1, 1)
+
+
+async def test_a_compensation_is_begun_with_the_intent_registered_for_it(
+    agents: Agent, etcd: EtcdMember, namespace: str
+) -> None:
+    a = await agents("alice")
+    lease = await a.leases.grant(10)
+    began = await a.effects.begin("book", "trip", intent("book", b"1"), lease=lease)
+    await a.effects.complete(
+        "book", began.claim, lease=lease, result=b"", compensation=intent("cancel", b"1")
+    )
+    (plan,) = (await a.effects.compensate("trip")).compensations
+    before = etcd.stored(namespace)
+    with pytest.raises(IntentMismatchError):
+        await a.effects.begin(plan.key, "trip", intent("cancel", b"2"), lease=lease)
+    assert etcd.stored(namespace) == before
+    assert (await a.effects.begin(plan.key, "trip", plan.intent, lease=lease)).proceed
