@@ -33,6 +33,8 @@ from typing import Any
 
 from mcp.server.connection import Connection
 from mcp.server.mcpserver import Context
+from mcp.server.subscriptions import InMemorySubscriptionBus, SubscriptionBus
+from mcp.shared.subscriptions import ResourceUpdated
 from mcp_types import CallToolResult
 from pydantic import BaseModel
 
@@ -60,8 +62,9 @@ class Notifier:
     channel (stdio's pipe; streamable HTTP's GET stream, where the client opened one).
     Sending is best effort: a client that is gone or never listened loses the message."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: SubscriptionBus | None = None) -> None:
         self._connection: Connection | None = None
+        self._events = events
 
     def attach(self, connection: Connection) -> None:
         self._connection = connection
@@ -80,6 +83,14 @@ class Notifier:
     async def message(self, level: str, data: Any) -> bool:
         """A `notifications/message` (what hosts show as a server log line)."""
         return await self.notify("notifications/message", {"level": level, "data": data})
+
+    async def resource_updated(self, uri: str) -> None:
+        """`notifications/resources/updated` for uri: on the server's subscriptions/listen
+        streams that name it (2026-07-28 clients; the SDK keeps it off the standalone
+        channel there) and on the standalone channel (clients of earlier versions)."""
+        if self._events is not None:
+            await self._events.publish(ResourceUpdated(uri=uri))
+        await self.notify("notifications/resources/updated", {"uri": uri})
 
 
 @dataclass(eq=False)
@@ -137,6 +148,9 @@ class Facade:
         self.identities = identities
         self.namespace = namespace
         self.transport = transport
+        # Where resource-updated events go to subscriptions/listen streams (server.py
+        # hands it to the MCPServer).
+        self.events: SubscriptionBus = InMemorySubscriptionBus()
         self._sessions: dict[str, AgentSession] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self.lease_hooks: list[LeaseHook] = []
@@ -208,7 +222,7 @@ class Facade:
             client=client,
             agent_id=me.agent_id or client.agent_id,
             namespace=self.namespace,
-            notifier=Notifier(),
+            notifier=Notifier(self.events),
         )
         self._sessions[key] = session
         if connection is not None and self.transport is Transport.http:

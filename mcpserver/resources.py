@@ -8,8 +8,8 @@ session's own token like any tool call:
   accord_votes_get returns it);
 - `accord://sessions/{+name}`: a session's document as JSON, with presence (as
   accord_sessions_read returns it);
-- `accord://leases/{lease_id}`: a lease: its TTL left, labels, and the locks it waits on
-  or holds.
+- `accord://leases/{lease_id}`: a lease (its id in hexadecimal, as accord_leases_start
+  gives it): its TTL left, labels, and the locks it waits on or holds.
 
 Lease and lock URIs are the ones notifications.py names in `notifications/resources/
 updated` when a lease (and the locks under it) is lost. Names go to Accord as they are
@@ -129,15 +129,15 @@ def register(server: MCPServer[Any], facade: Facade) -> None:
     async def lease(lease_id: str, ctx: Context[Any, Any]) -> str:
         session = await facade.session(ctx)
         try:
-            number = int(lease_id, 0)
+            number = int(lease_id, 16)
         except ValueError:
             raise ResourceNotFoundError(
-                f"INVALID_ARGUMENT: lease id {lease_id!r} is not a number"
+                f"INVALID_ARGUMENT: lease id {lease_id!r} is not hexadecimal"
             ) from None
         info = await session.client.leases.time_to_live(number)
         return _json(
             {
-                "id": info.id,
+                "lease_id": f"{info.id:x}",
                 "agent_id": info.agent_id,
                 "granted_ttl_seconds": info.granted_ttl,
                 "ttl_seconds": info.ttl,

@@ -31,7 +31,9 @@ from mcp_types import METHOD_NOT_FOUND
 from starlette.applications import Starlette
 
 from accord.mcpserver import (
+    notifications,
     resources,
+    tools_effects,
     tools_leases,
     tools_locks,
     tools_memory,
@@ -101,6 +103,7 @@ def build(facade: Facade, *, http: HttpOptions | None = None) -> MCPServer[None]
         version="0.1.0",
         lifespan=lifespan,
         middleware=[_no_discover] if facade.transport is Transport.http else [],
+        subscriptions=facade.events,
         **auth,
     )
     register_all(server, facade)
@@ -109,7 +112,16 @@ def build(facade: Facade, *, http: HttpOptions | None = None) -> MCPServer[None]
 
 def register_all(server: MCPServer[Any], facade: Facade) -> None:
     """Every tools module's register(server, facade)."""
-    for module in (tools_memory, tools_leases, tools_locks, tools_sessions, tools_votes, resources):
+    for module in (
+        tools_memory,
+        tools_leases,
+        tools_locks,
+        tools_sessions,
+        tools_votes,
+        tools_effects,
+        resources,
+        notifications,
+    ):
         module.register(server, facade)
 
 

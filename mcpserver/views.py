@@ -29,7 +29,7 @@ def iso(ts: Timestamp, present: bool = True) -> str | None:
     return ts.ToDatetime(tzinfo=UTC).isoformat()
 
 
-def _enum(value: int, names: Any, prefix: str) -> str:
+def enum_name(value: int, names: Any, prefix: str) -> str:
     return str(names.Name(value)).removeprefix(prefix) if value else "UNSPECIFIED"
 
 
@@ -162,9 +162,9 @@ def tally(msg: votes_pb2.Tally) -> TallyView:
 
 def decision(msg: votes_pb2.Decision) -> DecisionView:
     return DecisionView(
-        outcome=_enum(msg.outcome, votes_pb2.Outcome, "OUTCOME_"),
+        outcome=enum_name(msg.outcome, votes_pb2.Outcome, "OUTCOME_"),
         option=msg.option,
-        decided_by=_enum(msg.decided_by, votes_pb2.DecidedBy, "DECIDED_BY_"),
+        decided_by=enum_name(msg.decided_by, votes_pb2.DecidedBy, "DECIDED_BY_"),
         quorum_met=msg.quorum_met,
         explanation=msg.explanation,
         decided_at=iso(msg.decided_at, msg.HasField("decided_at")),
@@ -201,7 +201,7 @@ def vote(msg: votes_pb2.Vote) -> VoteView:
         id=msg.id,
         question=spec.question,
         options=list(spec.options),
-        status=_enum(msg.status, votes_pb2.VoteStatus, "VOTE_STATUS_"),
+        status=enum_name(msg.status, votes_pb2.VoteStatus, "VOTE_STATUS_"),
         rule=rule,
         voters=[VoterView(agent_id=v.agent_id, weight=v.weight) for v in msg.voters],
         veto_holders=list(spec.veto_holders),
@@ -299,7 +299,7 @@ def lock_entry(msg: locks_pb2.LockEntry) -> LockEntryView:
     return LockEntryView(
         agent_id=msg.agent_id,
         lease_id=msg.lease_id,
-        mode=_enum(msg.mode or locks_pb2.LOCK_MODE_EXCLUSIVE, locks_pb2.LockMode, "LOCK_MODE_"),
+        mode=enum_name(msg.mode or locks_pb2.LOCK_MODE_EXCLUSIVE, locks_pb2.LockMode, "LOCK_MODE_"),
         token=msg.token,
         since=iso(msg.since, msg.HasField("since")),
         lease_ttl_seconds=msg.lease_ttl_seconds,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
+from mcp.client.session import MessageHandlerFnT
 
 from tests.harness import Coordinator, token_for
 from tests.mcp.harness import HttpServer, http_session, stdio_session
@@ -32,12 +33,19 @@ class Agents:
     def token(self, agent: str) -> str:
         return token_for(self.namespace, agent) or (DEV_TOKEN if self.server else "")
 
-    def open(self, agent: str) -> AbstractAsyncContextManager[Client]:
+    def open(
+        self, agent: str, message_handler: MessageHandlerFnT | None = None
+    ) -> AbstractAsyncContextManager[Client]:
+        """A session acting as agent; message_handler gets what the server pushes."""
         if self.server is None:
             return stdio_session(
-                self.addresses, self.namespace, token=self.token(agent), agent=agent
+                self.addresses,
+                self.namespace,
+                token=self.token(agent),
+                agent=agent,
+                message_handler=message_handler,
             )
-        return http_session(self.server.url, self.token(agent), agent)
+        return http_session(self.server.url, self.token(agent), agent, message_handler)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2
 from mcp import Client
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
@@ -52,11 +53,17 @@ def stdio_server_pid(namespace: str, agent: str) -> int:
 
 @asynccontextmanager
 async def stdio_session(
-    addresses: list[str], namespace: str, *, token: str = "", agent: str = ""
+    addresses: list[str],
+    namespace: str,
+    *,
+    token: str = "",
+    agent: str = "",
+    message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[Client]:
-    """An MCP session over stdio with its own `accord mcp` process."""
+    """An MCP session over stdio with its own `accord mcp` process; message_handler gets
+    what the server pushes (notifications)."""
     params = stdio_params(addresses, namespace, token=token, agent=agent)
-    async with Client(params) as client:
+    async with Client(params, message_handler=message_handler) as client:
         yield client
 
 
@@ -88,18 +95,24 @@ class HttpServer:
 
 @asynccontextmanager
 async def http_session(
-    url: str, token: str | None, agent: str = "", *, end_session: bool = True
+    url: str,
+    token: str | None,
+    agent: str = "",
+    message_handler: MessageHandlerFnT | None = None,
+    *,
+    end_session: bool = True,
 ) -> AsyncIterator[Client]:
     """An MCP session over streamable HTTP presenting token (None: no header), acting as
-    agent (if given). end_session False: leave without ending the session (no DELETE), as
-    a client that crashed does."""
+    agent (if given); message_handler gets what the server pushes. end_session False:
+    leave without ending the session (no DELETE), as a client that crashed does."""
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     if agent:
         headers["Accord-Agent-Id"] = agent
     async with (
         httpx2.AsyncClient(headers=headers, timeout=60.0) as http,
         Client(
-            streamable_http_client(url, http_client=http, terminate_on_close=end_session)
+            streamable_http_client(url, http_client=http, terminate_on_close=end_session),
+            message_handler=message_handler,
         ) as client,
     ):
         yield client

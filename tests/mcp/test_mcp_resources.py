@@ -67,8 +67,8 @@ async def test_resources_listed_and_read(agents: Agents, key: Callable[[str], st
                 doc = await _read(mcp, f"accord://sessions/{plan}")
                 assert doc["document"] == {"tasks": {"t1": "todo"}}
 
-                held = await _read(mcp, f"accord://leases/{lease.id}")
-                assert held["id"] == lease.id and held["locks"] == [main]
+                held = await _read(mcp, f"accord://leases/{lease.id:x}")
+                assert held["lease_id"] == f"{lease.id:x}" and held["locks"] == [main]
 
                 with pytest.raises(MCPError) as missing:
                     await mcp.read_resource("accord://votes/no-such-vote")

@@ -127,3 +127,35 @@ async def test_apply_read_and_list(agents: Agents, key: Callable[[str], str]) ->
         after = await client.sessions.read(name)
         assert after.json == expected and after.state_vector == before.state_vector
         assert [s.name for s in await client.sessions.list(prefix)] == [name]
+
+
+async def test_presence_hangs_on_the_session_lease(
+    agents: Agents, key: Callable[[str], str]
+) -> None:
+    name = key("doc")
+    async with agents.open("alice") as alice, agents.open("bob") as bob:
+        await alice.call_tool(
+            "accord_sessions_apply",
+            {"name": name, "operations": [{"op": "map_set", "root": "m", "key": "k", "value": 1}]},
+        )
+        refused = await alice.call_tool(
+            "accord_sessions_set_presence", {"name": name, "state": {"status": "editing"}}
+        )
+        assert refused.is_error and structured(refused)["reason"] == "NO_SESSION_LEASE"
+
+        lease = structured(await alice.call_tool("accord_leases_start", {"ttl_seconds": 10}))
+        set_ = structured(
+            await alice.call_tool(
+                "accord_sessions_set_presence", {"name": name, "state": {"status": "editing"}}
+            )
+        )
+        assert set_["agent_id"] == "alice" and f"{set_['lease_id']:x}" == lease["lease_id"]
+        seen = structured(await bob.call_tool("accord_sessions_presence", {"name": name}))
+        assert [(p["agent_id"], p["state"]) for p in seen["presence"]] == [
+            ("alice", {"status": "editing"})
+        ]
+
+        # The lease ends: the presence goes with it.
+        await alice.call_tool("accord_leases_end", {})
+        gone = structured(await bob.call_tool("accord_sessions_presence", {"name": name}))
+        assert gone["presence"] == []
