@@ -100,3 +100,30 @@ async def test_lease_loss_is_pushed_to_the_client(
         assert ended["ended"] is True
         await mcp.call_tool("accord_leases_status", {})  # a round trip after the end
         assert len(inbox.messages) == 1
+
+
+async def test_a_broken_lock_is_pushed_while_the_lease_lives(
+    agents: Agents, key: Callable[[str], str]
+) -> None:
+    lock, kept = key("lock"), key("kept")
+    inbox = Inbox()
+    async with (
+        agents.open("alice", message_handler=inbox.on_message) as mcp,
+        make_client(agents.addresses, agents.namespace, agent="admin") as admin,
+    ):
+        await mcp.call_tool("accord_leases_start", {"ttl_seconds": 2})
+        for name in (kept, lock):  # kept first: it would be reported first if it were
+            acquired = await mcp.call_tool("accord_locks_acquire", {"name": name})
+            assert not acquired.is_error, acquired.content
+        uris = [f"accord://locks/{lock}"]
+        async with listening(mcp, agents, uris, inbox):
+            await admin.locks.break_lock(lock)
+            messages, _ = await until(
+                inbox.snapshot,
+                lambda seen: bool(seen[0]) and set(uris) <= set(seen[1]),
+                "the broken lock pushed",
+            )
+        (lost,) = messages
+        assert lost["event"] == "lock_lost" and lost["lock"] == lock
+        status = structured(await mcp.call_tool("accord_leases_status", {}))
+        assert status["alive"] is True and status["locks"] == [kept]  # the other one stays
