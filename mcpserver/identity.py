@@ -97,7 +97,8 @@ class Identities:
         scheme, _, token = found.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthenticatedError(
-                "no bearer token: send Authorization: Bearer <accord token>", reason=""
+                "no bearer token: send Authorization: Bearer <accord token>",
+                reason="UNAUTHENTICATED",
             )
         return Identity(token.strip(), found.get(AGENT_HEADER, "").strip() or self.agent_id)
 

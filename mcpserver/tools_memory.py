@@ -177,7 +177,7 @@ async def put(
     )
     return Written(
         key=key,
-        revision=written.revision,
+        revision=written.kv.mod_revision if written.kv else written.revision,
         replayed=written.replayed,
         value=value_of(written.kv) if written.kv else None,
     )
