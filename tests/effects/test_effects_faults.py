@@ -7,9 +7,10 @@ and a replica SIGKILLed while Begins are in flight.
 - A paused executor outlived by its lease cannot record an outcome once a successor
   claimed the effect: its Complete is refused (NOT_HELD, naming the successor's lease)
   and the successor's outcome stands.
-- Begins of the same keys by several agents while a replica dies: over every answer and
-  every retry, exactly one agent is told PROCEED per key (with one claim), and every
-  other answer is BUSY naming that claim.
+- Begins of the same keys by several agents while a replica dies (SIGKILL) or freezes
+  (SIGSTOP, until every Begin is answered elsewhere): over every answer and every retry,
+  exactly one agent is told PROCEED per key (with one claim; its own retries are told
+  PROCEED again), and every other answer is BUSY naming that claim.
 """
 
 from __future__ import annotations
@@ -228,9 +229,14 @@ class Answered:
     attempt: int  # 0: the first Begin answered at once; more: after retries
 
 
+@pytest.mark.parametrize("fault", ["kill", "pause"])
 async def test_begins_through_a_dying_replica_proceed_once_per_key(
-    live_replicas: list[Coordinator], namespace: str
+    live_replicas: list[Coordinator], namespace: str, fault: str
 ) -> None:
+    """kill: SIGKILL (calls in flight there fail at once and are sent again elsewhere);
+    pause: SIGSTOP until every Begin is answered (calls in flight there reach their
+    deadline with no answer, then go to the other replica), then SIGCONT: whatever the
+    frozen replica had begun resumes after the others answered."""
     addresses = [r.address for r in live_replicas]
     clients = [make_client(addresses, namespace, agent=f"c{i}") for i in range(CONTENDERS)]
     answers: list[Answered] = []
@@ -279,9 +285,16 @@ async def test_begins_through_a_dying_replica_proceed_once_per_key(
 
         racing = [asyncio.create_task(contend(a)) for a in range(CONTENDERS)]
         await asyncio.wait_for(started.wait(), 60)
-        live_replicas[0].kill()  # with Begins in flight through it
+        if fault == "kill":
+            live_replicas[0].kill()  # with Begins in flight through it
+        else:
+            live_replicas[0].pause()
         in_flight_at_kill, answered_at_kill = in_flight, len(answers)
-        await asyncio.wait_for(asyncio.gather(*racing), 120)
+        try:
+            await asyncio.wait_for(asyncio.gather(*racing), 120)
+        finally:
+            if fault == "pause":
+                live_replicas[0].resume()
         assert len(answers) == 2 * KEYS * CONTENDERS
         assert in_flight_at_kill > 0 and answered_at_kill < len(answers)
 
