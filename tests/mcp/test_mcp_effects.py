@@ -8,7 +8,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from accord.client import effect_key
+import pytest
+
+from accord.client import EffectState, NotFoundError, effect_key
 from tests.harness import make_client
 from tests.mcp.conftest import Agents, both
 from tests.mcp.harness import structured
@@ -48,10 +50,15 @@ async def test_effect_tools_annotations(agents: Agents) -> None:
 async def test_an_effect_runs_once(agents: Agents) -> None:
     run = f"run-{uuid.uuid4().hex[:8]}"
     step = {"run_id": run, "step": 1, "tool": "send_email", "arguments": ARGS}
-    async with both(agents, "alice", "bob") as (alice, bob):
+    async with (
+        both(agents, "alice", "bob") as (alice, bob),
+        make_client(agents.addresses, agents.namespace) as plain,
+    ):
         # Without a session lease there is nothing for a claim to hang on.
         refused = await alice.call_tool("accord_effects_begin", step)
         assert refused.is_error and structured(refused)["reason"] == "NO_SESSION_LEASE"
+        with pytest.raises(NotFoundError):  # nothing was begun
+            await plain.effects.get(effect_key(run, 1, "send_email", ARGS))
         for agent in (alice, bob):
             await _call(agent, "accord_leases_start", {"ttl_seconds": 10})
 
@@ -69,6 +76,7 @@ async def test_an_effect_runs_once(agents: Agents) -> None:
             {"key": began["key"], "claim": began["claim"], "result": 1, "error": "x"},
         )
         assert both_given.is_error and structured(both_given)["reason"] == "INVALID_ARGUMENT"
+        assert (await plain.effects.get(began["key"])).state == EffectState.RUNNING
 
         done = await _call(
             alice,
@@ -122,6 +130,5 @@ async def test_an_effect_runs_once(agents: Agents) -> None:
         assert journal["resume_at"] == claimed["key"]
         assert journal["journal"][0]["compensation"]["tool"] == "send_email"
 
-    async with make_client(agents.addresses, agents.namespace) as client:
-        stored = await client.effects.get(began["key"])
+        stored = await plain.effects.get(began["key"])
         assert stored.attempts == 1 and stored.outcome.success == b'{"message_id":"m-1"}'

@@ -109,6 +109,13 @@ async def test_apply_read_and_list(agents: Agents, key: Callable[[str], str]) ->
         assert refused.is_error and structured(refused)["reason"] == "INVALID_ARGUMENT"
         assert "operations[1]" in structured(refused)["message"]
 
+        # An operation of no known kind is refused by its schema before anything is sent.
+        unknown = await mcp.call_tool(
+            "accord_sessions_apply",
+            {"name": name, "operations": [{"op": "drop_table", "root": "tasks"}]},
+        )
+        assert unknown.is_error
+
         # Without create, a missing session is NOT_FOUND.
         missing = await mcp.call_tool(
             "accord_sessions_apply",

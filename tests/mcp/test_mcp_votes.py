@@ -205,3 +205,58 @@ async def test_traceparent_in_meta_is_recorded_with_the_decision(agents: Agents)
         stored = await client.votes.get(vote["id"])
     assert cast["decision"]["traceparent"].split("-")[1] == TRACE_ID
     assert stored.decision.trace_context.traceparent.split("-")[1] == TRACE_ID
+
+
+async def test_propose_rules_electorates_and_options(agents: Agents) -> None:
+    """Each rule and electorate form reaches the service as asked (the vote states them)."""
+    async with agents.open("alice") as alice:
+
+        async def propose(**args: Any) -> dict[str, Any]:
+            result = await alice.call_tool(
+                "accord_votes_propose", {"question": "Q?", "options": ["a", "b"], **args}
+            )
+            assert not result.is_error, result.content
+            return structured(result)
+
+        fraction = await propose(
+            voters=["alice", "bob", "carol"], rule="fraction", numerator=3, denominator=4
+        )
+        assert fraction["rule"] == "at least 3/4 of the weight cast"
+        weighted = await propose(
+            weights={"alice": 2.0, "bob": 1.0}, rule="majority", of_electorate=True
+        )
+        assert weighted["rule"] == "more than half of the electorate's weight"
+        assert {v["agent_id"]: v["weight"] for v in weighted["voters"]} == {
+            "alice": 2.0,
+            "bob": 1.0,
+        }
+        k_of_n = await propose(voters=["alice", "bob", "carol"], rule="k_of_n", k=2)
+        assert k_of_n["rule"] == "at least 2 of 3 voters choose the same option"
+        unanimous = await propose(
+            voters=["alice", "bob"],
+            rule="unanimous",
+            veto_holders=["carol"],
+            quorum_voters=2,
+            allow_abstain=True,
+            allow_change=True,
+            vote_id="fixed-id",
+            request_id="propose-once",
+        )
+        assert unanimous["id"] == "fixed-id" and unanimous["veto_holders"] == ["carol"]
+        assert unanimous["quorum_voters"] == 2
+        assert unanimous["allow_abstain"] is True and unanimous["allow_change"] is True
+        again = await propose(
+            voters=["alice", "bob"],
+            rule="unanimous",
+            veto_holders=["carol"],
+            quorum_voters=2,
+            allow_abstain=True,
+            allow_change=True,
+            vote_id="fixed-id",
+            request_id="propose-once",
+        )
+        assert again["created_revision"] == unanimous["created_revision"]  # not a second vote
+        threshold = await propose(
+            weights={"alice": 2.0}, rule="weighted_threshold", threshold_weight=1.5
+        )
+        assert threshold["rule"] == "a weight of at least 1.5"
