@@ -39,7 +39,7 @@ from accord.coordinator.effects.records import (
     effect_of,
     stored,
 )
-from accord.coordinator.leases.store import LeaseStore
+from accord.coordinator.leases.store import check_owner, lease_of
 from accord.coordinator.locks.fencing import FenceGuard, Fencing
 from accord.coordinator.observability import accord_metrics
 from accord.coordinator.substrate import calls
@@ -61,17 +61,15 @@ from accord.coordinator.substrate.txn import (
     lease_is,
     mod_is,
     put,
-    read,
     txn,
 )
 from accord.v1 import common_pb2, effects_pb2
 
 
 class Outcomes:
-    def __init__(self, ledger: Ledger, leases: LeaseStore, fencing: Fencing) -> None:
+    def __init__(self, ledger: Ledger, fencing: Fencing) -> None:
         self._l = ledger
         self._s = ledger.s
-        self._leases = leases
         self._fencing = fencing
 
     async def complete(
@@ -96,17 +94,13 @@ class Outcomes:
         if compensation is not None:
             violations += records.check_intent("compensation", compensation, limits)
         require(violations)
-        await self._leases.check_owned(lease_id)
         ns = calls.current.get().namespace
         state = records.SUCCEEDED if kind == "success" else records.FAILED
         for _ in range(ATTEMPTS):
-            found = await self._s.etcd.range(read(self._l.effect(key)))
-            if not found.kvs:
-                raise not_found(key)
-            raw = found.kvs[0]
+            revision, raw = await self._read(key, lease_id)
             effect = effect_of(raw, None, claim_read=False)
             if effect.state in FINAL:
-                return int(found.header.revision), effect, True
+                return revision, effect, True
             if effect.state != RUNNING or raw.mod_revision != claim:
                 raise not_held(await self._l.current(raw), claim, lease_id)
             guard = await self._fencing.guard([fence] if fence is not None else [], field="fence")
@@ -194,6 +188,21 @@ class Outcomes:
 
         return build
 
+    async def _read(self, key: str, lease_id: int) -> tuple[int, KeyValue]:
+        """The effect's record, NOT_FOUND without one; with auth, read with the caller's
+        lease record in one transaction, refused when that lease is another principal's
+        (a lease that is gone passes: its claims are gone too)."""
+        ops = [get(self._l.effect(key))]
+        if calls.current.get().principal:
+            ops.append(get(self._s.keys.lease(calls.current.get().namespace, lease_id)))
+        found = await self._s.etcd.txn(txn(then=ops), retry=True)
+        record, *lease = (first_kv(r) for r in found.responses)
+        if lease and lease[0] is not None:
+            check_owner(lease_of(lease_id, lease[0]))
+        if record is None:
+            raise not_found(key)
+        return int(found.header.revision), record
+
     async def _refused(
         self, response: object, guard: FenceGuard, claim: int, lease_id: int
     ) -> None:
@@ -213,13 +222,9 @@ class Outcomes:
     ) -> tuple[int, effects_pb2.Effect]:
         violations = _check_claim(key, claim, lease_id) + records.check_text("reason", reason)
         require(violations)
-        await self._leases.check_owned(lease_id)
         ns = calls.current.get().namespace
         for _ in range(ATTEMPTS):
-            found = await self._s.etcd.range(read(self._l.effect(key)))
-            if not found.kvs:
-                raise not_found(key)
-            raw = found.kvs[0]
+            revision, raw = await self._read(key, lease_id)
             effect = effect_of(raw, None, claim_read=False)
             if effect.state in FINAL:
                 raise ConditionFailed(
@@ -229,7 +234,7 @@ class Outcomes:
                     metadata={"key": key, "state": records.state_name(effect.state)},
                 )
             if effect.state == ABORTED and effect.claim == claim:
-                return int(found.header.revision), effect  # aborted by this claim already
+                return revision, effect  # aborted by this claim already
             if effect.state != RUNNING or raw.mod_revision != claim:
                 raise not_held(await self._l.current(raw), claim, lease_id)
             done = effects_pb2.Effect()
