@@ -49,7 +49,13 @@ from accord.coordinator.effects.records import (
     effect_of,
 )
 from accord.coordinator.substrate import calls
-from accord.coordinator.substrate.errors import FieldViolation, NotFound, invalid, require
+from accord.coordinator.substrate.errors import (
+    BackendUnavailable,
+    FieldViolation,
+    NotFound,
+    invalid,
+    require,
+)
 from accord.coordinator.substrate.limits import check_enum
 from accord.coordinator.substrate.pages import PageBudget
 from accord.coordinator.substrate.txn import (
@@ -199,7 +205,7 @@ class Runs:
             committed = await self._l.writes.commit(build, retained=True)
             if committed.response.succeeded:
                 return
-        raise invalid("run_id", f"run {run_id!r} kept changing while its status was set")
+        raise BackendUnavailable(f"run {run_id!r} kept changing while its status was set")
 
     # --- listings -----------------------------------------------------------------------
 

@@ -229,3 +229,17 @@ async def test_a_compensation_is_begun_with_the_intent_registered_for_it(
         await a.effects.begin(plan.key, "trip", intent("cancel", b"2"), lease=lease)
     assert etcd.stored(namespace) == before
     assert (await a.effects.begin(plan.key, "trip", plan.intent, lease=lease)).proceed
+
+
+async def test_listings_tell_in_doubt_from_running(agents: Agent) -> None:
+    a = await agents("alice")
+    dead, alive = await a.leases.grant(10), await a.leases.grant(10)
+    await a.effects.begin("dies-1", "doubt", intent("t", b"1"), lease=dead)
+    await a.effects.begin("lives", "doubt", intent("t", b"2"), lease=alive)
+    await a.effects.begin("dies-2", "doubt", intent("t", b"3"), lease=dead)
+    await dead.revoke()
+    for run_id in ("", "doubt"):  # the namespace's listing, and the run's journal
+        doubt = await a.effects.list(states=[EffectState.IN_DOUBT], run_id=run_id)
+        assert sorted(e.key for e in doubt.effects) == ["dies-1", "dies-2"], run_id
+        running = await a.effects.list(states=[EffectState.RUNNING], run_id=run_id)
+        assert [e.key for e in running.effects] == ["lives"], run_id
