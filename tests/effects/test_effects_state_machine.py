@@ -20,7 +20,8 @@ After every step:
 2. a refused call (NOT_HELD, INTENT_MISMATCH, NOTHING_TO_COMPENSATE, INVALID_ARGUMENT,
    NOT_FOUND, CONDITION_FAILED) names the current effect where the contract says so,
    and changes nothing in etcd;
-3. every effect read back (Get, through the other replica) is the model's;
+3. every effect read back (Get, through either replica) is the model's, and so are List's
+   pages (3 effects a page) of the effects in one state and of one run's, in turn;
 4. each run read back (GetRun) has the model's status, counts, journal (in the order the
    effects began) and resume point.
 
@@ -77,6 +78,7 @@ KEYS = 6  # effect keys k0..k5; key i belongs to run i % RUNS
 RUNS = 2
 LEASE_TTL = 30  # never ends on its own during an example: revoked by a step instead
 WAIT = 10.0  # seconds a waiting Begin may wait (its holder ends its claim at once)
+LIST_PAGE = 3  # List's page size in the checks: several pages
 TOGETHER = 16  # effects begun at once through one replica by test_effects_begun_together
 HEAD_START = 0.05  # for the waiting Begin to reach its replica first (mostly)
 E = effects_pb2
@@ -916,17 +918,40 @@ class EffectsMachine(RuleBasedStateMachine):
     @invariant()
     def service_is_the_model(self) -> None:
         """3 and 4: every effect (Get) and every run (GetRun, its whole journal) read
-        back through a replica are the model's."""
+        back through a replica are the model's; and List, in small pages, of the effects
+        in one state (in key order) and of one run's (in journal order), a state and a
+        run in turn."""
         if not self.agents:
             return
+        turn = len(self.trace)
+        state = [s for s in State if s is not State.ABSENT][turn % 5]
+        listed_run = sorted(self.model.runs)[turn % len(self.model.runs)] if self.model.runs else ""
 
-        async def read() -> tuple[dict[str, E.Effect | None], dict[str, Any]]:
-            accord = self.effects(1, len(self.trace) % 2)
+        async def listing(accord: Any, **which: Any) -> list[str]:
+            keys: list[str] = []
+            token = ""
+            while True:
+                page = await accord.list(limit=LIST_PAGE, page_token=token, **which)
+                keys += [e.key for e in page.effects]
+                token = page.next_page_token
+                if not token:
+                    return keys
+
+        async def read() -> tuple[dict[str, E.Effect | None], dict[str, Any], list[list[str]]]:
+            accord = self.effects(1, turn % 2)
             effects = {k: await accord.get(k) for k in sorted(self.model.effects)}
             runs = {r: await accord.get_run(r, limit=100) for r in sorted(self.model.runs)}
-            return effects, runs
+            listed = [await listing(accord, states=[int(state)])]
+            if listed_run:
+                listed.append(await listing(accord, run_id=listed_run))
+            return effects, runs, listed
 
-        effects, runs = self.run(read())
+        effects, runs, listed = self.run(read())
+        in_state = sorted(k for k, e in self.model.effects.items() if e.state is state)
+        self.check(listed[0] == in_state, f"List of {state.name}: {listed[0]}, model {in_state}")
+        if listed_run:
+            wanted = [e.key for e in self.model.journal(listed_run)]
+            self.check(listed[1] == wanted, f"List of {listed_run}: {listed[1]}, model {wanted}")
         for key, got in effects.items():
             self.check(got is not None, f"{key}: Get found nothing")
             assert got is not None
