@@ -3,9 +3,9 @@ nothing was written."""
 
 from __future__ import annotations
 
-from tests.harness import Coordinator, EtcdMember, token_for
+from tests.harness import Coordinator, EtcdMember, cluster_admin_token, make_client, token_for
 from tests.mcp.harness import stdio_session, structured
-from tests.quotas.helpers import namespace_keys, set_quota
+from tests.quotas.helpers import namespace_keys, set_quota, usage_reaches
 
 
 async def test_a_quota_refusal_says_when_to_come_back(
@@ -16,6 +16,13 @@ async def test_a_quota_refusal_says_when_to_come_back(
     async with stdio_session(addresses, namespace, token=token, agent="alice") as mcp:
         first = await mcp.call_tool("accord_memory_put", {"key": "one", "value": "v"})
         assert not first.is_error, structured(first)
+        # Each replica counts keys from its own watch: the second put may land on either.
+        admin = cluster_admin_token()
+        for replica in replicas:
+            async with make_client(
+                [replica.address], namespace, agent="" if admin else "counter", token=admin
+            ) as c:
+                await usage_reaches(c, "keys", 1)
         before = namespace_keys(etcd, namespace)
         second = await mcp.call_tool("accord_memory_put", {"key": "two", "value": "v"})
         assert second.is_error
