@@ -210,3 +210,17 @@ async def test_a_fenced_complete_after_the_lock_is_lost(agents: Agent) -> None:
     with pytest.raises(FencedError):
         await a.effects.complete("pay", began.claim, lease=lease, result=b"x", fence=grant)
     assert (await a.effects.get("pay")).state == EffectState.RUNNING
+
+
+async def test_a_fenced_begin_after_the_lock_is_lost_writes_nothing(
+    agents: Agent, etcd: EtcdMember, namespace: str
+) -> None:
+    a = await agents("alice")
+    lease = await a.leases.grant(10)
+    holder = await a.leases.grant(10, keepalive=False)
+    grant = await a.locks.acquire("payments", holder)
+    await a.locks.release(grant, holder)
+    before = etcd.stored(namespace)
+    with pytest.raises(FencedError):
+        await a.effects.begin("pay", "run", SEND, lease=lease, fence=grant)
+    assert etcd.stored(namespace) == before
