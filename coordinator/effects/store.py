@@ -339,14 +339,6 @@ class EffectStore:
             raise not_found(key)
         return int(found.header.revision), await self._l.current(found.kvs[0])
 
-    async def _current(self, raw: KeyValue) -> effects_pb2.Effect:
-        """The effect of a record, its claim read when it says RUNNING."""
-        effect = effect_of(raw, None, claim_read=False)
-        if effect.state != RUNNING:
-            return effect
-        claim = await self._s.etcd.range(read(self._l.run(effect.run_id).claim(effect.key)))
-        return effect_of(raw, claim.kvs[0] if claim.kvs else None)
-
 
 def _wait_until(wait_ms: int) -> float:
     """When a BUSY Begin stops waiting (monotonic time): wait_ms, at most 60 s, and before
