@@ -60,6 +60,7 @@ from tests.faults.nemesis import (
     run_schedule,
 )
 from tests.faults.recorder import Recorder
+from tests.faults.runs import run_during
 from tests.faults.window import Window, failing_window, table
 from tests.faults.workloads import locks
 from tests.faults.workloads.kv import KvWorkload
@@ -128,14 +129,8 @@ async def _kv(
     recorder: Recorder,
     _events: Events,
 ) -> Outcome:
-    stop = asyncio.Event()
     workload = KvWorkload(cluster.client_addresses(), namespace, plan.seed)
-    running = asyncio.create_task(workload.run(recorder, stop))
-    try:
-        await _schedule(plan, faults)
-    finally:
-        stop.set()
-        await running
+    await run_during(workload.run, recorder, _schedule(plan, faults))
     started = time.monotonic()
     result = check(recorder.operations, KvRegister(), timeout=plan.check_timeout)
     outcome = Outcome(recorder, result.ok, "linearizability", time.monotonic() - started)
@@ -161,14 +156,8 @@ async def _watches(
     recorder: Recorder,
     _events: Events,
 ) -> Outcome:
-    stop = asyncio.Event()
     workload = WatchWorkload(cluster.client_addresses(), namespace, plan.seed)
-    running = asyncio.create_task(workload.run(recorder, stop))
-    try:
-        await _schedule(plan, faults)
-    finally:
-        stop.set()
-    run = await running
+    run = await run_during(workload.run, recorder, _schedule(plan, faults))
     started = time.monotonic()
     problems = validate(run)
     resumes = sum(w.resumes for w in run.watchers)
@@ -185,14 +174,8 @@ async def _sessions(
     recorder: Recorder,
     _events: Events,
 ) -> Outcome:
-    stop = asyncio.Event()
     workload = SessionWorkload(cluster.client_addresses(), namespace, plan.seed)
-    running = asyncio.create_task(workload.run(recorder, stop))
-    try:
-        await _schedule(plan, faults)
-    finally:
-        stop.set()
-    run = await running
+    run = await run_during(workload.run, recorder, _schedule(plan, faults))
     started = time.monotonic()
     problems = check_sessions(run)
     outcome = Outcome(recorder, not problems, "session convergence", time.monotonic() - started)
@@ -236,19 +219,13 @@ async def _votes(
     recorder: Recorder,
     _events: Events,
 ) -> Outcome:
-    stop = asyncio.Event()
     workload = VotesWorkload(
         cluster.client_addresses(),
         namespace,
         plan.seed,
         replicas=tuple(cluster.direct_addresses()),
     )
-    running = asyncio.create_task(workload.run(recorder, stop))
-    try:
-        await _schedule(plan, faults)
-    finally:
-        stop.set()
-        await running
+    await run_during(workload.run, recorder, _schedule(plan, faults))
     started = time.monotonic()
     verdict = check_votes(recorder.operations)
     outcome = Outcome(recorder, verdict.ok, "votes checker", time.monotonic() - started)
