@@ -287,8 +287,9 @@ class Replica:
             max_per_run=settings.effects_max_per_run,
         )
         runs = Runs(ledger)
+        quotas = self.admission if settings.quotas is not None else None
         service = EffectsService(
-            EffectStore(ledger, fencing),
+            EffectStore(ledger, fencing, quotas),
             Outcomes(ledger, fencing),
             runs,
             Compensations(ledger, runs),

@@ -24,7 +24,8 @@ lease must exist in the namespace (LEASE_NOT_FOUND) and be its own (PERMISSION_D
 leases/store.py); Begin of a key recorded with another tool or arguments is
 INTENT_MISMATCH with the recorded Effect (a compensation's key begun with another intent
 than the registered one: INTENT_MISMATCH too), and naming another run INVALID_ARGUMENT; a
-new effect in a run holding --effects-max-per-run is QUOTA_EXCEEDED; a lost fence is
+new effect in a run holding --effects-max-per-run is QUOTA_EXCEEDED, and so is one in a
+namespace holding its effects quota (quotas/admission.py); a lost fence is
 FENCED; Get of an unknown key is NOT_FOUND. Refusals write nothing. A Begin that claims
 makes its run's record again if it expired before the run's effects.
 """
@@ -51,6 +52,8 @@ from accord.coordinator.effects.records import (
 from accord.coordinator.leases.store import check_owner, lease_of
 from accord.coordinator.locks.fencing import FenceGuard, Fencing
 from accord.coordinator.observability import accord_metrics
+from accord.coordinator.quotas.admission import Admission
+from accord.coordinator.quotas.limits import Limit
 from accord.coordinator.substrate import calls
 from accord.coordinator.substrate.errors import (
     BackendUnavailable,
@@ -109,10 +112,15 @@ class _Seen:
 
 
 class EffectStore:
-    def __init__(self, ledger: Ledger, fencing: Fencing) -> None:
+    def __init__(
+        self, ledger: Ledger, fencing: Fencing, admission: Admission | None = None
+    ) -> None:
+        """admission: where a new record is checked against the namespace's effects
+        quota (None: quotas off)."""
         self._l = ledger
         self._s = ledger.s
         self._fencing = fencing
+        self._admission = admission
 
     # --- begin ----------------------------------------------------------------------
 
@@ -235,6 +243,8 @@ class EffectStore:
                 limit="effects_max_per_run",
                 retry_after=RUN_FULL_RETRY_SECONDS,
             )
+        if self._admission is not None:
+            self._admission.admit_new(calls.current.get().namespace, Limit.EFFECTS)
         guard = await self._fencing.guard([fence] if fence is not None else [], field="fence")
         who = actor(lease_id)
         effect = effects_pb2.Effect(

@@ -11,6 +11,9 @@ The interceptor asks once per call, after identity and before the method runs:
   Effects.Begin and Complete (keys, and bytes by the request's size).
   Deletes, reads and releases are never refused for counts, so a namespace over quota
   can always clean up;
+- a store asks `admit_new` where only it knows a call adds: an Effects.Begin that would
+  create an effect record (effects); a Begin of a recorded key, Complete and Abort are
+  never refused for that count;
 - a server stream counts against the namespace's open streams on this replica while it
   is open.
 Calls of the Quotas, Auth and Replicas services are exempt: an admin can always raise a
@@ -153,6 +156,16 @@ class Admission:
                 wanted = held + (size if limit in _BY_SIZE else 1)
                 if wanted > allowed:
                     self._refuse_count(namespace, limit, held, allowed)
+
+    def admit_new(self, namespace: str, limit: Limit) -> None:
+        """Refuse (QuotaExceeded) a call about to create one more of limit's records in
+        the namespace when it holds its quota (not while the counts are unsynced)."""
+        if not self.book.synced:
+            return
+        allowed = self.book.limits(namespace).of(limit)
+        held = _held(self.book.usage(namespace), limit)
+        if held + 1 > allowed:
+            self._refuse_count(namespace, limit, held, allowed)
 
     def open_stream(self, rule: Rule, call: calls.Call) -> None:
         """Admit a server stream and count it open; the caller must close_stream."""

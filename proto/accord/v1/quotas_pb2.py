@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61\x63\x63ord/v1/quotas.proto\x12\taccord.v1\"\xb1\x03\n\x0bQuotaLimits\x12\x11\n\x04keys\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05\x62ytes\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x13\n\x06leases\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x15\n\x08sessions\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x1a\n\rsession_bytes\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x17\n\nvotes_open\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x14\n\x07streams\x18\x07 \x01(\x03H\x06\x88\x01\x01\x12 \n\x13requests_per_second\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12&\n\x19\x61gent_requests_per_second\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x1a\n\rburst_seconds\x18\n \x01(\x01H\t\x88\x01\x01\x42\x07\n\x05_keysB\x08\n\x06_bytesB\t\n\x07_leasesB\x0b\n\t_sessionsB\x10\n\x0e_session_bytesB\r\n\x0b_votes_openB\n\n\x08_streamsB\x16\n\x14_requests_per_secondB\x1c\n\x1a_agent_requests_per_secondB\x10\n\x0e_burst_seconds\"\x99\x01\n\nQuotaUsage\x12\x0c\n\x04keys\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0e\n\x06leases\x18\x03 \x01(\x03\x12\x10\n\x08sessions\x18\x04 \x01(\x03\x12\x15\n\rsession_bytes\x18\x05 \x01(\x03\x12\x12\n\nvotes_open\x18\x06 \x01(\x03\x12\x0f\n\x07streams\x18\x07 \x01(\x03\x12\x10\n\x08revision\x18\x08 \x01(\x03\"\x12\n\x10QuotasGetRequest\"\x9f\x01\n\x11QuotasGetResponse\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x06limits\x18\x02 \x01(\x0b\x32\x16.accord.v1.QuotaLimits\x12)\n\toverrides\x18\x03 \x01(\x0b\x32\x16.accord.v1.QuotaLimits\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.accord.v1.QuotaUsage\"I\n\x10QuotasSetRequest\x12&\n\x06limits\x18\x01 \x01(\x0b\x32\x16.accord.v1.QuotaLimits\x12\r\n\x05\x63lear\x18\x02 \x01(\x08\">\n\x11QuotasSetResponse\x12)\n\toverrides\x18\x01 \x01(\x0b\x32\x16.accord.v1.QuotaLimits2\x8c\x01\n\x06Quotas\x12@\n\x03Get\x12\x1b.accord.v1.QuotasGetRequest\x1a\x1c.accord.v1.QuotasGetResponse\x12@\n\x03Set\x12\x1b.accord.v1.QuotasSetRequest\x1a\x1c.accord.v1.QuotasSetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61\x63\x63ord/v1/quotas.proto\x12\taccord.v1\"\xd3\x03\n\x0bQuotaLimits\x12\x11\n\x04keys\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05\x62ytes\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x13\n\x06leases\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x15\n\x08sessions\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x1a\n\rsession_bytes\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x17\n\nvotes_open\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x14\n\x07streams\x18\x07 \x01(\x03H\x06\x88\x01\x01\x12 \n\x13requests_per_second\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12&\n\x19\x61gent_requests_per_second\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x1a\n\rburst_seconds\x18\n \x01(\x01H\t\x88\x01\x01\x12\x14\n\x07\x65\x66\x66\x65\x63ts\x18\x0b \x01(\x03H\n\x88\x01\x01\x42\x07\n\x05_keysB\x08\n\x06_bytesB\t\n\x07_leasesB\x0b\n\t_sessionsB\x10\n\x0e_session_bytesB\r\n\x0b_votes_openB\n\n\x08_streamsB\x16\n\x14_requests_per_secondB\x1c\n\x1a_agent_requests_per_secondB\x10\n\x0e_burst_secondsB\n\n\x08_effects\"\xaa\x01\n\nQuotaUsage\x12\x0c\n\x04keys\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0e\n\x06leases\x18\x03 \x01(\x03\x12\x10\n\x08sessions\x18\x04 \x01(\x03\x12\x15\n\rsession_bytes\x18\x05 \x01(\x03\x12\x12\n\nvotes_open\x18\x06 \x01(\x03\x12\x0f\n\x07streams\x18\x07 \x01(\x03\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x0f\n\x07\x65\x66\x66\x65\x63ts\x18\t \x01(\x03\"\x12\n\x10QuotasGetRequest\"\x9f\x01\n\x11QuotasGetResponse\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x06limits\x18\x02 \x01(\x0b\x32\x16.accord.v1.QuotaLimits\x12)\n\toverrides\x18\x03 \x01(\x0b\x32\x16.accord.v1.QuotaLimits\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.accord.v1.QuotaUsage\"I\n\x10QuotasSetRequest\x12&\n\x06limits\x18\x01 \x01(\x0b\x32\x16.accord.v1.QuotaLimits\x12\r\n\x05\x63lear\x18\x02 \x01(\x08\">\n\x11QuotasSetResponse\x12)\n\toverrides\x18\x01 \x01(\x0b\x32\x16.accord.v1.QuotaLimits2\x8c\x01\n\x06Quotas\x12@\n\x03Get\x12\x1b.accord.v1.QuotasGetRequest\x1a\x1c.accord.v1.QuotasGetResponse\x12@\n\x03Set\x12\x1b.accord.v1.QuotasSetRequest\x1a\x1c.accord.v1.QuotasSetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'accord.v1.quotas_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUOTALIMITS']._serialized_start=38
-  _globals['_QUOTALIMITS']._serialized_end=471
-  _globals['_QUOTAUSAGE']._serialized_start=474
-  _globals['_QUOTAUSAGE']._serialized_end=627
-  _globals['_QUOTASGETREQUEST']._serialized_start=629
-  _globals['_QUOTASGETREQUEST']._serialized_end=647
-  _globals['_QUOTASGETRESPONSE']._serialized_start=650
-  _globals['_QUOTASGETRESPONSE']._serialized_end=809
-  _globals['_QUOTASSETREQUEST']._serialized_start=811
-  _globals['_QUOTASSETREQUEST']._serialized_end=884
-  _globals['_QUOTASSETRESPONSE']._serialized_start=886
-  _globals['_QUOTASSETRESPONSE']._serialized_end=948
-  _globals['_QUOTAS']._serialized_start=951
-  _globals['_QUOTAS']._serialized_end=1091
+  _globals['_QUOTALIMITS']._serialized_end=505
+  _globals['_QUOTAUSAGE']._serialized_start=508
+  _globals['_QUOTAUSAGE']._serialized_end=678
+  _globals['_QUOTASGETREQUEST']._serialized_start=680
+  _globals['_QUOTASGETREQUEST']._serialized_end=698
+  _globals['_QUOTASGETRESPONSE']._serialized_start=701
+  _globals['_QUOTASGETRESPONSE']._serialized_end=860
+  _globals['_QUOTASSETREQUEST']._serialized_start=862
+  _globals['_QUOTASSETREQUEST']._serialized_end=935
+  _globals['_QUOTASSETRESPONSE']._serialized_start=937
+  _globals['_QUOTASSETRESPONSE']._serialized_end=999
+  _globals['_QUOTAS']._serialized_start=1002
+  _globals['_QUOTAS']._serialized_end=1142
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,7 @@ class QuotaLimits(_message.Message):
     REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
     AGENT_REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
     BURST_SECONDS_FIELD_NUMBER: _builtins.int
+    EFFECTS_FIELD_NUMBER: _builtins.int
     keys: _builtins.int
     """Keys under kv/ and their bytes (key + value)."""
     bytes: _builtins.int
@@ -48,6 +49,8 @@ class QuotaLimits(_message.Message):
     """
     agent_requests_per_second: _builtins.float
     burst_seconds: _builtins.float
+    effects: _builtins.int
+    """Records of the effect ledger (effects/): one per effect begun, until it expires."""
     def __init__(
         self,
         *,
@@ -61,10 +64,11 @@ class QuotaLimits(_message.Message):
         requests_per_second: _builtins.float | None = ...,
         agent_requests_per_second: _builtins.float | None = ...,
         burst_seconds: _builtins.float | None = ...,
+        effects: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_agent_requests_per_second", b"_agent_requests_per_second", "_burst_seconds", b"_burst_seconds", "_bytes", b"_bytes", "_keys", b"_keys", "_leases", b"_leases", "_requests_per_second", b"_requests_per_second", "_session_bytes", b"_session_bytes", "_sessions", b"_sessions", "_streams", b"_streams", "_votes_open", b"_votes_open", "agent_requests_per_second", b"agent_requests_per_second", "burst_seconds", b"burst_seconds", "bytes", b"bytes", "keys", b"keys", "leases", b"leases", "requests_per_second", b"requests_per_second", "session_bytes", b"session_bytes", "sessions", b"sessions", "streams", b"streams", "votes_open", b"votes_open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_agent_requests_per_second", b"_agent_requests_per_second", "_burst_seconds", b"_burst_seconds", "_bytes", b"_bytes", "_effects", b"_effects", "_keys", b"_keys", "_leases", b"_leases", "_requests_per_second", b"_requests_per_second", "_session_bytes", b"_session_bytes", "_sessions", b"_sessions", "_streams", b"_streams", "_votes_open", b"_votes_open", "agent_requests_per_second", b"agent_requests_per_second", "burst_seconds", b"burst_seconds", "bytes", b"bytes", "effects", b"effects", "keys", b"keys", "leases", b"leases", "requests_per_second", b"requests_per_second", "session_bytes", b"session_bytes", "sessions", b"sessions", "streams", b"streams", "votes_open", b"votes_open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agent_requests_per_second", b"_agent_requests_per_second", "_burst_seconds", b"_burst_seconds", "_bytes", b"_bytes", "_keys", b"_keys", "_leases", b"_leases", "_requests_per_second", b"_requests_per_second", "_session_bytes", b"_session_bytes", "_sessions", b"_sessions", "_streams", b"_streams", "_votes_open", b"_votes_open", "agent_requests_per_second", b"agent_requests_per_second", "burst_seconds", b"burst_seconds", "bytes", b"bytes", "keys", b"keys", "leases", b"leases", "requests_per_second", b"requests_per_second", "session_bytes", b"session_bytes", "sessions", b"sessions", "streams", b"streams", "votes_open", b"votes_open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agent_requests_per_second", b"_agent_requests_per_second", "_burst_seconds", b"_burst_seconds", "_bytes", b"_bytes", "_effects", b"_effects", "_keys", b"_keys", "_leases", b"_leases", "_requests_per_second", b"_requests_per_second", "_session_bytes", b"_session_bytes", "_sessions", b"_sessions", "_streams", b"_streams", "_votes_open", b"_votes_open", "agent_requests_per_second", b"agent_requests_per_second", "burst_seconds", b"burst_seconds", "bytes", b"bytes", "effects", b"effects", "keys", b"keys", "leases", b"leases", "requests_per_second", b"requests_per_second", "session_bytes", b"session_bytes", "sessions", b"sessions", "streams", b"streams", "votes_open", b"votes_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__agent_requests_per_second: _TypeAlias = _typing.Literal["agent_requests_per_second"]  # noqa: Y015
     _WhichOneofArgType__agent_requests_per_second: _TypeAlias = _typing.Literal["_agent_requests_per_second", b"_agent_requests_per_second"]  # noqa: Y015
@@ -72,6 +76,8 @@ class QuotaLimits(_message.Message):
     _WhichOneofArgType__burst_seconds: _TypeAlias = _typing.Literal["_burst_seconds", b"_burst_seconds"]  # noqa: Y015
     _WhichOneofReturnType__bytes: _TypeAlias = _typing.Literal["bytes"]  # noqa: Y015
     _WhichOneofArgType__bytes: _TypeAlias = _typing.Literal["_bytes", b"_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__effects: _TypeAlias = _typing.Literal["effects"]  # noqa: Y015
+    _WhichOneofArgType__effects: _TypeAlias = _typing.Literal["_effects", b"_effects"]  # noqa: Y015
     _WhichOneofReturnType__keys: _TypeAlias = _typing.Literal["keys"]  # noqa: Y015
     _WhichOneofArgType__keys: _TypeAlias = _typing.Literal["_keys", b"_keys"]  # noqa: Y015
     _WhichOneofReturnType__leases: _TypeAlias = _typing.Literal["leases"]  # noqa: Y015
@@ -92,6 +98,8 @@ class QuotaLimits(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__burst_seconds) -> _WhichOneofReturnType__burst_seconds | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__bytes) -> _WhichOneofReturnType__bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__effects) -> _WhichOneofReturnType__effects | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__keys) -> _WhichOneofReturnType__keys | None: ...
     @_typing.overload
@@ -123,6 +131,7 @@ class QuotaUsage(_message.Message):
     VOTES_OPEN_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    EFFECTS_FIELD_NUMBER: _builtins.int
     keys: _builtins.int
     bytes: _builtins.int
     leases: _builtins.int
@@ -133,6 +142,7 @@ class QuotaUsage(_message.Message):
     """On the replica that answered."""
     revision: _builtins.int
     """The etcd revision the counts reflect."""
+    effects: _builtins.int
     def __init__(
         self,
         *,
@@ -144,10 +154,11 @@ class QuotaUsage(_message.Message):
         votes_open: _builtins.int = ...,
         streams: _builtins.int = ...,
         revision: _builtins.int = ...,
+        effects: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "keys", b"keys", "leases", b"leases", "revision", b"revision", "session_bytes", b"session_bytes", "sessions", b"sessions", "streams", b"streams", "votes_open", b"votes_open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "effects", b"effects", "keys", b"keys", "leases", b"leases", "revision", b"revision", "session_bytes", b"session_bytes", "sessions", b"sessions", "streams", b"streams", "votes_open", b"votes_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
