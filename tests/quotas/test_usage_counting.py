@@ -1,8 +1,8 @@
 """Who counts usage: with quotas off a replica follows no namespace's writes and
 Quotas.Get reads the namespace from etcd at one revision; with quotas on, a namespace that
 first appears while the replicas run is counted exactly (keys and bytes after overwrites
-and deletes, sessions, leases, open votes), by its own prev_kv watches from the revision it
-was first seen."""
+and deletes, sessions, leases, open votes, effects), by its own prev_kv watches from the
+revision it was first seen."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from accord.client import AsyncClient, Delete, Put, QuotaStatus
+from accord.client import AsyncClient, Delete, Put, QuotaStatus, intent
 from tests.harness import Coordinator, EtcdMember, make_client, start_coordinator, until
 
 
@@ -61,14 +61,17 @@ async def _counted_at(client: AsyncClient, revision: int) -> QuotaStatus:
 
 async def _exercise(client: AsyncClient, etcd: EtcdMember, namespace: str) -> int:
     """Writes of every counted kind, with overwrites and removals; what remains: 3 keys
-    (~2,000, 10 and 20 bytes of value), 1 lease, 1 session, 1 open vote. Returns the last
-    revision."""
+    (~2,000, 10 and 20 bytes of value), 1 lease, 1 session, 1 open vote, 2 effects. Returns
+    the last revision."""
     await _write_and_delete(client)
     await client.kv.txn({}, [Put("t1", b"x" * 10), Put("t2", b"x" * 20), Put("t3", b"x")])
     await client.kv.txn({}, [Delete("t3")])
     kept = await client.leases.grant(ttl=30, keepalive=False)
     gone = await client.leases.grant(ttl=30, keepalive=False)
     await client.leases.revoke(gone.id)
+    began = await client.effects.begin("e1", "run", intent("t", b"1"), lease=kept)
+    await client.effects.begin("e2", "run", intent("t", b"2"), lease=kept)
+    await client.effects.complete("e1", began.claim, lease=kept, result=b"ok")  # rewritten
     # A lease record rewritten in place (around Accord) is still one lease.
     record = f"accord/ns/{namespace}/leases/{kept.id:016x}"
     etcd.ctl("put", record, "rewritten")
@@ -87,6 +90,7 @@ def _assert_exercised(status: QuotaStatus) -> None:
     assert status.usage.leases == 1
     assert status.usage.sessions == 1
     assert status.usage.votes_open == 1
+    assert status.usage.effects == 2
 
 
 async def test_a_namespace_new_to_the_replicas_is_counted_exactly(
