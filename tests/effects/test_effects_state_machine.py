@@ -264,9 +264,14 @@ class EffectsMachine(RuleBasedStateMachine):
         from aetcd.rpc import rpc_pb2 as rpc
 
         prefix = f"accord/ns/{self.namespace}/".encode()
-        found = self.run(
-            self.etcd_stubs().kv.Range(rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"))
-        )
+
+        async def read() -> Any:
+            # The stub's call is made inside the loop: made outside it, grpc.aio asks
+            # asyncio for the current loop, which an earlier asyncio.run() left unset.
+            request = rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0")
+            return await self.etcd_stubs().kv.Range(request)
+
+        found = self.run(read())
         return [(kv.key, kv.value, kv.mod_revision, kv.lease) for kv in found.kvs]
 
     def refused(self, call: Awaitable[Any], kind: type[AccordError], what: str) -> AccordError:
