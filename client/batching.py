@@ -1,5 +1,6 @@
-"""Client-side coalescing: KV operations into KV.Batch calls, and Casts into
-Votes.CastMany (one generic Coalescer, one Lane per batch call).
+"""Client-side coalescing: KV operations into KV.Batch calls, Casts into Votes.CastMany,
+and effect Begins and Completes into Effects.BeginMany and Effects.CompleteMany (one
+generic Coalescer, one Lane per batch call).
 
 A call's cost here is mostly per message, not per operation (facts.md), so many agents
 sharing one client should share messages too. An operation made while nothing waits
@@ -8,7 +9,8 @@ goes out at once as its own unary call: nothing is ever held back for a timer. W
 back, everything queued (up to `max_ops` operations and `max_bytes`) leaves together in
 one batch. Under load, batches grow by themselves; alone, an agent sees the unary call's
 latency. Views of other agents (AsyncKV.as_agent, AsyncVotes.as_agent) share their
-client's batches: each operation names its agent (BatchOp.agent_id, CastOp.agent_id).
+client's batches: each operation names its agent (BatchOp.agent_id, CastOp.agent_id,
+BeginOp.agent_id, CompleteOp.agent_id).
 A batch call carries the OpenTelemetry context its first operation was made in; an
 operation made in another names its own (BatchOp.trace_context), so each write records
 the context of the code that made it.
@@ -50,7 +52,7 @@ from accord.client.errors import (
 )
 from accord.client.propagation import outgoing
 from accord.client.transport import Transport
-from accord.v1 import common_pb2, kv_pb2, votes_pb2
+from accord.v1 import common_pb2, effects_pb2, kv_pb2, votes_pb2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +68,14 @@ class BatchPolicy:
     max_in_flight: int = 2
 
 
-Op = TypeVar("Op", kv_pb2.BatchOp, votes_pb2.CastOp)
-Out = TypeVar("Out", kv_pb2.BatchOutcome, votes_pb2.CastOutcome)
+Op = TypeVar("Op", kv_pb2.BatchOp, votes_pb2.CastOp, effects_pb2.BeginOp, effects_pb2.CompleteOp)
+Out = TypeVar(
+    "Out",
+    kv_pb2.BatchOutcome,
+    votes_pb2.CastOutcome,
+    effects_pb2.BeginManyOutcome,
+    effects_pb2.CompleteManyOutcome,
+)
 BatchReq = TypeVar("BatchReq")
 BatchResp = TypeVar("BatchResp")
 
@@ -267,6 +275,14 @@ def _cast_error(outcome: votes_pb2.CastOutcome) -> status_pb2.Status | None:
     return outcome.error if outcome.HasField("error") else None
 
 
+def _begin_error(outcome: effects_pb2.BeginManyOutcome) -> status_pb2.Status | None:
+    return outcome.error if outcome.HasField("error") else None
+
+
+def _complete_error(outcome: effects_pb2.CompleteManyOutcome) -> status_pb2.Status | None:
+    return outcome.error if outcome.HasField("error") else None
+
+
 KV_LANE: Lane[kv_pb2.BatchOp, kv_pb2.BatchOutcome, kv_pb2.BatchRequest, kv_pb2.BatchResponse] = (
     Lane(calls.KV_BATCH, lambda ops: kv_pb2.BatchRequest(ops=ops), lambda r: r.outcomes, _kv_error)
 )
@@ -277,6 +293,29 @@ CAST_LANE: Lane[
     lambda ops: votes_pb2.CastManyRequest(casts=ops),
     lambda r: r.outcomes,
     _cast_error,
+)
+
+BEGIN_LANE: Lane[
+    effects_pb2.BeginOp,
+    effects_pb2.BeginManyOutcome,
+    effects_pb2.BeginManyRequest,
+    effects_pb2.BeginManyResponse,
+] = Lane(
+    calls.EFFECTS_BEGIN_MANY,
+    lambda ops: effects_pb2.BeginManyRequest(begins=ops),
+    lambda r: r.outcomes,
+    _begin_error,
+)
+COMPLETE_LANE: Lane[
+    effects_pb2.CompleteOp,
+    effects_pb2.CompleteManyOutcome,
+    effects_pb2.CompleteManyRequest,
+    effects_pb2.CompleteManyResponse,
+] = Lane(
+    calls.EFFECTS_COMPLETE_MANY,
+    lambda ops: effects_pb2.CompleteManyRequest(completes=ops),
+    lambda r: r.outcomes,
+    _complete_error,
 )
 
 
@@ -363,3 +402,55 @@ class CastBatches(
             via, calls.VOTES_CAST, request, lambda: votes_pb2.CastOp(cast=request), timeout
         )
         return response.cast if isinstance(response, votes_pb2.CastOutcome) else response
+
+
+class BeginBatches(
+    Coalescer[
+        effects_pb2.BeginOp,
+        effects_pb2.BeginManyOutcome,
+        effects_pb2.BeginManyRequest,
+        effects_pb2.BeginManyResponse,
+    ]
+):
+    """Effects.Begin through Effects.BeginMany (only a Begin that does not wait)."""
+
+    def __init__(self, policy: BatchPolicy | None) -> None:
+        super().__init__(policy, BEGIN_LANE)
+
+    async def begin(
+        self, request: effects_pb2.BeginRequest, timeout: float | None, via: Transport
+    ) -> effects_pb2.BeginResponse:
+        if request.wait_ms:  # a BeginMany refuses it: it would hold the batch up
+            return await via.unary(calls.EFFECTS_BEGIN, request, timeout=timeout)
+        response = await self._send(
+            via, calls.EFFECTS_BEGIN, request, lambda: effects_pb2.BeginOp(begin=request), timeout
+        )
+        return response.begin if isinstance(response, effects_pb2.BeginManyOutcome) else response
+
+
+class CompleteBatches(
+    Coalescer[
+        effects_pb2.CompleteOp,
+        effects_pb2.CompleteManyOutcome,
+        effects_pb2.CompleteManyRequest,
+        effects_pb2.CompleteManyResponse,
+    ]
+):
+    """Effects.Complete through Effects.CompleteMany."""
+
+    def __init__(self, policy: BatchPolicy | None) -> None:
+        super().__init__(policy, COMPLETE_LANE)
+
+    async def complete(
+        self, request: effects_pb2.CompleteRequest, timeout: float | None, via: Transport
+    ) -> effects_pb2.CompleteResponse:
+        response = await self._send(
+            via,
+            calls.EFFECTS_COMPLETE,
+            request,
+            lambda: effects_pb2.CompleteOp(complete=request),
+            timeout,
+        )
+        if isinstance(response, effects_pb2.CompleteManyOutcome):
+            return response.complete
+        return response

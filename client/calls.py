@@ -118,6 +118,9 @@ VOTES_WATCH = ServerStream(lambda s: s.votes.Watch)
 # replays the first outcome, the rest are naturally idempotent.
 EFFECTS_BEGIN = Unary(lambda s: s.effects.Begin)
 EFFECTS_COMPLETE = Unary(lambda s: s.effects.Complete)
+# Safe to repeat: a Begin is idempotent by key and lease, a Complete replays its outcome.
+EFFECTS_BEGIN_MANY = Unary(lambda s: s.effects.BeginMany)
+EFFECTS_COMPLETE_MANY = Unary(lambda s: s.effects.CompleteMany)
 EFFECTS_ABORT = Unary(lambda s: s.effects.Abort)
 EFFECTS_GET = Unary(lambda s: s.effects.Get)
 EFFECTS_LIST = Unary(lambda s: s.effects.List)

@@ -13,7 +13,13 @@ import grpc
 from pycrdt import Doc
 
 from accord.client.auth import AsyncAuth
-from accord.client.batching import BatchPolicy, CastBatches, KVBatches
+from accord.client.batching import (
+    BatchPolicy,
+    BeginBatches,
+    CastBatches,
+    CompleteBatches,
+    KVBatches,
+)
 from accord.client.effects import AsyncEffects
 from accord.client.kv import AsyncKV
 from accord.client.leases import AsyncLeases
@@ -93,6 +99,8 @@ class AsyncClient:
         policy = BatchPolicy() if batching is True else batching or None
         self._coalescer = KVBatches(policy)
         self._casts = CastBatches(policy)
+        self._begins = BeginBatches(policy)
+        self._completes = CompleteBatches(policy)
         self.kv = AsyncKV(self._transport, self._coalescer)
         self.leases = AsyncLeases(self._transport)
         self.locks = AsyncLocks(self._transport)
@@ -100,7 +108,7 @@ class AsyncClient:
         self.replicas = AsyncReplicas(self._transport)
         self.sessions = AsyncSessions(self._transport)
         self.votes = AsyncVotes(self._transport, self._casts)
-        self.effects = AsyncEffects(self._transport)
+        self.effects = AsyncEffects(self._transport, self._begins, self._completes)
 
     @contextlib.asynccontextmanager
     async def session(
@@ -119,6 +127,8 @@ class AsyncClient:
     async def close(self) -> None:
         await self._coalescer.close()
         await self._casts.close()
+        await self._begins.close()
+        await self._completes.close()
         await self._transport.close()
 
     async def __aenter__(self) -> AsyncClient:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from accord.client import calls
+from accord.client.batching import BeginBatches, CompleteBatches
 from accord.client.effect_runs import EffectSteps
 from accord.client.kv import _fence, _Fencing, _HasId, _lease
 from accord.client.transport import Transport
@@ -145,8 +146,17 @@ class AsyncEffects(EffectSteps):
     """One method per RPC, and (from EffectSteps, client/effect_runs.py) the wrappers built
     on them: `step`, `progress`, `run_compensations`."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        begins: BeginBatches | None = None,
+        completes: CompleteBatches | None = None,
+    ) -> None:
         self._t = transport
+        # Begins (that do not wait) and Completes share messages with concurrent callers
+        # (client/batching.py).
+        self._begins = begins or BeginBatches(None)
+        self._completes = completes or CompleteBatches(None)
 
     async def begin(
         self,
@@ -174,7 +184,7 @@ class AsyncEffects(EffectSteps):
             request.fence.CopyFrom(_fence(fence))
         if wait and timeout is None:
             timeout = max(self._t.timeout, wait + WAIT_SLACK_SECONDS)
-        response = await self._t.unary(calls.EFFECTS_BEGIN, request, timeout=timeout)
+        response = await self._begins.begin(request, timeout, self._t)
         return Began(BeginOutcome(response.outcome), response.effect, response.header.revision)
 
     async def complete(
@@ -203,7 +213,7 @@ class AsyncEffects(EffectSteps):
             request.compensation.CopyFrom(compensation)
         if fence is not None:
             request.fence.CopyFrom(_fence(fence))
-        response = await self._t.unary(calls.EFFECTS_COMPLETE, request, timeout=timeout)
+        response = await self._completes.complete(request, timeout, self._t)
         return Completed(response.effect, response.replayed, response.header.revision)
 
     async def abort(

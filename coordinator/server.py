@@ -236,7 +236,7 @@ class Replica:
         votes_pb2_grpc.add_VotesServicer_to_server(
             VotesService(votes, self.vote_feeds, replica, gate), self.server
         )
-        self._add_effects(fencing, replica)
+        self._add_effects(fencing, replica, gate)
         self._add_admin_services(replica)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
@@ -277,7 +277,7 @@ class Replica:
             self.metrics.start()
             _log.info("metrics serving", metrics=f"http://{self.metrics.address}/metrics")
 
-    def _add_effects(self, fencing: Fencing, replica: str) -> None:
+    def _add_effects(self, fencing: Fencing, replica: str, gate: OpGate) -> None:
         """The effect ledger, on a retention lease of its own (--effects-ttl)."""
         assert self.server is not None and self.substrate is not None
         settings = self.settings
@@ -294,6 +294,7 @@ class Replica:
             runs,
             Compensations(ledger, runs),
             replica,
+            gate,
         )
         effects_pb2_grpc.add_EffectsServicer_to_server(service, self.server)
 

@@ -143,7 +143,15 @@ REQUIRED: Mapping[str, Need] = MappingProxyType(
             "Effects",
             {
                 R: ["Get", "List", "GetRun"],
-                W: ["Begin", "Complete", "Abort", "SetRunStatus", "Compensate"],
+                W: [
+                    "Begin",
+                    "BeginMany",
+                    "Complete",
+                    "CompleteMany",
+                    "Abort",
+                    "SetRunStatus",
+                    "Compensate",
+                ],
             },
         ),
         **_table(

@@ -1,4 +1,6 @@
-"""gRPC servicer for accord.v1.Effects: unpack, call the effect ledger, pack."""
+"""gRPC servicer for accord.v1.Effects: unpack, call the effect ledger, pack. A Begin or
+Complete is answered by one method whether it comes alone or in a BeginMany or
+CompleteMany (batch.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from accord.coordinator.batch_gate import OpGate
+from accord.coordinator.effects import batch
 from accord.coordinator.effects.compensation import Compensations
 from accord.coordinator.effects.outcomes import Outcomes
 from accord.coordinator.effects.runs import Runs
@@ -23,12 +27,14 @@ class EffectsService(effects_pb2_grpc.EffectsServicer):
         runs: Runs,
         compensations: Compensations,
         replica: str,
+        gate: OpGate,
     ) -> None:
         self._effects = effects
         self._outcomes = outcomes
         self._runs = runs
         self._compensations = compensations
         self.replica = replica  # named in every response header
+        self._gate = gate
 
     def _header(self, revision: int) -> common_pb2.ResponseHeader:
         return common_pb2.ResponseHeader(revision=revision, replica=self.replica)
@@ -36,6 +42,26 @@ class EffectsService(effects_pb2_grpc.EffectsServicer):
     async def Begin(
         self, request: effects_pb2.BeginRequest, context: Context
     ) -> effects_pb2.BeginResponse:
+        return await self.begin(request)
+
+    async def BeginMany(
+        self, request: effects_pb2.BeginManyRequest, context: Context
+    ) -> effects_pb2.BeginManyResponse:
+        outcomes, revision = await batch.begin_many(request, self.begin, self._gate)
+        return effects_pb2.BeginManyResponse(header=self._header(revision), outcomes=outcomes)
+
+    async def Complete(
+        self, request: effects_pb2.CompleteRequest, context: Context
+    ) -> effects_pb2.CompleteResponse:
+        return await self.complete(request)
+
+    async def CompleteMany(
+        self, request: effects_pb2.CompleteManyRequest, context: Context
+    ) -> effects_pb2.CompleteManyResponse:
+        outcomes, revision = await batch.complete_many(request, self.complete, self._gate)
+        return effects_pb2.CompleteManyResponse(header=self._header(revision), outcomes=outcomes)
+
+    async def begin(self, request: effects_pb2.BeginRequest) -> effects_pb2.BeginResponse:
         began = await self._effects.begin(
             request.key,
             request.run_id,
@@ -49,9 +75,7 @@ class EffectsService(effects_pb2_grpc.EffectsServicer):
             header=self._header(began.revision), outcome=began.outcome, effect=began.effect
         )
 
-    async def Complete(
-        self, request: effects_pb2.CompleteRequest, context: Context
-    ) -> effects_pb2.CompleteResponse:
+    async def complete(self, request: effects_pb2.CompleteRequest) -> effects_pb2.CompleteResponse:
         revision, effect, replayed = await self._outcomes.complete(
             request.key,
             request.claim,

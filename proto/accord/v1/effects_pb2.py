@@ -24,65 +24,82 @@ _sym_db = _symbol_database.Default()
 
 from accord.v1 import common_pb2 as accord_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x63\x63ord/v1/effects.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\x06Intent\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\x0c\x12\x0f\n\x07summary\x18\x03 \x01(\t\"?\n\rEffectOutcome\x12\x11\n\x07success\x18\x01 \x01(\x0cH\x00\x12\x11\n\x07\x66\x61ilure\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\"\x9c\x01\n\x0b\x45\x66\x66\x65\x63tActor\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\rtrace_context\x18\x05 \x01(\x0b\x32\x17.accord.v1.TraceContext\"\xa2\x03\n\x06\x45\x66\x66\x65\x63t\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12!\n\x06intent\x18\x03 \x01(\x0b\x32\x11.accord.v1.Intent\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.accord.v1.EffectState\x12)\n\x07outcome\x18\x05 \x01(\x0b\x32\x18.accord.v1.EffectOutcome\x12%\n\x05\x62\x65gan\x18\x06 \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\'\n\x07\x63laimed\x18\x07 \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\r\n\x05\x63laim\x18\x08 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12)\n\tcompleted\x18\n \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\'\n\x0c\x63ompensation\x18\x0b \x01(\x0b\x32\x11.accord.v1.Intent\x12\x13\n\x0b\x63ompensates\x18\x0c \x01(\t\x12\x16\n\x0e\x62\x65gan_revision\x18\r \x01(\x03\x12\x14\n\x0c\x61\x62ort_reason\x18\x0e \x01(\t\"\xa6\x01\n\x0c\x42\x65ginRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12!\n\x06intent\x18\x03 \x01(\x0b\x32\x11.accord.v1.Intent\x12\x10\n\x08lease_id\x18\x04 \x01(\x03\x12\x1f\n\x05\x66\x65nce\x18\x05 \x01(\x0b\x32\x10.accord.v1.Fence\x12\x0f\n\x07wait_ms\x18\x06 \x01(\x03\x12\x12\n\nreconciled\x18\x07 \x01(\x08\"\x87\x01\n\rBeginResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.accord.v1.BeginOutcome\x12!\n\x06\x65\x66\x66\x65\x63t\x18\x03 \x01(\x0b\x32\x11.accord.v1.Effect\"\xb4\x01\n\x0f\x43ompleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63laim\x18\x02 \x01(\x03\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12)\n\x07outcome\x18\x04 \x01(\x0b\x32\x18.accord.v1.EffectOutcome\x12\'\n\x0c\x63ompensation\x18\x05 \x01(\x0b\x32\x11.accord.v1.Intent\x12\x1f\n\x05\x66\x65nce\x18\x06 \x01(\x0b\x32\x10.accord.v1.Fence\"r\n\x10\x43ompleteResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12!\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0b\x32\x11.accord.v1.Effect\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"L\n\x0c\x41\x62ortRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63laim\x18\x02 \x01(\x03\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"]\n\rAbortResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12!\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0b\x32\x11.accord.v1.Effect\" \n\x11\x45\x66\x66\x65\x63tsGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"b\n\x12\x45\x66\x66\x65\x63tsGetResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12!\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0b\x32\x11.accord.v1.Effect\"o\n\x12\x45\x66\x66\x65\x63tsListRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.accord.v1.EffectState\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"}\n\x13\x45\x66\x66\x65\x63tsListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\"\n\x07\x65\x66\x66\x65\x63ts\x18\x02 \x03(\x0b\x32\x11.accord.v1.Effect\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xa3\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.accord.v1.RunStatus\x12\'\n\x07\x63reated\x18\x03 \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\'\n\x07updated\x18\x04 \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\x0f\n\x07\x65\x66\x66\x65\x63ts\x18\x05 \x01(\x05\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12\x10\n\x08in_doubt\x18\x07 \x01(\x05\x12\x11\n\tsucceeded\x18\x08 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\t \x01(\x05\x12\x15\n\rcompensations\x18\n \x01(\x05\x12\x13\n\x0b\x63ompensated\x18\x0b \x01(\x05\x12\x11\n\tresume_at\x18\x0c \x01(\t\"B\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x95\x01\n\x0eGetRunResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1b\n\x03run\x18\x02 \x01(\x0b\x32\x0e.accord.v1.Run\x12\"\n\x07journal\x18\x03 \x03(\x0b\x32\x11.accord.v1.Effect\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"K\n\x13SetRunStatusRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.accord.v1.RunStatus\"^\n\x14SetRunStatusResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1b\n\x03run\x18\x02 \x01(\x0b\x32\x0e.accord.v1.Run\"#\n\x11\x43ompensateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"z\n\x0c\x43ompensation\x12\x13\n\x0b\x63ompensates\x18\x01 \x01(\t\x12!\n\x06intent\x18\x02 \x01(\x0b\x32\x11.accord.v1.Intent\x12\x0b\n\x03key\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.accord.v1.EffectState\"\x8c\x01\n\x12\x43ompensateResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1b\n\x03run\x18\x02 \x01(\x0b\x32\x0e.accord.v1.Run\x12.\n\rcompensations\x18\x03 \x03(\x0b\x32\x17.accord.v1.Compensation*\xaf\x01\n\x0b\x45\x66\x66\x65\x63tState\x12\x1c\n\x18\x45\x46\x46\x45\x43T_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45\x46\x46\x45\x43T_STATE_RUNNING\x10\x01\x12\x19\n\x15\x45\x46\x46\x45\x43T_STATE_IN_DOUBT\x10\x02\x12\x18\n\x14\x45\x46\x46\x45\x43T_STATE_ABORTED\x10\x03\x12\x1a\n\x16\x45\x46\x46\x45\x43T_STATE_SUCCEEDED\x10\x04\x12\x17\n\x13\x45\x46\x46\x45\x43T_STATE_FAILED\x10\x05*\x94\x01\n\x0c\x42\x65ginOutcome\x12\x1d\n\x19\x42\x45GIN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x45GIN_OUTCOME_PROCEED\x10\x01\x12\x16\n\x12\x42\x45GIN_OUTCOME_DONE\x10\x02\x12\x1a\n\x16\x42\x45GIN_OUTCOME_IN_DOUBT\x10\x03\x12\x16\n\x12\x42\x45GIN_OUTCOME_BUSY\x10\x04*\xa8\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x1b\n\x17RUN_STATUS_COMPENSATING\x10\x04\x12\x1a\n\x16RUN_STATUS_COMPENSATED\x10\x05\x32\xac\x04\n\x07\x45\x66\x66\x65\x63ts\x12:\n\x05\x42\x65gin\x12\x17.accord.v1.BeginRequest\x1a\x18.accord.v1.BeginResponse\x12\x43\n\x08\x43omplete\x12\x1a.accord.v1.CompleteRequest\x1a\x1b.accord.v1.CompleteResponse\x12:\n\x05\x41\x62ort\x12\x17.accord.v1.AbortRequest\x1a\x18.accord.v1.AbortResponse\x12\x42\n\x03Get\x12\x1c.accord.v1.EffectsGetRequest\x1a\x1d.accord.v1.EffectsGetResponse\x12\x45\n\x04List\x12\x1d.accord.v1.EffectsListRequest\x1a\x1e.accord.v1.EffectsListResponse\x12=\n\x06GetRun\x12\x18.accord.v1.GetRunRequest\x1a\x19.accord.v1.GetRunResponse\x12O\n\x0cSetRunStatus\x12\x1e.accord.v1.SetRunStatusRequest\x1a\x1f.accord.v1.SetRunStatusResponse\x12I\n\nCompensate\x12\x1c.accord.v1.CompensateRequest\x1a\x1d.accord.v1.CompensateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61\x63\x63ord/v1/effects.proto\x12\taccord.v1\x1a\x16\x61\x63\x63ord/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\":\n\x06Intent\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\x0c\x12\x0f\n\x07summary\x18\x03 \x01(\t\"?\n\rEffectOutcome\x12\x11\n\x07success\x18\x01 \x01(\x0cH\x00\x12\x11\n\x07\x66\x61ilure\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\"\x9c\x01\n\x0b\x45\x66\x66\x65\x63tActor\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\rtrace_context\x18\x05 \x01(\x0b\x32\x17.accord.v1.TraceContext\"\xa2\x03\n\x06\x45\x66\x66\x65\x63t\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12!\n\x06intent\x18\x03 \x01(\x0b\x32\x11.accord.v1.Intent\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.accord.v1.EffectState\x12)\n\x07outcome\x18\x05 \x01(\x0b\x32\x18.accord.v1.EffectOutcome\x12%\n\x05\x62\x65gan\x18\x06 \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\'\n\x07\x63laimed\x18\x07 \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\r\n\x05\x63laim\x18\x08 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12)\n\tcompleted\x18\n \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\'\n\x0c\x63ompensation\x18\x0b \x01(\x0b\x32\x11.accord.v1.Intent\x12\x13\n\x0b\x63ompensates\x18\x0c \x01(\t\x12\x16\n\x0e\x62\x65gan_revision\x18\r \x01(\x03\x12\x14\n\x0c\x61\x62ort_reason\x18\x0e \x01(\t\"\xa6\x01\n\x0c\x42\x65ginRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12!\n\x06intent\x18\x03 \x01(\x0b\x32\x11.accord.v1.Intent\x12\x10\n\x08lease_id\x18\x04 \x01(\x03\x12\x1f\n\x05\x66\x65nce\x18\x05 \x01(\x0b\x32\x10.accord.v1.Fence\x12\x0f\n\x07wait_ms\x18\x06 \x01(\x03\x12\x12\n\nreconciled\x18\x07 \x01(\x08\"\x87\x01\n\rBeginResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.accord.v1.BeginOutcome\x12!\n\x06\x65\x66\x66\x65\x63t\x18\x03 \x01(\x0b\x32\x11.accord.v1.Effect\"\xb4\x01\n\x0f\x43ompleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63laim\x18\x02 \x01(\x03\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12)\n\x07outcome\x18\x04 \x01(\x0b\x32\x18.accord.v1.EffectOutcome\x12\'\n\x0c\x63ompensation\x18\x05 \x01(\x0b\x32\x11.accord.v1.Intent\x12\x1f\n\x05\x66\x65nce\x18\x06 \x01(\x0b\x32\x10.accord.v1.Fence\"r\n\x10\x43ompleteResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12!\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0b\x32\x11.accord.v1.Effect\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x87\x01\n\x07\x42\x65ginOp\x12&\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x17.accord.v1.BeginRequest\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12.\n\rtrace_context\x18\x04 \x01(\x0b\x32\x17.accord.v1.TraceContext\"6\n\x10\x42\x65ginManyRequest\x12\"\n\x06\x62\x65gins\x18\x01 \x03(\x0b\x32\x12.accord.v1.BeginOp\"m\n\x10\x42\x65ginManyOutcome\x12)\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x18.accord.v1.BeginResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"m\n\x11\x42\x65ginManyResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12-\n\x08outcomes\x18\x02 \x03(\x0b\x32\x1b.accord.v1.BeginManyOutcome\"\x90\x01\n\nCompleteOp\x12,\n\x08\x63omplete\x18\x01 \x01(\x0b\x32\x1a.accord.v1.CompleteRequest\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12.\n\rtrace_context\x18\x04 \x01(\x0b\x32\x17.accord.v1.TraceContext\"?\n\x13\x43ompleteManyRequest\x12(\n\tcompletes\x18\x01 \x03(\x0b\x32\x15.accord.v1.CompleteOp\"v\n\x13\x43ompleteManyOutcome\x12/\n\x08\x63omplete\x18\x01 \x01(\x0b\x32\x1b.accord.v1.CompleteResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"s\n\x14\x43ompleteManyResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x30\n\x08outcomes\x18\x02 \x03(\x0b\x32\x1e.accord.v1.CompleteManyOutcome\"L\n\x0c\x41\x62ortRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63laim\x18\x02 \x01(\x03\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"]\n\rAbortResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12!\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0b\x32\x11.accord.v1.Effect\" \n\x11\x45\x66\x66\x65\x63tsGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"b\n\x12\x45\x66\x66\x65\x63tsGetResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12!\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0b\x32\x11.accord.v1.Effect\"o\n\x12\x45\x66\x66\x65\x63tsListRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.accord.v1.EffectState\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"}\n\x13\x45\x66\x66\x65\x63tsListResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\"\n\x07\x65\x66\x66\x65\x63ts\x18\x02 \x03(\x0b\x32\x11.accord.v1.Effect\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xa3\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.accord.v1.RunStatus\x12\'\n\x07\x63reated\x18\x03 \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\'\n\x07updated\x18\x04 \x01(\x0b\x32\x16.accord.v1.EffectActor\x12\x0f\n\x07\x65\x66\x66\x65\x63ts\x18\x05 \x01(\x05\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12\x10\n\x08in_doubt\x18\x07 \x01(\x05\x12\x11\n\tsucceeded\x18\x08 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\t \x01(\x05\x12\x15\n\rcompensations\x18\n \x01(\x05\x12\x13\n\x0b\x63ompensated\x18\x0b \x01(\x05\x12\x11\n\tresume_at\x18\x0c \x01(\t\"B\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x95\x01\n\x0eGetRunResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1b\n\x03run\x18\x02 \x01(\x0b\x32\x0e.accord.v1.Run\x12\"\n\x07journal\x18\x03 \x03(\x0b\x32\x11.accord.v1.Effect\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"K\n\x13SetRunStatusRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.accord.v1.RunStatus\"^\n\x14SetRunStatusResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1b\n\x03run\x18\x02 \x01(\x0b\x32\x0e.accord.v1.Run\"#\n\x11\x43ompensateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"z\n\x0c\x43ompensation\x12\x13\n\x0b\x63ompensates\x18\x01 \x01(\t\x12!\n\x06intent\x18\x02 \x01(\x0b\x32\x11.accord.v1.Intent\x12\x0b\n\x03key\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.accord.v1.EffectState\"\x8c\x01\n\x12\x43ompensateResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.accord.v1.ResponseHeader\x12\x1b\n\x03run\x18\x02 \x01(\x0b\x32\x0e.accord.v1.Run\x12.\n\rcompensations\x18\x03 \x03(\x0b\x32\x17.accord.v1.Compensation*\xaf\x01\n\x0b\x45\x66\x66\x65\x63tState\x12\x1c\n\x18\x45\x46\x46\x45\x43T_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45\x46\x46\x45\x43T_STATE_RUNNING\x10\x01\x12\x19\n\x15\x45\x46\x46\x45\x43T_STATE_IN_DOUBT\x10\x02\x12\x18\n\x14\x45\x46\x46\x45\x43T_STATE_ABORTED\x10\x03\x12\x1a\n\x16\x45\x46\x46\x45\x43T_STATE_SUCCEEDED\x10\x04\x12\x17\n\x13\x45\x46\x46\x45\x43T_STATE_FAILED\x10\x05*\x94\x01\n\x0c\x42\x65ginOutcome\x12\x1d\n\x19\x42\x45GIN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x45GIN_OUTCOME_PROCEED\x10\x01\x12\x16\n\x12\x42\x45GIN_OUTCOME_DONE\x10\x02\x12\x1a\n\x16\x42\x45GIN_OUTCOME_IN_DOUBT\x10\x03\x12\x16\n\x12\x42\x45GIN_OUTCOME_BUSY\x10\x04*\xa8\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x1b\n\x17RUN_STATUS_COMPENSATING\x10\x04\x12\x1a\n\x16RUN_STATUS_COMPENSATED\x10\x05\x32\xc5\x05\n\x07\x45\x66\x66\x65\x63ts\x12:\n\x05\x42\x65gin\x12\x17.accord.v1.BeginRequest\x1a\x18.accord.v1.BeginResponse\x12\x43\n\x08\x43omplete\x12\x1a.accord.v1.CompleteRequest\x1a\x1b.accord.v1.CompleteResponse\x12:\n\x05\x41\x62ort\x12\x17.accord.v1.AbortRequest\x1a\x18.accord.v1.AbortResponse\x12\x46\n\tBeginMany\x12\x1b.accord.v1.BeginManyRequest\x1a\x1c.accord.v1.BeginManyResponse\x12O\n\x0c\x43ompleteMany\x12\x1e.accord.v1.CompleteManyRequest\x1a\x1f.accord.v1.CompleteManyResponse\x12\x42\n\x03Get\x12\x1c.accord.v1.EffectsGetRequest\x1a\x1d.accord.v1.EffectsGetResponse\x12\x45\n\x04List\x12\x1d.accord.v1.EffectsListRequest\x1a\x1e.accord.v1.EffectsListResponse\x12=\n\x06GetRun\x12\x18.accord.v1.GetRunRequest\x1a\x19.accord.v1.GetRunResponse\x12O\n\x0cSetRunStatus\x12\x1e.accord.v1.SetRunStatusRequest\x1a\x1f.accord.v1.SetRunStatusResponse\x12I\n\nCompensate\x12\x1c.accord.v1.CompensateRequest\x1a\x1d.accord.v1.CompensateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'accord.v1.effects_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EFFECTSTATE']._serialized_start=2945
-  _globals['_EFFECTSTATE']._serialized_end=3120
-  _globals['_BEGINOUTCOME']._serialized_start=3123
-  _globals['_BEGINOUTCOME']._serialized_end=3271
-  _globals['_RUNSTATUS']._serialized_start=3274
-  _globals['_RUNSTATUS']._serialized_end=3442
-  _globals['_INTENT']._serialized_start=95
-  _globals['_INTENT']._serialized_end=153
-  _globals['_EFFECTOUTCOME']._serialized_start=155
-  _globals['_EFFECTOUTCOME']._serialized_end=218
-  _globals['_EFFECTACTOR']._serialized_start=221
-  _globals['_EFFECTACTOR']._serialized_end=377
-  _globals['_EFFECT']._serialized_start=380
-  _globals['_EFFECT']._serialized_end=798
-  _globals['_BEGINREQUEST']._serialized_start=801
-  _globals['_BEGINREQUEST']._serialized_end=967
-  _globals['_BEGINRESPONSE']._serialized_start=970
-  _globals['_BEGINRESPONSE']._serialized_end=1105
-  _globals['_COMPLETEREQUEST']._serialized_start=1108
-  _globals['_COMPLETEREQUEST']._serialized_end=1288
-  _globals['_COMPLETERESPONSE']._serialized_start=1290
-  _globals['_COMPLETERESPONSE']._serialized_end=1404
-  _globals['_ABORTREQUEST']._serialized_start=1406
-  _globals['_ABORTREQUEST']._serialized_end=1482
-  _globals['_ABORTRESPONSE']._serialized_start=1484
-  _globals['_ABORTRESPONSE']._serialized_end=1577
-  _globals['_EFFECTSGETREQUEST']._serialized_start=1579
-  _globals['_EFFECTSGETREQUEST']._serialized_end=1611
-  _globals['_EFFECTSGETRESPONSE']._serialized_start=1613
-  _globals['_EFFECTSGETRESPONSE']._serialized_end=1711
-  _globals['_EFFECTSLISTREQUEST']._serialized_start=1713
-  _globals['_EFFECTSLISTREQUEST']._serialized_end=1824
-  _globals['_EFFECTSLISTRESPONSE']._serialized_start=1826
-  _globals['_EFFECTSLISTRESPONSE']._serialized_end=1951
-  _globals['_RUN']._serialized_start=1954
-  _globals['_RUN']._serialized_end=2245
-  _globals['_GETRUNREQUEST']._serialized_start=2247
-  _globals['_GETRUNREQUEST']._serialized_end=2313
-  _globals['_GETRUNRESPONSE']._serialized_start=2316
-  _globals['_GETRUNRESPONSE']._serialized_end=2465
-  _globals['_SETRUNSTATUSREQUEST']._serialized_start=2467
-  _globals['_SETRUNSTATUSREQUEST']._serialized_end=2542
-  _globals['_SETRUNSTATUSRESPONSE']._serialized_start=2544
-  _globals['_SETRUNSTATUSRESPONSE']._serialized_end=2638
-  _globals['_COMPENSATEREQUEST']._serialized_start=2640
-  _globals['_COMPENSATEREQUEST']._serialized_end=2675
-  _globals['_COMPENSATION']._serialized_start=2677
-  _globals['_COMPENSATION']._serialized_end=2799
-  _globals['_COMPENSATERESPONSE']._serialized_start=2802
-  _globals['_COMPENSATERESPONSE']._serialized_end=2942
-  _globals['_EFFECTS']._serialized_start=3445
-  _globals['_EFFECTS']._serialized_end=4001
+  _globals['_EFFECTSTATE']._serialized_start=3835
+  _globals['_EFFECTSTATE']._serialized_end=4010
+  _globals['_BEGINOUTCOME']._serialized_start=4013
+  _globals['_BEGINOUTCOME']._serialized_end=4161
+  _globals['_RUNSTATUS']._serialized_start=4164
+  _globals['_RUNSTATUS']._serialized_end=4332
+  _globals['_INTENT']._serialized_start=120
+  _globals['_INTENT']._serialized_end=178
+  _globals['_EFFECTOUTCOME']._serialized_start=180
+  _globals['_EFFECTOUTCOME']._serialized_end=243
+  _globals['_EFFECTACTOR']._serialized_start=246
+  _globals['_EFFECTACTOR']._serialized_end=402
+  _globals['_EFFECT']._serialized_start=405
+  _globals['_EFFECT']._serialized_end=823
+  _globals['_BEGINREQUEST']._serialized_start=826
+  _globals['_BEGINREQUEST']._serialized_end=992
+  _globals['_BEGINRESPONSE']._serialized_start=995
+  _globals['_BEGINRESPONSE']._serialized_end=1130
+  _globals['_COMPLETEREQUEST']._serialized_start=1133
+  _globals['_COMPLETEREQUEST']._serialized_end=1313
+  _globals['_COMPLETERESPONSE']._serialized_start=1315
+  _globals['_COMPLETERESPONSE']._serialized_end=1429
+  _globals['_BEGINOP']._serialized_start=1432
+  _globals['_BEGINOP']._serialized_end=1567
+  _globals['_BEGINMANYREQUEST']._serialized_start=1569
+  _globals['_BEGINMANYREQUEST']._serialized_end=1623
+  _globals['_BEGINMANYOUTCOME']._serialized_start=1625
+  _globals['_BEGINMANYOUTCOME']._serialized_end=1734
+  _globals['_BEGINMANYRESPONSE']._serialized_start=1736
+  _globals['_BEGINMANYRESPONSE']._serialized_end=1845
+  _globals['_COMPLETEOP']._serialized_start=1848
+  _globals['_COMPLETEOP']._serialized_end=1992
+  _globals['_COMPLETEMANYREQUEST']._serialized_start=1994
+  _globals['_COMPLETEMANYREQUEST']._serialized_end=2057
+  _globals['_COMPLETEMANYOUTCOME']._serialized_start=2059
+  _globals['_COMPLETEMANYOUTCOME']._serialized_end=2177
+  _globals['_COMPLETEMANYRESPONSE']._serialized_start=2179
+  _globals['_COMPLETEMANYRESPONSE']._serialized_end=2294
+  _globals['_ABORTREQUEST']._serialized_start=2296
+  _globals['_ABORTREQUEST']._serialized_end=2372
+  _globals['_ABORTRESPONSE']._serialized_start=2374
+  _globals['_ABORTRESPONSE']._serialized_end=2467
+  _globals['_EFFECTSGETREQUEST']._serialized_start=2469
+  _globals['_EFFECTSGETREQUEST']._serialized_end=2501
+  _globals['_EFFECTSGETRESPONSE']._serialized_start=2503
+  _globals['_EFFECTSGETRESPONSE']._serialized_end=2601
+  _globals['_EFFECTSLISTREQUEST']._serialized_start=2603
+  _globals['_EFFECTSLISTREQUEST']._serialized_end=2714
+  _globals['_EFFECTSLISTRESPONSE']._serialized_start=2716
+  _globals['_EFFECTSLISTRESPONSE']._serialized_end=2841
+  _globals['_RUN']._serialized_start=2844
+  _globals['_RUN']._serialized_end=3135
+  _globals['_GETRUNREQUEST']._serialized_start=3137
+  _globals['_GETRUNREQUEST']._serialized_end=3203
+  _globals['_GETRUNRESPONSE']._serialized_start=3206
+  _globals['_GETRUNRESPONSE']._serialized_end=3355
+  _globals['_SETRUNSTATUSREQUEST']._serialized_start=3357
+  _globals['_SETRUNSTATUSREQUEST']._serialized_end=3432
+  _globals['_SETRUNSTATUSRESPONSE']._serialized_start=3434
+  _globals['_SETRUNSTATUSRESPONSE']._serialized_end=3528
+  _globals['_COMPENSATEREQUEST']._serialized_start=3530
+  _globals['_COMPENSATEREQUEST']._serialized_end=3565
+  _globals['_COMPENSATION']._serialized_start=3567
+  _globals['_COMPENSATION']._serialized_end=3689
+  _globals['_COMPENSATERESPONSE']._serialized_start=3692
+  _globals['_COMPENSATERESPONSE']._serialized_end=3832
+  _globals['_EFFECTS']._serialized_start=4335
+  _globals['_EFFECTS']._serialized_end=5044
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -444,6 +445,229 @@ class CompleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteResponse: _TypeAlias = CompleteResponse  # noqa: Y015
+
+@_typing.final
+class BeginOp(_message.Message):
+    """One Begin of a BeginMany."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEGIN_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    timeout_ms: _builtins.int
+    """This Begin's own deadline, in milliseconds from the batch's arrival (0: the batch's)."""
+    agent_id: _builtins.str
+    """The agent beginning (empty: the call's own); with auth required, one the principal
+    may act as (PERMISSION_DENIED for this Begin otherwise).
+    """
+    @_builtins.property
+    def begin(self) -> Global___BeginRequest: ...
+    @_builtins.property
+    def trace_context(self) -> _common_pb2.TraceContext:
+        """This Begin's own W3C trace context, when it is not the call's (as CastOp's)."""
+
+    def __init__(
+        self,
+        *,
+        begin: Global___BeginRequest | None = ...,
+        timeout_ms: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
+        trace_context: _common_pb2.TraceContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["begin", b"begin", "trace_context", b"trace_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "begin", b"begin", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginOp: _TypeAlias = BeginOp  # noqa: Y015
+
+@_typing.final
+class BeginManyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEGINS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def begins(self) -> _containers.RepeatedCompositeFieldContainer[Global___BeginOp]:
+        """At most 256 (INVALID_ARGUMENT beyond, and none is begun)."""
+
+    def __init__(
+        self,
+        *,
+        begins: _abc.Iterable[Global___BeginOp] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["begins", b"begins"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginManyRequest: _TypeAlias = BeginManyRequest  # noqa: Y015
+
+@_typing.final
+class BeginManyOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEGIN_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def begin(self) -> Global___BeginResponse: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The error its Begin would have raised, with the same details."""
+
+    def __init__(
+        self,
+        *,
+        begin: Global___BeginResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["begin", b"begin", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["begin", b"begin", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["begin", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___BeginManyOutcome: _TypeAlias = BeginManyOutcome  # noqa: Y015
+
+@_typing.final
+class BeginManyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader: ...
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BeginManyOutcome]:
+        """One per Begin, in the order of BeginManyRequest.begins."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        outcomes: _abc.Iterable[Global___BeginManyOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginManyResponse: _TypeAlias = BeginManyResponse  # noqa: Y015
+
+@_typing.final
+class CompleteOp(_message.Message):
+    """One Complete of a CompleteMany."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    timeout_ms: _builtins.int
+    """As BeginOp's."""
+    agent_id: _builtins.str
+    @_builtins.property
+    def complete(self) -> Global___CompleteRequest: ...
+    @_builtins.property
+    def trace_context(self) -> _common_pb2.TraceContext: ...
+    def __init__(
+        self,
+        *,
+        complete: Global___CompleteRequest | None = ...,
+        timeout_ms: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
+        trace_context: _common_pb2.TraceContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "trace_context", b"trace_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "complete", b"complete", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteOp: _TypeAlias = CompleteOp  # noqa: Y015
+
+@_typing.final
+class CompleteManyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def completes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompleteOp]:
+        """At most 256 (INVALID_ARGUMENT beyond, and none is completed)."""
+
+    def __init__(
+        self,
+        *,
+        completes: _abc.Iterable[Global___CompleteOp] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completes", b"completes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteManyRequest: _TypeAlias = CompleteManyRequest  # noqa: Y015
+
+@_typing.final
+class CompleteManyOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def complete(self) -> Global___CompleteResponse: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The error its Complete would have raised, with the same details."""
+
+    def __init__(
+        self,
+        *,
+        complete: Global___CompleteResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["complete", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___CompleteManyOutcome: _TypeAlias = CompleteManyOutcome  # noqa: Y015
+
+@_typing.final
+class CompleteManyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader: ...
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompleteManyOutcome]:
+        """One per Complete, in the order of CompleteManyRequest.completes."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        outcomes: _abc.Iterable[Global___CompleteManyOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteManyResponse: _TypeAlias = CompleteManyResponse  # noqa: Y015
 
 @_typing.final
 class AbortRequest(_message.Message):

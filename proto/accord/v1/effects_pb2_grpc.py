@@ -64,6 +64,16 @@ class EffectsStub:
                 request_serializer=accord_dot_v1_dot_effects__pb2.AbortRequest.SerializeToString,
                 response_deserializer=accord_dot_v1_dot_effects__pb2.AbortResponse.FromString,
                 _registered_method=True)
+        self.BeginMany = channel.unary_unary(
+                '/accord.v1.Effects/BeginMany',
+                request_serializer=accord_dot_v1_dot_effects__pb2.BeginManyRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_effects__pb2.BeginManyResponse.FromString,
+                _registered_method=True)
+        self.CompleteMany = channel.unary_unary(
+                '/accord.v1.Effects/CompleteMany',
+                request_serializer=accord_dot_v1_dot_effects__pb2.CompleteManyRequest.SerializeToString,
+                response_deserializer=accord_dot_v1_dot_effects__pb2.CompleteManyResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/accord.v1.Effects/Get',
                 request_serializer=accord_dot_v1_dot_effects__pb2.EffectsGetRequest.SerializeToString,
@@ -134,6 +144,23 @@ class EffectsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeginMany(self, request, context):
+        """Many Begins in one message (the tool calls of one runtime's agents), each answered
+        as its Begin would be, or with its own error. A Begin that would wait (wait_ms > 0)
+        is refused INVALID_ARGUMENT here: send it alone, so a batch never waits on a holder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteMany(self, request, context):
+        """Many Completes in one message, each answered as its Complete would be, or with its
+        own error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Get(self, request, context):
         """One effect, by key.
         """
@@ -193,6 +220,16 @@ def add_EffectsServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=accord_dot_v1_dot_effects__pb2.AbortRequest.FromString,
                     response_serializer=accord_dot_v1_dot_effects__pb2.AbortResponse.SerializeToString,
+            ),
+            'BeginMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginMany,
+                    request_deserializer=accord_dot_v1_dot_effects__pb2.BeginManyRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_effects__pb2.BeginManyResponse.SerializeToString,
+            ),
+            'CompleteMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMany,
+                    request_deserializer=accord_dot_v1_dot_effects__pb2.CompleteManyRequest.FromString,
+                    response_serializer=accord_dot_v1_dot_effects__pb2.CompleteManyResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -316,6 +353,60 @@ class Effects:
             '/accord.v1.Effects/Abort',
             accord_dot_v1_dot_effects__pb2.AbortRequest.SerializeToString,
             accord_dot_v1_dot_effects__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.Effects/BeginMany',
+            accord_dot_v1_dot_effects__pb2.BeginManyRequest.SerializeToString,
+            accord_dot_v1_dot_effects__pb2.BeginManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.v1.Effects/CompleteMany',
+            accord_dot_v1_dot_effects__pb2.CompleteManyRequest.SerializeToString,
+            accord_dot_v1_dot_effects__pb2.CompleteManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,15 @@ class EffectsStub:
     """
     Abort: _grpc.UnaryUnaryMultiCallable[_effects_pb2.AbortRequest, _effects_pb2.AbortResponse]
     """Release a claim without an outcome: the next Begin is told PROCEED."""
+    BeginMany: _grpc.UnaryUnaryMultiCallable[_effects_pb2.BeginManyRequest, _effects_pb2.BeginManyResponse]
+    """Many Begins in one message (the tool calls of one runtime's agents), each answered
+    as its Begin would be, or with its own error. A Begin that would wait (wait_ms > 0)
+    is refused INVALID_ARGUMENT here: send it alone, so a batch never waits on a holder.
+    """
+    CompleteMany: _grpc.UnaryUnaryMultiCallable[_effects_pb2.CompleteManyRequest, _effects_pb2.CompleteManyResponse]
+    """Many Completes in one message, each answered as its Complete would be, or with its
+    own error.
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_effects_pb2.EffectsGetRequest, _effects_pb2.EffectsGetResponse]
     """One effect, by key."""
     List: _grpc.UnaryUnaryMultiCallable[_effects_pb2.EffectsListRequest, _effects_pb2.EffectsListResponse]
@@ -112,6 +121,15 @@ class EffectsAsyncStub(EffectsStub):
     """
     Abort: _aio.UnaryUnaryMultiCallable[_effects_pb2.AbortRequest, _effects_pb2.AbortResponse]  # type: ignore[assignment]
     """Release a claim without an outcome: the next Begin is told PROCEED."""
+    BeginMany: _aio.UnaryUnaryMultiCallable[_effects_pb2.BeginManyRequest, _effects_pb2.BeginManyResponse]  # type: ignore[assignment]
+    """Many Begins in one message (the tool calls of one runtime's agents), each answered
+    as its Begin would be, or with its own error. A Begin that would wait (wait_ms > 0)
+    is refused INVALID_ARGUMENT here: send it alone, so a batch never waits on a holder.
+    """
+    CompleteMany: _aio.UnaryUnaryMultiCallable[_effects_pb2.CompleteManyRequest, _effects_pb2.CompleteManyResponse]  # type: ignore[assignment]
+    """Many Completes in one message, each answered as its Complete would be, or with its
+    own error.
+    """
     Get: _aio.UnaryUnaryMultiCallable[_effects_pb2.EffectsGetRequest, _effects_pb2.EffectsGetResponse]  # type: ignore[assignment]
     """One effect, by key."""
     List: _aio.UnaryUnaryMultiCallable[_effects_pb2.EffectsListRequest, _effects_pb2.EffectsListResponse]  # type: ignore[assignment]
@@ -179,6 +197,27 @@ class EffectsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_effects_pb2.AbortResponse, _abc.Awaitable[_effects_pb2.AbortResponse]]:
         """Release a claim without an outcome: the next Begin is told PROCEED."""
+
+    @_abc_1.abstractmethod
+    def BeginMany(
+        self,
+        request: _effects_pb2.BeginManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_effects_pb2.BeginManyResponse, _abc.Awaitable[_effects_pb2.BeginManyResponse]]:
+        """Many Begins in one message (the tool calls of one runtime's agents), each answered
+        as its Begin would be, or with its own error. A Begin that would wait (wait_ms > 0)
+        is refused INVALID_ARGUMENT here: send it alone, so a batch never waits on a holder.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteMany(
+        self,
+        request: _effects_pb2.CompleteManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_effects_pb2.CompleteManyResponse, _abc.Awaitable[_effects_pb2.CompleteManyResponse]]:
+        """Many Completes in one message, each answered as its Complete would be, or with its
+        own error.
+        """
 
     @_abc_1.abstractmethod
     def Get(
