@@ -10,7 +10,9 @@ look the key up in the external system, then begin again with ``reconciled=True`
 ``began.busy``: someone live runs it now (``wait=`` seconds waits for it).
 
 This is the thin layer, one call per RPC with the contract's messages; key derivation
-and the wrapper that runs a tool only on PROCEED are built on top of it.
+and the wrapper that runs a tool only on PROCEED are built on top of it. With the
+client's batching on, concurrent Begins (those that do not wait) and Completes share
+BeginMany and CompleteMany messages (client/batching.py); each keeps its own answer.
 
 Every call is safe to send again: Begin is idempotent by key and lease (a retried Begin
 from the same lease is told PROCEED with the same claim), Complete replays the first
