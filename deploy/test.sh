@@ -50,7 +50,7 @@ echo "== fencing, votes and sessions again, against replicas with auth required"
 # tests/harness/auth.py: a token per agent, minted by a bootstrapped cluster admin (~5 min);
 # tests of behaviour under load (marker "load") and of replicas killed or paused (marker
 # "faults": recovery, not authorization) ran in the pass above and are not repeated
-ACCORD_TEST_AUTH=required python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=5 -m "not load and not faults" tests/locks tests/votes tests/sessions
+ACCORD_TEST_AUTH=required python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=5 -m "not load and not faults" tests/locks tests/votes tests/sessions
 
 echo "== benchmark smoke run (numbers from short runs mean nothing; every suite only must work)"
 # every suite once (python -m benchmarks --quick: 1-1.5 min), its JSON, report and plots

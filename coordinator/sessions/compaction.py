@@ -4,7 +4,9 @@ Safe because the document is exactly "the snapshot plus every logged update up t
 applied_revision" (doc.py): a snapshot taken from it covers precisely the log entries
 created up to that revision, and only those are deleted. Chunks go first, then one
 transaction writes the last chunk and the record, guarded by the record being the one
-read; of two replicas compacting at once, one wins and the other deletes its chunks.
+read; of two replicas compacting at once, one wins and the other deletes its chunks,
+unless the record now names the very snapshot it wrote (the same state at the same
+revision: the same chunk keys, the winner's).
 The updates' trace contexts (keys.trace) go too, all of them: a watcher gets each in the
 watch response of its update, before any deletion.
 
@@ -72,7 +74,8 @@ async def compact(doc: SessionDoc) -> bool:
             retry=False,
         )
         if not won.succeeded:
-            await delete_keys(doc.etcd, keys[:-1])
+            if not await _names(doc, revision, digest):
+                await delete_keys(doc.etcd, keys[:-1])
             return False
         doc.snapshot_revision = max(doc.snapshot_revision, revision)
         doc.snapshot_bytes = len(state)
@@ -94,6 +97,18 @@ async def compact(doc: SessionDoc) -> bool:
     except AccordError as exc:
         _log.info("session compaction failed; will retry", session=doc.name, error=exc.message)
         return False
+
+async def _names(doc: SessionDoc, revision: int, digest: bytes) -> bool:
+    """Whether the session's record now names the snapshot of this revision and digest:
+    two replicas compacting the same state at the same revision write the same chunk
+    keys, and the loser must not delete the winner's chunks (a cold load then found the
+    snapshot incomplete)."""
+    found = await doc.etcd.range(read(doc.meta_key))
+    if not found.kvs:
+        return False
+    record = records_pb2.SessionRecord.FromString(found.kvs[0].value)
+    return record.snapshot_revision == revision and record.snapshot_sha256 == digest
+
 
 async def delete_keys(etcd: Etcd, keys: list[bytes]) -> None:
     for i in range(0, len(keys), DELETE_BATCH):
