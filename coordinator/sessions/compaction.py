@@ -98,6 +98,7 @@ async def compact(doc: SessionDoc) -> bool:
         _log.info("session compaction failed; will retry", session=doc.name, error=exc.message)
         return False
 
+
 async def _names(doc: SessionDoc, revision: int, digest: bytes) -> bool:
     """Whether the session's record now names the snapshot of this revision and digest:
     two replicas compacting the same state at the same revision write the same chunk
